@@ -1,0 +1,38 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod aggregate;
+mod boxed;
+mod codec;
+mod error;
+mod event;
+mod memory;
+mod notify;
+mod projection;
+mod repository;
+mod runner;
+mod store;
+mod stream;
+pub mod testkit;
+mod upcast;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use aggregate::Aggregate;
+pub use boxed::{BoxEventStore, DynEventStore};
+pub use codec::{Codec, JsonCodec};
+pub use error::{BoxError, Error, Result};
+pub use event::{DomainEvent, Envelope, EventData, Metadata, RecordedEvent};
+pub use memory::InMemoryEventStore;
+pub use notify::{LogNotifier, LogWatcher};
+pub use projection::{Projection, ProjectionError};
+pub use repository::{
+    CommandError, CommandOptions, Executed, Loaded, Repository, RetryPolicy, SnapshotPolicy,
+};
+pub use runner::{Progress, ProjectionGroup, ProjectionRunner, RunnerConfig};
+pub use store::{
+    AppendResult, EventStore, SnapshotRecord, validate_batch, validate_checkpoint_name,
+};
+pub use stream::{ExpectedVersion, Position, StreamId};
+pub use upcast::{JsonEvent, Upcasters};

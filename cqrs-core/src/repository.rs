@@ -1,0 +1,700 @@
+//! Command execution: load (snapshot + tail), handle, append, with retries and snapshots.
+
+use std::fmt;
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tracing::{Instrument, field};
+use uuid::Uuid;
+
+use crate::{
+    Aggregate, Codec, DomainEvent, Error, EventData, EventStore, ExpectedVersion, JsonCodec,
+    Metadata, Position, Result, SnapshotRecord, StreamId,
+};
+
+/// When the command layer takes a snapshot of an aggregate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SnapshotPolicy {
+    /// Never: every load replays the whole stream.
+    #[default]
+    Never,
+    /// Whenever an append crosses a multiple of this many events (0 means never).
+    EveryEvents(u64),
+}
+
+impl SnapshotPolicy {
+    fn due(self, before: u64, after: u64) -> bool {
+        match self {
+            SnapshotPolicy::EveryEvents(n) if n > 0 => before / n != after / n,
+            _ => false,
+        }
+    }
+}
+
+/// How often, and how patiently, a command is retried after a version conflict.
+///
+/// Each retry reloads the aggregate and decides again. The delay before retry `k`
+/// (1-based) is a random duration up to `min(base_delay * 2^(k-1), max_delay)`
+/// ("full jitter"), so competing writers spread out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (at least 1).
+    pub max_attempts: u32,
+    /// The delay scale of the first retry.
+    pub base_delay: Duration,
+    /// The longest delay before one retry.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    /// Eight attempts, delays from up to 1 ms to at most 100 ms.
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 8,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// One attempt, no retry.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_attempts: 1,
+            ..Self::default()
+        }
+    }
+
+    /// The default delays with `max_attempts` attempts in all.
+    pub fn attempts(max_attempts: u32) -> Self {
+        RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The (jittered) delay before retry number `retry` (1-based).
+    pub(crate) fn delay(&self, retry: u32) -> Duration {
+        let cap = self
+            .base_delay
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
+            .min(self.max_delay);
+        // Full jitter from the random bits of a v4 UUID: no extra dependency needed.
+        let fraction = (Uuid::new_v4().as_u128() % 1_000) as u32;
+        cap.mul_f64(f64::from(fraction) / 1_000.0)
+    }
+}
+
+/// Per-command options: the command id (for idempotency) and metadata.
+///
+/// With a command id, the events' ids are derived from it (UUIDv5 of the stream and the
+/// event's index), so running the same command again — a client retry, an at-least-once
+/// message redelivered to a process manager — changes nothing and reports
+/// [`Executed::already_applied`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommandOptions {
+    /// Makes the command idempotent; also the causation id of its events.
+    pub command_id: Option<Uuid>,
+    /// Correlation id of the events (defaults to the command id).
+    pub correlation_id: Option<Uuid>,
+    /// Free key/values copied into every event's metadata.
+    pub metadata: Metadata,
+}
+
+impl CommandOptions {
+    /// No command id, empty metadata.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the command id.
+    pub fn with_command_id(mut self, command_id: Uuid) -> Self {
+        self.command_id = Some(command_id);
+        self
+    }
+
+    /// Sets the correlation id.
+    pub fn with_correlation_id(mut self, correlation_id: Uuid) -> Self {
+        self.correlation_id = Some(correlation_id);
+        self
+    }
+
+    /// Sets the metadata (its ids are overridden by the command and correlation ids).
+    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    fn event_id(&self, stream: &StreamId, index: usize) -> Uuid {
+        match self.command_id {
+            Some(command_id) => Uuid::new_v5(&command_id, format!("{stream}#{index}").as_bytes()),
+            None => Uuid::new_v4(),
+        }
+    }
+
+    fn event_metadata(&self) -> Metadata {
+        let mut metadata = self.metadata.clone();
+        if self.command_id.is_some() {
+            metadata.causation_id = self.command_id;
+        }
+        metadata.correlation_id = self
+            .correlation_id
+            .or(self.command_id)
+            .or(metadata.correlation_id);
+        metadata
+    }
+}
+
+/// An aggregate loaded from its stream.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Loaded<A> {
+    /// The state after the last event.
+    pub state: A,
+    /// The stream's version (0 if it has no events).
+    pub version: u64,
+    /// The version of the snapshot the load started from, if one was used.
+    pub snapshot_version: Option<u64>,
+    /// Why a stored snapshot was ignored (too old a schema, or not decodable), if it was.
+    pub snapshot_ignored: Option<String>,
+    /// How many events were applied on top of the snapshot (or from the start).
+    pub events_replayed: u64,
+}
+
+/// What a successful command did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Executed {
+    /// The aggregate's stream.
+    pub stream: StreamId,
+    /// The stream's version afterwards.
+    pub version: u64,
+    /// The global position of the last event appended (`None` if nothing was appended).
+    pub position: Option<Position>,
+    /// How many events the command appended.
+    pub events: usize,
+    /// The command (same command id) had already been applied; nothing was written.
+    ///
+    /// A duplicate that races with its original can also report `false`; it writes
+    /// nothing either way.
+    pub already_applied: bool,
+    /// How many attempts it took (1 without a conflict).
+    pub attempts: u32,
+    /// Whether a snapshot was taken (or scheduled, in the background) after the append.
+    pub snapshot_taken: bool,
+}
+
+/// Why a command failed: a domain rejection, a conflict that outlasted the retries, bad
+/// input, or a store failure — kept apart so a caller can answer 422, 409, 400 or 503
+/// without parsing text.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError<E> {
+    /// The aggregate refused the command. Nothing was written. Handling: report it (422).
+    #[error("command rejected")]
+    Rejected(#[source] E),
+    /// Concurrent writers kept winning for `attempts` attempts. Nothing was written.
+    /// Handling: try again later (409).
+    #[error("conflict on {stream} after {attempts} attempts")]
+    Conflict {
+        /// The contended stream.
+        stream: StreamId,
+        /// Attempts made.
+        attempts: u32,
+        /// The last conflict.
+        #[source]
+        source: Error,
+    },
+    /// The input could not be used (bad aggregate id, an event that does not encode).
+    /// Nothing was written. Handling: fix the input (400).
+    #[error("invalid command input")]
+    Invalid(#[source] Error),
+    /// The store failed, or what it holds could not be decoded. Handling: retry later or
+    /// report the store as unavailable (503).
+    #[error("event store failure while executing a command")]
+    Store(#[source] Error),
+}
+
+impl<E> From<Error> for CommandError<E> {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::InvalidStreamId { .. } | Error::InvalidInput { .. } | Error::Encode { .. } => {
+                CommandError::Invalid(error)
+            }
+            other => CommandError::Store(other),
+        }
+    }
+}
+
+/// Loads aggregates and executes commands against an [`EventStore`].
+///
+/// `execute` runs `load (snapshot + tail) → handle → append(Exact(version))`. On a
+/// conflict it reloads and decides again, as the [`RetryPolicy`] allows; snapshots are
+/// taken as the [`SnapshotPolicy`] says, after the append (in a background task by
+/// default, off the caller's path; a failed snapshot is only logged).
+///
+/// Cloning a repository clones the store handle (use a cheaply clonable store:
+/// `InMemoryEventStore`, an `Arc`, a pool).
+///
+/// # Examples
+/// ```
+/// # use cqrs_core::{Aggregate, DomainEvent};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Default, Serialize, Deserialize)]
+/// # struct Counter { value: u64 }
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+/// # impl DomainEvent for CounterEvent {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["Incremented"];
+/// #     fn event_type(&self) -> &'static str { "Incremented" }
+/// # }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("cannot increment by zero")]
+/// # struct IncrementByZero;
+/// # impl Aggregate for Counter {
+/// #     const TYPE: &'static str = "counter";
+/// #     type Command = u64;
+/// #     type Event = CounterEvent;
+/// #     type Error = IncrementByZero;
+/// #     type Services = ();
+/// #     fn handle(&self, by: &u64, _: &()) -> Result<Vec<CounterEvent>, IncrementByZero> {
+/// #         if *by == 0 { return Err(IncrementByZero); }
+/// #         Ok(vec![CounterEvent::Incremented { by: *by }])
+/// #     }
+/// #     fn apply(&mut self, event: CounterEvent) {
+/// #         match event { CounterEvent::Incremented { by } => self.value += by }
+/// #     }
+/// # }
+/// use cqrs_core::{CommandError, InMemoryEventStore, Repository, SnapshotPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let repo = Repository::<Counter, _>::new(InMemoryEventStore::new(), ())
+///     .with_snapshots(SnapshotPolicy::EveryEvents(100));
+/// repo.execute("c1", &5).await?;
+/// repo.execute("c1", &2).await?;
+/// assert_eq!(repo.load("c1").await?.state.value, 7);
+/// assert!(matches!(repo.execute("c1", &0).await, Err(CommandError::Rejected(IncrementByZero))));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Repository<A: Aggregate, S, C = JsonCodec> {
+    store: S,
+    codec: C,
+    services: std::sync::Arc<A::Services>,
+    snapshots: SnapshotPolicy,
+    background_snapshots: bool,
+    retry: RetryPolicy,
+}
+
+impl<A: Aggregate, S: Clone, C: Clone> Clone for Repository<A, S, C> {
+    fn clone(&self) -> Self {
+        Repository {
+            store: self.store.clone(),
+            codec: self.codec.clone(),
+            services: self.services.clone(),
+            snapshots: self.snapshots,
+            background_snapshots: self.background_snapshots,
+            retry: self.retry,
+        }
+    }
+}
+
+impl<A: Aggregate, S, C> fmt::Debug for Repository<A, S, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Repository")
+            .field("aggregate", &A::TYPE)
+            .field("snapshots", &self.snapshots)
+            .field("background_snapshots", &self.background_snapshots)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<A, S> Repository<A, S, JsonCodec>
+where
+    A: Aggregate,
+    S: EventStore + Clone + 'static,
+{
+    /// A repository over `store` with the JSON codec, no snapshots and the default retry
+    /// policy; `services` is handed to every [`Aggregate::handle`].
+    pub fn new(store: S, services: A::Services) -> Self {
+        Repository {
+            store,
+            codec: JsonCodec::new(),
+            services: std::sync::Arc::new(services),
+            snapshots: SnapshotPolicy::Never,
+            background_snapshots: true,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl<A, S, C> Repository<A, S, C>
+where
+    A: Aggregate,
+    S: EventStore + Clone + 'static,
+    C: Codec,
+{
+    /// Uses another codec (for example a [`JsonCodec`] with upcasters).
+    pub fn with_codec<C2: Codec>(self, codec: C2) -> Repository<A, S, C2> {
+        Repository {
+            store: self.store,
+            codec,
+            services: self.services,
+            snapshots: self.snapshots,
+            background_snapshots: self.background_snapshots,
+            retry: self.retry,
+        }
+    }
+
+    /// Sets the snapshot policy.
+    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self {
+        self.snapshots = policy;
+        self
+    }
+
+    /// Whether snapshots are saved by a background task (the default) or before
+    /// `execute` returns (deterministic, for tests and tools).
+    pub fn with_background_snapshots(mut self, background: bool) -> Self {
+        self.background_snapshots = background;
+        self
+    }
+
+    /// Sets the retry policy for conflicts.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The codec.
+    pub fn codec(&self) -> &C {
+        &self.codec
+    }
+
+    /// Loads the aggregate with this id: its latest usable snapshot (if the policy takes
+    /// snapshots) plus the events after it.
+    ///
+    /// A snapshot whose schema version is not [`Aggregate::SNAPSHOT_VERSION`], or that
+    /// does not decode, is ignored (logged, and reported in
+    /// [`Loaded::snapshot_ignored`]); the stream is then replayed in full.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStreamId`] for a bad id; [`Error::UnknownEventType`],
+    /// [`Error::Decode`] or [`Error::Corrupt`] for a record that cannot be applied;
+    /// [`Error::Store`] if the store fails.
+    pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
+        let stream = A::stream_id(id)?;
+        self.load_stream(&stream).await
+    }
+
+    /// Takes a snapshot of the aggregate now, whatever the policy, and returns the version
+    /// it covers (`None` for an aggregate without events).
+    ///
+    /// # Errors
+    /// As for [`load`](Self::load), and [`Error::Encode`] if the state does not encode.
+    pub async fn snapshot_now(&self, id: &str) -> Result<Option<u64>> {
+        let stream = A::stream_id(id)?;
+        let loaded = self.load_stream(&stream).await?;
+        if loaded.version == 0 {
+            return Ok(None);
+        }
+        let snapshot = SnapshotRecord {
+            version: loaded.version,
+            schema_version: A::SNAPSHOT_VERSION,
+            payload: self.codec.encode_snapshot(&loaded.state)?,
+        };
+        self.store.save_snapshot(&stream, snapshot).await?;
+        Ok(Some(loaded.version))
+    }
+
+    async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
+            snapshot_ignored: None,
+            events_replayed: 0,
+        };
+        if self.snapshots != SnapshotPolicy::Never
+            && let Some(snapshot) = self.store.load_snapshot(stream).await?
+        {
+            if snapshot.schema_version != A::SNAPSHOT_VERSION {
+                loaded.snapshot_ignored = Some(format!(
+                    "snapshot schema version {} is not the current {}",
+                    snapshot.schema_version,
+                    A::SNAPSHOT_VERSION
+                ));
+            } else {
+                match self.codec.decode_snapshot::<A>(&snapshot.payload) {
+                    Ok(state) => {
+                        loaded.state = state;
+                        loaded.version = snapshot.version;
+                        loaded.snapshot_version = Some(snapshot.version);
+                    }
+                    Err(e) => {
+                        loaded.snapshot_ignored = Some(format!("snapshot does not decode: {e}"))
+                    }
+                }
+            }
+            if let Some(reason) = &loaded.snapshot_ignored {
+                tracing::warn!(%stream, snapshot_version = snapshot.version, %reason, "ignoring snapshot, replaying the stream");
+            }
+        }
+        let mut events = pin!(self.store.read_stream(stream, loaded.version + 1));
+        while let Some(record) = events.next().await {
+            let record = self.codec.upcast(record?)?;
+            if record.version != loaded.version + 1 {
+                return Err(Error::corrupt(
+                    format!("stream {stream}"),
+                    format!(
+                        "expected version {}, found {}",
+                        loaded.version + 1,
+                        record.version
+                    ),
+                ));
+            }
+            let event = self.codec.decode::<A::Event>(&record)?;
+            loaded.state.apply(event);
+            loaded.version = record.version;
+            loaded.events_replayed += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// Executes `command` on the aggregate with this id (no command id: not idempotent).
+    ///
+    /// # Errors
+    /// See [`CommandError`].
+    pub async fn execute(
+        &self,
+        id: &str,
+        command: &A::Command,
+    ) -> Result<Executed, CommandError<A::Error>> {
+        self.execute_with(id, command, &CommandOptions::default())
+            .await
+    }
+
+    /// Executes `command` with options: a command id for idempotency, metadata.
+    ///
+    /// # Errors
+    /// See [`CommandError`].
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: &A::Command,
+        options: &CommandOptions,
+    ) -> Result<Executed, CommandError<A::Error>> {
+        let span = tracing::info_span!(
+            "cqrs.command",
+            aggregate = A::TYPE,
+            id,
+            command_id = field::Empty,
+            version = field::Empty,
+            events = field::Empty,
+            attempts = field::Empty,
+            outcome = field::Empty,
+        );
+        if let Some(command_id) = options.command_id {
+            span.record("command_id", field::display(command_id));
+        }
+        let result = self
+            .execute_inner(id, command, options)
+            .instrument(span.clone())
+            .await;
+        match &result {
+            Ok(done) => {
+                span.record("version", done.version);
+                span.record("events", done.events);
+                span.record("attempts", done.attempts);
+                span.record(
+                    "outcome",
+                    if done.already_applied {
+                        "already_applied"
+                    } else {
+                        "ok"
+                    },
+                );
+            }
+            Err(CommandError::Rejected(_)) => {
+                span.record("outcome", "rejected");
+            }
+            Err(CommandError::Conflict { .. }) => {
+                span.record("outcome", "conflict");
+            }
+            Err(CommandError::Invalid(_)) => {
+                span.record("outcome", "invalid");
+            }
+            Err(CommandError::Store(_)) => {
+                span.record("outcome", "store_error");
+            }
+        }
+        result
+    }
+
+    async fn execute_inner(
+        &self,
+        id: &str,
+        command: &A::Command,
+        options: &CommandOptions,
+    ) -> Result<Executed, CommandError<A::Error>> {
+        let stream = A::stream_id(id)?;
+        let metadata = options.event_metadata();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let loaded = self.load_stream(&stream).await?;
+            let events = match loaded.state.handle(command, &self.services) {
+                Ok(events) => events,
+                Err(rejection) => {
+                    // A redelivered command may be refused by the state its first run
+                    // produced ("already open"): that is success, not a rejection.
+                    if let Some(done) = self.already_applied(&stream, options, attempt).await? {
+                        return Ok(done);
+                    }
+                    return Err(CommandError::Rejected(rejection));
+                }
+            };
+            if events.is_empty() {
+                return Ok(Executed {
+                    stream,
+                    version: loaded.version,
+                    position: None,
+                    events: 0,
+                    already_applied: false,
+                    attempts: attempt,
+                    snapshot_taken: false,
+                });
+            }
+            let batch = events
+                .iter()
+                .enumerate()
+                .map(|(i, event)| {
+                    Ok(EventData {
+                        event_id: options.event_id(&stream, i),
+                        event_type: event.event_type().to_owned(),
+                        schema_version: event.schema_version(),
+                        payload: self.codec.encode(event)?,
+                        metadata: metadata.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let count = batch.len();
+            let expected = ExpectedVersion::Exact(loaded.version);
+            let append_span = tracing::debug_span!(
+                "cqrs.append",
+                %stream,
+                %expected,
+                events = count,
+                outcome = field::Empty
+            );
+            let appended = self
+                .store
+                .append(&stream, expected, batch)
+                .instrument(append_span.clone())
+                .await;
+            match appended {
+                Ok(result) => {
+                    append_span.record("outcome", "ok");
+                    let fresh = result.version == loaded.version + count as u64;
+                    let snapshot_taken =
+                        fresh && self.snapshots.due(loaded.version, result.version);
+                    if snapshot_taken {
+                        let mut state = loaded.state;
+                        for event in events {
+                            state.apply(event);
+                        }
+                        self.save_snapshot(stream.clone(), state, result.version)
+                            .await;
+                    }
+                    return Ok(Executed {
+                        stream,
+                        version: result.version,
+                        position: Some(result.position),
+                        events: if fresh { count } else { 0 },
+                        already_applied: !fresh,
+                        attempts: attempt,
+                        snapshot_taken,
+                    });
+                }
+                Err(conflict @ Error::Conflict { .. }) => {
+                    append_span.record("outcome", "conflict");
+                    if let Some(done) = self.already_applied(&stream, options, attempt).await? {
+                        return Ok(done);
+                    }
+                    if attempt >= self.retry.max_attempts {
+                        return Err(CommandError::Conflict {
+                            stream,
+                            attempts: attempt,
+                            source: conflict,
+                        });
+                    }
+                    tokio::time::sleep(self.retry.delay(attempt)).await;
+                }
+                Err(other) => {
+                    append_span.record("outcome", "error");
+                    return Err(other.into());
+                }
+            }
+        }
+    }
+
+    /// If the command has a command id and its first event is already in the stream,
+    /// the outcome of that earlier run.
+    async fn already_applied(
+        &self,
+        stream: &StreamId,
+        options: &CommandOptions,
+        attempts: u32,
+    ) -> Result<Option<Executed>> {
+        if options.command_id.is_none() {
+            return Ok(None);
+        }
+        let first = options.event_id(stream, 0);
+        Ok(self
+            .store
+            .find_event(stream, first)
+            .await?
+            .map(|record| Executed {
+                stream: stream.clone(),
+                version: record.version,
+                position: Some(record.position),
+                events: 0,
+                already_applied: true,
+                attempts,
+                snapshot_taken: false,
+            }))
+    }
+
+    async fn save_snapshot(&self, stream: StreamId, state: A, version: u64) {
+        let payload = match self.codec.encode_snapshot(&state) {
+            Ok(payload) => payload,
+            Err(e) => {
+                tracing::warn!(%stream, version, error = %e, "snapshot not taken: state does not encode");
+                return;
+            }
+        };
+        let snapshot = SnapshotRecord {
+            version,
+            schema_version: A::SNAPSHOT_VERSION,
+            payload,
+        };
+        let store = self.store.clone();
+        let save = async move {
+            if let Err(e) = store.save_snapshot(&stream, snapshot).await {
+                tracing::warn!(%stream, version, error = %e, "snapshot not saved");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if self.background_snapshots => {
+                runtime.spawn(save.instrument(tracing::debug_span!("cqrs.snapshot", version)));
+            }
+            _ => save.await,
+        }
+    }
+}

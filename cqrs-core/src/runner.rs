@@ -1,0 +1,703 @@
+//! Running projections: catch-up, live tailing, rebuild, error policy, groups.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{Instrument, field};
+
+use crate::{
+    BoxError, Codec, Envelope, Error, EventStore, JsonCodec, Position, Projection, ProjectionError,
+    RecordedEvent, RetryPolicy,
+};
+
+/// How a [`ProjectionRunner`] reads and retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunnerConfig {
+    /// Records read per batch (and per checkpoint).
+    pub batch_size: usize,
+    /// How long a live runner waits for a store notification before it polls anyway.
+    pub poll_interval: Duration,
+    /// Retries of a failing batch, checkpoint save or log read before the runner stops.
+    pub retry: RetryPolicy,
+}
+
+impl Default for RunnerConfig {
+    /// Batches of 500, polling every second, 5 attempts with delays from 50 ms to 2 s.
+    fn default() -> Self {
+        RunnerConfig {
+            batch_size: 500,
+            poll_interval: Duration::from_secs(1),
+            retry: RetryPolicy {
+                max_attempts: 5,
+                base_delay: Duration::from_millis(50),
+                max_delay: Duration::from_secs(2),
+            },
+        }
+    }
+}
+
+/// Progress of a catch-up or a rebuild, reported after each batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Progress {
+    /// Records read so far (wanted or not).
+    pub done: u64,
+    /// Records in the log after the starting point when the work began.
+    pub total: u64,
+    /// Time since the work began.
+    pub elapsed: Duration,
+    /// The position reached.
+    pub position: Position,
+}
+
+impl Progress {
+    /// Records per second so far.
+    pub fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 {
+            self.done as f64 / secs
+        } else {
+            0.0
+        }
+    }
+
+    /// Estimated time left at the current rate (`None` before any progress).
+    pub fn eta(&self) -> Option<Duration> {
+        let rate = self.rate();
+        (rate > 0.0)
+            .then(|| Duration::from_secs_f64(self.total.saturating_sub(self.done) as f64 / rate))
+    }
+}
+
+/// Runs one [`Projection`] over an [`EventStore`]'s global log.
+///
+/// - [`catch_up`](Self::catch_up) reads from the checkpoint to the end of the log in
+///   batches, applying and checkpointing each;
+/// - [`run_until`](Self::run_until) catches up, then follows the log live: woken by the
+///   store's notifications, polling every [`RunnerConfig::poll_interval`] as a fallback;
+/// - [`rebuild`](Self::rebuild) resets the read model and its checkpoint and replays the
+///   whole log, reporting [`Progress`].
+///
+/// Error policy: a failing batch is retried with backoff; if it still fails, the runner
+/// applies its events one by one to find the failing event, and stops with
+/// [`ProjectionError::Stopped`] naming it. An event that cannot be decoded stops the
+/// runner at once (retrying cannot help). Nothing is skipped silently: the checkpoint
+/// stays just before the failing event.
+///
+/// # Examples
+/// ```
+/// # use std::collections::HashMap;
+/// # use cqrs_core::{BoxError, DomainEvent, Envelope, Position, Projection};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+/// # impl DomainEvent for CounterEvent {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["Incremented"];
+/// #     fn event_type(&self) -> &'static str { "Incremented" }
+/// # }
+/// # #[derive(Debug, Default)]
+/// # struct Total(u64);
+/// # impl Projection for Total {
+/// #     type Event = CounterEvent;
+/// #     fn name(&self) -> &str { "total" }
+/// #     async fn apply(&mut self, batch: &[Envelope<CounterEvent>], _: Position) -> Result<(), BoxError> {
+/// #         for e in batch { let CounterEvent::Incremented { by } = e.event; self.0 += by; }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use cqrs_core::{EventData, EventStore, ExpectedVersion, InMemoryEventStore, ProjectionRunner, StreamId};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryEventStore::new();
+/// let stream = StreamId::new("counter", "c1")?;
+/// let event = EventData::new("Incremented", br#"{"Incremented":{"by":3}}"#.to_vec());
+/// store.append(&stream, ExpectedVersion::Any, vec![event]).await?;
+///
+/// let mut runner = ProjectionRunner::new(store.clone(), Total::default());
+/// runner.catch_up().await?;
+/// assert_eq!(runner.projection().0, 3);
+/// # Ok(())
+/// # }
+/// ```
+pub struct ProjectionRunner<S, P, C = JsonCodec> {
+    store: S,
+    projection: P,
+    codec: C,
+    config: RunnerConfig,
+}
+
+impl<S, P: Projection, C> fmt::Debug for ProjectionRunner<S, P, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProjectionRunner")
+            .field("projection", &self.projection.name())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: EventStore, P: Projection> ProjectionRunner<S, P, JsonCodec> {
+    /// A runner with the JSON codec and the default configuration.
+    pub fn new(store: S, projection: P) -> Self {
+        ProjectionRunner {
+            store,
+            projection,
+            codec: JsonCodec::new(),
+            config: RunnerConfig::default(),
+        }
+    }
+}
+
+impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
+    /// Uses another codec (for example a [`JsonCodec`] with upcasters).
+    pub fn with_codec<C2: Codec>(self, codec: C2) -> ProjectionRunner<S, P, C2> {
+        ProjectionRunner {
+            store: self.store,
+            projection: self.projection,
+            codec,
+            config: self.config,
+        }
+    }
+
+    /// Sets the configuration.
+    pub fn with_config(mut self, config: RunnerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// The projection.
+    pub fn projection(&self) -> &P {
+        &self.projection
+    }
+
+    /// The projection, mutably.
+    pub fn projection_mut(&mut self) -> &mut P {
+        &mut self.projection
+    }
+
+    /// The projection, giving up the runner.
+    pub fn into_projection(self) -> P {
+        self.projection
+    }
+
+    /// The stored checkpoint ([`Position::START`] if there is none).
+    ///
+    /// # Errors
+    /// [`ProjectionError::Store`] or [`ProjectionError::Projection`] if it cannot be read
+    /// after retries.
+    pub async fn checkpoint(&mut self) -> Result<Position, ProjectionError> {
+        let name = self.projection.name().to_owned();
+        let retry = self.config.retry;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let loaded = if P::OWNS_CHECKPOINT {
+                self.projection.load_checkpoint().await.map_err(|source| {
+                    ProjectionError::Projection {
+                        projection: name.clone(),
+                        operation: "load_checkpoint",
+                        source,
+                    }
+                })
+            } else {
+                self.store
+                    .load_checkpoint(&name)
+                    .await
+                    .map_err(|source| ProjectionError::Store {
+                        projection: name.clone(),
+                        source,
+                    })
+            };
+            match loaded {
+                Ok(position) => return Ok(position.unwrap_or(Position::START)),
+                Err(e) if attempt >= retry.max_attempts => return Err(e),
+                Err(e) => {
+                    tracing::warn!(projection = %name, attempt, error = %e, "cannot load checkpoint, retrying");
+                    tokio::time::sleep(retry.delay(attempt)).await;
+                }
+            }
+        }
+    }
+
+    /// Processes the log from the checkpoint to its current end; returns the records read.
+    ///
+    /// # Errors
+    /// See [`ProjectionError`]; the checkpoint stays at the last batch applied.
+    pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
+        let mut position = self.checkpoint().await?;
+        self.process(
+            &mut position,
+            &mut |_| {},
+            &mut futures::future::pending::<()>(),
+        )
+        .await
+    }
+
+    /// Catches up, then follows the log live until `shutdown` completes.
+    ///
+    /// Shutdown is checked between batches, never in the middle of one.
+    ///
+    /// # Errors
+    /// See [`ProjectionError`].
+    pub async fn run_until(
+        &mut self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ProjectionError> {
+        let mut shutdown = pin!(shutdown.fuse());
+        let mut watcher = self.store.watch();
+        let mut position = self.checkpoint().await?;
+        loop {
+            // Mark before reading: an append that lands while we read still wakes us.
+            watcher.mark_seen();
+            self.process(&mut position, &mut |_| {}, &mut shutdown)
+                .await?;
+            if (&mut shutdown).now_or_never().is_some() {
+                return Ok(());
+            }
+            tokio::select! {
+                () = watcher.changed() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = &mut shutdown => return Ok(()),
+            }
+        }
+    }
+
+    /// Resets the read model and its checkpoint, then replays the whole log, calling
+    /// `progress` after each batch. Returns the records read.
+    ///
+    /// Run it while no other runner of this projection is running (stop the live runner
+    /// first; across processes, the PostgreSQL backend's worker lock ensures it).
+    ///
+    /// # Errors
+    /// See [`ProjectionError`].
+    pub async fn rebuild(
+        &mut self,
+        mut progress: impl FnMut(Progress) + Send,
+    ) -> Result<u64, ProjectionError> {
+        let name = self.projection.name().to_owned();
+        self.projection
+            .reset()
+            .await
+            .map_err(|source| ProjectionError::Projection {
+                projection: name.clone(),
+                operation: "reset",
+                source,
+            })?;
+        if !P::OWNS_CHECKPOINT {
+            let store = &self.store;
+            retrying(&name, self.config.retry, || {
+                store.save_checkpoint(&name, Position::START)
+            })
+            .await?;
+        }
+        let mut position = Position::START;
+        self.process(
+            &mut position,
+            &mut progress,
+            &mut futures::future::pending::<()>(),
+        )
+        .await
+    }
+
+    /// Reads from `position` to the end of the log (retrying failed reads from the last
+    /// checkpoint), applying batches; stops early when `shutdown` is ready.
+    async fn process<F>(
+        &mut self,
+        position: &mut Position,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        shutdown: &mut F,
+    ) -> Result<u64, ProjectionError>
+    where
+        F: Future<Output = ()> + Unpin + Send,
+    {
+        let name = self.projection.name().to_owned();
+        let started = Instant::now();
+        let total = retrying(&name, self.config.retry, || {
+            self.store.count_events(*position)
+        })
+        .await?;
+        let mut done = 0u64;
+        let mut failures = 0;
+        loop {
+            match self
+                .pass(
+                    &name, position, &mut done, total, started, progress, shutdown,
+                )
+                .await
+            {
+                Ok(()) => return Ok(done),
+                Err(PassError::Projection(e)) => return Err(e),
+                Err(PassError::Store(source)) => {
+                    failures += 1;
+                    if failures >= self.config.retry.max_attempts {
+                        return Err(ProjectionError::Store {
+                            projection: name,
+                            source,
+                        });
+                    }
+                    tracing::warn!(projection = %name, %position, error = %source, "reading the log failed, retrying");
+                    tokio::time::sleep(self.config.retry.delay(failures)).await;
+                }
+            }
+        }
+    }
+
+    /// One read of the log from `position` to its end.
+    #[allow(clippy::too_many_arguments)]
+    async fn pass<F>(
+        &mut self,
+        name: &str,
+        position: &mut Position,
+        done: &mut u64,
+        total: u64,
+        started: Instant,
+        progress: &mut (dyn FnMut(Progress) + Send),
+        shutdown: &mut F,
+    ) -> Result<(), PassError>
+    where
+        F: Future<Output = ()> + Unpin + Send,
+    {
+        let Self {
+            store,
+            projection,
+            codec,
+            config,
+        } = self;
+        let mut chunks = pin!(
+            store
+                .read_all(*position, None)
+                .chunks(config.batch_size.max(1))
+        );
+        while let Some(chunk) = chunks.next().await {
+            let read = chunk.len() as u64;
+            let mut batch: Vec<Envelope<P::Event>> = Vec::with_capacity(chunk.len());
+            let mut end = *position;
+            for item in chunk {
+                let record = item.map_err(PassError::Store)?;
+                end = record.position;
+                let record = codec
+                    .upcast(record.clone())
+                    .map_err(|e| PassError::Projection(stopped(name, &record, 1, e.into())))?;
+                if !projection.wants(&record) {
+                    continue;
+                }
+                let envelope = codec
+                    .decode_envelope::<P::Event>(record.clone())
+                    .map_err(|e| PassError::Projection(stopped(name, &record, 1, e.into())))?;
+                batch.push(envelope);
+            }
+            let span = tracing::debug_span!(
+                "cqrs.projection.batch",
+                projection = name,
+                from = %position,
+                to = %end,
+                events = batch.len(),
+                outcome = field::Empty
+            );
+            let applied = apply_batch(store, projection, name, config.retry, batch, end)
+                .instrument(span.clone())
+                .await;
+            span.record("outcome", if applied.is_ok() { "ok" } else { "stopped" });
+            applied?;
+            *position = end;
+            *done += read;
+            progress(Progress {
+                done: *done,
+                total,
+                elapsed: started.elapsed(),
+                position: end,
+            });
+            if shutdown.now_or_never().is_some() {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+enum PassError {
+    Store(Error),
+    Projection(ProjectionError),
+}
+
+impl From<ProjectionError> for PassError {
+    fn from(e: ProjectionError) -> Self {
+        PassError::Projection(e)
+    }
+}
+
+fn stopped(name: &str, record: &RecordedEvent, attempts: u32, source: BoxError) -> ProjectionError {
+    ProjectionError::Stopped {
+        projection: name.to_owned(),
+        event_id: record.event_id,
+        stream: record.stream.clone(),
+        version: record.version,
+        position: record.position,
+        attempts,
+        source,
+    }
+}
+
+/// Runs a store operation under the retry policy.
+async fn retrying<T, Fut>(
+    name: &str,
+    retry: RetryPolicy,
+    mut op: impl FnMut() -> Fut,
+) -> Result<T, ProjectionError>
+where
+    Fut: Future<Output = crate::Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match op().await {
+            Ok(value) => return Ok(value),
+            Err(source) if attempt >= retry.max_attempts => {
+                return Err(ProjectionError::Store {
+                    projection: name.to_owned(),
+                    source,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(projection = %name, attempt, error = %e, "store operation failed, retrying");
+                tokio::time::sleep(retry.delay(attempt)).await;
+            }
+        }
+    }
+}
+
+/// Applies one batch and stores its checkpoint: retries, then isolates the failing event.
+async fn apply_batch<S: EventStore, P: Projection>(
+    store: &S,
+    projection: &mut P,
+    name: &str,
+    retry: RetryPolicy,
+    batch: Vec<Envelope<P::Event>>,
+    end: Position,
+) -> Result<(), ProjectionError> {
+    let mut last_error = None;
+    for attempt in 1..=retry.max_attempts {
+        match projection.apply(&batch, end).await {
+            Ok(()) => {
+                last_error = None;
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(projection = %name, attempt, error = %e, "batch failed");
+                last_error = Some(e);
+                if attempt < retry.max_attempts {
+                    tokio::time::sleep(retry.delay(attempt)).await;
+                }
+            }
+        }
+    }
+    if let Some(batch_error) = last_error {
+        // Narrow the failure down to one event: apply them one at a time, each with its
+        // own checkpoint, so everything before the culprit is kept.
+        if batch.len() <= 1 {
+            let envelope = batch.first();
+            return Err(match envelope {
+                Some(e) => stopped_at(name, e, retry.max_attempts, batch_error),
+                None => ProjectionError::Projection {
+                    projection: name.to_owned(),
+                    operation: "apply (checkpoint only)",
+                    source: batch_error,
+                },
+            });
+        }
+        for (i, envelope) in batch.iter().enumerate() {
+            let single = std::slice::from_ref(envelope);
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match projection.apply(single, envelope.position).await {
+                    Ok(()) => break,
+                    Err(e) if attempt >= retry.max_attempts => {
+                        return Err(stopped_at(name, envelope, attempt, e));
+                    }
+                    Err(_) => tokio::time::sleep(retry.delay(attempt)).await,
+                }
+            }
+            let checkpoint = if i + 1 == batch.len() {
+                end
+            } else {
+                envelope.position
+            };
+            if !P::OWNS_CHECKPOINT {
+                retrying(name, retry, || store.save_checkpoint(name, checkpoint)).await?;
+            }
+        }
+        return Ok(());
+    }
+    if !P::OWNS_CHECKPOINT {
+        retrying(name, retry, || store.save_checkpoint(name, end)).await?;
+    }
+    Ok(())
+}
+
+fn stopped_at<E>(
+    name: &str,
+    envelope: &Envelope<E>,
+    attempts: u32,
+    source: BoxError,
+) -> ProjectionError {
+    ProjectionError::Stopped {
+        projection: name.to_owned(),
+        event_id: envelope.event_id,
+        stream: envelope.stream.clone(),
+        version: envelope.version,
+        position: envelope.position,
+        attempts,
+        source,
+    }
+}
+
+type RunFn = Box<
+    dyn FnOnce(watch::Receiver<bool>) -> BoxFuture<'static, Result<(), ProjectionError>> + Send,
+>;
+
+/// Several projections run in one process, each in its own task.
+///
+/// [`run_until`](Self::run_until) runs them all live until `shutdown` completes. If one
+/// stops with an error (or panics), the others are asked to stop at their next batch
+/// boundary and the first error is returned.
+///
+/// # Examples
+/// ```
+/// # use cqrs_core::{BoxError, DomainEvent, Envelope, Position, Projection};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+/// # impl DomainEvent for CounterEvent {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["Incremented"];
+/// #     fn event_type(&self) -> &'static str { "Incremented" }
+/// # }
+/// # #[derive(Debug, Default)]
+/// # struct Total(&'static str);
+/// # impl Projection for Total {
+/// #     type Event = CounterEvent;
+/// #     fn name(&self) -> &str { self.0 }
+/// #     async fn apply(&mut self, _: &[Envelope<CounterEvent>], _: Position) -> Result<(), BoxError> { Ok(()) }
+/// # }
+/// use cqrs_core::{InMemoryEventStore, ProjectionGroup, ProjectionRunner};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryEventStore::new();
+/// let group = ProjectionGroup::new()
+///     .with(ProjectionRunner::new(store.clone(), Total("a")))
+///     .with(ProjectionRunner::new(store.clone(), Total("b")));
+/// group.run_until(tokio::time::sleep(std::time::Duration::from_millis(10))).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Default)]
+pub struct ProjectionGroup {
+    runners: Vec<(String, RunFn)>,
+}
+
+impl fmt::Debug for ProjectionGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.runners.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+impl ProjectionGroup {
+    /// An empty group.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a runner.
+    pub fn with<S, P, C>(mut self, mut runner: ProjectionRunner<S, P, C>) -> Self
+    where
+        S: EventStore + 'static,
+        P: Projection,
+        C: Codec,
+    {
+        let name = runner.projection.name().to_owned();
+        let run: RunFn = Box::new(move |mut stop: watch::Receiver<bool>| {
+            Box::pin(async move {
+                let shutdown = async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                };
+                runner.run_until(shutdown).await
+            })
+        });
+        self.runners.push((name, run));
+        self
+    }
+
+    /// The names of the projections in the group.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.runners.iter().map(|(name, _)| name.as_str())
+    }
+
+    /// Runs every projection live until `shutdown` completes or one of them fails.
+    ///
+    /// # Errors
+    /// The first [`ProjectionError`] of any runner; a panic becomes
+    /// [`ProjectionError::Panicked`].
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ProjectionError> {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let mut names = std::collections::HashMap::new();
+        for (name, run) in self.runners {
+            let handle = tasks.spawn(run(stop_rx.clone()));
+            names.insert(handle.id(), name);
+        }
+        let mut first_error = None;
+        let mut shutdown = pin!(shutdown);
+        let mut stopping = false;
+        loop {
+            tokio::select! {
+                () = &mut shutdown, if !stopping => {
+                    stopping = true;
+                    let _ = stop_tx.send(true);
+                }
+                joined = tasks.join_next_with_id() => {
+                    let Some(joined) = joined else { break };
+                    let error = match joined {
+                        Ok((_, Ok(()))) => None,
+                        Ok((_, Err(e))) => Some(e),
+                        Err(join_error) => {
+                            let projection = names.get(&join_error.id()).cloned().unwrap_or_default();
+                            let message = match join_error.try_into_panic() {
+                                Ok(payload) => panic_message(payload.as_ref()),
+                                Err(e) => e.to_string(),
+                            };
+                            Some(ProjectionError::Panicked { projection, message })
+                        }
+                    };
+                    if let Some(e) = error {
+                        tracing::error!(error = %e, "projection stopped; stopping the group");
+                        first_error.get_or_insert(e);
+                        stopping = true;
+                        let _ = stop_tx.send(true);
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_owned()
+    }
+}
