@@ -36,3 +36,8 @@ pub use store::{
 };
 pub use stream::{ExpectedVersion, Position, StreamId};
 pub use upcast::{JsonEvent, Upcasters};
+
+/// The workspace README's example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct WorkspaceReadmeDoctests;
