@@ -171,3 +171,125 @@ impl Codec for JsonCodec {
         Ok(serde_json::from_slice(payload)?)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use serde::{Deserialize, Serialize};
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::{Metadata, Position, StreamId};
+
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    enum Event {
+        Deposited { cents: i64 },
+        Renamed { name: String },
+    }
+
+    impl DomainEvent for Event {
+        const EVENT_TYPES: &'static [&'static str] = &["Deposited", "Renamed"];
+        fn event_type(&self) -> &'static str {
+            match self {
+                Event::Deposited { .. } => "Deposited",
+                Event::Renamed { .. } => "Renamed",
+            }
+        }
+        fn schema_version(&self) -> u32 {
+            2
+        }
+    }
+
+    fn record(event_type: &str, schema_version: u32, payload: serde_json::Value) -> RecordedEvent {
+        RecordedEvent {
+            event_id: Uuid::new_v4(),
+            stream: StreamId::new("account", "a1").unwrap(),
+            version: 7,
+            position: Position::new(0, 9),
+            event_type: event_type.into(),
+            schema_version,
+            recorded_at: SystemTime::now(),
+            payload: serde_json::to_vec(&payload).unwrap(),
+            metadata: Metadata::default(),
+        }
+    }
+
+    fn codec() -> JsonCodec {
+        // v1 "Deposit" stored whole units; v2 "Deposited" stores cents.
+        JsonCodec::new().with_upcasters(Upcasters::new().register("Deposit", 1, |e: JsonEvent| {
+            let units = e.payload["Deposit"]["units"]
+                .as_i64()
+                .ok_or("units missing")?;
+            Ok(JsonEvent {
+                event_type: "Deposited".into(),
+                schema_version: 2,
+                payload: json!({ "Deposited": { "cents": units * 100 } }),
+            })
+        }))
+    }
+
+    #[test]
+    fn encodes_and_decodes_current_events_directly() {
+        let codec = codec();
+        let event = Event::Renamed { name: "ada".into() };
+        let mut r = record("Renamed", 2, json!(null));
+        r.payload = codec.encode(&event).unwrap();
+        let r = codec.upcast(r).unwrap();
+        assert_eq!(codec.decode::<Event>(&r).unwrap(), event);
+    }
+
+    #[test]
+    fn upcasts_old_records_before_decoding() {
+        let codec = codec();
+        let envelope = codec
+            .decode_envelope::<Event>(record("Deposit", 1, json!({ "Deposit": { "units": 3 } })))
+            .unwrap();
+        assert_eq!(envelope.event, Event::Deposited { cents: 300 });
+        assert_eq!(envelope.version, 7);
+    }
+
+    #[test]
+    fn unknown_types_and_bad_payloads_are_typed_errors_naming_the_record() {
+        let codec = codec();
+        match codec.decode_envelope::<Event>(record("Closed", 1, json!({}))) {
+            Err(Error::UnknownEventType {
+                stream,
+                version,
+                event_type,
+                ..
+            }) => assert_eq!(
+                (stream.id(), version, event_type.as_str()),
+                ("a1", 7, "Closed")
+            ),
+            other => panic!("{other:?}"),
+        }
+        match codec.decode_envelope::<Event>(record(
+            "Renamed",
+            2,
+            json!({ "Renamed": { "name": 5 } }),
+        )) {
+            Err(Error::Decode {
+                version,
+                event_type,
+                ..
+            }) => assert_eq!((version, event_type.as_str()), (7, "Renamed")),
+            other => panic!("{other:?}"),
+        }
+        // An upcaster that fails is a decode error naming the original type.
+        match codec.decode_envelope::<Event>(record("Deposit", 1, json!({ "Deposit": {} }))) {
+            Err(Error::Decode {
+                event_type, source, ..
+            }) => {
+                assert_eq!(event_type, "Deposit");
+                assert_eq!(source.to_string(), "units missing");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Bytes that are not JSON at all, on the upcasting path.
+        let mut garbage = record("Deposit", 1, json!(null));
+        garbage.payload = vec![0xff, 0x00, 0x13];
+        assert!(matches!(codec.upcast(garbage), Err(Error::Decode { .. })));
+    }
+}

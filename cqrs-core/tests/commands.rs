@@ -1,0 +1,354 @@
+//! Command execution: retries on conflict, idempotent commands, snapshot equivalence.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use common::{Account, AccountCommand, AccountError, AccountEvent, Rng};
+use cqrs_core::{
+    Codec, CommandError, CommandOptions, Error, EventData, EventStore, ExpectedVersion,
+    InMemoryEventStore, JsonCodec, LogWatcher, Position, RecordedEvent, Repository, Result,
+    RetryPolicy, SnapshotPolicy, SnapshotRecord, StreamId,
+};
+use futures::{Stream, TryStreamExt};
+use uuid::Uuid;
+
+fn open(owner: &str) -> AccountCommand {
+    AccountCommand::Open {
+        owner: owner.into(),
+    }
+}
+
+/// A store that lets a "concurrent writer" slip an event into the stream just before
+/// each of the first `conflicts` appends, so the command layer sees real conflicts.
+#[derive(Clone)]
+struct InterferingStore {
+    inner: InMemoryEventStore,
+    conflicts_left: Arc<AtomicU32>,
+}
+
+impl InterferingStore {
+    fn new(conflicts: u32) -> Self {
+        InterferingStore {
+            inner: InMemoryEventStore::new(),
+            conflicts_left: Arc::new(AtomicU32::new(conflicts)),
+        }
+    }
+}
+
+impl EventStore for InterferingStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<cqrs_core::AppendResult> {
+        let interfere = self
+            .conflicts_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if interfere {
+            let payload = JsonCodec::new().encode(&AccountEvent::Deposited { amount: 1 })?;
+            self.inner
+                .append(
+                    stream,
+                    ExpectedVersion::Any,
+                    vec![EventData::new("MoneyDeposited", payload)],
+                )
+                .await?;
+        }
+        self.inner.append(stream, expected, events).await
+    }
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        from: u64,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
+        self.inner.read_stream(stream, from)
+    }
+    fn read_all(
+        &self,
+        after: Position,
+        limit: Option<u64>,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
+        self.inner.read_all(after, limit)
+    }
+    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        self.inner.find_event(stream, event_id).await
+    }
+    async fn count_events(&self, after: Position) -> Result<u64> {
+        self.inner.count_events(after).await
+    }
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotRecord>> {
+        self.inner.load_snapshot(stream).await
+    }
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
+        self.inner.save_snapshot(stream, snapshot).await
+    }
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
+        self.inner.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        self.inner.save_checkpoint(name, position).await
+    }
+    fn watch(&self) -> LogWatcher {
+        self.inner.watch()
+    }
+}
+
+#[tokio::test]
+async fn conflict_is_retried_from_a_fresh_load() {
+    let store = InterferingStore::new(3);
+    let repo = Repository::<Account, _>::new(store.clone(), ());
+    // The interfering deposits land before the open (Any), so the account is opened
+    // after them; the command layer must reload and decide again each time.
+    let done = repo.execute("a1", &open("ada")).await.unwrap();
+    assert_eq!(done.attempts, 4, "three conflicts, then success");
+    assert_eq!(done.version, 4);
+    assert_eq!(done.events, 1);
+    let loaded = repo.load("a1").await.unwrap();
+    assert!(loaded.state.open);
+    assert_eq!(
+        loaded.state.balance, 3,
+        "the concurrent writers' events are kept"
+    );
+}
+
+#[tokio::test]
+async fn conflicts_beyond_the_policy_are_a_conflict_error_and_write_nothing_of_ours() {
+    let store = InterferingStore::new(10);
+    let repo =
+        Repository::<Account, _>::new(store.clone(), ()).with_retry(RetryPolicy::attempts(3));
+    match repo.execute("a1", &open("ada")).await {
+        Err(CommandError::Conflict {
+            stream,
+            attempts,
+            source,
+        }) => {
+            assert_eq!(stream.to_string(), "account/a1");
+            assert_eq!(attempts, 3);
+            assert!(matches!(source, Error::Conflict { .. }));
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    let stream = StreamId::new("account", "a1").unwrap();
+    let events: Vec<_> = store.read_stream(&stream, 1).try_collect().await.unwrap();
+    assert_eq!(events.len(), 3, "only the interfering writer's events");
+    assert!(events.iter().all(|e| e.event_type == "MoneyDeposited"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_on_one_aggregate_all_apply_once() {
+    let store = InMemoryEventStore::new();
+    let repo =
+        Repository::<Account, _>::new(store.clone(), ()).with_retry(RetryPolicy::attempts(1_000));
+    repo.execute("shared", &open("team")).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let repo = repo.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..25 {
+                repo.execute("shared", &AccountCommand::Deposit(2))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let loaded = repo.load("shared").await.unwrap();
+    assert_eq!(loaded.state.balance, 400);
+    assert_eq!(loaded.version, 201);
+}
+
+#[tokio::test]
+async fn rejection_store_failure_and_bad_input_are_distinct() {
+    let repo = Repository::<Account, _>::new(InMemoryEventStore::new(), ());
+    assert!(matches!(
+        repo.execute("a1", &AccountCommand::Deposit(5)).await,
+        Err(CommandError::Rejected(AccountError::NotOpen))
+    ));
+    assert!(matches!(
+        repo.execute("", &open("x")).await,
+        Err(CommandError::Invalid(Error::InvalidStreamId { .. }))
+    ));
+    // A record the aggregate cannot decode is a store-side failure, not a rejection.
+    let stream = StreamId::new("account", "broken").unwrap();
+    repo.store()
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![EventData::new("AccountOpened", b"{oops".to_vec())],
+        )
+        .await
+        .unwrap();
+    match repo.execute("broken", &AccountCommand::Deposit(1)).await {
+        Err(CommandError::Store(Error::Decode {
+            stream, version, ..
+        })) => {
+            assert_eq!(stream.id(), "broken");
+            assert_eq!(version, 1);
+        }
+        other => panic!("expected a decode failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_command_with_a_command_id_is_applied_once() {
+    let repo = Repository::<Account, _>::new(InMemoryEventStore::new(), ());
+    let open_id = CommandOptions::new().with_command_id(Uuid::new_v4());
+    let first = repo
+        .execute_with("a1", &open("ada"), &open_id)
+        .await
+        .unwrap();
+    assert!(!first.already_applied);
+    // Run again: the state now rejects "open", but the command was applied: success.
+    let again = repo
+        .execute_with("a1", &open("ada"), &open_id)
+        .await
+        .unwrap();
+    assert!(again.already_applied);
+    assert_eq!(again.version, first.version);
+
+    let deposit_id = CommandOptions::new().with_command_id(Uuid::new_v4());
+    let d1 = repo
+        .execute_with("a1", &AccountCommand::Deposit(10), &deposit_id)
+        .await
+        .unwrap();
+    repo.execute("a1", &AccountCommand::Deposit(1))
+        .await
+        .unwrap();
+    // Redelivered after another command: the same event ids are found, nothing written.
+    let d2 = repo
+        .execute_with("a1", &AccountCommand::Deposit(10), &deposit_id)
+        .await
+        .unwrap();
+    assert!(d2.already_applied);
+    assert_eq!(d2.version, d1.version);
+    let loaded = repo.load("a1").await.unwrap();
+    assert_eq!(loaded.state.balance, 11);
+    assert_eq!(loaded.version, 3);
+
+    // Causation and correlation ids are recorded.
+    let stream = StreamId::new("account", "a1").unwrap();
+    let events: Vec<_> = repo
+        .store()
+        .read_stream(&stream, 2)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(events[0].metadata.causation_id, deposit_id.command_id);
+    assert_eq!(events[0].metadata.correlation_id, deposit_id.command_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_of_one_command_apply_once() {
+    let repo = Repository::<Account, _>::new(InMemoryEventStore::new(), ())
+        .with_retry(RetryPolicy::attempts(100));
+    repo.execute("a1", &open("ada")).await.unwrap();
+    let options = CommandOptions::new().with_command_id(Uuid::new_v4());
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let (repo, options) = (repo.clone(), options.clone());
+        tasks.push(tokio::spawn(async move {
+            repo.execute_with("a1", &AccountCommand::Deposit(7), &options)
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert_eq!(repo.load("a1").await.unwrap().state.balance, 7);
+}
+
+#[tokio::test]
+async fn snapshots_give_the_same_state_as_full_replay() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng::new(seed);
+        let plain = Repository::<Account, _>::new(InMemoryEventStore::new(), ());
+        let every = 1 + rng.below(7);
+        let snapped = Repository::<Account, _>::new(InMemoryEventStore::new(), ())
+            .with_snapshots(SnapshotPolicy::EveryEvents(every))
+            .with_background_snapshots(false);
+        let accounts = ["a", "b", "c"];
+        let mut snapshots_taken = 0;
+        for _ in 0..80 {
+            let id = accounts[rng.index(accounts.len())];
+            let command = match rng.below(10) {
+                0 => open("x"),
+                1..=5 => AccountCommand::Deposit(rng.amount(50)),
+                _ => AccountCommand::Withdraw(rng.amount(80)),
+            };
+            let a = plain.execute(id, &command).await;
+            let b = snapped.execute(id, &command).await;
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => {
+                    assert_eq!(x.version, y.version, "seed {seed}");
+                    snapshots_taken += u32::from(y.snapshot_taken);
+                }
+                (Err(CommandError::Rejected(x)), Err(CommandError::Rejected(y))) => {
+                    assert_eq!(x, y, "seed {seed}")
+                }
+                _ => panic!("seed {seed}: outcomes differ: {a:?} vs {b:?}"),
+            }
+        }
+        for id in accounts {
+            let full = plain.load(id).await.unwrap();
+            let fast = snapped.load(id).await.unwrap();
+            assert_eq!(full.state, fast.state, "seed {seed}, account {id}");
+            assert_eq!(full.version, fast.version);
+            if let Some(v) = fast.snapshot_version {
+                assert_eq!(fast.events_replayed, fast.version - v);
+            }
+        }
+        assert!(
+            snapshots_taken > 0 || every > 80,
+            "seed {seed}: snapshots were taken"
+        );
+    }
+}
+
+#[tokio::test]
+async fn snapshot_now_and_background_snapshots_are_used_by_loads() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Account, _>::new(store.clone(), ())
+        .with_snapshots(SnapshotPolicy::EveryEvents(10));
+    repo.execute("a1", &open("ada")).await.unwrap();
+    for _ in 0..24 {
+        repo.execute("a1", &AccountCommand::Deposit(1))
+            .await
+            .unwrap();
+    }
+    assert_eq!(repo.snapshot_now("a1").await.unwrap(), Some(25));
+    let loaded = repo.load("a1").await.unwrap();
+    assert_eq!(loaded.snapshot_version, Some(25));
+    assert_eq!(loaded.events_replayed, 0);
+    assert_eq!(loaded.state.balance, 24);
+    assert_eq!(repo.snapshot_now("nobody").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_command_that_decides_nothing_appends_nothing() {
+    #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+    struct Noop;
+    impl cqrs_core::Aggregate for Noop {
+        const TYPE: &'static str = "noop";
+        type Command = ();
+        type Event = AccountEvent;
+        type Error = AccountError;
+        type Services = ();
+        fn handle(&self, _: &(), _: &()) -> Result<Vec<AccountEvent>, AccountError> {
+            Ok(vec![])
+        }
+        fn apply(&mut self, _: AccountEvent) {}
+    }
+    let store = InMemoryEventStore::new();
+    let done = Repository::<Noop, _>::new(store.clone(), ())
+        .execute("n", &())
+        .await
+        .unwrap();
+    assert_eq!((done.events, done.version, done.position), (0, 0, None));
+    assert_eq!(store.count_events(Position::START).await.unwrap(), 0);
+}

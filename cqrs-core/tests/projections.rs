@@ -1,0 +1,422 @@
+//! The projection runner: catch-up, live, rebuild, error policy, groups.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{Account, AccountCommand, AccountEvent};
+use cqrs_core::{
+    BoxError, Envelope, Error, EventData, EventStore, ExpectedVersion, InMemoryEventStore,
+    Position, Projection, ProjectionError, ProjectionGroup, ProjectionRunner, Repository,
+    RetryPolicy, RunnerConfig, StreamId,
+};
+
+type Balances = Arc<Mutex<HashMap<String, i64>>>;
+
+/// Balances per account. Fails (atomically: nothing of the batch applied) on a deposit
+/// of `poison`, and counts how many times it was reset.
+#[derive(Clone, Default)]
+struct BalancesProjection {
+    name: &'static str,
+    balances: Balances,
+    poison: Option<i64>,
+    panic_on_poison: bool,
+    resets: Arc<Mutex<u32>>,
+}
+
+impl Projection for BalancesProjection {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &[Envelope<AccountEvent>],
+        _: Position,
+    ) -> Result<(), BoxError> {
+        if batch.iter().any(|e| {
+            Some(&e.event)
+                == self
+                    .poison
+                    .map(|amount| AccountEvent::Deposited { amount })
+                    .as_ref()
+        }) {
+            if self.panic_on_poison {
+                panic!("poisoned deposit");
+            }
+            return Err("poisoned deposit".into());
+        }
+        let mut balances = self.balances.lock().unwrap();
+        for e in batch {
+            let balance = balances.entry(e.stream.id().to_owned()).or_default();
+            match e.event {
+                AccountEvent::Opened { .. } => {}
+                AccountEvent::Deposited { amount } => *balance += amount,
+                AccountEvent::Withdrawn { amount } => *balance -= amount,
+            }
+        }
+        Ok(())
+    }
+
+    async fn reset(&mut self) -> Result<(), BoxError> {
+        self.balances.lock().unwrap().clear();
+        *self.resets.lock().unwrap() += 1;
+        Ok(())
+    }
+}
+
+fn projection(name: &'static str) -> BalancesProjection {
+    BalancesProjection {
+        name,
+        ..Default::default()
+    }
+}
+
+fn fast_config(batch_size: usize) -> RunnerConfig {
+    RunnerConfig {
+        batch_size,
+        poll_interval: Duration::from_millis(20),
+        retry: RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+        },
+    }
+}
+
+async fn seed(store: &InMemoryEventStore, accounts: usize, deposits: i64) {
+    let repo = Repository::<Account, _>::new(store.clone(), ());
+    for a in 0..accounts {
+        let id = format!("acc-{a}");
+        repo.execute(&id, &AccountCommand::Open { owner: id.clone() })
+            .await
+            .unwrap();
+        for d in 1..=deposits {
+            repo.execute(&id, &AccountCommand::Deposit(d))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Waits (bounded: a hang guard, not a timing assertion) until `check` holds.
+async fn eventually(mut check: impl FnMut() -> bool) {
+    for _ in 0..1_000 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 10 s");
+}
+
+#[tokio::test]
+async fn catch_up_applies_everything_once_and_checkpoints() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 5, 10).await; // 55 events
+    let p = projection("balances");
+    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(7));
+    assert_eq!(runner.catch_up().await.unwrap(), 55);
+    assert_eq!(p.balances.lock().unwrap()["acc-3"], 55);
+    assert_eq!(
+        store.load_checkpoint("balances").await.unwrap(),
+        Some(Position::new(0, 55))
+    );
+    // Nothing new: nothing read, nothing applied twice.
+    assert_eq!(runner.catch_up().await.unwrap(), 0);
+    assert_eq!(p.balances.lock().unwrap()["acc-3"], 55);
+    // A new runner resumes from the checkpoint.
+    let repo = Repository::<Account, _>::new(store.clone(), ());
+    repo.execute(
+        "acc-new",
+        &AccountCommand::Open {
+            owner: "new".into(),
+        },
+    )
+    .await
+    .unwrap();
+    repo.execute("acc-0", &AccountCommand::Deposit(100))
+        .await
+        .unwrap();
+    let mut again = ProjectionRunner::new(store.clone(), p.clone());
+    assert_eq!(again.catch_up().await.unwrap(), 2, "open + deposit");
+    assert_eq!(p.balances.lock().unwrap()["acc-0"], 155);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_runner_follows_new_events_and_stops_on_shutdown() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 2, 3).await;
+    let p = projection("live");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(RunnerConfig {
+        // Notifications must do the waking: polling alone would take a minute.
+        poll_interval: Duration::from_secs(60),
+        ..fast_config(100)
+    });
+    let task = tokio::spawn(async move {
+        runner
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    eventually(|| p.balances.lock().unwrap().get("acc-1") == Some(&6)).await;
+    let repo = Repository::<Account, _>::new(store.clone(), ());
+    for _ in 0..10 {
+        repo.execute("acc-1", &AccountCommand::Deposit(1))
+            .await
+            .unwrap();
+    }
+    eventually(|| p.balances.lock().unwrap().get("acc-1") == Some(&16)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(
+        store.load_checkpoint("live").await.unwrap(),
+        Some(Position::new(0, 18))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_runner_polls_when_the_store_cannot_notify() {
+    let store = InMemoryEventStore::new();
+    // A boxed store whose watcher never wakes.
+    #[derive(Clone)]
+    struct Silent(InMemoryEventStore);
+    impl EventStore for Silent {
+        fn append<'a>(
+            &'a self,
+            s: &'a StreamId,
+            e: ExpectedVersion,
+            v: Vec<EventData>,
+        ) -> impl Future<Output = cqrs_core::Result<cqrs_core::AppendResult>> + Send + 'a {
+            self.0.append(s, e, v)
+        }
+        fn read_stream<'a>(
+            &'a self,
+            s: &'a StreamId,
+            f: u64,
+        ) -> impl futures::Stream<Item = cqrs_core::Result<cqrs_core::RecordedEvent>> + Send + 'a
+        {
+            self.0.read_stream(s, f)
+        }
+        fn read_all(
+            &self,
+            a: Position,
+            l: Option<u64>,
+        ) -> impl futures::Stream<Item = cqrs_core::Result<cqrs_core::RecordedEvent>> + Send + '_
+        {
+            self.0.read_all(a, l)
+        }
+        fn find_event<'a>(
+            &'a self,
+            s: &'a StreamId,
+            id: uuid::Uuid,
+        ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::RecordedEvent>>> + Send + 'a
+        {
+            self.0.find_event(s, id)
+        }
+        fn count_events(
+            &self,
+            a: Position,
+        ) -> impl Future<Output = cqrs_core::Result<u64>> + Send + '_ {
+            self.0.count_events(a)
+        }
+        fn load_snapshot<'a>(
+            &'a self,
+            s: &'a StreamId,
+        ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::SnapshotRecord>>> + Send + 'a
+        {
+            self.0.load_snapshot(s)
+        }
+        fn save_snapshot<'a>(
+            &'a self,
+            s: &'a StreamId,
+            r: cqrs_core::SnapshotRecord,
+        ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
+            self.0.save_snapshot(s, r)
+        }
+        fn load_checkpoint<'a>(
+            &'a self,
+            n: &'a str,
+        ) -> impl Future<Output = cqrs_core::Result<Option<Position>>> + Send + 'a {
+            self.0.load_checkpoint(n)
+        }
+        fn save_checkpoint<'a>(
+            &'a self,
+            n: &'a str,
+            p: Position,
+        ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
+            self.0.save_checkpoint(n, p)
+        }
+    }
+    let silent = Silent(store.clone());
+    assert!(!silent.watch().can_wake());
+    let p = projection("polled");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut runner = ProjectionRunner::new(silent, p.clone()).with_config(fast_config(100));
+    let task = tokio::spawn(async move {
+        runner
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .await
+    });
+    seed(&store, 1, 4).await;
+    eventually(|| p.balances.lock().unwrap().get("acc-0") == Some(&10)).await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn rebuild_resets_and_replays_with_progress() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 4, 5).await; // 24 events
+    let p = projection("rebuilt");
+    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(5));
+    runner.catch_up().await.unwrap();
+    // Corrupt the read model by hand; a rebuild recomputes it from the log.
+    p.balances.lock().unwrap().insert("acc-2".into(), -999);
+    let mut reports = Vec::new();
+    let read = runner
+        .rebuild(|progress| reports.push(progress))
+        .await
+        .unwrap();
+    assert_eq!(read, 24);
+    assert_eq!(*p.resets.lock().unwrap(), 1);
+    assert_eq!(p.balances.lock().unwrap()["acc-2"], 15);
+    assert_eq!(reports.len(), 5, "one report per batch of 5");
+    assert!(reports.windows(2).all(|w| w[0].done < w[1].done));
+    let last = reports.last().unwrap();
+    assert_eq!((last.done, last.total), (24, 24));
+    assert!(last.rate() >= 0.0);
+    assert_eq!(last.position, Position::new(0, 24));
+    assert_eq!(
+        store.load_checkpoint("rebuilt").await.unwrap(),
+        Some(Position::new(0, 24))
+    );
+}
+
+#[tokio::test]
+async fn a_failing_event_stops_the_runner_and_is_named() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 1, 3).await; // open, 1, 2, 3
+    let repo = Repository::<Account, _>::new(store.clone(), ());
+    let poisoned = repo
+        .execute("acc-0", &AccountCommand::Deposit(13))
+        .await
+        .unwrap();
+    repo.execute("acc-0", &AccountCommand::Deposit(4))
+        .await
+        .unwrap();
+    let mut p = projection("poisoned");
+    p.poison = Some(13);
+    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(100));
+    match runner.catch_up().await {
+        Err(ProjectionError::Stopped {
+            projection,
+            stream,
+            version,
+            position,
+            attempts,
+            event_id,
+            source,
+        }) => {
+            assert_eq!(projection, "poisoned");
+            assert_eq!(stream.to_string(), "account/acc-0");
+            assert_eq!(version, poisoned.version);
+            assert_eq!(Some(position), poisoned.position);
+            assert_eq!(attempts, 3);
+            assert_eq!(source.to_string(), "poisoned deposit");
+            let recorded = store.find_event(&stream, event_id).await.unwrap().unwrap();
+            assert_eq!(recorded.version, version);
+        }
+        other => panic!("expected the runner to stop at the poisoned event, got {other:?}"),
+    }
+    // Everything before the poisoned event is applied and checkpointed; nothing after.
+    assert_eq!(p.balances.lock().unwrap()["acc-0"], 6);
+    assert_eq!(
+        store.load_checkpoint("poisoned").await.unwrap(),
+        Some(Position::new(0, 4))
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_event_stops_the_runner_at_once() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 1, 1).await;
+    let stream = StreamId::new("account", "acc-0").unwrap();
+    store
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            vec![EventData::new("MoneyDeposited", b"not json".to_vec())],
+        )
+        .await
+        .unwrap();
+    let p = projection("strict");
+    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(100));
+    match runner.catch_up().await {
+        Err(ProjectionError::Stopped {
+            version,
+            attempts,
+            source,
+            ..
+        }) => {
+            assert_eq!(version, 3);
+            assert_eq!(attempts, 1);
+            assert!(matches!(
+                source.downcast_ref::<Error>(),
+                Some(Error::Decode { .. })
+            ));
+        }
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    assert_eq!(
+        store.load_checkpoint("strict").await.unwrap(),
+        None,
+        "the batch was not applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_runs_projections_and_stops_on_the_first_failure() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 3, 3).await;
+    let a = projection("a");
+    let b = projection("b");
+    let group = ProjectionGroup::new()
+        .with(ProjectionRunner::new(store.clone(), a.clone()).with_config(fast_config(4)))
+        .with(ProjectionRunner::new(store.clone(), b.clone()).with_config(fast_config(50)));
+    assert_eq!(group.names().collect::<Vec<_>>(), ["a", "b"]);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(group.run_until(async {
+        let _ = stopped.await;
+    }));
+    eventually(|| {
+        a.balances.lock().unwrap().get("acc-2") == Some(&6)
+            && b.balances.lock().unwrap().get("acc-2") == Some(&6)
+    })
+    .await;
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+
+    let mut failing = projection("failing");
+    failing.poison = Some(2);
+    let mut panicking = projection("panicking");
+    panicking.poison = Some(3);
+    panicking.panic_on_poison = true;
+    let group = ProjectionGroup::new()
+        .with(ProjectionRunner::new(store.clone(), failing).with_config(fast_config(100)))
+        .with(ProjectionRunner::new(store.clone(), panicking).with_config(fast_config(100)));
+    let error = group.run_until(std::future::pending()).await.unwrap_err();
+    assert!(
+        matches!(&error, ProjectionError::Stopped { projection, .. } if projection == "failing")
+            || matches!(&error, ProjectionError::Panicked { projection, .. } if projection == "panicking"),
+        "{error:?}"
+    );
+}
