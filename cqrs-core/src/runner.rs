@@ -230,12 +230,7 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
     /// See [`ProjectionError`]; the checkpoint stays at the last batch applied.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
         let mut position = self.checkpoint().await?;
-        self.process(
-            &mut position,
-            &mut |_| {},
-            &mut futures::future::pending::<()>(),
-        )
-        .await
+        self.process(&mut position, None, &mut || false).await
     }
 
     /// Catches up, then follows the log live until `shutdown` completes.
@@ -248,21 +243,25 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
         &mut self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ProjectionError> {
-        let mut shutdown = pin!(shutdown.fuse());
+        let mut shutdown = pin!(shutdown);
+        let mut stopped = false;
         let mut watcher = self.store.watch();
         let mut position = self.checkpoint().await?;
         loop {
             // Mark before reading: an append that lands while we read still wakes us.
             watcher.mark_seen();
-            self.process(&mut position, &mut |_| {}, &mut shutdown)
-                .await?;
-            if (&mut shutdown).now_or_never().is_some() {
+            let mut should_stop = || {
+                stopped = stopped || shutdown.as_mut().now_or_never().is_some();
+                stopped
+            };
+            self.process(&mut position, None, &mut should_stop).await?;
+            if should_stop() {
                 return Ok(());
             }
             tokio::select! {
                 () = watcher.changed() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
-                () = &mut shutdown => return Ok(()),
+                () = shutdown.as_mut() => return Ok(()),
             }
         }
     }
@@ -296,38 +295,35 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
             .await?;
         }
         let mut position = Position::START;
-        self.process(
-            &mut position,
-            &mut progress,
-            &mut futures::future::pending::<()>(),
-        )
-        .await
+        self.process(&mut position, Some(&mut progress), &mut || false)
+            .await
     }
 
     /// Reads from `position` to the end of the log (retrying failed reads from the last
-    /// checkpoint), applying batches; stops early when `shutdown` is ready.
-    async fn process<F>(
+    /// checkpoint), applying batches; stops early when `should_stop` says so.
+    async fn process(
         &mut self,
         position: &mut Position,
-        progress: &mut (dyn FnMut(Progress) + Send),
-        shutdown: &mut F,
-    ) -> Result<u64, ProjectionError>
-    where
-        F: Future<Output = ()> + Unpin + Send,
-    {
+        progress: Option<&mut (dyn FnMut(Progress) + Send)>,
+        should_stop: &mut (dyn FnMut() -> bool + Send),
+    ) -> Result<u64, ProjectionError> {
         let name = self.projection.name().to_owned();
-        let started = Instant::now();
-        let total = retrying(&name, self.config.retry, || {
-            self.store.count_events(*position)
-        })
-        .await?;
+        let mut report = match progress {
+            // Counting costs a query: only when someone is watching.
+            Some(callback) => {
+                let total = retrying(&name, self.config.retry, || {
+                    self.store.count_events(*position)
+                })
+                .await?;
+                Some((callback, total, Instant::now()))
+            }
+            None => None,
+        };
         let mut done = 0u64;
         let mut failures = 0;
         loop {
             match self
-                .pass(
-                    &name, position, &mut done, total, started, progress, shutdown,
-                )
+                .pass(&name, position, &mut done, &mut report, should_stop)
                 .await
             {
                 Ok(()) => return Ok(done),
@@ -348,20 +344,14 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
     }
 
     /// One read of the log from `position` to its end.
-    #[allow(clippy::too_many_arguments)]
-    async fn pass<F>(
+    async fn pass(
         &mut self,
         name: &str,
         position: &mut Position,
         done: &mut u64,
-        total: u64,
-        started: Instant,
-        progress: &mut (dyn FnMut(Progress) + Send),
-        shutdown: &mut F,
-    ) -> Result<(), PassError>
-    where
-        F: Future<Output = ()> + Unpin + Send,
-    {
+        report: &mut Option<Report<'_>>,
+        should_stop: &mut (dyn FnMut() -> bool + Send),
+    ) -> Result<(), PassError> {
         let Self {
             store,
             projection,
@@ -380,16 +370,25 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
             for item in chunk {
                 let record = item.map_err(PassError::Store)?;
                 end = record.position;
+                let id = EventRef::of(&record);
                 let record = codec
-                    .upcast(record.clone())
-                    .map_err(|e| PassError::Projection(stopped(name, &record, 1, e.into())))?;
+                    .upcast(record)
+                    .map_err(|e| PassError::Projection(id.stopped(name, 1, e.into())))?;
                 if !projection.wants(&record) {
                     continue;
                 }
-                let envelope = codec
-                    .decode_envelope::<P::Event>(record.clone())
-                    .map_err(|e| PassError::Projection(stopped(name, &record, 1, e.into())))?;
-                batch.push(envelope);
+                let event = codec
+                    .decode::<P::Event>(&record)
+                    .map_err(|e| PassError::Projection(id.stopped(name, 1, e.into())))?;
+                batch.push(Envelope {
+                    event_id: record.event_id,
+                    stream: record.stream,
+                    version: record.version,
+                    position: record.position,
+                    recorded_at: record.recorded_at,
+                    metadata: record.metadata,
+                    event,
+                });
             }
             let span = tracing::debug_span!(
                 "cqrs.projection.batch",
@@ -406,17 +405,53 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
             applied?;
             *position = end;
             *done += read;
-            progress(Progress {
-                done: *done,
-                total,
-                elapsed: started.elapsed(),
-                position: end,
-            });
-            if shutdown.now_or_never().is_some() {
+            if let Some((callback, total, started)) = report {
+                callback(Progress {
+                    done: *done,
+                    total: *total,
+                    elapsed: started.elapsed(),
+                    position: end,
+                });
+            }
+            if should_stop() {
                 return Ok(());
             }
         }
         Ok(())
+    }
+}
+
+/// A progress callback, the total to report against, and when the work began.
+type Report<'a> = (&'a mut (dyn FnMut(Progress) + Send), u64, Instant);
+
+/// What names an event in an error, kept before the record is consumed.
+struct EventRef {
+    event_id: uuid::Uuid,
+    stream: crate::StreamId,
+    version: u64,
+    position: Position,
+}
+
+impl EventRef {
+    fn of(record: &RecordedEvent) -> Self {
+        EventRef {
+            event_id: record.event_id,
+            stream: record.stream.clone(),
+            version: record.version,
+            position: record.position,
+        }
+    }
+
+    fn stopped(&self, name: &str, attempts: u32, source: BoxError) -> ProjectionError {
+        ProjectionError::Stopped {
+            projection: name.to_owned(),
+            event_id: self.event_id,
+            stream: self.stream.clone(),
+            version: self.version,
+            position: self.position,
+            attempts,
+            source,
+        }
     }
 }
 
@@ -428,18 +463,6 @@ enum PassError {
 impl From<ProjectionError> for PassError {
     fn from(e: ProjectionError) -> Self {
         PassError::Projection(e)
-    }
-}
-
-fn stopped(name: &str, record: &RecordedEvent, attempts: u32, source: BoxError) -> ProjectionError {
-    ProjectionError::Stopped {
-        projection: name.to_owned(),
-        event_id: record.event_id,
-        stream: record.stream.clone(),
-        version: record.version,
-        position: record.position,
-        attempts,
-        source,
     }
 }
 

@@ -420,3 +420,19 @@ async fn a_group_runs_projections_and_stops_on_the_first_failure() {
         "{error:?}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_is_honoured_between_batches_of_a_long_catch_up() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 2, 9).await; // 20 events
+    let p = projection("interrupted");
+    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(3));
+    // Shutdown is already requested: the runner stops after its first batch.
+    runner.run_until(async {}).await.unwrap();
+    assert_eq!(
+        store.load_checkpoint("interrupted").await.unwrap(),
+        Some(Position::new(0, 3))
+    );
+    // The next catch-up resumes from there.
+    assert_eq!(runner.catch_up().await.unwrap(), 17);
+}
