@@ -56,7 +56,9 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use crate::{Aggregate, Codec, DomainEvent, JsonCodec, Metadata, Position, RecordedEvent, StreamId};
+use crate::{
+    Aggregate, Codec, DomainEvent, JsonCodec, Metadata, Position, RecordedEvent, StreamId,
+};
 
 /// The start of an aggregate test: the services `handle` gets.
 #[derive(Debug)]
@@ -134,7 +136,10 @@ where
         let expected: Vec<A::Event> = expected.into_iter().collect();
         match &self.result {
             Ok(events) => {
-                assert_eq!(events, &expected, "the command decided other events than expected");
+                assert_eq!(
+                    events, &expected,
+                    "the command decided other events than expected"
+                );
                 for event in events {
                     check_event(event);
                 }
@@ -163,7 +168,11 @@ where
     #[track_caller]
     pub fn then_expect_error_message(self, message: &str) {
         let error = self.then_expect_error();
-        assert_eq!(error.to_string(), message, "the rejection's message differs");
+        assert_eq!(
+            error.to_string(),
+            message,
+            "the rejection's message differs"
+        );
     }
 
     /// Runs `check` on the state after the decided events are applied (or on the
