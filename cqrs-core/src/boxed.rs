@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     AppendResult, EventData, EventStore, ExpectedVersion, LogWatcher, Position, RecordedEvent,
-    Result, SnapshotRecord, StreamId,
+    Result, SnapshotRecord, StoreStats, StreamId, StreamInfo,
 };
 
 /// The object-safe twin of [`EventStore`], with boxed futures and streams.
@@ -60,6 +60,8 @@ pub trait DynEventStore: Send + Sync + 'static {
         position: Position,
     ) -> BoxFuture<'a, Result<()>>;
     fn dyn_watch(&self) -> LogWatcher;
+    fn dyn_list_streams(&self) -> BoxStream<'_, Result<StreamInfo>>;
+    fn dyn_stats(&self) -> BoxFuture<'_, Result<StoreStats>>;
 }
 
 impl<S: EventStore + 'static> DynEventStore for S {
@@ -120,6 +122,12 @@ impl<S: EventStore + 'static> DynEventStore for S {
     }
     fn dyn_watch(&self) -> LogWatcher {
         self.watch()
+    }
+    fn dyn_list_streams(&self) -> BoxStream<'_, Result<StreamInfo>> {
+        Box::pin(self.list_streams())
+    }
+    fn dyn_stats(&self) -> BoxFuture<'_, Result<StoreStats>> {
+        Box::pin(self.stats())
     }
 }
 
@@ -220,5 +228,11 @@ impl EventStore for BoxEventStore {
     }
     fn watch(&self) -> LogWatcher {
         self.0.dyn_watch()
+    }
+    fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
+        self.0.dyn_list_streams()
+    }
+    fn stats(&self) -> impl Future<Output = Result<StoreStats>> + Send + '_ {
+        self.0.dyn_stats()
     }
 }

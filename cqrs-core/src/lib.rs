@@ -32,7 +32,8 @@ pub use repository::{
 };
 pub use runner::{Progress, ProjectionGroup, ProjectionRunner, RunnerConfig};
 pub use store::{
-    AppendResult, EventStore, SnapshotRecord, validate_batch, validate_checkpoint_name,
+    AppendResult, EventStore, SnapshotRecord, StoreStats, StreamInfo, validate_batch,
+    validate_checkpoint_name,
 };
 pub use stream::{ExpectedVersion, Position, StreamId};
 pub use upcast::{JsonEvent, Upcasters};

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::store::{validate_batch, validate_checkpoint_name};
 use crate::{
     AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
-    RecordedEvent, Result, SnapshotRecord, StreamId,
+    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo,
 };
 
 /// How many records a reader copies per lock: reads never hold the lock for long and
@@ -278,5 +278,29 @@ impl EventStore for InMemoryEventStore {
 
     fn watch(&self) -> LogWatcher {
         self.inner.notifier.watcher()
+    }
+
+    fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
+        let streams: Vec<Result<StreamInfo>> = self
+            .lock()
+            .streams
+            .iter()
+            .map(|(stream, versions)| {
+                Ok(StreamInfo {
+                    stream: stream.clone(),
+                    version: versions.len() as u64,
+                })
+            })
+            .collect();
+        stream::iter(streams)
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let state = self.lock();
+        Ok(StoreStats {
+            streams: state.streams.len() as u64,
+            events: state.log.len() as u64,
+            snapshots: state.snapshots.len() as u64,
+        })
     }
 }

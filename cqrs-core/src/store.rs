@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use uuid::Uuid;
 
 use crate::{EventData, ExpectedVersion, LogWatcher, Position, RecordedEvent, Result, StreamId};
@@ -28,6 +28,26 @@ pub struct SnapshotRecord {
     pub schema_version: u32,
     /// The encoded state.
     pub payload: Vec<u8>,
+}
+
+/// A stream and its current version, as listed by [`EventStore::list_streams`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StreamInfo {
+    /// The stream.
+    pub stream: StreamId,
+    /// Its current version (the number of events in it).
+    pub version: u64,
+}
+
+/// Store-wide counts, as reported by [`EventStore::stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StoreStats {
+    /// Streams with at least one event.
+    pub streams: u64,
+    /// Events in the global log.
+    pub events: u64,
+    /// Streams with a stored snapshot.
+    pub snapshots: u64,
 }
 
 /// An event store: the narrow trait a backend implements, over serialized records.
@@ -192,6 +212,61 @@ pub trait EventStore: Send + Sync {
     fn watch(&self) -> LogWatcher {
         LogWatcher::polling()
     }
+
+    /// Every stream with events, with its current version, in no particular order (for
+    /// operations tools: snapshot everything, inspect).
+    ///
+    /// The default scans the global log once and keeps one entry per stream in memory;
+    /// backends with a stream index override it.
+    ///
+    /// # Errors
+    /// Items are [`Error::Store`](crate::Error::Store) if the backend fails.
+    fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
+        futures::stream::once(async move {
+            let mut versions = std::collections::HashMap::<StreamId, u64>::new();
+            let mut log = std::pin::pin!(self.read_all(Position::START, None));
+            while let Some(record) = futures::StreamExt::next(&mut log).await {
+                let record = record?;
+                versions.insert(record.stream, record.version);
+            }
+            Ok::<_, crate::Error>(versions)
+        })
+        .flat_map(|scan| {
+            let items: Vec<Result<StreamInfo>> = match scan {
+                Ok(versions) => versions
+                    .into_iter()
+                    .map(|(stream, version)| Ok(StreamInfo { stream, version }))
+                    .collect(),
+                Err(e) => vec![Err(e)],
+            };
+            futures::stream::iter(items)
+        })
+    }
+
+    /// Counts streams, events and snapshots.
+    ///
+    /// The default lists the streams and asks for each one's snapshot; backends override
+    /// it with cheaper queries.
+    ///
+    /// # Errors
+    /// [`Error::Store`](crate::Error::Store) if the backend fails.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats>> + Send + '_ {
+        async move {
+            let mut stats = StoreStats {
+                events: self.count_events(Position::START).await?,
+                ..StoreStats::default()
+            };
+            let mut streams = std::pin::pin!(self.list_streams());
+            while let Some(info) = futures::StreamExt::next(&mut streams).await {
+                let info = info?;
+                stats.streams += 1;
+                if self.load_snapshot(&info.stream).await?.is_some() {
+                    stats.snapshots += 1;
+                }
+            }
+            Ok(stats)
+        }
+    }
 }
 
 /// Checks a checkpoint (projection) name: 1 to 256 bytes, no NUL.
@@ -297,6 +372,12 @@ macro_rules! forward_event_store {
             }
             fn watch(&self) -> LogWatcher {
                 (**self).watch()
+            }
+            fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
+                (**self).list_streams()
+            }
+            fn stats(&self) -> impl Future<Output = Result<StoreStats>> + Send + '_ {
+                (**self).stats()
             }
         }
     )*};

@@ -352,3 +352,32 @@ async fn a_command_that_decides_nothing_appends_nothing() {
     assert_eq!((done.events, done.version, done.position), (0, 0, None));
     assert_eq!(store.count_events(Position::START).await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn default_list_streams_and_stats_agree_with_the_in_memory_overrides() {
+    // `InterferingStore` does not override `list_streams`/`stats`: it gets the trait's
+    // default implementations, computed from the log.
+    let store = InterferingStore::new(0);
+    let repo = Repository::<Account, _>::new(store.clone(), ()).with_background_snapshots(false);
+    for id in ["a", "b", "c"] {
+        repo.execute(id, &open(id)).await.unwrap();
+        repo.execute(id, &AccountCommand::Deposit(5)).await.unwrap();
+    }
+    repo.execute("b", &AccountCommand::Deposit(1))
+        .await
+        .unwrap();
+    repo.snapshot_now("a").await.unwrap();
+
+    let mut by_default: Vec<_> = store.list_streams().try_collect().await.unwrap();
+    let mut overridden: Vec<_> = store.inner.list_streams().try_collect().await.unwrap();
+    by_default.sort_by(|x, y| x.stream.cmp(&y.stream));
+    overridden.sort_by(|x, y| x.stream.cmp(&y.stream));
+    assert_eq!(by_default, overridden);
+    assert_eq!(
+        by_default.iter().map(|s| s.version).collect::<Vec<_>>(),
+        [2, 3, 2]
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats, store.inner.stats().await.unwrap());
+    assert_eq!((stats.streams, stats.events, stats.snapshots), (3, 7, 1));
+}
