@@ -1,3 +1,15 @@
-//! The embedded sled event store for `cqrs-core`.
-//!
-//! This crate is a placeholder: the backend is being built (see the project's issues).
+#![doc = include_str!("../README.md")]
+
+mod config;
+mod error;
+mod flush;
+mod projection;
+mod record;
+mod store;
+
+pub use config::{Durability, SledConfig};
+pub use error::{OpenError, Result};
+pub use projection::{
+    ApplyError, ReadModel, ReadModelTx, SledProjection, TransactionalProjection, TxTree,
+};
+pub use store::SledEventStore;

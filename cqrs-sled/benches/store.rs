@@ -1,0 +1,2 @@
+//! Benchmarks of the sled event store (see docs/performance.md).
+fn main() {}

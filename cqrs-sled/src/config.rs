@@ -1,0 +1,119 @@
+//! Opening options.
+
+use std::path::{Path, PathBuf};
+
+/// When an append returns, relative to the disk.
+///
+/// What sled 0.34 does on Linux (read from its source, `pagecache/iobuf.rs`): a flush
+/// writes the log buffers with `pwrite` and then calls `sync_file_range(WAIT_BEFORE |
+/// WRITE | WAIT_AFTER)` on the written range. That waits until the data pages reach the
+/// device, but it is not `fsync`/`fdatasync`: it does not write the file's metadata
+/// (such as its size after the log grew) and does not ask the device to empty its
+/// volatile write cache. Values above sled's blob threshold (about 128 KiB) go to files
+/// under `blobs/` that sled writes without any sync. sled's background thread calls
+/// `fsync` on the data file after its periodic flush (every 500 ms by default).
+///
+/// So: [`Flushed`](Durability::Flushed) survives a crash of the process (and the
+/// operating system's page cache is written promptly), but an acknowledged append can be
+/// lost on power loss or a kernel crash. [`Synced`](Durability::Synced) adds an `fsync`
+/// of the data file (and of blob files when the batch had large events), which is what
+/// protects against power loss on a disk that honours cache flushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// An append returns once sled's flush of its bytes is done (see above: safe against
+    /// a process crash). Concurrent appends share one flush (group commit). The default.
+    #[default]
+    Flushed,
+    /// As [`Flushed`](Durability::Flushed), followed by an `fsync` of sled's files before
+    /// the append returns (safe against power loss), still shared by concurrent appends.
+    Synced,
+    /// An append returns once its batch is in sled's memory; sled writes it within its
+    /// flush interval. A crash can lose the last appends (never half a batch).
+    Buffered,
+}
+
+/// How to open a [`SledEventStore`](crate::SledEventStore).
+///
+/// # Examples
+/// ```
+/// use cqrs_sled::{Durability, SledConfig};
+///
+/// let dir = tempfile::tempdir()?;
+/// let store = SledConfig::new(dir.path().join("events"))
+///     .durability(Durability::Synced)
+///     .cache_capacity(16 << 20)
+///     .open()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SledConfig {
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) durability: Durability,
+    pub(crate) cache_capacity: u64,
+    pub(crate) create_if_missing: bool,
+    pub(crate) flush_every_ms: Option<u64>,
+}
+
+impl SledConfig {
+    /// The default page-cache budget: 32 MiB (sled's own default is 1 GiB).
+    pub const DEFAULT_CACHE_CAPACITY: u64 = 32 << 20;
+
+    /// Options for a database in the directory `path`, with [`Durability::Flushed`], a
+    /// 32 MiB cache, and the directory created if it is missing.
+    pub fn new(path: impl AsRef<Path>) -> Self {
+        SledConfig {
+            path: Some(path.as_ref().to_owned()),
+            ..Self::temporary()
+        }
+    }
+
+    /// Options for a temporary database, deleted when the store is dropped (for tests).
+    pub fn temporary() -> Self {
+        SledConfig {
+            path: None,
+            durability: Durability::Flushed,
+            cache_capacity: Self::DEFAULT_CACHE_CAPACITY,
+            create_if_missing: true,
+            flush_every_ms: Some(500),
+        }
+    }
+
+    /// Sets the durability of appends.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Sets sled's page-cache budget in bytes. It bounds the memory of long reads and
+    /// replays; sled's own default (1 GiB) is far more than an event store needs.
+    pub fn cache_capacity(mut self, bytes: u64) -> Self {
+        self.cache_capacity = bytes;
+        self
+    }
+
+    /// Whether a missing directory is created (the default) or an
+    /// [`OpenError::Missing`](crate::OpenError::Missing).
+    pub fn create_if_missing(mut self, create: bool) -> Self {
+        self.create_if_missing = create;
+        self
+    }
+
+    /// How often sled's background thread flushes (and fsyncs), in milliseconds;
+    /// `None` turns it off. Default 500. With [`Durability::Buffered`] this bounds how
+    /// many recent appends a crash can lose.
+    pub fn flush_every_ms(mut self, every: Option<u64>) -> Self {
+        self.flush_every_ms = every;
+        self
+    }
+
+    /// Opens the store.
+    ///
+    /// # Errors
+    /// [`OpenError`](crate::OpenError), naming the path, if the directory is missing (and
+    /// may not be created), is not a directory, is locked by another process, holds
+    /// something else than a sled database, or cannot be read.
+    pub fn open(self) -> crate::Result<crate::SledEventStore> {
+        crate::SledEventStore::open_with(self)
+    }
+}

@@ -1,0 +1,83 @@
+//! Errors of opening a sled event store.
+
+use std::path::PathBuf;
+
+use cqrs_core::BoxError;
+
+/// `Result` with [`OpenError`] as its default error type.
+pub type Result<T, E = OpenError> = std::result::Result<T, E>;
+
+/// Why a [`SledEventStore`](crate::SledEventStore) could not be opened.
+///
+/// Every variant names the database path. Once a store is open, its operations report
+/// [`cqrs_core::Error`] like every other backend.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The directory does not exist and
+    /// [`create_if_missing`](crate::SledConfig::create_if_missing) is off.
+    ///
+    /// Handling: create it, or fix the path.
+    #[error("sled event store {path:?} does not exist")]
+    Missing {
+        /// The database directory.
+        path: PathBuf,
+    },
+
+    /// The path exists but is not a directory (a sled database is a directory).
+    ///
+    /// Handling: fix the path.
+    #[error("sled event store {path:?} is not a directory")]
+    NotADirectory {
+        /// The path given.
+        path: PathBuf,
+    },
+
+    /// Another process (or another store in this process) has the database open.
+    ///
+    /// Handling: sled is single-process; stop the other user or open another path.
+    #[error("sled event store {path:?} is locked by another process or another open store")]
+    Locked {
+        /// The database directory.
+        path: PathBuf,
+        /// What sled reported.
+        #[source]
+        source: BoxError,
+    },
+
+    /// The directory holds something that is not a sled database (other files, or sled
+    /// files that do not parse).
+    ///
+    /// Handling: fix the path; the store never takes over a directory that holds other
+    /// data.
+    #[error("{path:?} is not a sled event store: {reason}")]
+    NotADatabase {
+        /// The database directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// The store's own data in the database is not what this version writes.
+    ///
+    /// Handling: restore from a backup or open with the matching version of this crate.
+    #[error("sled event store {path:?} is damaged: {reason}")]
+    Corrupt {
+        /// The database directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An I/O or sled failure while opening.
+    ///
+    /// Handling: check permissions and disk space, then retry.
+    #[error("cannot open sled event store {path:?}")]
+    Io {
+        /// The database directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+}
