@@ -81,6 +81,20 @@ pub(crate) fn version_of_stream_key(key: &[u8]) -> Option<u64> {
     be_u64(key.get(key.len().checked_sub(8)?..)?)
 }
 
+/// The stream a stream-index key (keyspace byte included) belongs to.
+pub(crate) fn stream_of_index_key(key: &[u8]) -> Option<StreamId> {
+    let rest = key.strip_prefix(&[STREAM])?;
+    let (&ty_len, rest) = rest.split_first()?;
+    let (ty, rest) = rest.split_at_checked(usize::from(ty_len))?;
+    let (id_len, rest) = rest.split_at_checked(2)?;
+    let id_len = usize::from(u16::from_be_bytes([id_len[0], id_len[1]]));
+    let (id, rest) = rest.split_at_checked(id_len)?;
+    if rest.len() != 8 {
+        return None;
+    }
+    StreamId::new(std::str::from_utf8(ty).ok()?, std::str::from_utf8(id).ok()?).ok()
+}
+
 /// Encodes one event of an append.
 pub(crate) fn encode(
     stream: &StreamId,
@@ -352,5 +366,7 @@ mod tests {
             }
         }
         assert_eq!(version_of_stream_key(&stream_key(&ab, 9)), Some(9));
+        assert_eq!(stream_of_index_key(&stream_key(&ab, 9)), Some(ab));
+        assert_eq!(stream_of_index_key(b"S\x01t"), None);
     }
 }

@@ -10,9 +10,10 @@ use std::time::SystemTime;
 
 use cqrs_core::{
     AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
-    RecordedEvent, Result, SnapshotRecord, StreamId, validate_batch, validate_checkpoint_name,
+    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, validate_batch,
+    validate_checkpoint_name,
 };
-use futures::{Stream, StreamExt, stream};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
 use uuid::Uuid;
 
 use crate::config::{Durability, SledConfig};
@@ -405,6 +406,27 @@ impl SledEventStore {
         ))
     }
 
+    /// The first stream whose index keys are at or after `start`, its version, and the
+    /// key just past its range.
+    fn next_stream(&self, start: &[u8]) -> Result<Option<(StreamInfo, Vec<u8>)>> {
+        let Some(first) = self
+            .inner
+            .events
+            .range(start..&[record::STREAM + 1][..])
+            .next()
+            .transpose()
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let stream = record::stream_of_index_key(&first.0)
+            .ok_or_else(|| Error::corrupt("the stream index", "a key does not name a stream"))?;
+        let version = self.head(&stream)?;
+        let mut next = stream_key(&stream, u64::MAX);
+        next.push(0);
+        Ok(Some((StreamInfo { stream, version }, next)))
+    }
+
     /// Up to `READ_CHUNK` events of `stream` from `version` on, and where to go on.
     fn stream_chunk(
         &self,
@@ -705,5 +727,35 @@ impl EventStore for SledEventStore {
 
     fn watch(&self) -> LogWatcher {
         self.inner.notifier.watcher()
+    }
+
+    fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
+        // Walk the stream index one stream at a time: find the next stream's first key,
+        // read its head, then jump past its key range. Memory stays bounded.
+        stream::unfold(Some(vec![record::STREAM]), move |start| {
+            ready(start.map(|start| match self.next_stream(&start) {
+                Ok(Some((info, next))) => (Ok(info), Some(next)),
+                Ok(None) => (Err(None), None),
+                Err(e) => (Err(Some(e)), None),
+            }))
+        })
+        .filter_map(|item| {
+            ready(match item {
+                Ok(info) => Some(Ok(info)),
+                Err(e) => e.map(Err),
+            })
+        })
+    }
+
+    async fn stats(&self) -> Result<StoreStats> {
+        let streams = self
+            .list_streams()
+            .try_fold(0u64, |n, _| ready(Ok(n + 1)))
+            .await?;
+        Ok(StoreStats {
+            streams,
+            events: self.count_events(Position::START).await?,
+            snapshots: u64::try_from(self.inner.snapshots.len()).unwrap_or(u64::MAX),
+        })
     }
 }

@@ -345,3 +345,38 @@ async fn synced_durability_appends_and_reopens() {
     let events: Vec<_> = store.read_stream(&s, 1).try_collect().await.unwrap();
     assert_eq!(events[1].payload.len(), 200 * 1024);
 }
+
+#[tokio::test]
+async fn streams_are_listed_with_their_versions_and_counted() {
+    let store = SledEventStore::temporary().unwrap();
+    let names = ["a", "ab", "b", "a\u{7f}"];
+    for (i, id) in names.iter().enumerate() {
+        let batch = (0..=i).map(|n| event(u32::try_from(n).unwrap())).collect();
+        store
+            .append(&stream(id), ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+    let snapshot = SnapshotRecord {
+        version: 1,
+        schema_version: 1,
+        payload: vec![],
+    };
+    store.save_snapshot(&stream("b"), snapshot).await.unwrap();
+    let mut listed: Vec<_> = store
+        .list_streams()
+        .map_ok(|info| (info.stream.id().to_owned(), info.version))
+        .try_collect()
+        .await
+        .unwrap();
+    listed.sort();
+    let mut want: Vec<_> = names
+        .iter()
+        .zip(1..)
+        .map(|(id, v)| ((*id).to_owned(), v))
+        .collect();
+    want.sort();
+    assert_eq!(listed, want);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.streams, stats.events, stats.snapshots), (4, 10, 1));
+}
