@@ -1,0 +1,263 @@
+//! Embedded migrations, applied in order by [`PostgresEventStore::migrate`].
+//!
+//! Each migration is plain SQL run in one transaction together with the row that records
+//! it in the schema's `schema_migrations` table; a transaction-level advisory lock keyed
+//! on the schema makes concurrent `migrate()` calls (many nodes starting at once) wait
+//! for each other instead of racing.
+//!
+//! [`PostgresEventStore::migrate`]: crate::PostgresEventStore::migrate
+
+use sqlx::{AssertSqlSafe, Connection, PgPool};
+
+use crate::error::{Error, Result};
+use crate::schema::Schema;
+
+/// One migration: its version, a name, and its SQL for a schema.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: fn(&str) -> String,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "events, snapshots, checkpoints, append_events()",
+    sql: v1_initial,
+}];
+
+/// The latest migration this release knows.
+pub(crate) const LATEST: i64 = 1;
+
+/// The advisory-lock key of a schema's migrations (and nothing else).
+pub(crate) fn lock_key(schema: &Schema, purpose: &str) -> i64 {
+    // FNV-1a, stable across processes and releases: every node computes the same key.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in purpose
+        .bytes()
+        .chain([0])
+        .chain(schema.name().bytes())
+        .chain([0])
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_be_bytes(hash.to_be_bytes())
+}
+
+/// Keyed on the projection name too: see [`crate::worker`].
+pub(crate) fn named_lock_key(schema: &Schema, purpose: &str, name: &str) -> i64 {
+    let mut hash = u64::from_be_bytes(lock_key(schema, purpose).to_be_bytes());
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_be_bytes(hash.to_be_bytes())
+}
+
+pub(crate) async fn run(pool: &PgPool, schema: &Schema) -> Result<i64> {
+    let s = schema.quoted();
+    let database = |operation| move |source| Error::Database { operation, source };
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|source| Error::Connect { source })?;
+    let mut applied_to = 0;
+    // Each migration in its own transaction, so a failure leaves the schema at a known
+    // version.
+    loop {
+        let mut tx = conn
+            .begin()
+            .await
+            .map_err(database("beginning a migration"))?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(lock_key(schema, "migrate"))
+            .execute(&mut *tx)
+            .await
+            .map_err(database("locking the schema for migration"))?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "CREATE SCHEMA IF NOT EXISTS {s}; \
+             CREATE TABLE IF NOT EXISTS {s}.schema_migrations (\
+                version bigint PRIMARY KEY, name text NOT NULL, \
+                applied_at timestamptz NOT NULL DEFAULT now())"
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(database("creating the schema"))?;
+        let current: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT coalesce(max(version), 0) FROM {s}.schema_migrations"
+        )))
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(database("reading the schema version"))?;
+        if current > LATEST {
+            return Err(Error::SchemaTooNew {
+                schema: schema.name().to_owned(),
+                found: current,
+                known: LATEST,
+            });
+        }
+        let Some(next) = MIGRATIONS.iter().find(|m| m.version > current) else {
+            tx.commit()
+                .await
+                .map_err(database("committing the schema"))?;
+            return Ok(applied_to.max(current));
+        };
+        let failed = |source| Error::Migrate {
+            schema: schema.name().to_owned(),
+            version: next.version,
+            name: next.name,
+            source,
+        };
+        sqlx::raw_sql(AssertSqlSafe((next.sql)(&s)))
+            .execute(&mut *tx)
+            .await
+            .map_err(failed)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {s}.schema_migrations (version, name) VALUES ($1, $2)"
+        )))
+        .bind(next.version)
+        .bind(next.name)
+        .execute(&mut *tx)
+        .await
+        .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        applied_to = next.version;
+        tracing::info!(schema = %schema, version = next.version, name = next.name, "migrated");
+    }
+}
+
+/// The first schema. `s` is the quoted schema name.
+///
+/// - `events.transaction_id` is the writer's `pg_current_xact_id()` (as bigint): the log is
+///   read in `(transaction_id, id)` order below the oldest running transaction, which
+///   makes the order gap-safe (ADR 0001 in this crate's `docs/`).
+/// - `metadata` is `json`, not `jsonb`: it keeps the text as written, `\u0000` included,
+///   so every metadata value round-trips.
+/// - `append_events` does the whole append (idempotency, expected version, insert,
+///   notification) in one call: one round trip per append.
+fn v1_initial(s: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE {s}.events (
+    id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    transaction_id  bigint NOT NULL,
+    event_id        uuid NOT NULL,
+    aggregate_type  text NOT NULL,
+    aggregate_id    text NOT NULL,
+    version         bigint NOT NULL CHECK (version > 0),
+    event_type      text NOT NULL,
+    schema_version  bigint NOT NULL,
+    recorded_at     timestamptz NOT NULL DEFAULT now(),
+    payload         bytea NOT NULL,
+    metadata        json NOT NULL,
+    CONSTRAINT events_event_id_key UNIQUE (event_id),
+    CONSTRAINT events_stream_version_key UNIQUE (aggregate_type, aggregate_id, version)
+);
+CREATE INDEX events_log_idx ON {s}.events (transaction_id, id);
+
+CREATE TABLE {s}.snapshots (
+    aggregate_type  text NOT NULL,
+    aggregate_id    text NOT NULL,
+    version         bigint NOT NULL,
+    schema_version  bigint NOT NULL,
+    payload         bytea NOT NULL,
+    taken_at        timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (aggregate_type, aggregate_id)
+);
+
+CREATE TABLE {s}.checkpoints (
+    name        text PRIMARY KEY,
+    commit_id   bigint NOT NULL,
+    sequence    bigint NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Outcome 0: appended: r_version, r_commit, r_sequence of the last event.
+-- Outcome 3: every id already appended (idempotent): the same, of the original append.
+-- Outcome 1: version conflict: r_version is the stream's version.
+-- Outcome 2: an event id is used in another stream: r_event_id, r_type, r_id.
+-- p_expected_kind: 0 any, 1 no stream, 2 stream exists, 3 exactly p_expected.
+CREATE FUNCTION {s}.append_events(
+    p_type text, p_id text, p_expected_kind smallint, p_expected bigint,
+    p_event_ids uuid[], p_event_types text[], p_schema_versions bigint[],
+    p_payloads bytea[], p_metadata text[], p_notify text)
+RETURNS TABLE (r_outcome smallint, r_version bigint, r_commit bigint, r_sequence bigint,
+               r_event_id uuid, r_type text, r_id text)
+LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_n integer := cardinality(p_event_ids);
+    v_found integer;
+    v_actual bigint;
+    v_xid bigint;
+    v_version bigint;
+    v_last bigint;
+BEGIN
+    SELECT count(*) INTO v_found FROM {s}.events e WHERE e.event_id = ANY (p_event_ids);
+    IF v_found > 0 THEN
+        -- The first id of the batch that another stream holds.
+        RETURN QUERY
+            SELECT 2::smallint, NULL::bigint, NULL::bigint, NULL::bigint,
+                   e.event_id, e.aggregate_type, e.aggregate_id
+            FROM unnest(p_event_ids) WITH ORDINALITY AS b(event_id, ord)
+            JOIN {s}.events e ON e.event_id = b.event_id
+            WHERE e.aggregate_type <> p_type OR e.aggregate_id <> p_id
+            ORDER BY b.ord LIMIT 1;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        -- Every id stored, at consecutive versions in batch order: the original result.
+        IF v_found = v_n AND NOT EXISTS (
+            SELECT 1
+            FROM unnest(p_event_ids) WITH ORDINALITY AS b(event_id, ord)
+            JOIN {s}.events e ON e.event_id = b.event_id
+            JOIN {s}.events f ON f.event_id = p_event_ids[1]
+            WHERE e.version <> f.version + b.ord - 1)
+        THEN
+            RETURN QUERY
+                SELECT 3::smallint, e.version, e.transaction_id, e.id,
+                       NULL::uuid, NULL::text, NULL::text
+                FROM {s}.events e WHERE e.event_id = p_event_ids[v_n];
+            RETURN;
+        END IF;
+        SELECT coalesce(max(e.version), 0) INTO v_actual FROM {s}.events e
+            WHERE e.aggregate_type = p_type AND e.aggregate_id = p_id;
+        RETURN QUERY SELECT 1::smallint, v_actual, NULL::bigint, NULL::bigint,
+                            NULL::uuid, NULL::text, NULL::text;
+        RETURN;
+    END IF;
+
+    SELECT coalesce(max(e.version), 0) INTO v_actual FROM {s}.events e
+        WHERE e.aggregate_type = p_type AND e.aggregate_id = p_id;
+    IF NOT (p_expected_kind = 0
+            OR (p_expected_kind = 1 AND v_actual = 0)
+            OR (p_expected_kind = 2 AND v_actual > 0)
+            OR (p_expected_kind = 3 AND v_actual = p_expected)) THEN
+        RETURN QUERY SELECT 1::smallint, v_actual, NULL::bigint, NULL::bigint,
+                            NULL::uuid, NULL::text, NULL::text;
+        RETURN;
+    END IF;
+
+    -- A concurrent append of the same version or id fails here on a unique index: the
+    -- caller sees a unique violation and tries again (then gets the conflict or the
+    -- idempotent result).
+    v_xid := pg_current_xact_id()::text::bigint;
+    WITH inserted AS (
+        INSERT INTO {s}.events (transaction_id, event_id, aggregate_type, aggregate_id,
+                                version, event_type, schema_version, payload, metadata)
+        SELECT v_xid, b.event_id, p_type, p_id, v_actual + b.ord, b.event_type,
+               b.schema_version, b.payload, b.metadata::json
+        FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_payloads, p_metadata)
+             WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, ord)
+        ORDER BY b.ord
+        RETURNING {s}.events.id, {s}.events.version)
+    SELECT max(i.version), max(i.id) INTO v_version, v_last FROM inserted i;
+    IF p_notify IS NOT NULL THEN
+        PERFORM pg_notify(p_notify, '');
+    END IF;
+    RETURN QUERY SELECT 0::smallint, v_version, v_xid, v_last,
+                        NULL::uuid, NULL::text, NULL::text;
+END
+$fn$;
+"#
+    )
+}

@@ -1,0 +1,111 @@
+//! Decoding rows into records, and converting between `u64` and `BIGINT`.
+
+use std::time::{Duration, SystemTime};
+
+use cqrs_core::{Error, Metadata, Position, RecordedEvent, Result, StreamId};
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+/// A `u64` as a `BIGINT` bound: values above `i64::MAX` (never handed out by this store)
+/// saturate, which keeps comparisons right (`after` such a position there is nothing).
+pub(crate) fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A `u64` that must fit a `BIGINT` column exactly.
+pub(crate) fn exact_i64(value: u64, what: &str) -> Result<i64> {
+    i64::try_from(value)
+        .map_err(|_| Error::invalid_input(format!("{what} {value} is larger than {}", i64::MAX)))
+}
+
+/// A stored `BIGINT` that must not be negative.
+pub(crate) fn stored_u64(value: i64, location: impl FnOnce() -> String, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| Error::corrupt(location(), format!("negative {what} {value}")))
+}
+
+pub(crate) fn store_error(error: sqlx::Error) -> Error {
+    Error::store(error)
+}
+
+/// Decodes a row selected with `schema::EVENT_COLUMNS`.
+///
+/// A row that does not decode is [`Error::Corrupt`] naming its stream and version (or its
+/// log id when even those are unreadable); a database failure is [`Error::Store`].
+pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
+    let id: i64 = row.try_get(0).map_err(store_error)?;
+    let log_location = || format!("event with log id {id}");
+    let corrupt_at = |location: &dyn Fn() -> String| {
+        let location = location();
+        move |e: sqlx::Error| Error::corrupt(location, e.to_string())
+    };
+    let aggregate_type: String = row.try_get(3).map_err(corrupt_at(&log_location))?;
+    let aggregate_id: String = row.try_get(4).map_err(corrupt_at(&log_location))?;
+    let stream = StreamId::new(&aggregate_type, &aggregate_id)
+        .map_err(|e| Error::corrupt(log_location(), e.to_string()))?;
+    let raw_version: i64 = row.try_get(5).map_err(corrupt_at(&log_location))?;
+    let location = || format!("stream {stream} version {raw_version}");
+    let version = stored_u64(raw_version, location, "version")?;
+    let transaction_id: i64 = row.try_get(1).map_err(corrupt_at(&location))?;
+    let position = Position::new(
+        stored_u64(transaction_id, location, "transaction id")?,
+        stored_u64(id, location, "log id")?,
+    );
+    let event_id: Uuid = row.try_get(2).map_err(corrupt_at(&location))?;
+    let event_type: String = row.try_get(6).map_err(corrupt_at(&location))?;
+    let schema_version: i64 = row.try_get(7).map_err(corrupt_at(&location))?;
+    let schema_version = u32::try_from(schema_version).map_err(|_| {
+        Error::corrupt(
+            location(),
+            format!("schema version {schema_version} out of range"),
+        )
+    })?;
+    let micros: i64 = row.try_get(8).map_err(corrupt_at(&location))?;
+    let recorded_at = system_time(micros)
+        .ok_or_else(|| Error::corrupt(location(), format!("timestamp {micros} out of range")))?;
+    let payload: Vec<u8> = row.try_get(9).map_err(corrupt_at(&location))?;
+    let metadata: String = row.try_get(10).map_err(corrupt_at(&location))?;
+    let metadata: Metadata = serde_json::from_str(&metadata)
+        .map_err(|e| Error::corrupt(location(), format!("metadata does not decode: {e}")))?;
+    Ok(RecordedEvent {
+        event_id,
+        stream,
+        version,
+        position,
+        event_type,
+        schema_version,
+        recorded_at,
+        payload,
+        metadata,
+    })
+}
+
+/// Microseconds since the Unix epoch as a `SystemTime`.
+fn system_time(micros: i64) -> Option<SystemTime> {
+    let magnitude = Duration::from_micros(micros.unsigned_abs());
+    if micros >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(magnitude)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(magnitude)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_without_wrapping() {
+        assert_eq!(saturating_i64(u64::MAX), i64::MAX);
+        assert_eq!(saturating_i64(7), 7);
+        assert!(exact_i64(u64::MAX, "version").is_err());
+        assert!(matches!(
+            stored_u64(-1, || "here".into(), "version"),
+            Err(Error::Corrupt { .. })
+        ));
+        assert_eq!(
+            system_time(-1_000_000),
+            SystemTime::UNIX_EPOCH.checked_sub(Duration::from_secs(1))
+        );
+    }
+}

@@ -1,0 +1,181 @@
+//! The validated schema name and every SQL text built from it.
+//!
+//! User data is never spliced into SQL: the only text interpolated here is the schema
+//! name, validated by [`Schema::new`] and quoted, and constants. Everything else is a
+//! bound parameter.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// A validated PostgreSQL schema name: `^[a-z_][a-z0-9_]{0,62}$`, not starting with
+/// `pg_`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct Schema(Arc<str>);
+
+impl Schema {
+    pub(crate) fn new(name: &str) -> Result<Self> {
+        let bytes = name.as_bytes();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 63
+            && (bytes[0].is_ascii_lowercase() || bytes[0] == b'_')
+            && bytes
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !name.starts_with("pg_");
+        if valid {
+            Ok(Schema(name.into()))
+        } else {
+            Err(Error::InvalidSchema {
+                name: name.to_owned(),
+            })
+        }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// The quoted identifier, safe to splice into SQL (the name has no `"`).
+    pub(crate) fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl fmt::Debug for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Schema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The columns every event read selects, in the order [`crate::row`] decodes them.
+const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_type, \
+    e.aggregate_id, e.version, e.event_type, e.schema_version, \
+    (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.payload, e.metadata::text";
+
+/// The SQL statements of one store, built once from its schema.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) append: Arc<str>,
+    pub(crate) read_stream: Arc<str>,
+    pub(crate) read_all: Arc<str>,
+    pub(crate) horizon: Arc<str>,
+    pub(crate) horizon_now: Arc<str>,
+    pub(crate) count_events: Arc<str>,
+    pub(crate) find_event: Arc<str>,
+    pub(crate) events_of_transaction: Arc<str>,
+    pub(crate) load_snapshot: Arc<str>,
+    pub(crate) save_snapshot: Arc<str>,
+    pub(crate) load_checkpoint: Arc<str>,
+    pub(crate) save_checkpoint: Arc<str>,
+    pub(crate) lock_checkpoint: Arc<str>,
+}
+
+impl Statements {
+    pub(crate) fn new(schema: &Schema) -> Self {
+        let s = schema.quoted();
+        let sql = |text: String| -> Arc<str> { text.into() };
+        Statements {
+            append: sql(format!(
+                "SELECT r_outcome, r_version, r_commit, r_sequence, r_event_id, r_type, r_id \
+                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            )),
+            read_stream: sql(format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                 WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version >= $3 \
+                 ORDER BY e.version"
+            )),
+            // `$3` is a horizon from `horizon`: every transaction below it has ended.
+            read_all: sql(format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                 WHERE (e.transaction_id, e.id) > ($1, $2) AND e.transaction_id < $3 \
+                 ORDER BY e.transaction_id, e.id LIMIT $4"
+            )),
+            horizon: sql(format!(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
+                 (SELECT max(transaction_id) FROM {s}.events)"
+            )),
+            horizon_now: sql("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint".into()),
+            count_events: sql(format!(
+                "SELECT count(*) FROM {s}.events e \
+                 WHERE (e.transaction_id, e.id) > ($1, $2) AND e.transaction_id < $3"
+            )),
+            find_event: sql(format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                 WHERE e.event_id = $1 AND e.aggregate_type = $2 AND e.aggregate_id = $3"
+            )),
+            events_of_transaction: sql(format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                 WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version > $3 \
+                 AND e.version <= $4 ORDER BY e.version"
+            )),
+            load_snapshot: sql(format!(
+                "SELECT version, schema_version, payload FROM {s}.snapshots \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2"
+            )),
+            save_snapshot: sql(format!(
+                "INSERT INTO {s}.snapshots AS t \
+                 (aggregate_type, aggregate_id, version, schema_version, payload) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
+                 SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
+                 payload = EXCLUDED.payload, taken_at = now() \
+                 WHERE t.version <= EXCLUDED.version"
+            )),
+            load_checkpoint: sql(format!(
+                "SELECT commit_id, sequence FROM {s}.checkpoints WHERE name = $1"
+            )),
+            save_checkpoint: sql(format!(
+                "INSERT INTO {s}.checkpoints (name, commit_id, sequence) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET commit_id = EXCLUDED.commit_id, \
+                 sequence = EXCLUDED.sequence, updated_at = now()"
+            )),
+            // Creates the row at the start if it is missing, and locks it either way.
+            lock_checkpoint: sql(format!(
+                "INSERT INTO {s}.checkpoints AS t (name, commit_id, sequence) VALUES ($1, 0, 0) \
+                 ON CONFLICT (name) DO UPDATE SET name = t.name \
+                 RETURNING t.commit_id, t.sequence"
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_lower_case_identifiers() {
+        for name in ["events", "_x", "cqrs_test_01", &"a".repeat(63)] {
+            assert!(Schema::new(name).is_ok(), "{name}");
+        }
+    }
+
+    #[test]
+    fn refuses_anything_that_would_need_escaping() {
+        for name in [
+            "",
+            "Events",
+            "1abc",
+            "a-b",
+            "a\"b",
+            "a;drop",
+            "a b",
+            "é",
+            "pg_catalog",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(Schema::new(name), Err(Error::InvalidSchema { .. })),
+                "{name:?}"
+            );
+        }
+    }
+}

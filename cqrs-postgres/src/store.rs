@@ -1,0 +1,708 @@
+//! `PostgresEventStore`: the `EventStore` over a PostgreSQL pool.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cqrs_core::{
+    AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
+    RecordedEvent, Result, SnapshotRecord, StreamId, validate_batch, validate_checkpoint_name,
+};
+use futures::{Stream, StreamExt, TryStreamExt, stream};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::projection::InlineProjection;
+use crate::row::{decode_event, exact_i64, saturating_i64, store_error, stored_u64};
+use crate::schema::{Schema, Statements};
+use crate::{listen, migrate};
+
+/// How often an append that lost a race on a unique index (a concurrent append of the
+/// same version or event id) is re-run before the conflict is reported. Each re-run
+/// sees the winner's commit, so it ends in a result, a conflict or the idempotent match;
+/// only `Any`/`StreamExists` appends under heavy contention on one stream need more than
+/// one.
+const MAX_APPEND_ATTEMPTS: u32 = 64;
+
+/// A PostgreSQL [`EventStore`]: events, snapshots and checkpoints in tables of one schema,
+/// written through a [`PgPool`].
+///
+/// - **One round trip per append**: the expected-version check, the idempotency check and
+///   the insert of the whole batch are one call of a PL/pgSQL function that
+///   [`migrate`](Self::migrate) installs.
+/// - **Gap-safe global log**: each event records its writer's transaction id;
+///   [`read_all`](EventStore::read_all) reads in `(transaction id, id)` order and only
+///   below the oldest transaction still running, so a reader never passes an append that
+///   may still commit. Positions are `Position { commit: transaction id, sequence: id }`.
+/// - **Live readers** are woken by `LISTEN`/`NOTIFY` (see [`watch`](EventStore::watch)),
+///   with the runner's polling as a fallback.
+///
+/// Clones share the pool and the notifier.
+///
+/// # Examples
+/// ```no_run
+/// use cqrs_core::{EventData, EventStore, ExpectedVersion, StreamId};
+/// use cqrs_postgres::PostgresEventStore;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresEventStore::connect("postgres://postgres@127.0.0.1/postgres").await?;
+/// store.migrate().await?;
+/// let stream = StreamId::new("account", "42")?;
+/// let opened = EventData::new("AccountOpened", br#"{"owner":"ada"}"#.to_vec());
+/// store.append(&stream, ExpectedVersion::NoStream, vec![opened]).await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct PostgresEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    schema: Schema,
+    sql: Statements,
+    /// The `NOTIFY` channel, when appends notify.
+    channel: Option<String>,
+    settle: Duration,
+    notifier: Arc<LogNotifier>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+    inline: Vec<Arc<dyn InlineProjection>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let listener = self
+            .listener
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(task) = listener.take() {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for PostgresEventStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresEventStore")
+            .field("schema", &self.inner.schema)
+            .field("notify", &self.inner.channel.is_some())
+            .field("read_settle", &self.inner.settle)
+            .field(
+                "inline_projections",
+                &self
+                    .inner
+                    .inline
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`PostgresEventStore`]; made by [`PostgresEventStore::builder`].
+///
+/// # Examples
+/// ```no_run
+/// use std::time::Duration;
+/// use cqrs_postgres::PostgresEventStore;
+/// use sqlx::postgres::PgPoolOptions;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = PgPoolOptions::new().max_connections(8).connect("postgres://localhost/app").await?;
+/// let store = PostgresEventStore::builder(pool)
+///     .schema("bank_events")
+///     .notify(true)
+///     .read_settle_timeout(Duration::from_millis(200))
+///     .build()?;
+/// store.migrate().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct PostgresEventStoreBuilder {
+    pool: PgPool,
+    schema: String,
+    notify: bool,
+    settle: Duration,
+    inline: Vec<Arc<dyn InlineProjection>>,
+}
+
+impl fmt::Debug for PostgresEventStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresEventStoreBuilder")
+            .field("schema", &self.schema)
+            .field("notify", &self.notify)
+            .field("read_settle", &self.settle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresEventStoreBuilder {
+    /// The schema holding the store's tables (default `cqrs`). It must match
+    /// `^[a-z_][a-z0-9_]{0,62}$` and not start with `pg_`; [`build`](Self::build) checks.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Whether each append sends a `NOTIFY` on the schema's channel (default `true`), so
+    /// live readers in other processes wake at once. Readers in this process are woken
+    /// either way; without it, other processes' readers poll.
+    pub fn notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    /// How long [`read_all`](EventStore::read_all) and
+    /// [`count_events`](EventStore::count_events) wait for older transactions still
+    /// running when committed events sit behind them (default 500 ms). The read never
+    /// passes such a transaction; waiting briefly lets it include events committed just
+    /// before the read instead of leaving them for the next one. Zero never waits.
+    pub fn read_settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle = timeout;
+        self
+    }
+
+    /// Adds an inline projection: updated in each append's own transaction, so a read
+    /// after the append sees it (read-your-writes). With inline projections, appends
+    /// take a transaction of a few round trips instead of one statement.
+    pub fn inline_projection(mut self, projection: impl InlineProjection) -> Self {
+        self.inline.push(Arc::new(projection));
+        self
+    }
+
+    /// Builds the store. It does not touch the database: call
+    /// [`migrate`](PostgresEventStore::migrate) before first use.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidSchema`] for a schema name that is not a plain identifier.
+    pub fn build(self) -> crate::Result<PostgresEventStore> {
+        let schema = Schema::new(&self.schema)?;
+        Ok(PostgresEventStore {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&schema),
+                channel: self.notify.then(|| schema.name().to_owned()),
+                schema,
+                pool: self.pool,
+                settle: self.settle,
+                notifier: Arc::new(LogNotifier::new()),
+                listener: Mutex::new(None),
+                inline: self.inline,
+            }),
+        })
+    }
+}
+
+/// The bound arguments of one append.
+struct AppendArgs<'a> {
+    stream: &'a StreamId,
+    expected: ExpectedVersion,
+    expected_kind: i16,
+    expected_version: i64,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i64>,
+    payloads: Vec<&'a [u8]>,
+    metadata: Vec<String>,
+}
+
+impl<'a> AppendArgs<'a> {
+    fn new(
+        stream: &'a StreamId,
+        expected: ExpectedVersion,
+        events: &'a [EventData],
+    ) -> Result<Self> {
+        let (expected_kind, expected_version) = match expected {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            // A version beyond BIGINT is never a stream's version: -1 never matches.
+            ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(-1)),
+        };
+        let metadata = events
+            .iter()
+            .map(|e| {
+                serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
+                    what: format!("metadata of {}", e.event_type),
+                    source: source.into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(AppendArgs {
+            stream,
+            expected,
+            expected_kind,
+            expected_version,
+            ids: events.iter().map(|e| e.event_id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events.iter().map(|e| i64::from(e.schema_version)).collect(),
+            payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
+            metadata,
+        })
+    }
+}
+
+/// What the append function reported.
+enum Appended {
+    Written(AppendResult),
+    AlreadyThere(AppendResult),
+}
+
+impl Appended {
+    fn result(&self) -> AppendResult {
+        match self {
+            Appended::Written(r) | Appended::AlreadyThere(r) => *r,
+        }
+    }
+}
+
+impl PostgresEventStore {
+    /// Connects with a small default pool (10 connections) and the default options
+    /// (schema `cqrs`, notifications on).
+    ///
+    /// # Errors
+    /// [`crate::Error::Connect`] if the server cannot be reached.
+    pub async fn connect(url: &str) -> crate::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect(url)
+            .await
+            .map_err(|source| crate::Error::Connect { source })?;
+        Self::builder(pool).build()
+    }
+
+    /// A builder over an existing pool.
+    pub fn builder(pool: PgPool) -> PostgresEventStoreBuilder {
+        PostgresEventStoreBuilder {
+            pool,
+            schema: "cqrs".to_owned(),
+            notify: true,
+            settle: Duration::from_millis(500),
+            inline: Vec::new(),
+        }
+    }
+
+    /// Creates the schema and its tables, or brings them up to date. Safe to run from many
+    /// processes at once (they take turns) and again on every start; returns the schema's
+    /// migration version.
+    ///
+    /// # Errors
+    /// [`crate::Error::Migrate`] naming the failed migration (rolled back),
+    /// [`crate::Error::SchemaTooNew`], or [`crate::Error::Connect`].
+    pub async fn migrate(&self) -> crate::Result<i64> {
+        migrate::run(&self.inner.pool, &self.inner.schema).await
+    }
+
+    /// The pool, for read models kept in the same database.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The schema holding the store's tables.
+    pub fn schema(&self) -> &str {
+        self.inner.schema.name()
+    }
+
+    pub(crate) fn statements(&self) -> &Statements {
+        &self.inner.sql
+    }
+
+    pub(crate) fn schema_ref(&self) -> &Schema {
+        &self.inner.schema
+    }
+
+    pub(crate) fn connect_options(&self) -> PgConnectOptions {
+        (*self.inner.pool.connect_options()).clone()
+    }
+
+    /// Appends within the caller's transaction (or connection): the events commit or roll
+    /// back with it, for example together with an outbox row. Inline projections are not
+    /// run here, and readers are not notified before the caller commits.
+    ///
+    /// The append runs in a savepoint, so a lost race on the stream's version is
+    /// retried without aborting the caller's transaction.
+    ///
+    /// # Errors
+    /// As for [`EventStore::append`].
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        validate_batch(stream, &events)?;
+        let args = AppendArgs::new(stream, expected, &events)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut savepoint = conn.begin().await.map_err(store_error)?;
+            match self.call_append(&mut savepoint, &args).await {
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {
+                    savepoint.rollback().await.map_err(store_error)?;
+                }
+                Err(e) => return Err(self.append_error(e, &args)),
+                Ok(outcome) => {
+                    let outcome = outcome?;
+                    savepoint.commit().await.map_err(store_error)?;
+                    return Ok(outcome.result());
+                }
+            }
+        }
+    }
+
+    /// Runs the append function once: `Err` is the driver's error (maybe a unique
+    /// violation to retry), `Ok(Err)` the typed refusal.
+    async fn call_append(
+        &self,
+        conn: &mut PgConnection,
+        args: &AppendArgs<'_>,
+    ) -> std::result::Result<Result<Appended>, sqlx::Error> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.append.clone()))
+            .bind(args.stream.aggregate_type())
+            .bind(args.stream.id())
+            .bind(args.expected_kind)
+            .bind(args.expected_version)
+            .bind(&args.ids)
+            .bind(&args.types)
+            .bind(&args.schema_versions)
+            .bind(&args.payloads)
+            .bind(&args.metadata)
+            .bind(self.inner.channel.as_deref())
+            .fetch_one(conn)
+            .await?;
+        Ok(decode_append(&row, args))
+    }
+
+    /// A driver error from an append that will not be retried.
+    fn append_error(&self, error: sqlx::Error, args: &AppendArgs<'_>) -> Error {
+        if is_unique_violation(&error) {
+            // Only after MAX_APPEND_ATTEMPTS lost races: report the contention as the
+            // conflict it is. The stream's version is unknown here.
+            return Error::Conflict {
+                stream: args.stream.clone(),
+                expected: args.expected,
+                actual: match args.expected {
+                    ExpectedVersion::Exact(v) => v.saturating_add(1),
+                    _ => 0,
+                },
+            };
+        }
+        store_error(error)
+    }
+
+    /// The hot path: one statement on a pooled connection, autocommit.
+    async fn append_direct(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
+            match self.call_append(&mut conn, args).await {
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
+                Err(e) => return Err(self.append_error(e, args)),
+                Ok(outcome) => return outcome.map(|o| o.result()),
+            }
+        }
+    }
+
+    /// With inline projections: the append, the read-back of its records and every inline
+    /// projection in one transaction.
+    async fn append_with_inline(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.inner.pool.begin().await.map_err(store_error)?;
+            let outcome = match self.call_append(&mut tx, args).await {
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => continue,
+                Err(e) => return Err(self.append_error(e, args)),
+                Ok(outcome) => outcome?,
+            };
+            let result = match outcome {
+                Appended::AlreadyThere(result) => return Ok(result),
+                Appended::Written(result) => result,
+            };
+            let count = u64::try_from(args.ids.len()).unwrap_or(u64::MAX);
+            let first = result.version.saturating_sub(count);
+            let records: Vec<RecordedEvent> =
+                sqlx::query(AssertSqlSafe(self.inner.sql.events_of_transaction.clone()))
+                    .bind(args.stream.aggregate_type())
+                    .bind(args.stream.id())
+                    .bind(saturating_i64(first))
+                    .bind(saturating_i64(result.version))
+                    .fetch(&mut *tx)
+                    .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+                    .try_collect()
+                    .await?;
+            for projection in &self.inner.inline {
+                projection
+                    .apply(&mut tx, &records)
+                    .await
+                    .map_err(|source| {
+                        Error::store(crate::Error::InlineProjection {
+                            projection: projection.name().to_owned(),
+                            source,
+                        })
+                    })?;
+            }
+            match tx.commit().await {
+                Ok(()) => return Ok(result),
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
+                Err(e) => return Err(self.append_error(e, args)),
+            }
+        }
+    }
+
+    /// The highest transaction id below which every transaction has ended, waiting up to
+    /// the settle timeout for older transactions when committed events sit above it.
+    async fn horizon(&self) -> Result<i64> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        let mut horizon: i64 = row.try_get(0).map_err(store_error)?;
+        let Some(top) = row.try_get::<Option<i64>, _>(1).map_err(store_error)? else {
+            return Ok(horizon);
+        };
+        let deadline = tokio::time::Instant::now() + self.inner.settle;
+        let mut pause = Duration::from_millis(1);
+        while horizon <= top && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(25));
+            horizon = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.horizon_now.clone()))
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(horizon)
+    }
+
+    fn notify_local(&self) {
+        self.inner.notifier.notify();
+    }
+}
+
+fn is_unique_violation(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .is_some_and(|e| e.is_unique_violation())
+}
+
+fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<Appended> {
+    let location = || format!("append to {}", args.stream);
+    let outcome: i16 = row.try_get(0).map_err(store_error)?;
+    let version = |row: &PgRow| -> Result<u64> {
+        let v: i64 = row.try_get(1).map_err(store_error)?;
+        stored_u64(v, location, "version")
+    };
+    let result = |row: &PgRow| -> Result<AppendResult> {
+        let commit: i64 = row.try_get(2).map_err(store_error)?;
+        let sequence: i64 = row.try_get(3).map_err(store_error)?;
+        Ok(AppendResult {
+            version: version(row)?,
+            position: Position::new(
+                stored_u64(commit, location, "transaction id")?,
+                stored_u64(sequence, location, "log id")?,
+            ),
+        })
+    };
+    match outcome {
+        0 => Ok(Appended::Written(result(row)?)),
+        3 => Ok(Appended::AlreadyThere(result(row)?)),
+        1 => Err(Error::Conflict {
+            stream: args.stream.clone(),
+            expected: args.expected,
+            actual: version(row)?,
+        }),
+        2 => {
+            let event_id: Uuid = row.try_get(4).map_err(store_error)?;
+            let aggregate_type: String = row.try_get(5).map_err(store_error)?;
+            let aggregate_id: String = row.try_get(6).map_err(store_error)?;
+            let existing_stream = StreamId::new(aggregate_type, aggregate_id)
+                .map_err(|e| Error::corrupt(format!("event {event_id}"), e.to_string()))?;
+            Err(Error::DuplicateEventId {
+                event_id,
+                existing_stream,
+            })
+        }
+        other => Err(Error::corrupt(
+            location(),
+            format!("unknown append outcome {other}"),
+        )),
+    }
+}
+
+impl EventStore for PostgresEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        validate_batch(stream, &events)?;
+        let args = AppendArgs::new(stream, expected, &events)?;
+        let result = if self.inner.inline.is_empty() {
+            self.append_direct(&args).await?
+        } else {
+            self.append_with_inline(&args).await?
+        };
+        self.notify_local();
+        Ok(result)
+    }
+
+    fn read_stream<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        from_version: u64,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
+        sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
+            .bind(stream.aggregate_type())
+            .bind(stream.id())
+            .bind(saturating_i64(from_version))
+            .fetch(&self.inner.pool)
+            .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+    }
+
+    fn read_all(
+        &self,
+        after: Position,
+        limit: Option<u64>,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
+        let limit = limit.map(saturating_i64);
+        stream::once(self.horizon())
+            .map_ok(move |horizon| {
+                sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+                    .bind(saturating_i64(after.commit))
+                    .bind(saturating_i64(after.sequence))
+                    .bind(horizon)
+                    .bind(limit)
+                    .fetch(&self.inner.pool)
+                    .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+            })
+            .try_flatten()
+    }
+
+    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.find_event.clone()))
+            .bind(event_id)
+            .bind(stream.aggregate_type())
+            .bind(stream.id())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(decode_event).transpose()
+    }
+
+    async fn count_events(&self, after: Position) -> Result<u64> {
+        let horizon = self.horizon().await?;
+        let count: i64 = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.count_events.clone()))
+            .bind(saturating_i64(after.commit))
+            .bind(saturating_i64(after.sequence))
+            .bind(horizon)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        stored_u64(count, || "the event count".into(), "count")
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotRecord>> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.load_snapshot.clone()))
+            .bind(stream.aggregate_type())
+            .bind(stream.id())
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        let Some(row) = row else { return Ok(None) };
+        let location = || format!("snapshot of {stream}");
+        let corrupt = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
+        let version: i64 = row.try_get(0).map_err(corrupt)?;
+        let schema_version: i64 = row.try_get(1).map_err(corrupt)?;
+        Ok(Some(SnapshotRecord {
+            version: stored_u64(version, location, "version")?,
+            schema_version: u32::try_from(schema_version).map_err(|_| {
+                Error::corrupt(
+                    location(),
+                    format!("schema version {schema_version} out of range"),
+                )
+            })?,
+            payload: row.try_get(2).map_err(corrupt)?,
+        }))
+    }
+
+    async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
+        sqlx::query(AssertSqlSafe(self.inner.sql.save_snapshot.clone()))
+            .bind(stream.aggregate_type())
+            .bind(stream.id())
+            .bind(exact_i64(snapshot.version, "snapshot version")?)
+            .bind(i64::from(snapshot.schema_version))
+            .bind(snapshot.payload)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
+        validate_checkpoint_name(name)?;
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.load_checkpoint.clone()))
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        row.as_ref()
+            .map(|row| decode_checkpoint(row, name))
+            .transpose()
+    }
+
+    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
+        validate_checkpoint_name(name)?;
+        sqlx::query(AssertSqlSafe(self.inner.sql.save_checkpoint.clone()))
+            .bind(name)
+            .bind(exact_i64(position.commit, "checkpoint commit")?)
+            .bind(exact_i64(position.sequence, "checkpoint sequence")?)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// A watcher woken by appends through this store at once, and by appends of other
+    /// processes through `LISTEN` on the schema's channel (when
+    /// [`notify`](PostgresEventStoreBuilder::notify) is on). The listener task starts
+    /// with the first watcher, on the current Tokio runtime (outside one, the watcher
+    /// only sees this process's appends), reconnects when its connection is lost, and
+    /// stops with the store.
+    fn watch(&self) -> LogWatcher {
+        if let Some(channel) = &self.inner.channel {
+            let mut listener = self
+                .inner
+                .listener
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let running = listener.as_ref().is_some_and(|task| !task.is_finished());
+            if !running && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                *listener = Some(runtime.spawn(listen::run(
+                    self.connect_options(),
+                    channel.clone(),
+                    Arc::clone(&self.inner.notifier),
+                )));
+            }
+        }
+        self.inner.notifier.watcher()
+    }
+}
+
+pub(crate) fn decode_checkpoint(row: &PgRow, name: &str) -> Result<Position> {
+    let location = || format!("checkpoint {name:?}");
+    let corrupt = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
+    let commit: i64 = row.try_get(0).map_err(corrupt)?;
+    let sequence: i64 = row.try_get(1).map_err(corrupt)?;
+    Ok(Position::new(
+        stored_u64(commit, location, "commit")?,
+        stored_u64(sequence, location, "sequence")?,
+    ))
+}
