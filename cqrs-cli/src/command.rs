@@ -1,0 +1,56 @@
+//! The clap definition of the subcommands.
+
+use clap::{Args, Subcommand};
+
+/// The operations subcommands. Mount them in an application's own clap `Subcommand`
+/// enum with `#[command(flatten)]`, then hand the parsed value to
+/// [`Operations::run`](crate::Operations::run).
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum OpsCommand {
+    /// Take snapshots now (one stream, or every stream of the registered aggregates).
+    Snapshot(SnapshotArgs),
+    /// Rebuild read models by replaying the log (one projection, or all).
+    Replay(ReplayArgs),
+    /// Inspect the log or one stream.
+    Events(EventsArgs),
+    /// Show streams, events, snapshots, and each projection's checkpoint and lag.
+    Stats,
+}
+
+/// Arguments of `snapshot`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[group(required = true, multiple = false)]
+pub struct SnapshotArgs {
+    /// Snapshot every stream of every registered aggregate.
+    #[arg(long)]
+    pub all: bool,
+    /// Snapshot one stream, written `<type>/<id>`.
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: Option<String>,
+}
+
+/// Arguments of `replay`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReplayArgs {
+    /// Rebuild every registered projection.
+    #[arg(long)]
+    pub all: bool,
+    /// Rebuild this projection.
+    #[arg(long, value_name = "NAME")]
+    pub projection: Option<String>,
+}
+
+/// Arguments of `events`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct EventsArgs {
+    /// Show one stream, written `<type>/<id>`, instead of the global log.
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: Option<String>,
+    /// Start after this log position (`N` or `N:M`, as printed in the listing).
+    #[arg(long, value_name = "POSITION", conflicts_with = "stream")]
+    pub after: Option<String>,
+    /// Show at most this many events.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: u64,
+}

@@ -1,0 +1,58 @@
+//! The error type of the operations subcommand.
+
+use cqrs_core::ProjectionError;
+
+/// `Result` with [`Error`] as its default error type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The arguments name something that does not exist or cannot be parsed (an unknown
+    /// projection, a malformed stream id or position). Exit code 2.
+    #[error("{0}")]
+    Usage(String),
+    /// The store failed or holds records that cannot be decoded. Exit code 3.
+    #[error("event store failure")]
+    Store(#[source] cqrs_core::Error),
+    /// A projection stopped during a replay. Exit code 3.
+    #[error("replay failed")]
+    Projection(#[source] ProjectionError),
+    /// Writing the output failed.
+    #[error("cannot write the output")]
+    Output(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The process exit code this error calls for: 2 for bad usage, 3 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => 2,
+            _ => 3,
+        }
+    }
+}
+
+impl From<cqrs_core::Error> for Error {
+    fn from(e: cqrs_core::Error) -> Self {
+        match e {
+            cqrs_core::Error::InvalidStreamId { .. } | cqrs_core::Error::InvalidInput { .. } => {
+                Error::Usage(e.to_string())
+            }
+            other => Error::Store(other),
+        }
+    }
+}
+
+impl From<ProjectionError> for Error {
+    fn from(e: ProjectionError) -> Self {
+        Error::Projection(e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Output(e)
+    }
+}

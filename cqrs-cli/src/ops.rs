@@ -1,0 +1,545 @@
+//! The registry of aggregates and projections, and the operations themselves.
+
+use std::fmt;
+use std::io::{IsTerminal, Write};
+use std::pin::pin;
+use std::time::{Duration, Instant};
+
+use cqrs_core::{
+    Aggregate, Codec, EventStore, Position, Progress, Projection, ProjectionError,
+    ProjectionRunner, RecordedEvent, Repository, StreamId,
+};
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use crate::output::{payload_json, rfc3339};
+use crate::{Error, EventsArgs, OpsCommand, ReplayArgs, Result, SnapshotArgs};
+
+/// Something that can snapshot streams of one aggregate type.
+trait SnapshotTaker: Send + Sync {
+    fn aggregate_type(&self) -> &'static str;
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, cqrs_core::Result<Option<u64>>>;
+}
+
+impl<A, S, C> SnapshotTaker for Repository<A, S, C>
+where
+    A: Aggregate,
+    S: EventStore + Clone + 'static,
+    C: Codec,
+{
+    fn aggregate_type(&self) -> &'static str {
+        A::TYPE
+    }
+
+    fn snapshot<'a>(&'a self, id: &'a str) -> BoxFuture<'a, cqrs_core::Result<Option<u64>>> {
+        Box::pin(self.snapshot_now(id))
+    }
+}
+
+/// Something that can rebuild one projection and report its checkpoint.
+trait Replayer: Send + Sync {
+    fn name(&self) -> &str;
+    fn rebuild<'a>(
+        &'a self,
+        progress: &'a mut (dyn FnMut(Progress) + Send),
+    ) -> BoxFuture<'a, Result<u64, ProjectionError>>;
+    fn checkpoint(&self) -> BoxFuture<'_, Result<Position, ProjectionError>>;
+}
+
+struct RunnerFactory<F> {
+    name: String,
+    make: F,
+}
+
+impl<F, S, P, C> Replayer for RunnerFactory<F>
+where
+    F: Fn() -> ProjectionRunner<S, P, C> + Send + Sync,
+    S: EventStore + Send + 'static,
+    P: Projection,
+    C: Codec,
+{
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rebuild<'a>(
+        &'a self,
+        progress: &'a mut (dyn FnMut(Progress) + Send),
+    ) -> BoxFuture<'a, Result<u64, ProjectionError>> {
+        Box::pin(async move { (self.make)().rebuild(progress).await })
+    }
+
+    fn checkpoint(&self) -> BoxFuture<'_, Result<Position, ProjectionError>> {
+        Box::pin(async move { (self.make)().checkpoint().await })
+    }
+}
+
+/// The operations an application exposes: it registers its store, the aggregates whose
+/// streams may be snapshotted and the projections that may be replayed, then runs the
+/// parsed [`OpsCommand`].
+///
+/// # Examples
+/// ```
+/// # use cqrs_core::{Aggregate, BoxError, DomainEvent, Envelope, Position, Projection};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Debug, Default, Serialize, Deserialize)]
+/// # struct Counter { value: u64 }
+/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// # enum CounterEvent { Incremented { by: u64 } }
+/// # impl DomainEvent for CounterEvent {
+/// #     const EVENT_TYPES: &'static [&'static str] = &["Incremented"];
+/// #     fn event_type(&self) -> &'static str { "Incremented" }
+/// # }
+/// # #[derive(Debug, thiserror::Error)]
+/// # #[error("never")]
+/// # struct Never;
+/// # impl Aggregate for Counter {
+/// #     const TYPE: &'static str = "counter";
+/// #     type Command = u64;
+/// #     type Event = CounterEvent;
+/// #     type Error = Never;
+/// #     type Services = ();
+/// #     fn handle(&self, by: &u64, _: &()) -> Result<Vec<CounterEvent>, Never> {
+/// #         Ok(vec![CounterEvent::Incremented { by: *by }])
+/// #     }
+/// #     fn apply(&mut self, event: CounterEvent) {
+/// #         match event { CounterEvent::Incremented { by } => self.value += by }
+/// #     }
+/// # }
+/// # #[derive(Debug, Default)]
+/// # struct Total(u64);
+/// # impl Projection for Total {
+/// #     type Event = CounterEvent;
+/// #     fn name(&self) -> &str { "total" }
+/// #     async fn apply(&mut self, batch: &[Envelope<CounterEvent>], _: Position) -> Result<(), BoxError> {
+/// #         for e in batch { let CounterEvent::Incremented { by } = e.event; self.0 += by; }
+/// #         Ok(())
+/// #     }
+/// # }
+/// use clap::Parser;
+/// use cqrs_cli::{Operations, OpsCommand};
+/// use cqrs_core::{InMemoryEventStore, ProjectionRunner, Repository};
+///
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[arg(long)]
+///     json: bool,
+///     #[command(subcommand)]
+///     command: OpsCommand,
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = InMemoryEventStore::new();
+/// let counters = Repository::<Counter, _>::new(store.clone(), ());
+/// counters.execute("c1", &3).await?;
+///
+/// let ops = Operations::new(store.clone())
+///     .aggregate(counters.clone())
+///     .projection({
+///         let store = store.clone();
+///         move || ProjectionRunner::new(store.clone(), Total::default())
+///     });
+/// let cli = Cli::parse_from(["app", "--json", "stats"]);
+/// let mut out = Vec::new();
+/// ops.run(&cli.command, cli.json, &mut out).await?;
+/// let stats: serde_json::Value = serde_json::from_slice(&out)?;
+/// assert_eq!(stats["events"], 1);
+/// assert_eq!(stats["projections"][0]["lag"], 1);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Operations<S> {
+    store: S,
+    aggregates: Vec<Box<dyn SnapshotTaker>>,
+    projections: Vec<Box<dyn Replayer>>,
+    progress: ProgressStyle,
+}
+
+/// How long-running operations report progress on standard error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressStyle {
+    /// A progress bar on a terminal, plain lines otherwise (the default).
+    Auto,
+    /// Plain progress lines.
+    Lines,
+    /// Nothing.
+    Quiet,
+}
+
+impl<S> fmt::Debug for Operations<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Operations")
+            .field(
+                "aggregates",
+                &self
+                    .aggregates
+                    .iter()
+                    .map(|a| a.aggregate_type())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "projections",
+                &self
+                    .projections
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: EventStore + Clone + 'static> Operations<S> {
+    /// Operations over `store`, with nothing registered yet.
+    pub fn new(store: S) -> Self {
+        Operations {
+            store,
+            aggregates: Vec::new(),
+            projections: Vec::new(),
+            progress: ProgressStyle::Auto,
+        }
+    }
+
+    /// Registers an aggregate type: `snapshot` then covers its streams.
+    pub fn aggregate<A: Aggregate, C: Codec>(mut self, repository: Repository<A, S, C>) -> Self {
+        self.aggregates.push(Box::new(repository));
+        self
+    }
+
+    /// Registers a projection by a function that makes a fresh runner for it: `replay`
+    /// rebuilds it and `stats` shows its checkpoint and lag.
+    pub fn projection<F, S2, P, C>(mut self, make: F) -> Self
+    where
+        F: Fn() -> ProjectionRunner<S2, P, C> + Send + Sync + 'static,
+        S2: EventStore + Send + 'static,
+        P: Projection,
+        C: Codec,
+    {
+        let name = make().projection().name().to_owned();
+        self.projections
+            .push(Box::new(RunnerFactory { name, make }));
+        self
+    }
+
+    /// Sets how progress is reported on standard error.
+    pub fn with_progress(mut self, style: ProgressStyle) -> Self {
+        self.progress = style;
+        self
+    }
+
+    /// The names of the registered projections.
+    pub fn projection_names(&self) -> impl Iterator<Item = &str> {
+        self.projections.iter().map(|p| p.name())
+    }
+
+    /// Runs `command`, writing its result to `out`: readable text, or with `json` one
+    /// JSON document. Progress goes to standard error.
+    ///
+    /// # Errors
+    /// [`Error::Usage`] for arguments naming nothing registered or malformed ids and
+    /// positions; [`Error::Store`] and [`Error::Projection`] for failures.
+    pub async fn run(&self, command: &OpsCommand, json: bool, out: &mut dyn Write) -> Result<()> {
+        let report = match command {
+            OpsCommand::Snapshot(args) => self.snapshot(args).await?,
+            OpsCommand::Replay(args) => self.replay(args).await?,
+            OpsCommand::Events(args) => self.events(args).await?,
+            OpsCommand::Stats => self.stats().await?,
+        };
+        if json {
+            serde_json::to_writer_pretty(&mut *out, &report.json).map_err(std::io::Error::from)?;
+            writeln!(out)?;
+        } else {
+            out.write_all(report.text.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    async fn snapshot(&self, args: &SnapshotArgs) -> Result<Report> {
+        let targets: Vec<StreamId> = match &args.stream {
+            Some(stream) => vec![stream.parse::<StreamId>()?],
+            None => {
+                let mut all = Vec::new();
+                let mut streams = pin!(self.store.list_streams());
+                while let Some(info) = streams.next().await {
+                    let info = info?;
+                    if self
+                        .aggregates
+                        .iter()
+                        .any(|a| a.aggregate_type() == info.stream.aggregate_type())
+                    {
+                        all.push(info.stream);
+                    }
+                }
+                all.sort();
+                all
+            }
+        };
+        let mut bar = Bar::new(self.progress, "snapshot", targets.len() as u64);
+        let mut taken = Vec::new();
+        for (i, stream) in targets.iter().enumerate() {
+            let Some(aggregate) = self
+                .aggregates
+                .iter()
+                .find(|a| a.aggregate_type() == stream.aggregate_type())
+            else {
+                return Err(Error::Usage(format!(
+                    "no aggregate of type {:?} is registered (known: {})",
+                    stream.aggregate_type(),
+                    self.aggregates
+                        .iter()
+                        .map(|a| a.aggregate_type())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            };
+            if let Some(version) = aggregate.snapshot(stream.id()).await? {
+                taken.push((stream.clone(), version));
+            }
+            bar.update(i as u64 + 1, None);
+        }
+        bar.finish();
+        let mut text = String::new();
+        for (stream, version) in &taken {
+            text.push_str(&format!("snapshot {stream} at version {version}\n"));
+        }
+        text.push_str(&format!("{} snapshot(s) taken\n", taken.len()));
+        let json = json!({
+            "snapshots_taken": taken.len(),
+            "streams": taken.iter().map(|(s, v)| json!({ "stream": s.to_string(), "version": v })).collect::<Vec<_>>(),
+        });
+        Ok(Report { text, json })
+    }
+
+    async fn replay(&self, args: &ReplayArgs) -> Result<Report> {
+        let chosen: Vec<&dyn Replayer> = match &args.projection {
+            Some(name) => match self.projections.iter().find(|p| p.name() == name) {
+                Some(p) => vec![p.as_ref()],
+                None => {
+                    return Err(Error::Usage(format!(
+                        "no projection named {name:?} (known: {})",
+                        self.projection_names().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            },
+            None => self.projections.iter().map(|p| p.as_ref()).collect(),
+        };
+        let mut text = String::new();
+        let mut results = Vec::new();
+        for projection in chosen {
+            let started = Instant::now();
+            let total = self.store.count_events(Position::START).await?;
+            let mut bar = Bar::new(self.progress, projection.name(), total);
+            let mut on_progress = |p: Progress| bar.update(p.done, Some(p.total));
+            let events = projection.rebuild(&mut on_progress).await?;
+            bar.finish();
+            let elapsed = started.elapsed();
+            let rate = events as f64 / elapsed.as_secs_f64().max(1e-9);
+            text.push_str(&format!(
+                "replayed {}: {events} events in {:.2} s ({rate:.0} events/s)\n",
+                projection.name(),
+                elapsed.as_secs_f64()
+            ));
+            results.push(json!({
+                "projection": projection.name(),
+                "events": events,
+                "seconds": elapsed.as_secs_f64(),
+                "events_per_second": rate,
+            }));
+        }
+        Ok(Report {
+            text,
+            json: json!({ "replayed": results }),
+        })
+    }
+
+    async fn events(&self, args: &EventsArgs) -> Result<Report> {
+        let mut records: Vec<RecordedEvent> = Vec::new();
+        let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
+        match &args.stream {
+            Some(stream) => {
+                let stream = stream.parse::<StreamId>()?;
+                let mut events = pin!(self.store.read_stream(&stream, 1).take(limit));
+                while let Some(record) = events.next().await {
+                    records.push(record?);
+                }
+            }
+            None => {
+                let after = match &args.after {
+                    Some(after) => after.parse::<Position>()?,
+                    None => Position::START,
+                };
+                let mut events = pin!(self.store.read_all(after, Some(args.limit)));
+                while let Some(record) = events.next().await {
+                    records.push(record?);
+                }
+            }
+        }
+        let mut text = String::new();
+        for r in &records {
+            text.push_str(&format!(
+                "{:>10}  {}  v{}  {} (schema {})  {}  {}\n",
+                r.position.to_string(),
+                r.stream,
+                r.version,
+                r.event_type,
+                r.schema_version,
+                rfc3339(r.recorded_at),
+                payload_json(&r.payload)
+            ));
+        }
+        let next = records.last().map(|r| r.position.to_string());
+        if records.is_empty() {
+            text.push_str("no events\n");
+        } else if let (None, Some(next)) = (&args.stream, &next) {
+            text.push_str(&format!("-- continue with --after {next}\n"));
+        }
+        let events: Vec<Value> = records
+            .iter()
+            .map(|r| {
+                json!({
+                    "position": r.position.to_string(),
+                    "event_id": r.event_id.to_string(),
+                    "stream": r.stream.to_string(),
+                    "version": r.version,
+                    "event_type": r.event_type,
+                    "schema_version": r.schema_version,
+                    "recorded_at": rfc3339(r.recorded_at),
+                    "metadata": serde_json::to_value(&r.metadata).unwrap_or(Value::Null),
+                    "payload": payload_json(&r.payload),
+                })
+            })
+            .collect();
+        Ok(Report {
+            text,
+            json: json!({ "events": events, "last_position": next }),
+        })
+    }
+
+    async fn stats(&self) -> Result<Report> {
+        let stats = self.store.stats().await?;
+        let mut text = format!(
+            "streams    {}\nevents     {}\nsnapshots  {}\n",
+            stats.streams, stats.events, stats.snapshots
+        );
+        let mut projections = Vec::new();
+        for projection in &self.projections {
+            let checkpoint = projection.checkpoint().await?;
+            let lag = self.store.count_events(checkpoint).await?;
+            text.push_str(&format!(
+                "projection {:<24} checkpoint {:>10}  lag {lag}\n",
+                projection.name(),
+                checkpoint.to_string()
+            ));
+            projections.push(json!({
+                "name": projection.name(),
+                "checkpoint": checkpoint.to_string(),
+                "lag": lag,
+            }));
+        }
+        Ok(Report {
+            text,
+            json: json!({
+                "streams": stats.streams,
+                "events": stats.events,
+                "snapshots": stats.snapshots,
+                "projections": projections,
+            }),
+        })
+    }
+}
+
+/// What an operation prints: text for people, JSON for scripts.
+struct Report {
+    text: String,
+    json: Value,
+}
+
+/// Progress on standard error: a bar on a terminal, plain lines otherwise.
+enum Bar {
+    Fancy(indicatif::ProgressBar),
+    Lines {
+        label: String,
+        total: u64,
+        started: Instant,
+        last: Option<Instant>,
+        done: u64,
+    },
+    Quiet,
+}
+
+impl Bar {
+    fn new(style: ProgressStyle, label: &str, total: u64) -> Self {
+        let fancy = match style {
+            ProgressStyle::Auto => std::io::stderr().is_terminal(),
+            ProgressStyle::Lines => false,
+            ProgressStyle::Quiet => return Bar::Quiet,
+        };
+        if fancy {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{prefix:>16} [{bar:40}] {pos}/{len} events  {per_sec}  eta {eta}",
+            ) {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_prefix(label.to_owned());
+            Bar::Fancy(bar)
+        } else {
+            Bar::Lines {
+                label: label.to_owned(),
+                total,
+                started: Instant::now(),
+                last: None,
+                done: 0,
+            }
+        }
+    }
+
+    fn update(&mut self, done: u64, total: Option<u64>) {
+        match self {
+            Bar::Fancy(bar) => {
+                if let Some(total) = total {
+                    bar.set_length(total.max(done));
+                }
+                bar.set_position(done);
+            }
+            Bar::Lines {
+                label,
+                total: t,
+                started,
+                last,
+                done: d,
+            } => {
+                *d = done;
+                if let Some(total) = total {
+                    *t = total.max(done);
+                }
+                // One line a second at most: logs stay readable.
+                if last.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
+                    *last = Some(Instant::now());
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!("{label}: {done}/{t} ({rate:.0}/s)");
+                }
+            }
+            Bar::Quiet => {}
+        }
+    }
+
+    fn finish(&mut self) {
+        match self {
+            Bar::Fancy(bar) => bar.finish(),
+            Bar::Lines {
+                label,
+                total,
+                done,
+                started,
+                ..
+            } => {
+                let rate = *done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                eprintln!("{label}: {done}/{total} done ({rate:.0}/s)");
+            }
+            Bar::Quiet => {}
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! The operations subcommand against the in-memory store.
+
+use std::sync::{Arc, Mutex};
+
+use clap::Parser;
+use cqrs_cli::{Error, Operations, OpsCommand, ProgressStyle};
+use cqrs_core::{
+    Aggregate, BoxError, DomainEvent, Envelope, EventStore, InMemoryEventStore, Position,
+    Projection, ProjectionRunner, Repository, StreamId,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Counter {
+    value: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum CounterEvent {
+    Incremented { by: u64 },
+}
+
+impl DomainEvent for CounterEvent {
+    const EVENT_TYPES: &'static [&'static str] = &["Incremented"];
+    fn event_type(&self) -> &'static str {
+        "Incremented"
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("never")]
+struct Never;
+
+impl Aggregate for Counter {
+    const TYPE: &'static str = "counter";
+    type Command = u64;
+    type Event = CounterEvent;
+    type Error = Never;
+    type Services = ();
+    fn handle(&self, by: &u64, _: &()) -> Result<Vec<CounterEvent>, Never> {
+        Ok(vec![CounterEvent::Incremented { by: *by }])
+    }
+    fn apply(&mut self, event: CounterEvent) {
+        let CounterEvent::Incremented { by } = event;
+        self.value += by;
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Total(Arc<Mutex<u64>>);
+
+impl Projection for Total {
+    type Event = CounterEvent;
+    fn name(&self) -> &str {
+        "total"
+    }
+    async fn apply(
+        &mut self,
+        batch: &[Envelope<CounterEvent>],
+        _: Position,
+    ) -> Result<(), BoxError> {
+        let mut total = self.0.lock().unwrap();
+        for e in batch {
+            let CounterEvent::Incremented { by } = e.event;
+            *total += by;
+        }
+        Ok(())
+    }
+    async fn reset(&mut self) -> Result<(), BoxError> {
+        *self.0.lock().unwrap() = 0;
+        Ok(())
+    }
+}
+
+#[derive(Parser)]
+struct Cli {
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: OpsCommand,
+}
+
+struct Fixture {
+    store: InMemoryEventStore,
+    total: Total,
+    ops: Operations<InMemoryEventStore>,
+}
+
+async fn fixture() -> Fixture {
+    let store = InMemoryEventStore::new();
+    let counters =
+        Repository::<Counter, _>::new(store.clone(), ()).with_background_snapshots(false);
+    for (id, n) in [("a", 3u64), ("b", 5), ("c", 1)] {
+        for i in 1..=n {
+            counters.execute(id, &i).await.unwrap();
+        }
+    }
+    let total = Total::default();
+    let ops = Operations::new(store.clone())
+        .with_progress(ProgressStyle::Lines)
+        .aggregate(counters)
+        .projection({
+            let (store, total) = (store.clone(), total.clone());
+            move || ProjectionRunner::new(store.clone(), total.clone())
+        });
+    Fixture { store, total, ops }
+}
+
+async fn run(ops: &Operations<InMemoryEventStore>, args: &[&str]) -> Result<String, Error> {
+    let cli = Cli::try_parse_from(std::iter::once("app").chain(args.iter().copied())).unwrap();
+    let mut out = Vec::new();
+    ops.run(&cli.command, cli.json, &mut out).await?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+async fn run_json(ops: &Operations<InMemoryEventStore>, args: &[&str]) -> Value {
+    let mut with_json = vec!["--json"];
+    with_json.extend_from_slice(args);
+    serde_json::from_str(&run(ops, &with_json).await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn stats_show_counts_checkpoints_and_lag() {
+    let f = fixture().await;
+    let stats = run_json(&f.ops, &["stats"]).await;
+    assert_eq!(
+        (
+            stats["streams"].as_u64(),
+            stats["events"].as_u64(),
+            stats["snapshots"].as_u64()
+        ),
+        (Some(3), Some(9), Some(0))
+    );
+    assert_eq!(stats["projections"][0]["name"], "total");
+    assert_eq!(stats["projections"][0]["checkpoint"], "0");
+    assert_eq!(stats["projections"][0]["lag"], 9);
+    let text = run(&f.ops, &["stats"]).await.unwrap();
+    assert!(text.contains("events     9"), "{text}");
+    assert!(text.contains("lag 9"), "{text}");
+}
+
+#[tokio::test]
+async fn replay_rebuilds_and_moves_the_checkpoint() {
+    let f = fixture().await;
+    *f.total.0.lock().unwrap() = 12_345; // a read model gone wrong
+    let report = run_json(&f.ops, &["replay", "--projection", "total"]).await;
+    assert_eq!(report["replayed"][0]["projection"], "total");
+    assert_eq!(report["replayed"][0]["events"], 9);
+    assert_eq!(*f.total.0.lock().unwrap(), 6 + 15 + 1);
+    let stats = run_json(&f.ops, &["stats"]).await;
+    assert_eq!(stats["projections"][0]["lag"], 0);
+    assert_eq!(
+        run_json(&f.ops, &["replay", "--all"]).await["replayed"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    match run(&f.ops, &["replay", "--projection", "nope"]).await {
+        Err(e @ Error::Usage(_)) => {
+            assert_eq!(e.exit_code(), 2);
+            assert!(
+                e.to_string().contains("total"),
+                "names the known projections: {e}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn snapshot_one_stream_or_all() {
+    let f = fixture().await;
+    let one = run_json(&f.ops, &["snapshot", "--stream", "counter/b"]).await;
+    assert_eq!(one["snapshots_taken"], 1);
+    assert_eq!(one["streams"][0]["version"], 5);
+    let all = run_json(&f.ops, &["snapshot", "--all"]).await;
+    assert_eq!(all["snapshots_taken"], 3);
+    assert_eq!(f.store.stats().await.unwrap().snapshots, 3);
+    let stream = StreamId::new("counter", "a").unwrap();
+    assert_eq!(
+        f.store
+            .load_snapshot(&stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        3
+    );
+    assert!(matches!(
+        run(&f.ops, &["snapshot", "--stream", "ledger/x"]).await,
+        Err(Error::Usage(_))
+    ));
+    assert!(matches!(
+        run(&f.ops, &["snapshot", "--stream", "no-slash"]).await,
+        Err(Error::Usage(_))
+    ));
+}
+
+#[tokio::test]
+async fn events_page_through_the_log_and_show_streams() {
+    let f = fixture().await;
+    let first = run_json(&f.ops, &["events", "--limit", "4"]).await;
+    let events = first["events"].as_array().unwrap();
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[0]["stream"], "counter/a");
+    assert_eq!(events[0]["payload"]["Incremented"]["by"], 1);
+    assert!(events[0]["recorded_at"].as_str().unwrap().ends_with('Z'));
+    let after = first["last_position"].as_str().unwrap().to_owned();
+    let rest = run_json(&f.ops, &["events", "--after", &after]).await;
+    assert_eq!(rest["events"].as_array().unwrap().len(), 5);
+    let stream = run_json(&f.ops, &["events", "--stream", "counter/b", "--limit", "2"]).await;
+    let versions: Vec<u64> = stream["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    let text = run(&f.ops, &["events", "--limit", "1"]).await.unwrap();
+    assert!(text.contains("counter/a  v1  Incremented"), "{text}");
+    assert!(text.contains("--after 1"), "{text}");
+    assert!(matches!(
+        run(&f.ops, &["events", "--after", "x:y"]).await,
+        Err(Error::Usage(_))
+    ));
+}
+
+#[test]
+fn usage_errors_come_from_clap() {
+    assert!(
+        Cli::try_parse_from(["app", "snapshot"]).is_err(),
+        "--all or --stream is required"
+    );
+    assert!(Cli::try_parse_from(["app", "snapshot", "--all", "--stream", "a/b"]).is_err());
+    assert!(Cli::try_parse_from(["app", "replay"]).is_err());
+    assert!(Cli::try_parse_from(["app", "events", "--stream", "a/b", "--after", "3"]).is_err());
+}
