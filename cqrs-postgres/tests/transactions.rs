@@ -1,0 +1,215 @@
+//! Tests that hold a writing transaction open: the gap-safety of the global log and
+//! all-or-nothing appends on a killed connection.
+//!
+//! They live in their own test binary because an open transaction holds back every
+//! reader of the server (the read horizon is cluster-wide), and cargo runs test binaries
+//! one after another.
+
+mod common;
+
+use std::time::Duration;
+
+use cqrs_core::{EventData, EventStore, ExpectedVersion, Position, RecordedEvent, StreamId};
+use cqrs_postgres::PostgresEventStore;
+use cqrs_postgres::sqlx::{self, Connection};
+use futures::TryStreamExt;
+use uuid::Uuid;
+
+fn stream(kind: &str) -> StreamId {
+    StreamId::new(kind, Uuid::new_v4().to_string()).unwrap()
+}
+
+fn events(n: usize) -> Vec<EventData> {
+    (0..n)
+        .map(|i| EventData::new("Happened", format!("{{\"i\":{i}}}").into_bytes()))
+        .collect()
+}
+
+/// The tests of this binary run one at a time: each one's open transaction would hold
+/// back the others' reads.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+async fn read_after(store: &PostgresEventStore, after: Position) -> Vec<RecordedEvent> {
+    store.read_all(after, None).try_collect().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reader_never_passes_a_transaction_that_is_still_open() {
+    let _serial = SERIAL.lock().await;
+    // A short settle wait: the open transaction below is never going to end on its own.
+    let Some(store) =
+        common::store_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+    else {
+        return;
+    };
+    let (early, a_stream, b_stream) = (stream("early"), stream("a"), stream("b"));
+    store
+        .append(&early, ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+
+    // A begins and appends, but does not commit.
+    let mut a = common::connection().await;
+    let mut a_tx = a.begin().await.unwrap();
+    let a_appended = store
+        .append_in(&mut a_tx, &a_stream, ExpectedVersion::NoStream, events(2))
+        .await
+        .unwrap();
+    let a_xid = a_appended.position.commit;
+
+    // B starts later (a higher transaction id), appends and commits.
+    let b_appended = store
+        .append(&b_stream, ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    assert!(b_appended.position.commit > a_xid);
+
+    // The reader gets what was committed before A, and nothing at or beyond A: not B's
+    // committed event either, since A may still commit before it in the log order.
+    let seen = read_after(&store, Position::START).await;
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].stream, early);
+    assert!(seen.iter().all(|e| e.position.commit < a_xid));
+    assert_eq!(store.count_events(Position::START).await.unwrap(), 1);
+    let cursor = seen[0].position;
+    assert!(read_after(&store, cursor).await.is_empty());
+
+    // A commits: resuming from the cursor yields A's events then B's, each once.
+    a_tx.commit().await.unwrap();
+    let rest = read_after(&store, cursor).await;
+    let streams: Vec<&StreamId> = rest.iter().map(|e| &e.stream).collect();
+    assert_eq!(streams, [&a_stream, &a_stream, &b_stream]);
+    assert_eq!(rest[1].position, a_appended.position);
+    assert_eq!(rest[2].position, b_appended.position);
+    assert!(read_after(&store, b_appended.position).await.is_empty());
+    let all = read_after(&store, Position::START).await;
+    assert_eq!(all.len(), 4);
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rolled_back_transaction_leaves_no_gap_and_no_event() {
+    let _serial = SERIAL.lock().await;
+    let Some(store) =
+        common::store_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+    else {
+        return;
+    };
+    let s = stream("a");
+    let mut a = common::connection().await;
+    let mut a_tx = a.begin().await.unwrap();
+    store
+        .append_in(&mut a_tx, &s, ExpectedVersion::NoStream, events(3))
+        .await
+        .unwrap();
+    let b = store
+        .append(&stream("b"), ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    assert!(read_after(&store, Position::START).await.is_empty());
+    a_tx.rollback().await.unwrap();
+    let all = read_after(&store, Position::START).await;
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].position, b.position);
+    // The stream A wrote to is still empty and its versions start at 1.
+    let r = store
+        .append(&s, ExpectedVersion::NoStream, events(2))
+        .await
+        .unwrap();
+    assert_eq!(r.version, 2);
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_killed_mid_append_leaves_the_whole_batch_or_nothing() {
+    let _serial = SERIAL.lock().await;
+    let Some(store) =
+        common::store_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+    else {
+        return;
+    };
+    let s = stream("killed");
+    // The batch is written but not committed when the connection is killed.
+    let mut a = common::connection().await;
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut a)
+        .await
+        .unwrap();
+    let mut a_tx = a.begin().await.unwrap();
+    store
+        .append_in(&mut a_tx, &s, ExpectedVersion::NoStream, events(100))
+        .await
+        .unwrap();
+    let mut killer = common::connection().await;
+    let killed: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .fetch_one(&mut killer)
+        .await
+        .unwrap();
+    assert!(killed);
+    assert!(a_tx.commit().await.is_err());
+    let read: Vec<RecordedEvent> = store.read_stream(&s, 1).try_collect().await.unwrap();
+    assert!(read.is_empty());
+    assert_eq!(store.count_events(Position::START).await.unwrap(), 0);
+    // The same batch can be appended again, in full.
+    let again = store
+        .append(&s, ExpectedVersion::NoStream, events(100))
+        .await
+        .unwrap();
+    assert_eq!(again.version, 100);
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_connection_killed_under_the_store_is_replaced() {
+    let _serial = SERIAL.lock().await;
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let s = stream("s");
+    store
+        .append(&s, ExpectedVersion::NoStream, events(1))
+        .await
+        .unwrap();
+    // Kill the store's pooled connections: those whose last query named its schema.
+    let mut killer = common::connection().await;
+    let pids: Vec<i32> = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
+         AND state = 'idle' AND strpos(query, $1) > 0",
+    )
+    .bind(format!("\"{}\"", store.schema()))
+    .fetch_all(&mut killer)
+    .await
+    .unwrap();
+    assert!(!pids.is_empty());
+    for pid in pids {
+        let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(&mut killer)
+            .await
+            .unwrap();
+    }
+    // The next append may fail on a dead connection (a store error, nothing written)...
+    let mut version = 1;
+    for _ in 0..3 {
+        match store
+            .append(&s, ExpectedVersion::Exact(version), events(1))
+            .await
+        {
+            Ok(r) => version = r.version,
+            Err(cqrs_core::Error::Store { .. }) => {}
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    // ... and the pool replaces it: appends go on, versions without holes.
+    let r = store
+        .append(&s, ExpectedVersion::Exact(version), events(1))
+        .await
+        .unwrap();
+    let read: Vec<RecordedEvent> = store.read_stream(&s, 1).try_collect().await.unwrap();
+    assert_eq!(
+        read.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (1..=r.version).collect::<Vec<_>>()
+    );
+    common::drop_schema(&store).await;
+}
