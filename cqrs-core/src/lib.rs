@@ -16,7 +16,8 @@ mod stream;
 pub mod testkit;
 mod upcast;
 
-#[cfg(feature = "conformance")]
+#[cfg(any(test, feature = "conformance"))]
+#[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
 pub mod conformance;
 
 pub use aggregate::Aggregate;

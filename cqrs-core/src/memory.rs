@@ -304,3 +304,12 @@ impl EventStore for InMemoryEventStore {
         })
     }
 }
+
+#[cfg(test)]
+mod conformance_tests {
+    async fn fresh_store() -> Option<crate::InMemoryEventStore> {
+        Some(crate::InMemoryEventStore::new())
+    }
+
+    crate::store_conformance_tests!(fresh_store);
+}

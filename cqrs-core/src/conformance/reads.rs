@@ -1,0 +1,469 @@
+//! Reading: empty and partial stream reads, odd stream ids, streaming in bounded memory,
+//! counting and finding events, and live-reader wake-ups.
+
+use std::pin::pin;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::json;
+use uuid::Uuid;
+
+use super::support::{
+    EVENT_TYPE, STREAM_TYPE, append_ok, count, count_events, event, events, find_event,
+    fresh_stream, ids_of, json_bytes, range, read_all, read_stream, record_ids, versions,
+};
+use crate::{EventData, EventStore, ExpectedVersion, Position, SnapshotRecord, StreamId};
+
+/// **Contract 1 (streams).** Reading a stream that has no events yields nothing, not an
+/// error; reading from a version past the end (up to `u64::MAX`) yields nothing;
+/// `read_stream(s, 3)` yields versions 3 and later only; `read_all` with a limit of 0
+/// yields nothing.
+pub async fn read_empty_stream<S: EventStore + Clone + 'static>(store: S) {
+    let stream = fresh_stream("empty");
+    for from in [0, 1, 2, u64::MAX] {
+        assert!(
+            read_stream(&store, &stream, from).await.is_empty(),
+            "[contract 1, streams] read_stream({stream}, {from}) of a stream with no events \
+             yields nothing"
+        );
+    }
+
+    let batch = events("five", 5);
+    let ids = ids_of(&batch);
+    append_ok(&store, &stream, ExpectedVersion::NoStream, batch).await;
+    for from in [6, 7, 1_000, u64::MAX] {
+        assert!(
+            read_stream(&store, &stream, from).await.is_empty(),
+            "[contract 1, streams] read_stream from version {from} of a 5-event stream \
+             yields nothing"
+        );
+    }
+    for from in 1..=5 {
+        let tail = read_stream(&store, &stream, from).await;
+        assert_eq!(
+            versions(&tail),
+            range(from, 5),
+            "[contract 1, streams] read_stream from version {from} yields versions {from}..=5"
+        );
+        assert_eq!(
+            record_ids(&tail),
+            ids[usize::try_from(from - 1).expect("small")..],
+            "[contract 1, streams] read_stream from version {from} yields the right events"
+        );
+    }
+
+    let neighbour = fresh_stream("empty");
+    assert!(
+        read_stream(&store, &neighbour, 1).await.is_empty(),
+        "[contract 1, streams] another stream of the same type stays empty"
+    );
+    assert!(
+        read_all(&store, Position::START, Some(0)).await.is_empty(),
+        "[contract 4, global log] read_all with a limit of 0 yields nothing"
+    );
+    let last = read_stream(&store, &stream, 5).await[0].position;
+    let after_last: Vec<_> = read_all(&store, last, None)
+        .await
+        .into_iter()
+        .filter(|r| r.stream == stream)
+        .collect();
+    assert!(
+        after_last.is_empty(),
+        "[contract 4, global log] read_all after a stream's last position holds none of its events"
+    );
+}
+
+/// **Contract 1 (streams) with odd ids.** Stream ids that are prefixes of one another
+/// (`a`, `ab`, `a/b`, `a/`), that differ only in case or trailing space, that hold quotes,
+/// backslashes, SQL and glob wildcards, control characters, unicode, or are 1024 bytes
+/// long, and aggregate types that are prefixes of one another (`acc` vs `account`) with
+/// the same id: each is its own stream. Events, versions (each stream starts at 1 with
+/// `NoStream`), the `stream` field of records, `find_event` and snapshots all stay apart.
+pub async fn stream_ids_do_not_collide<S: EventStore + Clone + 'static>(store: S) {
+    let u = Uuid::new_v4().simple().to_string();
+    let mut long = format!("{u}-long-");
+    while long.len() < StreamId::MAX_ID_LEN - 2 {
+        long.push('L');
+    }
+    long.push('é');
+    assert_eq!(long.len(), StreamId::MAX_ID_LEN);
+
+    let ids: Vec<(&str, String)> = vec![
+        (STREAM_TYPE, format!("{u}a")),
+        (STREAM_TYPE, format!("{u}ab")),
+        (STREAM_TYPE, format!("{u}a/b")),
+        (STREAM_TYPE, format!("{u}a/")),
+        (STREAM_TYPE, format!("{u}A")),
+        (STREAM_TYPE, format!("{u}a ")),
+        (STREAM_TYPE, format!(" {u}a")),
+        (STREAM_TYPE, format!("{u}'a\"b`")),
+        (STREAM_TYPE, format!("{u}\\a")),
+        (STREAM_TYPE, format!("{u}%_*?[a]")),
+        (STREAM_TYPE, format!("{u}\u{1}")),
+        (STREAM_TYPE, format!("{u}a\u{1}")),
+        (STREAM_TYPE, format!("{u}\u{7f}\u{ff}")),
+        (STREAM_TYPE, format!("{u}\n\t\r")),
+        (STREAM_TYPE, format!("{u}ünïcödé 🦀")),
+        (STREAM_TYPE, long),
+        ("acc", u.clone()),
+        ("account", u.clone()),
+        ("acc", format!("ount{u}")),
+        ("acc", format!("ount/{u}")),
+        ("account", format!("/{u}")),
+    ];
+    let streams: Vec<StreamId> = ids
+        .iter()
+        .map(|(t, id)| {
+            StreamId::new(t, id).unwrap_or_else(|e| panic!("{t:?}/{id:?} is a valid id: {e}"))
+        })
+        .collect();
+
+    let mut written = Vec::new();
+    for (i, stream) in streams.iter().enumerate() {
+        let mut stream_ids = Vec::new();
+        for v in 0..count(i % 3 + 1) {
+            let e = EventData::new(EVENT_TYPE, json_bytes(&json!({ "stream": i, "v": v + 1 })));
+            stream_ids.push(e.event_id);
+            let result = store
+                .append(stream, ExpectedVersion::Exact(v), vec![e])
+                .await;
+            match result {
+                Ok(r) => assert_eq!(
+                    r.version,
+                    v + 1,
+                    "[contract 1, streams] {stream:?} has its own versions"
+                ),
+                Err(e) => panic!(
+                    "[contract 1, streams] appending version {} to {stream:?} must succeed \
+                     (does its id collide with another stream's?), got {e:?}",
+                    v + 1
+                ),
+            }
+        }
+        written.push(stream_ids);
+    }
+
+    let log = read_all(&store, Position::START, None).await;
+    for (i, stream) in streams.iter().enumerate() {
+        let recorded = read_stream(&store, stream, 1).await;
+        assert_eq!(
+            record_ids(&recorded),
+            written[i],
+            "[contract 1, streams] {stream:?} holds exactly its own events"
+        );
+        for record in &recorded {
+            assert_eq!(
+                &record.stream, stream,
+                "[contract 6, envelope] the stream id round-trips unchanged"
+            );
+            assert_eq!(
+                record.payload,
+                json_bytes(&json!({ "stream": i, "v": record.version })),
+                "[contract 6, envelope] {stream:?} version {}: payload",
+                record.version
+            );
+        }
+        let in_log: Vec<_> = log.iter().filter(|r| &r.stream == stream).collect();
+        assert_eq!(
+            in_log.iter().map(|r| r.event_id).collect::<Vec<_>>(),
+            written[i],
+            "[contract 4, global log] the log attributes {stream:?}'s events to it alone"
+        );
+        let neighbour = &streams[(i + 1) % streams.len()];
+        assert_eq!(
+            find_event(&store, neighbour, written[i][0]).await,
+            None,
+            "[contract 1, streams] find_event in {neighbour:?} does not see {stream:?}'s event"
+        );
+        let snapshot = SnapshotRecord {
+            version: count(written[i].len()),
+            schema_version: 1,
+            payload: json_bytes(&json!({ "stream": i })),
+        };
+        save_snapshot(&store, stream, snapshot).await;
+    }
+    for (i, stream) in streams.iter().enumerate() {
+        let loaded = match store.load_snapshot(stream).await {
+            Ok(loaded) => loaded,
+            Err(e) => panic!("load_snapshot({stream:?}) must not fail, got {e:?}"),
+        };
+        assert_eq!(
+            loaded.map(|s| s.payload),
+            Some(json_bytes(&json!({ "stream": i }))),
+            "[contract 7, snapshots] {stream:?} has its own snapshot"
+        );
+    }
+}
+
+/// **Contract 5 (streaming reads).** 100,000 events of about 1 KiB each (appended in
+/// batches of 1,000) are read back with `read_stream` and then `read_all`, one at a time
+/// without collecting them: versions are contiguous and positions strictly increase.
+/// Where `/proc/self/status` exists (Linux), the resident set may not grow by 50 MiB or
+/// more during either read: a store that materialises the stream first would need
+/// ~100 MiB more.
+///
+/// Assumes a fresh, empty store. Takes a few seconds.
+pub async fn stream_large_in_bounded_memory<S: EventStore + Clone + 'static>(store: S) {
+    const TOTAL: u64 = 100_000;
+    const BATCH: u64 = 1_000;
+    const PAYLOAD: usize = 1024;
+    // Why 50 MiB is safe with other cases running in the same process: the other cases
+    // each allocate at most a few MiB (the busiest, read_all_concurrent_writers, keeps
+    // about 1,200 small records), and freed memory is reused rather than returned, so
+    // their share of the growth stays far below 50 MiB; a reader that materialised this
+    // stream would add at least the ~100 MiB of payloads.
+    const MAX_GROWTH: u64 = 50 * 1024 * 1024;
+    const SAMPLE_EVERY: u64 = 2_500;
+
+    let stream = fresh_stream("large");
+    let payload = |i: u64| {
+        let mut bytes = format!("{{\"i\":{i},\"pad\":\"").into_bytes();
+        bytes.resize(PAYLOAD - 2, b'x');
+        bytes.extend_from_slice(b"\"}");
+        bytes
+    };
+    for b in 0..TOTAL / BATCH {
+        let batch = (b * BATCH..(b + 1) * BATCH)
+            .map(|i| EventData::new(EVENT_TYPE, payload(i + 1)))
+            .collect();
+        let result = append_ok(&store, &stream, ExpectedVersion::Exact(b * BATCH), batch).await;
+        assert_eq!(result.version, (b + 1) * BATCH);
+    }
+
+    let baseline = resident_bytes();
+    let mut peak = baseline;
+
+    let mut next_version = 1;
+    {
+        let mut records = pin!(store.read_stream(&stream, 1));
+        while let Some(record) = records.next().await {
+            let record = record.unwrap_or_else(|e| {
+                panic!("[contract 5, streaming reads] read_stream failed at {next_version}: {e:?}")
+            });
+            assert_eq!(
+                record.version, next_version,
+                "[contract 1, streams] read_stream yields contiguous versions"
+            );
+            assert_eq!(
+                record.payload.len(),
+                PAYLOAD,
+                "[contract 6, envelope] payload of version {next_version}"
+            );
+            next_version += 1;
+            if next_version % SAMPLE_EVERY == 0 {
+                sample(&mut peak);
+            }
+        }
+    }
+    assert_eq!(
+        next_version - 1,
+        TOTAL,
+        "[contract 5, streaming reads] read_stream yields all {TOTAL} events"
+    );
+    sample(&mut peak);
+    let stream_growth = growth(baseline, peak);
+
+    let baseline = resident_bytes();
+    let mut peak = baseline;
+    let mut next_version = 1;
+    let mut last = Position::START;
+    {
+        let mut records = pin!(store.read_all(Position::START, None));
+        while let Some(record) = records.next().await {
+            let record = record.unwrap_or_else(|e| {
+                panic!("[contract 5, streaming reads] read_all failed after {last}: {e:?}")
+            });
+            assert_eq!(
+                (&record.stream, record.version),
+                (&stream, next_version),
+                "[contract 4, global log] read_all yields the stream's events in order \
+                 (this case needs a fresh store)"
+            );
+            assert!(
+                record.position > last,
+                "[contract 4, global log] positions strictly increase"
+            );
+            last = record.position;
+            next_version += 1;
+            if next_version % SAMPLE_EVERY == 0 {
+                sample(&mut peak);
+            }
+        }
+    }
+    assert_eq!(
+        next_version - 1,
+        TOTAL,
+        "[contract 5, streaming reads] read_all yields all {TOTAL} events"
+    );
+    sample(&mut peak);
+    let log_growth = growth(baseline, peak);
+
+    for (what, grown) in [("read_stream", stream_growth), ("read_all", log_growth)] {
+        if let Some(grown) = grown {
+            assert!(
+                grown < MAX_GROWTH,
+                "[contract 5, streaming reads] the resident set grew by {} MiB while {what} \
+                 read {TOTAL} events of 1 KiB: reads must stream, not materialise",
+                grown / (1024 * 1024)
+            );
+        }
+    }
+}
+
+/// The process's resident set size, where the platform reports it.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Raises `peak` to the current resident set size.
+fn sample(peak: &mut Option<u64>) {
+    if let (Some(now), Some(p)) = (resident_bytes(), peak.as_mut()) {
+        *p = (*p).max(now);
+    }
+}
+
+fn growth(baseline: Option<u64>, peak: Option<u64>) -> Option<u64> {
+    Some(peak?.saturating_sub(baseline?))
+}
+
+/// **Contract 4 (global log): counting and lookup.** `count_events(START)` is the number
+/// of events in the log and `count_events(p)` the number after position `p`;
+/// `find_event` finds an event by id in its own stream, not in another stream, and
+/// returns `None` for an unknown id or stream.
+///
+/// Assumes a fresh, empty store.
+pub async fn count_events_and_find_event<S: EventStore + Clone + 'static>(store: S) {
+    assert_eq!(
+        count_events(&store, Position::START).await,
+        0,
+        "[contract 4, global log] count_events of a fresh store is 0 (this case needs a fresh store)"
+    );
+    let a = fresh_stream("count-a");
+    let b = fresh_stream("count-b");
+    append_ok(&store, &a, ExpectedVersion::NoStream, events("a", 3)).await;
+    append_ok(&store, &b, ExpectedVersion::NoStream, events("b", 2)).await;
+    append_ok(&store, &a, ExpectedVersion::Exact(3), vec![event("a-more")]).await;
+
+    let log = read_all(&store, Position::START, None).await;
+    let total = count(log.len());
+    assert_eq!(
+        total, 6,
+        "[contract 4, global log] the log holds every event"
+    );
+    assert_eq!(
+        count_events(&store, Position::START).await,
+        total,
+        "[contract 4, global log] count_events(START) counts every event"
+    );
+    for (i, record) in log.iter().enumerate() {
+        assert_eq!(
+            count_events(&store, record.position).await,
+            total - count(i + 1),
+            "[contract 4, global log] count_events({}) counts the events after it",
+            record.position
+        );
+    }
+
+    let never = fresh_stream("count-never");
+    for record in &log {
+        let (own, other) = if record.stream == a {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
+        assert_eq!(
+            find_event(&store, own, record.event_id).await.as_ref(),
+            Some(record),
+            "[contract 3, idempotent append] find_event finds event {} in its stream",
+            record.event_id
+        );
+        assert_eq!(
+            find_event(&store, other, record.event_id).await,
+            None,
+            "[contract 3, idempotent append] find_event does not find an event in another stream"
+        );
+        assert_eq!(
+            find_event(&store, &never, record.event_id).await,
+            None,
+            "[contract 3, idempotent append] find_event in a stream without events is None"
+        );
+    }
+    assert_eq!(
+        find_event(&store, &a, Uuid::new_v4()).await,
+        None,
+        "[contract 3, idempotent append] find_event of an unknown id is None"
+    );
+}
+
+/// **Live reads (`watch`).** If the store's watcher [can wake](crate::LogWatcher::can_wake),
+/// an append after [`mark_seen`](crate::LogWatcher::mark_seen) makes
+/// [`changed`](crate::LogWatcher::changed) complete, whether the append happened before
+/// the wait or while waiting, and every watcher wakes. A store whose watcher cannot wake
+/// (readers poll) passes without checks. The 10-second timeouts only guard against a
+/// hang; they are not a speed requirement.
+pub async fn watch_wakes_on_append<S: EventStore + Clone + 'static>(store: S) {
+    const HANG_GUARD: Duration = Duration::from_secs(10);
+    let mut watcher = store.watch();
+    if !watcher.can_wake() {
+        return;
+    }
+    let stream = fresh_stream("watch");
+
+    watcher.mark_seen();
+    append_ok(
+        &store,
+        &stream,
+        ExpectedVersion::Any,
+        vec![event("before-wait")],
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(HANG_GUARD, watcher.changed())
+            .await
+            .is_ok(),
+        "[live reads] an append after mark_seen must wake the watcher"
+    );
+
+    watcher.mark_seen();
+    let writer = {
+        let (store, stream) = (store.clone(), stream.clone());
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            append_ok(
+                &store,
+                &stream,
+                ExpectedVersion::Any,
+                vec![event("while-waiting")],
+            )
+            .await;
+        })
+    };
+    assert!(
+        tokio::time::timeout(HANG_GUARD, watcher.changed())
+            .await
+            .is_ok(),
+        "[live reads] an append while waiting must wake the watcher"
+    );
+    super::support::join(writer).await;
+
+    let mut others = [store.watch(), store.watch()];
+    for w in &mut others {
+        w.mark_seen();
+    }
+    append_ok(&store, &stream, ExpectedVersion::Any, vec![event("many")]).await;
+    for (i, w) in others.iter_mut().enumerate() {
+        assert!(
+            tokio::time::timeout(HANG_GUARD, w.changed()).await.is_ok(),
+            "[live reads] every watcher wakes on an append (watcher {i})"
+        );
+    }
+}
+
+async fn save_snapshot<S: EventStore>(store: &S, stream: &StreamId, snapshot: SnapshotRecord) {
+    if let Err(e) = store.save_snapshot(stream, snapshot).await {
+        panic!("save_snapshot({stream:?}) must not fail, got {e:?}");
+    }
+}
