@@ -26,7 +26,8 @@
 //!   random UUID in them), projection names and aggregate ids, so they never collide,
 //!   even if a backend hands several cases the same database.
 //! - The cases that count the whole log ([`read_all_concurrent_writers`],
-//!   [`stream_large_in_bounded_memory`], [`count_events_and_find_event`]) assume the store
+//!   [`stream_large_in_bounded_memory`], [`count_events_and_find_event`],
+//!   [`list_streams_and_stats`]) assume the store
 //!   they get is fresh and empty.
 //! - Cases spawn tasks: run them on a multi-thread Tokio runtime (the macro does).
 //! - Outcomes are deterministic: concurrency cases assert invariants, never speeds, and
@@ -45,6 +46,7 @@
 //! | 8. checkpoints | [`checkpoints_round_trip`] |
 //! | 9. bad data gives errors | [`unknown_event_type_and_bad_payload_are_typed_errors`], [`invalid_event_types_are_refused`] (and the invalid batches of [`idempotent_reappend`]) |
 //! | upcasting, live reads | [`upcasters_apply_on_load_and_read_all`], [`watch_wakes_on_append`] |
+//! | operations support | [`list_streams_and_stats`] |
 //!
 //! [`EventStore`]: crate::EventStore
 
@@ -67,8 +69,8 @@ pub use decoding::{
     unknown_event_type_and_bad_payload_are_typed_errors, upcasters_apply_on_load_and_read_all,
 };
 pub use reads::{
-    count_events_and_find_event, read_empty_stream, stream_ids_do_not_collide,
-    stream_large_in_bounded_memory, watch_wakes_on_append,
+    count_events_and_find_event, list_streams_and_stats, read_empty_stream,
+    stream_ids_do_not_collide, stream_large_in_bounded_memory, watch_wakes_on_append,
 };
 pub use snapshots::{
     checkpoints_round_trip, snapshots_round_trip, stale_or_undecodable_snapshot_replays,
@@ -142,6 +144,7 @@ macro_rules! store_conformance_tests {
             stream_ids_do_not_collide,
             count_events_and_find_event,
             watch_wakes_on_append,
+            list_streams_and_stats,
         );
     };
     (@cases $fresh_store:path; $($case:ident),+ $(,)?) => {

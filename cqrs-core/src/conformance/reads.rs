@@ -467,3 +467,51 @@ async fn save_snapshot<S: EventStore>(store: &S, stream: &StreamId, snapshot: Sn
         panic!("save_snapshot({stream:?}) must not fail, got {e:?}");
     }
 }
+
+/// Operations support: [`EventStore::list_streams`] lists every stream with events once,
+/// with its current version, and [`EventStore::stats`] counts streams, events and
+/// snapshots. Assumes a fresh, empty store.
+pub async fn list_streams_and_stats<S: EventStore + Clone + 'static>(store: S) {
+    let empty = store.stats().await.expect("stats of an empty store");
+    assert_eq!(
+        (empty.streams, empty.events, empty.snapshots),
+        (0, 0, 0),
+        "[operations] an empty store has no streams, events or snapshots (this case needs a fresh store)"
+    );
+    let a = fresh_stream("list-a");
+    let b = fresh_stream("list-b");
+    let c = fresh_stream("list-c");
+    append_ok(&store, &a, ExpectedVersion::NoStream, events("a", 3)).await;
+    append_ok(&store, &b, ExpectedVersion::NoStream, events("b", 1)).await;
+    append_ok(&store, &c, ExpectedVersion::NoStream, events("c", 2)).await;
+    append_ok(&store, &a, ExpectedVersion::Exact(3), vec![event("a-more")]).await;
+    let snapshot = SnapshotRecord {
+        version: 1,
+        schema_version: 1,
+        payload: json_bytes(&json!({ "n": 1 })),
+    };
+    store
+        .save_snapshot(&b, snapshot)
+        .await
+        .expect("save_snapshot");
+
+    let mut listed: Vec<(StreamId, u64)> = Vec::new();
+    let mut streams = pin!(store.list_streams());
+    while let Some(info) = streams.next().await {
+        let info = info.expect("list_streams item");
+        listed.push((info.stream, info.version));
+    }
+    listed.sort();
+    let mut expected = vec![(a, 4), (b, 1), (c, 2)];
+    expected.sort();
+    assert_eq!(
+        listed, expected,
+        "[operations] list_streams lists each stream once with its version"
+    );
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(
+        (stats.streams, stats.events, stats.snapshots),
+        (3, 7, 1),
+        "[operations] stats counts streams, events and snapshots"
+    );
+}
