@@ -71,6 +71,8 @@ pub(crate) struct Statements {
     pub(crate) count_events: Arc<str>,
     pub(crate) find_event: Arc<str>,
     pub(crate) events_of_transaction: Arc<str>,
+    pub(crate) list_streams: Arc<str>,
+    pub(crate) stats: Arc<str>,
     pub(crate) load_snapshot: Arc<str>,
     pub(crate) save_snapshot: Arc<str>,
     pub(crate) load_checkpoint: Arc<str>,
@@ -115,6 +117,15 @@ impl Statements {
                 "SELECT {EVENT_COLUMNS} FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version > $3 \
                  AND e.version <= $4 ORDER BY e.version"
+            )),
+            list_streams: sql(format!(
+                "SELECT aggregate_type, aggregate_id, max(version) FROM {s}.events \
+                 GROUP BY aggregate_type, aggregate_id"
+            )),
+            stats: sql(format!(
+                "SELECT (SELECT count(*) FROM (SELECT DISTINCT aggregate_type, aggregate_id \
+                 FROM {s}.events) d), (SELECT count(*) FROM {s}.events), \
+                 (SELECT count(*) FROM {s}.snapshots)"
             )),
             load_snapshot: sql(format!(
                 "SELECT version, schema_version, payload FROM {s}.snapshots \

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use cqrs_core::{
     AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
-    RecordedEvent, Result, SnapshotRecord, StreamId, validate_batch, validate_checkpoint_name,
+    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, validate_batch,
+    validate_checkpoint_name,
 };
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -668,6 +669,42 @@ impl EventStore for PostgresEventStore {
             .await
             .map_err(store_error)?;
         Ok(())
+    }
+
+    /// Every stream with its version: one grouped scan of the stream index, streamed.
+    fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
+        sqlx::query(AssertSqlSafe(self.inner.sql.list_streams.clone()))
+            .fetch(&self.inner.pool)
+            .map(|row| {
+                let row = row.map_err(store_error)?;
+                let aggregate_type: String = row.try_get(0).map_err(store_error)?;
+                let aggregate_id: String = row.try_get(1).map_err(store_error)?;
+                let version: i64 = row.try_get(2).map_err(store_error)?;
+                let location = || format!("stream {aggregate_type}/{aggregate_id}");
+                let stream = StreamId::new(&aggregate_type, &aggregate_id)
+                    .map_err(|e| Error::corrupt(location(), e.to_string()))?;
+                Ok(StreamInfo {
+                    version: stored_u64(version, location, "version")?,
+                    stream,
+                })
+            })
+    }
+
+    /// Streams, events (every committed one) and snapshots, in one query.
+    async fn stats(&self) -> Result<StoreStats> {
+        let row = sqlx::query(AssertSqlSafe(self.inner.sql.stats.clone()))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(store_error)?;
+        let count = |i: usize| -> Result<u64> {
+            let n: i64 = row.try_get(i).map_err(store_error)?;
+            stored_u64(n, || "store statistics".into(), "count")
+        };
+        Ok(StoreStats {
+            streams: count(0)?,
+            events: count(1)?,
+            snapshots: count(2)?,
+        })
     }
 
     /// A watcher woken by appends through this store at once, and by appends of other

@@ -79,8 +79,10 @@ pub async fn pool(max: u32) -> PgPool {
         .expect("connect to the test server")
 }
 
-/// Drops test schemas left over by runs that ended more than 10 minutes ago (once per
-/// binary). Cleanliness only: every test makes its own schema anyway.
+/// Drops test schemas left over by earlier runs (once per binary): those of test
+/// processes of this machine that have ended, and any older than an hour. Cleanliness
+/// only: every test makes its own schema anyway. (The conformance cases get their store
+/// by value and cannot drop its schema themselves; the next test binary sweeps it.)
 async fn sweep(pool: &PgPool) {
     static SWEPT: OnceLock<()> = OnceLock::new();
     if SWEPT.set(()).is_err() {
@@ -96,15 +98,19 @@ async fn sweep(pool: &PgPool) {
     .await
     .unwrap_or_default();
     for name in names {
-        let stamp = name
-            .split('_')
-            .nth(2)
+        let mut parts = name.split('_').skip(2);
+        let stamp = parts
+            .next()
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(now);
+        let pid = parts.next().and_then(|s| s.parse::<u32>().ok());
+        let ended = pid.is_some_and(|pid| {
+            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        });
         let valid = name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if valid && now.saturating_sub(stamp) > 600 {
+        if valid && (ended || now.saturating_sub(stamp) > 3600) {
             let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                 "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
             )))
