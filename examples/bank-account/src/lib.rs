@@ -1,2 +1,9 @@
-//! The bank-account example application (binary `bank`) is not written yet; until it
-//! is, `cargo run -p cqrs-core --example quickstart` is the runnable example.
+//! The bank-account example of the cqrs framework: accounts, transfers driven by a
+//! process manager, read models, and the operations subcommand. The binary `bank` (see
+//! `main.rs`) is its command line.
+
+pub mod app;
+pub mod domain;
+pub mod projections;
+
+pub use app::{Bank, BankError, TransferOutcome};

@@ -1,0 +1,397 @@
+//! Wiring: a store chosen by URL, the repositories, the read models and the process
+//! manager, behind one `Bank` facade used by the command line and the HTTP API.
+
+use std::time::Duration;
+
+use cqrs_core::{
+    BoxEventStore, CommandError, EventStore, InMemoryEventStore, ProjectionGroup, ProjectionRunner,
+    Repository, RetryPolicy, RunnerConfig, SnapshotPolicy,
+};
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::domain::{
+    Account, AccountCommand, AccountError, Cents, Transfer, TransferCommand, TransferStatus,
+};
+use crate::projections::{AccountRow, HistoryRow, MemoryAccounts, TransferProcess};
+
+/// Why a bank operation failed, with the exit code and HTTP status it calls for.
+#[derive(Debug, thiserror::Error)]
+pub enum BankError {
+    /// The domain refused it (insufficient funds, unknown account, ...): exit 1, HTTP 422
+    /// (404 for an unknown account).
+    #[error("{0}")]
+    Rejected(String),
+    /// The account does not exist: exit 1, HTTP 404.
+    #[error("unknown account {0}")]
+    UnknownAccount(String),
+    /// Bad input (an amount or id that cannot be used): exit 2, HTTP 400.
+    #[error("{0}")]
+    BadInput(String),
+    /// Concurrent writers kept winning: exit 3, HTTP 409.
+    #[error("too many concurrent changes, try again: {0}")]
+    Conflict(String),
+    /// The store failed: exit 3, HTTP 503.
+    #[error("store failure: {0}")]
+    Store(String),
+}
+
+impl BankError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            BankError::Rejected(_) | BankError::UnknownAccount(_) => 1,
+            BankError::BadInput(_) => 2,
+            BankError::Conflict(_) | BankError::Store(_) => 3,
+        }
+    }
+
+    fn store(e: impl std::error::Error + 'static) -> Self {
+        BankError::Store(full_chain(&e))
+    }
+}
+
+impl<E: std::error::Error + 'static> From<CommandError<E>> for BankError {
+    fn from(e: CommandError<E>) -> Self {
+        match e {
+            CommandError::Rejected(reason) => BankError::Rejected(reason.to_string()),
+            CommandError::Conflict {
+                stream, attempts, ..
+            } => BankError::Conflict(format!("{stream} after {attempts} attempts")),
+            CommandError::Invalid(e) => BankError::BadInput(e.to_string()),
+            other => BankError::store(other),
+        }
+    }
+}
+
+/// An error's message with all its sources, `: `-separated.
+pub fn full_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferOutcome {
+    /// The transfer's id.
+    pub transfer_id: Uuid,
+    /// `completed` or `failed` (or `pending` if it could not finish).
+    pub status: TransferStatus,
+    /// Why it failed.
+    pub reason: Option<String>,
+}
+
+/// Where the accounts read model lives.
+#[derive(Debug, Clone)]
+enum Views {
+    Memory(MemoryAccounts),
+}
+
+/// The bank: commands, reads, and the projections behind them.
+#[derive(Debug, Clone)]
+pub struct Bank {
+    store: BoxEventStore,
+    accounts: Repository<Account, BoxEventStore>,
+    transfers: Repository<Transfer, BoxEventStore>,
+    views: Views,
+    description: String,
+}
+
+/// The snapshot policy of accounts: a snapshot every 50 events.
+pub const SNAPSHOT_EVERY: u64 = 50;
+
+impl Bank {
+    /// Opens the bank on the store named by `url`: `sled:<path>`, `postgres://…`, or
+    /// `memory:`.
+    ///
+    /// # Errors
+    /// [`BankError::BadInput`] for an unknown URL scheme, [`BankError::Store`] if the
+    /// store cannot be opened.
+    pub async fn open(url: &str) -> Result<Bank, BankError> {
+        let (store, views, description) = if url == "memory:" {
+            (
+                BoxEventStore::new(InMemoryEventStore::new()),
+                Views::Memory(MemoryAccounts::default()),
+                "memory".to_owned(),
+            )
+        } else {
+            return Err(BankError::BadInput(format!(
+                "unknown store URL {url:?}: use sled:<path>, postgres://… or memory:"
+            )));
+        };
+        Ok(Bank::with_store(store, views, description))
+    }
+
+    fn with_store(store: BoxEventStore, views: Views, description: String) -> Bank {
+        let retry = RetryPolicy::attempts(20);
+        let accounts = Repository::<Account, _>::new(store.clone(), ())
+            .with_snapshots(SnapshotPolicy::EveryEvents(SNAPSHOT_EVERY))
+            .with_retry(retry);
+        let transfers = Repository::<Transfer, _>::new(store.clone(), ()).with_retry(retry);
+        Bank {
+            store,
+            accounts,
+            transfers,
+            views,
+            description,
+        }
+    }
+
+    /// Which store this bank runs on, for messages.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The event store.
+    pub fn store(&self) -> &BoxEventStore {
+        &self.store
+    }
+
+    /// The accounts repository.
+    pub fn accounts(&self) -> &Repository<Account, BoxEventStore> {
+        &self.accounts
+    }
+
+    /// The transfers repository.
+    pub fn transfers(&self) -> &Repository<Transfer, BoxEventStore> {
+        &self.transfers
+    }
+
+    fn runner_config() -> RunnerConfig {
+        RunnerConfig {
+            poll_interval: Duration::from_millis(500),
+            ..RunnerConfig::default()
+        }
+    }
+
+    /// A fresh runner of the transfer process manager.
+    pub fn transfer_runner(&self) -> ProjectionRunner<BoxEventStore, TransferProcess> {
+        ProjectionRunner::new(
+            self.store.clone(),
+            TransferProcess::new(self.accounts.clone(), self.transfers.clone()),
+        )
+        .with_config(Self::runner_config())
+    }
+
+    /// A fresh runner of the accounts read model.
+    pub fn accounts_runner(&self) -> ProjectionRunner<BoxEventStore, MemoryAccounts> {
+        match &self.views {
+            Views::Memory(view) => ProjectionRunner::new(self.store.clone(), view.clone())
+                .with_config(Self::runner_config()),
+        }
+    }
+
+    /// The operations subcommand over this bank's store, aggregates and projections.
+    pub fn operations(&self) -> cqrs_cli::Operations<BoxEventStore> {
+        let (a, b) = (self.clone(), self.clone());
+        cqrs_cli::Operations::new(self.store.clone())
+            .aggregate(self.accounts.clone())
+            .aggregate(self.transfers.clone())
+            .projection(move || a.accounts_runner())
+            .projection(move || b.transfer_runner())
+    }
+
+    /// Runs the process manager and the read model until nothing is left to do: after it
+    /// returns, reads show every command that returned before it was called.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if a projection stops.
+    pub async fn sync(&self) -> Result<(), BankError> {
+        let mut saga = self.transfer_runner();
+        // Each pass may append events (debits, credits, refunds, outcomes) that the next
+        // pass reacts to; stop when a pass finds nothing new.
+        while saga.catch_up().await.map_err(BankError::store)? > 0 {}
+        self.accounts_runner()
+            .catch_up()
+            .await
+            .map_err(BankError::store)?;
+        Ok(())
+    }
+
+    /// Runs the process manager and the read model live until `shutdown` completes.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if a projection stops.
+    pub async fn run_projections(
+        &self,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), BankError> {
+        ProjectionGroup::new()
+            .with(self.transfer_runner())
+            .with(self.accounts_runner())
+            .run_until(shutdown)
+            .await
+            .map_err(BankError::store)
+    }
+
+    async fn account_command(&self, id: &str, command: AccountCommand) -> Result<u64, BankError> {
+        let done = self
+            .accounts
+            .execute(id, &command)
+            .await
+            .map_err(|e| match e {
+                CommandError::Rejected(AccountError::Unknown) => {
+                    BankError::UnknownAccount(id.to_owned())
+                }
+                other => other.into(),
+            })?;
+        Ok(done.version)
+    }
+
+    /// Opens an account.
+    ///
+    /// # Errors
+    /// [`BankError::Rejected`] if it exists; [`BankError::BadInput`] for a bad id.
+    pub async fn open_account(&self, id: &str, owner: &str) -> Result<(), BankError> {
+        self.account_command(
+            id,
+            AccountCommand::Open {
+                owner: owner.to_owned(),
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Deposits money.
+    ///
+    /// # Errors
+    /// [`BankError::UnknownAccount`], [`BankError::Rejected`] for a closed account.
+    pub async fn deposit(&self, id: &str, amount: Cents) -> Result<(), BankError> {
+        self.account_command(id, AccountCommand::Deposit { amount })
+            .await?;
+        Ok(())
+    }
+
+    /// Withdraws money.
+    ///
+    /// # Errors
+    /// [`BankError::UnknownAccount`], [`BankError::Rejected`] for insufficient funds or a
+    /// closed account.
+    pub async fn withdraw(&self, id: &str, amount: Cents) -> Result<(), BankError> {
+        self.account_command(id, AccountCommand::Withdraw { amount })
+            .await?;
+        Ok(())
+    }
+
+    /// Closes an account (its balance must be zero).
+    ///
+    /// # Errors
+    /// [`BankError::UnknownAccount`], [`BankError::Rejected`].
+    pub async fn close(&self, id: &str) -> Result<(), BankError> {
+        self.account_command(id, AccountCommand::Close).await?;
+        Ok(())
+    }
+
+    /// Requests a transfer and returns its id; the process manager carries it out.
+    ///
+    /// # Errors
+    /// [`BankError::Rejected`] for a transfer to the same account; [`BankError::BadInput`]
+    /// for bad ids.
+    pub async fn request_transfer(
+        &self,
+        from: &str,
+        to: &str,
+        amount: Cents,
+    ) -> Result<Uuid, BankError> {
+        // Validate both ids before anything is written.
+        for id in [from, to] {
+            cqrs_core::StreamId::new(<Account as cqrs_core::Aggregate>::TYPE, id)
+                .map_err(|e| BankError::BadInput(e.to_string()))?;
+        }
+        let transfer_id = Uuid::new_v4();
+        let command = TransferCommand::Request {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            amount,
+        };
+        self.transfers
+            .execute(&transfer_id.to_string(), &command)
+            .await?;
+        Ok(transfer_id)
+    }
+
+    /// Transfers money and waits until the transfer ends: completed, or failed (with the
+    /// source refunded if it had been debited).
+    ///
+    /// # Errors
+    /// As for [`request_transfer`](Self::request_transfer) and [`sync`](Self::sync).
+    pub async fn transfer(
+        &self,
+        from: &str,
+        to: &str,
+        amount: Cents,
+    ) -> Result<TransferOutcome, BankError> {
+        let transfer_id = self.request_transfer(from, to, amount).await?;
+        self.sync().await?;
+        self.transfer_outcome(transfer_id).await
+    }
+
+    /// A transfer's current outcome.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if it cannot be loaded.
+    pub async fn transfer_outcome(&self, transfer_id: Uuid) -> Result<TransferOutcome, BankError> {
+        let loaded = self
+            .transfers
+            .load(&transfer_id.to_string())
+            .await
+            .map_err(BankError::store)?;
+        Ok(TransferOutcome {
+            transfer_id,
+            status: loaded.state.status,
+            reason: loaded.state.failure,
+        })
+    }
+
+    /// An account's row in the read model.
+    ///
+    /// # Errors
+    /// [`BankError::UnknownAccount`] if there is none.
+    pub async fn balance(&self, id: &str) -> Result<AccountRow, BankError> {
+        self.sync().await?;
+        let row = match &self.views {
+            Views::Memory(view) => view.account(id),
+        };
+        row.ok_or_else(|| BankError::UnknownAccount(id.to_owned()))
+    }
+
+    /// An account's history from the read model, oldest first.
+    ///
+    /// # Errors
+    /// [`BankError::UnknownAccount`] if there is none.
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>, BankError> {
+        self.balance(id).await?;
+        Ok(match &self.views {
+            Views::Memory(view) => view.history(id),
+        })
+    }
+
+    /// Every account in the read model.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if the read model cannot be read.
+    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, BankError> {
+        self.sync().await?;
+        Ok(match &self.views {
+            Views::Memory(view) => view.accounts(),
+        })
+    }
+
+    /// Counts the events in the log.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if the store fails.
+    pub async fn event_count(&self) -> Result<u64, BankError> {
+        self.store
+            .count_events(cqrs_core::Position::START)
+            .await
+            .map_err(BankError::store)
+    }
+}

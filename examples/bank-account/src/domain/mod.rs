@@ -1,0 +1,11 @@
+//! The bank's domain: accounts, transfers, their commands and events.
+
+mod aggregate;
+mod commands;
+mod events;
+
+pub use aggregate::{
+    Account, AccountError, AccountStatus, Transfer, TransferError, TransferStatus,
+};
+pub use commands::{AccountCommand, AmountError, Cents, TransferCommand, format_cents};
+pub use events::{AccountEvent, TransferEvent};

@@ -1,0 +1,351 @@
+//! Read models (account list, balances, history) and the transfer process manager.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use cqrs_core::{
+    BoxError, BoxEventStore, CommandError, CommandOptions, DomainEvent, Envelope, Position,
+    Projection, Repository,
+};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{
+    Account, AccountCommand, AccountError, AccountEvent, AccountStatus, Transfer, TransferCommand,
+    TransferEvent,
+};
+
+/// The name of the accounts read model's projection.
+pub const ACCOUNTS: &str = "accounts";
+/// The name of the transfer process manager's projection.
+pub const TRANSFERS: &str = "transfers";
+
+/// One account in the read model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRow {
+    /// The account id.
+    pub account: String,
+    /// The owner's name.
+    pub owner: String,
+    /// Open or closed.
+    pub status: AccountStatus,
+    /// The balance in cents.
+    pub balance_cents: i64,
+    /// The account stream's version this row reflects.
+    pub version: u64,
+}
+
+/// One line of an account's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    /// The event's version in the account's stream.
+    pub version: u64,
+    /// What happened: `opened`, `deposit`, `withdrawal`, `closed`, `transfer_out`,
+    /// `transfer_in`, `refund`.
+    pub kind: String,
+    /// The balance change in cents (negative for money out).
+    pub amount_cents: i64,
+    /// The balance after it, in cents.
+    pub balance_cents: i64,
+    /// The other account of a transfer.
+    pub counterparty: Option<String>,
+    /// The transfer, for transfer legs and refunds.
+    pub transfer_id: Option<Uuid>,
+    /// When it was recorded (milliseconds since the Unix epoch).
+    pub recorded_at_ms: u64,
+}
+
+/// Folds one account event into its row and history line: the one piece of read-model
+/// logic, shared by every backend's storage.
+pub fn fold(row: Option<AccountRow>, e: &Envelope<AccountEvent>) -> (AccountRow, HistoryRow) {
+    let mut row = row.unwrap_or_else(|| AccountRow {
+        account: e.stream.id().to_owned(),
+        owner: String::new(),
+        status: AccountStatus::Open,
+        balance_cents: 0,
+        version: 0,
+    });
+    let change = e.event.balance_change();
+    row.balance_cents += change;
+    row.version = e.version;
+    let (kind, counterparty, transfer_id) = match &e.event {
+        AccountEvent::Opened { owner } => {
+            row.owner.clone_from(owner);
+            row.status = AccountStatus::Open;
+            ("opened", None, None)
+        }
+        AccountEvent::Deposited { .. } => ("deposit", None, None),
+        AccountEvent::Withdrawn { .. } => ("withdrawal", None, None),
+        AccountEvent::Closed => {
+            row.status = AccountStatus::Closed;
+            ("closed", None, None)
+        }
+        AccountEvent::TransferDebited {
+            transfer_id, to, ..
+        } => ("transfer_out", Some(to.clone()), Some(*transfer_id)),
+        AccountEvent::TransferCredited {
+            transfer_id, from, ..
+        } => ("transfer_in", Some(from.clone()), Some(*transfer_id)),
+        AccountEvent::TransferRefunded { transfer_id, .. } => ("refund", None, Some(*transfer_id)),
+    };
+    let history = HistoryRow {
+        version: e.version,
+        kind: kind.to_owned(),
+        amount_cents: change,
+        balance_cents: row.balance_cents,
+        counterparty,
+        transfer_id,
+        recorded_at_ms: e
+            .recorded_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    (row, history)
+}
+
+/// Whether a record belongs to the accounts read model.
+pub fn is_account_event(stream_type: &str) -> bool {
+    stream_type == <Account as cqrs_core::Aggregate>::TYPE
+}
+
+#[derive(Debug, Default)]
+struct MemoryState {
+    accounts: BTreeMap<String, AccountRow>,
+    history: HashMap<String, Vec<HistoryRow>>,
+    checkpoint: Option<Position>,
+}
+
+/// The accounts read model held in memory (for the `memory:` store), updated with its
+/// checkpoint under one lock.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryAccounts {
+    state: Arc<Mutex<MemoryState>>,
+}
+
+impl MemoryAccounts {
+    fn lock(&self) -> MutexGuard<'_, MemoryState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// One account's row.
+    pub fn account(&self, id: &str) -> Option<AccountRow> {
+        self.lock().accounts.get(id).cloned()
+    }
+
+    /// One account's history, oldest first.
+    pub fn history(&self, id: &str) -> Vec<HistoryRow> {
+        self.lock().history.get(id).cloned().unwrap_or_default()
+    }
+
+    /// Every account, by id.
+    pub fn accounts(&self) -> Vec<AccountRow> {
+        self.lock().accounts.values().cloned().collect()
+    }
+}
+
+impl Projection for MemoryAccounts {
+    type Event = AccountEvent;
+    const OWNS_CHECKPOINT: bool = true;
+
+    fn name(&self) -> &str {
+        ACCOUNTS
+    }
+
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
+        is_account_event(record.stream.aggregate_type())
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &[Envelope<AccountEvent>],
+        checkpoint: Position,
+    ) -> Result<(), BoxError> {
+        let mut state = self.lock();
+        for e in batch {
+            let id = e.stream.id();
+            let (row, line) = fold(state.accounts.get(id).cloned(), e);
+            state.accounts.insert(id.to_owned(), row);
+            state.history.entry(id.to_owned()).or_default().push(line);
+        }
+        state.checkpoint = Some(checkpoint);
+        Ok(())
+    }
+
+    async fn reset(&mut self) -> Result<(), BoxError> {
+        *self.lock() = MemoryState::default();
+        Ok(())
+    }
+
+    async fn load_checkpoint(&mut self) -> Result<Option<Position>, BoxError> {
+        Ok(self.lock().checkpoint)
+    }
+}
+
+/// The events the transfer process manager reacts to, from both aggregates.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SagaEvent {
+    /// An account's event.
+    Account(AccountEvent),
+    /// A transfer's event.
+    Transfer(TransferEvent),
+}
+
+impl DomainEvent for SagaEvent {
+    const EVENT_TYPES: &'static [&'static str] = &[
+        "TransferRequested",
+        "TransferDebited",
+        "TransferCredited",
+        "TransferRefunded",
+    ];
+
+    fn event_type(&self) -> &'static str {
+        match self {
+            SagaEvent::Account(e) => e.event_type(),
+            SagaEvent::Transfer(e) => e.event_type(),
+        }
+    }
+}
+
+/// The transfer process manager (saga): debit the source, credit the destination, and if
+/// the credit is refused, refund the source; then record the transfer's outcome.
+///
+/// It is a projection that sends commands. Each command's id is derived from the event
+/// that triggered it, so when an event is delivered again (at-least-once), the command is
+/// recognised as already applied and nothing changes twice.
+#[derive(Debug, Clone)]
+pub struct TransferProcess {
+    accounts: Repository<Account, BoxEventStore>,
+    transfers: Repository<Transfer, BoxEventStore>,
+}
+
+impl TransferProcess {
+    /// A process manager sending commands through these repositories.
+    pub fn new(
+        accounts: Repository<Account, BoxEventStore>,
+        transfers: Repository<Transfer, BoxEventStore>,
+    ) -> Self {
+        TransferProcess {
+            accounts,
+            transfers,
+        }
+    }
+
+    fn options(trigger: &Envelope<SagaEvent>, step: &str) -> CommandOptions {
+        CommandOptions::new()
+            .with_command_id(Uuid::new_v5(&trigger.event_id, step.as_bytes()))
+            .with_correlation_id(trigger.metadata.correlation_id.unwrap_or(trigger.event_id))
+    }
+
+    async fn react(&self, e: &Envelope<SagaEvent>) -> Result<(), BoxError> {
+        match &e.event {
+            SagaEvent::Transfer(TransferEvent::Requested { from, to, amount }) => {
+                let transfer_id = transfer_id_of(e)?;
+                let debit = AccountCommand::DebitForTransfer {
+                    transfer_id,
+                    to: to.clone(),
+                    amount: *amount,
+                };
+                match self
+                    .accounts
+                    .execute_with(from, &debit, &Self::options(e, "debit"))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(CommandError::Rejected(reason)) => {
+                        self.finish(e, transfer_id, Some(source_reason(&reason)))
+                            .await
+                    }
+                    Err(other) => Err(other.into()),
+                }
+            }
+            SagaEvent::Account(AccountEvent::TransferDebited {
+                transfer_id,
+                to,
+                amount,
+            }) => {
+                let credit = AccountCommand::CreditFromTransfer {
+                    transfer_id: *transfer_id,
+                    from: e.stream.id().to_owned(),
+                    amount: *amount,
+                };
+                match self
+                    .accounts
+                    .execute_with(to, &credit, &Self::options(e, "credit"))
+                    .await
+                {
+                    Ok(_) => Ok(()),
+                    Err(CommandError::Rejected(reason)) => {
+                        let refund = AccountCommand::RefundTransfer {
+                            transfer_id: *transfer_id,
+                            amount: *amount,
+                            reason: format!("destination account {to}: {reason}"),
+                        };
+                        self.accounts
+                            .execute_with(e.stream.id(), &refund, &Self::options(e, "refund"))
+                            .await?;
+                        Ok(())
+                    }
+                    Err(other) => Err(other.into()),
+                }
+            }
+            SagaEvent::Account(AccountEvent::TransferCredited { transfer_id, .. }) => {
+                self.finish(e, *transfer_id, None).await
+            }
+            SagaEvent::Account(AccountEvent::TransferRefunded {
+                transfer_id,
+                reason,
+                ..
+            }) => self.finish(e, *transfer_id, Some(reason.clone())).await,
+            _ => Ok(()),
+        }
+    }
+
+    async fn finish(
+        &self,
+        e: &Envelope<SagaEvent>,
+        transfer_id: Uuid,
+        failure: Option<String>,
+    ) -> Result<(), BoxError> {
+        let command = match failure {
+            None => TransferCommand::Complete,
+            Some(reason) => TransferCommand::Fail { reason },
+        };
+        match self
+            .transfers
+            .execute_with(
+                &transfer_id.to_string(),
+                &command,
+                &Self::options(e, "finish"),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn source_reason(reason: &AccountError) -> String {
+    format!("source account: {reason}")
+}
+
+fn transfer_id_of(e: &Envelope<SagaEvent>) -> Result<Uuid, BoxError> {
+    Ok(e.stream.id().parse()?)
+}
+
+impl Projection for TransferProcess {
+    type Event = SagaEvent;
+
+    fn name(&self) -> &str {
+        TRANSFERS
+    }
+
+    async fn apply(&mut self, batch: &[Envelope<SagaEvent>], _: Position) -> Result<(), BoxError> {
+        for e in batch {
+            self.react(e).await?;
+        }
+        Ok(())
+    }
+}
