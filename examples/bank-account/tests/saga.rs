@@ -1,0 +1,131 @@
+//! The transfer process manager, including compensation and redelivery.
+
+use example_bank_account::domain::{Cents, TransferStatus};
+use example_bank_account::{Bank, BankError};
+
+fn cents(c: i64) -> Cents {
+    Cents::new(c).unwrap()
+}
+
+async fn bank_with(accounts: &[(&str, i64)]) -> Bank {
+    let bank = Bank::open("memory:").await.unwrap();
+    for (id, balance) in accounts {
+        bank.open_account(id, id).await.unwrap();
+        if *balance > 0 {
+            bank.deposit(id, cents(*balance)).await.unwrap();
+        }
+    }
+    bank
+}
+
+async fn balance(bank: &Bank, id: &str) -> i64 {
+    bank.balance(id).await.unwrap().balance_cents
+}
+
+#[tokio::test]
+async fn a_transfer_debits_and_credits() {
+    let bank = bank_with(&[("a", 10_000), ("b", 0)]).await;
+    let outcome = bank.transfer("a", "b", cents(3_000)).await.unwrap();
+    assert_eq!(outcome.status, TransferStatus::Completed);
+    assert_eq!(outcome.reason, None);
+    assert_eq!(
+        (balance(&bank, "a").await, balance(&bank, "b").await),
+        (7_000, 3_000)
+    );
+    let kinds: Vec<String> = bank
+        .history("b")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.kind)
+        .collect();
+    assert_eq!(kinds, ["opened", "transfer_in"]);
+}
+
+#[tokio::test]
+async fn a_transfer_to_a_missing_account_is_refunded() {
+    let bank = bank_with(&[("a", 10_000)]).await;
+    let outcome = bank.transfer("a", "nobody", cents(2_500)).await.unwrap();
+    assert_eq!(outcome.status, TransferStatus::Failed);
+    let reason = outcome.reason.unwrap();
+    assert!(
+        reason.contains("nobody") && reason.contains("unknown account"),
+        "{reason}"
+    );
+    assert_eq!(balance(&bank, "a").await, 10_000, "the debit was refunded");
+    let history = bank.history("a").await.unwrap();
+    let kinds: Vec<&str> = history.iter().map(|h| h.kind.as_str()).collect();
+    assert_eq!(kinds, ["opened", "deposit", "transfer_out", "refund"]);
+    assert_eq!(history[2].amount_cents, -2_500);
+    assert_eq!(history[3].balance_cents, 10_000);
+    assert!(matches!(
+        bank.balance("nobody").await,
+        Err(BankError::UnknownAccount(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_transfer_to_a_closed_account_is_refunded() {
+    let bank = bank_with(&[("a", 500), ("closed", 0)]).await;
+    bank.close("closed").await.unwrap();
+    let outcome = bank.transfer("a", "closed", cents(500)).await.unwrap();
+    assert_eq!(outcome.status, TransferStatus::Failed);
+    assert!(outcome.reason.unwrap().contains("account is closed"));
+    assert_eq!(balance(&bank, "a").await, 500);
+    assert_eq!(balance(&bank, "closed").await, 0);
+}
+
+#[tokio::test]
+async fn a_transfer_without_funds_fails_without_moving_money() {
+    let bank = bank_with(&[("a", 100), ("b", 0)]).await;
+    let outcome = bank.transfer("a", "b", cents(101)).await.unwrap();
+    assert_eq!(outcome.status, TransferStatus::Failed);
+    assert!(outcome.reason.unwrap().contains("insufficient funds"));
+    assert_eq!(
+        (balance(&bank, "a").await, balance(&bank, "b").await),
+        (100, 0)
+    );
+    let kinds: Vec<String> = bank
+        .history("a")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|h| h.kind)
+        .collect();
+    assert_eq!(kinds, ["opened", "deposit"], "nothing was debited");
+}
+
+#[tokio::test]
+async fn a_transfer_to_the_same_account_is_rejected_before_anything_is_written() {
+    let bank = bank_with(&[("a", 100)]).await;
+    let before = bank.event_count().await.unwrap();
+    assert!(matches!(
+        bank.transfer("a", "a", cents(1)).await,
+        Err(BankError::Rejected(_))
+    ));
+    assert!(matches!(
+        bank.transfer("a", "", cents(1)).await,
+        Err(BankError::BadInput(_))
+    ));
+    assert_eq!(bank.event_count().await.unwrap(), before);
+}
+
+#[tokio::test]
+async fn redelivering_every_event_to_the_process_manager_changes_nothing() {
+    let bank = bank_with(&[("a", 10_000), ("b", 1_000)]).await;
+    bank.transfer("a", "b", cents(1_000)).await.unwrap();
+    bank.transfer("b", "ghost", cents(200)).await.unwrap();
+    bank.transfer("b", "a", cents(50_000)).await.unwrap();
+    let events = bank.event_count().await.unwrap();
+    let balances = (balance(&bank, "a").await, balance(&bank, "b").await);
+    // A rebuild replays the whole log into the process manager: every command it sends
+    // again carries the id derived from its triggering event, so none applies twice.
+    let replayed = bank.transfer_runner().rebuild(|_| {}).await.unwrap();
+    assert_eq!(replayed, events);
+    assert_eq!(bank.event_count().await.unwrap(), events, "no new events");
+    assert_eq!(
+        (balance(&bank, "a").await, balance(&bank, "b").await),
+        balances
+    );
+    assert_eq!(balances, (9_000, 2_000));
+}
