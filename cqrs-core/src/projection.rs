@@ -162,7 +162,8 @@ pub enum ProjectionError {
     Projection {
         /// The projection's name.
         projection: String,
-        /// `"reset"` or `"load_checkpoint"`.
+        /// `"reset"`, `"load_checkpoint"`, or `"apply (checkpoint only)"` (an empty batch
+        /// that only moves an owned checkpoint kept failing).
         operation: &'static str,
         /// The projection's error.
         #[source]

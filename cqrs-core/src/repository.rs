@@ -16,10 +16,13 @@ use crate::{
 /// When the command layer takes a snapshot of an aggregate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SnapshotPolicy {
-    /// Never: every load replays the whole stream.
+    /// Never take snapshots, and never read them: every load replays the whole stream
+    /// (one read instead of two per load).
     #[default]
     Never,
-    /// Whenever an append crosses a multiple of this many events (0 means never).
+    /// Take a snapshot whenever an append crosses a multiple of this many events, and
+    /// start loads from the latest snapshot. `EveryEvents(0)` reads snapshots (taken by
+    /// [`Repository::snapshot_now`] or an operations tool) but never takes any itself.
     EveryEvents(u64),
 }
 
@@ -32,9 +35,9 @@ impl SnapshotPolicy {
     }
 }
 
-/// How often, and how patiently, a command is retried after a version conflict.
-///
-/// Each retry reloads the aggregate and decides again. The delay before retry `k`
+/// How often, and how patiently, an operation is retried: a command after a version
+/// conflict (each retry reloads the aggregate and decides again), or, in a
+/// [`RunnerConfig`](crate::RunnerConfig), a projection's failing batch or store call. The delay before retry `k`
 /// (1-based) is a random duration up to `min(base_delay * 2^(k-1), max_delay)`
 /// ("full jitter"), so competing writers spread out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +128,19 @@ impl CommandOptions {
     pub fn with_metadata(mut self, metadata: Metadata) -> Self {
         self.metadata = metadata;
         self
+    }
+
+    /// Options for a command that a process manager sends in reaction to `trigger`: the
+    /// command id is derived from the triggering event's id and `step` (a name for the
+    /// reaction, so one event can trigger several commands), and the correlation id is
+    /// carried over. A redelivered event then sends the same command id, which the
+    /// repository recognises as already applied.
+    pub fn caused_by<E>(trigger: &crate::Envelope<E>, step: &str) -> Self {
+        CommandOptions {
+            command_id: Some(Uuid::new_v5(&trigger.event_id, step.as_bytes())),
+            correlation_id: Some(trigger.metadata.correlation_id.unwrap_or(trigger.event_id)),
+            metadata: Metadata::default(),
+        }
     }
 
     fn event_id(&self, stream: &StreamId, index: usize) -> Uuid {
@@ -394,7 +410,8 @@ where
     }
 
     /// Takes a snapshot of the aggregate now, whatever the policy, and returns the version
-    /// it covers (`None` for an aggregate without events).
+    /// it covers (`None` for an aggregate without events). Loads use it unless the
+    /// policy is [`SnapshotPolicy::Never`], which reads no snapshots.
     ///
     /// # Errors
     /// As for [`load`](Self::load), and [`Error::Encode`] if the state does not encode.
@@ -690,9 +707,10 @@ where
                 tracing::warn!(%stream, version, error = %e, "snapshot not saved");
             }
         };
+        let save = save.instrument(tracing::debug_span!("cqrs.snapshot", version));
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if self.background_snapshots => {
-                runtime.spawn(save.instrument(tracing::debug_span!("cqrs.snapshot", version)));
+                runtime.spawn(save);
             }
             _ => save.await,
         }

@@ -42,7 +42,7 @@ impl Default for RunnerConfig {
     }
 }
 
-/// Progress of a catch-up or a rebuild, reported after each batch.
+/// Progress of a rebuild, reported after each batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
     /// Records read so far (wanted or not).

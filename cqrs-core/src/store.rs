@@ -284,7 +284,8 @@ pub fn validate_checkpoint_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Checks an append batch: not empty, no event id twice.
+/// Checks an append batch: not empty, no event id twice, every event type 1 to 256
+/// bytes without NUL.
 ///
 /// Backends call this before writing so they all refuse the same batches.
 ///
