@@ -1,7 +1,9 @@
 //! Wiring: a store chosen by URL, the repositories, the read models and the process
 //! manager, behind one `Bank` facade used by the command line and the HTTP API.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use cqrs_core::{
     BoxEventStore, CommandError, EventStore, InMemoryEventStore, ProjectionGroup, ProjectionRunner,
@@ -101,6 +103,9 @@ pub struct Bank {
     transfers: Repository<Transfer, BoxEventStore>,
     views: Views,
     description: String,
+    /// Set while `run_projections` runs: reads then wait for the live runners instead of
+    /// running a catch-up of their own (two runners of one projection must not overlap).
+    background: Arc<AtomicBool>,
 }
 
 /// The snapshot policy of accounts: a snapshot every 50 events.
@@ -140,6 +145,7 @@ impl Bank {
             transfers,
             views,
             description,
+            background: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -203,6 +209,9 @@ impl Bank {
     /// # Errors
     /// [`BankError::Store`] if a projection stops.
     pub async fn sync(&self) -> Result<(), BankError> {
+        if self.background.load(Ordering::SeqCst) {
+            return self.wait_settled().await;
+        }
         let mut saga = self.transfer_runner();
         // Each pass may append events (debits, credits, refunds, outcomes) that the next
         // pass reacts to; stop when a pass finds nothing new.
@@ -214,20 +223,66 @@ impl Bank {
         Ok(())
     }
 
-    /// Runs the process manager and the read model live until `shutdown` completes.
+    /// With the projections running in the background: waits (up to 10 s) until both have
+    /// read the whole log, so reads show every command that returned before.
+    async fn wait_settled(&self) -> Result<(), BankError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let saga = self
+                .transfer_runner()
+                .checkpoint()
+                .await
+                .map_err(BankError::store)?;
+            let view = self
+                .accounts_runner()
+                .checkpoint()
+                .await
+                .map_err(BankError::store)?;
+            let lag = self
+                .store
+                .count_events(saga)
+                .await
+                .map_err(BankError::store)?
+                + self
+                    .store
+                    .count_events(view)
+                    .await
+                    .map_err(BankError::store)?;
+            if lag == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BankError::Store(format!(
+                    "the read model is {lag} events behind after 10 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Runs the process manager and the read model live until `shutdown` completes; while
+    /// they run, [`sync`](Self::sync) waits for them instead of catching up itself.
     ///
     /// # Errors
-    /// [`BankError::Store`] if a projection stops.
+    /// [`BankError::Store`] if a projection stops; [`BankError::Rejected`] if they are
+    /// already running.
     pub async fn run_projections(
         &self,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), BankError> {
-        ProjectionGroup::new()
+        if self.background.swap(true, Ordering::SeqCst) {
+            return Err(BankError::Rejected(
+                "the projections are already running".into(),
+            ));
+        }
+        let result = ProjectionGroup::new()
             .with(self.transfer_runner())
             .with(self.accounts_runner())
             .run_until(shutdown)
             .await
-            .map_err(BankError::store)
+            .map_err(BankError::store);
+        self.background.store(false, Ordering::SeqCst);
+        result
     }
 
     async fn account_command(&self, id: &str, command: AccountCommand) -> Result<u64, BankError> {

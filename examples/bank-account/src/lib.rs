@@ -4,6 +4,7 @@
 
 pub mod app;
 pub mod domain;
+pub mod http;
 pub mod projections;
 
 pub use app::{Bank, BankError, TransferOutcome};

@@ -15,6 +15,7 @@
 //!   demo [--accounts N] [--operations M] [--concurrency C]
 //!                                        the main job: a random workload, then a summary
 //!                                        and an invariant check
+//!   serve [--addr 127.0.0.1:8080]        the HTTP API (JSON), projections in the background
 //!   snapshot | replay | events | stats   the framework's operations subcommand
 //! ```
 //!
@@ -118,6 +119,12 @@ enum Command {
     Accounts,
     /// Run a random workload and check the invariants: the main job for a new user.
     Demo(demo::DemoArgs),
+    /// Serve the HTTP API (JSON), running the projections in the background.
+    Serve {
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+    },
     #[command(flatten)]
     Ops(OpsCommand),
 }
@@ -249,6 +256,21 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             })
         }
         Command::Demo(args) => demo::run(&bank, &args, json).await,
+        Command::Serve { addr } => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| (3, format!("cannot listen on {addr}: {e}")))?;
+            eprintln!(
+                "bank: serving on http://{addr} (store: {}); Ctrl-C stops",
+                bank.description()
+            );
+            let shutdown = async {
+                let _ = tokio::signal::ctrl_c().await;
+            };
+            example_bank_account::http::serve(bank, listener, shutdown)
+                .await
+                .map_err(fail)
+        }
         Command::Ops(command) => {
             bank.sync().await.map_err(fail)?;
             let mut out = std::io::stdout().lock();

@@ -233,9 +233,7 @@ impl TransferProcess {
     }
 
     fn options(trigger: &Envelope<SagaEvent>, step: &str) -> CommandOptions {
-        CommandOptions::new()
-            .with_command_id(Uuid::new_v5(&trigger.event_id, step.as_bytes()))
-            .with_correlation_id(trigger.metadata.correlation_id.unwrap_or(trigger.event_id))
+        CommandOptions::caused_by(trigger, step)
     }
 
     async fn react(&self, e: &Envelope<SagaEvent>) -> Result<(), BoxError> {
