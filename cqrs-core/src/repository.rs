@@ -661,6 +661,26 @@ where
         }
     }
 
+    /// Whether a command with these options (its command id) was already applied to the
+    /// aggregate with this id, and if so what it did (`already_applied` set, no events).
+    ///
+    /// A process manager uses this to check that a step was *not* taken before it takes
+    /// an exclusive alternative (e.g. "credit the destination" only if "refund the source"
+    /// did not happen), so a redelivered event cannot take both branches. Without a
+    /// command id the answer is always `None`. A command that was rejected, or that
+    /// decided no events, leaves no trace and is reported as not applied.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStreamId`] for a bad id; [`Error::Store`] if the store fails.
+    pub async fn find_applied(
+        &self,
+        id: &str,
+        options: &CommandOptions,
+    ) -> Result<Option<Executed>> {
+        let stream = A::stream_id(id)?;
+        self.already_applied(&stream, options, 0).await
+    }
+
     /// If the command has a command id and its first event is already in the stream,
     /// the outcome of that earlier run.
     async fn already_applied(

@@ -381,3 +381,35 @@ async fn default_list_streams_and_stats_agree_with_the_in_memory_overrides() {
     assert_eq!(stats, store.inner.stats().await.unwrap());
     assert_eq!((stats.streams, stats.events, stats.snapshots), (3, 7, 1));
 }
+
+#[tokio::test]
+async fn find_applied_tells_whether_a_command_id_left_events() {
+    let repo = Repository::<Account, _>::new(InMemoryEventStore::new(), ());
+    let opened = CommandOptions::new().with_command_id(Uuid::new_v4());
+    assert_eq!(repo.find_applied("a1", &opened).await.unwrap(), None);
+    let done = repo
+        .execute_with("a1", &open("ada"), &opened)
+        .await
+        .unwrap();
+    let found = repo.find_applied("a1", &opened).await.unwrap().unwrap();
+    assert!(found.already_applied);
+    assert_eq!(
+        (found.version, found.position),
+        (done.version, done.position)
+    );
+    // Another stream, a rejected command, and no command id: nothing found.
+    assert_eq!(repo.find_applied("a2", &opened).await.unwrap(), None);
+    let rejected = CommandOptions::new().with_command_id(Uuid::new_v4());
+    assert!(
+        repo.execute_with("a1", &AccountCommand::Withdraw(5), &rejected)
+            .await
+            .is_err()
+    );
+    assert_eq!(repo.find_applied("a1", &rejected).await.unwrap(), None);
+    assert_eq!(
+        repo.find_applied("a1", &CommandOptions::new())
+            .await
+            .unwrap(),
+        None
+    );
+}
