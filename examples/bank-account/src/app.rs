@@ -15,7 +15,10 @@ use uuid::Uuid;
 use crate::domain::{
     Account, AccountCommand, AccountError, Cents, Transfer, TransferCommand, TransferStatus,
 };
-use crate::projections::{AccountRow, HistoryRow, MemoryAccounts, TransferProcess};
+use crate::projections::{
+    ACCOUNTS, ACCOUNTS_TREE, AccountRow, AccountsProjection, HISTORY_TREE, HistoryRow,
+    MemoryAccounts, SledAccounts, TransferProcess,
+};
 
 /// Why a bank operation failed, with the exit code and HTTP status it calls for.
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +96,7 @@ pub struct TransferOutcome {
 #[derive(Debug, Clone)]
 enum Views {
     Memory(MemoryAccounts),
+    Sled(cqrs_sled::SledEventStore),
 }
 
 /// The bank: commands, reads, and the projections behind them.
@@ -120,10 +124,24 @@ impl Bank {
     /// store cannot be opened.
     pub async fn open(url: &str) -> Result<Bank, BankError> {
         let (store, views, description) = if url == "memory:" {
+            let views = Views::Memory(MemoryAccounts::default());
             (
                 BoxEventStore::new(InMemoryEventStore::new()),
-                Views::Memory(MemoryAccounts::default()),
+                views,
                 "memory".to_owned(),
+            )
+        } else if let Some(path) = url.strip_prefix("sled:") {
+            if path.is_empty() {
+                return Err(BankError::BadInput(
+                    "sled: needs a path, e.g. sled:./bank-data".into(),
+                ));
+            }
+            let store = cqrs_sled::SledEventStore::open(path)
+                .map_err(|e| BankError::Store(full_chain(&e)))?;
+            (
+                BoxEventStore::new(store.clone()),
+                Views::Sled(store),
+                format!("sled at {path}"),
             )
         } else {
             return Err(BankError::BadInput(format!(
@@ -186,11 +204,19 @@ impl Bank {
     }
 
     /// A fresh runner of the accounts read model.
-    pub fn accounts_runner(&self) -> ProjectionRunner<BoxEventStore, MemoryAccounts> {
-        match &self.views {
-            Views::Memory(view) => ProjectionRunner::new(self.store.clone(), view.clone())
-                .with_config(Self::runner_config()),
-        }
+    pub fn accounts_runner(&self) -> ProjectionRunner<BoxEventStore, AccountsProjection> {
+        let projection = match &self.views {
+            Views::Memory(view) => AccountsProjection::Memory(view.clone()),
+            Views::Sled(store) => {
+                match cqrs_sled::TransactionalProjection::new(store.clone(), SledAccounts) {
+                    Ok(projection) => AccountsProjection::Sled(projection),
+                    // sled failed to open the read model's trees: the runner reports it as soon
+                    // as it asks for the checkpoint.
+                    Err(e) => AccountsProjection::Unavailable(full_chain(&e)),
+                }
+            }
+        };
+        ProjectionRunner::new(self.store.clone(), projection).with_config(Self::runner_config())
     }
 
     /// The operations subcommand over this bank's store, aggregates and projections.
@@ -413,6 +439,15 @@ impl Bank {
         self.sync().await?;
         let row = match &self.views {
             Views::Memory(view) => view.account(id),
+            Views::Sled(store) => {
+                let tree = store
+                    .read_model(ACCOUNTS, ACCOUNTS_TREE)
+                    .map_err(BankError::store)?;
+                match tree.get(id.as_bytes()).map_err(BankError::store)? {
+                    Some(bytes) => Some(decode_row(&bytes)?),
+                    None => None,
+                }
+            }
         };
         row.ok_or_else(|| BankError::UnknownAccount(id.to_owned()))
     }
@@ -425,6 +460,18 @@ impl Bank {
         self.balance(id).await?;
         Ok(match &self.views {
             Views::Memory(view) => view.history(id),
+            Views::Sled(store) => {
+                let tree = store
+                    .read_model(ACCOUNTS, HISTORY_TREE)
+                    .map_err(BankError::store)?;
+                let prefix = [id.as_bytes(), b"\0"].concat();
+                let mut lines = Vec::new();
+                for entry in tree.scan_prefix(&prefix) {
+                    let (_, value) = entry.map_err(BankError::store)?;
+                    lines.push(decode_row(&value)?);
+                }
+                lines
+            }
         })
     }
 
@@ -436,6 +483,17 @@ impl Bank {
         self.sync().await?;
         Ok(match &self.views {
             Views::Memory(view) => view.accounts(),
+            Views::Sled(store) => {
+                let tree = store
+                    .read_model(ACCOUNTS, ACCOUNTS_TREE)
+                    .map_err(BankError::store)?;
+                let mut rows = Vec::new();
+                for entry in tree.scan_prefix(b"") {
+                    let (_, value) = entry.map_err(BankError::store)?;
+                    rows.push(decode_row(&value)?);
+                }
+                rows
+            }
         })
     }
 
@@ -449,4 +507,9 @@ impl Bank {
             .await
             .map_err(BankError::store)
     }
+}
+
+fn decode_row<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BankError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| BankError::Store(format!("a read-model row does not decode: {e}")))
 }

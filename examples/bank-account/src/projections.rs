@@ -8,12 +8,13 @@ use cqrs_core::{
     BoxError, BoxEventStore, CommandError, CommandOptions, DomainEvent, Envelope, Position,
     Projection, Repository,
 };
+use cqrs_sled::{ApplyError, ReadModelTx, SledProjection, TransactionalProjection};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{
     Account, AccountCommand, AccountError, AccountEvent, AccountStatus, Transfer, TransferCommand,
-    TransferEvent,
+    TransferEvent, TransferStatus,
 };
 
 /// The name of the accounts read model's projection.
@@ -240,6 +241,15 @@ impl TransferProcess {
         match &e.event {
             SagaEvent::Transfer(TransferEvent::Requested { from, to, amount }) => {
                 let transfer_id = transfer_id_of(e)?;
+                // Redelivered after the transfer ended (it failed on the debit): a debit
+                // now could succeed and move money for a failed transfer. Do nothing.
+                let transfer = self.transfers.load(&transfer_id.to_string()).await?;
+                if matches!(
+                    transfer.state.status,
+                    TransferStatus::Completed | TransferStatus::Failed
+                ) {
+                    return Ok(());
+                }
                 let debit = AccountCommand::DebitForTransfer {
                     transfer_id,
                     to: to.clone(),
@@ -263,9 +273,21 @@ impl TransferProcess {
                 to,
                 amount,
             }) => {
+                let source = e.stream.id();
+                let refund_options = Self::options(e, "refund");
+                // Credit and refund exclude each other: if the refund was made (the credit
+                // was refused on an earlier delivery), never credit now.
+                if self
+                    .accounts
+                    .find_applied(source, &refund_options)
+                    .await?
+                    .is_some()
+                {
+                    return Ok(());
+                }
                 let credit = AccountCommand::CreditFromTransfer {
                     transfer_id: *transfer_id,
-                    from: e.stream.id().to_owned(),
+                    from: source.to_owned(),
                     amount: *amount,
                 };
                 match self
@@ -281,7 +303,7 @@ impl TransferProcess {
                             reason: format!("destination account {to}: {reason}"),
                         };
                         self.accounts
-                            .execute_with(e.stream.id(), &refund, &Self::options(e, "refund"))
+                            .execute_with(source, &refund, &refund_options)
                             .await?;
                         Ok(())
                     }
@@ -345,5 +367,118 @@ impl Projection for TransferProcess {
             self.react(e).await?;
         }
         Ok(())
+    }
+}
+
+/// The accounts read model in sled trees of the event store's own database: rows and
+/// checkpoint in one sled transaction (exactly-once).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SledAccounts;
+
+/// The sled tree of account rows (key: account id; value: JSON [`AccountRow`]).
+pub const ACCOUNTS_TREE: &str = "accounts";
+/// The sled tree of history lines (key: account id, NUL, big-endian version; value:
+/// JSON [`HistoryRow`]). Account ids hold no NUL, so keys never collide.
+pub const HISTORY_TREE: &str = "history";
+
+/// The key of an account's history line in [`HISTORY_TREE`].
+pub fn history_key(account: &str, version: u64) -> Vec<u8> {
+    [account.as_bytes(), b"\0", &version.to_be_bytes()].concat()
+}
+
+impl SledProjection for SledAccounts {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        ACCOUNTS
+    }
+
+    fn trees(&self) -> &[&str] {
+        &[ACCOUNTS_TREE, HISTORY_TREE]
+    }
+
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
+        is_account_event(record.stream.aggregate_type())
+    }
+
+    fn apply(
+        &self,
+        tx: &ReadModelTx<'_>,
+        batch: &[Envelope<AccountEvent>],
+    ) -> Result<(), ApplyError> {
+        let accounts = tx.tree(ACCOUNTS_TREE)?;
+        let history = tx.tree(HISTORY_TREE)?;
+        for e in batch {
+            let id = e.stream.id();
+            let row = match accounts.get(id.as_bytes())? {
+                Some(bytes) => {
+                    Some(serde_json::from_slice::<AccountRow>(&bytes).map_err(ApplyError::new)?)
+                }
+                None => None,
+            };
+            let (row, line) = fold(row, e);
+            accounts.insert(
+                id.as_bytes(),
+                &serde_json::to_vec(&row).map_err(ApplyError::new)?,
+            )?;
+            history.insert(
+                &history_key(id, e.version),
+                &serde_json::to_vec(&line).map_err(ApplyError::new)?,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The accounts read model on whichever store the bank runs: one projection type for
+/// the runner, whatever holds the rows.
+#[derive(Debug)]
+pub enum AccountsProjection {
+    /// In memory.
+    Memory(MemoryAccounts),
+    /// In sled trees, transactional.
+    Sled(TransactionalProjection<SledAccounts>),
+    /// The read model's storage could not be opened (the reason): every call fails with it.
+    Unavailable(String),
+}
+
+impl Projection for AccountsProjection {
+    type Event = AccountEvent;
+    const OWNS_CHECKPOINT: bool = true;
+
+    fn name(&self) -> &str {
+        ACCOUNTS
+    }
+
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
+        is_account_event(record.stream.aggregate_type())
+    }
+
+    async fn apply(
+        &mut self,
+        batch: &[Envelope<AccountEvent>],
+        checkpoint: Position,
+    ) -> Result<(), BoxError> {
+        match self {
+            AccountsProjection::Memory(p) => p.apply(batch, checkpoint).await,
+            AccountsProjection::Sled(p) => p.apply(batch, checkpoint).await,
+            AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
+        }
+    }
+
+    async fn reset(&mut self) -> Result<(), BoxError> {
+        match self {
+            AccountsProjection::Memory(p) => p.reset().await,
+            AccountsProjection::Sled(p) => p.reset().await,
+            AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
+        }
+    }
+
+    async fn load_checkpoint(&mut self) -> Result<Option<Position>, BoxError> {
+        match self {
+            AccountsProjection::Memory(p) => p.load_checkpoint().await,
+            AccountsProjection::Sled(p) => p.load_checkpoint().await,
+            AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
+        }
     }
 }

@@ -129,3 +129,44 @@ async fn redelivering_every_event_to_the_process_manager_changes_nothing() {
     );
     assert_eq!(balances, (9_000, 2_000));
 }
+
+#[tokio::test]
+async fn redelivery_after_the_world_changed_still_changes_nothing() {
+    // A debit refused for lack of funds, then funds arrive; a credit refused for a
+    // missing account, then the account is opened. Replaying the process manager must
+    // not now take the other branch of either decision.
+    let bank = bank_with(&[("poor", 100), ("rich", 10_000)]).await;
+    let refused = bank.transfer("poor", "rich", cents(5_000)).await.unwrap();
+    assert_eq!(refused.status, TransferStatus::Failed);
+    let refunded = bank.transfer("rich", "later", cents(1_000)).await.unwrap();
+    assert_eq!(refunded.status, TransferStatus::Failed);
+    bank.deposit("poor", cents(10_000)).await.unwrap();
+    bank.open_account("later", "later").await.unwrap();
+    let events = bank.event_count().await.unwrap();
+    let before = (
+        balance(&bank, "poor").await,
+        balance(&bank, "rich").await,
+        balance(&bank, "later").await,
+    );
+
+    bank.transfer_runner().rebuild(|_| {}).await.unwrap();
+    assert_eq!(
+        bank.event_count().await.unwrap(),
+        events,
+        "no command was sent again"
+    );
+    let after = (
+        balance(&bank, "poor").await,
+        balance(&bank, "rich").await,
+        balance(&bank, "later").await,
+    );
+    assert_eq!(after, before);
+    assert_eq!(after, (10_100, 10_000, 0));
+    assert_eq!(
+        bank.transfer_outcome(refused.transfer_id)
+            .await
+            .unwrap()
+            .status,
+        TransferStatus::Failed
+    );
+}
