@@ -19,7 +19,7 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 100)]
     accounts: u32,
     /// How many random operations to run.
-    #[arg(long, default_value_t = 4_000)]
+    #[arg(long, default_value_t = 20_000)]
     operations: u32,
     /// How many tasks run operations at once.
     #[arg(long, default_value_t = 8)]
@@ -34,7 +34,6 @@ struct Tally {
     commands: AtomicU64,
     rejected: AtomicU64,
     events: AtomicU64,
-    snapshots: AtomicU64,
     deposited: AtomicI64,
     withdrawn: AtomicI64,
 }
@@ -43,8 +42,6 @@ impl Tally {
     fn record(&self, done: &cqrs_core::Executed) {
         self.commands.fetch_add(1, Ordering::Relaxed);
         self.events.fetch_add(done.events as u64, Ordering::Relaxed);
-        self.snapshots
-            .fetch_add(u64::from(done.snapshot_taken), Ordering::Relaxed);
     }
 }
 
@@ -89,6 +86,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         .count_events(Position::START)
         .await
         .map_err(fail)?;
+    let snapshots_before = bank.store().stats().await.map_err(fail)?.snapshots;
     let interactive = std::io::stderr().is_terminal() && !json;
     if !json {
         eprintln!(
@@ -285,6 +283,8 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         .map_err(fail)?
         - events_before;
     let commands = tally.commands.load(Ordering::Relaxed);
+    // Counted in the store: the process manager's commands take snapshots too.
+    let snapshots_taken = bank.store().stats().await.map_err(fail)?.snapshots - snapshots_before;
     let rate = f64::from(args.operations) / load_time.as_secs_f64().max(1e-9);
     let ok = mismatches.is_empty() && conserved && pending == 0;
 
@@ -299,7 +299,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         "load_seconds": load_time.as_secs_f64(),
         "settle_seconds": settle_time.as_secs_f64(),
         "events_written": events_written,
-        "snapshots_taken": tally.snapshots.load(Ordering::Relaxed),
+        "snapshots_taken": snapshots_taken,
         "transfers": { "requested": transfers.len(), "completed": completed, "failed_and_refunded": failed, "pending": pending },
         "rebuild": { "events": replayed, "seconds": rebuild_time.as_secs_f64() },
         "invariants": {
@@ -311,40 +311,42 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         },
         "ok": ok,
     });
-    if json {
-        println!("{summary:#}");
-    } else {
-        println!(
-            "operations       {} in {:.2} s: {rate:.0} commands/s ({} rejected)",
+    let rejected = tally.rejected.load(Ordering::Relaxed);
+    let text = {
+        let mut t = String::new();
+        t.push_str(&format!(
+            "operations       {} in {:.2} s: {rate:.0} commands/s ({rejected} rejected)\n",
             args.operations,
-            load_time.as_secs_f64(),
-            tally.rejected.load(Ordering::Relaxed)
-        );
-        println!("events written   {events_written}");
-        println!(
-            "snapshots taken  {}",
-            tally.snapshots.load(Ordering::Relaxed)
-        );
-        println!(
-            "transfers        {} requested: {completed} completed, {failed} failed and refunded, {pending} pending",
+            load_time.as_secs_f64()
+        ));
+        t.push_str(&format!("events written   {events_written}\n"));
+        t.push_str(&format!("snapshots taken  {snapshots_taken}\n"));
+        t.push_str(&format!(
+            "transfers        {} requested: {completed} completed, {failed} failed and refunded, {pending} pending\n",
             transfers.len()
-        );
-        println!("settled after    {:.2} s", settle_time.as_secs_f64());
-        println!(
-            "rebuild          balances read model: {replayed} events in {:.3} s",
+        ));
+        t.push_str(&format!(
+            "settled after    {:.2} s\n",
+            settle_time.as_secs_f64()
+        ));
+        t.push_str(&format!(
+            "rebuild          balances read model: {replayed} events in {:.3} s\n",
             rebuild_time.as_secs_f64()
-        );
-        println!(
-            "invariants       read model = streams: {}; money conserved: {} (total {} = deposits - withdrawals {})",
+        ));
+        t.push_str(&format!(
+            "invariants       read model = streams: {}; money conserved: {} (total {} = deposits - withdrawals {}); all transfers finished: {}\n",
             if mismatches.is_empty() { "yes" } else { "NO" },
             if conserved { "yes" } else { "NO" },
             format_cents(total),
-            format_cents(expected_total)
-        );
+            format_cents(expected_total),
+            if pending == 0 { "yes" } else { "NO" },
+        ));
         for m in mismatches.iter().take(10) {
-            println!("  mismatch {m}");
+            t.push_str(&format!("  mismatch {m}\n"));
         }
-    }
+        t
+    };
+    crate::print(json, summary, || text)?;
     if ok {
         Ok(())
     } else {
