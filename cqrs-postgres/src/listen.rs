@@ -50,3 +50,29 @@ async fn listen(
         }
     }
 }
+
+/// Sends `NOTIFY channel` after appends, each time `wanted` is signalled, at most once
+/// per `interval`: the appends in between share one notification. Runs until aborted
+/// (when the store is dropped). A failed `NOTIFY` is logged; readers then poll.
+pub(crate) async fn notify_loop(
+    options: PgConnectOptions,
+    channel: String,
+    interval: Duration,
+    wanted: Arc<tokio::sync::Notify>,
+) {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_lazy_with(options);
+    loop {
+        wanted.notified().await;
+        if let Err(error) = sqlx::query("SELECT pg_notify($1, '')")
+            .bind(&channel)
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(%channel, %error, "NOTIFY failed; other nodes' readers poll");
+        }
+        tokio::time::sleep(interval).await;
+    }
+}

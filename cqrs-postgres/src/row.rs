@@ -3,9 +3,44 @@
 use std::time::{Duration, SystemTime};
 
 use cqrs_core::{Error, Metadata, Position, RecordedEvent, Result, StreamId};
-use sqlx::Row;
-use sqlx::postgres::PgRow;
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
+use sqlx::types::Json;
+use sqlx::{Decode, Postgres, Row, Type};
 use uuid::Uuid;
+
+/// A `timestamptz` as microseconds since the Unix epoch, decoded from the binary wire
+/// format (so the build needs neither `chrono` nor `time`, and the server does no
+/// numeric conversion per row).
+struct UnixMicros(i64);
+
+/// `timestamptz`'s type oid.
+const TIMESTAMPTZ: Oid = Oid(1184);
+/// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
+const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
+
+impl Type<Postgres> for UnixMicros {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(TIMESTAMPTZ)
+    }
+
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        ty.oid() == Some(TIMESTAMPTZ)
+    }
+}
+
+impl<'r> Decode<'r, Postgres> for UnixMicros {
+    fn decode(value: PgValueRef<'r>) -> std::result::Result<Self, sqlx::error::BoxDynError> {
+        if value.format() != PgValueFormat::Binary {
+            return Err("timestamptz in text format".into());
+        }
+        let bytes: [u8; 8] = value.as_bytes()?.try_into()?;
+        i64::from_be_bytes(bytes)
+            .checked_add(PG_EPOCH_MICROS)
+            .map(UnixMicros)
+            .ok_or_else(|| "timestamptz out of range".into())
+    }
+}
 
 /// A `u64` as a `BIGINT` bound: values above `i64::MAX` (never handed out by this store)
 /// saturate, which keeps comparisons right (`after` such a position there is nothing).
@@ -60,12 +95,12 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
             format!("schema version {schema_version} out of range"),
         )
     })?;
-    let micros: i64 = row.try_get(8).map_err(corrupt_at(&location))?;
+    let UnixMicros(micros) = row.try_get(8).map_err(corrupt_at(&location))?;
     let recorded_at = system_time(micros)
         .ok_or_else(|| Error::corrupt(location(), format!("timestamp {micros} out of range")))?;
     let payload: Vec<u8> = row.try_get(9).map_err(corrupt_at(&location))?;
-    let metadata: String = row.try_get(10).map_err(corrupt_at(&location))?;
-    let metadata: Metadata = serde_json::from_str(&metadata)
+    let Json(metadata): Json<Metadata> = row
+        .try_get(10)
         .map_err(|e| Error::corrupt(location(), format!("metadata does not decode: {e}")))?;
     Ok(RecordedEvent {
         event_id,

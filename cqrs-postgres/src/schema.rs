@@ -58,7 +58,7 @@ impl fmt::Display for Schema {
 /// The columns every event read selects, in the order [`crate::row`] decodes them.
 const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_type, \
     e.aggregate_id, e.version, e.event_type, e.schema_version, \
-    (extract(epoch FROM e.recorded_at) * 1000000)::bigint, e.payload, e.metadata::text";
+    e.recorded_at, e.payload, e.metadata";
 
 /// The SQL statements of one store, built once from its schema.
 #[derive(Debug)]

@@ -1,7 +1,8 @@
 //! `PostgresEventStore`: the `EventStore` over a PostgreSQL pool.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use cqrs_core::{
@@ -9,6 +10,7 @@ use cqrs_core::{
     RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, validate_batch,
     validate_checkpoint_name,
 };
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Row};
@@ -68,9 +70,13 @@ struct Inner {
     sql: Statements,
     /// The `NOTIFY` channel, when appends notify.
     channel: Option<String>,
+    notify_interval: Duration,
     settle: Duration,
     notifier: Arc<LogNotifier>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// Wakes the task that sends this store's coalesced `NOTIFY`s.
+    notify_wanted: Arc<tokio::sync::Notify>,
+    notify_task: OnceLock<JoinHandle<()>>,
     inline: Vec<Arc<dyn InlineProjection>>,
 }
 
@@ -81,6 +87,9 @@ impl Drop for Inner {
             .get_mut()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(task) = listener.take() {
+            task.abort();
+        }
+        if let Some(task) = self.notify_task.get() {
             task.abort();
         }
     }
@@ -129,6 +138,7 @@ pub struct PostgresEventStoreBuilder {
     pool: PgPool,
     schema: String,
     notify: bool,
+    notify_interval: Duration,
     settle: Duration,
     inline: Vec<Arc<dyn InlineProjection>>,
 }
@@ -151,11 +161,25 @@ impl PostgresEventStoreBuilder {
         self
     }
 
-    /// Whether each append sends a `NOTIFY` on the schema's channel (default `true`), so
-    /// live readers in other processes wake at once. Readers in this process are woken
-    /// either way; without it, other processes' readers poll.
+    /// Whether appends are announced with `NOTIFY` on the schema's channel (default
+    /// `true`), so live readers in other processes wake soon after. Readers in this
+    /// process are woken either way; without it, other processes' readers poll.
+    ///
+    /// The `NOTIFY` is not sent in the append's transaction (at commit it would take
+    /// PostgreSQL's global notification lock and serialise concurrent appends): a
+    /// background task of the store sends one after appends, at most one per
+    /// [`notify_interval`](Self::notify_interval), on a connection of its own.
+    /// [`append_in`](PostgresEventStore::append_in) is the exception: it notifies in the
+    /// caller's transaction, so readers wake when that commits.
     pub fn notify(mut self, notify: bool) -> Self {
         self.notify = notify;
+        self
+    }
+
+    /// The shortest time between two `NOTIFY`s of this store (default 5 ms): appends in
+    /// between share one.
+    pub fn notify_interval(mut self, interval: Duration) -> Self {
+        self.notify_interval = interval;
         self
     }
 
@@ -190,9 +214,12 @@ impl PostgresEventStoreBuilder {
                 channel: self.notify.then(|| schema.name().to_owned()),
                 schema,
                 pool: self.pool,
+                notify_interval: self.notify_interval,
                 settle: self.settle,
                 notifier: Arc::new(LogNotifier::new()),
                 listener: Mutex::new(None),
+                notify_wanted: Arc::new(tokio::sync::Notify::new()),
+                notify_task: OnceLock::new(),
                 inline: self.inline,
             }),
         })
@@ -266,11 +293,17 @@ impl PostgresEventStore {
     /// Connects with a small default pool (10 connections) and the default options
     /// (schema `cqrs`, notifications on).
     ///
+    /// The pool does not ping a connection before handing it out (sqlx's default does,
+    /// which costs a round trip per call): a connection found dead is replaced, and an
+    /// append that failed on one is retried (safe: appends are idempotent by event id).
+    /// Configure your own pool the same way for one round trip per append.
+    ///
     /// # Errors
     /// [`crate::Error::Connect`] if the server cannot be reached.
     pub async fn connect(url: &str) -> crate::Result<Self> {
         let pool = PgPoolOptions::new()
             .max_connections(10)
+            .test_before_acquire(false)
             .connect(url)
             .await
             .map_err(|source| crate::Error::Connect { source })?;
@@ -283,6 +316,7 @@ impl PostgresEventStore {
             pool,
             schema: "cqrs".to_owned(),
             notify: true,
+            notify_interval: Duration::from_millis(5),
             settle: Duration::from_millis(500),
             inline: Vec::new(),
         }
@@ -343,7 +377,10 @@ impl PostgresEventStore {
         loop {
             attempt += 1;
             let mut savepoint = conn.begin().await.map_err(store_error)?;
-            match self.call_append(&mut savepoint, &args).await {
+            match self
+                .call_append(&mut savepoint, &args, self.inner.channel.as_deref())
+                .await
+            {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {
                     savepoint.rollback().await.map_err(store_error)?;
                 }
@@ -363,6 +400,7 @@ impl PostgresEventStore {
         &self,
         conn: &mut PgConnection,
         args: &AppendArgs<'_>,
+        notify_in_transaction: Option<&str>,
     ) -> std::result::Result<Result<Appended>, sqlx::Error> {
         let row = sqlx::query(AssertSqlSafe(self.inner.sql.append.clone()))
             .bind(args.stream.aggregate_type())
@@ -374,7 +412,7 @@ impl PostgresEventStore {
             .bind(&args.schema_versions)
             .bind(&args.payloads)
             .bind(&args.metadata)
-            .bind(self.inner.channel.as_deref())
+            .bind(notify_in_transaction)
             .fetch_one(conn)
             .await?;
         Ok(decode_append(&row, args))
@@ -400,11 +438,18 @@ impl PostgresEventStore {
     /// The hot path: one statement on a pooled connection, autocommit.
     async fn append_direct(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
         let mut attempt = 0;
+        let mut broken = 0;
         loop {
             attempt += 1;
             let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
-            match self.call_append(&mut conn, args).await {
+            match self.call_append(&mut conn, args, None).await {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
+                Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
+                    // Whether it committed is unknown; running it again is safe because
+                    // appends are idempotent by event id (the re-run finds them).
+                    broken += 1;
+                    conn.close_on_drop();
+                }
                 Err(e) => return Err(self.append_error(e, args)),
                 Ok(outcome) => return outcome.map(|o| o.result()),
             }
@@ -418,7 +463,7 @@ impl PostgresEventStore {
         loop {
             attempt += 1;
             let mut tx = self.inner.pool.begin().await.map_err(store_error)?;
-            let outcome = match self.call_append(&mut tx, args).await {
+            let outcome = match self.call_append(&mut tx, args, None).await {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => continue,
                 Err(e) => return Err(self.append_error(e, args)),
                 Ok(outcome) => outcome?,
@@ -461,8 +506,11 @@ impl PostgresEventStore {
     /// The highest transaction id below which every transaction has ended, waiting up to
     /// the settle timeout for older transactions when committed events sit above it.
     async fn horizon(&self) -> Result<i64> {
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
-            .fetch_one(&self.inner.pool)
+        let row = self
+            .retrying(|| {
+                sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
+                    .fetch_one(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         let mut horizon: i64 = row.try_get(0).map_err(store_error)?;
@@ -474,16 +522,99 @@ impl PostgresEventStore {
         while horizon <= top && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(25));
-            horizon = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.horizon_now.clone()))
-                .fetch_one(&self.inner.pool)
+            horizon = self
+                .retrying(|| {
+                    sqlx::query_scalar(AssertSqlSafe(self.inner.sql.horizon_now.clone()))
+                        .fetch_one(&self.inner.pool)
+                })
                 .await
                 .map_err(store_error)?;
         }
         Ok(horizon)
     }
 
-    fn notify_local(&self) {
+    /// How many broken connections a call runs into before giving up: one more than the
+    /// pool holds, so a pool whose connections all died (a server restart) is refilled.
+    fn broken_connection_budget(&self) -> u32 {
+        self.inner
+            .pool
+            .options()
+            .get_max_connections()
+            .saturating_add(1)
+    }
+
+    /// Runs a read (or an idempotent upsert) again when its connection turns out to be
+    /// broken; the pool drops a broken connection when it comes back.
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> std::result::Result<T, sqlx::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        let mut broken = 0;
+        loop {
+            match op().await {
+                Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
+                    broken += 1;
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    /// A streamed query that starts again when its connection turns out to be broken
+    /// before the first row (later, the error is the stream's: rows were handed out).
+    fn restarting<'a, T: Send + 'a>(
+        &'a self,
+        make: impl Fn() -> BoxStream<'a, std::result::Result<T, sqlx::Error>> + Send + 'a,
+    ) -> impl Stream<Item = std::result::Result<T, sqlx::Error>> + Send + 'a {
+        let budget = self.broken_connection_budget();
+        let first = make();
+        stream::unfold(
+            (first, make, false, 0u32),
+            move |(mut rows, make, started, mut broken)| async move {
+                loop {
+                    match rows.next().await {
+                        None => return None,
+                        Some(Err(e)) if !started && broken < budget && is_broken_connection(&e) => {
+                            broken += 1;
+                            rows = make();
+                        }
+                        Some(item) => return Some((item, (rows, make, true, broken))),
+                    }
+                }
+            },
+        )
+    }
+
+    /// Wakes this process's watchers now, and other processes' through the coalesced
+    /// `NOTIFY` task (started with the first append).
+    fn notify_appended(&self) {
         self.inner.notifier.notify();
+        if let Some(channel) = &self.inner.channel {
+            self.inner.notify_task.get_or_init(|| {
+                tokio::spawn(listen::notify_loop(
+                    self.connect_options(),
+                    channel.clone(),
+                    self.inner.notify_interval,
+                    Arc::clone(&self.inner.notify_wanted),
+                ))
+            });
+            self.inner.notify_wanted.notify_one();
+        }
+    }
+}
+
+/// Whether the connection broke (so the statement may or may not have committed): an I/O
+/// failure, or the server ending the session (SQLSTATE class 08 "connection exception",
+/// 57P01-57P03 "admin/crash shutdown, cannot connect now"). sqlx has no error kind for
+/// these, hence the codes.
+fn is_broken_connection(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(e) => e
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
     }
 }
 
@@ -551,7 +682,7 @@ impl EventStore for PostgresEventStore {
         } else {
             self.append_with_inline(&args).await?
         };
-        self.notify_local();
+        self.notify_appended();
         Ok(result)
     }
 
@@ -560,12 +691,14 @@ impl EventStore for PostgresEventStore {
         stream: &'a StreamId,
         from_version: u64,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
-        sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
-            .bind(stream.aggregate_type())
-            .bind(stream.id())
-            .bind(saturating_i64(from_version))
-            .fetch(&self.inner.pool)
-            .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+        self.restarting(move || {
+            sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
+                .bind(stream.aggregate_type())
+                .bind(stream.id())
+                .bind(saturating_i64(from_version))
+                .fetch(&self.inner.pool)
+        })
+        .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
     }
 
     fn read_all(
@@ -576,23 +709,28 @@ impl EventStore for PostgresEventStore {
         let limit = limit.map(saturating_i64);
         stream::once(self.horizon())
             .map_ok(move |horizon| {
-                sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
-                    .bind(saturating_i64(after.commit))
-                    .bind(saturating_i64(after.sequence))
-                    .bind(horizon)
-                    .bind(limit)
-                    .fetch(&self.inner.pool)
-                    .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+                self.restarting(move || {
+                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+                        .bind(saturating_i64(after.commit))
+                        .bind(saturating_i64(after.sequence))
+                        .bind(horizon)
+                        .bind(limit)
+                        .fetch(&self.inner.pool)
+                })
+                .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
             })
             .try_flatten()
     }
 
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.find_event.clone()))
-            .bind(event_id)
-            .bind(stream.aggregate_type())
-            .bind(stream.id())
-            .fetch_optional(&self.inner.pool)
+        let row = self
+            .retrying(|| {
+                sqlx::query(AssertSqlSafe(self.inner.sql.find_event.clone()))
+                    .bind(event_id)
+                    .bind(stream.aggregate_type())
+                    .bind(stream.id())
+                    .fetch_optional(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         row.as_ref().map(decode_event).transpose()
@@ -600,21 +738,27 @@ impl EventStore for PostgresEventStore {
 
     async fn count_events(&self, after: Position) -> Result<u64> {
         let horizon = self.horizon().await?;
-        let count: i64 = sqlx::query_scalar(AssertSqlSafe(self.inner.sql.count_events.clone()))
-            .bind(saturating_i64(after.commit))
-            .bind(saturating_i64(after.sequence))
-            .bind(horizon)
-            .fetch_one(&self.inner.pool)
+        let count: i64 = self
+            .retrying(|| {
+                sqlx::query_scalar(AssertSqlSafe(self.inner.sql.count_events.clone()))
+                    .bind(saturating_i64(after.commit))
+                    .bind(saturating_i64(after.sequence))
+                    .bind(horizon)
+                    .fetch_one(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         stored_u64(count, || "the event count".into(), "count")
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotRecord>> {
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.load_snapshot.clone()))
-            .bind(stream.aggregate_type())
-            .bind(stream.id())
-            .fetch_optional(&self.inner.pool)
+        let row = self
+            .retrying(|| {
+                sqlx::query(AssertSqlSafe(self.inner.sql.load_snapshot.clone()))
+                    .bind(stream.aggregate_type())
+                    .bind(stream.id())
+                    .fetch_optional(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         let Some(row) = row else { return Ok(None) };
@@ -635,23 +779,30 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
-        sqlx::query(AssertSqlSafe(self.inner.sql.save_snapshot.clone()))
-            .bind(stream.aggregate_type())
-            .bind(stream.id())
-            .bind(exact_i64(snapshot.version, "snapshot version")?)
-            .bind(i64::from(snapshot.schema_version))
-            .bind(snapshot.payload)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(store_error)?;
+        let version = exact_i64(snapshot.version, "snapshot version")?;
+        // An upsert: safe to run again after a broken connection.
+        self.retrying(|| {
+            sqlx::query(AssertSqlSafe(self.inner.sql.save_snapshot.clone()))
+                .bind(stream.aggregate_type())
+                .bind(stream.id())
+                .bind(version)
+                .bind(i64::from(snapshot.schema_version))
+                .bind(&snapshot.payload)
+                .execute(&self.inner.pool)
+        })
+        .await
+        .map_err(store_error)?;
         Ok(())
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
         validate_checkpoint_name(name)?;
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.load_checkpoint.clone()))
-            .bind(name)
-            .fetch_optional(&self.inner.pool)
+        let row = self
+            .retrying(|| {
+                sqlx::query(AssertSqlSafe(self.inner.sql.load_checkpoint.clone()))
+                    .bind(name)
+                    .fetch_optional(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         row.as_ref()
@@ -661,39 +812,47 @@ impl EventStore for PostgresEventStore {
 
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         validate_checkpoint_name(name)?;
-        sqlx::query(AssertSqlSafe(self.inner.sql.save_checkpoint.clone()))
-            .bind(name)
-            .bind(exact_i64(position.commit, "checkpoint commit")?)
-            .bind(exact_i64(position.sequence, "checkpoint sequence")?)
-            .execute(&self.inner.pool)
-            .await
-            .map_err(store_error)?;
+        let commit = exact_i64(position.commit, "checkpoint commit")?;
+        let sequence = exact_i64(position.sequence, "checkpoint sequence")?;
+        // An upsert: safe to run again after a broken connection.
+        self.retrying(|| {
+            sqlx::query(AssertSqlSafe(self.inner.sql.save_checkpoint.clone()))
+                .bind(name)
+                .bind(commit)
+                .bind(sequence)
+                .execute(&self.inner.pool)
+        })
+        .await
+        .map_err(store_error)?;
         Ok(())
     }
 
     /// Every stream with its version: one grouped scan of the stream index, streamed.
     fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
-        sqlx::query(AssertSqlSafe(self.inner.sql.list_streams.clone()))
-            .fetch(&self.inner.pool)
-            .map(|row| {
-                let row = row.map_err(store_error)?;
-                let aggregate_type: String = row.try_get(0).map_err(store_error)?;
-                let aggregate_id: String = row.try_get(1).map_err(store_error)?;
-                let version: i64 = row.try_get(2).map_err(store_error)?;
-                let location = || format!("stream {aggregate_type}/{aggregate_id}");
-                let stream = StreamId::new(&aggregate_type, &aggregate_id)
-                    .map_err(|e| Error::corrupt(location(), e.to_string()))?;
-                Ok(StreamInfo {
-                    version: stored_u64(version, location, "version")?,
-                    stream,
-                })
+        self.restarting(|| {
+            sqlx::query(AssertSqlSafe(self.inner.sql.list_streams.clone())).fetch(&self.inner.pool)
+        })
+        .map(|row| {
+            let row = row.map_err(store_error)?;
+            let aggregate_type: String = row.try_get(0).map_err(store_error)?;
+            let aggregate_id: String = row.try_get(1).map_err(store_error)?;
+            let version: i64 = row.try_get(2).map_err(store_error)?;
+            let location = || format!("stream {aggregate_type}/{aggregate_id}");
+            let stream = StreamId::new(&aggregate_type, &aggregate_id)
+                .map_err(|e| Error::corrupt(location(), e.to_string()))?;
+            Ok(StreamInfo {
+                version: stored_u64(version, location, "version")?,
+                stream,
             })
+        })
     }
 
     /// Streams, events (every committed one) and snapshots, in one query.
     async fn stats(&self) -> Result<StoreStats> {
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.stats.clone()))
-            .fetch_one(&self.inner.pool)
+        let row = self
+            .retrying(|| {
+                sqlx::query(AssertSqlSafe(self.inner.sql.stats.clone())).fetch_one(&self.inner.pool)
+            })
             .await
             .map_err(store_error)?;
         let count = |i: usize| -> Result<u64> {

@@ -445,17 +445,22 @@ async fn inline_projections_are_read_your_writes_and_roll_back_with_the_append()
     common::drop_schema(&plain).await;
 }
 
-/// Terminates every idle connection that last ran a query naming the schema.
-async fn kill_connections_of(store: &PostgresEventStore) -> usize {
+/// Terminates every connection of a node made by `common::same_schema` (its pool's, its
+/// listener's and its notifier's), found by their application name.
+async fn kill_connections_of(node: &PostgresEventStore) -> usize {
+    let name = node
+        .pool()
+        .connect_options()
+        .get_application_name()
+        .expect("a node's connections are named")
+        .to_owned();
     let mut killer = common::connection().await;
-    let pids: Vec<i32> = sqlx::query_scalar(
-        "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() \
-         AND strpos(query, $1) > 0",
-    )
-    .bind(format!("\"{}\"", store.schema()))
-    .fetch_all(&mut killer)
-    .await
-    .unwrap();
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE application_name = $1")
+            .bind(name)
+            .fetch_all(&mut killer)
+            .await
+            .unwrap();
     for pid in &pids {
         let _: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1)")
             .bind(pid)

@@ -61,6 +61,7 @@ async fn appends_and_reads_back_the_full_envelope() {
     assert_eq!(r.payload, first.payload);
     assert_eq!(r.metadata, metadata);
     assert!(r.recorded_at > before);
+    assert!(r.recorded_at < SystemTime::now() + Duration::from_secs(60));
     assert_eq!(read[1].version, 2);
     assert_eq!(read[1].position, appended.position);
     assert!(read[0].position < read[1].position);

@@ -73,6 +73,7 @@ pub fn schema_name() -> String {
 pub async fn pool(max: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(max)
+        .test_before_acquire(false)
         .acquire_timeout(Duration::from_secs(30))
         .connect(&database_url())
         .await
@@ -144,9 +145,19 @@ pub async fn store_with(
     Some(store)
 }
 
-/// Another store on the same schema, with its own pool (another "node").
+/// Another store on the same schema, with its own pool (another "node"), whose
+/// connections carry a unique application name.
 pub async fn same_schema(store: &PostgresEventStore, max: u32) -> PostgresEventStore {
-    PostgresEventStore::builder(pool(max).await)
+    let options: PgConnectOptions = database_url().parse().expect("a valid DATABASE_URL");
+    let name = format!("cqrs-test-node-{}", uuid::Uuid::new_v4().simple());
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .test_before_acquire(false)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_with(options.application_name(&name))
+        .await
+        .expect("connect to the test server");
+    PostgresEventStore::builder(pool)
         .schema(store.schema())
         .read_settle_timeout(Duration::from_secs(5))
         .build()

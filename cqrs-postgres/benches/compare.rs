@@ -1,0 +1,620 @@
+//! The comparison harness: `PostgresEventStore` against raw sqlx on the same server, in
+//! the same run, reported as ratios.
+//!
+//! ```sh
+//! cargo bench -p cqrs-postgres --bench compare            # 1,000,000-event rebuild
+//! cargo bench -p cqrs-postgres --bench compare -- --quick # 100,000
+//! ```
+//!
+//! It reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), works
+//! in fresh schemas and drops them. Without a server it prints a skip line and exits 0.
+//! Peak RSS is measured in child processes of this binary (`--rss-load N`,
+//! `--rss-replay N`), so each figure is that workload's own.
+#![allow(missing_docs)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use cqrs_core::{
+    Aggregate, BoxError, DomainEvent, Envelope, EventData, EventStore, ExpectedVersion, Position,
+    Projection, ProjectionRunner, Repository, RunnerConfig, SnapshotPolicy, StreamId,
+};
+use cqrs_postgres::PostgresEventStore;
+use cqrs_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use cqrs_postgres::sqlx::{self, AssertSqlSafe, ConnectOptions, Connection, PgPool};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---- the bank account ------------------------------------------------------------
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Account {
+    open: bool,
+    balance: i64,
+}
+
+#[derive(Debug)]
+enum AccountCommand {
+    Open,
+    Deposit(i64),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum AccountEvent {
+    Opened,
+    Deposited { cents: i64 },
+}
+
+impl DomainEvent for AccountEvent {
+    const EVENT_TYPES: &'static [&'static str] = &["AccountOpened", "MoneyDeposited"];
+    fn event_type(&self) -> &'static str {
+        match self {
+            AccountEvent::Opened => "AccountOpened",
+            AccountEvent::Deposited { .. } => "MoneyDeposited",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum AccountError {
+    #[error("the account is closed")]
+    Closed,
+    #[error("the account is already open")]
+    AlreadyOpen,
+}
+
+impl Aggregate for Account {
+    const TYPE: &'static str = "account";
+    type Command = AccountCommand;
+    type Event = AccountEvent;
+    type Error = AccountError;
+    type Services = ();
+
+    fn handle(&self, command: &AccountCommand, _: &()) -> Result<Vec<AccountEvent>, AccountError> {
+        match command {
+            AccountCommand::Open if self.open => Err(AccountError::AlreadyOpen),
+            AccountCommand::Open => Ok(vec![AccountEvent::Opened]),
+            AccountCommand::Deposit(_) if !self.open => Err(AccountError::Closed),
+            AccountCommand::Deposit(cents) => Ok(vec![AccountEvent::Deposited { cents: *cents }]),
+        }
+    }
+
+    fn apply(&mut self, event: AccountEvent) {
+        match event {
+            AccountEvent::Opened => self.open = true,
+            AccountEvent::Deposited { cents } => self.balance += cents,
+        }
+    }
+}
+
+/// Sums deposits: the projection of the rebuild benchmark.
+#[derive(Debug, Default)]
+struct Totals {
+    events: u64,
+    cents: i64,
+}
+
+impl Projection for Totals {
+    type Event = AccountEvent;
+    fn name(&self) -> &str {
+        "totals"
+    }
+    async fn apply(
+        &mut self,
+        batch: &[Envelope<AccountEvent>],
+        _: Position,
+    ) -> Result<(), BoxError> {
+        for e in batch {
+            self.events += 1;
+            if let AccountEvent::Deposited { cents } = e.event {
+                self.cents += cents;
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---- fixtures ---------------------------------------------------------------------
+
+fn url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+fn schema() -> String {
+    format!(
+        "cqrs_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+async fn pool(options: PgConnectOptions, max: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(max)
+        .connect_with(options)
+        .await
+        .expect("connect")
+}
+
+async fn store(options: PgConnectOptions, max: u32, notify: bool) -> PostgresEventStore {
+    let store = PostgresEventStore::builder(pool(options, max).await)
+        .schema(schema())
+        .notify(notify)
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+async fn drop_schema(pool: &PgPool, schema: &str) {
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// A raw table for the baselines: one row per event, as an event store would keep it.
+async fn raw_table(pool: &PgPool) -> String {
+    let s = schema();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA \"{s}\"; CREATE TABLE \"{s}\".raw (id bigint GENERATED ALWAYS AS \
+         IDENTITY PRIMARY KEY, stream text NOT NULL, version bigint NOT NULL, \
+         payload bytea NOT NULL, UNIQUE (stream, version))"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    s
+}
+
+fn deposit(cents: i64) -> Vec<u8> {
+    serde_json::to_vec(&AccountEvent::Deposited { cents }).unwrap()
+}
+
+fn rate(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64()
+}
+
+// ---- a counting proxy, for round trips --------------------------------------------
+
+/// Forwards TCP to the server, counting the client's sends (each is one trip: the
+/// client writes, then waits for the answer).
+async fn proxy(server: SocketAddr, sends: Arc<AtomicU64>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let sends = Arc::clone(&sends);
+            tokio::spawn(async move {
+                let Ok(upstream) = TcpStream::connect(server).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut ur, mut uw) = upstream.into_split();
+                let up = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n) = cr.read(&mut buf).await {
+                        if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                        sends.fetch_add(1, Ordering::Relaxed);
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut ur, &mut cw).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    addr
+}
+
+// ---- the measurements -------------------------------------------------------------
+
+async fn concurrent_commands(
+    options: &PgConnectOptions,
+    tasks: usize,
+    commands: u64,
+) -> (f64, f64) {
+    const ACCOUNTS: u64 = 1_000;
+    let store = store(options.clone(), u32::try_from(tasks).unwrap(), true).await;
+    let repo = Arc::new(Repository::<Account, _>::new(store.clone(), ()));
+    for a in 0..ACCOUNTS {
+        repo.execute(&format!("acc-{a}"), &AccountCommand::Open)
+            .await
+            .unwrap();
+    }
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (repo, next) = (Arc::clone(&repo), Arc::clone(&next));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= commands {
+                        break;
+                    }
+                    // A spread-out walk over the accounts (some collide: retried).
+                    let account = (i * 7919) % ACCOUNTS;
+                    repo.execute(&format!("acc-{account}"), &AccountCommand::Deposit(1))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let ours = rate(commands, started.elapsed());
+    drop_schema(store.pool(), store.schema()).await;
+
+    let pool = pool(options.clone(), u32::try_from(tasks).unwrap()).await;
+    let s = raw_table(&pool).await;
+    let sql: Arc<str> =
+        format!("INSERT INTO \"{s}\".raw (stream, version, payload) VALUES ($1, $2, $3)").into();
+    let next = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..tasks)
+        .map(|_| {
+            let (pool, next, sql) = (pool.clone(), Arc::clone(&next), Arc::clone(&sql));
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= commands {
+                        break;
+                    }
+                    sqlx::query(AssertSqlSafe(Arc::clone(&sql)))
+                        .bind(format!("acc-{}", (i * 7919) % ACCOUNTS))
+                        .bind(i64::try_from(i).unwrap())
+                        .bind(deposit(1))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await.unwrap();
+    }
+    let raw = rate(commands, started.elapsed());
+    drop_schema(&pool, &s).await;
+    (ours, raw)
+}
+
+async fn sequential_commands(options: &PgConnectOptions, commands: u64) -> (f64, f64) {
+    let store = store(options.clone(), 2, true).await;
+    let repo = Repository::<Account, _>::new(store.clone(), ())
+        .with_snapshots(SnapshotPolicy::EveryEvents(100));
+    repo.execute("one", &AccountCommand::Open).await.unwrap();
+    let started = Instant::now();
+    for _ in 0..commands {
+        repo.execute("one", &AccountCommand::Deposit(1))
+            .await
+            .unwrap();
+    }
+    let ours = rate(commands, started.elapsed());
+    drop_schema(store.pool(), store.schema()).await;
+
+    let pool = pool(options.clone(), 1).await;
+    let s = raw_table(&pool).await;
+    let sql = format!("INSERT INTO \"{s}\".raw (stream, version, payload) VALUES ($1, $2, $3)");
+    let started = Instant::now();
+    for i in 0..commands {
+        sqlx::query(AssertSqlSafe(sql.as_str()))
+            .bind("one")
+            .bind(i64::try_from(i).unwrap())
+            .bind(deposit(1))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let raw = rate(commands, started.elapsed());
+    drop_schema(&pool, &s).await;
+    (ours, raw)
+}
+
+async fn round_trips(options: &PgConnectOptions) -> (f64, f64, f64) {
+    let server = tokio::net::lookup_host((options.get_host(), options.get_port()))
+        .await
+        .unwrap()
+        .next()
+        .unwrap();
+    let sends = Arc::new(AtomicU64::new(0));
+    let addr = proxy(server, Arc::clone(&sends)).await;
+    let proxied = options
+        .clone()
+        .host(&addr.ip().to_string())
+        .port(addr.port());
+    let store = store(proxied, 1, true).await;
+    let commands = 200u64;
+    let measure = |policy| {
+        let store = store.clone();
+        let sends = Arc::clone(&sends);
+        async move {
+            let repo = Repository::<Account, _>::new(store, ()).with_snapshots(policy);
+            let id = uuid::Uuid::new_v4().to_string();
+            repo.execute(&id, &AccountCommand::Open).await.unwrap();
+            // Warm up: statements prepared on the connection.
+            for _ in 0..5 {
+                repo.execute(&id, &AccountCommand::Deposit(1))
+                    .await
+                    .unwrap();
+            }
+            let before = sends.load(Ordering::Relaxed);
+            for _ in 0..commands {
+                repo.execute(&id, &AccountCommand::Deposit(1))
+                    .await
+                    .unwrap();
+            }
+            (sends.load(Ordering::Relaxed) - before) as f64 / commands as f64
+        }
+    };
+    let plain = measure(SnapshotPolicy::Never).await;
+    let snapshots = measure(SnapshotPolicy::EveryEvents(1_000_000)).await;
+    let s = StreamId::new("raw", "append").unwrap();
+    store
+        .append(
+            &s,
+            ExpectedVersion::Any,
+            vec![EventData::new("X", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    let before = sends.load(Ordering::Relaxed);
+    for _ in 0..commands {
+        store
+            .append(
+                &s,
+                ExpectedVersion::Any,
+                vec![EventData::new("X", b"{}".to_vec())],
+            )
+            .await
+            .unwrap();
+    }
+    let append = (sends.load(Ordering::Relaxed) - before) as f64 / commands as f64;
+    drop_schema(store.pool(), store.schema()).await;
+    (plain, snapshots, append)
+}
+
+/// Appends `events` deposits over 1,000 accounts, in batches of 1,000 per append.
+async fn fill(store: &PostgresEventStore, events: u64) {
+    let batch = 1_000u64;
+    let mut versions: HashMap<u64, u64> = HashMap::new();
+    let mut done = 0;
+    let mut b = 0u64;
+    while done < events {
+        let account = b % 1_000;
+        let n = batch.min(events - done);
+        let stream = StreamId::new("account", format!("acc-{account}")).unwrap();
+        let version = versions.entry(account).or_default();
+        let data = (0..n)
+            .map(|i| EventData::new("MoneyDeposited", deposit(i64::try_from(i).unwrap())))
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Exact(*version), data)
+            .await
+            .unwrap();
+        *version += n;
+        done += n;
+        b += 1;
+    }
+}
+
+async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64) {
+    let store = store(options.clone(), 2, false).await;
+    fill(&store, events).await;
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "VACUUM ANALYZE \"{}\".events",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut runner =
+        ProjectionRunner::new(store.clone(), Totals::default()).with_config(RunnerConfig {
+            batch_size: 1_000,
+            ..RunnerConfig::default()
+        });
+    let started = Instant::now();
+    let read = runner.rebuild(|_| {}).await.unwrap();
+    let ours = rate(read, started.elapsed());
+    assert_eq!(runner.projection().events, events);
+
+    // Raw: the same rows in the same order, streamed, with the same JSON decode.
+    let started = Instant::now();
+    let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(AssertSqlSafe(format!(
+        "SELECT id, payload FROM \"{}\".events ORDER BY transaction_id, id",
+        store.schema()
+    )))
+    .fetch(store.pool());
+    let (mut n, mut cents) = (0u64, 0i64);
+    while let Some(row) = rows.next().await {
+        let (_, payload) = row.unwrap();
+        if let AccountEvent::Deposited { cents: c } = serde_json::from_slice(&payload).unwrap() {
+            cents += c;
+        }
+        n += 1;
+    }
+    drop(rows);
+    let raw = rate(n, started.elapsed());
+    assert_eq!(cents, runner.projection().cents);
+    drop_schema(store.pool(), store.schema()).await;
+    (ours, raw)
+}
+
+async fn notify_overhead(options: &PgConnectOptions, tasks: usize, appends: u64) -> (f64, f64) {
+    let mut rates = [0.0; 2];
+    // Alternate, twice each, so drift in the machine's load does not favour one side.
+    for round in 0..4 {
+        let notify = round % 2 == 0;
+        let store = store(options.clone(), u32::try_from(tasks).unwrap(), notify).await;
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (store, next) = (store.clone(), Arc::clone(&next));
+                tokio::spawn(async move {
+                    let stream = StreamId::new("account", format!("t{t}")).unwrap();
+                    while next.fetch_add(1, Ordering::Relaxed) < appends {
+                        store
+                            .append(
+                                &stream,
+                                ExpectedVersion::Any,
+                                vec![EventData::new("MoneyDeposited", deposit(1))],
+                            )
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        rates[usize::from(!notify)] += rate(appends, started.elapsed()) / 2.0;
+        drop_schema(store.pool(), store.schema()).await;
+    }
+    (rates[0], rates[1])
+}
+
+// ---- peak RSS in child processes --------------------------------------------------
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn child(options: PgConnectOptions, mode: &str, events: u64) {
+    // Fill in this process too: its peak is measured before and after the workload.
+    let store = store(options, 2, false).await;
+    if mode == "--rss-load" {
+        let stream = StreamId::new("account", "big").unwrap();
+        let repo = Repository::<Account, _>::new(store.clone(), ());
+        repo.execute("big", &AccountCommand::Open).await.unwrap();
+        let mut version = 1;
+        while version < events {
+            let n = 1_000.min(events - version);
+            let data = (0..n)
+                .map(|_| EventData::new("MoneyDeposited", deposit(1)))
+                .collect();
+            store
+                .append(&stream, ExpectedVersion::Exact(version), data)
+                .await
+                .unwrap();
+            version += n;
+        }
+        let before = peak_rss_kib();
+        let loaded = repo.load("big").await.unwrap();
+        assert_eq!(loaded.version, events);
+        println!("{before} {}", peak_rss_kib());
+    } else {
+        fill(&store, events).await;
+        let before = peak_rss_kib();
+        let mut runner = ProjectionRunner::new(store.clone(), Totals::default());
+        runner.rebuild(|_| {}).await.unwrap();
+        println!("{before} {}", peak_rss_kib());
+    }
+    drop_schema(store.pool(), store.schema()).await;
+}
+
+fn rss_of(mode: &str, events: u64) -> (u64, u64) {
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([mode, &events.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut it = text
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options: PgConnectOptions = match url().parse() {
+        Ok(o) => o,
+        Err(e) => {
+            println!("skipped: bad DATABASE_URL: {e}");
+            return;
+        }
+    };
+    if let Some(mode) = args.iter().find(|a| a.starts_with("--rss-")) {
+        let events = args.iter().find_map(|a| a.parse().ok()).unwrap_or(200_000);
+        child(options, mode, events).await;
+        return;
+    }
+    if args.iter().any(|a| a == "--list" || a == "--test") {
+        return; // `cargo test --benches` and `--list` probes
+    }
+    match options.connect().await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+        }
+        Err(e) => {
+            println!("skipped: no PostgreSQL at {}: {e}", url());
+            return;
+        }
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let replay_events = if quick { 100_000 } else { 1_000_000 };
+    let load_events = if quick { 50_000 } else { 200_000 };
+
+    println!(
+        "PostgreSQL comparison ({}), ratios are ours / raw sqlx",
+        if quick { "quick" } else { "full" }
+    );
+    let (ours, raw) = concurrent_commands(&options, 16, if quick { 2_000 } else { 10_000 }).await;
+    println!(
+        "| 16 tasks, 1,000 accounts, full command path | {ours:.0} cmd/s | raw single-row INSERT, 16 conns: {raw:.0}/s | {:.2} |",
+        ours / raw
+    );
+    let (ours, raw) = sequential_commands(&options, if quick { 1_000 } else { 5_000 }).await;
+    println!(
+        "| sequential commands on one aggregate (snapshot every 100) | {ours:.0} cmd/s | raw sequential autocommit INSERT: {raw:.0}/s | {:.2} |",
+        ours / raw
+    );
+    let (plain, snapshots, append) = round_trips(&options).await;
+    println!(
+        "| round trips per command | {plain:.2} (no snapshots), {snapshots:.2} (snapshots on) | one append: {append:.2} | |"
+    );
+    let (ours, raw) = rebuild(&options, replay_events).await;
+    println!(
+        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT + same decode: {raw:.0}/s | {:.2} |",
+        ours / raw
+    );
+    let (on, off) = notify_overhead(&options, 16, if quick { 4_000 } else { 20_000 }).await;
+    println!(
+        "| 16 concurrent appenders, NOTIFY on vs off | {on:.0} appends/s | off: {off:.0}/s | {:.2} |",
+        on / off
+    );
+    let (before, peak) = rss_of("--rss-load", load_events);
+    println!(
+        "| peak RSS loading a {load_events}-event aggregate | {} MiB (process peak; {} MiB before the load) | | |",
+        peak / 1024,
+        before / 1024
+    );
+    let (before, peak) = rss_of("--rss-replay", replay_events);
+    println!(
+        "| peak RSS replaying {replay_events} events | {} MiB (process peak; {} MiB before the replay) | | |",
+        peak / 1024,
+        before / 1024
+    );
+}
