@@ -17,7 +17,7 @@ use crate::domain::{
 };
 use crate::projections::{
     ACCOUNTS, ACCOUNTS_TREE, AccountRow, AccountsProjection, HISTORY_TREE, HistoryRow,
-    MemoryAccounts, SledAccounts, TransferProcess,
+    MemoryAccounts, SledAccounts, TRANSFERS, TransferProcess,
 };
 
 /// Why a bank operation failed, with the exit code and HTTP status it calls for.
@@ -97,6 +97,7 @@ pub struct TransferOutcome {
 enum Views {
     Memory(MemoryAccounts),
     Sled(cqrs_sled::SledEventStore),
+    Postgres(cqrs_postgres::PostgresEventStore),
 }
 
 /// The bank: commands, reads, and the projections behind them.
@@ -142,6 +143,14 @@ impl Bank {
                 BoxEventStore::new(store.clone()),
                 Views::Sled(store),
                 format!("sled at {path}"),
+            )
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let store = crate::postgres::open(url).await?;
+            let description = format!("PostgreSQL, schema {}", store.schema());
+            (
+                BoxEventStore::new(store.clone()),
+                Views::Postgres(store),
+                description,
             )
         } else {
             return Err(BankError::BadInput(format!(
@@ -215,6 +224,12 @@ impl Bank {
                     Err(e) => AccountsProjection::Unavailable(full_chain(&e)),
                 }
             }
+            Views::Postgres(store) => {
+                AccountsProjection::Postgres(cqrs_postgres::Transactional::new(
+                    store.clone(),
+                    crate::postgres::PgAccounts::new(store),
+                ))
+            }
         };
         ProjectionRunner::new(self.store.clone(), projection).with_config(Self::runner_config())
     }
@@ -238,15 +253,85 @@ impl Bank {
         if self.background.load(Ordering::SeqCst) {
             return self.wait_settled().await;
         }
-        let mut saga = self.transfer_runner();
-        // Each pass may append events (debits, credits, refunds, outcomes) that the next
-        // pass reacts to; stop when a pass finds nothing new.
-        while saga.catch_up().await.map_err(BankError::store)? > 0 {}
+        if let Views::Postgres(pg) = &self.views {
+            return self.sync_shared(pg).await;
+        }
+        self.catch_up_saga().await?;
         self.accounts_runner()
             .catch_up()
             .await
             .map_err(BankError::store)?;
         Ok(())
+    }
+
+    async fn catch_up_saga(&self) -> Result<(), BankError> {
+        let mut saga = self.transfer_runner();
+        // Each pass may append events (debits, credits, refunds, outcomes) that the next
+        // pass reacts to; stop when a pass finds nothing new.
+        while saga.catch_up().await.map_err(BankError::store)? > 0 {}
+        Ok(())
+    }
+
+    /// On a database shared by several processes: catch each projection up under its
+    /// worker lock, or, if another process (a `bank serve`) holds it, wait for that one.
+    async fn sync_shared(&self, pg: &cqrs_postgres::PostgresEventStore) -> Result<(), BankError> {
+        match pg
+            .try_lock_worker(TRANSFERS)
+            .await
+            .map_err(BankError::store)?
+        {
+            Some(lock) => {
+                let caught_up = self.catch_up_saga().await;
+                lock.release().await.map_err(BankError::store)?;
+                caught_up?;
+            }
+            None => self.wait_for(TRANSFERS).await?,
+        }
+        match pg
+            .try_lock_worker(ACCOUNTS)
+            .await
+            .map_err(BankError::store)?
+        {
+            Some(lock) => {
+                let caught_up = self
+                    .accounts_runner()
+                    .catch_up()
+                    .await
+                    .map_err(BankError::store);
+                lock.release().await.map_err(BankError::store)?;
+                caught_up?;
+            }
+            None => self.wait_for(ACCOUNTS).await?,
+        }
+        Ok(())
+    }
+
+    /// Waits (up to 10 s) until another worker has brought `projection` to the end of the
+    /// log as it is now.
+    async fn wait_for(&self, projection: &str) -> Result<(), BankError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let checkpoint = if projection == TRANSFERS {
+                self.transfer_runner().checkpoint().await
+            } else {
+                self.accounts_runner().checkpoint().await
+            }
+            .map_err(BankError::store)?;
+            let lag = self
+                .store
+                .count_events(checkpoint)
+                .await
+                .map_err(BankError::store)?;
+            if lag == 0 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(BankError::Store(format!(
+                    "projection {projection} is {lag} events behind after 10 s"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// With the projections running in the background: waits (up to 10 s) until both have
@@ -301,14 +386,48 @@ impl Bank {
                 "the projections are already running".into(),
             ));
         }
-        let result = ProjectionGroup::new()
-            .with(self.transfer_runner())
-            .with(self.accounts_runner())
-            .run_until(shutdown)
-            .await
-            .map_err(BankError::store);
+        let result = match &self.views {
+            Views::Postgres(pg) => self.run_exclusive(pg, shutdown).await,
+            _ => ProjectionGroup::new()
+                .with(self.transfer_runner())
+                .with(self.accounts_runner())
+                .run_until(shutdown)
+                .await
+                .map_err(BankError::store),
+        };
         self.background.store(false, Ordering::SeqCst);
         result
+    }
+
+    /// Many `bank serve` processes on one database: each projection runs in at most one
+    /// of them at a time (a worker lock); another takes over when the holder dies.
+    async fn run_exclusive(
+        &self,
+        pg: &cqrs_postgres::PostgresEventStore,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), BankError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let until_stopped = move || {
+            let mut stopped = stopped.clone();
+            async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }
+        };
+        let config = cqrs_postgres::WorkerConfig::default();
+        let (saga_pg, mut saga, saga_stop) = (pg.clone(), self.transfer_runner(), until_stopped());
+        let saga =
+            tokio::spawn(async move { saga_pg.run_exclusive(&mut saga, saga_stop, config).await });
+        let (view_pg, mut view, view_stop) = (pg.clone(), self.accounts_runner(), until_stopped());
+        let view =
+            tokio::spawn(async move { view_pg.run_exclusive(&mut view, view_stop, config).await });
+        shutdown.await;
+        let _ = stop.send(true);
+        for task in [saga, view] {
+            task.await
+                .map_err(|e| BankError::Store(format!("a projection task failed: {e}")))?
+                .map_err(BankError::store)?;
+        }
+        Ok(())
     }
 
     async fn account_command(&self, id: &str, command: AccountCommand) -> Result<u64, BankError> {
@@ -448,6 +567,7 @@ impl Bank {
                     None => None,
                 }
             }
+            Views::Postgres(store) => crate::postgres::account(store, id).await?,
         };
         row.ok_or_else(|| BankError::UnknownAccount(id.to_owned()))
     }
@@ -472,6 +592,7 @@ impl Bank {
                 }
                 lines
             }
+            Views::Postgres(store) => crate::postgres::history(store, id).await?,
         })
     }
 
@@ -494,6 +615,7 @@ impl Bank {
                 }
                 rows
             }
+            Views::Postgres(store) => crate::postgres::accounts(store).await?,
         })
     }
 

@@ -5,6 +5,7 @@
 pub mod app;
 pub mod domain;
 pub mod http;
+pub mod postgres;
 pub mod projections;
 
 pub use app::{Bank, BankError, TransferOutcome};

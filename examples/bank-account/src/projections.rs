@@ -438,6 +438,8 @@ pub enum AccountsProjection {
     Memory(MemoryAccounts),
     /// In sled trees, transactional.
     Sled(TransactionalProjection<SledAccounts>),
+    /// In PostgreSQL tables, transactional.
+    Postgres(cqrs_postgres::Transactional<crate::postgres::PgAccounts>),
     /// The read model's storage could not be opened (the reason): every call fails with it.
     Unavailable(String),
 }
@@ -462,6 +464,7 @@ impl Projection for AccountsProjection {
         match self {
             AccountsProjection::Memory(p) => p.apply(batch, checkpoint).await,
             AccountsProjection::Sled(p) => p.apply(batch, checkpoint).await,
+            AccountsProjection::Postgres(p) => p.apply(batch, checkpoint).await,
             AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
         }
     }
@@ -470,6 +473,7 @@ impl Projection for AccountsProjection {
         match self {
             AccountsProjection::Memory(p) => p.reset().await,
             AccountsProjection::Sled(p) => p.reset().await,
+            AccountsProjection::Postgres(p) => p.reset().await,
             AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
         }
     }
@@ -478,6 +482,7 @@ impl Projection for AccountsProjection {
         match self {
             AccountsProjection::Memory(p) => p.load_checkpoint().await,
             AccountsProjection::Sled(p) => p.load_checkpoint().await,
+            AccountsProjection::Postgres(p) => p.load_checkpoint().await,
             AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
         }
     }
