@@ -235,3 +235,28 @@ pub async fn serve(
         .map_err(|e| BankError::Store(format!("the projections task failed: {e}")))?;
     served.and(projections)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status() {
+        let cases = [
+            (BankError::BadInput("x".into()), StatusCode::BAD_REQUEST),
+            (BankError::UnknownAccount("x".into()), StatusCode::NOT_FOUND),
+            (
+                BankError::Rejected("x".into()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (BankError::Conflict("x".into()), StatusCode::CONFLICT),
+            (
+                BankError::Store("x".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+        ];
+        for (error, status) in cases {
+            assert_eq!(ApiError::from(error).0, status);
+        }
+    }
+}
