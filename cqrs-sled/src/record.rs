@@ -199,10 +199,15 @@ impl<'a> Reader<'a> {
 /// The stream and version a record names, read from its header only.
 pub(crate) fn decode_header(bytes: &[u8]) -> std::result::Result<(StreamId, u64), String> {
     let mut r = Reader { bytes };
-    header(&mut r)
+    header(&mut r, None)
 }
 
-fn header(r: &mut Reader<'_>) -> std::result::Result<(StreamId, u64), String> {
+/// Reads the stream and version; `last` is the previous record's stream, reused (a cheap
+/// clone) when this record is in the same stream, as consecutive records often are.
+fn header(
+    r: &mut Reader<'_>,
+    last: Option<&StreamId>,
+) -> std::result::Result<(StreamId, u64), String> {
     let format = r.u8()?;
     if format != FORMAT {
         return Err(format!("unknown record format {format}"));
@@ -211,18 +216,22 @@ fn header(r: &mut Reader<'_>) -> std::result::Result<(StreamId, u64), String> {
     let ty = r.str(ty_len, "the aggregate type")?;
     let id_len = usize::from(r.u16()?);
     let id = r.str(id_len, "the aggregate id")?;
-    let stream = StreamId::new(ty, id).map_err(|e| e.to_string())?;
+    let stream = match last {
+        Some(last) if last.aggregate_type() == ty && last.id() == id => last.clone(),
+        _ => StreamId::new(ty, id).map_err(|e| e.to_string())?,
+    };
     let version = r.u64()?;
     Ok((stream, version))
 }
 
 /// Decodes a record found at `position`. `expected` is the stream and version the caller
 /// reached it through (the stream index), if any: a record that names anything else is
-/// corrupt too.
+/// corrupt too. `last` is the stream of the record read just before, if any.
 pub(crate) fn decode(
     bytes: &[u8],
     position: u64,
     expected: Option<(&StreamId, u64)>,
+    last: Option<&StreamId>,
 ) -> Result<RecordedEvent> {
     let location = |named: Option<(&StreamId, u64)>| match named.or(expected) {
         Some((stream, version)) => {
@@ -231,8 +240,8 @@ pub(crate) fn decode(
         None => format!("log position {position}"),
     };
     let mut r = Reader { bytes };
-    let (stream, version) =
-        header(&mut r).map_err(|reason| Error::corrupt(location(None), reason))?;
+    let (stream, version) = header(&mut r, last.or(expected.map(|(s, _)| s)))
+        .map_err(|reason| Error::corrupt(location(None), reason))?;
     if let Some((want_stream, want_version)) = expected
         && (*want_stream != stream || want_version != version)
     {
@@ -318,7 +327,7 @@ mod tests {
         let (stream, event) = sample();
         let at = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
         let bytes = encode(&stream, 7, &event, at).unwrap();
-        let back = decode(&bytes, 42, Some((&stream, 7))).unwrap();
+        let back = decode(&bytes, 42, Some((&stream, 7)), None).unwrap();
         assert_eq!(back.stream, stream);
         assert_eq!((back.version, back.position), (7, Position::new(0, 42)));
         assert_eq!(back.event_id, event.event_id);
@@ -335,20 +344,20 @@ mod tests {
         let bytes = encode(&stream, 1, &event, SystemTime::now()).unwrap();
         for len in 0..bytes.len() {
             assert!(matches!(
-                decode(&bytes[..len], 1, None),
+                decode(&bytes[..len], 1, None, None),
                 Err(Error::Corrupt { .. })
             ));
         }
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(decode(&longer, 1, None).is_err());
-        let err = decode(&bytes, 1, Some((&stream, 2))).unwrap_err();
+        assert!(decode(&longer, 1, None, None).is_err());
+        let err = decode(&bytes, 1, Some((&stream, 2)), None).unwrap_err();
         assert!(err.to_string().contains("version 2"), "{err}");
         for seed in 0..200u8 {
             let garbage: Vec<u8> = (0..64u8)
                 .map(|i| i.wrapping_mul(seed).wrapping_add(seed))
                 .collect();
-            let _ = decode(&garbage, 1, None);
+            let _ = decode(&garbage, 1, None, None);
         }
     }
 

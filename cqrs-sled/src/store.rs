@@ -1,5 +1,6 @@
 //! The sled event store.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::ready;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -30,6 +31,9 @@ const BLOB_HINT: usize = 96 * 1024;
 pub(crate) const EVENTS_TREE: &str = "cqrs.events";
 pub(crate) const SNAPSHOTS_TREE: &str = "cqrs.snapshots";
 pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
+/// How often, and how patiently, opening retries a database that is locked.
+const LOCK_RETRIES: u32 = 10;
+const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 /// Key (in sled's default tree) of this crate's on-disk format number.
 const FORMAT_KEY: &[u8] = b"cqrs-sled.format";
 const FORMAT: &[u8] = &[1];
@@ -78,8 +82,9 @@ struct Inner {
     pub(crate) checkpoints: sled::Tree,
     path: Option<PathBuf>,
     durability: Durability,
-    /// The single writer: held while checking and committing one append.
-    writer: Mutex<()>,
+    /// The single writer: held while checking and committing one append. It guards a
+    /// cache of stream heads (only this writer changes them, so a cached head is exact).
+    writer: Mutex<Heads>,
     snapshot_writer: Mutex<()>,
     marks: Arc<Watermarks>,
     flusher: Option<Flusher>,
@@ -107,12 +112,20 @@ impl fmt::Debug for SledEventStore {
     }
 }
 
-fn lock(mutex: &Mutex<()>) -> MutexGuard<'_, ()> {
-    // The guarded data is `()`: a panic elsewhere cannot leave it inconsistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The guarded data is `()` or a cache that is updated only after a successful
+    // commit, in one step: a panic elsewhere cannot leave it inconsistent.
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// Stream heads recently appended to, so an append needs no index lookup for its
+/// version. Bounded: cleared when it grows past `HEADS_CACHE` streams.
+#[derive(Debug, Default)]
+struct Heads(HashMap<StreamId, u64>);
+
+const HEADS_CACHE: usize = 65_536;
 
 pub(crate) fn store_error(e: sled::Error) -> Error {
     Error::store(e)
@@ -152,15 +165,26 @@ impl SledEventStore {
             Some(path) => sled_config.path(path),
             None => sled_config.temporary(true),
         };
-        // sled 0.34 can panic on some damaged files instead of returning an error.
-        let db = match catch_unwind(AssertUnwindSafe(|| sled_config.open())) {
-            Ok(Ok(db)) => db,
-            Ok(Err(e)) => return Err(open_error(&shown, e)),
-            Err(_) => {
-                return Err(OpenError::NotADatabase {
-                    path: shown,
-                    reason: "sled could not read its files".into(),
-                });
+        let mut attempt = 0;
+        let db = loop {
+            attempt += 1;
+            // sled 0.34 can panic on some damaged files instead of returning an error.
+            match catch_unwind(AssertUnwindSafe(|| sled_config.open())) {
+                Ok(Ok(db)) => break db,
+                Ok(Err(e)) => match open_error(&shown, e) {
+                    // A store of this process that was just dropped may still be closing
+                    // (sled's background tasks hold the file for a moment): wait a little.
+                    OpenError::Locked { .. } if attempt < LOCK_RETRIES => {
+                        std::thread::sleep(LOCK_RETRY_DELAY);
+                    }
+                    e => return Err(e),
+                },
+                Err(_) => {
+                    return Err(OpenError::NotADatabase {
+                        path: shown,
+                        reason: "sled could not read its files".into(),
+                    });
+                }
             }
         };
         let io = |e: sled::Error| OpenError::Io {
@@ -224,7 +248,7 @@ impl SledEventStore {
                 checkpoints,
                 path: config.path,
                 durability: config.durability,
-                writer: Mutex::new(()),
+                writer: Mutex::new(Heads::default()),
                 snapshot_writer: Mutex::new(()),
                 marks,
                 flusher,
@@ -361,11 +385,14 @@ impl SledEventStore {
         events: &[EventData],
     ) -> Result<(AppendResult, bool)> {
         let inner = &*self.inner;
-        let _writer = lock(&inner.writer);
+        let mut heads = lock(&inner.writer);
         if let Some(outcome) = self.check_duplicates(stream, expected, events)? {
             return outcome.map(|result| (result, false));
         }
-        let actual = self.head(stream)?;
+        let actual = match heads.0.get(stream) {
+            Some(&version) => version,
+            None => self.head(stream)?,
+        };
         if !expected.matches(actual) {
             return Err(Error::Conflict {
                 stream: stream.clone(),
@@ -394,6 +421,10 @@ impl SledEventStore {
             inner.marks.blob_pending.store(true, Ordering::Release);
         }
         inner.marks.committed.store(position, Ordering::Release);
+        if heads.0.len() >= HEADS_CACHE {
+            heads.0.clear();
+        }
+        heads.0.insert(stream.clone(), version);
         if inner.flusher.is_none() {
             inner.marks.visible.store(position, Ordering::Release);
         }
@@ -475,7 +506,7 @@ impl SledEventStore {
         let bytes = self.raw_record(position)?.ok_or_else(|| {
             Error::corrupt(location(), format!("log position {position} is missing"))
         })?;
-        decode(&bytes, position, Some((stream, version)))
+        decode(&bytes, position, Some((stream, version)), None)
     }
 
     /// Up to `READ_CHUNK` log records from position `from` to `end`, and where to go on.
@@ -500,7 +531,12 @@ impl SledEventStore {
                 return (out, None);
             };
             next = position.checked_add(1);
-            out.push(decode(&value, position, None));
+            let last = match out.last() {
+                Some(Ok(record)) => Some(&record.stream),
+                _ => None,
+            };
+            let record = decode(&value, position, None, last);
+            out.push(record);
         }
         if out.len() < READ_CHUNK {
             next = None;
@@ -653,7 +689,7 @@ impl EventStore for SledEventStore {
         let bytes = self.raw_record(position)?.ok_or_else(|| {
             Error::corrupt(format!("log position {position}"), "the record is missing")
         })?;
-        decode(&bytes, position, None).map(Some)
+        decode(&bytes, position, None, None).map(Some)
     }
 
     async fn count_events(&self, after: Position) -> Result<u64> {
