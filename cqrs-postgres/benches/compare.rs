@@ -134,8 +134,11 @@ fn schema() -> String {
 }
 
 async fn pool(options: PgConnectOptions, max: u32) -> PgPool {
+    // No ping before each use (sqlx's default costs a round trip per call), for ours and
+    // the raw baselines alike.
     PgPoolOptions::new()
         .max_connections(max)
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .expect("connect")
@@ -184,14 +187,88 @@ fn rate(n: u64, elapsed: Duration) -> f64 {
 
 // ---- a counting proxy, for round trips --------------------------------------------
 
-/// Forwards TCP to the server, counting the client's sends (each is one trip: the
-/// client writes, then waits for the answer).
-async fn proxy(server: SocketAddr, sends: Arc<AtomicU64>) -> SocketAddr {
+/// What the proxy counted in the client's messages.
+#[derive(Default)]
+struct Trips {
+    /// `Sync`s that ended a query (Bind/Execute before them): a query's round trip.
+    queries: AtomicU64,
+    /// `Sync`s alone: the pool's liveness pings (sqlx pings on release, after the caller
+    /// has its answer).
+    pings: AtomicU64,
+}
+
+/// Reads the client's messages, counting round trips (each `Sync` or simple `Query` is
+/// answered by one `ReadyForQuery` the client waits for).
+struct Counter {
+    buf: Vec<u8>,
+    started: bool,
+    executed: bool,
+}
+
+impl Counter {
+    fn feed(&mut self, bytes: &[u8], trips: &Trips) {
+        self.buf.extend_from_slice(bytes);
+        loop {
+            if !self.started {
+                // Untyped start-up messages (SSLRequest, StartupMessage): length first.
+                let Some(len) = self
+                    .buf
+                    .get(..4)
+                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()) as usize)
+                else {
+                    return;
+                };
+                if self.buf.len() < len {
+                    return;
+                }
+                let code = self
+                    .buf
+                    .get(4..8)
+                    .map(|b| u32::from_be_bytes(b.try_into().unwrap()));
+                self.buf.drain(..len);
+                if code == Some(196_608) {
+                    self.started = true; // protocol 3.0 StartupMessage: typed from now on
+                }
+                continue;
+            }
+            let Some(len) = self
+                .buf
+                .get(1..5)
+                .map(|b| u32::from_be_bytes(b.try_into().unwrap()) as usize)
+            else {
+                return;
+            };
+            if self.buf.len() < len + 1 {
+                return;
+            }
+            match self.buf[0] {
+                b'E' => self.executed = true,
+                b'Q' => {
+                    trips.queries.fetch_add(1, Ordering::Relaxed);
+                }
+                b'S' => {
+                    let counter = if self.executed {
+                        &trips.queries
+                    } else {
+                        &trips.pings
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    self.executed = false;
+                }
+                _ => {}
+            }
+            self.buf.drain(..len + 1);
+        }
+    }
+}
+
+/// Forwards TCP to the server, counting the client's round trips.
+async fn proxy(server: SocketAddr, trips: Arc<Trips>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((client, _)) = listener.accept().await {
-            let sends = Arc::clone(&sends);
+            let trips = Arc::clone(&trips);
             tokio::spawn(async move {
                 let Ok(upstream) = TcpStream::connect(server).await else {
                     return;
@@ -199,12 +276,20 @@ async fn proxy(server: SocketAddr, sends: Arc<AtomicU64>) -> SocketAddr {
                 let (mut cr, mut cw) = client.into_split();
                 let (mut ur, mut uw) = upstream.into_split();
                 let up = async {
+                    let mut counter = Counter {
+                        buf: Vec::new(),
+                        started: false,
+                        executed: false,
+                    };
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n) = cr.read(&mut buf).await {
-                        if n == 0 || uw.write_all(&buf[..n]).await.is_err() {
+                        if n == 0 {
                             break;
                         }
-                        sends.fetch_add(1, Ordering::Relaxed);
+                        counter.feed(&buf[..n], &trips);
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
                     }
                 };
                 let down = async {
@@ -324,67 +409,73 @@ async fn sequential_commands(options: &PgConnectOptions, commands: u64) -> (f64,
     (ours, raw)
 }
 
-async fn round_trips(options: &PgConnectOptions) -> (f64, f64, f64) {
+/// Round trips per command and per append: (queries, pings) each.
+async fn round_trips(options: &PgConnectOptions) -> [(f64, f64); 3] {
     let server = tokio::net::lookup_host((options.get_host(), options.get_port()))
         .await
         .unwrap()
         .next()
         .unwrap();
-    let sends = Arc::new(AtomicU64::new(0));
-    let addr = proxy(server, Arc::clone(&sends)).await;
+    let trips = Arc::new(Trips::default());
+    let addr = proxy(server, Arc::clone(&trips)).await;
     let proxied = options
         .clone()
         .host(&addr.ip().to_string())
-        .port(addr.port());
-    let store = store(proxied, 1, true).await;
-    let commands = 200u64;
-    let measure = |policy| {
-        let store = store.clone();
-        let sends = Arc::clone(&sends);
-        async move {
-            let repo = Repository::<Account, _>::new(store, ()).with_snapshots(policy);
-            let id = uuid::Uuid::new_v4().to_string();
-            repo.execute(&id, &AccountCommand::Open).await.unwrap();
-            // Warm up: statements prepared on the connection.
-            for _ in 0..5 {
-                repo.execute(&id, &AccountCommand::Deposit(1))
-                    .await
-                    .unwrap();
-            }
-            let before = sends.load(Ordering::Relaxed);
-            for _ in 0..commands {
-                repo.execute(&id, &AccountCommand::Deposit(1))
-                    .await
-                    .unwrap();
-            }
-            (sends.load(Ordering::Relaxed) - before) as f64 / commands as f64
-        }
-    };
-    let plain = measure(SnapshotPolicy::Never).await;
-    let snapshots = measure(SnapshotPolicy::EveryEvents(1_000_000)).await;
-    let s = StreamId::new("raw", "append").unwrap();
-    store
-        .append(
-            &s,
-            ExpectedVersion::Any,
-            vec![EventData::new("X", b"{}".to_vec())],
+        .port(addr.port())
+        .ssl_mode(sqlx::postgres::PgSslMode::Disable);
+    let store = store(proxied, 1, false).await;
+    let n = 200u64;
+    let snapshot = |trips: &Trips| {
+        (
+            trips.queries.load(Ordering::Relaxed),
+            trips.pings.load(Ordering::Relaxed),
         )
-        .await
-        .unwrap();
-    let before = sends.load(Ordering::Relaxed);
-    for _ in 0..commands {
-        store
-            .append(
-                &s,
-                ExpectedVersion::Any,
-                vec![EventData::new("X", b"{}".to_vec())],
-            )
-            .await
-            .unwrap();
+    };
+    let per = |before: (u64, u64), after: (u64, u64)| {
+        (
+            (after.0 - before.0) as f64 / n as f64,
+            (after.1 - before.1) as f64 / n as f64,
+        )
+    };
+    let mut out = [(0.0, 0.0); 3];
+    for (slot, policy) in [
+        SnapshotPolicy::Never,
+        SnapshotPolicy::EveryEvents(1_000_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let repo = Repository::<Account, _>::new(store.clone(), ()).with_snapshots(policy);
+        let id = uuid::Uuid::new_v4().to_string();
+        repo.execute(&id, &AccountCommand::Open).await.unwrap();
+        // Warm up: statements prepared on the connection.
+        for _ in 0..5 {
+            repo.execute(&id, &AccountCommand::Deposit(1))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = snapshot(&trips);
+        for _ in 0..n {
+            repo.execute(&id, &AccountCommand::Deposit(1))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        out[slot] = per(before, snapshot(&trips));
     }
-    let append = (sends.load(Ordering::Relaxed) - before) as f64 / commands as f64;
+    let s = StreamId::new("raw", "append").unwrap();
+    let one = || vec![EventData::new("X", b"{}".to_vec())];
+    store.append(&s, ExpectedVersion::Any, one()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = snapshot(&trips);
+    for _ in 0..n {
+        store.append(&s, ExpectedVersion::Any, one()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    out[2] = per(before, snapshot(&trips));
     drop_schema(store.pool(), store.schema()).await;
-    (plain, snapshots, append)
+    out
 }
 
 /// Appends `events` deposits over 1,000 accounts, in batches of 1,000 per append.
@@ -411,7 +502,7 @@ async fn fill(store: &PostgresEventStore, events: u64) {
     }
 }
 
-async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64) {
+async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64, f64, f64) {
     let store = store(options.clone(), 2, false).await;
     fill(&store, events).await;
     sqlx::raw_sql(AssertSqlSafe(format!(
@@ -431,6 +522,17 @@ async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64) {
     let ours = rate(read, started.elapsed());
     assert_eq!(runner.projection().events, events);
 
+    // The store's read_all alone, with the same decode (no runner).
+    let started = Instant::now();
+    let mut records = std::pin::pin!(store.read_all(Position::START, None));
+    let mut k = 0u64;
+    while let Some(record) = records.next().await {
+        let record = record.unwrap();
+        let _: AccountEvent = serde_json::from_slice(&record.payload).unwrap();
+        k += 1;
+    }
+    let read_all = rate(k, started.elapsed());
+
     // Raw: the same rows in the same order, streamed, with the same JSON decode.
     let started = Instant::now();
     let mut rows = sqlx::query_as::<_, (i64, Vec<u8>)>(AssertSqlSafe(format!(
@@ -449,8 +551,32 @@ async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64) {
     drop(rows);
     let raw = rate(n, started.elapsed());
     assert_eq!(cents, runner.projection().cents);
+
+    // Raw, fetching the whole envelope as the store does (same columns, same decode).
+    let started = Instant::now();
+    let mut rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT id, transaction_id, event_id, aggregate_type, aggregate_id, version, \
+         event_type, schema_version, recorded_at, payload, metadata::text FROM \"{}\".events \
+         ORDER BY transaction_id, id",
+        store.schema()
+    )))
+    .fetch(store.pool());
+    let mut m = 0u64;
+    while let Some(row) = rows.next().await {
+        let row = row.unwrap();
+        let payload: Vec<u8> = sqlx::Row::get(&row, 9);
+        let _: String = sqlx::Row::get(&row, 3);
+        let _: String = sqlx::Row::get(&row, 4);
+        let _: String = sqlx::Row::get(&row, 6);
+        let metadata: String = sqlx::Row::get(&row, 10);
+        let _: serde_json::Value = serde_json::from_str(&metadata).unwrap();
+        let _: AccountEvent = serde_json::from_slice(&payload).unwrap();
+        m += 1;
+    }
+    drop(rows);
+    let raw_envelope = rate(m, started.elapsed());
     drop_schema(store.pool(), store.schema()).await;
-    (ours, raw)
+    (ours, read_all, raw, raw_envelope)
 }
 
 async fn notify_overhead(options: &PgConnectOptions, tasks: usize, appends: u64) -> (f64, f64) {
@@ -591,14 +717,23 @@ async fn main() {
         "| sequential commands on one aggregate (snapshot every 100) | {ours:.0} cmd/s | raw sequential autocommit INSERT: {raw:.0}/s | {:.2} |",
         ours / raw
     );
-    let (plain, snapshots, append) = round_trips(&options).await;
+    let [plain, snapshots, append] = round_trips(&options).await;
     println!(
-        "| round trips per command | {plain:.2} (no snapshots), {snapshots:.2} (snapshots on) | one append: {append:.2} | |"
+        "| round trips per command (queries + pool pings after release) | {:.2} + {:.2} without snapshots, {:.2} + {:.2} with | one append: {:.2} + {:.2} | |",
+        plain.0, plain.1, snapshots.0, snapshots.1, append.0, append.1
     );
-    let (ours, raw) = rebuild(&options, replay_events).await;
+    let (ours, read_all, raw, raw_envelope) = rebuild(&options, replay_events).await;
     println!(
-        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT + same decode: {raw:.0}/s | {:.2} |",
+        "| read_all alone (no runner), {replay_events} events | {read_all:.0} events/s | raw streamed SELECT id, payload + same decode: {raw:.0}/s | {:.2} |",
+        read_all / raw
+    );
+    println!(
+        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT id, payload + same decode: {raw:.0}/s | {:.2} |",
         ours / raw
+    );
+    println!(
+        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT of the whole envelope + same decode: {raw_envelope:.0}/s | {:.2} |",
+        ours / raw_envelope
     );
     let (on, off) = notify_overhead(&options, 16, if quick { 4_000 } else { 20_000 }).await;
     println!(

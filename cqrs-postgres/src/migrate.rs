@@ -177,10 +177,15 @@ CREATE TABLE {s}.checkpoints (
 -- Outcome 1: version conflict: r_version is the stream's version.
 -- Outcome 2: an event id is used in another stream: r_event_id, r_type, r_id.
 -- p_expected_kind: 0 any, 1 no stream, 2 stream exists, 3 exactly p_expected.
+--
+-- The hot path (new ids, right version) does not look the ids up: the unique index on
+-- event_id refuses a stored one, and the caller then calls again with p_check_ids, which
+-- gives the idempotent result, the conflict or the duplicate-id error. A version
+-- mismatch always checks the ids first: a full re-append succeeds whatever the version.
 CREATE FUNCTION {s}.append_events(
     p_type text, p_id text, p_expected_kind smallint, p_expected bigint,
     p_event_ids uuid[], p_event_types text[], p_schema_versions bigint[],
-    p_payloads bytea[], p_metadata text[], p_notify text)
+    p_payloads bytea[], p_metadata text[], p_notify text, p_check_ids boolean)
 RETURNS TABLE (r_outcome smallint, r_version bigint, r_commit bigint, r_sequence bigint,
                r_event_id uuid, r_type text, r_id text)
 LANGUAGE plpgsql AS $fn$
@@ -188,58 +193,60 @@ DECLARE
     v_n integer := cardinality(p_event_ids);
     v_found integer;
     v_actual bigint;
+    v_matches boolean;
     v_xid bigint;
     v_version bigint;
     v_last bigint;
 BEGIN
-    SELECT count(*) INTO v_found FROM {s}.events e WHERE e.event_id = ANY (p_event_ids);
-    IF v_found > 0 THEN
-        -- The first id of the batch that another stream holds.
-        RETURN QUERY
-            SELECT 2::smallint, NULL::bigint, NULL::bigint, NULL::bigint,
-                   e.event_id, e.aggregate_type, e.aggregate_id
-            FROM unnest(p_event_ids) WITH ORDINALITY AS b(event_id, ord)
-            JOIN {s}.events e ON e.event_id = b.event_id
-            WHERE e.aggregate_type <> p_type OR e.aggregate_id <> p_id
-            ORDER BY b.ord LIMIT 1;
-        IF FOUND THEN
-            RETURN;
-        END IF;
-        -- Every id stored, at consecutive versions in batch order: the original result.
-        IF v_found = v_n AND NOT EXISTS (
-            SELECT 1
-            FROM unnest(p_event_ids) WITH ORDINALITY AS b(event_id, ord)
-            JOIN {s}.events e ON e.event_id = b.event_id
-            JOIN {s}.events f ON f.event_id = p_event_ids[1]
-            WHERE e.version <> f.version + b.ord - 1)
-        THEN
-            RETURN QUERY
-                SELECT 3::smallint, e.version, e.transaction_id, e.id,
-                       NULL::uuid, NULL::text, NULL::text
-                FROM {s}.events e WHERE e.event_id = p_event_ids[v_n];
-            RETURN;
-        END IF;
-        SELECT coalesce(max(e.version), 0) INTO v_actual FROM {s}.events e
-            WHERE e.aggregate_type = p_type AND e.aggregate_id = p_id;
-        RETURN QUERY SELECT 1::smallint, v_actual, NULL::bigint, NULL::bigint,
-                            NULL::uuid, NULL::text, NULL::text;
-        RETURN;
-    END IF;
-
     SELECT coalesce(max(e.version), 0) INTO v_actual FROM {s}.events e
         WHERE e.aggregate_type = p_type AND e.aggregate_id = p_id;
-    IF NOT (p_expected_kind = 0
-            OR (p_expected_kind = 1 AND v_actual = 0)
-            OR (p_expected_kind = 2 AND v_actual > 0)
-            OR (p_expected_kind = 3 AND v_actual = p_expected)) THEN
+    v_matches := p_expected_kind = 0
+        OR (p_expected_kind = 1 AND v_actual = 0)
+        OR (p_expected_kind = 2 AND v_actual > 0)
+        OR (p_expected_kind = 3 AND v_actual = p_expected);
+
+    IF p_check_ids OR NOT v_matches THEN
+        SELECT count(*) INTO v_found FROM {s}.events e WHERE e.event_id = ANY (p_event_ids);
+        IF v_found > 0 THEN
+            -- The first id of the batch that another stream holds.
+            RETURN QUERY
+                SELECT 2::smallint, NULL::bigint, NULL::bigint, NULL::bigint,
+                       e.event_id, e.aggregate_type, e.aggregate_id
+                FROM unnest(p_event_ids) WITH ORDINALITY AS b(event_id, ord)
+                JOIN {s}.events e ON e.event_id = b.event_id
+                WHERE e.aggregate_type <> p_type OR e.aggregate_id <> p_id
+                ORDER BY b.ord LIMIT 1;
+            IF FOUND THEN
+                RETURN;
+            END IF;
+            -- Every id stored, at consecutive versions in batch order: the original result.
+            IF v_found = v_n AND NOT EXISTS (
+                SELECT 1
+                FROM unnest(p_event_ids) WITH ORDINALITY AS b(event_id, ord)
+                JOIN {s}.events e ON e.event_id = b.event_id
+                JOIN {s}.events f ON f.event_id = p_event_ids[1]
+                WHERE e.version <> f.version + b.ord - 1)
+            THEN
+                RETURN QUERY
+                    SELECT 3::smallint, e.version, e.transaction_id, e.id,
+                           NULL::uuid, NULL::text, NULL::text
+                    FROM {s}.events e WHERE e.event_id = p_event_ids[v_n];
+                RETURN;
+            END IF;
+            -- Some ids stored, not all: a conflict whatever the version.
+            v_matches := false;
+        END IF;
+    END IF;
+
+    IF NOT v_matches THEN
         RETURN QUERY SELECT 1::smallint, v_actual, NULL::bigint, NULL::bigint,
                             NULL::uuid, NULL::text, NULL::text;
         RETURN;
     END IF;
 
     -- A concurrent append of the same version or id fails here on a unique index: the
-    -- caller sees a unique violation and tries again (then gets the conflict or the
-    -- idempotent result).
+    -- caller sees a unique violation and calls again with p_check_ids (then gets the
+    -- conflict, the idempotent result or the duplicate-id error).
     v_xid := pg_current_xact_id()::text::bigint;
     WITH inserted AS (
         INSERT INTO {s}.events (transaction_id, event_id, aggregate_type, aggregate_id,

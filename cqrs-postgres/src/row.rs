@@ -69,36 +69,35 @@ pub(crate) fn store_error(error: sqlx::Error) -> Error {
 /// log id when even those are unreadable); a database failure is [`Error::Store`].
 pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
     let id: i64 = row.try_get(0).map_err(store_error)?;
+    // Locations are formatted only when something is wrong: this runs once per row.
     let log_location = || format!("event with log id {id}");
-    let corrupt_at = |location: &dyn Fn() -> String| {
-        let location = location();
-        move |e: sqlx::Error| Error::corrupt(location, e.to_string())
-    };
-    let aggregate_type: String = row.try_get(3).map_err(corrupt_at(&log_location))?;
-    let aggregate_id: String = row.try_get(4).map_err(corrupt_at(&log_location))?;
+    let at_log = |e: sqlx::Error| Error::corrupt(log_location(), e.to_string());
+    let aggregate_type: String = row.try_get(3).map_err(at_log)?;
+    let aggregate_id: String = row.try_get(4).map_err(at_log)?;
     let stream = StreamId::new(&aggregate_type, &aggregate_id)
         .map_err(|e| Error::corrupt(log_location(), e.to_string()))?;
-    let raw_version: i64 = row.try_get(5).map_err(corrupt_at(&log_location))?;
+    let raw_version: i64 = row.try_get(5).map_err(at_log)?;
     let location = || format!("stream {stream} version {raw_version}");
+    let at = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
     let version = stored_u64(raw_version, location, "version")?;
-    let transaction_id: i64 = row.try_get(1).map_err(corrupt_at(&location))?;
+    let transaction_id: i64 = row.try_get(1).map_err(at)?;
     let position = Position::new(
         stored_u64(transaction_id, location, "transaction id")?,
         stored_u64(id, location, "log id")?,
     );
-    let event_id: Uuid = row.try_get(2).map_err(corrupt_at(&location))?;
-    let event_type: String = row.try_get(6).map_err(corrupt_at(&location))?;
-    let schema_version: i64 = row.try_get(7).map_err(corrupt_at(&location))?;
+    let event_id: Uuid = row.try_get(2).map_err(at)?;
+    let event_type: String = row.try_get(6).map_err(at)?;
+    let schema_version: i64 = row.try_get(7).map_err(at)?;
     let schema_version = u32::try_from(schema_version).map_err(|_| {
         Error::corrupt(
             location(),
             format!("schema version {schema_version} out of range"),
         )
     })?;
-    let UnixMicros(micros) = row.try_get(8).map_err(corrupt_at(&location))?;
+    let UnixMicros(micros) = row.try_get(8).map_err(at)?;
     let recorded_at = system_time(micros)
         .ok_or_else(|| Error::corrupt(location(), format!("timestamp {micros} out of range")))?;
-    let payload: Vec<u8> = row.try_get(9).map_err(corrupt_at(&location))?;
+    let payload: Vec<u8> = row.try_get(9).map_err(at)?;
     let Json(metadata): Json<Metadata> = row
         .try_get(10)
         .map_err(|e| Error::corrupt(location(), format!("metadata does not decode: {e}")))?;

@@ -87,7 +87,7 @@ impl Statements {
         Statements {
             append: sql(format!(
                 "SELECT r_outcome, r_version, r_commit, r_sequence, r_event_id, r_type, r_id \
-                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
             )),
             read_stream: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events e \

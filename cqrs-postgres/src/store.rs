@@ -378,7 +378,12 @@ impl PostgresEventStore {
             attempt += 1;
             let mut savepoint = conn.begin().await.map_err(store_error)?;
             match self
-                .call_append(&mut savepoint, &args, self.inner.channel.as_deref())
+                .call_append(
+                    &mut savepoint,
+                    &args,
+                    self.inner.channel.as_deref(),
+                    attempt > 1,
+                )
                 .await
             {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {
@@ -401,6 +406,7 @@ impl PostgresEventStore {
         conn: &mut PgConnection,
         args: &AppendArgs<'_>,
         notify_in_transaction: Option<&str>,
+        check_ids: bool,
     ) -> std::result::Result<Result<Appended>, sqlx::Error> {
         let row = sqlx::query(AssertSqlSafe(self.inner.sql.append.clone()))
             .bind(args.stream.aggregate_type())
@@ -413,6 +419,7 @@ impl PostgresEventStore {
             .bind(&args.payloads)
             .bind(&args.metadata)
             .bind(notify_in_transaction)
+            .bind(check_ids)
             .fetch_one(conn)
             .await?;
         Ok(decode_append(&row, args))
@@ -442,7 +449,7 @@ impl PostgresEventStore {
         loop {
             attempt += 1;
             let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
-            match self.call_append(&mut conn, args, None).await {
+            match self.call_append(&mut conn, args, None, attempt > 1).await {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
                 Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
                     // Whether it committed is unknown; running it again is safe because
@@ -463,7 +470,7 @@ impl PostgresEventStore {
         loop {
             attempt += 1;
             let mut tx = self.inner.pool.begin().await.map_err(store_error)?;
-            let outcome = match self.call_append(&mut tx, args, None).await {
+            let outcome = match self.call_append(&mut tx, args, None, attempt > 1).await {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => continue,
                 Err(e) => return Err(self.append_error(e, args)),
                 Ok(outcome) => outcome?,
