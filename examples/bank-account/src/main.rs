@@ -45,7 +45,7 @@ mod demo;
     about = "The bank-account example of the cqrs framework"
 )]
 struct Cli {
-    /// Where events are stored: sled:<path>, postgres://…, or memory:.
+    /// Where events are stored: `sled:PATH`, `postgres://…` or `memory:`.
     #[arg(
         long,
         env = "BANK_STORE",
