@@ -7,8 +7,8 @@
 //! ```
 //!
 //! `populate DIR N` writes N events to a store in `DIR/store` and the same payloads to a
-//! plain sled tree in `DIR/raw`; `store DIR` replays the store with `read_all` and JSON
-//! decoding; `raw DIR` iterates the plain tree with the same decoding. Each prints
+//! plain sled tree in `DIR/raw`; `store DIR [LIMIT]` replays the store (or its first LIMIT
+//! events) with `read_all` and JSON decoding; `raw DIR` iterates the plain tree with the same decoding. Each prints
 //! events per second. (Run the built binary under `/usr/bin/time -v` rather than `cargo
 //! run`, so that the RSS is the replay's.)
 
@@ -66,7 +66,7 @@ fn open_store(dir: &Path) -> cqrs_sled::SledEventStore {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: replay populate DIR N | store DIR | raw DIR";
+    let usage = "usage: replay populate DIR N | store DIR [LIMIT] | raw DIR";
     let (Some(mode), Some(dir)) = (args.get(1), args.get(2)) else {
         eprintln!("{usage}");
         std::process::exit(2);
@@ -106,7 +106,8 @@ async fn main() {
         "store" => {
             let store = open_store(dir);
             let mut count = 0u64;
-            let mut log = std::pin::pin!(store.read_all(Position::START, None));
+            let limit = args.get(3).and_then(|n| n.parse().ok());
+            let mut log = std::pin::pin!(store.read_all(Position::START, limit));
             while let Some(record) = log.next().await {
                 let record = record.expect("record");
                 let event: AccountEvent = serde_json::from_slice(&record.payload).expect("json");
