@@ -52,6 +52,14 @@ const FORMAT: &[u8] = &[1];
 /// [`count_events`](EventStore::count_events)) only see appends that are durable under
 /// the configured durability, so a projection never gets ahead of what survives a crash.
 ///
+/// # Cancel safety
+/// An append is committed (atomically, all or nothing) before its future first waits;
+/// dropping the future while it waits for the flush leaves the append committed, and
+/// durable after the next flush. Re-append the same event ids to learn the outcome (the
+/// idempotent path returns the original result). Dropping a read stream stops the read.
+///
+/// Dropping the last clone of a store joins its flusher thread (at most one flush).
+///
 /// # Examples
 /// ```
 /// use cqrs_core::{EventData, EventStore, ExpectedVersion, StreamId};
