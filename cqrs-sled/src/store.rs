@@ -60,6 +60,13 @@ const FORMAT: &[u8] = &[1];
 ///
 /// Dropping the last clone of a store joins its flusher thread (at most one flush).
 ///
+/// # Errors after a commit
+/// With a flushing durability, a flush that fails after the batch was committed makes
+/// the append return [`Error::Store`] although the batch is in sled (and may still reach
+/// the disk): the one case where an error does not mean that nothing was written, as for
+/// a lost connection at commit time on a server database. Re-append the same ids to
+/// find out.
+///
 /// # Examples
 /// ```
 /// use cqrs_core::{EventData, EventStore, ExpectedVersion, StreamId};
