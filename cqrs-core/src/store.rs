@@ -111,7 +111,11 @@ pub trait EventStore: Send + Sync {
     ///   repeated within the batch;
     /// - [`Error::Store`](crate::Error::Store) if the backend fails.
     ///
-    /// Nothing is written when an error is returned.
+    /// Nothing is written when any other error is returned. A store failure means the
+    /// outcome is unknown: the batch may have been
+    /// committed before the failure (a lost connection after the commit, a failed flush
+    /// after sled applied the batch). Re-append the same event ids to find out: the
+    /// idempotent append then returns the original result or writes the batch.
     fn append<'a>(
         &'a self,
         stream: &'a StreamId,
