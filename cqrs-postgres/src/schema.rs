@@ -71,6 +71,7 @@ pub(crate) struct Statements {
     pub(crate) count_events: Arc<str>,
     pub(crate) find_event: Arc<str>,
     pub(crate) events_of_transaction: Arc<str>,
+    pub(crate) stream_version: Arc<str>,
     pub(crate) list_streams: Arc<str>,
     pub(crate) stats: Arc<str>,
     pub(crate) load_snapshot: Arc<str>,
@@ -117,6 +118,10 @@ impl Statements {
                 "SELECT {EVENT_COLUMNS} FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version > $3 \
                  AND e.version <= $4 ORDER BY e.version"
+            )),
+            stream_version: sql(format!(
+                "SELECT coalesce(max(version), 0) FROM {s}.events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2"
             )),
             list_streams: sql(format!(
                 "SELECT aggregate_type, aggregate_id, max(version) FROM {s}.events \

@@ -389,7 +389,7 @@ impl PostgresEventStore {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {
                     savepoint.rollback().await.map_err(store_error)?;
                 }
-                Err(e) => return Err(self.append_error(e, &args)),
+                Err(e) => return Err(self.append_error(e, &args).await),
                 Ok(outcome) => {
                     let outcome = outcome?;
                     savepoint.commit().await.map_err(store_error)?;
@@ -426,20 +426,32 @@ impl PostgresEventStore {
     }
 
     /// A driver error from an append that will not be retried.
-    fn append_error(&self, error: sqlx::Error, args: &AppendArgs<'_>) -> Error {
-        if is_unique_violation(&error) {
-            // Only after MAX_APPEND_ATTEMPTS lost races: report the contention as the
-            // conflict it is. The stream's version is unknown here.
-            return Error::Conflict {
-                stream: args.stream.clone(),
-                expected: args.expected,
-                actual: match args.expected {
-                    ExpectedVersion::Exact(v) => v.saturating_add(1),
-                    _ => 0,
-                },
-            };
+    async fn append_error(&self, error: sqlx::Error, args: &AppendArgs<'_>) -> Error {
+        if !is_unique_violation(&error) {
+            return store_error(error);
         }
-        store_error(error)
+        // Only after MAX_APPEND_ATTEMPTS lost races (a stream hammered by `Any` appends):
+        // report the contention as the conflict it is, with the stream's version now.
+        let actual = self
+            .retrying(|| {
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(self.inner.sql.stream_version.clone()))
+                    .bind(args.stream.aggregate_type())
+                    .bind(args.stream.id())
+                    .fetch_one(&self.inner.pool)
+            })
+            .await;
+        match actual {
+            Ok(actual) => match stored_u64(actual, || format!("stream {}", args.stream), "version")
+            {
+                Ok(actual) => Error::Conflict {
+                    stream: args.stream.clone(),
+                    expected: args.expected,
+                    actual,
+                },
+                Err(e) => e,
+            },
+            Err(e) => store_error(e),
+        }
     }
 
     /// The hot path: one statement on a pooled connection, autocommit.
@@ -457,7 +469,7 @@ impl PostgresEventStore {
                     broken += 1;
                     conn.close_on_drop();
                 }
-                Err(e) => return Err(self.append_error(e, args)),
+                Err(e) => return Err(self.append_error(e, args).await),
                 Ok(outcome) => return outcome.map(|o| o.result()),
             }
         }
@@ -472,7 +484,7 @@ impl PostgresEventStore {
             let mut tx = self.inner.pool.begin().await.map_err(store_error)?;
             let outcome = match self.call_append(&mut tx, args, None, attempt > 1).await {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => continue,
-                Err(e) => return Err(self.append_error(e, args)),
+                Err(e) => return Err(self.append_error(e, args).await),
                 Ok(outcome) => outcome?,
             };
             let result = match outcome {
@@ -505,7 +517,7 @@ impl PostgresEventStore {
             match tx.commit().await {
                 Ok(()) => return Ok(result),
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
-                Err(e) => return Err(self.append_error(e, args)),
+                Err(e) => return Err(self.append_error(e, args).await),
             }
         }
     }
@@ -597,9 +609,13 @@ impl PostgresEventStore {
     /// `NOTIFY` task (started with the first append).
     fn notify_appended(&self) {
         self.inner.notifier.notify();
-        if let Some(channel) = &self.inner.channel {
+        // Outside a Tokio runtime (never the case under sqlx's tokio runtime, but no
+        // reason to panic) other nodes' readers poll.
+        if let (Some(channel), Ok(runtime)) =
+            (&self.inner.channel, tokio::runtime::Handle::try_current())
+        {
             self.inner.notify_task.get_or_init(|| {
-                tokio::spawn(listen::notify_loop(
+                runtime.spawn(listen::notify_loop(
                     self.connect_options(),
                     channel.clone(),
                     self.inner.notify_interval,
