@@ -693,6 +693,18 @@ async fn child(options: PgConnectOptions, mode: &str, events: u64) {
         let loaded = repo.load("big").await.unwrap();
         assert_eq!(loaded.version, events);
         println!("{before} {}", peak_rss_kib());
+    } else if mode == "--rss-read-all" {
+        // For profiling the store's read path: read the log five times.
+        fill(&store, events).await;
+        let before = peak_rss_kib();
+        for _ in 0..5 {
+            let mut records = std::pin::pin!(store.read_all(Position::START, None));
+            while let Some(record) = records.next().await {
+                let record = record.unwrap();
+                let _: AccountEvent = serde_json::from_slice(&record.payload).unwrap();
+            }
+        }
+        println!("{before} {}", peak_rss_kib());
     } else {
         fill(&store, events).await;
         let before = peak_rss_kib();
