@@ -590,3 +590,28 @@ async fn of_three_nodes_one_runs_the_projection_and_another_takes_over_when_it_d
     }
     common::drop_schema(&store).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_worker_lock_is_exclusive_across_nodes_and_freed_with_its_holder() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let other = common::same_schema(&store, 1).await;
+    let held = store.try_lock_worker("balances").await.unwrap().unwrap();
+    assert!(other.try_lock_worker("balances").await.unwrap().is_none());
+    // Locks are per projection name and per schema.
+    let unrelated = other.try_lock_worker("another").await.unwrap().unwrap();
+    held.release().await.unwrap();
+    let mut taken = other.try_lock_worker("balances").await.unwrap().unwrap();
+    assert!(taken.is_held().await);
+    // A holder that dies (its connection drops) frees the lock.
+    drop(taken);
+    let again = store
+        .lock_worker("balances", Duration::from_millis(20))
+        .await
+        .unwrap();
+    assert_eq!(again.name(), "balances");
+    again.release().await.unwrap();
+    unrelated.release().await.unwrap();
+    common::drop_schema(&store).await;
+}
