@@ -479,11 +479,16 @@ impl PostgresEventStore {
     /// projection in one transaction.
     async fn append_with_inline(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
         let mut attempt = 0;
+        let mut broken = 0;
         loop {
             attempt += 1;
             let mut tx = self.inner.pool.begin().await.map_err(store_error)?;
             let outcome = match self.call_append(&mut tx, args, None, attempt > 1).await {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => continue,
+                Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
+                    broken += 1;
+                    continue;
+                }
                 Err(e) => return Err(self.append_error(e, args).await),
                 Ok(outcome) => outcome?,
             };
@@ -517,6 +522,12 @@ impl PostgresEventStore {
             match tx.commit().await {
                 Ok(()) => return Ok(result),
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
+                // The commit's outcome is unknown: run it again; if it did commit, the
+                // re-run finds the events and returns the original result (the inline
+                // projections committed with them).
+                Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
+                    broken += 1;
+                }
                 Err(e) => return Err(self.append_error(e, args).await),
             }
         }
