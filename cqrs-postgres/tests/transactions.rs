@@ -33,6 +33,24 @@ async fn read_after(store: &PostgresEventStore, after: Position) -> Vec<Recorded
     store.read_all(after, None).try_collect().await.unwrap()
 }
 
+/// Reads after `after` until `count` events are readable. Another session's transaction
+/// on the same server may hold the horizon back for a while; this test's own open
+/// transactions are over when it is called. The deadline only guards against a hang.
+async fn read_when(
+    store: &PostgresEventStore,
+    after: Position,
+    count: usize,
+) -> Vec<RecordedEvent> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let read = read_after(store, after).await;
+        if read.len() >= count || tokio::time::Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reader_never_passes_a_transaction_that_is_still_open() {
     let _serial = SERIAL.lock().await;
@@ -47,6 +65,8 @@ async fn a_reader_never_passes_a_transaction_that_is_still_open() {
         .append(&early, ExpectedVersion::NoStream, events(1))
         .await
         .unwrap();
+    // Once readable, an event stays readable (the horizon only moves up).
+    assert_eq!(read_when(&store, Position::START, 1).await.len(), 1);
 
     // A begins and appends, but does not commit.
     let mut a = common::connection().await;
@@ -76,7 +96,7 @@ async fn a_reader_never_passes_a_transaction_that_is_still_open() {
 
     // A commits: resuming from the cursor yields A's events then B's, each once.
     a_tx.commit().await.unwrap();
-    let rest = read_after(&store, cursor).await;
+    let rest = read_when(&store, cursor, 3).await;
     let streams: Vec<&StreamId> = rest.iter().map(|e| &e.stream).collect();
     assert_eq!(streams, [&a_stream, &a_stream, &b_stream]);
     assert_eq!(rest[1].position, a_appended.position);
@@ -108,7 +128,7 @@ async fn a_rolled_back_transaction_leaves_no_gap_and_no_event() {
         .unwrap();
     assert!(read_after(&store, Position::START).await.is_empty());
     a_tx.rollback().await.unwrap();
-    let all = read_after(&store, Position::START).await;
+    let all = read_when(&store, Position::START, 1).await;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].position, b.position);
     // The stream A wrote to is still empty and its versions start at 1.
