@@ -301,8 +301,10 @@ pub fn validate_batch(stream: &StreamId, events: &[EventData]) -> Result<()> {
             "empty append to {stream}"
         )));
     }
-    for (i, event) in events.iter().enumerate() {
-        if events[..i].iter().any(|e| e.event_id == event.event_id) {
+    // A set, not pairwise comparisons: batches of thousands of events stay linear.
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    for event in events {
+        if !seen.insert(event.event_id) {
             return Err(crate::Error::invalid_input(format!(
                 "event id {} appears twice in one append to {stream}",
                 event.event_id
