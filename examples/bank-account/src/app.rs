@@ -238,8 +238,9 @@ impl Bank {
     pub fn operations(&self) -> cqrs_cli::Operations<BoxEventStore> {
         let (a, b) = (self.clone(), self.clone());
         cqrs_cli::Operations::new(self.store.clone())
+            // Transfers are short streams (three events at most) loaded without snapshots:
+            // only accounts are worth snapshotting.
             .aggregate(self.accounts.clone())
-            .aggregate(self.transfers.clone())
             .projection(move || a.accounts_runner())
             .projection(move || b.transfer_runner())
     }
@@ -397,6 +398,30 @@ impl Bank {
         };
         self.background.store(false, Ordering::SeqCst);
         result
+    }
+
+    /// On PostgreSQL, takes the worker locks of both projections (for a replay), failing
+    /// if another process (a `bank serve`) runs them; elsewhere there is nothing to lock
+    /// (one process owns a sled database). Dropping the locks releases them.
+    ///
+    /// # Errors
+    /// [`BankError::Rejected`] if another process holds a lock; [`BankError::Store`].
+    pub async fn lock_projections(&self) -> Result<Vec<cqrs_postgres::WorkerLock>, BankError> {
+        let Views::Postgres(pg) = &self.views else {
+            return Ok(Vec::new());
+        };
+        let mut locks = Vec::new();
+        for name in [TRANSFERS, ACCOUNTS] {
+            match pg.try_lock_worker(name).await.map_err(BankError::store)? {
+                Some(lock) => locks.push(lock),
+                None => {
+                    return Err(BankError::Rejected(format!(
+                        "projection {name} is running in another process (bank serve?): stop it first"
+                    )));
+                }
+            }
+        }
+        Ok(locks)
     }
 
     /// Many `bank serve` processes on one database: each projection runs in at most one

@@ -34,6 +34,7 @@ struct Tally {
     commands: AtomicU64,
     rejected: AtomicU64,
     events: AtomicU64,
+    snapshots: AtomicU64,
     deposited: AtomicI64,
     withdrawn: AtomicI64,
 }
@@ -42,6 +43,8 @@ impl Tally {
     fn record(&self, done: &cqrs_core::Executed) {
         self.commands.fetch_add(1, Ordering::Relaxed);
         self.events.fetch_add(done.events as u64, Ordering::Relaxed);
+        self.snapshots
+            .fetch_add(u64::from(done.snapshot_taken), Ordering::Relaxed);
     }
 }
 
@@ -159,7 +162,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
             bar.clone(),
             transfers.clone(),
         );
-        let ghost = format!("demo-{run}-closed-or-missing");
+        let ghost = format!("demo-{run}-missing");
         tasks.push(tokio::spawn(async move {
             let mut rng =
                 Rng(0x9E37_79B9_7F4A_7C15
@@ -201,11 +204,11 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
                         let to = if rng.below(20) == 0 {
                             ghost.clone()
                         } else {
-                            ids[usize::try_from(rng.below(len)).unwrap_or(0)].clone()
+                            // Any other account: an offset of 1..len from the source.
+                            let source = ids.iter().position(|i| i == id).unwrap_or(0);
+                            let offset = 1 + usize::try_from(rng.below(len - 1)).unwrap_or(0);
+                            ids[(source + offset) % ids.len()].clone()
                         };
-                        if to == *id {
-                            continue;
-                        }
                         let amount = cents(&mut rng, 300);
                         let transfer_id = bank
                             .request_transfer(id, &to, amount)
@@ -236,7 +239,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
     bank.sync().await.map_err(fail)?;
     let settle_time = started.elapsed();
 
-    // Rebuild the balances read model from scratch, timed.
+    // Rebuild the accounts read model (balances and history) from scratch, timed.
     let rebuild_started = Instant::now();
     let replayed = bank
         .accounts_runner()
@@ -260,16 +263,21 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         total += from_stream;
     }
     let transfers = transfers.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let (mut completed, mut failed, mut pending) = (0u64, 0u64, 0u64);
+    let (mut completed, mut refused, mut refunded, mut pending) = (0u64, 0u64, 0u64, 0u64);
     for transfer_id in &transfers {
-        match bank
-            .transfer_outcome(*transfer_id)
-            .await
-            .map_err(fail)?
-            .status
-        {
+        let outcome = bank.transfer_outcome(*transfer_id).await.map_err(fail)?;
+        match outcome.status {
             TransferStatus::Completed => completed += 1,
-            TransferStatus::Failed => failed += 1,
+            // Refused at the debit (nothing moved), or refunded after the credit failed.
+            TransferStatus::Failed
+                if outcome
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.starts_with("source")) =>
+            {
+                refused += 1;
+            }
+            TransferStatus::Failed => refunded += 1,
             _ => pending += 1,
         }
     }
@@ -299,8 +307,15 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         "load_seconds": load_time.as_secs_f64(),
         "settle_seconds": settle_time.as_secs_f64(),
         "events_written": events_written,
-        "snapshots_taken": snapshots_taken,
-        "transfers": { "requested": transfers.len(), "completed": completed, "failed_and_refunded": failed, "pending": pending },
+        "snapshots_taken": tally.snapshots.load(Ordering::Relaxed),
+        "streams_with_new_snapshot": snapshots_taken,
+        "transfers": {
+            "requested": transfers.len(),
+            "completed": completed,
+            "refused_at_debit": refused,
+            "refunded": refunded,
+            "pending": pending,
+        },
         "rebuild": { "events": replayed, "seconds": rebuild_time.as_secs_f64() },
         "invariants": {
             "read_model_matches_streams": mismatches.is_empty(),
@@ -320,9 +335,12 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
             load_time.as_secs_f64()
         ));
         t.push_str(&format!("events written   {events_written}\n"));
-        t.push_str(&format!("snapshots taken  {snapshots_taken}\n"));
         t.push_str(&format!(
-            "transfers        {} requested: {completed} completed, {failed} failed and refunded, {pending} pending\n",
+            "snapshots taken  {} by the demo's commands; {snapshots_taken} streams got one\n",
+            tally.snapshots.load(Ordering::Relaxed)
+        ));
+        t.push_str(&format!(
+            "transfers        {} requested: {completed} completed, {refused} refused (no funds), {refunded} refunded (no destination), {pending} pending\n",
             transfers.len()
         ));
         t.push_str(&format!(
@@ -330,7 +348,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
             settle_time.as_secs_f64()
         ));
         t.push_str(&format!(
-            "rebuild          balances read model: {replayed} events in {:.3} s\n",
+            "rebuild          accounts read model (balances, history): {replayed} events in {:.3} s\n",
             rebuild_time.as_secs_f64()
         ));
         t.push_str(&format!(

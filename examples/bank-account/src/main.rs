@@ -202,10 +202,10 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             let document = serde_json::to_value(&outcome).map_err(|e| (3, e.to_string()))?;
             print(json, document, || match &outcome.reason {
                 None => format!(
-                    "transfer {} of {amount} from {from} to {to}: {:?}\n",
-                    outcome.transfer_id, outcome.status
-                )
-                .to_lowercase(),
+                    "transfer {} of {amount} from {from} to {to}: {}\n",
+                    outcome.transfer_id,
+                    outcome.status.as_str()
+                ),
                 Some(reason) => format!("transfer {} failed: {reason}\n", outcome.transfer_id),
             })?;
             match outcome.reason {
@@ -239,16 +239,20 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
         }
         Command::Accounts => {
             let accounts = bank.list_accounts().await.map_err(fail)?;
-            let document = json!({ "accounts": accounts });
+            let rows: Vec<_> = accounts
+                .iter()
+                .map(example_bank_account::http::account_json)
+                .collect();
+            let document = json!({ "accounts": rows });
             print(json, document, || {
                 let mut text = String::new();
                 for a in &accounts {
                     text.push_str(&format!(
-                        "{:<20} {:<20} {:>14} {:?}\n",
+                        "{:<20} {:<20} {:>14} {}\n",
                         a.account,
                         a.owner,
                         format_cents(a.balance_cents),
-                        a.status
+                        a.status.as_str()
                     ));
                 }
                 text.push_str(&format!("{} account(s)\n", accounts.len()));
@@ -272,7 +276,14 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
                 .map_err(fail)
         }
         Command::Ops(command) => {
-            bank.sync().await.map_err(fail)?;
+            // No catch-up first: `stats` and `events` must work when a projection is stuck
+            // (that is when they are needed). A replay must not run beside a live worker
+            // of the same projection in another process.
+            let _locks = if matches!(command, cqrs_cli::OpsCommand::Replay(_)) {
+                bank.lock_projections().await.map_err(fail)?
+            } else {
+                Vec::new()
+            };
             let mut out = std::io::stdout().lock();
             bank.operations()
                 .run(&command, json, &mut out)

@@ -5,6 +5,29 @@ use serde::{Deserialize, Serialize};
 
 use super::{AccountCommand, AccountEvent, Cents, TransferCommand, TransferEvent};
 
+impl AccountStatus {
+    /// The status as it appears in JSON: `unknown`, `open`, `closed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccountStatus::Unknown => "unknown",
+            AccountStatus::Open => "open",
+            AccountStatus::Closed => "closed",
+        }
+    }
+}
+
+impl TransferStatus {
+    /// The status as it appears in JSON: `unknown`, `pending`, `completed`, `failed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferStatus::Unknown => "unknown",
+            TransferStatus::Pending => "pending",
+            TransferStatus::Completed => "completed",
+            TransferStatus::Failed => "failed",
+        }
+    }
+}
+
 /// Where an account is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

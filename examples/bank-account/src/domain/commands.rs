@@ -11,8 +11,22 @@ use uuid::Uuid;
 /// Parsed from `12`, `12.5` or `12.50`; zero, negative amounts, more than two decimals
 /// and anything that is not a number are refused before anything is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
+#[serde(into = "i64", try_from = "i64")]
 pub struct Cents(i64);
+
+impl From<Cents> for i64 {
+    fn from(cents: Cents) -> i64 {
+        cents.0
+    }
+}
+
+impl TryFrom<i64> for Cents {
+    type Error = AmountError;
+
+    fn try_from(cents: i64) -> Result<Self, AmountError> {
+        Cents::new(cents)
+    }
+}
 
 impl Cents {
     /// The largest amount accepted in one operation: 1,000,000,000.00.
