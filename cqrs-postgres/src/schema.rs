@@ -120,8 +120,9 @@ impl Statements {
                  AND e.version <= $4 ORDER BY e.version"
             )),
             stream_version: sql(format!(
-                "SELECT coalesce(max(version), 0) FROM {s}.events \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2"
+                "SELECT coalesce((SELECT version FROM {s}.events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2 \
+                 ORDER BY version DESC LIMIT 1), 0)"
             )),
             list_streams: sql(format!(
                 "SELECT aggregate_type, aggregate_id, max(version) FROM {s}.events \
