@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::{
     AppendResult, EventData, EventStore, ExpectedVersion, LogWatcher, Position, RecordedEvent,
-    Result, SnapshotRecord, StoreStats, StreamId, StreamInfo,
+    Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, StreamItem,
 };
 
 /// The object-safe twin of [`EventStore`], with boxed futures and streams.
@@ -33,6 +33,10 @@ pub trait DynEventStore: Send + Sync + 'static {
         stream: &'a StreamId,
         from_version: u64,
     ) -> BoxStream<'a, Result<RecordedEvent>>;
+    fn dyn_read_stream_from_snapshot<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> BoxStream<'a, Result<StreamItem>>;
     fn dyn_read_all(
         &self,
         after: Position,
@@ -79,6 +83,12 @@ impl<S: EventStore + 'static> DynEventStore for S {
         from_version: u64,
     ) -> BoxStream<'a, Result<RecordedEvent>> {
         Box::pin(self.read_stream(stream, from_version))
+    }
+    fn dyn_read_stream_from_snapshot<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> BoxStream<'a, Result<StreamItem>> {
+        Box::pin(self.read_stream_from_snapshot(stream))
     }
     fn dyn_read_all(
         &self,
@@ -182,6 +192,12 @@ impl EventStore for BoxEventStore {
         from_version: u64,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
         self.0.dyn_read_stream(stream, from_version)
+    }
+    fn read_stream_from_snapshot<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
+        self.0.dyn_read_stream_from_snapshot(stream)
     }
     fn read_all(
         &self,

@@ -33,7 +33,7 @@ pub use repository::{
 };
 pub use runner::{Progress, ProjectionGroup, ProjectionRunner, RunnerConfig};
 pub use store::{
-    AppendResult, EventStore, SnapshotRecord, StoreStats, StreamInfo, validate_batch,
+    AppendResult, EventStore, SnapshotRecord, StoreStats, StreamInfo, StreamItem, validate_batch,
     validate_checkpoint_name,
 };
 pub use stream::{ExpectedVersion, Position, StreamId};

@@ -4,13 +4,13 @@ use std::fmt;
 use std::pin::pin;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use tracing::{Instrument, field};
 use uuid::Uuid;
 
 use crate::{
     Aggregate, Codec, DomainEvent, Error, EventData, EventStore, ExpectedVersion, JsonCodec,
-    Metadata, Position, Result, SnapshotRecord, StreamId,
+    Metadata, Position, RecordedEvent, Result, SnapshotRecord, StreamId, StreamItem,
 };
 
 /// When the command layer takes a snapshot of an aggregate.
@@ -438,32 +438,88 @@ where
             snapshot_ignored: None,
             events_replayed: 0,
         };
-        if self.snapshots != SnapshotPolicy::Never
-            && let Some(snapshot) = self.store.load_snapshot(stream).await?
-        {
-            if snapshot.schema_version != A::SNAPSHOT_VERSION {
-                loaded.snapshot_ignored = Some(format!(
-                    "snapshot schema version {} is not the current {}",
-                    snapshot.schema_version,
-                    A::SNAPSHOT_VERSION
-                ));
-            } else {
-                match self.codec.decode_snapshot::<A>(&snapshot.payload) {
-                    Ok(state) => {
-                        loaded.state = state;
-                        loaded.version = snapshot.version;
-                        loaded.snapshot_version = Some(snapshot.version);
-                    }
-                    Err(e) => {
-                        loaded.snapshot_ignored = Some(format!("snapshot does not decode: {e}"))
-                    }
-                }
-            }
-            if let Some(reason) = &loaded.snapshot_ignored {
-                tracing::warn!(%stream, snapshot_version = snapshot.version, %reason, "ignoring snapshot, replaying the stream");
-            }
+        if self.snapshots == SnapshotPolicy::Never {
+            self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
+                .await?;
+            return Ok(loaded);
         }
-        let mut events = pin!(self.store.read_stream(stream, loaded.version + 1));
+        if let Err(reason) = self.load_from_snapshot(stream, &mut loaded).await? {
+            // The read (and, on a server, its connection) has ended: start over.
+            tracing::warn!(%stream, %reason, "ignoring snapshot, replaying the stream");
+            loaded.snapshot_ignored = Some(reason);
+            self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
+                .await?;
+        }
+        Ok(loaded)
+    }
+
+    /// Loads from the snapshot and the events after it, in one read where the store can.
+    /// `Ok(Err(reason))`: the snapshot is unusable, nothing was applied.
+    async fn load_from_snapshot(
+        &self,
+        stream: &StreamId,
+        loaded: &mut Loaded<A>,
+    ) -> Result<Result<(), String>> {
+        let mut items = pin!(self.store.read_stream_from_snapshot(stream));
+        let first_event = match items.next().await.transpose()? {
+            None => return Ok(Ok(())),
+            Some(StreamItem::Event(event)) => Some(event),
+            Some(StreamItem::Snapshot(snapshot)) => {
+                if let Err(reason) = self.restore(loaded, snapshot) {
+                    return Ok(Err(reason));
+                }
+                None
+            }
+        };
+        let events = futures::stream::iter(first_event.map(Ok)).chain(items.map(|item| {
+            item.and_then(|item| match item {
+                StreamItem::Event(event) => Ok(event),
+                StreamItem::Snapshot(snapshot) => Err(Error::corrupt(
+                    format!("stream {stream}"),
+                    format!(
+                        "the store returned a snapshot (version {}) after events",
+                        snapshot.version
+                    ),
+                )),
+            })
+        }));
+        self.replay(stream, loaded, events).await?;
+        Ok(Ok(()))
+    }
+
+    /// Restores the state from a snapshot, or says why the snapshot cannot be used.
+    fn restore(&self, loaded: &mut Loaded<A>, snapshot: SnapshotRecord) -> Result<(), String> {
+        if snapshot.schema_version != A::SNAPSHOT_VERSION {
+            return Err(format!(
+                "snapshot (version {}) has schema version {}, not the current {}",
+                snapshot.version,
+                snapshot.schema_version,
+                A::SNAPSHOT_VERSION
+            ));
+        }
+        let state = self
+            .codec
+            .decode_snapshot::<A>(&snapshot.payload)
+            .map_err(|e| {
+                format!(
+                    "snapshot (version {}) does not decode: {e}",
+                    snapshot.version
+                )
+            })?;
+        loaded.state = state;
+        loaded.version = snapshot.version;
+        loaded.snapshot_version = Some(snapshot.version);
+        Ok(())
+    }
+
+    /// Applies `events` (the stream's, from `loaded.version + 1` on) to the loaded state.
+    async fn replay(
+        &self,
+        stream: &StreamId,
+        loaded: &mut Loaded<A>,
+        events: impl Stream<Item = Result<RecordedEvent>>,
+    ) -> Result<()> {
+        let mut events = pin!(events);
         while let Some(record) = events.next().await {
             let record = self.codec.upcast(record?)?;
             if record.version != loaded.version + 1 {
@@ -481,7 +537,7 @@ where
             loaded.version = record.version;
             loaded.events_replayed += 1;
         }
-        Ok(loaded)
+        Ok(())
     }
 
     /// Executes `command` on the aggregate with this id (no command id: not idempotent).

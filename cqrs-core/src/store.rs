@@ -30,6 +30,16 @@ pub struct SnapshotRecord {
     pub payload: Vec<u8>,
 }
 
+/// An item of [`EventStore::read_stream_from_snapshot`]: the stream's snapshot, then
+/// its events.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// The stream's latest snapshot; only ever the first item.
+    Snapshot(SnapshotRecord),
+    /// An event of the stream.
+    Event(RecordedEvent),
+}
+
 /// A stream and its current version, as listed by [`EventStore::list_streams`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StreamInfo {
@@ -134,6 +144,36 @@ pub trait EventStore: Send + Sync {
         stream: &'a StreamId,
         from_version: u64,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a;
+
+    /// Reads `stream` for a load: its latest snapshot first, if it has one, then its
+    /// events after the snapshot's version (all of them without a snapshot), in version
+    /// order.
+    ///
+    /// This is what the command layer calls to load an aggregate that takes snapshots.
+    /// The default asks [`load_snapshot`](EventStore::load_snapshot), then
+    /// [`read_stream`](EventStore::read_stream): two reads. Backends where each read is a
+    /// round trip override it with one (PostgreSQL: one query).
+    ///
+    /// # Errors
+    /// As for [`load_snapshot`](EventStore::load_snapshot) and
+    /// [`read_stream`](EventStore::read_stream).
+    fn read_stream_from_snapshot<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
+        futures::stream::once(self.load_snapshot(stream)).flat_map(move |snapshot| match snapshot {
+            Err(e) => futures::stream::iter([Err(e)]).left_stream(),
+            Ok(snapshot) => {
+                let from = snapshot.as_ref().map_or(1, |s| s.version.saturating_add(1));
+                futures::stream::iter(snapshot.map(|s| Ok(StreamItem::Snapshot(s))))
+                    .chain(
+                        self.read_stream(stream, from)
+                            .map(|event| event.map(StreamItem::Event)),
+                    )
+                    .right_stream()
+            }
+        })
+    }
 
     /// Reads the global log: every event of every stream whose position is after `after`,
     /// in one total commit order, at most `limit` of them (`None`: to the current end).
@@ -340,6 +380,12 @@ macro_rules! forward_event_store {
                 from_version: u64,
             ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
                 (**self).read_stream(stream, from_version)
+            }
+            fn read_stream_from_snapshot<'a>(
+                &'a self,
+                stream: &'a StreamId,
+            ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
+                (**self).read_stream_from_snapshot(stream)
             }
             fn read_all(
                 &self,

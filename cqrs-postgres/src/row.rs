@@ -2,7 +2,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use cqrs_core::{Error, Metadata, Position, RecordedEvent, Result, StreamId};
+use cqrs_core::{
+    Error, Metadata, Position, RecordedEvent, Result, SnapshotRecord, StreamId, StreamItem,
+};
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
 use sqlx::types::Json;
@@ -113,6 +115,75 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
         metadata,
     })
 }
+
+/// Decodes a snapshot from three columns of `row` starting at `first`: version, schema
+/// version, payload. A damaged one is [`Error::Corrupt`] naming the stream.
+pub(crate) fn decode_snapshot(
+    row: &PgRow,
+    first: usize,
+    stream: &StreamId,
+) -> Result<SnapshotRecord> {
+    let location = || format!("snapshot of {stream}");
+    let corrupt = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
+    let version: i64 = row.try_get(first).map_err(corrupt)?;
+    let schema_version: i64 = row.try_get(first + 1).map_err(corrupt)?;
+    Ok(SnapshotRecord {
+        version: stored_u64(version, location, "version")?,
+        schema_version: u32::try_from(schema_version).map_err(|_| {
+            Error::corrupt(
+                location(),
+                format!("schema version {schema_version} out of range"),
+            )
+        })?,
+        payload: row.try_get(first + 2).map_err(corrupt)?,
+    })
+}
+
+/// Decodes a row of `Statements::read_from_snapshot`: the snapshot (first row only) and
+/// the event, either of which may be absent.
+pub(crate) fn decode_snapshot_row(
+    row: &PgRow,
+    first: bool,
+    stream: &StreamId,
+) -> [Option<Result<StreamItem>>; 2] {
+    let mut items = [None, None];
+    if first {
+        items[0] = match row.try_get::<Option<i64>, _>(SNAPSHOT_COLUMN) {
+            Ok(None) => None,
+            // The payload rides on the row of the event right after the snapshot.
+            Ok(Some(version)) => Some(match row.try_get::<Option<&[u8]>, _>(SNAPSHOT_COLUMN + 2) {
+                Ok(None) => Err(Error::corrupt(
+                    format!("stream {stream}"),
+                    format!(
+                        "the events after the snapshot at version {version} do not start at \
+                         version {}",
+                        version.saturating_add(1)
+                    ),
+                )),
+                Ok(Some(_)) => {
+                    decode_snapshot(row, SNAPSHOT_COLUMN, stream).map(StreamItem::Snapshot)
+                }
+                Err(e) => Err(Error::corrupt(
+                    format!("snapshot of {stream}"),
+                    e.to_string(),
+                )),
+            }),
+            Err(e) => Some(Err(Error::corrupt(
+                format!("snapshot of {stream}"),
+                e.to_string(),
+            ))),
+        };
+    }
+    match row.try_get::<Option<i64>, _>(0) {
+        Ok(None) => {}
+        Ok(Some(_)) => items[1] = Some(decode_event(row).map(StreamItem::Event)),
+        Err(e) => items[1] = Some(Err(store_error(e))),
+    }
+    items
+}
+
+/// The first snapshot column of a `read_from_snapshot` row (after the event's eleven).
+const SNAPSHOT_COLUMN: usize = 11;
 
 /// Microseconds since the Unix epoch as a `SystemTime`.
 fn system_time(micros: i64) -> Option<SystemTime> {

@@ -65,6 +65,7 @@ const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_typ
 pub(crate) struct Statements {
     pub(crate) append: Arc<str>,
     pub(crate) read_stream: Arc<str>,
+    pub(crate) read_from_snapshot: Arc<str>,
     pub(crate) read_all: Arc<str>,
     pub(crate) horizon: Arc<str>,
     pub(crate) horizon_now: Arc<str>,
@@ -94,6 +95,22 @@ impl Statements {
                 "SELECT {EVENT_COLUMNS} FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version >= $3 \
                  ORDER BY e.version"
+            )),
+            // One round trip for a load: the snapshot row (if any) joined to each event
+            // after it, in one statement (one MVCC snapshot: the two agree). Columns 11
+            // to 13 are the snapshot's version, schema version and payload; the payload
+            // is sent once, on the first row (the event right after the snapshot, or
+            // the only row when no event follows). The outer side is one row, so the
+            // nested loop returns the events in the inner `ORDER BY`.
+            read_from_snapshot: sql(format!(
+                "SELECT ev.*, s.version, s.schema_version, \
+                 CASE WHEN ev.version IS NULL OR ev.version = s.version + 1 \
+                 THEN s.payload END \
+                 FROM (SELECT) AS one \
+                 LEFT JOIN {s}.snapshots s ON s.aggregate_type = $1 AND s.aggregate_id = $2 \
+                 LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                 WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
+                 AND e.version > coalesce(s.version, 0) ORDER BY e.version) ev ON true"
             )),
             // `$3` is a horizon from `horizon`: every transaction below it has ended.
             read_all: sql(format!(

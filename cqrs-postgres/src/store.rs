@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use cqrs_core::{
     AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
-    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, validate_batch,
-    validate_checkpoint_name,
+    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, StreamItem,
+    validate_batch, validate_checkpoint_name,
 };
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
@@ -18,7 +18,10 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::projection::InlineProjection;
-use crate::row::{decode_event, exact_i64, saturating_i64, store_error, stored_u64};
+use crate::row::{
+    decode_event, decode_snapshot, decode_snapshot_row, exact_i64, saturating_i64, store_error,
+    stored_u64,
+};
 use crate::schema::{Schema, Statements};
 use crate::{listen, migrate};
 
@@ -735,6 +738,26 @@ impl EventStore for PostgresEventStore {
         .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
     }
 
+    fn read_stream_from_snapshot<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
+        let mut first = true;
+        self.restarting(move || {
+            sqlx::query(AssertSqlSafe(self.inner.sql.read_from_snapshot.clone()))
+                .bind(stream.aggregate_type())
+                .bind(stream.id())
+                .fetch(&self.inner.pool)
+        })
+        .flat_map(move |row| {
+            let items = match row {
+                Ok(row) => decode_snapshot_row(&row, std::mem::take(&mut first), stream),
+                Err(e) => [Some(Err(store_error(e))), None],
+            };
+            stream::iter(items.into_iter().flatten())
+        })
+    }
+
     fn read_all(
         &self,
         after: Position,
@@ -796,20 +819,7 @@ impl EventStore for PostgresEventStore {
             .await
             .map_err(store_error)?;
         let Some(row) = row else { return Ok(None) };
-        let location = || format!("snapshot of {stream}");
-        let corrupt = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
-        let version: i64 = row.try_get(0).map_err(corrupt)?;
-        let schema_version: i64 = row.try_get(1).map_err(corrupt)?;
-        Ok(Some(SnapshotRecord {
-            version: stored_u64(version, location, "version")?,
-            schema_version: u32::try_from(schema_version).map_err(|_| {
-                Error::corrupt(
-                    location(),
-                    format!("schema version {schema_version} out of range"),
-                )
-            })?,
-            payload: row.try_get(2).map_err(corrupt)?,
-        }))
+        decode_snapshot(&row, 0, stream).map(Some)
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {

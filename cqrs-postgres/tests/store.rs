@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use cqrs_core::{
     Codec, DomainEvent, Error, EventData, EventStore, ExpectedVersion, JsonCodec, Metadata,
-    Position, RecordedEvent, SnapshotRecord, StreamId,
+    Position, RecordedEvent, SnapshotRecord, StreamId, StreamItem,
 };
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe};
@@ -493,6 +493,53 @@ async fn damaged_records_are_typed_errors_naming_stream_and_version() {
             assert!(reason.contains("metadata"), "{reason}");
         }
         other => panic!("expected a corrupt record, got {other:?}"),
+    }
+    common::drop_schema(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_load_with_a_hole_after_the_snapshot_is_a_corrupt_error() {
+    let Some(store) = common::store().await else {
+        return;
+    };
+    let s = stream("account");
+    store
+        .append(&s, ExpectedVersion::NoStream, (1..=5).map(event).collect())
+        .await
+        .unwrap();
+    let snapshot = SnapshotRecord {
+        version: 2,
+        schema_version: 1,
+        payload: b"state".to_vec(),
+    };
+    store.save_snapshot(&s, snapshot.clone()).await.unwrap();
+    let items: Vec<StreamItem> = store
+        .read_stream_from_snapshot(&s)
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        items.len(),
+        4,
+        "the snapshot, then events 3 to 5: {items:?}"
+    );
+    assert_eq!(items[0], StreamItem::Snapshot(snapshot));
+    // The event right after the snapshot deleted behind the store's back.
+    sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM \"{}\".events WHERE version = 3",
+        store.schema()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let items: Vec<_> = futures::StreamExt::collect(store.read_stream_from_snapshot(&s)).await;
+    // The error comes first, so a loader stops before applying anything.
+    match &items[..] {
+        [Err(Error::Corrupt { location, reason }), Ok(_), Ok(_)] => {
+            assert!(location.contains(&s.to_string()), "{location}");
+            assert!(reason.contains("version 3"), "{reason}");
+        }
+        other => panic!("expected a corrupt-record error, then events 4 and 5, got {other:?}"),
     }
     common::drop_schema(&store).await;
 }

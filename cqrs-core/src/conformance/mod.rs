@@ -42,7 +42,7 @@
 //! | 4. global log in commit order | [`read_all_concurrent_writers`], [`count_events_and_find_event`] |
 //! | 5. streaming reads | [`stream_large_in_bounded_memory`] |
 //! | 6. envelope | [`append_and_read_round_trip`] |
-//! | 7. snapshots | [`snapshots_round_trip`], [`stale_or_undecodable_snapshot_replays`] |
+//! | 7. snapshots | [`snapshots_round_trip`], [`read_stream_from_snapshot_yields_snapshot_then_tail`], [`stale_or_undecodable_snapshot_replays`] |
 //! | 8. checkpoints | [`checkpoints_round_trip`] |
 //! | 9. bad data gives errors | [`unknown_event_type_and_bad_payload_are_typed_errors`], [`invalid_event_types_are_refused`] (and the invalid batches of [`idempotent_reappend`]) |
 //! | upcasting, live reads | [`upcasters_apply_on_load_and_read_all`], [`watch_wakes_on_append`] |
@@ -73,7 +73,8 @@ pub use reads::{
     stream_ids_do_not_collide, stream_large_in_bounded_memory, watch_wakes_on_append,
 };
 pub use snapshots::{
-    checkpoints_round_trip, snapshots_round_trip, stale_or_undecodable_snapshot_replays,
+    checkpoints_round_trip, read_stream_from_snapshot_yields_snapshot_then_tail,
+    snapshots_round_trip, stale_or_undecodable_snapshot_replays,
 };
 
 /// Runs the whole [store conformance suite](crate::conformance) against a backend: one
@@ -137,6 +138,7 @@ macro_rules! store_conformance_tests {
             read_all_concurrent_writers,
             stream_large_in_bounded_memory,
             snapshots_round_trip,
+            read_stream_from_snapshot_yields_snapshot_then_tail,
             stale_or_undecodable_snapshot_replays,
             checkpoints_round_trip,
             unknown_event_type_and_bad_payload_are_typed_errors,

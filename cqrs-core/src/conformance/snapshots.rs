@@ -1,12 +1,15 @@
 //! Snapshots (an optimisation only) and projection checkpoints.
 
+use futures::StreamExt;
 use uuid::Uuid;
 
-use super::support::{append_ok, assert_invalid_input, events, fresh_stream, read_all};
+use super::support::{
+    append_ok, assert_invalid_input, events, fresh_stream, read_all, read_stream,
+};
 use super::tally::{Tally, TallyCommand, fresh_tally_id, tally_stream};
 use crate::{
     Aggregate, Codec, EventStore, ExpectedVersion, JsonCodec, Loaded, Position, Repository,
-    SnapshotPolicy, SnapshotRecord, StreamId,
+    SnapshotPolicy, SnapshotRecord, StreamId, StreamItem,
 };
 
 /// **Contract 7 (snapshots), storage.** A stream without a snapshot loads `None`; a
@@ -96,6 +99,83 @@ pub async fn snapshots_round_trip<S: EventStore + Clone + 'static>(store: S) {
         Some(s5_again),
         "[contract 7, snapshots] saving one stream's snapshot leaves another's alone"
     );
+}
+
+/// **Contract 7 (snapshots), load reads.** `read_stream_from_snapshot` of a stream
+/// without events yields nothing; without a snapshot it yields every event, as
+/// `read_stream` does; with a snapshot at version 4 of 6 it yields that snapshot
+/// (unchanged, a 64 KiB payload of every byte value) and then events 5 and 6; with a
+/// snapshot at the head it yields the snapshot alone; another stream's snapshot never
+/// shows.
+pub async fn read_stream_from_snapshot_yields_snapshot_then_tail<
+    S: EventStore + Clone + 'static,
+>(
+    store: S,
+) {
+    let a = fresh_stream("from-snapshot-a");
+    let b = fresh_stream("from-snapshot-b");
+    assert_eq!(
+        read_from_snapshot(&store, &a).await,
+        Vec::new(),
+        "[contract 7, snapshots] a stream without events reads nothing"
+    );
+    append_ok(&store, &a, ExpectedVersion::NoStream, events("fs", 6)).await;
+    append_ok(&store, &b, ExpectedVersion::NoStream, events("fs", 2)).await;
+    let all = read_stream(&store, &a, 1).await;
+    assert_eq!(
+        read_from_snapshot(&store, &a).await,
+        all.iter()
+            .cloned()
+            .map(StreamItem::Event)
+            .collect::<Vec<_>>(),
+        "[contract 7, snapshots] without a snapshot every event is read, as by read_stream"
+    );
+
+    let s4 = SnapshotRecord {
+        version: 4,
+        schema_version: 3,
+        payload: (0..=255u8).cycle().take(64 * 1024).collect(),
+    };
+    save(&store, &a, s4.clone()).await;
+    let mut expected = vec![StreamItem::Snapshot(s4)];
+    expected.extend(all[4..].iter().cloned().map(StreamItem::Event));
+    assert_eq!(
+        read_from_snapshot(&store, &a).await,
+        expected,
+        "[contract 7, snapshots] the snapshot comes first, then the events after it"
+    );
+
+    let s6 = SnapshotRecord {
+        version: 6,
+        schema_version: 3,
+        payload: b"head".to_vec(),
+    };
+    save(&store, &a, s6.clone()).await;
+    assert_eq!(
+        read_from_snapshot(&store, &a).await,
+        vec![StreamItem::Snapshot(s6)],
+        "[contract 7, snapshots] a snapshot at the stream's head is read alone"
+    );
+    assert_eq!(
+        read_from_snapshot(&store, &b).await,
+        read_stream(&store, &b, 1)
+            .await
+            .into_iter()
+            .map(StreamItem::Event)
+            .collect::<Vec<_>>(),
+        "[contract 7, snapshots] another stream's snapshot does not show"
+    );
+}
+
+async fn read_from_snapshot<S: EventStore>(store: &S, stream: &StreamId) -> Vec<StreamItem> {
+    let items: Vec<_> = store.read_stream_from_snapshot(stream).collect().await;
+    items
+        .into_iter()
+        .map(|item| match item {
+            Ok(item) => item,
+            Err(e) => panic!("read_stream_from_snapshot({stream}) must succeed, got {e:?}"),
+        })
+        .collect()
 }
 
 /// **Contract 7 (snapshots), loading.** With the test aggregate and a [`Repository`]
