@@ -7,6 +7,9 @@
 //! cargo bench -p cqrs-compare --bench compare_cqrs_es -- --quick # 2,000 / 1,000
 //! ```
 //!
+//! For diagnosis: `--only concurrent|sequential|round-trips` runs one group of rows, and
+//! `--no-notify` builds our store without its coalesced `NOTIFY`.
+//!
 //! It reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! works in fresh schemas (postgres-es's tables too, named through `with_tables`) that it
 //! drops afterwards. Without a server it prints a skip line and exits 0.
@@ -18,7 +21,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cqrs_core::{DomainEvent, Repository, SnapshotPolicy};
@@ -170,6 +173,9 @@ async fn pool(options: PgConnectOptions, max: u32) -> PgPool {
         .await
         .expect("connect")
 }
+
+/// Whether our stores send `NOTIFY` after appends (`--no-notify` turns it off).
+static NOTIFY: AtomicBool = AtomicBool::new(true);
 
 async fn store(options: PgConnectOptions, max: u32, notify: bool) -> PostgresEventStore {
     let store = PostgresEventStore::builder(pool(options, max).await)
@@ -430,7 +436,8 @@ where
 }
 
 async fn concurrent_ours(options: &PgConnectOptions, tasks: usize, commands: u64) -> f64 {
-    let store = store(options.clone(), u32::try_from(tasks).unwrap(), true).await;
+    let notify = NOTIFY.load(Ordering::Relaxed);
+    let store = store(options.clone(), u32::try_from(tasks).unwrap(), notify).await;
     let repo = Arc::new(Repository::<Account, _>::new(store.clone(), ()));
     for a in 0..ACCOUNTS {
         repo.execute(&format!("acc-{a}"), &AccountCommand::Open)
@@ -545,7 +552,7 @@ where
 }
 
 async fn sequential_ours(options: &PgConnectOptions, commands: u64, window: u64) -> Sequential {
-    let store = store(options.clone(), 2, true).await;
+    let store = store(options.clone(), 2, NOTIFY.load(Ordering::Relaxed)).await;
     let repo = Repository::<Account, _>::new(store.clone(), ())
         .with_snapshots(SnapshotPolicy::EveryEvents(100));
     repo.execute("one", &AccountCommand::Open).await.unwrap();
@@ -714,6 +721,15 @@ async fn main() {
         }
     }
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--no-notify") {
+        NOTIFY.store(false, Ordering::Relaxed);
+    }
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    let want = |group: &str| only.as_deref().is_none_or(|o| o == group);
     let admin = pool(options.clone(), 2).await;
 
     println!(
@@ -727,84 +743,88 @@ async fn main() {
     // Each measurement runs twice per side, in the order ours, cqrs-es, raw, raw,
     // cqrs-es, ours, so drift in the shared machine's load (disk flushes above all) does
     // not favour one side; the rates are averaged.
-    let n = if quick { 2_000 } else { 10_000 };
-    let ours1 = concurrent_ours(&options, 16, n).await;
-    let es1 = concurrent_es(&admin, 16, n).await;
-    let raw1 = concurrent_raw(&options, 16, n).await;
-    let raw2 = concurrent_raw(&options, 16, n).await;
-    let es2 = concurrent_es(&admin, 16, n).await;
-    let ours2 = concurrent_ours(&options, 16, n).await;
-    let (ours, es, raw) = (
-        (ours1 + ours2) / 2.0,
-        (es1 + es2) / 2.0,
-        (raw1 + raw2) / 2.0,
-    );
-    println!(
-        "| 16 tasks, 1,000 accounts, {n} deposit commands, cmd/s | {ours:.0} | {es:.0} | {raw:.0} (single-row INSERT, 16 conns) | {:.2} | {:.2} |",
-        ours / es,
-        ours / raw
-    );
-
-    let (n, window) = if quick { (1_000, 200) } else { (5_000, 500) };
-    let ours1 = sequential_ours(&options, n, window).await;
-    let es1 = sequential_es(&admin, n, window, None).await;
-    let raw1 = sequential_raw(&options, n, window).await;
-    let raw2 = sequential_raw(&options, n, window).await;
-    let es2 = sequential_es(&admin, n, window, None).await;
-    let ours2 = sequential_ours(&options, n, window).await;
-    let (ours, es, raw) = (
-        Sequential::mean(ours1, ours2),
-        Sequential::mean(es1, es2),
-        Sequential::mean(raw1, raw2),
-    );
-    println!(
-        "| {n} sequential commands on one aggregate, cmd/s (ours: snapshot every 100; cqrs-es: default event store) | {:.0} | {:.0} | {:.0} (autocommit INSERT) | {:.2} | {:.2} |",
-        ours.all,
-        es.all,
-        raw.all,
-        ours.all / es.all,
-        ours.all / raw.all
-    );
-    println!(
-        "| the same, first {window} commands | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-        ours.first,
-        es.first,
-        raw.first,
-        ours.first / es.first,
-        ours.first / raw.first
-    );
-    println!(
-        "| the same, last {window} commands | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
-        ours.last,
-        es.last,
-        raw.last,
-        ours.last / es.last,
-        ours.last / raw.last
-    );
-    // cqrs-es's snapshot store (`postgres_snapshot_cqrs`, size 100), against the ours
-    // and raw figures above.
-    let es_snap1 = sequential_es(&admin, n, window, Some(100)).await;
-    let es_snap2 = sequential_es(&admin, n, window, Some(100)).await;
-    let es_snap = Sequential::mean(es_snap1, es_snap2);
-    println!(
-        "| the same, cqrs-es with its snapshot store (size 100) | {:.0} | {:.0} (first {window}: {:.0}, last: {:.0}) | {:.0} | {:.2} | |",
-        ours.all,
-        es_snap.all,
-        es_snap.first,
-        es_snap.last,
-        raw.all,
-        ours.all / es_snap.all
-    );
-
-    let [plain, snap, es, es_ping, es_snap] = round_trips(&options, &admin).await;
-    let show = |p: PerCommand| format!("{:.2} + {:.2}", p.queries, p.pings);
-    println!(
-        "| round trips per command (queries + pool pings) | {} (no snapshots), {} (snapshot every 100) | {} (no ping before use), {} (sqlx default pool), {} (snapshot store) | | | |",
-        show(plain),
-        show(snap),
-        show(es),
-        show(es_ping),
-        show(es_snap)
-    );
+    if want("concurrent") {
+        let n = if quick { 2_000 } else { 10_000 };
+        let ours1 = concurrent_ours(&options, 16, n).await;
+        let es1 = concurrent_es(&admin, 16, n).await;
+        let raw1 = concurrent_raw(&options, 16, n).await;
+        let raw2 = concurrent_raw(&options, 16, n).await;
+        let es2 = concurrent_es(&admin, 16, n).await;
+        let ours2 = concurrent_ours(&options, 16, n).await;
+        let (ours, es, raw) = (
+            (ours1 + ours2) / 2.0,
+            (es1 + es2) / 2.0,
+            (raw1 + raw2) / 2.0,
+        );
+        println!(
+            "| 16 tasks, 1,000 accounts, {n} deposit commands, cmd/s | {ours:.0} | {es:.0} | {raw:.0} (single-row INSERT, 16 conns) | {:.2} | {:.2} |",
+            ours / es,
+            ours / raw
+        );
+    }
+    if want("sequential") {
+        let (n, window) = if quick { (1_000, 200) } else { (5_000, 500) };
+        let ours1 = sequential_ours(&options, n, window).await;
+        let es1 = sequential_es(&admin, n, window, None).await;
+        let raw1 = sequential_raw(&options, n, window).await;
+        let raw2 = sequential_raw(&options, n, window).await;
+        let es2 = sequential_es(&admin, n, window, None).await;
+        let ours2 = sequential_ours(&options, n, window).await;
+        let (ours, es, raw) = (
+            Sequential::mean(ours1, ours2),
+            Sequential::mean(es1, es2),
+            Sequential::mean(raw1, raw2),
+        );
+        println!(
+            "| {n} sequential commands on one aggregate, cmd/s (ours: snapshot every 100; cqrs-es: default event store) | {:.0} | {:.0} | {:.0} (autocommit INSERT) | {:.2} | {:.2} |",
+            ours.all,
+            es.all,
+            raw.all,
+            ours.all / es.all,
+            ours.all / raw.all
+        );
+        println!(
+            "| the same, first {window} commands | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            ours.first,
+            es.first,
+            raw.first,
+            ours.first / es.first,
+            ours.first / raw.first
+        );
+        println!(
+            "| the same, last {window} commands | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            ours.last,
+            es.last,
+            raw.last,
+            ours.last / es.last,
+            ours.last / raw.last
+        );
+        // cqrs-es's snapshot store (`postgres_snapshot_cqrs`, size 100), against the ours
+        // and raw figures above.
+        let es_snap1 = sequential_es(&admin, n, window, Some(100)).await;
+        let es_snap2 = sequential_es(&admin, n, window, Some(100)).await;
+        let es_snap = Sequential::mean(es_snap1, es_snap2);
+        println!(
+            "| the same, cqrs-es with its snapshot store (size 100) | {:.0} | {:.0} (first {window}: {:.0}, last: {:.0}) | {:.0} | {:.2} | |",
+            ours.all,
+            es_snap.all,
+            es_snap.first,
+            es_snap.last,
+            raw.all,
+            ours.all / es_snap.all
+        );
+    }
+    if want("round-trips") {
+        let [plain, snap, es, es_ping, es_snap] = round_trips(&options, &admin).await;
+        let show = |p: PerCommand| format!("{:.2} + {:.2}", p.queries, p.pings);
+        println!(
+            "| round trips per command (queries + pool pings) | {} (no snapshots), {} (snapshot every 100) | {} (no ping before use), {} (sqlx default pool), {} (snapshot store) | | | |",
+            show(plain),
+            show(snap),
+            show(es),
+            show(es_ping),
+            show(es_snap)
+        );
+    }
     admin.close().await;
 }

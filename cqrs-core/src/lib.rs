@@ -3,6 +3,7 @@
 
 mod aggregate;
 mod boxed;
+mod cache;
 mod codec;
 mod error;
 mod event;

@@ -8,6 +8,7 @@ use futures::{Stream, StreamExt};
 use tracing::{Instrument, field};
 use uuid::Uuid;
 
+use crate::cache::StateCache;
 use crate::{
     Aggregate, Codec, DomainEvent, Error, EventData, EventStore, ExpectedVersion, JsonCodec,
     Metadata, Position, RecordedEvent, Result, SnapshotRecord, StreamId, StreamItem,
@@ -301,6 +302,7 @@ pub struct Repository<A: Aggregate, S, C = JsonCodec> {
     snapshots: SnapshotPolicy,
     background_snapshots: bool,
     retry: RetryPolicy,
+    cache: Option<std::sync::Arc<StateCache<A>>>,
 }
 
 impl<A: Aggregate, S: Clone, C: Clone> Clone for Repository<A, S, C> {
@@ -312,6 +314,7 @@ impl<A: Aggregate, S: Clone, C: Clone> Clone for Repository<A, S, C> {
             snapshots: self.snapshots,
             background_snapshots: self.background_snapshots,
             retry: self.retry,
+            cache: self.cache.clone(),
         }
     }
 }
@@ -323,6 +326,7 @@ impl<A: Aggregate, S, C> fmt::Debug for Repository<A, S, C> {
             .field("snapshots", &self.snapshots)
             .field("background_snapshots", &self.background_snapshots)
             .field("retry", &self.retry)
+            .field("cache", &self.cache.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -342,6 +346,7 @@ where
             snapshots: SnapshotPolicy::Never,
             background_snapshots: true,
             retry: RetryPolicy::default(),
+            cache: None,
         }
     }
 }
@@ -361,6 +366,7 @@ where
             snapshots: self.snapshots,
             background_snapshots: self.background_snapshots,
             retry: self.retry,
+            cache: self.cache,
         }
     }
 
@@ -380,6 +386,27 @@ where
     /// Sets the retry policy for conflicts.
     pub fn with_retry(mut self, policy: RetryPolicy) -> Self {
         self.retry = policy;
+        self
+    }
+
+    /// Keeps the states of up to `capacity` recently used aggregates in memory, so a
+    /// command on one of them skips the load: it is one append, one round trip on a
+    /// server store. `0` turns the cache off (the default). Clones of the repository
+    /// share the cache.
+    ///
+    /// Always safe, with other processes writing too: a command on a cached state
+    /// appends with [`ExpectedVersion::Exact`] its version, so if another writer got
+    /// there first the append is a conflict, the entry is dropped, and the command runs
+    /// again on a fresh load (that retry does not count against the
+    /// [`RetryPolicy`]). Only a successful append puts a state back, the one after the
+    /// new events.
+    ///
+    /// The state after a command is then built by applying the events as `handle`
+    /// returned them, not as they decode from the store: events must round-trip through
+    /// the codec (the [test kit](crate::testkit) checks every event it sees).
+    /// [`load`](Self::load) always reads the store.
+    pub fn with_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| std::sync::Arc::new(StateCache::new(capacity)));
         self
     }
 
@@ -619,9 +646,21 @@ where
         let stream = A::stream_id(id)?;
         let metadata = options.event_metadata();
         let mut attempt = 0;
+        // A cached state is used on the first attempt only; a retry loads.
+        let mut cached = self.cache.as_ref().and_then(|cache| cache.take(&stream));
         loop {
             attempt += 1;
-            let loaded = self.load_stream(&stream).await?;
+            let from_cache = cached.is_some();
+            let loaded = match cached.take() {
+                Some((state, version)) => Loaded {
+                    state,
+                    version,
+                    snapshot_version: None,
+                    snapshot_ignored: None,
+                    events_replayed: 0,
+                },
+                None => self.load_stream(&stream).await?,
+            };
             let events = match loaded.state.handle(command, &self.services) {
                 Ok(events) => events,
                 Err(rejection) => {
@@ -630,10 +669,12 @@ where
                     if let Some(done) = self.already_applied(&stream, options, attempt).await? {
                         return Ok(done);
                     }
+                    self.cache_state(&stream, loaded.state, loaded.version);
                     return Err(CommandError::Rejected(rejection));
                 }
             };
             if events.is_empty() {
+                self.cache_state(&stream, loaded.state, loaded.version);
                 return Ok(Executed {
                     stream,
                     version: loaded.version,
@@ -664,6 +705,7 @@ where
                 %stream,
                 %expected,
                 events = count,
+                cached = from_cache,
                 outcome = field::Empty
             );
             let appended = self
@@ -675,15 +717,17 @@ where
                 Ok(result) => {
                     append_span.record("outcome", "ok");
                     let fresh = result.version == loaded.version + count as u64;
-                    let snapshot_taken =
-                        fresh && self.snapshots.due(loaded.version, result.version);
-                    if snapshot_taken {
+                    let snapshot_due = fresh && self.snapshots.due(loaded.version, result.version);
+                    if fresh && (snapshot_due || self.cache.is_some()) {
                         let mut state = loaded.state;
                         for event in events {
                             state.apply(event);
                         }
-                        self.save_snapshot(stream.clone(), state, result.version)
-                            .await;
+                        if snapshot_due {
+                            self.save_snapshot(stream.clone(), &state, result.version)
+                                .await;
+                        }
+                        self.cache_state(&stream, state, result.version);
                     }
                     return Ok(Executed {
                         stream,
@@ -692,13 +736,19 @@ where
                         events: if fresh { count } else { 0 },
                         already_applied: !fresh,
                         attempts: attempt,
-                        snapshot_taken,
+                        snapshot_taken: snapshot_due,
                     });
                 }
                 Err(conflict @ Error::Conflict { .. }) => {
                     append_span.record("outcome", "conflict");
                     if let Some(done) = self.already_applied(&stream, options, attempt).await? {
                         return Ok(done);
+                    }
+                    if from_cache {
+                        // Another writer moved the stream on: load it and try again, as
+                        // if the cache had missed.
+                        attempt -= 1;
+                        continue;
                     }
                     if attempt >= self.retry.max_attempts {
                         return Err(CommandError::Conflict {
@@ -714,6 +764,13 @@ where
                     return Err(other.into());
                 }
             }
+        }
+    }
+
+    /// Puts a state back in the cache, if there is one.
+    fn cache_state(&self, stream: &StreamId, state: A, version: u64) {
+        if let Some(cache) = &self.cache {
+            cache.put(stream.clone(), state, version);
         }
     }
 
@@ -764,8 +821,8 @@ where
             }))
     }
 
-    async fn save_snapshot(&self, stream: StreamId, state: A, version: u64) {
-        let payload = match self.codec.encode_snapshot(&state) {
+    async fn save_snapshot(&self, stream: StreamId, state: &A, version: u64) {
+        let payload = match self.codec.encode_snapshot(state) {
             Ok(payload) => payload,
             Err(e) => {
                 tracing::warn!(%stream, version, error = %e, "snapshot not taken: state does not encode");

@@ -26,6 +26,8 @@ fn open(owner: &str) -> AccountCommand {
 struct InterferingStore {
     inner: InMemoryEventStore,
     conflicts_left: Arc<AtomicU32>,
+    /// Stream reads (loads) so far.
+    reads: Arc<AtomicU32>,
 }
 
 impl InterferingStore {
@@ -33,6 +35,7 @@ impl InterferingStore {
         InterferingStore {
             inner: InMemoryEventStore::new(),
             conflicts_left: Arc::new(AtomicU32::new(conflicts)),
+            reads: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -65,6 +68,7 @@ impl EventStore for InterferingStore {
         stream: &'a StreamId,
         from: u64,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
+        self.reads.fetch_add(1, Ordering::SeqCst);
         self.inner.read_stream(stream, from)
     }
     fn read_all(
@@ -140,9 +144,17 @@ async fn conflicts_beyond_the_policy_are_a_conflict_error_and_write_nothing_of_o
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_commands_on_one_aggregate_all_apply_once() {
+    // Without and with the state cache (whose clones share it).
+    for cache in [0, 4] {
+        concurrent_deposits(cache).await;
+    }
+}
+
+async fn concurrent_deposits(cache: usize) {
     let store = InMemoryEventStore::new();
-    let repo =
-        Repository::<Account, _>::new(store.clone(), ()).with_retry(RetryPolicy::attempts(1_000));
+    let repo = Repository::<Account, _>::new(store.clone(), ())
+        .with_retry(RetryPolicy::attempts(1_000))
+        .with_cache(cache);
     repo.execute("shared", &open("team")).await.unwrap();
     let mut tasks = Vec::new();
     for _ in 0..8 {
@@ -412,4 +424,122 @@ async fn find_applied_tells_whether_a_command_id_left_events() {
             .unwrap(),
         None
     );
+}
+
+#[tokio::test]
+async fn cached_states_give_the_same_outcomes_as_loads() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng::new(seed);
+        let plain = Repository::<Account, _>::new(InMemoryEventStore::new(), ());
+        // A small cache, so states are evicted and loaded again along the way.
+        let capacity = 2 + rng.index(4);
+        let mut cached = Repository::<Account, _>::new(InMemoryEventStore::new(), ())
+            .with_cache(capacity)
+            .with_background_snapshots(false);
+        if seed % 2 == 0 {
+            cached = cached.with_snapshots(SnapshotPolicy::EveryEvents(1 + rng.below(7)));
+        }
+        let accounts = ["a", "b", "c", "d", "e", "f"];
+        for _ in 0..120 {
+            let id = accounts[rng.index(accounts.len())];
+            let command = match rng.below(10) {
+                0 => open("x"),
+                1..=5 => AccountCommand::Deposit(rng.amount(50)),
+                _ => AccountCommand::Withdraw(rng.amount(80)),
+            };
+            let a = plain.execute(id, &command).await;
+            let b = cached.execute(id, &command).await;
+            match (&a, &b) {
+                (Ok(x), Ok(y)) => assert_eq!((x.version, x.events), (y.version, y.events)),
+                (Err(CommandError::Rejected(x)), Err(CommandError::Rejected(y))) => {
+                    assert_eq!(x, y, "seed {seed}")
+                }
+                _ => panic!("seed {seed}: outcomes differ: {a:?} vs {b:?}"),
+            }
+        }
+        for id in accounts {
+            let full = plain.load(id).await.unwrap();
+            let other = cached.load(id).await.unwrap();
+            assert_eq!(
+                (full.state, full.version),
+                (other.state, other.version),
+                "seed {seed}, account {id}"
+            );
+        }
+        let log = |store: &InMemoryEventStore| {
+            let store = store.clone();
+            async move {
+                let records: Vec<RecordedEvent> = store
+                    .read_all(Position::START, None)
+                    .try_collect()
+                    .await
+                    .unwrap();
+                records
+                    .into_iter()
+                    .map(|r| (r.stream, r.version, r.event_type, r.payload))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            log(plain.store()).await,
+            log(cached.store()).await,
+            "seed {seed}: the same events are written"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cache_hit_skips_the_load_and_a_stale_entry_is_reloaded_for_free() {
+    let store = InterferingStore::new(0);
+    let repo = Repository::<Account, _>::new(store.clone(), ())
+        .with_cache(16)
+        .with_retry(RetryPolicy::none());
+    repo.execute("a1", &open("ada")).await.unwrap();
+    for _ in 0..5 {
+        let done = repo
+            .execute("a1", &AccountCommand::Deposit(10))
+            .await
+            .unwrap();
+        assert_eq!(done.attempts, 1);
+    }
+    assert_eq!(
+        store.reads.load(Ordering::SeqCst),
+        1,
+        "only the first command loads the stream"
+    );
+    // A rejection keeps the cached state: still no load.
+    assert!(matches!(
+        repo.execute("a1", &AccountCommand::Withdraw(1_000)).await,
+        Err(CommandError::Rejected(
+            AccountError::InsufficientFunds { .. }
+        ))
+    ));
+    assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+
+    // Another writer appends behind the cache's back: the cached state is stale. The
+    // append conflicts, the stream is loaded, and the command succeeds on its first
+    // counted attempt although the policy allows no retry.
+    store.conflicts_left.store(1, Ordering::SeqCst);
+    let done = repo
+        .execute("a1", &AccountCommand::Deposit(10))
+        .await
+        .unwrap();
+    assert_eq!((done.attempts, done.version), (1, 8));
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(repo.load("a1").await.unwrap().state.balance, 61);
+
+    // A second repository with its own cache, writing to the same streams in turn:
+    // each sees the other's events.
+    let other = Repository::<Account, _>::new(store.clone(), ())
+        .with_cache(16)
+        .with_retry(RetryPolicy::none());
+    for i in 0..10 {
+        let writer = if i % 2 == 0 { &repo } else { &other };
+        writer
+            .execute("a1", &AccountCommand::Deposit(1))
+            .await
+            .unwrap();
+    }
+    let loaded = repo.load("a1").await.unwrap();
+    assert_eq!((loaded.state.balance, loaded.version), (71, 18));
 }

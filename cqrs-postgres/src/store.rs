@@ -38,6 +38,9 @@ const MAX_APPEND_ATTEMPTS: u32 = 64;
 /// - **One round trip per append**: the expected-version check, the idempotency check and
 ///   the insert of the whole batch are one call of a PL/pgSQL function that
 ///   [`migrate`](Self::migrate) installs.
+/// - **One round trip per load**: [`read_stream_from_snapshot`] reads the latest
+///   snapshot and the events after it in one statement, so a command (load + append)
+///   is two round trips with or without snapshots.
 /// - **Gap-safe global log**: each event records its writer's transaction id;
 ///   [`read_all`](EventStore::read_all) reads in `(transaction id, id)` order and only
 ///   below the oldest transaction still running, so a reader never passes an append that
@@ -46,6 +49,8 @@ const MAX_APPEND_ATTEMPTS: u32 = 64;
 ///   with the runner's polling as a fallback.
 ///
 /// Clones share the pool and the notifier.
+///
+/// [`read_stream_from_snapshot`]: EventStore::read_stream_from_snapshot
 ///
 /// # Examples
 /// ```no_run
