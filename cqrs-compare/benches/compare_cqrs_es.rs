@@ -174,6 +174,9 @@ async fn pool(options: PgConnectOptions, max: u32) -> PgPool {
         .expect("connect")
 }
 
+/// The capacity of our state cache in the rows that use it.
+const CACHE: usize = 10_000;
+
 /// Whether our stores send `NOTIFY` after appends (`--no-notify` turns it off).
 static NOTIFY: AtomicBool = AtomicBool::new(true);
 
@@ -435,10 +438,16 @@ where
     rate(commands, started.elapsed())
 }
 
-async fn concurrent_ours(options: &PgConnectOptions, tasks: usize, commands: u64) -> f64 {
+/// Our side; `cache`: the capacity of `Repository::with_cache` (0: no cache).
+async fn concurrent_ours(
+    options: &PgConnectOptions,
+    tasks: usize,
+    commands: u64,
+    cache: usize,
+) -> f64 {
     let notify = NOTIFY.load(Ordering::Relaxed);
     let store = store(options.clone(), u32::try_from(tasks).unwrap(), notify).await;
-    let repo = Arc::new(Repository::<Account, _>::new(store.clone(), ()));
+    let repo = Arc::new(Repository::<Account, _>::new(store.clone(), ()).with_cache(cache));
     for a in 0..ACCOUNTS {
         repo.execute(&format!("acc-{a}"), &AccountCommand::Open)
             .await
@@ -551,10 +560,16 @@ where
     }
 }
 
-async fn sequential_ours(options: &PgConnectOptions, commands: u64, window: u64) -> Sequential {
+async fn sequential_ours(
+    options: &PgConnectOptions,
+    commands: u64,
+    window: u64,
+    cache: usize,
+) -> Sequential {
     let store = store(options.clone(), 2, NOTIFY.load(Ordering::Relaxed)).await;
     let repo = Repository::<Account, _>::new(store.clone(), ())
-        .with_snapshots(SnapshotPolicy::EveryEvents(100));
+        .with_snapshots(SnapshotPolicy::EveryEvents(100))
+        .with_cache(cache);
     repo.execute("one", &AccountCommand::Open).await.unwrap();
     let ours = timed(commands, window, |_| async {
         repo.execute("one", &AccountCommand::Deposit(1))
@@ -644,7 +659,7 @@ where
 /// Round trips per command: ours without and with snapshots, cqrs-es without pings before
 /// use, cqrs-es with sqlx's default pool (as `default_postgress_pool` builds it), cqrs-es's
 /// snapshot store.
-async fn round_trips(options: &PgConnectOptions, admin: &PgPool) -> [PerCommand; 5] {
+async fn round_trips(options: &PgConnectOptions, admin: &PgPool) -> [PerCommand; 6] {
     let server = tokio::net::lookup_host((options.get_host(), options.get_port()))
         .await
         .unwrap()
@@ -664,8 +679,14 @@ async fn round_trips(options: &PgConnectOptions, admin: &PgPool) -> [PerCommand;
 
     let mut out = Vec::new();
     let store = store(proxied, 1, false).await;
-    for policy in [SnapshotPolicy::Never, SnapshotPolicy::EveryEvents(100)] {
-        let repo = Repository::<Account, _>::new(store.clone(), ()).with_snapshots(policy);
+    for (policy, cache) in [
+        (SnapshotPolicy::Never, 0),
+        (SnapshotPolicy::EveryEvents(100), 0),
+        (SnapshotPolicy::EveryEvents(100), CACHE),
+    ] {
+        let repo = Repository::<Account, _>::new(store.clone(), ())
+            .with_snapshots(policy)
+            .with_cache(cache);
         let id = uuid::Uuid::new_v4().to_string();
         repo.execute(&id, &AccountCommand::Open).await.unwrap();
         out.push(
@@ -745,14 +766,17 @@ async fn main() {
     // not favour one side; the rates are averaged.
     if want("concurrent") {
         let n = if quick { 2_000 } else { 10_000 };
-        let ours1 = concurrent_ours(&options, 16, n).await;
+        let ours1 = concurrent_ours(&options, 16, n, 0).await;
+        let cached1 = concurrent_ours(&options, 16, n, CACHE).await;
         let es1 = concurrent_es(&admin, 16, n).await;
         let raw1 = concurrent_raw(&options, 16, n).await;
         let raw2 = concurrent_raw(&options, 16, n).await;
         let es2 = concurrent_es(&admin, 16, n).await;
-        let ours2 = concurrent_ours(&options, 16, n).await;
-        let (ours, es, raw) = (
+        let cached2 = concurrent_ours(&options, 16, n, CACHE).await;
+        let ours2 = concurrent_ours(&options, 16, n, 0).await;
+        let (ours, cached, es, raw) = (
             (ours1 + ours2) / 2.0,
+            (cached1 + cached2) / 2.0,
             (es1 + es2) / 2.0,
             (raw1 + raw2) / 2.0,
         );
@@ -761,17 +785,25 @@ async fn main() {
             ours / es,
             ours / raw
         );
+        println!(
+            "| the same, ours with the state cache (`with_cache({CACHE})`) | {cached:.0} | {es:.0} | {raw:.0} | {:.2} | {:.2} |",
+            cached / es,
+            cached / raw
+        );
     }
     if want("sequential") {
         let (n, window) = if quick { (1_000, 200) } else { (5_000, 500) };
-        let ours1 = sequential_ours(&options, n, window).await;
+        let ours1 = sequential_ours(&options, n, window, 0).await;
+        let cached1 = sequential_ours(&options, n, window, CACHE).await;
         let es1 = sequential_es(&admin, n, window, None).await;
         let raw1 = sequential_raw(&options, n, window).await;
         let raw2 = sequential_raw(&options, n, window).await;
         let es2 = sequential_es(&admin, n, window, None).await;
-        let ours2 = sequential_ours(&options, n, window).await;
-        let (ours, es, raw) = (
+        let cached2 = sequential_ours(&options, n, window, CACHE).await;
+        let ours2 = sequential_ours(&options, n, window, 0).await;
+        let (ours, cached, es, raw) = (
             Sequential::mean(ours1, ours2),
+            Sequential::mean(cached1, cached2),
             Sequential::mean(es1, es2),
             Sequential::mean(raw1, raw2),
         );
@@ -799,6 +831,14 @@ async fn main() {
             ours.last / es.last,
             ours.last / raw.last
         );
+        println!(
+            "| the same, ours with the state cache (`with_cache({CACHE})`) | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+            cached.all,
+            es.all,
+            raw.all,
+            cached.all / es.all,
+            cached.all / raw.all
+        );
         // cqrs-es's snapshot store (`postgres_snapshot_cqrs`, size 100), against the ours
         // and raw figures above.
         let es_snap1 = sequential_es(&admin, n, window, Some(100)).await;
@@ -815,12 +855,13 @@ async fn main() {
         );
     }
     if want("round-trips") {
-        let [plain, snap, es, es_ping, es_snap] = round_trips(&options, &admin).await;
+        let [plain, snap, cached, es, es_ping, es_snap] = round_trips(&options, &admin).await;
         let show = |p: PerCommand| format!("{:.2} + {:.2}", p.queries, p.pings);
         println!(
-            "| round trips per command (queries + pool pings) | {} (no snapshots), {} (snapshot every 100) | {} (no ping before use), {} (sqlx default pool), {} (snapshot store) | | | |",
+            "| round trips per command (queries + pool pings) | {} (no snapshots), {} (snapshot every 100), {} (with the state cache) | {} (no ping before use), {} (sqlx default pool), {} (snapshot store) | | | |",
             show(plain),
             show(snap),
+            show(cached),
             show(es),
             show(es_ping),
             show(es_snap)

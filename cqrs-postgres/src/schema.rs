@@ -64,6 +64,7 @@ const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_typ
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub(crate) append: Arc<str>,
+    pub(crate) append_fast: Arc<str>,
     pub(crate) read_stream: Arc<str>,
     pub(crate) read_from_snapshot: Arc<str>,
     pub(crate) read_all: Arc<str>,
@@ -90,6 +91,31 @@ impl Statements {
             append: sql(format!(
                 "SELECT r_outcome, r_version, r_commit, r_sequence, r_event_id, r_type, r_id \
                  FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+            )),
+            // The hot path of an append in one plain statement (no PL/pgSQL call): the
+            // stream's head, the expected-version check and the insert of the batch.
+            // No row back means the expected version did not match: the caller then
+            // runs `append_events`, which tells a conflict from an idempotent re-append.
+            // A stored id or a lost race is a unique violation, handled as for
+            // `append_events`. Same outcome columns as `append_events` (outcome 0).
+            append_fast: sql(format!(
+                "WITH head AS (SELECT coalesce((SELECT e.version FROM {s}.events e \
+                 WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
+                 ORDER BY e.version DESC LIMIT 1), 0) AS v), \
+                 inserted AS (INSERT INTO {s}.events (transaction_id, event_id, \
+                 aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
+                 metadata) \
+                 SELECT pg_current_xact_id()::text::bigint, b.event_id, $1, $2, head.v + b.ord, \
+                 b.event_type, b.schema_version, b.payload, b.metadata::json \
+                 FROM head, unnest($5::uuid[], $6::text[], $7::bigint[], $8::bytea[], \
+                 $9::text[]) WITH ORDINALITY \
+                 AS b(event_id, event_type, schema_version, payload, metadata, ord) \
+                 WHERE $3::smallint = 0 OR ($3 = 1 AND head.v = 0) \
+                 OR ($3 = 2 AND head.v > 0) OR ($3 = 3 AND head.v = $4::bigint) \
+                 ORDER BY b.ord \
+                 RETURNING id, version, transaction_id) \
+                 SELECT 0::smallint, max(i.version), max(i.transaction_id), max(i.id), \
+                 NULL::uuid, NULL::text, NULL::text FROM inserted i HAVING count(*) > 0"
             )),
             read_stream: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events e \

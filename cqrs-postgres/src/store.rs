@@ -416,6 +416,24 @@ impl PostgresEventStore {
         notify_in_transaction: Option<&str>,
         check_ids: bool,
     ) -> std::result::Result<Result<Appended>, sqlx::Error> {
+        if !check_ids && notify_in_transaction.is_none() {
+            let fast = sqlx::query(AssertSqlSafe(self.inner.sql.append_fast.clone()))
+                .bind(args.stream.aggregate_type())
+                .bind(args.stream.id())
+                .bind(args.expected_kind)
+                .bind(args.expected_version)
+                .bind(&args.ids)
+                .bind(&args.types)
+                .bind(&args.schema_versions)
+                .bind(&args.payloads)
+                .bind(&args.metadata)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(row) = fast {
+                return Ok(decode_append(&row, args));
+            }
+            // The expected version did not match: the function sorts out what happened.
+        }
         let row = sqlx::query(AssertSqlSafe(self.inner.sql.append.clone()))
             .bind(args.stream.aggregate_type())
             .bind(args.stream.id())
