@@ -134,7 +134,9 @@ pub(crate) async fn run(pool: &PgPool, schema: &Schema) -> Result<i64> {
 /// - `metadata` is `json`, not `jsonb`: it keeps the text as written, `\u0000` included,
 ///   so every metadata value round-trips.
 /// - `append_events` does the whole append (idempotency, expected version, insert,
-///   notification) in one call: one round trip per append.
+///   notification) in one call. The store's hot path is a plain statement
+///   (`Statements::append_fast`); the function takes the cases that statement leaves:
+///   a version mismatch, a unique violation, an append inside a caller's transaction.
 fn v1_initial(s: &str) -> String {
     format!(
         r#"

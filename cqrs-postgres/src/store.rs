@@ -35,9 +35,10 @@ const MAX_APPEND_ATTEMPTS: u32 = 64;
 /// A PostgreSQL [`EventStore`]: events, snapshots and checkpoints in tables of one schema,
 /// written through a [`PgPool`].
 ///
-/// - **One round trip per append**: the expected-version check, the idempotency check and
-///   the insert of the whole batch are one call of a PL/pgSQL function that
-///   [`migrate`](Self::migrate) installs.
+/// - **One round trip per append**: the expected-version check and the insert of the
+///   whole batch are one statement; a version mismatch or a stored event id goes on to a
+///   PL/pgSQL function that [`migrate`](Self::migrate) installs, which tells a conflict
+///   from an idempotent re-append.
 /// - **One round trip per load**: [`read_stream_from_snapshot`] reads the latest
 ///   snapshot and the events after it in one statement, so a command (load + append)
 ///   is two round trips with or without snapshots.

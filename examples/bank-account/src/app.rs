@@ -116,6 +116,10 @@ pub struct Bank {
 /// The snapshot policy of accounts: a snapshot every 50 events.
 pub const SNAPSHOT_EVERY: u64 = 50;
 
+/// How many account states the command side keeps in memory
+/// ([`Repository::with_cache`]): a command on a recently used account skips its load.
+pub const ACCOUNT_CACHE: usize = 10_000;
+
 impl Bank {
     /// Opens the bank on the store named by `url`: `sled:<path>`, `postgres://…`, or
     /// `memory:`.
@@ -164,7 +168,8 @@ impl Bank {
         let retry = RetryPolicy::attempts(20);
         let accounts = Repository::<Account, _>::new(store.clone(), ())
             .with_snapshots(SnapshotPolicy::EveryEvents(SNAPSHOT_EVERY))
-            .with_retry(retry);
+            .with_retry(retry)
+            .with_cache(ACCOUNT_CACHE);
         let transfers = Repository::<Transfer, _>::new(store.clone(), ()).with_retry(retry);
         Bank {
             store,
