@@ -294,8 +294,15 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
                         .join(", ")
                 )));
             };
-            if let Some(version) = aggregate.snapshot(stream.id()).await? {
-                taken.push((stream.clone(), version));
+            match aggregate.snapshot(stream.id()).await? {
+                Some(version) => taken.push((stream.clone(), version)),
+                // Only a stream named with `--stream` can be empty (`--all` lists streams
+                // with events): most likely a typo, so say so instead of "0 taken".
+                None => {
+                    return Err(Error::Usage(format!(
+                        "stream {stream} has no events: nothing to snapshot"
+                    )));
+                }
             }
             bar.update(i as u64 + 1, None);
         }

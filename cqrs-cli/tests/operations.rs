@@ -196,6 +196,17 @@ async fn snapshot_one_stream_or_all() {
         run(&f.ops, &["snapshot", "--stream", "no-slash"]).await,
         Err(Error::Usage(_))
     ));
+    // A stream without events (a typo, most likely) is named in a usage error.
+    match run(&f.ops, &["snapshot", "--stream", "counter/nobody"]).await {
+        Err(e @ Error::Usage(_)) => {
+            assert!(
+                e.to_string().contains("counter/nobody has no events"),
+                "{e}"
+            );
+            assert_eq!(e.exit_code(), 2);
+        }
+        other => panic!("expected a usage error, got {other:?}"),
+    }
 }
 
 #[tokio::test]
