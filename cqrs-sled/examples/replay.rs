@@ -9,8 +9,10 @@
 //! `populate DIR N` writes N events to a store in `DIR/store` and the same payloads to a
 //! plain sled tree in `DIR/raw`; `store DIR [LIMIT]` replays the store (or its first LIMIT
 //! events) with `read_all` and JSON decoding; `raw DIR` iterates the plain tree with the same decoding. Each prints
-//! events per second. (Run the built binary under `/usr/bin/time -v` rather than `cargo
-//! run`, so that the RSS is the replay's.)
+//! events per second, and on standard error the resident set after opening the database
+//! and after the replay, to tell sled's open cost from the replay's own. (Run the built
+//! binary under `/usr/bin/time -v` rather than `cargo run`, so that the peak RSS is the
+//! replay's.)
 
 use std::hint::black_box;
 use std::path::Path;
@@ -105,6 +107,7 @@ async fn main() {
         }
         "store" => {
             let store = open_store(dir);
+            eprintln!("resident after open: {} KiB", resident_kib());
             let mut count = 0u64;
             let limit = args.get(3).and_then(|n| n.parse().ok());
             let mut log = std::pin::pin!(store.read_all(Position::START, limit));
@@ -118,6 +121,7 @@ async fn main() {
         }
         "raw" => {
             let raw = raw_db(dir);
+            eprintln!("resident after open: {} KiB", resident_kib());
             let mut count = 0u64;
             for item in raw.iter() {
                 let (_, value) = item.expect("item");
@@ -133,8 +137,20 @@ async fn main() {
         }
     };
     let secs = start.elapsed().as_secs_f64();
+    eprintln!("resident at the end: {} KiB", resident_kib());
     println!(
         "{mode}: {count} events in {secs:.2} s = {:.0} events/s",
         count as f64 / secs
     );
+}
+
+/// The process's resident set now (`VmRSS`), 0 where `/proc` is missing.
+fn resident_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
