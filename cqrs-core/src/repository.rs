@@ -398,8 +398,11 @@ where
     /// appends with [`ExpectedVersion::Exact`] its version, so if another writer got
     /// there first the append is a conflict, the entry is dropped, and the command runs
     /// again on a fresh load (that retry does not count against the
-    /// [`RetryPolicy`]). Only a successful append puts a state back, the one after the
-    /// new events.
+    /// [`RetryPolicy`]). A command that a cached state refuses, or for which it decides
+    /// no events, is decided again on a fresh load in the same way, since nothing is
+    /// appended that could detect staleness: only commands that write events are
+    /// served from the cache. A successful append puts the state after the new events
+    /// back; a refusal on a fresh load puts that state back.
     ///
     /// The state after a command is then built by applying the events as `handle`
     /// returned them, not as they decode from the store: events must round-trip through
@@ -661,7 +664,14 @@ where
                 },
                 None => self.load_stream(&stream).await?,
             };
-            let events = match loaded.state.handle(command, &self.services) {
+            let decided = loaded.state.handle(command, &self.services);
+            if from_cache && !matches!(&decided, Ok(events) if !events.is_empty()) {
+                // A refusal or an empty decision writes nothing, so no expected-version
+                // check would catch a stale cached state: decide again on a fresh load.
+                attempt -= 1;
+                continue;
+            }
+            let events = match decided {
                 Ok(events) => events,
                 Err(rejection) => {
                     // A redelivered command may be refused by the state its first run

@@ -507,14 +507,15 @@ async fn a_cache_hit_skips_the_load_and_a_stale_entry_is_reloaded_for_free() {
         1,
         "only the first command loads the stream"
     );
-    // A rejection keeps the cached state: still no load.
+    // A refusal is never decided on a cached state (nothing appended could tell that it
+    // is stale): it costs a load, whose state is then cached.
     assert!(matches!(
         repo.execute("a1", &AccountCommand::Withdraw(1_000)).await,
         Err(CommandError::Rejected(
             AccountError::InsufficientFunds { .. }
         ))
     ));
-    assert_eq!(store.reads.load(Ordering::SeqCst), 1);
+    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
 
     // Another writer appends behind the cache's back: the cached state is stale. The
     // append conflicts, the stream is loaded, and the command succeeds on its first
@@ -525,7 +526,7 @@ async fn a_cache_hit_skips_the_load_and_a_stale_entry_is_reloaded_for_free() {
         .await
         .unwrap();
     assert_eq!((done.attempts, done.version), (1, 8));
-    assert_eq!(store.reads.load(Ordering::SeqCst), 2);
+    assert_eq!(store.reads.load(Ordering::SeqCst), 3);
     assert_eq!(repo.load("a1").await.unwrap().state.balance, 61);
 
     // A second repository with its own cache, writing to the same streams in turn:
@@ -542,4 +543,21 @@ async fn a_cache_hit_skips_the_load_and_a_stale_entry_is_reloaded_for_free() {
     }
     let loaded = repo.load("a1").await.unwrap();
     assert_eq!((loaded.state.balance, loaded.version), (71, 18));
+
+    // What this guards against (found by the bank's two-server test): another writer
+    // makes possible a command that the cached state would refuse. The refusal must not
+    // be reported.
+    let cached = Repository::<Account, _>::new(store.clone(), ())
+        .with_cache(16)
+        .with_retry(RetryPolicy::none());
+    cached.execute("b1", &open("bob")).await.unwrap();
+    other
+        .execute("b1", &AccountCommand::Deposit(5))
+        .await
+        .unwrap();
+    let done = cached
+        .execute("b1", &AccountCommand::Withdraw(5))
+        .await
+        .expect("the deposit made elsewhere makes the withdrawal possible");
+    assert_eq!((done.attempts, done.version), (1, 3));
 }
