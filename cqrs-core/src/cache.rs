@@ -48,10 +48,17 @@ impl<A> StateCache<A> {
         }
     }
 
-    /// Puts the state of `stream` at `version` in the cache.
+    /// Puts the state of `stream` at `version` in the cache, unless it holds a later one
+    /// (two commands of one process on one aggregate may finish in either order).
     pub(crate) fn put(&self, stream: StreamId, state: A, version: u64) {
         let retired = {
             let mut generations = self.lock();
+            let newer = |map: &HashMap<StreamId, (A, u64)>| {
+                map.get(&stream).is_some_and(|(_, held)| *held > version)
+            };
+            if newer(&generations.young) || newer(&generations.old) {
+                return;
+            }
             generations.old.remove(&stream);
             generations.young.insert(stream, (state, version));
             if generations.young.len() >= self.half {
@@ -103,6 +110,11 @@ mod tests {
         // The latest puts are still there; the earliest are not.
         assert_eq!(cache.take(&stream(999)), Some(("x", 999)));
         assert_eq!(cache.take(&stream(0)), None);
+
+        // An older state never replaces a later one.
+        cache.put(stream(5), "later", 9);
+        cache.put(stream(5), "earlier", 8);
+        assert_eq!(cache.take(&stream(5)), Some(("later", 9)));
     }
 
     #[test]
