@@ -249,6 +249,23 @@ struct AppendArgs<'a> {
 }
 
 impl<'a> AppendArgs<'a> {
+    /// Binds `$1` to `$9`, which the fast statement and `append_events` share.
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.stream.aggregate_type())
+            .bind(self.stream.id())
+            .bind(self.expected_kind)
+            .bind(self.expected_version)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.schema_versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+    }
+
     fn new(
         stream: &'a StreamId,
         expected: ExpectedVersion,
@@ -418,16 +435,10 @@ impl PostgresEventStore {
         check_ids: bool,
     ) -> std::result::Result<Result<Appended>, sqlx::Error> {
         if !check_ids && notify_in_transaction.is_none() {
-            let fast = sqlx::query(AssertSqlSafe(self.inner.sql.append_fast.clone()))
-                .bind(args.stream.aggregate_type())
-                .bind(args.stream.id())
-                .bind(args.expected_kind)
-                .bind(args.expected_version)
-                .bind(&args.ids)
-                .bind(&args.types)
-                .bind(&args.schema_versions)
-                .bind(&args.payloads)
-                .bind(&args.metadata)
+            let fast = args
+                .bind(sqlx::query(AssertSqlSafe(
+                    self.inner.sql.append_fast.clone(),
+                )))
                 .fetch_optional(&mut *conn)
                 .await?;
             if let Some(row) = fast {
@@ -435,16 +446,8 @@ impl PostgresEventStore {
             }
             // The expected version did not match: the function sorts out what happened.
         }
-        let row = sqlx::query(AssertSqlSafe(self.inner.sql.append.clone()))
-            .bind(args.stream.aggregate_type())
-            .bind(args.stream.id())
-            .bind(args.expected_kind)
-            .bind(args.expected_version)
-            .bind(&args.ids)
-            .bind(&args.types)
-            .bind(&args.schema_versions)
-            .bind(&args.payloads)
-            .bind(&args.metadata)
+        let row = args
+            .bind(sqlx::query(AssertSqlSafe(self.inner.sql.append.clone())))
             .bind(notify_in_transaction)
             .bind(check_ids)
             .fetch_one(conn)
