@@ -8,7 +8,7 @@ use cqrs_core::{
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
 use sqlx::types::Json;
-use sqlx::{Decode, Postgres, Row, Type};
+use sqlx::{Decode, Postgres, Row, Type, ValueRef};
 use uuid::Uuid;
 
 /// A `timestamptz` as microseconds since the Unix epoch, decoded from the binary wire
@@ -146,40 +146,43 @@ pub(crate) fn decode_snapshot_row(
     first: bool,
     stream: &StreamId,
 ) -> [Option<Result<StreamItem>>; 2] {
-    let mut items = [None, None];
-    if first {
-        items[0] = match row.try_get::<Option<i64>, _>(SNAPSHOT_COLUMN) {
-            Ok(None) => None,
-            // The payload rides on the row of the event right after the snapshot.
-            Ok(Some(version)) => Some(match row.try_get::<Option<&[u8]>, _>(SNAPSHOT_COLUMN + 2) {
-                Ok(None) => Err(Error::corrupt(
-                    format!("stream {stream}"),
-                    format!(
-                        "the events after the snapshot at version {version} do not start at \
-                         version {}",
-                        version.saturating_add(1)
-                    ),
-                )),
-                Ok(Some(_)) => {
-                    decode_snapshot(row, SNAPSHOT_COLUMN, stream).map(StreamItem::Snapshot)
-                }
-                Err(e) => Err(Error::corrupt(
-                    format!("snapshot of {stream}"),
-                    e.to_string(),
-                )),
-            }),
-            Err(e) => Some(Err(Error::corrupt(
-                format!("snapshot of {stream}"),
-                e.to_string(),
-            ))),
-        };
+    let snapshot = if first {
+        snapshot_of_row(row, stream).transpose()
+    } else {
+        None
+    };
+    let event = match row.try_get::<Option<i64>, _>(0) {
+        Ok(None) => None,
+        Ok(Some(_)) => Some(decode_event(row).map(StreamItem::Event)),
+        Err(e) => Some(Err(store_error(e))),
+    };
+    [snapshot, event]
+}
+
+/// The snapshot columns of a `read_from_snapshot` row, if the stream has a snapshot.
+fn snapshot_of_row(row: &PgRow, stream: &StreamId) -> Result<Option<StreamItem>> {
+    let corrupt = |e: sqlx::Error| Error::corrupt(format!("snapshot of {stream}"), e.to_string());
+    let Some(version) = row
+        .try_get::<Option<i64>, _>(SNAPSHOT_COLUMN)
+        .map_err(corrupt)?
+    else {
+        return Ok(None);
+    };
+    // The payload rides on the row of the event right after the snapshot.
+    if row
+        .try_get_raw(SNAPSHOT_COLUMN + 2)
+        .map_err(corrupt)?
+        .is_null()
+    {
+        return Err(Error::corrupt(
+            format!("stream {stream}"),
+            format!(
+                "the events after the snapshot at version {version} do not start at version {}",
+                version.saturating_add(1)
+            ),
+        ));
     }
-    match row.try_get::<Option<i64>, _>(0) {
-        Ok(None) => {}
-        Ok(Some(_)) => items[1] = Some(decode_event(row).map(StreamItem::Event)),
-        Err(e) => items[1] = Some(Err(store_error(e))),
-    }
-    items
+    decode_snapshot(row, SNAPSHOT_COLUMN, stream).map(|s| Some(StreamItem::Snapshot(s)))
 }
 
 /// The first snapshot column of a `read_from_snapshot` row (after the event's eleven).
