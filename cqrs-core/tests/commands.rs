@@ -20,6 +20,15 @@ fn open(owner: &str) -> AccountCommand {
     }
 }
 
+/// One command of the random runs: mostly deposits and withdrawals, some opens.
+fn random_command(rng: &mut Rng) -> AccountCommand {
+    match rng.below(10) {
+        0 => open("x"),
+        1..=5 => AccountCommand::Deposit(rng.amount(50)),
+        _ => AccountCommand::Withdraw(rng.amount(80)),
+    }
+}
+
 /// A store that lets a "concurrent writer" slip an event into the stream just before
 /// each of the first `conflicts` appends, so the command layer sees real conflicts.
 #[derive(Clone)]
@@ -288,11 +297,7 @@ async fn snapshots_give_the_same_state_as_full_replay() {
         let mut snapshots_taken = 0;
         for _ in 0..80 {
             let id = accounts[rng.index(accounts.len())];
-            let command = match rng.below(10) {
-                0 => open("x"),
-                1..=5 => AccountCommand::Deposit(rng.amount(50)),
-                _ => AccountCommand::Withdraw(rng.amount(80)),
-            };
+            let command = random_command(&mut rng);
             let a = plain.execute(id, &command).await;
             let b = snapped.execute(id, &command).await;
             match (&a, &b) {
@@ -442,11 +447,7 @@ async fn cached_states_give_the_same_outcomes_as_loads() {
         let accounts = ["a", "b", "c", "d", "e", "f"];
         for _ in 0..120 {
             let id = accounts[rng.index(accounts.len())];
-            let command = match rng.below(10) {
-                0 => open("x"),
-                1..=5 => AccountCommand::Deposit(rng.amount(50)),
-                _ => AccountCommand::Withdraw(rng.amount(80)),
-            };
+            let command = random_command(&mut rng);
             let a = plain.execute(id, &command).await;
             let b = cached.execute(id, &command).await;
             match (&a, &b) {
