@@ -19,7 +19,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The stream was not at the version the append expected, or an idempotent re-append
-    /// only partly matched what the stream holds.
+    /// only partly matched what the stream holds, or (PostgreSQL's `append_in` only) the
+    /// stream's last event was written by a transaction that started after the caller's:
+    /// appending then would put the new event before its predecessor in the global log,
+    /// so the caller's transaction must be retried as a new one (`actual` may then equal
+    /// the expected version).
     ///
     /// Handling: reload the aggregate and decide again (the command layer does this for
     /// you, within its retry policy). Maps to HTTP 409.

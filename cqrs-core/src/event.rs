@@ -149,7 +149,7 @@ impl EventData {
     }
 }
 
-/// An event as a store recorded it: the envelope of DESIGN contract 6, payload still
+/// An event as a store recorded it: the envelope of contract 6 on [`EventStore`](crate::EventStore), payload still
 /// serialized.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {

@@ -34,8 +34,8 @@ pub use repository::{
 };
 pub use runner::{Progress, ProjectionGroup, ProjectionRunner, RunnerConfig};
 pub use store::{
-    AppendResult, EventStore, SnapshotRecord, StoreStats, StreamInfo, StreamItem, validate_batch,
-    validate_checkpoint_name,
+    AppendResult, EventStore, SnapshotIgnored, SnapshotRecord, StoreStats, StreamInfo, StreamItem,
+    validate_batch, validate_checkpoint_name,
 };
 pub use stream::{ExpectedVersion, Position, StreamId};
 pub use upcast::{JsonEvent, Upcasters};

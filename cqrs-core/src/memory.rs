@@ -112,6 +112,7 @@ impl State {
             Some(Some(last)) if full_match => Ok(AppendResult {
                 version: last.version,
                 position: last.position,
+                duplicate: true,
             }),
             _ => Err(Error::Conflict {
                 stream: stream.clone(),
@@ -149,6 +150,7 @@ impl EventStore for InMemoryEventStore {
             let mut result = AppendResult {
                 version: actual,
                 position: Position::START,
+                duplicate: false,
             };
             for event in events {
                 let index = state.log.len();
@@ -257,7 +259,10 @@ impl EventStore for InMemoryEventStore {
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
         let mut state = self.lock();
         match state.snapshots.get(stream) {
-            Some(existing) if existing.version > snapshot.version => {}
+            // A later snapshot stays, unless it is ahead of the stream (then it is junk).
+            Some(existing)
+                if existing.version > snapshot.version
+                    && existing.version <= state.version_of(stream) => {}
             _ => {
                 state.snapshots.insert(stream.clone(), snapshot);
             }

@@ -190,10 +190,10 @@ pub struct Executed {
     pub position: Option<Position>,
     /// How many events the command appended.
     pub events: usize,
-    /// The command (same command id) had already been applied; nothing was written.
-    ///
-    /// A duplicate that races with its original can also report `false`; it writes
-    /// nothing either way.
+    /// The command (same command id) had already been applied; nothing was written,
+    /// and `version` and `position` are those of the earlier run. This is also the
+    /// outcome of a duplicate that raced with its original and lost: the store reports
+    /// its append as a duplicate ([`AppendResult::duplicate`](crate::AppendResult)).
     pub already_applied: bool,
     /// How many attempts it took (1 without a conflict).
     pub attempts: u32,
@@ -491,6 +491,7 @@ where
         loaded: &mut Loaded<A>,
     ) -> Result<Result<(), String>> {
         let mut items = pin!(self.store.read_stream_from_snapshot(stream));
+        let mut repair = false;
         let first_event = match items.next().await.transpose()? {
             None => return Ok(Ok(())),
             Some(StreamItem::Event(event)) => Some(event),
@@ -500,20 +501,30 @@ where
                 }
                 None
             }
+            Some(StreamItem::SnapshotIgnored(ignored)) => {
+                // The store skipped it (damaged, or ahead of the stream) and reads the
+                // stream from its start: replay that, then put a true snapshot in its
+                // place, since a snapshot ahead of the stream would look valid once the
+                // stream reached its version.
+                loaded.snapshot_ignored = Some(ignored.to_string());
+                repair = matches!(self.snapshots, SnapshotPolicy::EveryEvents(n) if n > 0);
+                None
+            }
         };
         let events = futures::stream::iter(first_event.map(Ok)).chain(items.map(|item| {
             item.and_then(|item| match item {
                 StreamItem::Event(event) => Ok(event),
-                StreamItem::Snapshot(snapshot) => Err(Error::corrupt(
+                StreamItem::Snapshot(_) | StreamItem::SnapshotIgnored(_) => Err(Error::corrupt(
                     format!("stream {stream}"),
-                    format!(
-                        "the store returned a snapshot (version {}) after events",
-                        snapshot.version
-                    ),
+                    "the store returned a snapshot item after events",
                 )),
             })
         }));
         self.replay(stream, loaded, events).await?;
+        if repair && loaded.version > 0 {
+            self.save_snapshot(stream.clone(), &loaded.state, loaded.version)
+                .await;
+        }
         Ok(Ok(()))
     }
 
@@ -724,11 +735,26 @@ where
                 .instrument(append_span.clone())
                 .await;
             match appended {
+                Ok(result) if result.duplicate => {
+                    // Every event id was already stored: an earlier run of this command
+                    // (same command id) won. Its events are the ones stored, and they may
+                    // differ from this run's decision (a clock, an id generator in the
+                    // services), so nothing of this run is cached or snapshotted.
+                    append_span.record("outcome", "duplicate");
+                    return Ok(Executed {
+                        stream,
+                        version: result.version,
+                        position: Some(result.position),
+                        events: 0,
+                        already_applied: true,
+                        attempts: attempt,
+                        snapshot_taken: false,
+                    });
+                }
                 Ok(result) => {
                     append_span.record("outcome", "ok");
-                    let fresh = result.version == loaded.version + count as u64;
-                    let snapshot_due = fresh && self.snapshots.due(loaded.version, result.version);
-                    if fresh && (snapshot_due || self.cache.is_some()) {
+                    let snapshot_due = self.snapshots.due(loaded.version, result.version);
+                    if snapshot_due || self.cache.is_some() {
                         let mut state = loaded.state;
                         for event in events {
                             state.apply(event);
@@ -743,8 +769,8 @@ where
                         stream,
                         version: result.version,
                         position: Some(result.position),
-                        events: if fresh { count } else { 0 },
-                        already_applied: !fresh,
+                        events: count,
+                        already_applied: false,
                         attempts: attempt,
                         snapshot_taken: snapshot_due,
                     });

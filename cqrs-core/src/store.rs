@@ -15,6 +15,11 @@ pub struct AppendResult {
     pub version: u64,
     /// The global position of the batch's last event.
     pub position: Position,
+    /// `true` when every event id of the batch was already stored in this stream (an
+    /// idempotent re-append): nothing was written, and `version` and `position` are
+    /// those of the original append. The events stored are the original's, which may
+    /// differ from the re-appended ones in everything but their ids.
+    pub duplicate: bool,
 }
 
 /// A stored snapshot of an aggregate's state.
@@ -36,8 +41,44 @@ pub struct SnapshotRecord {
 pub enum StreamItem {
     /// The stream's latest snapshot; only ever the first item.
     Snapshot(SnapshotRecord),
+    /// The stream has a stored snapshot that cannot be used; only ever the first item,
+    /// and the events that follow start at version 1.
+    SnapshotIgnored(SnapshotIgnored),
     /// An event of the stream.
     Event(RecordedEvent),
+}
+
+/// Why a stored snapshot was not used by [`EventStore::read_stream_from_snapshot`].
+///
+/// A snapshot is an optimisation only: an unusable one is skipped (and logged), and the
+/// stream is read from its first event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SnapshotIgnored {
+    /// The stored record is damaged: its fields do not decode as a snapshot record.
+    Damaged {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The snapshot covers a version that the stream does not have (a restored backup
+    /// of the events, a hand edit): using it would start every load past the stream's
+    /// head.
+    AheadOfStream {
+        /// The version the snapshot claims to cover.
+        version: u64,
+    },
+}
+
+impl std::fmt::Display for SnapshotIgnored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotIgnored::Damaged { reason } => write!(f, "damaged snapshot record: {reason}"),
+            SnapshotIgnored::AheadOfStream { version } => write!(
+                f,
+                "snapshot at version {version} is ahead of the stream (it has no event {version})"
+            ),
+        }
+    }
 }
 
 /// A stream and its current version, as listed by [`EventStore::list_streams`].
@@ -145,14 +186,20 @@ pub trait EventStore: Send + Sync {
         from_version: u64,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a;
 
-    /// Reads `stream` for a load: its latest snapshot first, if it has one, then its
-    /// events after the snapshot's version (all of them without a snapshot), in version
-    /// order.
+    /// Reads `stream` for a load: its latest usable snapshot first, if it has one, then
+    /// its events after the snapshot's version (all of them without a snapshot), in
+    /// version order.
+    ///
+    /// A snapshot is usable only if the stream has an event at the snapshot's version. A
+    /// snapshot ahead of the stream, or a damaged snapshot record, is skipped with a
+    /// warning: the first item is then [`StreamItem::SnapshotIgnored`] and the events
+    /// start at version 1.
     ///
     /// This is what the command layer calls to load an aggregate that takes snapshots.
     /// The default asks [`load_snapshot`](EventStore::load_snapshot), then
-    /// [`read_stream`](EventStore::read_stream): two reads. Backends where each read is a
-    /// round trip override it with one (PostgreSQL: one query).
+    /// [`read_stream`](EventStore::read_stream) from the snapshot's version: two reads.
+    /// Backends where each read is a round trip override it with one (PostgreSQL: one
+    /// query).
     ///
     /// # Errors
     /// As for [`load_snapshot`](EventStore::load_snapshot) and
@@ -161,18 +208,41 @@ pub trait EventStore: Send + Sync {
         &'a self,
         stream: &'a StreamId,
     ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
-        futures::stream::once(self.load_snapshot(stream)).flat_map(move |snapshot| match snapshot {
-            Err(e) => futures::stream::iter([Err(e)]).left_stream(),
-            Ok(snapshot) => {
-                let from = snapshot.as_ref().map_or(1, |s| s.version.saturating_add(1));
-                futures::stream::iter(snapshot.map(|s| Ok(StreamItem::Snapshot(s))))
-                    .chain(
-                        self.read_stream(stream, from)
-                            .map(|event| event.map(StreamItem::Event)),
-                    )
-                    .right_stream()
-            }
+        let from_start = move || {
+            self.read_stream(stream, 1)
+                .map(|e| e.map(StreamItem::Event))
+        };
+        futures::stream::once(async move {
+            let snapshot = match self.load_snapshot(stream).await {
+                Err(e) => return futures::stream::iter([Err(e)]).boxed(),
+                Ok(None) => return from_start().boxed(),
+                Ok(Some(snapshot)) => snapshot,
+            };
+            let ignored = if snapshot.version == 0 {
+                SnapshotIgnored::Damaged {
+                    reason: "it covers version 0".to_owned(),
+                }
+            } else {
+                // The event at the snapshot's own version shows it is not ahead.
+                let mut tail = Box::pin(self.read_stream(stream, snapshot.version));
+                match tail.next().await {
+                    Some(Err(e)) => return futures::stream::iter([Err(e)]).boxed(),
+                    Some(Ok(event)) if event.version == snapshot.version => {
+                        return futures::stream::iter([Ok(StreamItem::Snapshot(snapshot))])
+                            .chain(tail.map(|e| e.map(StreamItem::Event)))
+                            .boxed();
+                    }
+                    _ => SnapshotIgnored::AheadOfStream {
+                        version: snapshot.version,
+                    },
+                }
+            };
+            tracing::warn!(%stream, reason = %ignored, "ignoring snapshot");
+            futures::stream::iter([Ok(StreamItem::SnapshotIgnored(ignored))])
+                .chain(from_start())
+                .boxed()
         })
+        .flatten()
     }
 
     /// Reads the global log: every event of every stream whose position is after `after`,
@@ -219,7 +289,9 @@ pub trait EventStore: Send + Sync {
     ) -> impl Future<Output = Result<Option<SnapshotRecord>>> + Send + 'a;
 
     /// Saves a snapshot of `stream`, unless the store already holds one of a higher
-    /// version (then this is a no-op). Only the latest snapshot per stream is kept.
+    /// version that the stream has reached (then this is a no-op: a slow save never
+    /// replaces a later one). A stored snapshot ahead of the stream's head is always
+    /// replaced. Only the latest snapshot per stream is kept.
     ///
     /// # Errors
     /// [`Error::Store`](crate::Error::Store) if the backend fails.

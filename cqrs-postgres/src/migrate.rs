@@ -197,14 +197,17 @@ DECLARE
     v_actual bigint;
     v_matches boolean;
     v_xid bigint;
+    v_head_xid bigint;
     v_version bigint;
     v_last bigint;
 BEGIN
     -- The stream's head by a backward index scan: O(log n) whatever the table's
     -- statistics say (a plain max() was planned as a scan of the whole stream).
-    v_actual := coalesce((SELECT e.version FROM {s}.events e
+    SELECT e.version, e.transaction_id INTO v_actual, v_head_xid FROM {s}.events e
         WHERE e.aggregate_type = p_type AND e.aggregate_id = p_id
-        ORDER BY e.version DESC LIMIT 1), 0);
+        ORDER BY e.version DESC LIMIT 1;
+    v_actual := coalesce(v_actual, 0);
+    v_head_xid := coalesce(v_head_xid, 0);
     v_matches := p_expected_kind = 0
         OR (p_expected_kind = 1 AND v_actual = 0)
         OR (p_expected_kind = 2 AND v_actual > 0)
@@ -249,10 +252,21 @@ BEGIN
         RETURN;
     END IF;
 
+    -- The log is read in (transaction_id, id) order: an event of this transaction must
+    -- not sort before the stream's last event. That happens only when this transaction
+    -- took its id before the head's writer did and appends after it committed (an
+    -- append_in inside an older transaction). Refuse it as a conflict: the caller's
+    -- retry runs in a new transaction, with a newer id. ADR 0009.
+    v_xid := pg_current_xact_id()::text::bigint;
+    IF v_head_xid > v_xid THEN
+        RETURN QUERY SELECT 1::smallint, v_actual, NULL::bigint, NULL::bigint,
+                            NULL::uuid, NULL::text, NULL::text;
+        RETURN;
+    END IF;
+
     -- A concurrent append of the same version or id fails here on a unique index: the
     -- caller sees a unique violation and calls again with p_check_ids (then gets the
     -- conflict, the idempotent result or the duplicate-id error).
-    v_xid := pg_current_xact_id()::text::bigint;
     WITH inserted AS (
         INSERT INTO {s}.events (transaction_id, event_id, aggregate_type, aggregate_id,
                                 version, event_type, schema_version, payload, metadata)

@@ -3,7 +3,7 @@
 use std::time::{Duration, SystemTime};
 
 use cqrs_core::{
-    Error, Metadata, Position, RecordedEvent, Result, SnapshotRecord, StreamId, StreamItem,
+    Error, Metadata, Position, RecordedEvent, Result, SnapshotIgnored, SnapshotRecord, StreamId,
 };
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
@@ -139,50 +139,67 @@ pub(crate) fn decode_snapshot(
     })
 }
 
-/// Decodes a row of `Statements::read_from_snapshot`: the snapshot (first row only) and
-/// the event, either of which may be absent.
-pub(crate) fn decode_snapshot_row(
-    row: &PgRow,
-    first: bool,
-    stream: &StreamId,
-) -> [Option<Result<StreamItem>>; 2] {
-    let snapshot = if first {
-        snapshot_of_row(row, stream).transpose()
-    } else {
-        None
-    };
-    let event = match row.try_get::<Option<i64>, _>(0) {
-        Ok(None) => None,
-        Ok(Some(_)) => Some(decode_event(row).map(StreamItem::Event)),
-        Err(e) => Some(Err(store_error(e))),
-    };
-    [snapshot, event]
+/// What the first row of `Statements::read_from_snapshot` says about the snapshot.
+pub(crate) enum SnapshotRow {
+    /// The stream has no snapshot: the row's event (if any) is version 1.
+    None,
+    /// A usable snapshot: the row's event is the one at its version, not to be applied.
+    Usable(SnapshotRecord),
+    /// A snapshot that must not be used; the stream is to be read from version 1.
+    Ignored(SnapshotIgnored),
 }
 
-/// The snapshot columns of a `read_from_snapshot` row, if the stream has a snapshot.
-fn snapshot_of_row(row: &PgRow, stream: &StreamId) -> Result<Option<StreamItem>> {
-    let corrupt = |e: sqlx::Error| Error::corrupt(format!("snapshot of {stream}"), e.to_string());
-    let Some(version) = row
-        .try_get::<Option<i64>, _>(SNAPSHOT_COLUMN)
-        .map_err(corrupt)?
-    else {
-        return Ok(None);
-    };
-    // The payload rides on the row of the event right after the snapshot.
-    if row
-        .try_get_raw(SNAPSHOT_COLUMN + 2)
-        .map_err(corrupt)?
-        .is_null()
-    {
-        return Err(Error::corrupt(
-            format!("stream {stream}"),
-            format!(
-                "the events after the snapshot at version {version} do not start at version {}",
-                version.saturating_add(1)
-            ),
-        ));
+/// Reads the snapshot columns of the first `read_from_snapshot` row.
+pub(crate) fn snapshot_of_row(row: &PgRow, stream: &StreamId) -> Result<SnapshotRow> {
+    let absent = row
+        .try_get_raw(SNAPSHOT_COLUMN)
+        .map_err(store_error)?
+        .is_null();
+    if absent {
+        return Ok(SnapshotRow::None);
     }
-    decode_snapshot(row, SNAPSHOT_COLUMN, stream).map(|s| Some(StreamItem::Snapshot(s)))
+    let damaged = |reason: String| Ok(SnapshotRow::Ignored(SnapshotIgnored::Damaged { reason }));
+    let version = match row.try_get::<i64, _>(SNAPSHOT_COLUMN) {
+        Ok(v) => match u64::try_from(v) {
+            Ok(v) if v > 0 => v,
+            _ => return damaged(format!("it covers version {v}")),
+        },
+        Err(e) => return damaged(e.to_string()),
+    };
+    let schema_version = match row.try_get::<i64, _>(SNAPSHOT_COLUMN + 1) {
+        Ok(v) => match u32::try_from(v) {
+            Ok(v) => v,
+            Err(_) => return damaged(format!("schema version {v} out of range")),
+        },
+        Err(e) => return damaged(e.to_string()),
+    };
+    // The payload rides on the row of the event at the snapshot's version: without that
+    // event the snapshot is ahead of the stream.
+    if event_version(row)? != Some(version) {
+        return Ok(SnapshotRow::Ignored(SnapshotIgnored::AheadOfStream {
+            version,
+        }));
+    }
+    match row.try_get::<Vec<u8>, _>(SNAPSHOT_COLUMN + 2) {
+        Ok(payload) => Ok(SnapshotRow::Usable(SnapshotRecord {
+            version,
+            schema_version,
+            payload,
+        })),
+        Err(e) => {
+            tracing::debug!(%stream, "snapshot payload does not decode");
+            damaged(e.to_string())
+        }
+    }
+}
+
+/// The version of a `read_from_snapshot` row's event (`None`: the row has no event).
+pub(crate) fn event_version(row: &PgRow) -> Result<Option<u64>> {
+    match row.try_get::<Option<i64>, _>(5) {
+        Ok(None) => Ok(None),
+        Ok(Some(v)) => Ok(u64::try_from(v).ok()),
+        Err(e) => Err(store_error(e)),
+    }
 }
 
 /// The first snapshot column of a `read_from_snapshot` row (after the event's eleven).

@@ -98,10 +98,18 @@ impl Statements {
             // runs `append_events`, which tells a conflict from an idempotent re-append.
             // A stored id or a lost race is a unique violation, handled as for
             // `append_events`. Same outcome columns as `append_events` (outcome 0).
+            //
+            // The stream's last event must come from a transaction no newer than this one:
+            // an event of this transaction then sorts after it in the log's
+            // `(transaction_id, id)` order. Only an append inside an older, still open
+            // transaction (`append_in`) can fail that; `append_events` reports it as a
+            // conflict.
             append_fast: sql(format!(
-                "WITH head AS (SELECT coalesce((SELECT e.version FROM {s}.events e \
+                "WITH head AS (SELECT coalesce(h.version, 0) AS v, \
+                 coalesce(h.transaction_id, 0) AS tx FROM (SELECT) AS one \
+                 LEFT JOIN LATERAL (SELECT e.version, e.transaction_id FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
-                 ORDER BY e.version DESC LIMIT 1), 0) AS v), \
+                 ORDER BY e.version DESC LIMIT 1) h ON true), \
                  inserted AS (INSERT INTO {s}.events (transaction_id, event_id, \
                  aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
                  metadata) \
@@ -110,8 +118,9 @@ impl Statements {
                  FROM head, unnest($5::uuid[], $6::text[], $7::bigint[], $8::bytea[], \
                  $9::text[]) WITH ORDINALITY \
                  AS b(event_id, event_type, schema_version, payload, metadata, ord) \
-                 WHERE $3::smallint = 0 OR ($3 = 1 AND head.v = 0) \
-                 OR ($3 = 2 AND head.v > 0) OR ($3 = 3 AND head.v = $4::bigint) \
+                 WHERE ($3::smallint = 0 OR ($3 = 1 AND head.v = 0) \
+                 OR ($3 = 2 AND head.v > 0) OR ($3 = 3 AND head.v = $4::bigint)) \
+                 AND head.tx <= pg_current_xact_id()::text::bigint \
                  ORDER BY b.ord \
                  RETURNING id, version, transaction_id) \
                  SELECT 0::smallint, max(i.version), max(i.transaction_id), max(i.id), \
@@ -123,20 +132,21 @@ impl Statements {
                  ORDER BY e.version"
             )),
             // One round trip for a load: the snapshot row (if any) joined to each event
-            // after it, in one statement (one MVCC snapshot: the two agree). Columns 11
+            // from the snapshot's version on, in one statement (one MVCC snapshot: the
+            // two agree). The event at the snapshot's own version comes first and shows
+            // that the snapshot is not ahead of the stream; it is not applied. Columns 11
             // to 13 are the snapshot's version, schema version and payload; the payload
-            // is sent once, on the first row (the event right after the snapshot, or
-            // the only row when no event follows). The outer side is one row, so the
-            // nested loop returns the events in the inner `ORDER BY`.
+            // is sent once, on the first row, and only when that row is the event at the
+            // snapshot's version. The outer side is one row, so the nested loop returns
+            // the events in the inner `ORDER BY`.
             read_from_snapshot: sql(format!(
                 "SELECT ev.*, s.version, s.schema_version, \
-                 CASE WHEN ev.version IS NULL OR ev.version = s.version + 1 \
-                 THEN s.payload END \
+                 CASE WHEN ev.version = s.version THEN s.payload END \
                  FROM (SELECT) AS one \
                  LEFT JOIN {s}.snapshots s ON s.aggregate_type = $1 AND s.aggregate_id = $2 \
                  LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
-                 AND e.version > coalesce(s.version, 0) ORDER BY e.version) ev ON true"
+                 AND e.version >= coalesce(s.version, 1) ORDER BY e.version) ev ON true"
             )),
             // `$3` is a horizon from `horizon`: every transaction below it has ended.
             read_all: sql(format!(
@@ -187,7 +197,8 @@ impl Statements {
                  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
                  SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
                  payload = EXCLUDED.payload, taken_at = now() \
-                 WHERE t.version <= EXCLUDED.version"
+                 WHERE t.version <= EXCLUDED.version OR NOT EXISTS (SELECT 1 FROM {s}.events e \
+                 WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version = t.version)"
             )),
             load_checkpoint: sql(format!(
                 "SELECT commit_id, sequence FROM {s}.checkpoints WHERE name = $1"

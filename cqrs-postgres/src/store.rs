@@ -19,8 +19,8 @@ use uuid::Uuid;
 
 use crate::projection::InlineProjection;
 use crate::row::{
-    decode_event, decode_snapshot, decode_snapshot_row, exact_i64, saturating_i64, store_error,
-    stored_u64,
+    SnapshotRow, decode_event, decode_snapshot, event_version, exact_i64, saturating_i64,
+    snapshot_of_row, store_error, stored_u64,
 };
 use crate::schema::{Schema, Statements};
 use crate::{listen, migrate};
@@ -695,7 +695,7 @@ fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<Appended> {
         let v: i64 = row.try_get(1).map_err(store_error)?;
         stored_u64(v, location, "version")
     };
-    let result = |row: &PgRow| -> Result<AppendResult> {
+    let result = |row: &PgRow, duplicate: bool| -> Result<AppendResult> {
         let commit: i64 = row.try_get(2).map_err(store_error)?;
         let sequence: i64 = row.try_get(3).map_err(store_error)?;
         Ok(AppendResult {
@@ -704,11 +704,12 @@ fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<Appended> {
                 stored_u64(commit, location, "transaction id")?,
                 stored_u64(sequence, location, "log id")?,
             ),
+            duplicate,
         })
     };
     match outcome {
-        0 => Ok(Appended::Written(result(row)?)),
-        3 => Ok(Appended::AlreadyThere(result(row)?)),
+        0 => Ok(Appended::Written(result(row, false)?)),
+        3 => Ok(Appended::AlreadyThere(result(row, true)?)),
         1 => Err(Error::Conflict {
             stream: args.stream.clone(),
             expected: args.expected,
@@ -769,20 +770,73 @@ impl EventStore for PostgresEventStore {
         &'a self,
         stream: &'a StreamId,
     ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
-        let mut first = true;
-        self.restarting(move || {
+        let rows = self.restarting(move || {
             sqlx::query(AssertSqlSafe(self.inner.sql.read_from_snapshot.clone()))
                 .bind(stream.aggregate_type())
                 .bind(stream.id())
                 .fetch(&self.inner.pool)
-        })
-        .flat_map(move |row| {
-            let items = match row {
-                Ok(row) => decode_snapshot_row(&row, std::mem::take(&mut first), stream),
-                Err(e) => [Some(Err(store_error(e))), None],
+        });
+        let events = |rows: BoxStream<'a, std::result::Result<PgRow, sqlx::Error>>| {
+            rows.map(|row| {
+                row.map_err(store_error)
+                    .and_then(|row| decode_event(&row))
+                    .map(StreamItem::Event)
+            })
+        };
+        stream::once(async move {
+            let mut rows = rows.boxed();
+            let first = match rows.next().await {
+                None => return stream::empty().boxed(),
+                Some(Err(e)) => return stream::iter([Err(store_error(e))]).boxed(),
+                Some(Ok(row)) => row,
             };
-            stream::iter(items.into_iter().flatten())
+            let snapshot = match snapshot_of_row(&first, stream) {
+                Ok(snapshot) => snapshot,
+                Err(e) => return stream::iter([Err(e)]).boxed(),
+            };
+            match snapshot {
+                SnapshotRow::None => {
+                    let head = match event_version(&first) {
+                        Ok(None) => None,
+                        Ok(Some(_)) => Some(decode_event(&first).map(StreamItem::Event)),
+                        Err(e) => Some(Err(e)),
+                    };
+                    stream::iter(head).chain(events(rows)).boxed()
+                }
+                SnapshotRow::Usable(snapshot) => {
+                    // The tail must go on right after the snapshot's version.
+                    let next = snapshot.version.saturating_add(1);
+                    let mut tail = events(rows).peekable();
+                    let hole = match std::pin::Pin::new(&mut tail).peek().await {
+                        Some(Ok(StreamItem::Event(e))) if e.version != next => Some(e.version),
+                        _ => None,
+                    };
+                    let head = match hole {
+                        None => Ok(StreamItem::Snapshot(snapshot)),
+                        Some(found) => Err(Error::corrupt(
+                            format!("stream {stream}"),
+                            format!(
+                                "the events after the snapshot at version {} do not start at \
+                                 version {next} (found {found})",
+                                snapshot.version
+                            ),
+                        )),
+                    };
+                    stream::iter([head]).chain(tail).boxed()
+                }
+                SnapshotRow::Ignored(ignored) => {
+                    drop(rows);
+                    tracing::warn!(%stream, reason = %ignored, "ignoring snapshot");
+                    stream::iter([Ok(StreamItem::SnapshotIgnored(ignored))])
+                        .chain(
+                            self.read_stream(stream, 1)
+                                .map(|e| e.map(StreamItem::Event)),
+                        )
+                        .boxed()
+                }
+            }
         })
+        .flatten()
     }
 
     fn read_all(
@@ -846,7 +900,15 @@ impl EventStore for PostgresEventStore {
             .await
             .map_err(store_error)?;
         let Some(row) = row else { return Ok(None) };
-        decode_snapshot(&row, 0, stream).map(Some)
+        match decode_snapshot(&row, 0, stream) {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            // A snapshot is only an optimisation: a damaged one is ignored, not fatal.
+            Err(Error::Corrupt { reason, .. }) => {
+                tracing::warn!(%stream, %reason, "ignoring a damaged snapshot record");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {

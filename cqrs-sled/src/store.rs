@@ -305,6 +305,21 @@ impl SledEventStore {
         &self.inner.checkpoints
     }
 
+    /// Stores `bytes` as the snapshot record of `stream`, as they are, for tests of
+    /// damaged records (a real snapshot record is the version, the schema version and the
+    /// payload; fewer than 12 bytes cannot be one).
+    ///
+    /// # Errors
+    /// [`Error::Store`] if sled fails.
+    #[cfg(feature = "fault-injection")]
+    pub fn put_raw_snapshot(&self, stream: &StreamId, bytes: &[u8]) -> Result<()> {
+        self.inner
+            .snapshots
+            .insert(record::bare_stream_key(stream), bytes)
+            .map_err(store_error)?;
+        Ok(())
+    }
+
     /// The version of `stream`: the version in its last stream-index key.
     fn head(&self, stream: &StreamId) -> Result<u64> {
         let last = self
@@ -382,6 +397,7 @@ impl SledEventStore {
             Some(Some((_, version, position))) if full_match => Ok(AppendResult {
                 version: *version,
                 position: Position::new(0, *position),
+                duplicate: true,
             }),
             _ => Err(Error::Conflict {
                 stream: stream.clone(),
@@ -447,6 +463,7 @@ impl SledEventStore {
             AppendResult {
                 version,
                 position: Position::new(0, position),
+                duplicate: false,
             },
             true,
         ))
@@ -738,11 +755,11 @@ impl EventStore for SledEventStore {
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
         let key = record::bare_stream_key(stream);
         let _writer = lock(&self.inner.snapshot_writer);
+        // A later snapshot stays, unless it is ahead of the stream (then it is junk).
         if let Some(existing) = self.inner.snapshots.get(&key).map_err(store_error)?
-            && existing
-                .get(..8)
-                .and_then(be_u64)
-                .is_some_and(|v| v > snapshot.version)
+            && let Some(existing) = existing.get(..8).and_then(be_u64)
+            && existing > snapshot.version
+            && existing <= self.head(stream)?
         {
             return Ok(());
         }

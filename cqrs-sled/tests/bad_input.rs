@@ -139,7 +139,19 @@ async fn a_corrupt_record_is_a_typed_error_and_the_rest_stays_readable() {
     {
         // Damage two records through sled directly: a's version 2 (position 3) entirely,
         // and the payload length of a's version 3 (position 4), keeping its header.
-        let db = sled::open(dir.path()).unwrap();
+        // The store's file lock can outlive the drop for a moment (its background
+        // threads end on their own): try again, within a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("sled::open after the store was dropped: {e}"),
+            }
+        };
         let events = db.open_tree("cqrs.events").unwrap();
         let key = |p: u64| [&[b'L'][..], &p.to_be_bytes()[..]].concat();
         events.insert(key(3), &b"\x07garbage"[..]).unwrap();

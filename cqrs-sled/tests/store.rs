@@ -149,7 +149,14 @@ async fn idempotent_appends_match_the_in_memory_store() {
         .append(&a, ExpectedVersion::NoStream, batch.clone())
         .await
         .unwrap();
-    assert_eq!(again, first);
+    assert!(!first.duplicate);
+    assert_eq!(
+        again,
+        cqrs_core::AppendResult {
+            duplicate: true,
+            ..first
+        }
+    );
     assert_eq!(all(&store).await.len(), 3);
     // Partial match: a conflict naming the current version.
     let partial = vec![batch[0].clone(), event(9)];
@@ -303,6 +310,11 @@ async fn snapshots_keep_the_latest_and_checkpoints_round_trip() {
             schema_version: 2,
             payload: vec![1, 2],
         };
+        // The stream reaches version 10: a snapshot it has not reached would be replaced.
+        store
+            .append(&s, ExpectedVersion::NoStream, (0..10).map(event).collect())
+            .await
+            .unwrap();
         store.save_snapshot(&s, snap(10)).await.unwrap();
         store.save_snapshot(&s, snap(5)).await.unwrap();
         assert_eq!(store.load_snapshot(&s).await.unwrap(), Some(snap(10)));

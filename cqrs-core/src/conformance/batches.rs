@@ -19,6 +19,14 @@ pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
     let first = append_ok(&store, &stream, ExpectedVersion::NoStream, a.clone()).await;
     let b = vec![event("b")];
     let second = append_ok(&store, &stream, ExpectedVersion::Exact(3), b.clone()).await;
+    assert!(
+        !first.duplicate && !second.duplicate,
+        "[contract 3, idempotent append] an append that writes says so (duplicate: false)"
+    );
+    let as_duplicate = |fresh: AppendResult| AppendResult {
+        duplicate: true,
+        ..fresh
+    };
     let before = read_stream(&store, &stream, 1).await;
     let total = count_events(&store, Position::START).await;
 
@@ -35,15 +43,16 @@ pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
         let what = format!("re-appending the first batch with {expected:?}");
         assert_eq!(
             again.ok(),
-            Some(first),
-            "[contract 3, idempotent append] {what} returns the original result"
+            Some(as_duplicate(first)),
+            "[contract 3, idempotent append] {what} returns the original result, marked \
+             as a duplicate"
         );
         assert_nothing_written(&store, &stream, &before, &[], &what).await;
     }
     let again = store.append(&stream, ExpectedVersion::Exact(1), b).await;
     assert_eq!(
         again.ok(),
-        Some(second),
+        Some(as_duplicate(second)),
         "[contract 3, idempotent append] re-appending the second batch returns its result"
     );
     let tail = store
@@ -53,7 +62,8 @@ pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
         tail.ok(),
         Some(AppendResult {
             version: 3,
-            position: before[2].position
+            position: before[2].position,
+            duplicate: true,
         }),
         "[contract 3, idempotent append] ids already stored at consecutive versions, in \
          order, are an idempotent re-append returning their last version and position"

@@ -33,16 +33,16 @@
 //! - Outcomes are deterministic: concurrency cases assert invariants, never speeds, and
 //!   the only timeouts guard against hangs.
 //!
-//! # The cases, by contract (see `DESIGN.md`)
+//! # The cases, by contract (the numbered list on [`EventStore`])
 //! | contract | cases |
 //! |---|---|
 //! | 1. streams | [`read_empty_stream`], [`stream_ids_do_not_collide`] |
 //! | 2. atomic append with an expected version | [`expected_version_any`], [`expected_version_no_stream`], [`expected_version_stream_exists`], [`expected_version_exact`], [`concurrent_appenders_one_winner_per_version`], [`atomic_multi_event_append`] |
-//! | 3. idempotent append | [`idempotent_reappend`], [`count_events_and_find_event`] |
-//! | 4. global log in commit order | [`read_all_concurrent_writers`], [`count_events_and_find_event`] |
+//! | 3. idempotent append | [`idempotent_reappend`], [`duplicate_command_race_keeps_the_stored_decision`], [`count_events_and_find_event`] |
+//! | 4. global log in commit order | [`read_all_concurrent_writers`], [`read_all_keeps_stream_order`], [`count_events_and_find_event`] |
 //! | 5. streaming reads | [`stream_large_in_bounded_memory`] |
 //! | 6. envelope | [`append_and_read_round_trip`] |
-//! | 7. snapshots | [`snapshots_round_trip`], [`read_stream_from_snapshot_yields_snapshot_then_tail`], [`stale_or_undecodable_snapshot_replays`] |
+//! | 7. snapshots | [`snapshots_round_trip`], [`read_stream_from_snapshot_yields_snapshot_then_tail`], [`stale_or_undecodable_snapshot_replays`], [`snapshot_ahead_of_stream_is_ignored`], [`damaged_snapshot_is_ignored`] |
 //! | 8. checkpoints | [`checkpoints_round_trip`] |
 //! | 9. bad data gives errors | [`unknown_event_type_and_bad_payload_are_typed_errors`], [`invalid_event_types_are_refused`] (and the invalid batches of [`idempotent_reappend`]) |
 //! | upcasting, live reads | [`upcasters_apply_on_load_and_read_all`], [`watch_wakes_on_append`] |
@@ -52,9 +52,11 @@
 
 mod append;
 mod batches;
+mod commands;
 mod concurrency;
 mod decoding;
 mod reads;
+mod snapshot_faults;
 mod snapshots;
 mod support;
 mod tally;
@@ -64,7 +66,11 @@ pub use append::{
     expected_version_exact, expected_version_no_stream, expected_version_stream_exists,
 };
 pub use batches::{idempotent_reappend, invalid_event_types_are_refused};
-pub use concurrency::{concurrent_appenders_one_winner_per_version, read_all_concurrent_writers};
+pub use commands::duplicate_command_race_keeps_the_stored_decision;
+pub use concurrency::{
+    concurrent_appenders_one_winner_per_version, read_all_concurrent_writers,
+    read_all_keeps_stream_order,
+};
 pub use decoding::{
     unknown_event_type_and_bad_payload_are_typed_errors, upcasters_apply_on_load_and_read_all,
 };
@@ -72,18 +78,93 @@ pub use reads::{
     count_events_and_find_event, list_streams_and_stats, read_empty_stream,
     stream_ids_do_not_collide, stream_large_in_bounded_memory, watch_wakes_on_append,
 };
+pub use snapshot_faults::{damaged_snapshot_is_ignored, snapshot_ahead_of_stream_is_ignored};
 pub use snapshots::{
     checkpoints_round_trip, read_stream_from_snapshot_yields_snapshot_then_tail,
     snapshots_round_trip, stale_or_undecodable_snapshot_replays,
 };
 
+tokio::task_local! {
+    // The test path (`crate::module::case`) of the case running on this task, set by
+    // `store_conformance_tests!`: a case that measures in a child process runs this one
+    // test again there.
+    static CASE_PATH: &'static str;
+}
+
+/// The harness name of the running case (its module path without the crate name), if
+/// it runs under [`store_conformance_tests!`].
+#[allow(dead_code)] // Used by the cases that measure in a child process.
+pub(crate) fn current_case() -> Option<&'static str> {
+    CASE_PATH
+        .try_with(|path| *path)
+        .ok()
+        .map(|path| path.split_once("::").map_or(path, |(_, rest)| rest))
+}
+
+/// Writes a line straight to the process's standard error, past the test harness's
+/// capture, so that a `skipped` line is seen in every run.
+pub(crate) fn say(line: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
+}
+
+/// A teardown that does nothing: the default of [`store_conformance_tests!`].
+pub async fn no_teardown<S>(_store: S) {}
+
+/// A snapshot-damaging hook for backends that have no stored bytes below the API to
+/// damage (the in-memory store keeps typed records): returns `false`, and
+/// [`damaged_snapshot_is_ignored`] then says `skipped`.
+pub async fn no_snapshot_damage<S>(_store: S, _stream: crate::StreamId) -> bool {
+    false
+}
+
+/// Runs one case for [`store_conformance_tests!`]: says `skipped` when the factory gave
+/// no store, runs the case with its test path set, then the teardown, even when the case
+/// panicked (the panic is raised again afterwards).
+#[doc(hidden)]
+pub async fn run_case<S, C, CF, T, TF>(path: &'static str, store: Option<S>, case: C, teardown: T)
+where
+    S: Clone,
+    C: FnOnce(S) -> CF,
+    CF: std::future::Future<Output = ()>,
+    T: FnOnce(S) -> TF,
+    TF: std::future::Future<Output = ()>,
+{
+    use futures::FutureExt;
+
+    let Some(store) = store else {
+        say(&format!(
+            "skipped: {path}: the backend is not available here (its factory said why)"
+        ));
+        return;
+    };
+    let kept = store.clone();
+    let outcome = CASE_PATH
+        .scope(
+            path,
+            std::panic::AssertUnwindSafe(case(store)).catch_unwind(),
+        )
+        .await;
+    teardown(kept).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
 /// Runs the whole [store conformance suite](crate::conformance) against a backend: one
 /// `#[tokio::test]` (multi-thread, 4 workers) per case, named after the case.
 ///
-/// The argument is the path of an `async fn() -> Option<S>` (with
+/// The first argument is the path of an `async fn() -> Option<S>` (with
 /// `S: EventStore + Clone + 'static`) that makes a fresh, empty store for one case.
-/// `None` means "skip": the backend is not available here (no database, say) and the
-/// factory has already printed why; each test then returns without checking anything.
+/// `None` means "skip": the backend is not available here (no database, say); each test
+/// then says `skipped` on standard error and returns without checking anything.
+///
+/// Two optional arguments, in this order:
+/// - `teardown = path`: an `async fn(S)` run after each case, also when the case failed
+///   (drop the case's schema or namespace there, so a run leaves nothing behind);
+/// - `damage_snapshot = path`: an `async fn(S, StreamId) -> bool` that damages the
+///   stored snapshot record of a stream below the API (bytes a decoder must refuse) and
+///   returns `true`, for [`damaged_snapshot_is_ignored`]; without it that case says
+///   `skipped`.
 ///
 /// Invoke it inside a module of its own: it defines one function per case there. The
 /// crate that invokes it needs `tokio` (features `macros` and `rt-multi-thread`) as a
@@ -104,7 +185,7 @@ pub use snapshots::{
 /// # fn main() {}
 /// ```
 ///
-/// A backend that needs a server skips when it has none:
+/// A backend that needs a server skips when it has none, and cleans up after each case:
 ///
 /// ```no_run
 /// # use cqrs_core::InMemoryEventStore as MyServerStore;
@@ -117,14 +198,33 @@ pub use snapshots::{
 ///     Some(MyServerStore::new())
 /// }
 ///
-/// cqrs_core::store_conformance_tests!(fresh_store);
+/// async fn drop_namespace(_store: MyServerStore) {
+///     // Drop the case's schema or namespace.
+/// }
+///
+/// cqrs_core::store_conformance_tests!(fresh_store, teardown = drop_namespace);
 /// # fn main() {}
 /// ```
 #[macro_export]
 macro_rules! store_conformance_tests {
-    // The one list of cases: a case added here runs against every backend.
     ($fresh_store:path $(,)?) => {
-        $crate::store_conformance_tests!(@cases $fresh_store;
+        $crate::store_conformance_tests!(@all $fresh_store,
+            $crate::conformance::no_teardown, $crate::conformance::no_snapshot_damage);
+    };
+    ($fresh_store:path, teardown = $teardown:path $(,)?) => {
+        $crate::store_conformance_tests!(@all $fresh_store,
+            $teardown, $crate::conformance::no_snapshot_damage);
+    };
+    ($fresh_store:path, damage_snapshot = $damage:path $(,)?) => {
+        $crate::store_conformance_tests!(@all $fresh_store,
+            $crate::conformance::no_teardown, $damage);
+    };
+    ($fresh_store:path, teardown = $teardown:path, damage_snapshot = $damage:path $(,)?) => {
+        $crate::store_conformance_tests!(@all $fresh_store, $teardown, $damage);
+    };
+    // The one list of cases: a case added here runs against every backend.
+    (@all $fresh_store:path, $teardown:path, $damage:path) => {
+        $crate::store_conformance_tests!(@cases $fresh_store, $teardown;
             append_and_read_round_trip,
             read_empty_stream,
             expected_version_any,
@@ -134,12 +234,15 @@ macro_rules! store_conformance_tests {
             concurrent_appenders_one_winner_per_version,
             atomic_multi_event_append,
             idempotent_reappend,
+            duplicate_command_race_keeps_the_stored_decision,
             invalid_event_types_are_refused,
             read_all_concurrent_writers,
+            read_all_keeps_stream_order,
             stream_large_in_bounded_memory,
             snapshots_round_trip,
             read_stream_from_snapshot_yields_snapshot_then_tail,
             stale_or_undecodable_snapshot_replays,
+            snapshot_ahead_of_stream_is_ignored,
             checkpoints_round_trip,
             unknown_event_type_and_bad_payload_are_typed_errors,
             upcasters_apply_on_load_and_read_all,
@@ -148,15 +251,29 @@ macro_rules! store_conformance_tests {
             watch_wakes_on_append,
             list_streams_and_stats,
         );
+
+        #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn damaged_snapshot_is_ignored() {
+            $crate::conformance::run_case(
+                concat!(module_path!(), "::damaged_snapshot_is_ignored"),
+                $fresh_store().await,
+                |store| $crate::conformance::damaged_snapshot_is_ignored(store, $damage),
+                $teardown,
+            )
+            .await;
+        }
     };
-    (@cases $fresh_store:path; $($case:ident),+ $(,)?) => {
+    (@cases $fresh_store:path, $teardown:path; $($case:ident),+ $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                let Some(store) = $fresh_store().await else {
-                    return;
-                };
-                $crate::conformance::$case(store).await;
+                $crate::conformance::run_case(
+                    concat!(module_path!(), "::", stringify!($case)),
+                    $fresh_store().await,
+                    $crate::conformance::$case,
+                    $teardown,
+                )
+                .await;
             }
         )+
     };
