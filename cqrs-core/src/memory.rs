@@ -317,4 +317,11 @@ mod conformance_tests {
     }
 
     crate::store_conformance_tests!(fresh_store);
+
+    /// Positions are handed out under the store's lock, in the append that commits them:
+    /// commit order is position order, and every read is a dense prefix of the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn commit_order_is_position_order() {
+        crate::conformance::reads_are_dense_prefixes(crate::InMemoryEventStore::new()).await;
+    }
 }

@@ -15,6 +15,14 @@ mod flushed {
     }
 
     cqrs_core::store_conformance_tests!(fresh_store, damage_snapshot = super::damage_snapshot);
+
+    /// Positions are handed out by the single writer as it commits, and made readable as
+    /// a watermark after the flush: commit order is position order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn commit_order_is_position_order() {
+        let store = fresh_store().await.expect("a temporary sled store");
+        cqrs_core::conformance::reads_are_dense_prefixes(store).await;
+    }
 }
 
 mod buffered {
@@ -24,4 +32,12 @@ mod buffered {
     }
 
     cqrs_core::store_conformance_tests!(fresh_store, damage_snapshot = super::damage_snapshot);
+
+    /// Positions are handed out by the single writer as it commits, and made readable as
+    /// a watermark after the flush: commit order is position order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn commit_order_is_position_order() {
+        let store = fresh_store().await.expect("a temporary sled store");
+        cqrs_core::conformance::reads_are_dense_prefixes(store).await;
+    }
 }

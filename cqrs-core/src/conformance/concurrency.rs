@@ -398,3 +398,86 @@ pub async fn read_all_keeps_stream_order<S: EventStore + Clone + 'static>(store:
         "[contract 4, global log] read_all yields every appended event"
     );
 }
+
+/// **Contract 4 (global log), by construction**, for a backend whose positions are
+/// `Position::new(0, n)` with `n` counting events from 1, handed out where the append
+/// commits and made readable as a watermark (the in-memory store, sled). Not part of
+/// [`store_conformance_tests!`](crate::store_conformance_tests): such a backend calls it
+/// from a test of its own, to show that its commit order is its position order.
+///
+/// 8 tasks append batches of 1 to 3 events while 2 readers read the whole log over and
+/// over. Every read must be a dense prefix of the log: sequences `1..=k`, no hole, no
+/// commit part. A reader can only miss an event if a later position became readable
+/// before an earlier one; a read that is always a dense prefix rules that out, so
+/// resuming after any position handed out never skips an event, whatever the timing.
+pub async fn reads_are_dense_prefixes<S: EventStore + Clone + 'static>(store: S) {
+    const TASKS: usize = 8;
+    const APPENDS: usize = 40;
+    let done = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let (store, done) = (store.clone(), done.clone());
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                let mut longest = 0usize;
+                loop {
+                    let finished = done.load(Ordering::Acquire);
+                    let log: Vec<RecordedEvent> =
+                        match store.read_all(Position::START, None).try_collect().await {
+                            Ok(log) => log,
+                            Err(e) => return Err(format!("read_all failed: {e:?}")),
+                        };
+                    for (i, record) in log.iter().enumerate() {
+                        if record.position != Position::new(0, count(i + 1)) {
+                            return Err(format!(
+                                "read #{reads} is not a dense prefix: record {i} is at {}",
+                                record.position
+                            ));
+                        }
+                    }
+                    longest = longest.max(log.len());
+                    reads += 1;
+                    if finished {
+                        return Ok((reads, longest));
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    let writers: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = fresh_stream(&format!("dense-{task}"));
+                for i in 0..APPENDS {
+                    append_ok(
+                        &store,
+                        &stream,
+                        ExpectedVersion::Any,
+                        events(&format!("{task}-{i}"), i % 3 + 1),
+                    )
+                    .await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        join(writer).await;
+    }
+    done.store(true, Ordering::Release);
+    let total: usize = (0..APPENDS).map(|i| i % 3 + 1).sum::<usize>() * TASKS;
+    for reader in readers {
+        let outcome = match tokio::time::timeout(Duration::from_secs(60), join(reader)).await {
+            Ok(outcome) => outcome,
+            Err(_) => panic!("a reader of the log must finish within 60 s"),
+        };
+        match outcome {
+            Ok((reads, longest)) => assert_eq!(
+                longest, total,
+                "[contract 4, global log] the last read ({reads} reads) sees every event"
+            ),
+            Err(e) => panic!("[contract 4, global log] {e}"),
+        }
+    }
+}

@@ -69,7 +69,7 @@ pub use batches::{idempotent_reappend, invalid_event_types_are_refused};
 pub use commands::duplicate_command_race_keeps_the_stored_decision;
 pub use concurrency::{
     concurrent_appenders_one_winner_per_version, read_all_concurrent_writers,
-    read_all_keeps_stream_order,
+    read_all_keeps_stream_order, reads_are_dense_prefixes,
 };
 pub use decoding::{
     unknown_event_type_and_bad_payload_are_typed_errors, upcasters_apply_on_load_and_read_all,

@@ -189,11 +189,22 @@ pub(super) async fn assert_nothing_written<S: EventStore>(
     }
 }
 
-/// Waits for a task of the case, re-raising its panic (so its message is the failure).
+/// How long a case waits for one of its tasks: far longer than any task needs, so that
+/// it only turns a hang (a task stuck at a barrier another task left, a store call that
+/// never returns) into a failure.
+const TASK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Waits for a task of the case, re-raising its panic (so its message is the failure);
+/// a task that has not finished within three minutes fails the case.
 pub(super) async fn join<T>(handle: JoinHandle<T>) -> T {
-    match handle.await {
-        Ok(value) => value,
-        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
-        Err(e) => panic!("a task of the case was cancelled: {e}"),
+    let abort = handle.abort_handle();
+    match tokio::time::timeout(TASK_DEADLINE, handle).await {
+        Ok(Ok(value)) => value,
+        Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Ok(Err(e)) => panic!("a task of the case was cancelled: {e}"),
+        Err(_) => {
+            abort.abort();
+            panic!("a task of the case did not finish within {TASK_DEADLINE:?}");
+        }
     }
 }
