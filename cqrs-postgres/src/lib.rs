@@ -1,6 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+mod append;
+mod builder;
+mod conn;
 mod error;
+mod inline;
 mod listen;
 mod migrate;
 mod projection;
@@ -9,9 +13,11 @@ mod schema;
 mod store;
 mod worker;
 
+pub use builder::PostgresEventStoreBuilder;
 pub use error::{Error, Result};
-pub use projection::{InlineProjection, Transactional, TransactionalProjection};
-pub use store::{PostgresEventStore, PostgresEventStoreBuilder};
+pub use inline::InlineProjection;
+pub use projection::{Transactional, TransactionalProjection};
+pub use store::PostgresEventStore;
 pub use worker::{WorkerConfig, WorkerLock};
 
 /// The `sqlx` this crate is built on: use it for read-model queries in

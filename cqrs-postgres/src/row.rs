@@ -205,6 +205,18 @@ pub(crate) fn event_version(row: &PgRow) -> Result<Option<u64>> {
 /// The first snapshot column of a `read_from_snapshot` row (after the event's eleven).
 const SNAPSHOT_COLUMN: usize = 11;
 
+/// Decodes a checkpoint row: commit id, sequence.
+pub(crate) fn decode_checkpoint(row: &PgRow, name: &str) -> Result<Position> {
+    let location = || format!("checkpoint {name:?}");
+    let corrupt = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
+    let commit: i64 = row.try_get(0).map_err(corrupt)?;
+    let sequence: i64 = row.try_get(1).map_err(corrupt)?;
+    Ok(Position::new(
+        stored_u64(commit, location, "commit")?,
+        stored_u64(sequence, location, "sequence")?,
+    ))
+}
+
 /// Microseconds since the Unix epoch as a `SystemTime`.
 fn system_time(micros: i64) -> Option<SystemTime> {
     let magnitude = Duration::from_micros(micros.unsigned_abs());

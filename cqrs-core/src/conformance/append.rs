@@ -24,10 +24,9 @@ fn timestamp_floor() -> SystemTime {
 /// `event_type`, `schema_version`, the payload's exact bytes (binary, empty, JSON with
 /// odd spacing and key order), metadata (correlation and causation ids, free values), and
 /// a real `recorded_at` (by the store's clock, so a client/server skew does not matter;
-/// not a default such as the epoch, and no earlier for a later append). The [`AppendResult`] names the last
-/// event, a second append continues the versions, and `read_all` returns the same
-/// records as `read_stream`.
-
+/// not a default such as the epoch, and no earlier for a later append). The
+/// [`AppendResult`] names the last event, a second append continues the versions, and
+/// `read_all` returns the same records as `read_stream`.
 pub async fn append_and_read_round_trip<S: EventStore + Clone + 'static>(store: S) {
     let stream = fresh_stream("round-trip");
     let correlation = Uuid::new_v4();

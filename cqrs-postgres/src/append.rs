@@ -1,0 +1,347 @@
+//! The append path: the one-statement hot path, the `append_events` function for the
+//! cases it leaves, appends inside a caller's transaction, and inline projections.
+
+use cqrs_core::{
+    AppendResult, Error, EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamId,
+    validate_batch,
+};
+use futures::{StreamExt, TryStreamExt};
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+use uuid::Uuid;
+
+use crate::PostgresEventStore;
+use crate::conn::{is_broken_connection, is_unique_violation};
+use crate::row::{decode_event, saturating_i64, store_error, stored_u64};
+
+/// How often an append that lost a race on a unique index (a concurrent append of the
+/// same version or event id) is re-run before the conflict is reported. Each re-run
+/// sees the winner's commit, so it ends in a result, a conflict or the idempotent match;
+/// only `Any`/`StreamExists` appends under heavy contention on one stream need more than
+/// one.
+const MAX_APPEND_ATTEMPTS: u32 = 64;
+
+/// The bound arguments of one append.
+struct AppendArgs<'a> {
+    stream: &'a StreamId,
+    expected: ExpectedVersion,
+    expected_kind: i16,
+    expected_version: i64,
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    schema_versions: Vec<i64>,
+    payloads: Vec<&'a [u8]>,
+    metadata: Vec<String>,
+}
+
+impl<'a> AppendArgs<'a> {
+    /// Binds `$1` to `$9`, which the fast statement and `append_events` share.
+    fn bind<'q>(
+        &'q self,
+        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+        query
+            .bind(self.stream.aggregate_type())
+            .bind(self.stream.id())
+            .bind(self.expected_kind)
+            .bind(self.expected_version)
+            .bind(&self.ids)
+            .bind(&self.types)
+            .bind(&self.schema_versions)
+            .bind(&self.payloads)
+            .bind(&self.metadata)
+    }
+
+    fn new(
+        stream: &'a StreamId,
+        expected: ExpectedVersion,
+        events: &'a [EventData],
+    ) -> Result<Self> {
+        let (expected_kind, expected_version) = match expected {
+            ExpectedVersion::Any => (0, 0),
+            ExpectedVersion::NoStream => (1, 0),
+            ExpectedVersion::StreamExists => (2, 0),
+            // A version beyond BIGINT is never a stream's version: -1 never matches.
+            ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(-1)),
+        };
+        let metadata = events
+            .iter()
+            .map(|e| {
+                serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
+                    what: format!("metadata of {}", e.event_type),
+                    source: source.into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(AppendArgs {
+            stream,
+            expected,
+            expected_kind,
+            expected_version,
+            ids: events.iter().map(|e| e.event_id).collect(),
+            types: events.iter().map(|e| e.event_type.as_str()).collect(),
+            schema_versions: events.iter().map(|e| i64::from(e.schema_version)).collect(),
+            payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
+            metadata,
+        })
+    }
+}
+
+/// What the append function reported.
+enum Appended {
+    Written(AppendResult),
+    AlreadyThere(AppendResult),
+}
+
+impl Appended {
+    fn result(&self) -> AppendResult {
+        match self {
+            Appended::Written(r) | Appended::AlreadyThere(r) => *r,
+        }
+    }
+}
+
+impl PostgresEventStore {
+    /// An append in a transaction of its own (with the inline projections, if any).
+    pub(crate) async fn append_batch(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<AppendResult> {
+        validate_batch(stream, events)?;
+        let args = AppendArgs::new(stream, expected, events)?;
+        if self.inner.inline.is_empty() {
+            self.append_direct(&args).await
+        } else {
+            self.append_with_inline(&args).await
+        }
+    }
+
+    /// Appends within the caller's transaction (or connection): the events commit or roll
+    /// back with it, for example together with an outbox row. Inline projections are not
+    /// run here, and readers are not notified before the caller commits.
+    ///
+    /// The append runs in a savepoint, so a lost race on the stream's version is
+    /// retried without aborting the caller's transaction.
+    ///
+    /// # Errors
+    /// As for [`EventStore::append`](cqrs_core::EventStore::append).
+    pub async fn append_in(
+        &self,
+        conn: &mut PgConnection,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<EventData>,
+    ) -> Result<AppendResult> {
+        validate_batch(stream, &events)?;
+        let args = AppendArgs::new(stream, expected, &events)?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut savepoint = conn.begin().await.map_err(store_error)?;
+            match self
+                .call_append(
+                    &mut savepoint,
+                    &args,
+                    self.inner.channel.as_deref(),
+                    attempt > 1,
+                )
+                .await
+            {
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {
+                    savepoint.rollback().await.map_err(store_error)?;
+                }
+                Err(e) => return Err(self.append_error(e, &args).await),
+                Ok(outcome) => {
+                    let outcome = outcome?;
+                    savepoint.commit().await.map_err(store_error)?;
+                    return Ok(outcome.result());
+                }
+            }
+        }
+    }
+
+    /// Runs the append function once: `Err` is the driver's error (maybe a unique
+    /// violation to retry), `Ok(Err)` the typed refusal.
+    async fn call_append(
+        &self,
+        conn: &mut PgConnection,
+        args: &AppendArgs<'_>,
+        notify_in_transaction: Option<&str>,
+        check_ids: bool,
+    ) -> std::result::Result<Result<Appended>, sqlx::Error> {
+        if !check_ids && notify_in_transaction.is_none() {
+            let fast = args
+                .bind(sqlx::query(AssertSqlSafe(
+                    self.inner.sql.append_fast.clone(),
+                )))
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(row) = fast {
+                return Ok(decode_append(&row, args));
+            }
+            // The expected version did not match: the function sorts out what happened.
+        }
+        let row = args
+            .bind(sqlx::query(AssertSqlSafe(self.inner.sql.append.clone())))
+            .bind(notify_in_transaction)
+            .bind(check_ids)
+            .fetch_one(conn)
+            .await?;
+        Ok(decode_append(&row, args))
+    }
+
+    /// A driver error from an append that will not be retried.
+    async fn append_error(&self, error: sqlx::Error, args: &AppendArgs<'_>) -> Error {
+        if !is_unique_violation(&error) {
+            return store_error(error);
+        }
+        // Only after MAX_APPEND_ATTEMPTS lost races (a stream hammered by `Any` appends):
+        // report the contention as the conflict it is, with the stream's version now.
+        let actual = self
+            .retrying(|| {
+                sqlx::query_scalar::<_, i64>(AssertSqlSafe(self.inner.sql.stream_version.clone()))
+                    .bind(args.stream.aggregate_type())
+                    .bind(args.stream.id())
+                    .fetch_one(&self.inner.pool)
+            })
+            .await;
+        match actual {
+            Ok(actual) => match stored_u64(actual, || format!("stream {}", args.stream), "version")
+            {
+                Ok(actual) => Error::Conflict {
+                    stream: args.stream.clone(),
+                    expected: args.expected,
+                    actual,
+                },
+                Err(e) => e,
+            },
+            Err(e) => store_error(e),
+        }
+    }
+
+    /// The hot path: one statement on a pooled connection, autocommit.
+    async fn append_direct(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
+        let mut attempt = 0;
+        let mut broken = 0;
+        loop {
+            attempt += 1;
+            let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
+            match self.call_append(&mut conn, args, None, attempt > 1).await {
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
+                Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
+                    // Whether it committed is unknown; running it again is safe because
+                    // appends are idempotent by event id (the re-run finds them).
+                    broken += 1;
+                    conn.close_on_drop();
+                }
+                Err(e) => return Err(self.append_error(e, args).await),
+                Ok(outcome) => return outcome.map(|o| o.result()),
+            }
+        }
+    }
+
+    /// With inline projections: the append, the read-back of its records and every inline
+    /// projection in one transaction.
+    async fn append_with_inline(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
+        let mut attempt = 0;
+        let mut broken = 0;
+        loop {
+            attempt += 1;
+            let mut tx = self.inner.pool.begin().await.map_err(store_error)?;
+            let outcome = match self.call_append(&mut tx, args, None, attempt > 1).await {
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => continue,
+                Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
+                    broken += 1;
+                    continue;
+                }
+                Err(e) => return Err(self.append_error(e, args).await),
+                Ok(outcome) => outcome?,
+            };
+            let result = match outcome {
+                Appended::AlreadyThere(result) => return Ok(result),
+                Appended::Written(result) => result,
+            };
+            let count = u64::try_from(args.ids.len()).unwrap_or(u64::MAX);
+            let first = result.version.saturating_sub(count);
+            let records: Vec<RecordedEvent> =
+                sqlx::query(AssertSqlSafe(self.inner.sql.events_of_transaction.clone()))
+                    .bind(args.stream.aggregate_type())
+                    .bind(args.stream.id())
+                    .bind(saturating_i64(first))
+                    .bind(saturating_i64(result.version))
+                    .fetch(&mut *tx)
+                    .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+                    .try_collect()
+                    .await?;
+            for projection in &self.inner.inline {
+                projection
+                    .apply(&mut tx, &records)
+                    .await
+                    .map_err(|source| {
+                        Error::store(crate::Error::InlineProjection {
+                            projection: projection.name().to_owned(),
+                            source,
+                        })
+                    })?;
+            }
+            match tx.commit().await {
+                Ok(()) => return Ok(result),
+                Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
+                // The commit's outcome is unknown: run it again; if it did commit, the
+                // re-run finds the events and returns the original result (the inline
+                // projections committed with them).
+                Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
+                    broken += 1;
+                }
+                Err(e) => return Err(self.append_error(e, args).await),
+            }
+        }
+    }
+}
+
+fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<Appended> {
+    let location = || format!("append to {}", args.stream);
+    let outcome: i16 = row.try_get(0).map_err(store_error)?;
+    let version = |row: &PgRow| -> Result<u64> {
+        let v: i64 = row.try_get(1).map_err(store_error)?;
+        stored_u64(v, location, "version")
+    };
+    let result = |row: &PgRow, duplicate: bool| -> Result<AppendResult> {
+        let commit: i64 = row.try_get(2).map_err(store_error)?;
+        let sequence: i64 = row.try_get(3).map_err(store_error)?;
+        Ok(AppendResult {
+            version: version(row)?,
+            position: Position::new(
+                stored_u64(commit, location, "transaction id")?,
+                stored_u64(sequence, location, "log id")?,
+            ),
+            duplicate,
+        })
+    };
+    match outcome {
+        0 => Ok(Appended::Written(result(row, false)?)),
+        3 => Ok(Appended::AlreadyThere(result(row, true)?)),
+        1 => Err(Error::Conflict {
+            stream: args.stream.clone(),
+            expected: args.expected,
+            actual: version(row)?,
+        }),
+        2 => {
+            let event_id: Uuid = row.try_get(4).map_err(store_error)?;
+            let aggregate_type: String = row.try_get(5).map_err(store_error)?;
+            let aggregate_id: String = row.try_get(6).map_err(store_error)?;
+            let existing_stream = StreamId::new(aggregate_type, aggregate_id)
+                .map_err(|e| Error::corrupt(format!("event {event_id}"), e.to_string()))?;
+            Err(Error::DuplicateEventId {
+                event_id,
+                existing_stream,
+            })
+        }
+        other => Err(Error::corrupt(
+            location(),
+            format!("unknown append outcome {other}"),
+        )),
+    }
+}

@@ -1,0 +1,138 @@
+//! The builder of a [`PostgresEventStore`].
+
+use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use cqrs_core::LogNotifier;
+use sqlx::PgPool;
+
+use crate::inline::InlineProjection;
+use crate::schema::{Schema, Statements};
+use crate::store::{Inner, PostgresEventStore};
+
+/// Configures a [`PostgresEventStore`]; made by [`PostgresEventStore::builder`].
+///
+/// # Examples
+/// ```no_run
+/// use std::time::Duration;
+/// use cqrs_postgres::PostgresEventStore;
+/// use sqlx::postgres::PgPoolOptions;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = PgPoolOptions::new().max_connections(8).connect("postgres://localhost/app").await?;
+/// let store = PostgresEventStore::builder(pool)
+///     .schema("bank_events")
+///     .notify(true)
+///     .read_settle_timeout(Duration::from_millis(200))
+///     .build()?;
+/// store.migrate().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct PostgresEventStoreBuilder {
+    pool: PgPool,
+    schema: String,
+    notify: bool,
+    notify_interval: Duration,
+    settle: Duration,
+    inline: Vec<Arc<dyn InlineProjection>>,
+}
+
+impl fmt::Debug for PostgresEventStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresEventStoreBuilder")
+            .field("schema", &self.schema)
+            .field("notify", &self.notify)
+            .field("read_settle", &self.settle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresEventStoreBuilder {
+    /// The schema holding the store's tables (default `cqrs`). It must match
+    /// `^[a-z_][a-z0-9_]{0,62}$` and not start with `pg_`; [`build`](Self::build) checks.
+    pub fn schema(mut self, schema: impl Into<String>) -> Self {
+        self.schema = schema.into();
+        self
+    }
+
+    /// Whether appends are announced with `NOTIFY` on the schema's channel (default
+    /// `true`), so live readers in other processes wake soon after. Readers in this
+    /// process are woken either way; without it, other processes' readers poll.
+    ///
+    /// The `NOTIFY` is not sent in the append's transaction (at commit it would take
+    /// PostgreSQL's global notification lock and serialise concurrent appends): a
+    /// background task of the store sends one after appends, at most one per
+    /// [`notify_interval`](Self::notify_interval), on a connection of its own.
+    /// [`append_in`](PostgresEventStore::append_in) is the exception: it notifies in the
+    /// caller's transaction, so readers wake when that commits.
+    pub fn notify(mut self, notify: bool) -> Self {
+        self.notify = notify;
+        self
+    }
+
+    /// The shortest time between two `NOTIFY`s of this store (default 5 ms): appends in
+    /// between share one.
+    pub fn notify_interval(mut self, interval: Duration) -> Self {
+        self.notify_interval = interval;
+        self
+    }
+
+    /// How long [`read_all`](cqrs_core::EventStore::read_all) and
+    /// [`count_events`](cqrs_core::EventStore::count_events) wait for older transactions still
+    /// running when committed events sit behind them (default 500 ms). The read never
+    /// passes such a transaction; waiting briefly lets it include events committed just
+    /// before the read instead of leaving them for the next one. Zero never waits.
+    pub fn read_settle_timeout(mut self, timeout: Duration) -> Self {
+        self.settle = timeout;
+        self
+    }
+
+    /// Adds an inline projection: updated in each append's own transaction, so a read
+    /// after the append sees it (read-your-writes). With inline projections, appends
+    /// take a transaction of a few round trips instead of one statement.
+    pub fn inline_projection(mut self, projection: impl InlineProjection) -> Self {
+        self.inline.push(Arc::new(projection));
+        self
+    }
+
+    /// Builds the store. It does not touch the database: call
+    /// [`migrate`](PostgresEventStore::migrate) before first use.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidSchema`] for a schema name that is not a plain identifier.
+    pub fn build(self) -> crate::Result<PostgresEventStore> {
+        let schema = Schema::new(&self.schema)?;
+        Ok(PostgresEventStore {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&schema),
+                channel: self.notify.then(|| schema.name().to_owned()),
+                schema,
+                pool: self.pool,
+                notify_interval: self.notify_interval,
+                settle: self.settle,
+                notifier: Arc::new(LogNotifier::new()),
+                listener: Mutex::new(None),
+                notify_wanted: Arc::new(tokio::sync::Notify::new()),
+                notify_task: OnceLock::new(),
+                inline: self.inline,
+            }),
+        })
+    }
+}
+
+impl PostgresEventStore {
+    /// A builder over an existing pool.
+    pub fn builder(pool: PgPool) -> PostgresEventStoreBuilder {
+        PostgresEventStoreBuilder {
+            pool,
+            schema: "cqrs".to_owned(),
+            notify: true,
+            notify_interval: Duration::from_millis(5),
+            settle: Duration::from_millis(500),
+            inline: Vec::new(),
+        }
+    }
+}
