@@ -7,6 +7,7 @@ mod cache;
 mod codec;
 mod error;
 mod event;
+mod group;
 mod memory;
 mod notify;
 mod projection;
@@ -26,13 +27,14 @@ pub use boxed::{BoxEventStore, DynEventStore};
 pub use codec::{Codec, JsonCodec};
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Envelope, EventData, Metadata, RecordedEvent};
+pub use group::ProjectionGroup;
 pub use memory::InMemoryEventStore;
 pub use notify::{LogNotifier, LogWatcher};
 pub use projection::{Projection, ProjectionError};
 pub use repository::{
     CommandError, CommandOptions, Executed, Loaded, Repository, RetryPolicy, SnapshotPolicy,
 };
-pub use runner::{Progress, ProjectionGroup, ProjectionRunner, RunnerConfig};
+pub use runner::{Progress, ProjectionRunner, RunnerConfig};
 pub use store::{
     AppendResult, EventStore, SnapshotIgnored, SnapshotRecord, StoreStats, StreamInfo, StreamItem,
     validate_batch, validate_checkpoint_name,

@@ -106,14 +106,4 @@ impl SledConfig {
         self.flush_every_ms = every;
         self
     }
-
-    /// Opens the store.
-    ///
-    /// # Errors
-    /// [`OpenError`](crate::OpenError), naming the path, if the directory is missing (and
-    /// may not be created), is not a directory, is locked by another process, holds
-    /// something else than a sled database, or cannot be read.
-    pub fn open(self) -> crate::Result<crate::SledEventStore> {
-        crate::SledEventStore::open_with(self)
-    }
 }

@@ -1,8 +1,10 @@
 #![doc = include_str!("../README.md")]
 
+mod append;
 mod config;
 mod error;
 mod flush;
+mod open;
 mod projection;
 mod record;
 mod store;

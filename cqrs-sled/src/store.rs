@@ -3,11 +3,9 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::ready;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
 
 use cqrs_core::{
     AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
@@ -17,26 +15,19 @@ use cqrs_core::{
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use uuid::Uuid;
 
-use crate::config::{Durability, SledConfig};
-use crate::error::OpenError;
-use crate::flush::{Flusher, SyncFiles, Watermarks};
-use crate::record::{self, be_u64, decode, decode_header, encode, id_key, log_key, stream_key};
+use crate::config::Durability;
+use crate::flush::{Flusher, Watermarks};
+use crate::record::{self, be_u64, decode, log_key, stream_key};
 
 /// Records a reader takes from sled per step: reads never hold a whole stream or log.
 const READ_CHUNK: usize = 256;
 /// Records at least this large may become sled blob files (sled's threshold is a quarter
 /// of its 512 KiB segment, minus headers), which `Synced` must fsync separately.
-const BLOB_HINT: usize = 96 * 1024;
+pub(crate) const BLOB_HINT: usize = 96 * 1024;
 
 pub(crate) const EVENTS_TREE: &str = "cqrs.events";
 pub(crate) const SNAPSHOTS_TREE: &str = "cqrs.snapshots";
 pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
-/// How often, and how patiently, opening retries a database that is locked.
-const LOCK_RETRIES: u32 = 10;
-const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
-/// Key (in sled's default tree) of this crate's on-disk format number.
-const FORMAT_KEY: &[u8] = b"cqrs-sled.format";
-const FORMAT: &[u8] = &[1];
 
 /// An [`EventStore`] in an embedded sled database: one process, durable, with group
 /// commit.
@@ -86,24 +77,24 @@ const FORMAT: &[u8] = &[1];
 /// ```
 #[derive(Clone)]
 pub struct SledEventStore {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    db: sled::Db,
+pub(crate) struct Inner {
+    pub(crate) db: sled::Db,
     /// The log, stream index and id index (see `record.rs`).
-    events: sled::Tree,
-    snapshots: sled::Tree,
+    pub(crate) events: sled::Tree,
+    pub(crate) snapshots: sled::Tree,
     pub(crate) checkpoints: sled::Tree,
-    path: Option<PathBuf>,
-    durability: Durability,
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) durability: Durability,
     /// The single writer: held while checking and committing one append. It guards a
     /// cache of stream heads (only this writer changes them, so a cached head is exact).
-    writer: Mutex<Heads>,
-    snapshot_writer: Mutex<()>,
-    marks: Arc<Watermarks>,
-    flusher: Option<Flusher>,
-    notifier: LogNotifier,
+    pub(crate) writer: Mutex<Heads>,
+    pub(crate) snapshot_writer: Mutex<()>,
+    pub(crate) marks: Arc<Watermarks>,
+    pub(crate) flusher: Option<Flusher>,
+    pub(crate) notifier: LogNotifier,
 }
 
 impl Drop for Inner {
@@ -127,7 +118,7 @@ impl fmt::Debug for SledEventStore {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // The guarded data is `()` or a cache that is updated only after a successful
     // commit, in one step: a panic elsewhere cannot leave it inconsistent.
     mutex
@@ -138,140 +129,15 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Stream heads recently appended to, so an append needs no index lookup for its
 /// version. Bounded: cleared when it grows past `HEADS_CACHE` streams.
 #[derive(Debug, Default)]
-struct Heads(HashMap<StreamId, u64>);
+pub(crate) struct Heads(pub(crate) HashMap<StreamId, u64>);
 
-const HEADS_CACHE: usize = 65_536;
+pub(crate) const HEADS_CACHE: usize = 65_536;
 
 pub(crate) fn store_error(e: sled::Error) -> Error {
     Error::store(e)
 }
 
 impl SledEventStore {
-    /// Opens (or creates) the store in the directory `path` with the default options:
-    /// [`Durability::Flushed`], a 32 MiB cache. A missing directory is created.
-    ///
-    /// # Errors
-    /// [`OpenError`](crate::OpenError) naming the path: not a directory, locked by
-    /// another process, not a sled database, or an I/O failure.
-    pub fn open(path: impl AsRef<Path>) -> crate::Result<Self> {
-        SledConfig::new(path).open()
-    }
-
-    /// A store in a temporary database, deleted when the last clone is dropped (tests).
-    ///
-    /// # Errors
-    /// [`OpenError::Io`](crate::OpenError::Io) if the temporary database cannot be made.
-    pub fn temporary() -> crate::Result<Self> {
-        SledConfig::temporary().open()
-    }
-
-    pub(crate) fn open_with(config: SledConfig) -> crate::Result<Self> {
-        let shown = config
-            .path
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("<temporary>"));
-        if let Some(path) = &config.path {
-            check_directory(path, config.create_if_missing)?;
-        }
-        let mut sled_config = sled::Config::new()
-            .cache_capacity(config.cache_capacity)
-            .flush_every_ms(config.flush_every_ms);
-        sled_config = match &config.path {
-            Some(path) => sled_config.path(path),
-            None => sled_config.temporary(true),
-        };
-        let mut attempt = 0;
-        let db = loop {
-            attempt += 1;
-            // sled 0.34 can panic on some damaged files instead of returning an error.
-            match catch_unwind(AssertUnwindSafe(|| sled_config.open())) {
-                Ok(Ok(db)) => break db,
-                Ok(Err(e)) => match open_error(&shown, e) {
-                    // A store of this process that was just dropped may still be closing
-                    // (sled's background tasks hold the file for a moment): wait a little.
-                    OpenError::Locked { .. } if attempt < LOCK_RETRIES => {
-                        std::thread::sleep(LOCK_RETRY_DELAY);
-                    }
-                    e => return Err(e),
-                },
-                Err(_) => {
-                    return Err(OpenError::NotADatabase {
-                        path: shown,
-                        reason: "sled could not read its files".into(),
-                    });
-                }
-            }
-        };
-        let io = |e: sled::Error| OpenError::Io {
-            path: shown.clone(),
-            source: e.into(),
-        };
-        match db.get(FORMAT_KEY).map_err(io)? {
-            Some(format) if &*format != FORMAT => {
-                return Err(OpenError::Corrupt {
-                    path: shown,
-                    reason: format!("unknown store format {:?}", &*format),
-                });
-            }
-            Some(_) => {}
-            None => {
-                db.insert(FORMAT_KEY, FORMAT).map_err(io)?;
-            }
-        }
-        let events = db.open_tree(EVENTS_TREE).map_err(io)?;
-        let snapshots = db.open_tree(SNAPSHOTS_TREE).map_err(io)?;
-        let checkpoints = db.open_tree(CHECKPOINTS_TREE).map_err(io)?;
-        let last = match events
-            .range(log_key(0)..=log_key(u64::MAX))
-            .next_back()
-            .transpose()
-            .map_err(io)?
-        {
-            Some((key, _)) => be_u64(&key[1..]).ok_or_else(|| OpenError::Corrupt {
-                path: shown.clone(),
-                reason: "a log key is not 9 bytes".into(),
-            })?,
-            None => 0,
-        };
-        let marks = Arc::new(Watermarks::default());
-        marks.committed.store(last, Ordering::Release);
-        marks.visible.store(last, Ordering::Release);
-        let sync = match (&config.path, config.durability) {
-            (Some(path), Durability::Synced) => Some(SyncFiles {
-                data: std::fs::File::open(path.join("db")).map_err(|e| OpenError::Io {
-                    path: shown.clone(),
-                    source: e.into(),
-                })?,
-                blobs: path.join("blobs"),
-            }),
-            _ => None,
-        };
-        let flusher = match config.durability {
-            Durability::Buffered => None,
-            Durability::Flushed | Durability::Synced => Some(
-                Flusher::start(db.clone(), marks.clone(), sync).map_err(|e| OpenError::Io {
-                    path: shown.clone(),
-                    source: e.into(),
-                })?,
-            ),
-        };
-        Ok(SledEventStore {
-            inner: Arc::new(Inner {
-                db,
-                events,
-                snapshots,
-                checkpoints,
-                path: config.path,
-                durability: config.durability,
-                writer: Mutex::new(Heads::default()),
-                snapshot_writer: Mutex::new(()),
-                marks,
-                flusher,
-                notifier: LogNotifier::new(),
-            }),
-        })
-    }
-
     /// The database directory (`None` for a temporary store).
     pub fn path(&self) -> Option<&Path> {
         self.inner.path.as_deref()
@@ -321,7 +187,7 @@ impl SledEventStore {
     }
 
     /// The version of `stream`: the version in its last stream-index key.
-    fn head(&self, stream: &StreamId) -> Result<u64> {
+    pub(crate) fn head(&self, stream: &StreamId) -> Result<u64> {
         let last = self
             .inner
             .events
@@ -337,136 +203,11 @@ impl SledEventStore {
     }
 
     /// The record at `position`, undecoded.
-    fn raw_record(&self, position: u64) -> Result<Option<sled::IVec>> {
+    pub(crate) fn raw_record(&self, position: u64) -> Result<Option<sled::IVec>> {
         self.inner
             .events
             .get(log_key(position))
             .map_err(store_error)
-    }
-
-    /// Where an already stored event id is: its stream, version and position.
-    fn locate(&self, event_id: Uuid) -> Result<Option<(StreamId, u64, u64)>> {
-        let Some(value) = self
-            .inner
-            .events
-            .get(id_key(event_id))
-            .map_err(store_error)?
-        else {
-            return Ok(None);
-        };
-        let location = || format!("event id index entry {event_id}");
-        let position = be_u64(&value).ok_or_else(|| Error::corrupt(location(), "not 8 bytes"))?;
-        let bytes = self.raw_record(position)?.ok_or_else(|| {
-            Error::corrupt(location(), format!("log position {position} is missing"))
-        })?;
-        let (stream, version) = decode_header(&bytes)
-            .map_err(|reason| Error::corrupt(format!("log position {position}"), reason))?;
-        Ok(Some((stream, version, position)))
-    }
-
-    /// The idempotency check, exactly as the in-memory store does it.
-    fn check_duplicates(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[EventData],
-    ) -> Result<Option<Result<AppendResult>>> {
-        let mut found = Vec::with_capacity(events.len());
-        for event in events {
-            found.push(self.locate(event.event_id)?);
-        }
-        if found.iter().all(Option::is_none) {
-            return Ok(None);
-        }
-        if let Some((event, (other, _, _))) = events
-            .iter()
-            .zip(&found)
-            .find_map(|(e, f)| f.as_ref().filter(|(s, _, _)| s != stream).map(|f| (e, f)))
-        {
-            return Ok(Some(Err(Error::DuplicateEventId {
-                event_id: event.event_id,
-                existing_stream: other.clone(),
-            })));
-        }
-        let full_match = found.iter().all(Option::is_some)
-            && found.windows(2).all(|w| match (&w[0], &w[1]) {
-                (Some(a), Some(b)) => b.1 == a.1 + 1,
-                _ => false,
-            });
-        Ok(Some(match found.last() {
-            Some(Some((_, version, position))) if full_match => Ok(AppendResult {
-                version: *version,
-                position: Position::new(0, *position),
-                duplicate: true,
-            }),
-            _ => Err(Error::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual: self.head(stream)?,
-            }),
-        }))
-    }
-
-    /// Checks and commits one append under the single writer. Returns the result and
-    /// whether anything was written.
-    fn commit(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: &[EventData],
-    ) -> Result<(AppendResult, bool)> {
-        let inner = &*self.inner;
-        let mut heads = lock(&inner.writer);
-        if let Some(outcome) = self.check_duplicates(stream, expected, events)? {
-            return outcome.map(|result| (result, false));
-        }
-        let actual = match heads.0.get(stream) {
-            Some(&version) => version,
-            None => self.head(stream)?,
-        };
-        if !expected.matches(actual) {
-            return Err(Error::Conflict {
-                stream: stream.clone(),
-                expected,
-                actual,
-            });
-        }
-        let recorded_at = SystemTime::now();
-        let mut position = inner.marks.committed.load(Ordering::Acquire);
-        let mut version = actual;
-        let mut batch = sled::Batch::default();
-        let mut large = false;
-        for event in events {
-            version += 1;
-            position += 1;
-            let bytes = encode(stream, version, event, recorded_at)?;
-            large |= bytes.len() >= BLOB_HINT;
-            let at = position.to_be_bytes();
-            batch.insert(&log_key(position)[..], bytes);
-            batch.insert(stream_key(stream, version), &at[..]);
-            batch.insert(&id_key(event.event_id)[..], &at[..]);
-        }
-        // One batch on one tree: sled applies it atomically, also across a crash.
-        inner.events.apply_batch(batch).map_err(store_error)?;
-        if large {
-            inner.marks.blob_pending.store(true, Ordering::Release);
-        }
-        inner.marks.committed.store(position, Ordering::Release);
-        if heads.0.len() >= HEADS_CACHE {
-            heads.0.clear();
-        }
-        heads.0.insert(stream.clone(), version);
-        if inner.flusher.is_none() {
-            inner.marks.visible.store(position, Ordering::Release);
-        }
-        Ok((
-            AppendResult {
-                version,
-                position: Position::new(0, position),
-                duplicate: false,
-            },
-            true,
-        ))
     }
 
     /// The first stream whose index keys are at or after `start`, its version, and the
@@ -574,61 +315,6 @@ impl SledEventStore {
             next = None;
         }
         (out, next)
-    }
-}
-
-fn check_directory(path: &Path, create: bool) -> crate::Result<()> {
-    let io = |e: std::io::Error| OpenError::Io {
-        path: path.to_owned(),
-        source: e.into(),
-    };
-    match std::fs::metadata(path) {
-        Ok(meta) if !meta.is_dir() => Err(OpenError::NotADirectory {
-            path: path.to_owned(),
-        }),
-        Ok(_) => {
-            let mut entries = std::fs::read_dir(path).map_err(io)?;
-            let is_empty = entries.next().is_none();
-            if !is_empty && !path.join("conf").is_file() {
-                return Err(OpenError::NotADatabase {
-                    path: path.to_owned(),
-                    reason: "the directory is not empty and has no sled `conf` file".into(),
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if create {
-                std::fs::create_dir_all(path).map_err(io)
-            } else {
-                Err(OpenError::Missing {
-                    path: path.to_owned(),
-                })
-            }
-        }
-        Err(e) => Err(io(e)),
-    }
-}
-
-fn open_error(path: &Path, e: sled::Error) -> OpenError {
-    let path = path.to_owned();
-    match e {
-        // sled reports a held lock as an `Other` I/O error with this text; there is no
-        // other way to tell it apart.
-        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-            OpenError::Locked {
-                path,
-                source: io.into(),
-            }
-        }
-        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => OpenError::NotADatabase {
-            path,
-            reason: e.to_string(),
-        },
-        other => OpenError::Io {
-            path,
-            source: other.into(),
-        },
     }
 }
 

@@ -1,0 +1,137 @@
+//! The append path: the idempotency check and the commit under the single writer.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use cqrs_core::{AppendResult, Error, EventData, ExpectedVersion, Position, Result, StreamId};
+use uuid::Uuid;
+
+use crate::record::{be_u64, decode_header, encode, id_key, log_key, stream_key};
+use crate::store::{BLOB_HINT, HEADS_CACHE, SledEventStore, lock, store_error};
+
+impl SledEventStore {
+    /// Where an already stored event id is: its stream, version and position.
+    pub(crate) fn locate(&self, event_id: Uuid) -> Result<Option<(StreamId, u64, u64)>> {
+        let Some(value) = self
+            .inner
+            .events
+            .get(id_key(event_id))
+            .map_err(store_error)?
+        else {
+            return Ok(None);
+        };
+        let location = || format!("event id index entry {event_id}");
+        let position = be_u64(&value).ok_or_else(|| Error::corrupt(location(), "not 8 bytes"))?;
+        let bytes = self.raw_record(position)?.ok_or_else(|| {
+            Error::corrupt(location(), format!("log position {position} is missing"))
+        })?;
+        let (stream, version) = decode_header(&bytes)
+            .map_err(|reason| Error::corrupt(format!("log position {position}"), reason))?;
+        Ok(Some((stream, version, position)))
+    }
+
+    /// The idempotency check, exactly as the in-memory store does it.
+    fn check_duplicates(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<Option<Result<AppendResult>>> {
+        let mut found = Vec::with_capacity(events.len());
+        for event in events {
+            found.push(self.locate(event.event_id)?);
+        }
+        if found.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        if let Some((event, (other, _, _))) = events
+            .iter()
+            .zip(&found)
+            .find_map(|(e, f)| f.as_ref().filter(|(s, _, _)| s != stream).map(|f| (e, f)))
+        {
+            return Ok(Some(Err(Error::DuplicateEventId {
+                event_id: event.event_id,
+                existing_stream: other.clone(),
+            })));
+        }
+        let full_match = found.iter().all(Option::is_some)
+            && found.windows(2).all(|w| match (&w[0], &w[1]) {
+                (Some(a), Some(b)) => b.1 == a.1 + 1,
+                _ => false,
+            });
+        Ok(Some(match found.last() {
+            Some(Some((_, version, position))) if full_match => Ok(AppendResult {
+                version: *version,
+                position: Position::new(0, *position),
+                duplicate: true,
+            }),
+            _ => Err(Error::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual: self.head(stream)?,
+            }),
+        }))
+    }
+
+    /// Checks and commits one append under the single writer. Returns the result and
+    /// whether anything was written.
+    pub(crate) fn commit(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[EventData],
+    ) -> Result<(AppendResult, bool)> {
+        let inner = &*self.inner;
+        let mut heads = lock(&inner.writer);
+        if let Some(outcome) = self.check_duplicates(stream, expected, events)? {
+            return outcome.map(|result| (result, false));
+        }
+        let actual = match heads.0.get(stream) {
+            Some(&version) => version,
+            None => self.head(stream)?,
+        };
+        if !expected.matches(actual) {
+            return Err(Error::Conflict {
+                stream: stream.clone(),
+                expected,
+                actual,
+            });
+        }
+        let recorded_at = SystemTime::now();
+        let mut position = inner.marks.committed.load(Ordering::Acquire);
+        let mut version = actual;
+        let mut batch = sled::Batch::default();
+        let mut large = false;
+        for event in events {
+            version += 1;
+            position += 1;
+            let bytes = encode(stream, version, event, recorded_at)?;
+            large |= bytes.len() >= BLOB_HINT;
+            let at = position.to_be_bytes();
+            batch.insert(&log_key(position)[..], bytes);
+            batch.insert(stream_key(stream, version), &at[..]);
+            batch.insert(&id_key(event.event_id)[..], &at[..]);
+        }
+        // One batch on one tree: sled applies it atomically, also across a crash.
+        inner.events.apply_batch(batch).map_err(store_error)?;
+        if large {
+            inner.marks.blob_pending.store(true, Ordering::Release);
+        }
+        inner.marks.committed.store(position, Ordering::Release);
+        if heads.0.len() >= HEADS_CACHE {
+            heads.0.clear();
+        }
+        heads.0.insert(stream.clone(), version);
+        if inner.flusher.is_none() {
+            inner.marks.visible.store(position, Ordering::Release);
+        }
+        Ok((
+            AppendResult {
+                version,
+                position: Position::new(0, position),
+                duplicate: false,
+            },
+            true,
+        ))
+    }
+}
