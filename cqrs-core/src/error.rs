@@ -161,8 +161,39 @@ impl Error {
         }
     }
 
-    /// Whether this is a concurrency conflict ([`Error::Conflict`]).
+    /// Whether this is a concurrency conflict ([`Error::Conflict`]): reload and decide
+    /// again (HTTP 409).
     pub fn is_conflict(&self) -> bool {
         matches!(self, Error::Conflict { .. })
+    }
+
+    /// Whether the caller's input was refused and nothing was written
+    /// ([`Error::InvalidInput`], [`Error::InvalidStreamId`], [`Error::Encode`],
+    /// [`Error::DuplicateEventId`]): fix the input (HTTP 400).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidInput { .. }
+                | Error::InvalidStreamId { .. }
+                | Error::Encode { .. }
+                | Error::DuplicateEventId { .. }
+        )
+    }
+
+    /// Whether the backend failed ([`Error::Store`]): the store is unavailable for now;
+    /// retry later (HTTP 503). The outcome of an append that failed so is unknown:
+    /// re-append the same event ids to find out.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Store { .. })
+    }
+
+    /// Whether a stored record could not be read as data ([`Error::Corrupt`],
+    /// [`Error::Decode`], [`Error::UnknownEventType`]): the record stays in the store;
+    /// deploy code that reads it, or restore it.
+    pub fn is_unreadable_record(&self) -> bool {
+        matches!(
+            self,
+            Error::Corrupt { .. } | Error::Decode { .. } | Error::UnknownEventType { .. }
+        )
     }
 }

@@ -208,7 +208,7 @@ pub struct Executed {
 #[non_exhaustive]
 pub enum CommandError<E> {
     /// The aggregate refused the command. Nothing was written. Handling: report it (422).
-    #[error("command rejected")]
+    #[error("command rejected: {0}")]
     Rejected(#[source] E),
     /// Concurrent writers kept winning for `attempts` attempts. Nothing was written.
     /// Handling: try again later (409).
@@ -230,6 +230,36 @@ pub enum CommandError<E> {
     /// report the store as unavailable (503).
     #[error("event store failure while executing a command")]
     Store(#[source] Error),
+}
+
+impl<E> CommandError<E> {
+    /// Whether the aggregate refused the command ([`CommandError::Rejected`]).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, CommandError::Rejected(_))
+    }
+
+    /// Whether concurrent writers kept winning ([`CommandError::Conflict`]).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, CommandError::Conflict { .. })
+    }
+
+    /// Whether the input could not be used ([`CommandError::Invalid`]).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, CommandError::Invalid(_))
+    }
+
+    /// Whether the store failed or holds what cannot be read ([`CommandError::Store`]).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, CommandError::Store(_))
+    }
+
+    /// The domain rejection, if the aggregate refused the command.
+    pub fn rejection(&self) -> Option<&E> {
+        match self {
+            CommandError::Rejected(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 impl<E> From<Error> for CommandError<E> {
