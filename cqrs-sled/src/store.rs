@@ -32,7 +32,7 @@ pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
 /// An [`EventStore`] in an embedded sled database: one process, durable, with group
 /// commit.
 ///
-/// Open it with [`SledEventStore::open`] (or [`SledConfig`] for options, or
+/// Open it with [`SledEventStore::open`] (or [`SledConfig`](crate::SledConfig) for options, or
 /// [`SledEventStore::temporary`] in tests). Clones share the same database. Appends are
 /// serialised by one writer that hands out gap-free global positions
 /// (`Position::new(0, n)`, `n` from 1), so the log is in commit order by construction.

@@ -3,7 +3,7 @@
 //!
 //! Each case is a `pub async fn case<S: EventStore + Clone + 'static>(store: S)` that
 //! panics, with a message naming the contract it checks, when the store breaks it. A
-//! backend runs them all with [`store_conformance_tests!`](crate::store_conformance_tests),
+//! backend runs them all with [`store_conformance_tests!`](crate::store_conformance_tests)(crate::store_conformance_tests),
 //! which expands to one `#[tokio::test]` per case, so a failure names its case:
 //!
 //! ```no_run
@@ -92,7 +92,7 @@ tokio::task_local! {
 }
 
 /// The harness name of the running case (its module path without the crate name), if
-/// it runs under [`store_conformance_tests!`].
+/// it runs under [`store_conformance_tests!`](crate::store_conformance_tests).
 #[allow(dead_code)] // Used by the cases that measure in a child process.
 pub(crate) fn current_case() -> Option<&'static str> {
     CASE_PATH
@@ -107,7 +107,7 @@ pub(crate) fn say(line: &str) {
     let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
-/// A teardown that does nothing: the default of [`store_conformance_tests!`].
+/// A teardown that does nothing: the default of [`store_conformance_tests!`](crate::store_conformance_tests).
 pub async fn no_teardown<S>(_store: S) {}
 
 /// A snapshot-damaging hook for backends that have no stored bytes below the API to
@@ -117,7 +117,7 @@ pub async fn no_snapshot_damage<S>(_store: S, _stream: crate::StreamId) -> bool 
     false
 }
 
-/// Runs one case for [`store_conformance_tests!`]: says `skipped` when the factory gave
+/// Runs one case for [`store_conformance_tests!`](crate::store_conformance_tests): says `skipped` when the factory gave
 /// no store, runs the case with its test path set, then the teardown, even when the case
 /// panicked (the panic is raised again afterwards).
 #[doc(hidden)]
