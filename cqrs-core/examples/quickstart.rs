@@ -1,7 +1,8 @@
 //! Quickstart: an event-sourced bank account on the in-memory store, in one file.
 //!
 //! Run it with `cargo run -p cqrs-core --example quickstart`, and its tests with
-//! `cargo test -p cqrs-core --example quickstart`. It prints what each step did.
+//! `cargo test -p cqrs-core --example quickstart`. It prints what each step did. It uses
+//! `#[derive(DomainEvent)]`, from cqrs-core's `derive` feature.
 
 use std::collections::BTreeMap;
 
@@ -29,25 +30,18 @@ enum Command {
 }
 
 /// What an account records.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Each variant has a stable name, stored with each of its events (cqrs-core's `derive`
+/// feature writes `EVENT_TYPES` and `event_type` from these attributes). The names stay
+/// when the Rust type or its variants are renamed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 enum Event {
+    #[event(name = "AccountOpened")]
     Opened(String), // the owner's name
+    #[event(name = "MoneyDeposited")]
     Deposited(u64),
+    #[event(name = "MoneyWithdrawn")]
     Withdrawn(u64),
-}
-
-impl DomainEvent for Event {
-    // Stable names, stored with each event. Never derive them from the Rust type path.
-    const EVENT_TYPES: &'static [&'static str] =
-        &["AccountOpened", "MoneyDeposited", "MoneyWithdrawn"];
-
-    fn event_type(&self) -> &'static str {
-        match self {
-            Event::Opened(_) => "AccountOpened",
-            Event::Deposited(_) => "MoneyDeposited",
-            Event::Withdrawn(_) => "MoneyWithdrawn",
-        }
-    }
 }
 
 /// Why an account refuses a command.

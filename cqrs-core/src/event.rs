@@ -18,7 +18,51 @@ use crate::{Position, StreamId};
 /// shape changes and register an upcaster ([`Upcasters`](crate::Upcasters)) that lifts
 /// the old shape.
 ///
-/// # Examples
+/// # Deriving it
+///
+/// With the `derive` feature of `cqrs-core`, `#[derive(DomainEvent)]` writes the impl, so
+/// each name is written once, beside the variant it names:
+///
+/// - On an enum, each variant is one event type, named after the variant, or by
+///   `#[event(name = "...")]` on it. [`EVENT_TYPES`](DomainEvent::EVENT_TYPES) lists the
+///   names in declaration order and [`event_type`](DomainEvent::event_type) matches on
+///   the variant, so the two cannot disagree.
+/// - On a struct, the struct is one event type, named after it or by
+///   `#[event(name = "...")]` on the struct.
+/// - `#[event(schema_version = N)]` sets that type's
+///   [`schema_version`](DomainEvent::schema_version); the others stay at 1.
+///
+/// The names are stored with every event: before renaming a variant whose events are
+/// stored, pin its old name with `name`. Two variants with one name, an empty name, an
+/// unknown key, a `schema_version` that is not an integer from 1, and a union are
+/// compile errors. The macro's own documentation has the details.
+///
+/// ```
+/// use cqrs_core::DomainEvent;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+/// enum AccountEvent {
+///     #[event(name = "AccountOpened")]
+///     Opened { owner: String },
+///     #[event(name = "MoneyDeposited", schema_version = 2)]
+///     Deposited { amount_cents: i64 },
+///     Closed,
+/// }
+///
+/// assert_eq!(AccountEvent::EVENT_TYPES, ["AccountOpened", "MoneyDeposited", "Closed"]);
+/// let deposit = AccountEvent::Deposited { amount_cents: 500 };
+/// assert_eq!(deposit.event_type(), "MoneyDeposited");
+/// assert_eq!(deposit.schema_version(), 2);
+/// assert_eq!(AccountEvent::Closed.schema_version(), 1);
+/// ```
+///
+/// # Implementing it by hand
+///
+/// Without the feature, or for names the derive cannot express, write the impl. This one
+/// is what the derive above generates; keep `EVENT_TYPES` and `event_type` in step (the
+/// [test kit](crate::testkit) checks every event it sees against the list).
+///
 /// ```
 /// use cqrs_core::DomainEvent;
 /// use serde::{Deserialize, Serialize};
@@ -27,15 +71,24 @@ use crate::{Position, StreamId};
 /// enum AccountEvent {
 ///     Opened { owner: String },
 ///     Deposited { amount_cents: i64 },
+///     Closed,
 /// }
 ///
 /// impl DomainEvent for AccountEvent {
-///     const EVENT_TYPES: &'static [&'static str] = &["AccountOpened", "MoneyDeposited"];
+///     const EVENT_TYPES: &'static [&'static str] = &["AccountOpened", "MoneyDeposited", "Closed"];
 ///
 ///     fn event_type(&self) -> &'static str {
 ///         match self {
 ///             AccountEvent::Opened { .. } => "AccountOpened",
 ///             AccountEvent::Deposited { .. } => "MoneyDeposited",
+///             AccountEvent::Closed => "Closed",
+///         }
+///     }
+///
+///     fn schema_version(&self) -> u32 {
+///         match self {
+///             AccountEvent::Deposited { .. } => 2,
+///             _ => 1,
 ///         }
 ///     }
 /// }

@@ -25,6 +25,9 @@ pub mod conformance;
 pub use aggregate::Aggregate;
 pub use boxed::{BoxEventStore, DynEventStore};
 pub use codec::{Codec, JsonCodec};
+#[cfg(feature = "derive")]
+#[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
+pub use cqrs_derive::DomainEvent;
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Envelope, EventData, Metadata, RecordedEvent};
 pub use group::ProjectionGroup;

@@ -16,36 +16,26 @@ use cqrs_core::{
 use serde::{Deserialize, Serialize};
 
 /// What can happen to an account (page 2, section 2).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
 pub enum AccountEvent {
     /// The account was opened.
+    #[event(name = "AccountOpened")]
     Opened {
         /// The owner's name.
         owner: String,
     },
     /// Money was deposited.
+    #[event(name = "MoneyDeposited")]
     Deposited {
         /// The amount.
         amount: u64,
     },
     /// Money was withdrawn.
+    #[event(name = "MoneyWithdrawn")]
     Withdrawn {
         /// The amount.
         amount: u64,
     },
-}
-
-impl DomainEvent for AccountEvent {
-    const EVENT_TYPES: &'static [&'static str] =
-        &["AccountOpened", "MoneyDeposited", "MoneyWithdrawn"];
-
-    fn event_type(&self) -> &'static str {
-        match self {
-            AccountEvent::Opened { .. } => "AccountOpened",
-            AccountEvent::Deposited { .. } => "MoneyDeposited",
-            AccountEvent::Withdrawn { .. } => "MoneyWithdrawn",
-        }
-    }
 }
 
 /// What a caller asks an account to do (page 2, section 3).
