@@ -157,11 +157,71 @@ fn url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
+/// A fresh schema name, with this process's id in it (see [`DropSchemasOnExit`]).
 fn schema() -> String {
     format!(
-        "cqrs_bench_{}",
+        "cqrs_bench_{}_{}",
+        std::process::id(),
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     )
+}
+
+/// Drops, when dropped, every schema this process made ([`schema`] names carry the
+/// process id): at the end of `main`, and while a failed measurement's panic unwinds it,
+/// so that a run leaves nothing behind. (Each measurement also drops its own schemas as
+/// soon as it is done, to keep the database small during a long run.)
+struct DropSchemasOnExit;
+
+impl Drop for DropSchemasOnExit {
+    fn drop(&mut self) {
+        // Drop cannot await, and the runtime may be the one unwinding: a thread of its
+        // own, with its own runtime and connection, each step within a deadline.
+        let pattern = format!("cqrs\\_bench\\_{}\\_%", std::process::id());
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("start a runtime: {e}"))?;
+            runtime.block_on(async {
+                let limit = Duration::from_secs(30);
+                let options: PgConnectOptions = url().parse().map_err(|e| format!("{e}"))?;
+                let mut conn = tokio::time::timeout(limit, options.connect())
+                    .await
+                    .map_err(|_| "connecting timed out".to_owned())?
+                    .map_err(|e| format!("connect: {e}"))?;
+                let names: Vec<String> = tokio::time::timeout(
+                    limit,
+                    sqlx::query_scalar(
+                        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE $1",
+                    )
+                    .bind(pattern)
+                    .fetch_all(&mut conn),
+                )
+                .await
+                .map_err(|_| "listing the schemas timed out".to_owned())?
+                .map_err(|e| format!("list the schemas: {e}"))?;
+                for name in names {
+                    tokio::time::timeout(
+                        limit,
+                        sqlx::raw_sql(AssertSqlSafe(format!(
+                            "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+                        )))
+                        .execute(&mut conn),
+                    )
+                    .await
+                    .map_err(|_| format!("dropping {name} timed out"))?
+                    .map_err(|e| format!("drop {name}: {e}"))?;
+                }
+                let _ = conn.close().await;
+                Ok(())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the dropping thread panicked".to_owned()));
+        if let Err(reason) = dropped {
+            eprintln!("could not drop this run's schemas: {reason}");
+        }
+    }
 }
 
 async fn pool(options: PgConnectOptions, max: u32) -> PgPool {
@@ -741,6 +801,7 @@ async fn main() {
             return;
         }
     }
+    let _schemas = DropSchemasOnExit;
     let quick = args.iter().any(|a| a == "--quick");
     if args.iter().any(|a| a == "--no-notify") {
         NOTIFY.store(false, Ordering::Relaxed);

@@ -20,6 +20,15 @@ fn open(owner: &str) -> AccountCommand {
     }
 }
 
+/// Joins a spawned task, failing the test if it does not finish within a minute (a
+/// guard against a hang, never a timing check).
+async fn join<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(std::time::Duration::from_secs(60), task)
+        .await
+        .expect("a spawned task did not finish within 60 s")
+        .expect("a spawned task panicked")
+}
+
 /// One command of the random runs: mostly deposits and withdrawals, some opens.
 fn random_command(rng: &mut Rng) -> AccountCommand {
     match rng.below(10) {
@@ -177,7 +186,7 @@ async fn concurrent_deposits(cache: usize) {
         }));
     }
     for task in tasks {
-        task.await.unwrap();
+        join(task).await;
     }
     let loaded = repo.load("shared").await.unwrap();
     assert_eq!(loaded.state.balance, 400);
@@ -279,7 +288,7 @@ async fn concurrent_duplicates_of_one_command_apply_once() {
         }));
     }
     for task in tasks {
-        task.await.unwrap().unwrap();
+        join(task).await.unwrap();
     }
     assert_eq!(repo.load("a1").await.unwrap().state.balance, 7);
 }

@@ -103,15 +103,27 @@ async fn seed(store: &InMemoryEventStore, accounts: usize, deposits: i64) {
     }
 }
 
-/// Waits (bounded: a hang guard, not a timing assertion) until `check` holds.
+/// How long a test waits for something to happen: a guard against a hang, never a
+/// timing assertion.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Waits until `check` holds, failing the test after [`DEADLINE`].
 async fn eventually(mut check: impl FnMut() -> bool) {
-    for _ in 0..1_000 {
-        if check() {
-            return;
-        }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not reached within {DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("condition not reached within 10 s");
+}
+
+/// Awaits `future`, failing the test if it does not finish within [`DEADLINE`].
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("not done within {DEADLINE:?}: {what}"))
 }
 
 #[tokio::test]
@@ -174,7 +186,10 @@ async fn live_runner_follows_new_events_and_stops_on_shutdown() {
     }
     eventually(|| p.balances.lock().unwrap().get("acc-1") == Some(&16)).await;
     stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    within("the runner stops when told", task)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         store.load_checkpoint("live").await.unwrap(),
         Some(Position::new(0, 18))
@@ -269,7 +284,10 @@ async fn live_runner_polls_when_the_store_cannot_notify() {
     seed(&store, 1, 4).await;
     eventually(|| p.balances.lock().unwrap().get("acc-0") == Some(&10)).await;
     stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    within("the runner stops when told", task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
@@ -403,7 +421,10 @@ async fn a_group_runs_projections_and_stops_on_the_first_failure() {
     })
     .await;
     stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    within("the group stops when told", task)
+        .await
+        .unwrap()
+        .unwrap();
 
     let mut failing = projection("failing");
     failing.poison = Some(2);
@@ -413,7 +434,12 @@ async fn a_group_runs_projections_and_stops_on_the_first_failure() {
     let group = ProjectionGroup::new()
         .with(ProjectionRunner::new(store.clone(), failing).with_config(fast_config(100)))
         .with(ProjectionRunner::new(store.clone(), panicking).with_config(fast_config(100)));
-    let error = group.run_until(std::future::pending()).await.unwrap_err();
+    let error = within(
+        "the group stops at the first failing projection",
+        group.run_until(std::future::pending()),
+    )
+    .await
+    .unwrap_err();
     assert!(
         matches!(&error, ProjectionError::Stopped { projection, .. } if projection == "failing")
             || matches!(&error, ProjectionError::Panicked { projection, .. } if projection == "panicking"),

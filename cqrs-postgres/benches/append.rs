@@ -13,13 +13,49 @@ use std::time::Duration;
 use cqrs_core::{EventData, EventStore, ExpectedVersion, StreamId};
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::postgres::PgPoolOptions;
-use cqrs_postgres::sqlx::{self, AssertSqlSafe};
+use cqrs_postgres::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures::TryStreamExt;
 
 fn url() -> String {
     std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+/// The benchmark's schema, dropped with this value: after the last benchmark, or while a
+/// failed one's panic unwinds.
+struct SchemaGuard(String);
+
+impl Drop for SchemaGuard {
+    fn drop(&mut self) {
+        // Drop cannot await, and the benchmark's runtime may be the one unwinding: a thread
+        // of its own, with its own runtime and connection, each step within a deadline.
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
+        let dropped = std::thread::spawn(move || -> Result<(), String> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("start a runtime: {e}"))?;
+            runtime.block_on(async {
+                let limit = Duration::from_secs(30);
+                let mut conn = tokio::time::timeout(limit, PgConnection::connect(&url()))
+                    .await
+                    .map_err(|_| "connecting timed out".to_owned())?
+                    .map_err(|e| format!("connect: {e}"))?;
+                tokio::time::timeout(limit, sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn))
+                    .await
+                    .map_err(|_| "DROP SCHEMA timed out".to_owned())?
+                    .map_err(|e| format!("DROP SCHEMA: {e}"))?;
+                let _ = conn.close().await;
+                Ok(())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the dropping thread panicked".to_owned()));
+        if let Err(reason) = dropped {
+            eprintln!("could not drop the benchmark schema {}: {reason}", self.0);
+        }
+    }
 }
 
 fn event() -> EventData {
@@ -32,6 +68,10 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
+    let schema = format!(
+        "cqrs_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let store = runtime.block_on(async {
         let pool = PgPoolOptions::new()
             .max_connections(2)
@@ -39,21 +79,21 @@ fn benches(c: &mut Criterion) {
             .connect(&url())
             .await
             .ok()?;
-        let schema = format!(
-            "cqrs_bench_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        );
-        let store = PostgresEventStore::builder(pool)
-            .schema(schema)
-            .build()
-            .ok()?;
-        store.migrate().await.ok()?;
-        Some(store)
+        Some(
+            PostgresEventStore::builder(pool)
+                .schema(&schema)
+                .build()
+                .expect("a valid schema name"),
+        )
     });
     let Some(store) = store else {
         println!("skipped: no PostgreSQL at {}", url());
         return;
     };
+    let _schema = SchemaGuard(schema);
+    runtime
+        .block_on(store.migrate())
+        .expect("migrate the benchmark schema");
 
     let one = StreamId::new("account", "one").unwrap();
     c.bench_function("append 1 event", |b| {
@@ -87,16 +127,6 @@ fn benches(c: &mut Criterion) {
             let read: Vec<_> = store.read_stream(&hundred, 1).try_collect().await.unwrap();
             assert_eq!(read.len(), 100);
         });
-    });
-
-    runtime.block_on(async {
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "DROP SCHEMA \"{}\" CASCADE",
-            store.schema()
-        )))
-        .execute(store.pool())
-        .await
-        .unwrap();
     });
 }
 

@@ -63,6 +63,13 @@ where
     }
 }
 
+/// Awaits `future`, failing the test if it does not finish within [`DEADLINE`].
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("not done within {DEADLINE:?}: {what}"))
+}
+
 fn fast_config() -> RunnerConfig {
     RunnerConfig {
         batch_size: 20,
@@ -191,7 +198,7 @@ async fn recomputed(store: &PostgresEventStore) -> BTreeMap<String, i64> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn listen_notify_wakes_watchers_of_other_nodes() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let other = common::same_schema(&store, 2).await;
@@ -226,12 +233,11 @@ async fn listen_notify_wakes_watchers_of_other_nodes() {
     tokio::time::timeout(DEADLINE, own.changed())
         .await
         .expect("own appends wake");
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_transactional_projection_applies_each_event_once_with_its_checkpoint() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     create_tables(&store).await;
@@ -275,12 +281,11 @@ async fn a_transactional_projection_applies_each_event_once_with_its_checkpoint(
     assert_eq!(runner.rebuild(|_| {}).await.unwrap(), 35);
     assert_eq!(applied(&store).await, 35);
     assert_eq!(balances(&store).await, recomputed(&store).await);
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_worker_cannot_apply_a_batch_twice() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     create_tables(&store).await;
@@ -330,7 +335,6 @@ async fn a_stale_worker_cannot_apply_a_batch_twice() {
         store.load_checkpoint("balances").await.unwrap(),
         Some(log[9].position)
     );
-    common::drop_schema(&store).await;
 }
 
 /// Counts events per stream in a table, in the append's transaction; refuses "Poison".
@@ -372,7 +376,7 @@ impl InlineProjection for StreamSizes {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn inline_projections_are_read_your_writes_and_roll_back_with_the_append() {
-    let Some(plain) = common::store().await else {
+    let Some(plain) = common::store_guarded().await else {
         return;
     };
     let schema = plain.schema().to_owned();
@@ -442,7 +446,6 @@ async fn inline_projections_are_read_your_writes_and_roll_back_with_the_append()
             .unwrap_err()
             .is_conflict()
     );
-    common::drop_schema(&plain).await;
 }
 
 /// Terminates every connection of a node made by `common::same_schema` (its pool's, its
@@ -473,7 +476,7 @@ async fn kill_connections_of(node: &PostgresEventStore) -> usize {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_live_projection_retries_and_resumes_after_losing_its_connections() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     create_tables(&store).await;
@@ -508,13 +511,15 @@ async fn a_live_projection_retries_and_resumes_after_losing_its_connections() {
     }
     assert_eq!(balances(&store).await, recomputed(&store).await);
     stop.send(()).unwrap();
-    task.await.unwrap().unwrap();
-    common::drop_schema(&store).await;
+    within("the runner stops when told", task)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn of_three_nodes_one_runs_the_projection_and_another_takes_over_when_it_dies() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     create_tables(&store).await;
@@ -570,8 +575,8 @@ async fn of_three_nodes_one_runs_the_projection_and_another_takes_over_when_it_d
     let (node, task) = &mut nodes[killed];
     // "Kill" the active node: its task and every connection it holds go away at once.
     task.take().unwrap().abort();
-    node.pool().close().await;
-    writer.await.unwrap();
+    within("the killed node's pool closes", node.pool().close()).await;
+    within("the writer's 150 appends", writer).await.unwrap();
     eventually("the survivors finish the log", || async {
         applied(&store).await == 150
     })
@@ -585,15 +590,17 @@ async fn of_three_nodes_one_runs_the_projection_and_another_takes_over_when_it_d
     shutdown.send(true).unwrap();
     for (_, task) in nodes {
         if let Some(task) = task {
-            task.await.unwrap().unwrap();
+            within("a worker stops when told", task)
+                .await
+                .unwrap()
+                .unwrap();
         }
     }
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_worker_lock_is_exclusive_across_nodes_and_freed_with_its_holder() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let other = common::same_schema(&store, 1).await;
@@ -606,12 +613,13 @@ async fn a_worker_lock_is_exclusive_across_nodes_and_freed_with_its_holder() {
     assert!(taken.is_held().await);
     // A holder that dies (its connection drops) frees the lock.
     drop(taken);
-    let again = store
-        .lock_worker("balances", Duration::from_millis(20))
-        .await
-        .unwrap();
+    let again = within(
+        "the lock of a dropped holder is free again",
+        store.lock_worker("balances", Duration::from_millis(20)),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.name(), "balances");
     again.release().await.unwrap();
     unrelated.release().await.unwrap();
-    common::drop_schema(&store).await;
 }

@@ -31,9 +31,18 @@ async fn of(store: &PostgresEventStore, s: &StreamId) -> Vec<RecordedEvent> {
     store.read_stream(s, 1).try_collect().await.unwrap()
 }
 
+/// Joins a spawned task, failing the test if it does not finish within a minute (a
+/// generous deadline against a hang, never a timing assertion).
+async fn join<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("a spawned task did not finish within 60 s")
+        .expect("a spawned task panicked")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn appends_and_reads_back_the_full_envelope() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("account");
@@ -80,12 +89,11 @@ async fn appends_and_reads_back_the_full_envelope() {
             .unwrap(),
         None
     );
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expected_versions_are_checked() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("account");
@@ -132,12 +140,11 @@ async fn expected_versions_are_checked() {
     assert_eq!(r.version, 4);
     let versions: Vec<u64> = of(&store, &s).await.iter().map(|e| e.version).collect();
     assert_eq!(versions, [1, 2, 3, 4]);
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn appends_are_idempotent_by_event_id_like_the_memory_store() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("account");
@@ -199,12 +206,11 @@ async fn appends_are_idempotent_by_event_id_like_the_memory_store() {
     assert_eq!(of(&store, &s).await.len(), 2);
     assert!(of(&store, &other).await.is_empty());
     assert_eq!(store.count_events(Position::START).await.unwrap(), 2);
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn of_concurrent_appends_expecting_one_version_exactly_one_wins() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("account");
@@ -228,7 +234,7 @@ async fn of_concurrent_appends_expecting_one_version_exactly_one_wins() {
         .collect();
     let mut won = 0;
     for task in tasks {
-        match task.await.unwrap() {
+        match join(task).await {
             Ok(r) => {
                 won += 1;
                 assert_eq!(r.version, 3);
@@ -248,16 +254,15 @@ async fn of_concurrent_appends_expecting_one_version_exactly_one_wins() {
         })
         .collect();
     for task in tasks {
-        task.await.unwrap().unwrap();
+        join(task).await.unwrap();
     }
     let versions: Vec<u64> = of(&store, &s).await.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=15).collect::<Vec<_>>());
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_global_log_resumes_from_any_position_without_gaps_or_repeats() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     // Concurrent writers over a few streams, batches of 1 to 3.
@@ -276,7 +281,7 @@ async fn the_global_log_resumes_from_any_position_without_gaps_or_repeats() {
         })
         .collect();
     for task in tasks {
-        task.await.unwrap();
+        join(task).await;
     }
     let log = all(&store, Position::START).await;
     let total = store.count_events(Position::START).await.unwrap();
@@ -305,6 +310,8 @@ async fn the_global_log_resumes_from_any_position_without_gaps_or_repeats() {
     let mut paged = Vec::new();
     let mut at = Position::START;
     loop {
+        // Pages that never end would pass the log's length: fail instead of spinning.
+        assert!(paged.len() <= log.len(), "paging yields more than the log");
         let page: Vec<_> = store.read_all(at, Some(7)).try_collect().await.unwrap();
         let Some(last) = page.last() else { break };
         at = last.position;
@@ -319,12 +326,11 @@ async fn the_global_log_resumes_from_any_position_without_gaps_or_repeats() {
             .unwrap()
             .is_empty()
     );
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn snapshots_keep_the_highest_version_and_checkpoints_round_trip() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("account");
@@ -384,12 +390,11 @@ async fn snapshots_keep_the_highest_version_and_checkpoints_round_trip() {
             Err(Error::InvalidInput { .. })
         ));
     }
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn odd_stream_ids_and_metadata_round_trip_or_are_refused_clearly() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let ids = [
@@ -442,7 +447,6 @@ async fn odd_stream_ids_and_metadata_round_trip_or_are_refused_clearly() {
         .await
         .unwrap();
     assert_eq!(of(&store, &s).await[0].payload, binary.payload);
-    common::drop_schema(&store).await;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -459,7 +463,7 @@ impl DomainEvent for Counted {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn damaged_records_are_typed_errors_naming_stream_and_version() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("account");
@@ -504,12 +508,11 @@ async fn damaged_records_are_typed_errors_naming_stream_and_version() {
         }
         other => panic!("expected a corrupt record, got {other:?}"),
     }
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_load_with_a_hole_after_the_snapshot_is_a_corrupt_error() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("account");
@@ -551,12 +554,11 @@ async fn a_load_with_a_hole_after_the_snapshot_is_a_corrupt_error() {
         }
         other => panic!("expected a corrupt-record error, then events 4 and 5, got {other:?}"),
     }
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn schema_names_are_validated_and_migrations_rerun_safely() {
-    let Some(store) = common::store().await else {
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     for bad in ["", "Bad", "a\"b", "a;b", "pg_x", "1a", "é"] {
@@ -575,7 +577,6 @@ async fn schema_names_are_validated_and_migrations_rerun_safely() {
         })
         .collect();
     for task in tasks {
-        assert_eq!(task.await.unwrap().unwrap(), 1);
+        assert_eq!(join(task).await.unwrap(), 1);
     }
-    common::drop_schema(&store).await;
 }

@@ -29,13 +29,21 @@ fn events(n: usize) -> Vec<EventData> {
 /// back the others' reads.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// This test's turn: waits for the others of the binary, within a deadline.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    tokio::time::timeout(Duration::from_secs(300), SERIAL.lock())
+        .await
+        .expect("the other tests of this binary finish within 300 s")
+}
+
 async fn read_after(store: &PostgresEventStore, after: Position) -> Vec<RecordedEvent> {
     store.read_all(after, None).try_collect().await.unwrap()
 }
 
 /// Reads after `after` until `count` events are readable. Another session's transaction
 /// on the same server may hold the horizon back for a while; this test's own open
-/// transactions are over when it is called. The deadline only guards against a hang.
+/// transactions are over when it is called. The deadline only guards against a hang:
+/// reaching it fails the test.
 async fn read_when(
     store: &PostgresEventStore,
     after: Position,
@@ -44,19 +52,24 @@ async fn read_when(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let read = read_after(store, after).await;
-        if read.len() >= count || tokio::time::Instant::now() > deadline {
+        if read.len() >= count {
             return read;
         }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{count} events after {after:?} must become readable within 60 s, got {}",
+            read.len()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reader_never_passes_a_transaction_that_is_still_open() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     // A short settle wait: the open transaction below is never going to end on its own.
     let Some(store) =
-        common::store_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+        common::store_guarded_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
     else {
         return;
     };
@@ -104,14 +117,13 @@ async fn a_reader_never_passes_a_transaction_that_is_still_open() {
     assert!(read_after(&store, b_appended.position).await.is_empty());
     let all = read_after(&store, Position::START).await;
     assert_eq!(all.len(), 4);
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolled_back_transaction_leaves_no_gap_and_no_event() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let Some(store) =
-        common::store_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+        common::store_guarded_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
     else {
         return;
     };
@@ -137,14 +149,13 @@ async fn a_rolled_back_transaction_leaves_no_gap_and_no_event() {
         .await
         .unwrap();
     assert_eq!(r.version, 2);
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_connection_killed_mid_append_leaves_the_whole_batch_or_nothing() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let Some(store) =
-        common::store_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+        common::store_guarded_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
     else {
         return;
     };
@@ -177,13 +188,12 @@ async fn a_connection_killed_mid_append_leaves_the_whole_batch_or_nothing() {
         .await
         .unwrap();
     assert_eq!(again.version, 100);
-    common::drop_schema(&store).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_pool_connection_killed_under_the_store_is_replaced() {
-    let _serial = SERIAL.lock().await;
-    let Some(store) = common::store().await else {
+    let _serial = serial().await;
+    let Some(store) = common::store_guarded().await else {
         return;
     };
     let s = stream("s");
@@ -221,5 +231,4 @@ async fn a_pool_connection_killed_under_the_store_is_replaced() {
         read.iter().map(|e| e.version).collect::<Vec<_>>(),
         (1..=r.version).collect::<Vec<_>>()
     );
-    common::drop_schema(&store).await;
 }

@@ -1,12 +1,9 @@
-//! Opening bad paths and reading damaged records give clear, typed errors.
-
-use std::process::{Command, Stdio};
+//! Opening bad paths and reading damaged records give clear, typed errors. (A store open
+//! in another process is tested in `crash.rs`, whose binary runs that other process.)
 
 use cqrs_core::{Error, EventData, EventStore, ExpectedVersion, Position, StreamId};
 use cqrs_sled::{OpenError, SledConfig, SledEventStore};
 use futures::{StreamExt, TryStreamExt};
-
-const HOLDER_ENV: &str = "CQRS_SLED_LOCK_HOLDER_DIR";
 
 fn names_path(e: &OpenError, path: &std::path::Path) {
     let shown = e.to_string();
@@ -74,41 +71,6 @@ fn a_store_open_in_this_process_is_locked() {
     let err = SledEventStore::open(dir.path()).unwrap_err();
     assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
     names_path(&err, dir.path());
-}
-
-/// The child side of the next test: holds the store open until killed.
-#[test]
-fn lock_holder_child() {
-    let Ok(dir) = std::env::var(HOLDER_ENV) else {
-        return;
-    };
-    let _store = SledEventStore::open(dir).unwrap();
-    println!("ready");
-    std::thread::sleep(std::time::Duration::from_secs(60));
-}
-
-#[test]
-fn a_store_open_in_another_process_is_locked() {
-    if std::env::var(HOLDER_ENV).is_ok() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "lock_holder_child", "--nocapture"])
-        .env(HOLDER_ENV, dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
-    assert!(lines.any(|l| l.unwrap().trim() == "ready"));
-    let err = SledEventStore::open(dir.path()).unwrap_err();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(matches!(err, OpenError::Locked { .. }), "{err:?}");
-    names_path(&err, dir.path());
-    // Once the other process is gone, the store opens.
-    SledEventStore::open(dir.path()).unwrap();
 }
 
 #[tokio::test]

@@ -231,11 +231,22 @@ async fn a_live_runner_is_woken_by_appends() {
             .await
     });
     append(&store, 10).await;
-    // Only a notification can wake the runner (its poll interval is an hour).
-    while totals(&store).1 < 10 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Only a notification can wake the runner (its poll interval is an hour). The
+    // deadlines guard against a hang; they are not timings.
+    let deadline = Duration::from_secs(60);
+    let woken = tokio::time::timeout(deadline, async {
+        while totals(&store).1 < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    woken
+        .await
+        .expect("the runner is woken by the appends and applies them within 60 s");
     stop_tx.send(()).unwrap();
-    task.await.unwrap().unwrap();
+    tokio::time::timeout(deadline, task)
+        .await
+        .expect("the runner stops within 60 s of being told")
+        .unwrap()
+        .unwrap();
     assert_eq!(totals(&store), (vec![2; 5], 10));
 }

@@ -2,6 +2,7 @@
 //! `conformance.rs`).
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use cqrs_core::{
     Error, EventData, EventStore, ExpectedVersion, Metadata, Position, RecordedEvent,
@@ -25,6 +26,15 @@ async fn all(store: &SledEventStore) -> Vec<RecordedEvent> {
         .try_collect()
         .await
         .unwrap()
+}
+
+/// Joins a spawned task, failing the test if it does not finish within a minute (a
+/// guard against a hang, say of the group commit, never a timing check).
+async fn join<T>(task: tokio::task::JoinHandle<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), task)
+        .await
+        .expect("a spawned task did not finish within 60 s")
+        .expect("a spawned task panicked")
 }
 
 #[tokio::test]
@@ -247,7 +257,7 @@ async fn of_concurrent_appends_expecting_one_version_exactly_one_wins() {
             .collect();
         let mut wins = 0;
         for task in tasks {
-            match task.await.unwrap() {
+            match join(task).await {
                 Ok(_) => wins += 1,
                 Err(e) => assert!(e.is_conflict(), "{e}"),
             }
@@ -276,7 +286,7 @@ async fn concurrent_flushed_writers_get_gap_free_positions() {
         })
         .collect();
     for task in tasks {
-        task.await.unwrap();
+        join(task).await;
     }
     let log = all(&store).await;
     assert_eq!(log.len(), 320);
@@ -296,7 +306,9 @@ async fn watchers_wake_on_appends() {
         .await
         .unwrap();
     // Returns at once: an append was notified after mark_seen.
-    watcher.changed().await;
+    tokio::time::timeout(Duration::from_secs(60), watcher.changed())
+        .await
+        .expect("an append after mark_seen wakes the watcher");
 }
 
 #[tokio::test]

@@ -18,16 +18,14 @@ fn required() -> bool {
     std::env::var("CQRS_REQUIRE_POSTGRES").is_ok_and(|v| v == "1")
 }
 
-/// Whether the server answers; decided once per test binary. Without it, prints one
-/// `skipped` line (or fails, when `CQRS_REQUIRE_POSTGRES=1`).
+/// Whether the server answers; decided once per test binary. Without it, each caller's
+/// test says `skipped` (or fails, when `CQRS_REQUIRE_POSTGRES=1`).
 pub async fn server_available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    if let Some(&available) = AVAILABLE.get() {
-        return available;
-    }
+    static REACHED: tokio::sync::OnceCell<Result<(), String>> = tokio::sync::OnceCell::const_new();
     let url = database_url();
-    let reached = match url.parse::<PgConnectOptions>() {
-        Ok(options) => {
+    let reached = REACHED
+        .get_or_init(|| async {
+            let options = url.parse::<PgConnectOptions>().map_err(|e| e.to_string())?;
             match tokio::time::timeout(Duration::from_secs(5), options.connect()).await {
                 Ok(Ok(conn)) => {
                     let _ = conn.close().await;
@@ -36,26 +34,27 @@ pub async fn server_available() -> bool {
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("timed out".to_owned()),
             }
-        }
-        Err(e) => Err(e.to_string()),
-    };
-    let available = match reached {
+        })
+        .await;
+    match reached {
         Ok(()) => true,
         Err(reason) if required() => {
             panic!("CQRS_REQUIRE_POSTGRES=1 but no PostgreSQL at {url}: {reason}")
         }
         Err(reason) => {
-            let first = AVAILABLE.set(false).is_ok();
-            if first {
-                // Straight to the stream: the test harness captures `println!`.
-                let line = format!("skipped: no PostgreSQL at {url} ({reason})\n");
-                let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
-            }
+            let test = std::thread::current().name().unwrap_or("a test").to_owned();
+            say(&format!(
+                "skipped: {test}: no PostgreSQL at {url} ({reason})"
+            ));
             false
         }
-    };
-    let _ = AVAILABLE.set(available);
-    available
+    }
+}
+
+/// Writes a line straight to standard error, past the test harness's capture (which
+/// hides `eprintln!` of a passing test).
+pub fn say(line: &str) {
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), format!("{line}\n").as_bytes());
 }
 
 /// A unique schema name that records when it was made, so leftovers can be swept.
@@ -80,10 +79,9 @@ pub async fn pool(max: u32) -> PgPool {
         .expect("connect to the test server")
 }
 
-/// Drops test schemas left over by earlier runs (once per binary): those of test
-/// processes of this machine that have ended, and any older than an hour. Cleanliness
-/// only: every test makes its own schema anyway. (The conformance cases get their store
-/// by value and cannot drop its schema themselves; the next test binary sweeps it.)
+/// Drops test schemas left over by earlier runs (once per binary): those older than an
+/// hour. A safety net only: every test drops its own schema, also when it fails (see
+/// [`StoreGuard`]); this catches the schemas of test processes that were killed.
 async fn sweep(pool: &PgPool) {
     static SWEPT: OnceLock<()> = OnceLock::new();
     if SWEPT.set(()).is_err() {
@@ -99,29 +97,20 @@ async fn sweep(pool: &PgPool) {
     .await
     .unwrap_or_default();
     for name in names {
-        let mut parts = name.split('_').skip(2);
-        let stamp = parts
-            .next()
+        let stamp = name
+            .split('_')
+            .nth(2)
             .and_then(|s| s.parse::<u64>().ok())
             .unwrap_or(now);
-        let pid = parts.next().and_then(|s| s.parse::<u32>().ok());
-        let ended = pid.is_some_and(|pid| {
-            pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        });
-        let valid = name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-        if valid && (ended || now.saturating_sub(stamp) > 3600) {
-            let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
-            )))
-            .execute(pool)
-            .await;
+        if now.saturating_sub(stamp) > 3600 {
+            let _ = drop_schema_named(&name).await;
         }
     }
 }
 
-/// A migrated store in a fresh schema, or `None` (after the skip line) without a server.
+/// A migrated store in a fresh schema, or `None` (after the `skipped` line) without a
+/// server. The caller drops the schema ([`drop_schema`]), as the conformance suite's
+/// teardown does; a test of its own uses [`store_guarded`], which cannot forget.
 pub async fn store() -> Option<PostgresEventStore> {
     store_with(|b| b).await
 }
@@ -132,6 +121,21 @@ pub async fn store_with(
         cqrs_postgres::PostgresEventStoreBuilder,
     ) -> cqrs_postgres::PostgresEventStoreBuilder,
 ) -> Option<PostgresEventStore> {
+    Some(store_guarded_with(configure).await?.into_inner())
+}
+
+/// A migrated store in a fresh schema that is dropped with the guard, also when the test
+/// panics; or `None` (after the `skipped` line) without a server.
+pub async fn store_guarded() -> Option<StoreGuard> {
+    store_guarded_with(|b| b).await
+}
+
+/// As [`store_guarded`], with builder options.
+pub async fn store_guarded_with(
+    configure: impl FnOnce(
+        cqrs_postgres::PostgresEventStoreBuilder,
+    ) -> cqrs_postgres::PostgresEventStoreBuilder,
+) -> Option<StoreGuard> {
     if !server_available().await {
         return None;
     }
@@ -140,13 +144,104 @@ pub async fn store_with(
     let builder = PostgresEventStore::builder(pool)
         .schema(schema_name())
         .read_settle_timeout(Duration::from_secs(5));
-    let store = configure(builder).build().expect("valid schema");
+    // Guarded before the schema exists, so that a failing migration drops it too.
+    let store = StoreGuard {
+        store: configure(builder).build().expect("valid schema"),
+        armed: true,
+    };
     store.migrate().await.expect("migrate");
     Some(store)
 }
 
+/// A store whose schema is dropped when the guard is: at the end of the test, or while
+/// a panic unwinds it. Derefs to the store; `clone()` gives a plain store on the same
+/// schema (for tasks), which does not drop it.
+#[derive(Debug)]
+pub struct StoreGuard {
+    store: PostgresEventStore,
+    armed: bool,
+}
+
+impl StoreGuard {
+    /// The store, without the guard: the caller drops the schema.
+    pub fn into_inner(mut self) -> PostgresEventStore {
+        self.armed = false;
+        self.store.clone()
+    }
+}
+
+impl std::ops::Deref for StoreGuard {
+    type Target = PostgresEventStore;
+
+    fn deref(&self) -> &PostgresEventStore {
+        &self.store
+    }
+}
+
+impl Drop for StoreGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            drop_schema_blocking(self.store.schema());
+        }
+    }
+}
+
+/// Drops a schema from synchronous code (a `Drop`), on a fresh connection made on a
+/// thread of its own with its own runtime: the test's runtime may be the one unwinding.
+/// A failure fails the test, unless it is already failing (then it is only reported).
+pub fn drop_schema_blocking(name: &str) {
+    let owned = name.to_owned();
+    let dropped = std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("start a runtime: {e}"))?
+            .block_on(drop_schema_named(&owned))
+    })
+    .join()
+    .unwrap_or_else(|_| Err("the thread dropping it panicked".to_owned()));
+    if let Err(reason) = dropped {
+        if std::thread::panicking() {
+            say(&format!("could not drop the test schema {name}: {reason}"));
+        } else {
+            panic!("could not drop the test schema {name}: {reason}");
+        }
+    }
+}
+
+/// Drops a schema on a fresh connection, each step within a deadline.
+async fn drop_schema_named(name: &str) -> Result<(), String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(format!("{name:?} is not a test schema name"));
+    }
+    let options: PgConnectOptions = database_url().parse().map_err(|e| format!("{e}"))?;
+    let mut conn = tokio::time::timeout(Duration::from_secs(10), options.connect())
+        .await
+        .map_err(|_| "connecting timed out after 10 s".to_owned())?
+        .map_err(|e| format!("connect: {e}"))?;
+    // The server gives up waiting for locks before the client gives up on the answer.
+    let sql = format!(
+        "SET lock_timeout = '20s'; SET statement_timeout = '25s'; \
+         DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+    );
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut conn),
+    )
+    .await
+    .map_err(|_| "DROP SCHEMA timed out after 30 s".to_owned())?
+    .map_err(|e| format!("DROP SCHEMA: {e}"))?;
+    let _ = conn.close().await;
+    Ok(())
+}
+
 /// Another store on the same schema, with its own pool (another "node"), whose
-/// connections carry a unique application name.
+/// connections carry a unique application name. The schema stays the first store's to
+/// drop.
 pub async fn same_schema(store: &PostgresEventStore, max: u32) -> PostgresEventStore {
     let options: PgConnectOptions = database_url().parse().expect("a valid DATABASE_URL");
     let name = format!("cqrs-test-node-{}", uuid::Uuid::new_v4().simple());
@@ -164,15 +259,15 @@ pub async fn same_schema(store: &PostgresEventStore, max: u32) -> PostgresEventS
         .expect("valid schema")
 }
 
-/// Drops the store's schema.
+/// Drops the store's schema (the conformance suite's teardown, which runs also when a
+/// case fails).
 pub async fn drop_schema(store: &PostgresEventStore) {
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-        store.schema()
-    )))
-    .execute(store.pool())
-    .await
-    .expect("drop the test schema");
+    if let Err(reason) = drop_schema_named(store.schema()).await {
+        panic!(
+            "could not drop the test schema {}: {reason}",
+            store.schema()
+        );
+    }
 }
 
 /// A plain connection to the test server.

@@ -6,7 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
@@ -17,8 +17,14 @@ fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
 }
 
-/// A fresh schema for one test, dropped at the end; `None` (after saying why) when no
-/// server is reachable and it is not required.
+/// Writes a line straight to standard error, past the test harness's capture.
+fn say(line: &str) {
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// A fresh schema for one test, dropped with this value: at the end of the test, or
+/// while a failing test unwinds. `None` (after saying why) when no server is reachable
+/// and it is not required.
 struct Schema {
     name: String,
 }
@@ -37,7 +43,8 @@ impl Schema {
                 panic!("CQRS_REQUIRE_POSTGRES=1 but no PostgreSQL at {url}: {e}")
             }
             Err(e) => {
-                eprintln!("skipped: no PostgreSQL at {url} ({e})");
+                let test = std::thread::current().name().unwrap_or("a test").to_owned();
+                say(&format!("skipped: {test}: no PostgreSQL at {url} ({e})"));
                 None
             }
         }
@@ -48,26 +55,116 @@ impl Schema {
         let sep = if url.contains('?') { '&' } else { '?' };
         format!("{url}{sep}schema={}", self.name)
     }
+}
 
-    async fn drop(self) {
-        if let Ok(mut conn) = PgConnection::connect(&database_url()).await {
-            let _ = sqlx::raw_sql(AssertSqlSafe(format!(
-                "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
-                self.name
-            )))
-            .execute(&mut conn)
-            .await;
+impl Drop for Schema {
+    /// Drop cannot await: the schema is dropped on a fresh connection, on a thread of its
+    /// own with its own runtime (the test's runtime may be the one unwinding).
+    fn drop(&mut self) {
+        let sql = format!(
+            "SET lock_timeout = '20s'; SET statement_timeout = '25s'; \
+             DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.name
+        );
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("start a runtime: {e}"))?;
+            runtime.block_on(async {
+                let mut conn = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    PgConnection::connect(&database_url()),
+                )
+                .await
+                .map_err(|_| "connecting timed out after 10 s".to_owned())?
+                .map_err(|e| format!("connect: {e}"))?;
+                tokio::time::timeout(
+                    Duration::from_secs(30),
+                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn),
+                )
+                .await
+                .map_err(|_| "DROP SCHEMA timed out after 30 s".to_owned())?
+                .map_err(|e| format!("DROP SCHEMA: {e}"))?;
+                let _ = conn.close().await;
+                Ok::<_, String>(())
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the thread dropping it panicked".to_owned()));
+        match dropped {
+            Ok(()) => {}
+            Err(reason) if std::thread::panicking() => {
+                say(&format!(
+                    "could not drop the test schema {}: {reason}",
+                    self.name
+                ));
+            }
+            Err(reason) => panic!("could not drop the test schema {}: {reason}", self.name),
         }
     }
 }
 
+/// How long one `bank` command may take: a guard against a hang, never a timing check.
+const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A child process, killed and reaped when dropped: at the end of the test, or while a
+/// failing test unwinds.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `command` to its end within `limit` (killing it and failing the test after
+/// that), collecting its output as `Command::output` does.
+fn output_within(command: &mut Command, limit: Duration) -> Output {
+    let mut child = Killed(
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bank"),
+    );
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            let _ = pipe.read_to_end(&mut bytes);
+            bytes
+        })
+    };
+    let stdout = read_all(Box::new(child.0.stdout.take().expect("piped stdout")));
+    let stderr = read_all(Box::new(child.0.stderr.take().expect("piped stderr")));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.0.try_wait().expect("wait for bank") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{command:?} did not finish within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Output {
+        status,
+        stdout: stdout.join().expect("read stdout"),
+        stderr: stderr.join().expect("read stderr"),
+    }
+}
+
 fn bank(url: &str, args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_bank"))
-        .arg("--store")
-        .arg(url)
-        .args(args)
-        .output()
-        .expect("run bank");
+    let output = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bank"))
+            .arg("--store")
+            .arg(url)
+            .args(args),
+        COMMAND_DEADLINE,
+    );
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -128,26 +225,18 @@ async fn accounts_transfers_refunds_replay_and_bad_input_on_postgres() {
         events,
         "replay sent no command again"
     );
-    schema.drop().await;
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(url: &str, addr: SocketAddr) -> Server {
+/// Starts `bank serve`; the server is killed when the value is dropped.
+fn serve(url: &str, addr: SocketAddr) -> Killed {
     let child = Command::new(env!("CARGO_BIN_EXE_bank"))
         .args(["--store", url, "serve", "--addr", &addr.to_string()])
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start bank serve");
-    Server(child)
+    Killed(child)
 }
 
 fn free_addr() -> SocketAddr {
@@ -157,9 +246,13 @@ fn free_addr() -> SocketAddr {
         .unwrap()
 }
 
-/// One HTTP/1.1 request with `Connection: close`: the status and the JSON body.
+/// One HTTP/1.1 request with `Connection: close`: the status and the JSON body; `None`
+/// when the server cannot be reached or does not answer within 60 s.
 fn call(addr: SocketAddr, method: &str, path: &str, body: &str) -> Option<(u16, Value)> {
-    let mut stream = TcpStream::connect(addr).ok()?;
+    let limit = Duration::from_secs(60);
+    let mut stream = TcpStream::connect_timeout(&addr, limit).ok()?;
+    stream.set_read_timeout(Some(limit)).ok()?;
+    stream.set_write_timeout(Some(limit)).ok()?;
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -267,5 +360,4 @@ async fn two_servers_share_one_database() {
     })
     .await
     .unwrap();
-    schema.drop().await;
 }

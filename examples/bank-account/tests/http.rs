@@ -1,6 +1,7 @@
 //! The HTTP API, driven by a real HTTP/1.1 client over TCP.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use example_bank_account::Bank;
 use serde_json::{Value, json};
@@ -27,18 +28,33 @@ async fn start() -> (
     (addr, stop, server)
 }
 
+/// How long a request, or the server's shutdown, may take: a guard against a hang, never
+/// a timing check.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+/// Awaits `future`, failing the test if it does not finish within [`DEADLINE`].
+async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("not done within {DEADLINE:?}: {what}"))
+}
+
 /// One request with `Connection: close`; returns the status and the JSON body.
 async fn call(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
     let body = body.unwrap_or("");
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
+    let response = within(&format!("{method} {path}"), async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        response
+    })
+    .await;
     let response = String::from_utf8(response).unwrap();
     let (head, body) = response.split_once("\r\n\r\n").unwrap();
     let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
@@ -147,7 +163,7 @@ async fn accounts_deposits_withdrawals_and_errors() {
         "balance is not zero"
     );
     drop(stop);
-    server.await.unwrap();
+    within("the server stops when told", server).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,5 +259,5 @@ async fn transfers_complete_or_are_refunded() {
     let (_, all) = call(addr, "GET", "/accounts", None).await;
     assert_eq!(all["accounts"].as_array().unwrap().len(), 2);
     drop(stop);
-    server.await.unwrap();
+    within("the server stops when told", server).await.unwrap();
 }
