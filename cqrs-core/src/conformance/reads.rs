@@ -593,8 +593,7 @@ pub async fn count_events_and_find_event<S: EventStore + Clone + 'static>(store:
 /// [`changed`](crate::LogWatcher::changed) complete, whether the append happened before
 /// the wait or while waiting, and every watcher wakes. A store whose watcher cannot wake
 /// (readers poll) has nothing to check: the case says `skipped`. The 10-second timeouts
-/// only guard against a
-/// hang; they are not a speed requirement.
+/// only guard against a hang; they are not a speed requirement.
 pub async fn watch_wakes_on_append<S: EventStore + Clone + 'static>(store: S) {
     const HANG_GUARD: Duration = Duration::from_secs(10);
     let mut watcher = store.watch();
