@@ -200,9 +200,11 @@ pub async fn stream_ids_do_not_collide<S: EventStore + Clone + 'static>(store: S
 /// **Contract 5 (streaming reads).** 100,000 events of about 1 KiB each (appended in
 /// batches of 1,000) are read back with `read_stream` and then `read_all`, one at a time
 /// without collecting them: versions are contiguous and positions strictly increase.
-/// Where `/proc/self/status` exists (Linux), the resident set may not grow by 50 MiB or
-/// more during either read: a store that materialises the stream first would need
-/// ~100 MiB more. Where it does not exist, the case says `skipped` for the memory bound
+/// `read_all` then reads the log a second time. Where `/proc/self/status` exists
+/// (Linux), the resident set may grow by less than 80 MiB during each of the first two
+/// reads (a store may fill its own bounded caches then) and by less than 16 MiB during
+/// the second `read_all`, when those caches are warm: a store that materialised the
+/// stream would need ~100 MiB more on every read. Where it does not exist, the case says `skipped` for the memory bound
 /// on standard error (the reads are still checked).
 ///
 /// Run by [`store_conformance_tests!`](crate::store_conformance_tests), the case measures
@@ -218,14 +220,17 @@ pub async fn stream_ids_do_not_collide<S: EventStore + Clone + 'static>(store: S
 /// Assumes a fresh, empty store. Takes from a few seconds to tens of seconds (sled in a
 /// debug build).
 pub async fn stream_large_in_bounded_memory<S: EventStore + Clone + 'static>(store: S) {
-    // Half the payloads: a reader that materialised the stream would add at least the
-    // ~100 MiB of payloads, while a streaming reader only adds its chunk buffers and
-    // whatever cache the backend keeps. Measured in the child (debug build): the memory
-    // and PostgreSQL stores grow by under 1 MiB; sled's first read_all grows by 37-49 MiB,
-    // close to the bound, because sled 0.34's LRU applies page accesses in batches of 64
-    // per shard (256 shards), so most of a 100,000-event log stays resident whatever its
-    // cache capacity.
-    const MAX_GROWTH: u64 = 50 * 1024 * 1024;
+    // A reader that materialised the stream would add at least the ~100 MiB of payloads.
+    // A streaming one adds its chunk buffers, plus whatever the backend caches: the
+    // first reads may fill the store's own bounded caches (sled 0.34 keeps most of a
+    // 100,000-event log resident after a first read_all whatever its cache capacity: its
+    // LRU applies page accesses in batches of 64 per shard, 256 shards; measured in the
+    // child, debug build: 37-56 MiB, under 1 MiB for the memory and PostgreSQL stores).
+    // So the first reads have a loose bound, and a second read_all of the same log, with
+    // the caches warm, a tight one: reading it again must cost nothing that grows with
+    // the log.
+    const MAX_COLD_GROWTH: u64 = 80 * 1024 * 1024;
+    const MAX_WARM_GROWTH: u64 = 16 * 1024 * 1024;
 
     let case = super::current_case();
     if case.is_some() && std::env::var(CHILD_ENV).ok().as_deref() == case {
@@ -254,7 +259,11 @@ pub async fn stream_large_in_bounded_memory<S: EventStore + Clone + 'static>(sto
              store_conformance_tests!, so it could not measure in a child process)",
         ),
     };
-    for (what, grown) in [("read_stream", measured.stream), ("read_all", measured.log)] {
+    for (what, grown, bound) in [
+        ("read_stream", measured.stream, MAX_COLD_GROWTH),
+        ("read_all", measured.log, MAX_COLD_GROWTH),
+        ("a second read_all", measured.log_again, MAX_WARM_GROWTH),
+    ] {
         let Some(grown) = grown else {
             super::say(&format!(
                 "skipped: {}: the memory bound of {what}: the platform does not report the \
@@ -264,12 +273,12 @@ pub async fn stream_large_in_bounded_memory<S: EventStore + Clone + 'static>(sto
             continue;
         };
         assert!(
-            grown < MAX_GROWTH,
+            grown < bound,
             "[contract 5, streaming reads] the resident set grew by {} MiB ({grown} bytes, \
              measured {place}) while {what} read {LARGE_TOTAL} events of 1 KiB, against a \
              bound of {} MiB: reads must stream, not materialise",
             grown >> 20,
-            MAX_GROWTH >> 20
+            bound >> 20
         );
     }
 }
@@ -293,17 +302,20 @@ const LARGE_TOTAL: u64 = 100_000;
 struct ReadGrowth {
     stream: Option<u64>,
     log: Option<u64>,
+    /// The second `read_all`, once the store's caches hold what the first one loaded.
+    log_again: Option<u64>,
 }
 
 impl ReadGrowth {
-    /// `stream_growth=<bytes> log_growth=<bytes>`, with `unknown` for a growth the
-    /// platform did not report.
+    /// `stream_growth=<bytes> log_growth=<bytes> log_again_growth=<bytes>`, with
+    /// `unknown` for a growth the platform did not report.
     fn fields(&self) -> String {
         let show = |grown: Option<u64>| grown.map_or("unknown".to_owned(), |g| g.to_string());
         format!(
-            "stream_growth={} log_growth={}",
+            "stream_growth={} log_growth={} log_again_growth={}",
             show(self.stream),
-            show(self.log)
+            show(self.log),
+            show(self.log_again)
         )
     }
 
@@ -315,7 +327,7 @@ impl ReadGrowth {
             .lines()
             .find_map(|line| line.split_once(MEASURE_TAG))?
             .1;
-        let (mut stream, mut log) = (None, None);
+        let (mut stream, mut log, mut log_again) = (None, None, None);
         for field in fields.split_whitespace() {
             let (key, value) = field.split_once('=')?;
             let value = match value {
@@ -325,12 +337,14 @@ impl ReadGrowth {
             match key {
                 "stream_growth" => stream = Some(value),
                 "log_growth" => log = Some(value),
+                "log_again_growth" => log_again = Some(value),
                 _ => return None,
             }
         }
         Some(ReadGrowth {
             stream: stream?,
             log: log?,
+            log_again: log_again?,
         })
     }
 }
@@ -407,8 +421,9 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<St
     })
 }
 
-/// Appends the large stream and reads it back twice (`read_stream`, then `read_all`),
-/// checking each record, and returns how much the resident set grew during each read.
+/// Appends the large stream and reads it back three times (`read_stream`, then
+/// `read_all` twice), checking each record, and returns how much the resident set grew
+/// during each read.
 async fn read_large_stream<S: EventStore>(store: &S) -> ReadGrowth {
     const BATCH: u64 = 1_000;
     const PAYLOAD: usize = 1024;
@@ -461,6 +476,19 @@ async fn read_large_stream<S: EventStore>(store: &S) -> ReadGrowth {
     sample(&mut peak);
     let stream_growth = growth(baseline, peak);
 
+    let log = read_all_large(store, &stream).await;
+    let log_again = read_all_large(store, &stream).await;
+    ReadGrowth {
+        stream: stream_growth,
+        log,
+        log_again,
+    }
+}
+
+/// Reads the whole log, which holds only the large stream, checking each record, and
+/// returns how much the resident set grew meanwhile.
+async fn read_all_large<S: EventStore>(store: &S, stream: &StreamId) -> Option<u64> {
+    const SAMPLE_EVERY: u64 = 2_500;
     let baseline = resident_bytes();
     let mut peak = baseline;
     let mut next_version = 1;
@@ -473,7 +501,7 @@ async fn read_large_stream<S: EventStore>(store: &S) -> ReadGrowth {
             });
             assert_eq!(
                 (&record.stream, record.version),
-                (&stream, next_version),
+                (stream, next_version),
                 "[contract 4, global log] read_all yields the stream's events in order \
                  (this case needs a fresh store)"
             );
@@ -494,10 +522,7 @@ async fn read_large_stream<S: EventStore>(store: &S) -> ReadGrowth {
         "[contract 5, streaming reads] read_all yields all {LARGE_TOTAL} events"
     );
     sample(&mut peak);
-    ReadGrowth {
-        stream: stream_growth,
-        log: growth(baseline, peak),
-    }
+    growth(baseline, peak)
 }
 
 /// The process's resident set size, where the platform reports it.
