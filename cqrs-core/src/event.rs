@@ -172,10 +172,15 @@ pub struct EventData {
 }
 
 impl EventData {
-    /// A new event with a random (v4) id, schema version 1 and empty metadata.
+    /// A new event with a fresh time-ordered (v7) id, schema version 1 and empty metadata.
+    ///
+    /// A UUIDv7 starts with the Unix time in milliseconds, and the ids this process makes
+    /// sort in the order it made them, so a store's event-id index grows at one end
+    /// instead of taking inserts at random places (ADR 0012). The id reveals when the
+    /// event was made; it is an identifier, not a secret.
     pub fn new(event_type: impl Into<String>, payload: impl Into<Vec<u8>>) -> Self {
         EventData {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             event_type: event_type.into(),
             schema_version: 1,
             payload: payload.into(),

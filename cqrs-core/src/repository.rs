@@ -147,7 +147,7 @@ impl CommandOptions {
     fn event_id(&self, stream: &StreamId, index: usize) -> Uuid {
         match self.command_id {
             Some(command_id) => Uuid::new_v5(&command_id, format!("{stream}#{index}").as_bytes()),
-            None => Uuid::new_v4(),
+            None => Uuid::now_v7(),
         }
     }
 
