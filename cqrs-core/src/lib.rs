@@ -5,14 +5,18 @@ mod aggregate;
 mod boxed;
 mod cache;
 mod codec;
+mod command;
 mod error;
 mod event;
 mod group;
+mod load;
 mod memory;
 mod notify;
 mod projection;
 mod repository;
+mod retry;
 mod runner;
+mod snapshot;
 mod store;
 mod stream;
 pub mod testkit;
@@ -25,6 +29,7 @@ pub mod conformance;
 pub use aggregate::Aggregate;
 pub use boxed::{BoxEventStore, DynEventStore};
 pub use codec::{Codec, JsonCodec};
+pub use command::{CommandError, CommandOptions, Executed, Loaded};
 #[cfg(feature = "derive")]
 #[cfg_attr(docsrs, doc(cfg(feature = "derive")))]
 pub use cqrs_derive::DomainEvent;
@@ -34,10 +39,10 @@ pub use group::ProjectionGroup;
 pub use memory::InMemoryEventStore;
 pub use notify::{LogNotifier, LogWatcher};
 pub use projection::{Projection, ProjectionError};
-pub use repository::{
-    CommandError, CommandOptions, Executed, Loaded, Repository, RetryPolicy, SnapshotPolicy,
-};
+pub use repository::Repository;
+pub use retry::RetryPolicy;
 pub use runner::{Progress, ProjectionRunner, RunnerConfig};
+pub use snapshot::SnapshotPolicy;
 pub use store::{
     AppendResult, EventStore, SnapshotIgnored, SnapshotRecord, StoreStats, StreamInfo, StreamItem,
     validate_batch, validate_checkpoint_name,

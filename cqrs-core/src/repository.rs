@@ -1,277 +1,15 @@
 //! Command execution: load (snapshot + tail), handle, append, with retries and snapshots.
 
 use std::fmt;
-use std::pin::pin;
-use std::time::Duration;
 
-use futures::{Stream, StreamExt};
 use tracing::{Instrument, field};
-use uuid::Uuid;
 
 use crate::cache::StateCache;
 use crate::{
-    Aggregate, Codec, DomainEvent, Error, EventData, EventStore, ExpectedVersion, JsonCodec,
-    Metadata, Position, RecordedEvent, Result, SnapshotRecord, StreamId, StreamItem,
+    Aggregate, Codec, CommandError, CommandOptions, DomainEvent, Error, EventData, EventStore,
+    Executed, ExpectedVersion, JsonCodec, Loaded, Result, RetryPolicy, SnapshotPolicy,
+    SnapshotRecord, StreamId,
 };
-
-/// When the command layer takes a snapshot of an aggregate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SnapshotPolicy {
-    /// Never take snapshots, and never read them: every load replays the whole stream
-    /// (one read instead of two per load).
-    #[default]
-    Never,
-    /// Take a snapshot whenever an append crosses a multiple of this many events, and
-    /// start loads from the latest snapshot. `EveryEvents(0)` reads snapshots (taken by
-    /// [`Repository::snapshot_now`] or an operations tool) but never takes any itself.
-    EveryEvents(u64),
-}
-
-impl SnapshotPolicy {
-    fn due(self, before: u64, after: u64) -> bool {
-        match self {
-            SnapshotPolicy::EveryEvents(n) if n > 0 => before / n != after / n,
-            _ => false,
-        }
-    }
-}
-
-/// How often, and how patiently, an operation is retried: a command after a version
-/// conflict (each retry reloads the aggregate and decides again), or, in a
-/// [`RunnerConfig`](crate::RunnerConfig), a projection's failing batch or store call. The delay before retry `k`
-/// (1-based) is a random duration up to `min(base_delay * 2^(k-1), max_delay)`
-/// ("full jitter"), so competing writers spread out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Attempts in all, the first included (at least 1).
-    pub max_attempts: u32,
-    /// The delay scale of the first retry.
-    pub base_delay: Duration,
-    /// The longest delay before one retry.
-    pub max_delay: Duration,
-}
-
-impl Default for RetryPolicy {
-    /// Eight attempts, delays from up to 1 ms to at most 100 ms.
-    fn default() -> Self {
-        RetryPolicy {
-            max_attempts: 8,
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(100),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// One attempt, no retry.
-    pub fn none() -> Self {
-        RetryPolicy {
-            max_attempts: 1,
-            ..Self::default()
-        }
-    }
-
-    /// The default delays with `max_attempts` attempts in all.
-    pub fn attempts(max_attempts: u32) -> Self {
-        RetryPolicy {
-            max_attempts: max_attempts.max(1),
-            ..Self::default()
-        }
-    }
-
-    /// The (jittered) delay before retry number `retry` (1-based).
-    pub(crate) fn delay(&self, retry: u32) -> Duration {
-        let cap = self
-            .base_delay
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(20))
-            .min(self.max_delay);
-        // Full jitter from the random bits of a v4 UUID: no extra dependency needed.
-        let fraction = (Uuid::new_v4().as_u128() % 1_000) as u32;
-        cap.mul_f64(f64::from(fraction) / 1_000.0)
-    }
-}
-
-/// Per-command options: the command id (for idempotency) and metadata.
-///
-/// With a command id, the events' ids are derived from it (UUIDv5 of the stream and the
-/// event's index), so running the same command again — a client retry, an at-least-once
-/// message redelivered to a process manager — changes nothing and reports
-/// [`Executed::already_applied`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CommandOptions {
-    /// Makes the command idempotent; also the causation id of its events.
-    pub command_id: Option<Uuid>,
-    /// Correlation id of the events (defaults to the command id).
-    pub correlation_id: Option<Uuid>,
-    /// Free key/values copied into every event's metadata.
-    pub metadata: Metadata,
-}
-
-impl CommandOptions {
-    /// No command id, empty metadata.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Sets the command id.
-    pub fn with_command_id(mut self, command_id: Uuid) -> Self {
-        self.command_id = Some(command_id);
-        self
-    }
-
-    /// Sets the correlation id.
-    pub fn with_correlation_id(mut self, correlation_id: Uuid) -> Self {
-        self.correlation_id = Some(correlation_id);
-        self
-    }
-
-    /// Sets the metadata (its ids are overridden by the command and correlation ids).
-    pub fn with_metadata(mut self, metadata: Metadata) -> Self {
-        self.metadata = metadata;
-        self
-    }
-
-    /// Options for a command that a process manager sends in reaction to `trigger`: the
-    /// command id is derived from the triggering event's id and `step` (a name for the
-    /// reaction, so one event can trigger several commands), and the correlation id is
-    /// carried over. A redelivered event then sends the same command id, which the
-    /// repository recognises as already applied.
-    pub fn caused_by<E>(trigger: &crate::Envelope<E>, step: &str) -> Self {
-        CommandOptions {
-            command_id: Some(Uuid::new_v5(&trigger.event_id, step.as_bytes())),
-            correlation_id: Some(trigger.metadata.correlation_id.unwrap_or(trigger.event_id)),
-            metadata: Metadata::default(),
-        }
-    }
-
-    fn event_id(&self, stream: &StreamId, index: usize) -> Uuid {
-        match self.command_id {
-            Some(command_id) => Uuid::new_v5(&command_id, format!("{stream}#{index}").as_bytes()),
-            None => Uuid::now_v7(),
-        }
-    }
-
-    fn event_metadata(&self) -> Metadata {
-        let mut metadata = self.metadata.clone();
-        if self.command_id.is_some() {
-            metadata.causation_id = self.command_id;
-        }
-        metadata.correlation_id = self
-            .correlation_id
-            .or(self.command_id)
-            .or(metadata.correlation_id);
-        metadata
-    }
-}
-
-/// An aggregate loaded from its stream.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Loaded<A> {
-    /// The state after the last event.
-    pub state: A,
-    /// The stream's version (0 if it has no events).
-    pub version: u64,
-    /// The version of the snapshot the load started from, if one was used.
-    pub snapshot_version: Option<u64>,
-    /// Why a stored snapshot was ignored (too old a schema, or not decodable), if it was.
-    pub snapshot_ignored: Option<String>,
-    /// How many events were applied on top of the snapshot (or from the start).
-    pub events_replayed: u64,
-}
-
-/// What a successful command did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Executed {
-    /// The aggregate's stream.
-    pub stream: StreamId,
-    /// The stream's version afterwards.
-    pub version: u64,
-    /// The global position of the last event appended (`None` if nothing was appended).
-    pub position: Option<Position>,
-    /// How many events the command appended.
-    pub events: usize,
-    /// The command (same command id) had already been applied; nothing was written,
-    /// and `version` and `position` are those of the earlier run. This is also the
-    /// outcome of a duplicate that raced with its original and lost: the store reports
-    /// its append as a duplicate ([`AppendResult::duplicate`](crate::AppendResult)).
-    pub already_applied: bool,
-    /// How many attempts it took (1 without a conflict).
-    pub attempts: u32,
-    /// Whether a snapshot was taken (or scheduled, in the background) after the append.
-    pub snapshot_taken: bool,
-}
-
-/// Why a command failed: a domain rejection, a conflict that outlasted the retries, bad
-/// input, or a store failure — kept apart so a caller can answer 422, 409, 400 or 503
-/// without parsing text.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CommandError<E> {
-    /// The aggregate refused the command. Nothing was written. Handling: report it (422).
-    #[error("command rejected: {0}")]
-    Rejected(#[source] E),
-    /// Concurrent writers kept winning for `attempts` attempts. Nothing was written.
-    /// Handling: try again later (409).
-    #[error("conflict on {stream} after {attempts} attempts")]
-    Conflict {
-        /// The contended stream.
-        stream: StreamId,
-        /// Attempts made.
-        attempts: u32,
-        /// The last conflict.
-        #[source]
-        source: Error,
-    },
-    /// The input could not be used (bad aggregate id, an event that does not encode).
-    /// Nothing was written. Handling: fix the input (400).
-    #[error("invalid command input")]
-    Invalid(#[source] Error),
-    /// The store failed, or what it holds could not be decoded. Handling: retry later or
-    /// report the store as unavailable (503).
-    #[error("event store failure while executing a command")]
-    Store(#[source] Error),
-}
-
-impl<E> CommandError<E> {
-    /// Whether the aggregate refused the command ([`CommandError::Rejected`]).
-    pub fn is_rejected(&self) -> bool {
-        matches!(self, CommandError::Rejected(_))
-    }
-
-    /// Whether concurrent writers kept winning ([`CommandError::Conflict`]).
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, CommandError::Conflict { .. })
-    }
-
-    /// Whether the input could not be used ([`CommandError::Invalid`]).
-    pub fn is_invalid_input(&self) -> bool {
-        matches!(self, CommandError::Invalid(_))
-    }
-
-    /// Whether the store failed or holds what cannot be read ([`CommandError::Store`]).
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, CommandError::Store(_))
-    }
-
-    /// The domain rejection, if the aggregate refused the command.
-    pub fn rejection(&self) -> Option<&E> {
-        match self {
-            CommandError::Rejected(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl<E> From<Error> for CommandError<E> {
-    fn from(error: Error) -> Self {
-        match error {
-            Error::InvalidStreamId { .. } | Error::InvalidInput { .. } | Error::Encode { .. } => {
-                CommandError::Invalid(error)
-            }
-            other => CommandError::Store(other),
-        }
-    }
-}
 
 /// Loads aggregates and executes commands against an [`EventStore`].
 ///
@@ -326,13 +64,13 @@ impl<E> From<Error> for CommandError<E> {
 /// # }
 /// ```
 pub struct Repository<A: Aggregate, S, C = JsonCodec> {
-    store: S,
-    codec: C,
-    services: std::sync::Arc<A::Services>,
-    snapshots: SnapshotPolicy,
-    background_snapshots: bool,
-    retry: RetryPolicy,
-    cache: Option<std::sync::Arc<StateCache<A>>>,
+    pub(crate) store: S,
+    pub(crate) codec: C,
+    pub(crate) services: std::sync::Arc<A::Services>,
+    pub(crate) snapshots: SnapshotPolicy,
+    pub(crate) background_snapshots: bool,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) cache: Option<std::sync::Arc<StateCache<A>>>,
 }
 
 impl<A: Aggregate, S: Clone, C: Clone> Clone for Repository<A, S, C> {
@@ -488,127 +226,6 @@ where
         };
         self.store.save_snapshot(&stream, snapshot).await?;
         Ok(Some(loaded.version))
-    }
-
-    async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>> {
-        let mut loaded = Loaded {
-            state: A::default(),
-            version: 0,
-            snapshot_version: None,
-            snapshot_ignored: None,
-            events_replayed: 0,
-        };
-        if self.snapshots == SnapshotPolicy::Never {
-            self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
-                .await?;
-            return Ok(loaded);
-        }
-        if let Err(reason) = self.load_from_snapshot(stream, &mut loaded).await? {
-            // The read (and, on a server, its connection) has ended: start over.
-            tracing::warn!(%stream, %reason, "ignoring snapshot, replaying the stream");
-            loaded.snapshot_ignored = Some(reason);
-            self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
-                .await?;
-        }
-        Ok(loaded)
-    }
-
-    /// Loads from the snapshot and the events after it, in one read where the store can.
-    /// `Ok(Err(reason))`: the snapshot is unusable, nothing was applied.
-    async fn load_from_snapshot(
-        &self,
-        stream: &StreamId,
-        loaded: &mut Loaded<A>,
-    ) -> Result<Result<(), String>> {
-        let mut items = pin!(self.store.read_stream_from_snapshot(stream));
-        let mut repair = false;
-        let first_event = match items.next().await.transpose()? {
-            None => return Ok(Ok(())),
-            Some(StreamItem::Event(event)) => Some(event),
-            Some(StreamItem::Snapshot(snapshot)) => {
-                if let Err(reason) = self.restore(loaded, snapshot) {
-                    return Ok(Err(reason));
-                }
-                None
-            }
-            Some(StreamItem::SnapshotIgnored(ignored)) => {
-                // The store skipped it (damaged, or ahead of the stream) and reads the
-                // stream from its start: replay that, then put a true snapshot in its
-                // place, since a snapshot ahead of the stream would look valid once the
-                // stream reached its version.
-                loaded.snapshot_ignored = Some(ignored.to_string());
-                repair = matches!(self.snapshots, SnapshotPolicy::EveryEvents(n) if n > 0);
-                None
-            }
-        };
-        let events = futures::stream::iter(first_event.map(Ok)).chain(items.map(|item| {
-            item.and_then(|item| match item {
-                StreamItem::Event(event) => Ok(event),
-                StreamItem::Snapshot(_) | StreamItem::SnapshotIgnored(_) => Err(Error::corrupt(
-                    format!("stream {stream}"),
-                    "the store returned a snapshot item after events",
-                )),
-            })
-        }));
-        self.replay(stream, loaded, events).await?;
-        if repair && loaded.version > 0 {
-            self.save_snapshot(stream.clone(), &loaded.state, loaded.version)
-                .await;
-        }
-        Ok(Ok(()))
-    }
-
-    /// Restores the state from a snapshot, or says why the snapshot cannot be used.
-    fn restore(&self, loaded: &mut Loaded<A>, snapshot: SnapshotRecord) -> Result<(), String> {
-        if snapshot.schema_version != A::SNAPSHOT_VERSION {
-            return Err(format!(
-                "snapshot (version {}) has schema version {}, not the current {}",
-                snapshot.version,
-                snapshot.schema_version,
-                A::SNAPSHOT_VERSION
-            ));
-        }
-        let state = self
-            .codec
-            .decode_snapshot::<A>(&snapshot.payload)
-            .map_err(|e| {
-                format!(
-                    "snapshot (version {}) does not decode: {e}",
-                    snapshot.version
-                )
-            })?;
-        loaded.state = state;
-        loaded.version = snapshot.version;
-        loaded.snapshot_version = Some(snapshot.version);
-        Ok(())
-    }
-
-    /// Applies `events` (the stream's, from `loaded.version + 1` on) to the loaded state.
-    async fn replay(
-        &self,
-        stream: &StreamId,
-        loaded: &mut Loaded<A>,
-        events: impl Stream<Item = Result<RecordedEvent>>,
-    ) -> Result<()> {
-        let mut events = pin!(events);
-        while let Some(record) = events.next().await {
-            let record = self.codec.upcast(record?)?;
-            if record.version != loaded.version + 1 {
-                return Err(Error::corrupt(
-                    format!("stream {stream}"),
-                    format!(
-                        "expected version {}, found {}",
-                        loaded.version + 1,
-                        record.version
-                    ),
-                ));
-            }
-            let event = self.codec.decode::<A::Event>(&record)?;
-            loaded.state.apply(event);
-            loaded.version = record.version;
-            loaded.events_replayed += 1;
-        }
-        Ok(())
     }
 
     /// Executes `command` on the aggregate with this id (no command id: not idempotent).
@@ -887,7 +504,7 @@ where
             }))
     }
 
-    async fn save_snapshot(&self, stream: StreamId, state: &A, version: u64) {
+    pub(crate) async fn save_snapshot(&self, stream: StreamId, state: &A, version: u64) {
         let payload = match self.codec.encode_snapshot(state) {
             Ok(payload) => payload,
             Err(e) => {

@@ -1,0 +1,139 @@
+//! Loading an aggregate: its snapshot (when the policy reads them) and the events after
+//! it, or the whole stream.
+
+use std::pin::pin;
+
+use futures::{Stream, StreamExt};
+
+use crate::{
+    Aggregate, Codec, Error, EventStore, Loaded, RecordedEvent, Repository, Result, SnapshotPolicy,
+    SnapshotRecord, StreamId, StreamItem,
+};
+
+impl<A, S, C> Repository<A, S, C>
+where
+    A: Aggregate,
+    S: EventStore + Clone + 'static,
+    C: Codec,
+{
+    pub(crate) async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>> {
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
+            snapshot_ignored: None,
+            events_replayed: 0,
+        };
+        if self.snapshots == SnapshotPolicy::Never {
+            self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
+                .await?;
+            return Ok(loaded);
+        }
+        if let Err(reason) = self.load_from_snapshot(stream, &mut loaded).await? {
+            // The read (and, on a server, its connection) has ended: start over.
+            tracing::warn!(%stream, %reason, "ignoring snapshot, replaying the stream");
+            loaded.snapshot_ignored = Some(reason);
+            self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
+                .await?;
+        }
+        Ok(loaded)
+    }
+
+    /// Loads from the snapshot and the events after it, in one read where the store can.
+    /// `Ok(Err(reason))`: the snapshot is unusable, nothing was applied.
+    async fn load_from_snapshot(
+        &self,
+        stream: &StreamId,
+        loaded: &mut Loaded<A>,
+    ) -> Result<Result<(), String>> {
+        let mut items = pin!(self.store.read_stream_from_snapshot(stream));
+        let mut repair = false;
+        let first_event = match items.next().await.transpose()? {
+            None => return Ok(Ok(())),
+            Some(StreamItem::Event(event)) => Some(event),
+            Some(StreamItem::Snapshot(snapshot)) => {
+                if let Err(reason) = self.restore(loaded, snapshot) {
+                    return Ok(Err(reason));
+                }
+                None
+            }
+            Some(StreamItem::SnapshotIgnored(ignored)) => {
+                // The store skipped it (damaged, or ahead of the stream) and reads the
+                // stream from its start: replay that, then put a true snapshot in its
+                // place, since a snapshot ahead of the stream would look valid once the
+                // stream reached its version.
+                loaded.snapshot_ignored = Some(ignored.to_string());
+                repair = matches!(self.snapshots, SnapshotPolicy::EveryEvents(n) if n > 0);
+                None
+            }
+        };
+        let events = futures::stream::iter(first_event.map(Ok)).chain(items.map(|item| {
+            item.and_then(|item| match item {
+                StreamItem::Event(event) => Ok(event),
+                StreamItem::Snapshot(_) | StreamItem::SnapshotIgnored(_) => Err(Error::corrupt(
+                    format!("stream {stream}"),
+                    "the store returned a snapshot item after events",
+                )),
+            })
+        }));
+        self.replay(stream, loaded, events).await?;
+        if repair && loaded.version > 0 {
+            self.save_snapshot(stream.clone(), &loaded.state, loaded.version)
+                .await;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Restores the state from a snapshot, or says why the snapshot cannot be used.
+    fn restore(&self, loaded: &mut Loaded<A>, snapshot: SnapshotRecord) -> Result<(), String> {
+        if snapshot.schema_version != A::SNAPSHOT_VERSION {
+            return Err(format!(
+                "snapshot (version {}) has schema version {}, not the current {}",
+                snapshot.version,
+                snapshot.schema_version,
+                A::SNAPSHOT_VERSION
+            ));
+        }
+        let state = self
+            .codec
+            .decode_snapshot::<A>(&snapshot.payload)
+            .map_err(|e| {
+                format!(
+                    "snapshot (version {}) does not decode: {e}",
+                    snapshot.version
+                )
+            })?;
+        loaded.state = state;
+        loaded.version = snapshot.version;
+        loaded.snapshot_version = Some(snapshot.version);
+        Ok(())
+    }
+
+    /// Applies `events` (the stream's, from `loaded.version + 1` on) to the loaded state.
+    async fn replay(
+        &self,
+        stream: &StreamId,
+        loaded: &mut Loaded<A>,
+        events: impl Stream<Item = Result<RecordedEvent>>,
+    ) -> Result<()> {
+        let mut events = pin!(events);
+        while let Some(record) = events.next().await {
+            let record = self.codec.upcast(record?)?;
+            if record.version != loaded.version + 1 {
+                return Err(Error::corrupt(
+                    format!("stream {stream}"),
+                    format!(
+                        "expected version {}, found {}",
+                        loaded.version + 1,
+                        record.version
+                    ),
+                ));
+            }
+            let event = self.codec.decode::<A::Event>(&record)?;
+            loaded.state.apply(event);
+            loaded.version = record.version;
+            loaded.events_replayed += 1;
+        }
+        Ok(())
+    }
+}
