@@ -303,3 +303,83 @@ impl<S: EventStore> EventStore for Gated<S> {
         self.store.stats()
     }
 }
+
+/// **Contract 2 through the command layer.** 8 tasks run 12 `Add` commands each on one
+/// tally at once, half of them through a repository with a state cache and half
+/// through one without, with a retry policy of 64 attempts. Every command succeeds or
+/// ends in `CommandError::Conflict` (nothing else), and the stored stream is exactly the
+/// successful commands: as many events as successes, versions contiguous, and the
+/// loaded state's sum is the sum of the successful commands' amounts.
+pub async fn concurrent_commands_apply_once_each<S: EventStore + Clone + 'static>(store: S) {
+    use super::tally::{Tally, TallyCommand, fresh_tally_id};
+
+    const TASKS: u64 = 8;
+    const COMMANDS: u64 = 12;
+    let id = fresh_tally_id("concurrent-commands");
+    let plain =
+        Repository::<Tally, S>::new(store.clone(), ()).with_retry(crate::RetryPolicy::attempts(64));
+    let cached = plain.clone().with_cache(16);
+    let barrier = Arc::new(tokio::sync::Barrier::new(
+        usize::try_from(TASKS).unwrap_or(8),
+    ));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let repo = if task % 2 == 0 {
+                plain.clone()
+            } else {
+                cached.clone()
+            };
+            let (id, barrier) = (id.clone(), barrier.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let mut outcomes = Vec::new();
+                for i in 0..COMMANDS {
+                    let n = task * 100 + i + 1;
+                    outcomes.push((n, repo.execute(&id, &TallyCommand::Add(n)).await));
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let (mut succeeded, mut sum) = (0u64, 0u64);
+    for task in tasks {
+        for (n, outcome) in join(task).await {
+            match outcome {
+                Ok(done) => {
+                    assert_eq!(
+                        (done.events, done.already_applied),
+                        (1, false),
+                        "[contract 2] a successful Add appends its one event"
+                    );
+                    succeeded += 1;
+                    sum += n;
+                }
+                Err(crate::CommandError::Conflict { .. }) => {}
+                Err(other) => panic!(
+                    "[contract 2] a contended command succeeds or ends in a conflict, got \
+                     {other:?}"
+                ),
+            }
+        }
+    }
+    assert!(
+        succeeded > 0,
+        "[contract 2] some contended commands succeed"
+    );
+    let stream = Tally::stream_id(&id).expect("a valid tally id");
+    let stored = read_stream(&store, &stream, 1).await;
+    assert_eq!(
+        stored.iter().map(|r| r.version).collect::<Vec<_>>(),
+        (1..=succeeded).collect::<Vec<_>>(),
+        "[contract 2] the stream holds exactly the successful commands, contiguous"
+    );
+    let loaded = match plain.load(&id).await {
+        Ok(loaded) => loaded,
+        Err(e) => panic!("loading tally {id} must succeed, got {e:?}"),
+    };
+    assert_eq!(
+        (loaded.state.sum, loaded.state.adds, loaded.version),
+        (sum, succeeded, succeeded),
+        "[contract 2] the state is the sum of the successful commands, each applied once"
+    );
+}

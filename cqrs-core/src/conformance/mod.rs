@@ -37,7 +37,7 @@
 //! | contract | cases |
 //! |---|---|
 //! | 1. streams | [`read_empty_stream`], [`stream_ids_do_not_collide`] |
-//! | 2. atomic append with an expected version | [`expected_version_any`], [`expected_version_no_stream`], [`expected_version_stream_exists`], [`expected_version_exact`], [`concurrent_appenders_one_winner_per_version`], [`atomic_multi_event_append`] |
+//! | 2. atomic append with an expected version | [`concurrent_commands_apply_once_each`], [`expected_version_any`], [`expected_version_no_stream`], [`expected_version_stream_exists`], [`expected_version_exact`], [`concurrent_appenders_one_winner_per_version`], [`atomic_multi_event_append`] |
 //! | 3. idempotent append | [`idempotent_reappend`], [`duplicate_command_race_keeps_the_stored_decision`], [`count_events_and_find_event`] |
 //! | 4. global log in commit order | [`read_all_concurrent_writers`], [`read_all_keeps_stream_order`], [`count_events_and_find_event`] |
 //! | 5. streaming reads | [`stream_large_in_bounded_memory`] |
@@ -66,7 +66,9 @@ pub use append::{
     expected_version_exact, expected_version_no_stream, expected_version_stream_exists,
 };
 pub use batches::{idempotent_reappend, invalid_event_types_are_refused};
-pub use commands::duplicate_command_race_keeps_the_stored_decision;
+pub use commands::{
+    concurrent_commands_apply_once_each, duplicate_command_race_keeps_the_stored_decision,
+};
 pub use concurrency::{
     concurrent_appenders_one_winner_per_version, read_all_concurrent_writers,
     read_all_keeps_stream_order, reads_are_dense_prefixes,
@@ -232,6 +234,7 @@ macro_rules! store_conformance_tests {
             expected_version_stream_exists,
             expected_version_exact,
             concurrent_appenders_one_winner_per_version,
+            concurrent_commands_apply_once_each,
             atomic_multi_event_append,
             idempotent_reappend,
             duplicate_command_race_keeps_the_stored_decision,
