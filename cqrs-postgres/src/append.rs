@@ -87,20 +87,6 @@ impl<'a> AppendArgs<'a> {
     }
 }
 
-/// What the append function reported.
-enum Appended {
-    Written(AppendResult),
-    AlreadyThere(AppendResult),
-}
-
-impl Appended {
-    fn result(&self) -> AppendResult {
-        match self {
-            Appended::Written(r) | Appended::AlreadyThere(r) => *r,
-        }
-    }
-}
-
 impl PostgresEventStore {
     /// An append in a transaction of its own (with the inline projections, if any).
     pub(crate) async fn append_batch(
@@ -156,7 +142,7 @@ impl PostgresEventStore {
                 Ok(outcome) => {
                     let outcome = outcome?;
                     savepoint.commit().await.map_err(store_error)?;
-                    return Ok(outcome.result());
+                    return Ok(outcome);
                 }
             }
         }
@@ -170,7 +156,7 @@ impl PostgresEventStore {
         args: &AppendArgs<'_>,
         notify_in_transaction: Option<&str>,
         check_ids: bool,
-    ) -> std::result::Result<Result<Appended>, sqlx::Error> {
+    ) -> std::result::Result<Result<AppendResult>, sqlx::Error> {
         if !check_ids && notify_in_transaction.is_none() {
             let fast = args
                 .bind(sqlx::query(AssertSqlSafe(
@@ -237,7 +223,7 @@ impl PostgresEventStore {
                     conn.close_on_drop();
                 }
                 Err(e) => return Err(self.append_error(e, args).await),
-                Ok(outcome) => return outcome.map(|o| o.result()),
+                Ok(outcome) => return outcome,
             }
         }
     }
@@ -259,10 +245,11 @@ impl PostgresEventStore {
                 Err(e) => return Err(self.append_error(e, args).await),
                 Ok(outcome) => outcome?,
             };
-            let result = match outcome {
-                Appended::AlreadyThere(result) => return Ok(result),
-                Appended::Written(result) => result,
-            };
+            if outcome.duplicate {
+                // Already stored: the inline projections ran with the original append.
+                return Ok(outcome);
+            }
+            let result = outcome;
             let count = u64::try_from(args.ids.len()).unwrap_or(u64::MAX);
             let first = result.version.saturating_sub(count);
             let records: Vec<RecordedEvent> =
@@ -301,7 +288,7 @@ impl PostgresEventStore {
     }
 }
 
-fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<Appended> {
+fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult> {
     let location = || format!("append to {}", args.stream);
     let outcome: i16 = row.try_get(0).map_err(store_error)?;
     let version = |row: &PgRow| -> Result<u64> {
@@ -321,8 +308,8 @@ fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<Appended> {
         })
     };
     match outcome {
-        0 => Ok(Appended::Written(result(row, false)?)),
-        3 => Ok(Appended::AlreadyThere(result(row, true)?)),
+        0 => result(row, false),
+        3 => result(row, true),
         1 => Err(Error::Conflict {
             stream: args.stream.clone(),
             expected: args.expected,
