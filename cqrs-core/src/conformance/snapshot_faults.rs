@@ -1,14 +1,13 @@
 //! Snapshots that must not poison a stream: one ahead of the stream, one whose stored
 //! record is damaged. Either is skipped, with a warning, and the stream is replayed.
 
-use futures::StreamExt;
-
 use super::say;
+use super::snapshots::{load_tally, read_from_snapshot};
 use super::support::read_stream;
 use super::tally::{Tally, TallyCommand, fresh_tally_id, tally_stream};
 use crate::{
-    Aggregate, Codec, EventStore, JsonCodec, Loaded, Repository, SnapshotPolicy, SnapshotRecord,
-    StreamId, StreamItem,
+    Aggregate, Codec, EventStore, JsonCodec, Repository, SnapshotPolicy, SnapshotRecord, StreamId,
+    StreamItem,
 };
 
 /// **Contract 7 (snapshots), a snapshot ahead of its stream.** A tally with 3 events and
@@ -56,7 +55,7 @@ pub async fn snapshot_ahead_of_stream_is_ignored<S: EventStore + Clone + 'static
          the stream is read from version 1"
     );
 
-    let loaded = load(&snapping, &id).await;
+    let loaded = load_tally(&snapping, &id).await;
     let full = Tally::replay((1..=3).map(|n| super::tally::TallyEvent::Added { n }));
     assert_eq!(
         (&loaded.state, loaded.version, loaded.snapshot_version),
@@ -87,7 +86,7 @@ pub async fn snapshot_ahead_of_stream_is_ignored<S: EventStore + Clone + 'static
         "[contract 7, snapshots] the load replaced the snapshot ahead of the stream with a \
          true one (save_snapshot replaces a snapshot the stream has not reached)"
     );
-    let again = load(&snapping, &id).await;
+    let again = load_tally(&snapping, &id).await;
     assert_eq!(
         (
             again.snapshot_version,
@@ -160,7 +159,7 @@ where
     );
 
     let full = Tally::replay((1..=5).map(|n| super::tally::TallyEvent::Added { n }));
-    let loaded = load(&snapping, &id).await;
+    let loaded = load_tally(&snapping, &id).await;
     assert_eq!(
         (&loaded.state, loaded.version, loaded.snapshot_version),
         (&full, 5, None),
@@ -174,7 +173,7 @@ where
              version 6, got {other:?}"
         ),
     }
-    let repaired = load(&snapping, &id).await;
+    let repaired = load_tally(&snapping, &id).await;
     assert_eq!(
         (repaired.snapshot_version, repaired.version),
         (Some(6), 6),
@@ -190,25 +189,4 @@ async fn execute<S: EventStore + Clone + 'static>(
     if let Err(e) = repo.execute(id, &command).await {
         panic!("executing {command:?} on tally {id} must succeed, got {e:?}");
     }
-}
-
-async fn load<S: EventStore + Clone + 'static>(
-    repo: &Repository<Tally, S>,
-    id: &str,
-) -> Loaded<Tally> {
-    match repo.load(id).await {
-        Ok(loaded) => loaded,
-        Err(e) => panic!("loading tally {id} must succeed, got {e:?}"),
-    }
-}
-
-async fn read_from_snapshot<S: EventStore>(store: &S, stream: &StreamId) -> Vec<StreamItem> {
-    let items: Vec<_> = store.read_stream_from_snapshot(stream).collect().await;
-    items
-        .into_iter()
-        .map(|item| match item {
-            Ok(item) => item,
-            Err(e) => panic!("read_stream_from_snapshot({stream}) must succeed, got {e:?}"),
-        })
-        .collect()
 }

@@ -167,7 +167,10 @@ pub async fn read_stream_from_snapshot_yields_snapshot_then_tail<
     );
 }
 
-async fn read_from_snapshot<S: EventStore>(store: &S, stream: &StreamId) -> Vec<StreamItem> {
+pub(super) async fn read_from_snapshot<S: EventStore>(
+    store: &S,
+    stream: &StreamId,
+) -> Vec<StreamItem> {
     let items: Vec<_> = store.read_stream_from_snapshot(stream).collect().await;
     items
         .into_iter()
@@ -405,7 +408,7 @@ pub async fn checkpoints_round_trip<S: EventStore + Clone + 'static>(store: S) {
 }
 
 /// Loads a tally, panicking on an error.
-async fn load_tally<S: EventStore + Clone + 'static>(
+pub(super) async fn load_tally<S: EventStore + Clone + 'static>(
     repo: &Repository<Tally, S>,
     id: &str,
 ) -> Loaded<Tally> {
