@@ -1,11 +1,13 @@
 //! End-to-end: the real `bank` binary against the embedded sled store.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use serde_json::Value;
+
+mod common;
+
+use common::{COMMAND_DEADLINE, output_within};
 
 struct Run {
     code: i32,
@@ -17,58 +19,6 @@ impl Run {
     fn json(&self) -> Value {
         serde_json::from_str(&self.stdout)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout))
-    }
-}
-
-/// How long one `bank` command may take: a guard against a hang, never a timing check.
-const COMMAND_DEADLINE: Duration = Duration::from_secs(120);
-
-/// A child process, killed and reaped when dropped: at the end of the test, or while a
-/// failing test unwinds.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Runs `command` to its end within `limit` (killing it and failing the test after
-/// that), collecting its output as `Command::output` does.
-fn output_within(command: &mut Command, limit: Duration) -> Output {
-    let mut child = Killed(
-        command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start bank"),
-    );
-    let read_all = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut bytes = Vec::new();
-            let _ = pipe.read_to_end(&mut bytes);
-            bytes
-        })
-    };
-    let stdout = read_all(Box::new(child.0.stdout.take().expect("piped stdout")));
-    let stderr = read_all(Box::new(child.0.stderr.take().expect("piped stderr")));
-    let deadline = Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("wait for bank") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{command:?} did not finish within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Output {
-        status,
-        stdout: stdout.join().expect("read stdout"),
-        stderr: stderr.join().expect("read stderr"),
     }
 }
 
