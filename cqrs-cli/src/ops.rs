@@ -428,7 +428,11 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         let stats = self.store.stats().await?;
         let mut text = format!(
             "streams    {}\nevents     {}\nsnapshots  {}\n",
-            stats.streams, stats.events, stats.snapshots
+            stats.streams,
+            stats.events,
+            stats
+                .snapshots
+                .map_or_else(|| "not reported".to_owned(), |n| n.to_string())
         );
         let mut projections = Vec::new();
         for projection in &self.projections {

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use cqrs_cli::{Error, Operations, OpsCommand, ProgressStyle};
 use cqrs_core::{
-    Aggregate, BoxError, DomainEvent, Envelope, EventStore, InMemoryEventStore, Position,
-    Projection, ProjectionRunner, Repository, StreamId,
+    Aggregate, BoxError, DomainEvent, Envelope, InMemoryEventStore, Inspect, Position, Projection,
+    ProjectionRunner, Repository, SnapshotStore, StreamId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -177,7 +177,7 @@ async fn snapshot_one_stream_or_all() {
     assert_eq!(one["streams"][0]["version"], 5);
     let all = run_json(&f.ops, &["snapshot", "--all"]).await;
     assert_eq!(all["snapshots_taken"], 3);
-    assert_eq!(f.store.stats().await.unwrap().snapshots, 3);
+    assert_eq!(f.store.stats().await.unwrap().snapshots, Some(3));
     let stream = StreamId::new("counter", "a").unwrap();
     assert_eq!(
         f.store

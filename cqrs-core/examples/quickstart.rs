@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use cqrs_core::{
-    Aggregate, BoxError, CommandError, CommandOptions, DomainEvent, Envelope, EventData,
-    EventStore, ExpectedVersion, InMemoryEventStore, Position, Progress, Projection,
-    ProjectionRunner, Repository, RunnerConfig, SnapshotPolicy,
+    Aggregate, BoxError, CommandError, CommandOptions, DomainEvent, Envelope, EventData, EventLog,
+    ExpectedVersion, InMemoryEventStore, Position, Progress, Projection, ProjectionRunner,
+    Repository, RunnerConfig, SnapshotPolicy,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

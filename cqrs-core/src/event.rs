@@ -154,9 +154,9 @@ impl Metadata {
     }
 }
 
-/// A serialized event on its way into a store: what [`EventStore::append`] takes.
+/// A serialized event on its way into a store: what [`EventLog::append`] takes.
 ///
-/// [`EventStore::append`]: crate::EventStore::append
+/// [`EventLog::append`]: crate::EventLog::append
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventData {
     /// Unique id; re-appending the same ids is a no-op (idempotent append).

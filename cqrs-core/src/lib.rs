@@ -1,15 +1,21 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[macro_use]
+mod forward;
+
 mod aggregate;
 mod boxed;
 mod cache;
+mod checkpoint;
 mod codec;
 mod command;
 mod error;
 mod event;
 mod group;
+mod inspect;
 mod load;
+mod log;
 mod memory;
 mod notify;
 mod projection;
@@ -17,6 +23,7 @@ mod repository;
 mod retry;
 mod runner;
 mod snapshot;
+mod snapshot_store;
 mod store;
 mod stream;
 pub mod testkit;
@@ -28,6 +35,7 @@ pub mod conformance;
 
 pub use aggregate::Aggregate;
 pub use boxed::{BoxEventStore, DynEventStore};
+pub use checkpoint::{CheckpointStore, DynCheckpointStore, validate_checkpoint_name};
 pub use codec::{Codec, JsonCodec};
 pub use command::{CommandError, CommandOptions, Executed, Loaded};
 #[cfg(feature = "derive")]
@@ -36,6 +44,8 @@ pub use cqrs_derive::DomainEvent;
 pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Envelope, EventData, Metadata, RecordedEvent};
 pub use group::ProjectionGroup;
+pub use inspect::{DynInspect, Inspect, StoreStats, StreamInfo};
+pub use log::{AppendResult, DynEventLog, EventLog, validate_batch};
 pub use memory::InMemoryEventStore;
 pub use notify::{LogNotifier, LogWatcher};
 pub use projection::{Projection, ProjectionError};
@@ -43,10 +53,10 @@ pub use repository::Repository;
 pub use retry::RetryPolicy;
 pub use runner::{Progress, ProjectionRunner, RunnerConfig};
 pub use snapshot::SnapshotPolicy;
-pub use store::{
-    AppendResult, EventStore, SnapshotIgnored, SnapshotRecord, StoreStats, StreamInfo, StreamItem,
-    validate_batch, validate_checkpoint_name,
+pub use snapshot_store::{
+    DynSnapshotStore, SnapshotIgnored, SnapshotRecord, SnapshotStore, StreamItem,
 };
+pub use store::EventStore;
 pub use stream::{ExpectedVersion, Position, StreamId};
 pub use upcast::{JsonEvent, Upcasters};
 

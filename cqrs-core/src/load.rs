@@ -5,15 +5,16 @@ use std::pin::pin;
 
 use futures::{Stream, StreamExt};
 
+use crate::snapshot::SnapshotIo;
 use crate::{
-    Aggregate, Codec, Error, EventStore, Loaded, RecordedEvent, Repository, Result, SnapshotPolicy,
+    Aggregate, Codec, Error, Inspect, Loaded, RecordedEvent, Repository, Result, SnapshotPolicy,
     SnapshotRecord, StreamId, StreamItem,
 };
 
 impl<A, S, C> Repository<A, S, C>
 where
     A: Aggregate,
-    S: EventStore + Clone + 'static,
+    S: Inspect + Clone + 'static,
     C: Codec,
 {
     pub(crate) async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>> {
@@ -24,12 +25,15 @@ where
             snapshot_ignored: None,
             events_replayed: 0,
         };
-        if self.snapshots == SnapshotPolicy::Never {
-            self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
-                .await?;
-            return Ok(loaded);
-        }
-        if let Err(reason) = self.load_from_snapshot(stream, &mut loaded).await? {
+        let io = match self.snapshot_io {
+            Some(io) if self.snapshots != SnapshotPolicy::Never => io,
+            _ => {
+                self.replay(stream, &mut loaded, self.store.read_stream(stream, 1))
+                    .await?;
+                return Ok(loaded);
+            }
+        };
+        if let Err(reason) = self.load_from_snapshot(io, stream, &mut loaded).await? {
             // The read (and, on a server, its connection) has ended: start over.
             tracing::warn!(%stream, %reason, "ignoring snapshot, replaying the stream");
             loaded.snapshot_ignored = Some(reason);
@@ -43,10 +47,11 @@ where
     /// `Ok(Err(reason))`: the snapshot is unusable, nothing was applied.
     async fn load_from_snapshot(
         &self,
+        io: SnapshotIo<S>,
         stream: &StreamId,
         loaded: &mut Loaded<A>,
     ) -> Result<Result<(), String>> {
-        let mut items = pin!(self.store.read_stream_from_snapshot(stream));
+        let mut items = (io.read)(&self.store, stream);
         let mut repair = false;
         let first_event = match items.next().await.transpose()? {
             None => return Ok(Ok(())),

@@ -7,17 +7,18 @@ use std::time::SystemTime;
 use futures::{Stream, StreamExt, stream};
 use uuid::Uuid;
 
-use crate::store::{validate_batch, validate_checkpoint_name};
 use crate::{
-    AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
-    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo,
+    AppendResult, CheckpointStore, Error, EventData, EventLog, ExpectedVersion, Inspect,
+    LogNotifier, LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore,
+    StoreStats, StreamId, StreamInfo,
 };
+use crate::{validate_batch, validate_checkpoint_name};
 
 /// How many records a reader copies per lock: reads never hold the lock for long and
 /// never copy a whole stream at once.
 const READ_CHUNK: usize = 256;
 
-/// An [`EventStore`] that keeps everything in memory, behind one mutex.
+/// An [`EventStore`](crate::EventStore) that keeps everything in memory, behind one mutex.
 ///
 /// It implements every contract of the conformance suite and is the reference the other
 /// backends are compared with. Clones share the same data. Nothing survives the process.
@@ -26,7 +27,7 @@ const READ_CHUNK: usize = 256;
 ///
 /// # Examples
 /// ```
-/// use cqrs_core::{EventData, EventStore, ExpectedVersion, InMemoryEventStore, Position, StreamId};
+/// use cqrs_core::{EventData, EventLog, ExpectedVersion, InMemoryEventStore, Position, StreamId};
 /// use futures::TryStreamExt;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -123,7 +124,7 @@ impl State {
     }
 }
 
-impl EventStore for InMemoryEventStore {
+impl EventLog for InMemoryEventStore {
     async fn append(
         &self,
         stream: &StreamId,
@@ -233,25 +234,12 @@ impl EventStore for InMemoryEventStore {
         .flatten()
     }
 
-    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        let state = self.lock();
-        Ok(state
-            .ids
-            .get(&event_id)
-            .map(|&i| &state.log[i])
-            .filter(|r| r.stream == *stream)
-            .map(|r| RecordedEvent::clone(r)))
+    fn watch(&self) -> LogWatcher {
+        self.inner.notifier.watcher()
     }
+}
 
-    async fn count_events(&self, after: Position) -> Result<u64> {
-        let len = self.lock().log.len() as u64;
-        Ok(if after.commit > 0 {
-            0
-        } else {
-            len.saturating_sub(after.sequence)
-        })
-    }
-
+impl SnapshotStore for InMemoryEventStore {
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotRecord>> {
         Ok(self.lock().snapshots.get(stream).cloned())
     }
@@ -269,7 +257,9 @@ impl EventStore for InMemoryEventStore {
         }
         Ok(())
     }
+}
 
+impl CheckpointStore for InMemoryEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
         validate_checkpoint_name(name)?;
         Ok(self.lock().checkpoints.get(name).copied())
@@ -280,9 +270,26 @@ impl EventStore for InMemoryEventStore {
         self.lock().checkpoints.insert(name.to_owned(), position);
         Ok(())
     }
+}
 
-    fn watch(&self) -> LogWatcher {
-        self.inner.notifier.watcher()
+impl Inspect for InMemoryEventStore {
+    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        let state = self.lock();
+        Ok(state
+            .ids
+            .get(&event_id)
+            .map(|&i| &state.log[i])
+            .filter(|r| r.stream == *stream)
+            .map(|r| RecordedEvent::clone(r)))
+    }
+
+    async fn count_events(&self, after: Position) -> Result<u64> {
+        let len = self.lock().log.len() as u64;
+        Ok(if after.commit > 0 {
+            0
+        } else {
+            len.saturating_sub(after.sequence)
+        })
     }
 
     fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
@@ -305,7 +312,7 @@ impl EventStore for InMemoryEventStore {
         Ok(StoreStats {
             streams: state.streams.len() as u64,
             events: state.log.len() as u64,
-            snapshots: state.snapshots.len() as u64,
+            snapshots: Some(state.snapshots.len() as u64),
         })
     }
 }

@@ -5,13 +5,15 @@ use std::fmt;
 use tracing::{Instrument, field};
 
 use crate::cache::StateCache;
+use crate::snapshot::SnapshotIo;
 use crate::{
-    Aggregate, Codec, CommandError, CommandOptions, DomainEvent, Error, EventData, EventStore,
-    Executed, ExpectedVersion, JsonCodec, Loaded, Result, RetryPolicy, SnapshotPolicy,
-    SnapshotRecord, StreamId,
+    Aggregate, Codec, CommandError, CommandOptions, DomainEvent, Error, EventData, Executed,
+    ExpectedVersion, Inspect, JsonCodec, Loaded, Result, RetryPolicy, SnapshotPolicy,
+    SnapshotRecord, SnapshotStore, StreamId,
 };
 
-/// Loads aggregates and executes commands against an [`EventStore`].
+/// Loads aggregates and executes commands against an event log: any store with
+/// [`Inspect`] (which implies [`EventLog`](crate::EventLog)); snapshots need a [`SnapshotStore`] too.
 ///
 /// `execute` runs `load (snapshot + tail) → handle → append(Exact(version))`. On a
 /// conflict it reloads and decides again, as the [`RetryPolicy`] allows; snapshots are
@@ -68,6 +70,8 @@ pub struct Repository<A: Aggregate, S, C = JsonCodec> {
     pub(crate) codec: C,
     pub(crate) services: std::sync::Arc<A::Services>,
     pub(crate) snapshots: SnapshotPolicy,
+    /// Set with the policy, by [`Repository::with_snapshots`]: `None` until then.
+    pub(crate) snapshot_io: Option<SnapshotIo<S>>,
     pub(crate) background_snapshots: bool,
     pub(crate) retry: RetryPolicy,
     pub(crate) cache: Option<std::sync::Arc<StateCache<A>>>,
@@ -80,6 +84,7 @@ impl<A: Aggregate, S: Clone, C: Clone> Clone for Repository<A, S, C> {
             codec: self.codec.clone(),
             services: self.services.clone(),
             snapshots: self.snapshots,
+            snapshot_io: self.snapshot_io,
             background_snapshots: self.background_snapshots,
             retry: self.retry,
             cache: self.cache.clone(),
@@ -102,7 +107,7 @@ impl<A: Aggregate, S, C> fmt::Debug for Repository<A, S, C> {
 impl<A, S> Repository<A, S, JsonCodec>
 where
     A: Aggregate,
-    S: EventStore + Clone + 'static,
+    S: Inspect + Clone + 'static,
 {
     /// A repository over `store` with the JSON codec, no snapshots and the default retry
     /// policy; `services` is handed to every [`Aggregate::handle`].
@@ -112,6 +117,7 @@ where
             codec: JsonCodec::new(),
             services: std::sync::Arc::new(services),
             snapshots: SnapshotPolicy::Never,
+            snapshot_io: None,
             background_snapshots: true,
             retry: RetryPolicy::default(),
             cache: None,
@@ -122,7 +128,7 @@ where
 impl<A, S, C> Repository<A, S, C>
 where
     A: Aggregate,
-    S: EventStore + Clone + 'static,
+    S: Inspect + Clone + 'static,
     C: Codec,
 {
     /// Uses another codec (for example a [`JsonCodec`] with upcasters).
@@ -132,16 +138,11 @@ where
             codec,
             services: self.services,
             snapshots: self.snapshots,
+            snapshot_io: self.snapshot_io,
             background_snapshots: self.background_snapshots,
             retry: self.retry,
             cache: self.cache,
         }
-    }
-
-    /// Sets the snapshot policy.
-    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self {
-        self.snapshots = policy;
-        self
     }
 
     /// Whether snapshots are saved by a background task (the default) or before
@@ -205,27 +206,6 @@ where
     pub async fn load(&self, id: &str) -> Result<Loaded<A>> {
         let stream = A::stream_id(id)?;
         self.load_stream(&stream).await
-    }
-
-    /// Takes a snapshot of the aggregate now, whatever the policy, and returns the version
-    /// it covers (`None` for an aggregate without events). Loads use it unless the
-    /// policy is [`SnapshotPolicy::Never`], which reads no snapshots.
-    ///
-    /// # Errors
-    /// As for [`load`](Self::load), and [`Error::Encode`] if the state does not encode.
-    pub async fn snapshot_now(&self, id: &str) -> Result<Option<u64>> {
-        let stream = A::stream_id(id)?;
-        let loaded = self.load_stream(&stream).await?;
-        if loaded.version == 0 {
-            return Ok(None);
-        }
-        let snapshot = SnapshotRecord {
-            version: loaded.version,
-            schema_version: A::SNAPSHOT_VERSION,
-            payload: self.codec.encode_snapshot(&loaded.state)?,
-        };
-        self.store.save_snapshot(&stream, snapshot).await?;
-        Ok(Some(loaded.version))
     }
 
     /// Executes `command` on the aggregate with this id (no command id: not idempotent).
@@ -517,9 +497,12 @@ where
             schema_version: A::SNAPSHOT_VERSION,
             payload,
         };
+        let Some(io) = self.snapshot_io else {
+            return;
+        };
         let store = self.store.clone();
         let save = async move {
-            if let Err(e) = store.save_snapshot(&stream, snapshot).await {
+            if let Err(e) = (io.save)(&store, &stream, snapshot).await {
                 tracing::warn!(%stream, version, error = %e, "snapshot not saved");
             }
         };
@@ -530,5 +513,41 @@ where
             }
             _ => save.await,
         }
+    }
+}
+
+impl<A, S, C> Repository<A, S, C>
+where
+    A: Aggregate,
+    S: SnapshotStore + Inspect + Clone + 'static,
+    C: Codec,
+{
+    /// Sets the snapshot policy. Only a store with the [`SnapshotStore`] capability
+    /// keeps snapshots; over any other, loads read whole streams.
+    pub fn with_snapshots(mut self, policy: SnapshotPolicy) -> Self {
+        self.snapshots = policy;
+        self.snapshot_io = Some(SnapshotIo::new());
+        self
+    }
+
+    /// Takes a snapshot of the aggregate now, whatever the policy, and returns the version
+    /// it covers (`None` for an aggregate without events). Loads use it unless the
+    /// policy is [`SnapshotPolicy::Never`], which reads no snapshots.
+    ///
+    /// # Errors
+    /// As for [`load`](Self::load), and [`Error::Encode`] if the state does not encode.
+    pub async fn snapshot_now(&self, id: &str) -> Result<Option<u64>> {
+        let stream = A::stream_id(id)?;
+        let loaded = self.load_stream(&stream).await?;
+        if loaded.version == 0 {
+            return Ok(None);
+        }
+        let snapshot = SnapshotRecord {
+            version: loaded.version,
+            schema_version: A::SNAPSHOT_VERSION,
+            payload: self.codec.encode_snapshot(&loaded.state)?,
+        };
+        SnapshotStore::save_snapshot(&self.store, &stream, snapshot).await?;
+        Ok(Some(loaded.version))
     }
 }

@@ -107,7 +107,7 @@ impl Progress {
 /// #         Ok(())
 /// #     }
 /// # }
-/// use cqrs_core::{EventData, EventStore, ExpectedVersion, InMemoryEventStore, ProjectionRunner, StreamId};
+/// use cqrs_core::{EventData, EventLog, ExpectedVersion, InMemoryEventStore, ProjectionRunner, StreamId};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

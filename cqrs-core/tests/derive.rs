@@ -3,7 +3,7 @@
 //! The compile errors are tested in `cqrs-derive/tests/ui`.
 
 use cqrs_core::testkit::AggregateTest;
-use cqrs_core::{Aggregate, DomainEvent, EventStore, InMemoryEventStore, Repository};
+use cqrs_core::{Aggregate, DomainEvent, EventLog, InMemoryEventStore, Repository};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use common::{Account, AccountCommand, AccountEvent};
 use cqrs_core::{
-    BoxError, Envelope, Error, EventData, EventStore, ExpectedVersion, InMemoryEventStore,
-    Position, Projection, ProjectionError, ProjectionGroup, ProjectionRunner, Repository,
-    RetryPolicy, RunnerConfig, StreamId,
+    BoxError, CheckpointStore, Envelope, Error, EventData, EventLog, ExpectedVersion,
+    InMemoryEventStore, Inspect, Position, Projection, ProjectionError, ProjectionGroup,
+    ProjectionRunner, Repository, RetryPolicy, RunnerConfig, SnapshotStore, StreamId,
 };
 
 type Balances = Arc<Mutex<HashMap<String, i64>>>;
@@ -202,7 +202,7 @@ async fn live_runner_polls_when_the_store_cannot_notify() {
     // A boxed store whose watcher never wakes.
     #[derive(Clone)]
     struct Silent(InMemoryEventStore);
-    impl EventStore for Silent {
+    impl EventLog for Silent {
         fn append<'a>(
             &'a self,
             s: &'a StreamId,
@@ -227,20 +227,8 @@ async fn live_runner_polls_when_the_store_cannot_notify() {
         {
             self.0.read_all(a, l)
         }
-        fn find_event<'a>(
-            &'a self,
-            s: &'a StreamId,
-            id: uuid::Uuid,
-        ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::RecordedEvent>>> + Send + 'a
-        {
-            self.0.find_event(s, id)
-        }
-        fn count_events(
-            &self,
-            a: Position,
-        ) -> impl Future<Output = cqrs_core::Result<u64>> + Send + '_ {
-            self.0.count_events(a)
-        }
+    }
+    impl SnapshotStore for Silent {
         fn load_snapshot<'a>(
             &'a self,
             s: &'a StreamId,
@@ -255,6 +243,8 @@ async fn live_runner_polls_when_the_store_cannot_notify() {
         ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
             self.0.save_snapshot(s, r)
         }
+    }
+    impl CheckpointStore for Silent {
         fn load_checkpoint<'a>(
             &'a self,
             n: &'a str,
@@ -267,6 +257,22 @@ async fn live_runner_polls_when_the_store_cannot_notify() {
             p: Position,
         ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
             self.0.save_checkpoint(n, p)
+        }
+    }
+    impl Inspect for Silent {
+        fn find_event<'a>(
+            &'a self,
+            s: &'a StreamId,
+            id: uuid::Uuid,
+        ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::RecordedEvent>>> + Send + 'a
+        {
+            self.0.find_event(s, id)
+        }
+        fn count_events(
+            &self,
+            a: Position,
+        ) -> impl Future<Output = cqrs_core::Result<u64>> + Send + '_ {
+            self.0.count_events(a)
         }
     }
     let silent = Silent(store.clone());

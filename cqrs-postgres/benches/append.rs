@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use cqrs_core::{EventData, EventStore, ExpectedVersion, StreamId};
+use cqrs_core::{EventData, EventLog, ExpectedVersion, StreamId};
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::postgres::PgPoolOptions;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, Connection, PgConnection};

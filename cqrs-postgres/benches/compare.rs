@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cqrs_core::{
-    Aggregate, BoxError, DomainEvent, Envelope, EventData, EventStore, ExpectedVersion, Position,
+    Aggregate, BoxError, DomainEvent, Envelope, EventData, EventLog, ExpectedVersion, Position,
     Projection, ProjectionRunner, Repository, RunnerConfig, SnapshotPolicy, StreamId,
 };
 use cqrs_postgres::PostgresEventStore;

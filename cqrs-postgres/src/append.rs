@@ -112,7 +112,7 @@ impl PostgresEventStore {
     /// retried without aborting the caller's transaction.
     ///
     /// # Errors
-    /// As for [`EventStore::append`](cqrs_core::EventStore::append).
+    /// As for [`EventLog::append`](cqrs_core::EventLog::append).
     pub async fn append_in(
         &self,
         conn: &mut PgConnection,

@@ -80,8 +80,8 @@ impl PostgresEventStoreBuilder {
         self
     }
 
-    /// How long [`read_all`](cqrs_core::EventStore::read_all) and
-    /// [`count_events`](cqrs_core::EventStore::count_events) wait for older transactions still
+    /// How long [`read_all`](cqrs_core::EventLog::read_all) and
+    /// [`count_events`](cqrs_core::Inspect::count_events) wait for older transactions still
     /// running when committed events sit behind them (default 500 ms). The read never
     /// passes such a transaction; waiting briefly lets it include events committed just
     /// before the read instead of leaving them for the next one. Zero never waits.

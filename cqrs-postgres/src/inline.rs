@@ -11,10 +11,10 @@ use sqlx::PgConnection;
 /// It gets the appended records (payloads still encoded; decode them with the codec
 /// you use, e.g. [`JsonCodec`](cqrs_core::JsonCodec)). An error rolls the append back.
 /// Keep it small: it runs on the write path. It is called only for appends that wrote
-/// something (not for idempotent re-appends), through [`EventStore::append`]; not by
+/// something (not for idempotent re-appends), through [`EventLog::append`]; not by
 /// [`PostgresEventStore::append_in`](crate::PostgresEventStore::append_in).
 ///
-/// [`EventStore::append`]: cqrs_core::EventStore::append
+/// [`EventLog::append`]: cqrs_core::EventLog::append
 ///
 /// # Examples
 /// ```

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use cqrs_core::{
-    AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
-    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, StreamItem,
-    validate_checkpoint_name,
+    AppendResult, CheckpointStore, Error, EventData, EventLog, ExpectedVersion, Inspect,
+    LogNotifier, LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore,
+    StoreStats, StreamId, StreamInfo, StreamItem, validate_checkpoint_name,
 };
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
@@ -24,7 +24,7 @@ use crate::row::{
 use crate::schema::{Schema, Statements};
 use crate::{listen, migrate};
 
-/// A PostgreSQL [`EventStore`]: events, snapshots and checkpoints in tables of one schema,
+/// A PostgreSQL [`EventStore`](cqrs_core::EventStore): events, snapshots and checkpoints in tables of one schema,
 /// written through a [`PgPool`].
 ///
 /// - **One round trip per append**: the expected-version check and the insert of the
@@ -35,19 +35,19 @@ use crate::{listen, migrate};
 ///   snapshot and the events after it in one statement, so a command (load + append)
 ///   is two round trips with or without snapshots.
 /// - **Gap-safe global log**: each event records its writer's transaction id;
-///   [`read_all`](EventStore::read_all) reads in `(transaction id, id)` order and only
+///   [`read_all`](cqrs_core::EventLog::read_all) reads in `(transaction id, id)` order and only
 ///   below the oldest transaction still running, so a reader never passes an append that
 ///   may still commit. Positions are `Position { commit: transaction id, sequence: id }`.
-/// - **Live readers** are woken by `LISTEN`/`NOTIFY` (see [`watch`](EventStore::watch)),
+/// - **Live readers** are woken by `LISTEN`/`NOTIFY` (see [`watch`](cqrs_core::EventLog::watch)),
 ///   with the runner's polling as a fallback.
 ///
 /// Clones share the pool and the notifier.
 ///
-/// [`read_stream_from_snapshot`]: EventStore::read_stream_from_snapshot
+/// [`read_stream_from_snapshot`]: cqrs_core::SnapshotStore::read_stream_from_snapshot
 ///
 /// # Examples
 /// ```no_run
-/// use cqrs_core::{EventData, EventStore, ExpectedVersion, StreamId};
+/// use cqrs_core::{EventData, EventLog, ExpectedVersion, StreamId};
 /// use cqrs_postgres::PostgresEventStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -221,7 +221,7 @@ impl PostgresEventStore {
     }
 }
 
-impl EventStore for PostgresEventStore {
+impl EventLog for PostgresEventStore {
     async fn append(
         &self,
         stream: &StreamId,
@@ -248,6 +248,54 @@ impl EventStore for PostgresEventStore {
         .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
     }
 
+    fn read_all(
+        &self,
+        after: Position,
+        limit: Option<u64>,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
+        let limit = limit.map(saturating_i64);
+        stream::once(self.horizon())
+            .map_ok(move |horizon| {
+                self.restarting(move || {
+                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+                        .bind(saturating_i64(after.commit))
+                        .bind(saturating_i64(after.sequence))
+                        .bind(horizon)
+                        .bind(limit)
+                        .fetch(&self.inner.pool)
+                })
+                .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+            })
+            .try_flatten()
+    }
+
+    /// A watcher woken by appends through this store at once, and by appends of other
+    /// processes through `LISTEN` on the schema's channel (when
+    /// [`notify`](crate::PostgresEventStoreBuilder::notify) is on). The listener task starts
+    /// with the first watcher, on the current Tokio runtime (outside one, the watcher
+    /// only sees this process's appends), reconnects when its connection is lost, and
+    /// stops with the store.
+    fn watch(&self) -> LogWatcher {
+        if let Some(channel) = &self.inner.channel {
+            let mut listener = self
+                .inner
+                .listener
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let running = listener.as_ref().is_some_and(|task| !task.is_finished());
+            if !running && let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                *listener = Some(runtime.spawn(listen::run(
+                    self.connect_options(),
+                    channel.clone(),
+                    Arc::clone(&self.inner.notifier),
+                )));
+            }
+        }
+        self.inner.notifier.watcher()
+    }
+}
+
+impl SnapshotStore for PostgresEventStore {
     fn read_stream_from_snapshot<'a>(
         &'a self,
         stream: &'a StreamId,
@@ -321,56 +369,6 @@ impl EventStore for PostgresEventStore {
         .flatten()
     }
 
-    fn read_all(
-        &self,
-        after: Position,
-        limit: Option<u64>,
-    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
-        let limit = limit.map(saturating_i64);
-        stream::once(self.horizon())
-            .map_ok(move |horizon| {
-                self.restarting(move || {
-                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
-                        .bind(saturating_i64(after.commit))
-                        .bind(saturating_i64(after.sequence))
-                        .bind(horizon)
-                        .bind(limit)
-                        .fetch(&self.inner.pool)
-                })
-                .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
-            })
-            .try_flatten()
-    }
-
-    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        let row = self
-            .retrying(|| {
-                sqlx::query(AssertSqlSafe(self.inner.sql.find_event.clone()))
-                    .bind(event_id)
-                    .bind(stream.aggregate_type())
-                    .bind(stream.id())
-                    .fetch_optional(&self.inner.pool)
-            })
-            .await
-            .map_err(store_error)?;
-        row.as_ref().map(decode_event).transpose()
-    }
-
-    async fn count_events(&self, after: Position) -> Result<u64> {
-        let horizon = self.horizon().await?;
-        let count: i64 = self
-            .retrying(|| {
-                sqlx::query_scalar(AssertSqlSafe(self.inner.sql.count_events.clone()))
-                    .bind(saturating_i64(after.commit))
-                    .bind(saturating_i64(after.sequence))
-                    .bind(horizon)
-                    .fetch_one(&self.inner.pool)
-            })
-            .await
-            .map_err(store_error)?;
-        stored_u64(count, || "the event count".into(), "count")
-    }
-
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotRecord>> {
         let row = self
             .retrying(|| {
@@ -409,7 +407,9 @@ impl EventStore for PostgresEventStore {
         .map_err(store_error)?;
         Ok(())
     }
+}
 
+impl CheckpointStore for PostgresEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
         validate_checkpoint_name(name)?;
         let row = self
@@ -440,6 +440,37 @@ impl EventStore for PostgresEventStore {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+}
+
+impl Inspect for PostgresEventStore {
+    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        let row = self
+            .retrying(|| {
+                sqlx::query(AssertSqlSafe(self.inner.sql.find_event.clone()))
+                    .bind(event_id)
+                    .bind(stream.aggregate_type())
+                    .bind(stream.id())
+                    .fetch_optional(&self.inner.pool)
+            })
+            .await
+            .map_err(store_error)?;
+        row.as_ref().map(decode_event).transpose()
+    }
+
+    async fn count_events(&self, after: Position) -> Result<u64> {
+        let horizon = self.horizon().await?;
+        let count: i64 = self
+            .retrying(|| {
+                sqlx::query_scalar(AssertSqlSafe(self.inner.sql.count_events.clone()))
+                    .bind(saturating_i64(after.commit))
+                    .bind(saturating_i64(after.sequence))
+                    .bind(horizon)
+                    .fetch_one(&self.inner.pool)
+            })
+            .await
+            .map_err(store_error)?;
+        stored_u64(count, || "the event count".into(), "count")
     }
 
     /// Every stream with its version: one grouped scan of the stream index, streamed.
@@ -477,32 +508,7 @@ impl EventStore for PostgresEventStore {
         Ok(StoreStats {
             streams: count(0)?,
             events: count(1)?,
-            snapshots: count(2)?,
+            snapshots: Some(count(2)?),
         })
-    }
-
-    /// A watcher woken by appends through this store at once, and by appends of other
-    /// processes through `LISTEN` on the schema's channel (when
-    /// [`notify`](crate::PostgresEventStoreBuilder::notify) is on). The listener task starts
-    /// with the first watcher, on the current Tokio runtime (outside one, the watcher
-    /// only sees this process's appends), reconnects when its connection is lost, and
-    /// stops with the store.
-    fn watch(&self) -> LogWatcher {
-        if let Some(channel) = &self.inner.channel {
-            let mut listener = self
-                .inner
-                .listener
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let running = listener.as_ref().is_some_and(|task| !task.is_finished());
-            if !running && let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                *listener = Some(runtime.spawn(listen::run(
-                    self.connect_options(),
-                    channel.clone(),
-                    Arc::clone(&self.inner.notifier),
-                )));
-            }
-        }
-        self.inner.notifier.watcher()
     }
 }

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use cqrs_core::{Error, EventData, EventStore, ExpectedVersion, Position, RecordedEvent, StreamId};
+use cqrs_core::{Error, EventData, EventLog, ExpectedVersion, Position, RecordedEvent, StreamId};
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, Connection};
 use futures::TryStreamExt;

@@ -9,9 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cqrs_core::{
-    BoxError, Codec, DomainEvent, Envelope, Error, EventData, EventStore, ExpectedVersion,
-    JsonCodec, Position, Projection, ProjectionRunner, RecordedEvent, RetryPolicy, RunnerConfig,
-    StreamId,
+    BoxError, CheckpointStore, Codec, DomainEvent, Envelope, Error, EventData, EventLog,
+    ExpectedVersion, JsonCodec, Position, Projection, ProjectionRunner, RecordedEvent, RetryPolicy,
+    RunnerConfig, StreamId,
 };
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
 use cqrs_postgres::{

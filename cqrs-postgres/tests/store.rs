@@ -6,8 +6,9 @@ use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use cqrs_core::{
-    AppendResult, Codec, DomainEvent, Error, EventData, EventStore, ExpectedVersion, JsonCodec,
-    Metadata, Position, RecordedEvent, SnapshotRecord, StreamId, StreamItem,
+    AppendResult, CheckpointStore, Codec, DomainEvent, Error, EventData, EventLog, ExpectedVersion,
+    Inspect, JsonCodec, Metadata, Position, RecordedEvent, SnapshotRecord, SnapshotStore, StreamId,
+    StreamItem,
 };
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe};

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use cqrs_core::{EventData, EventStore, ExpectedVersion, Position, RecordedEvent, StreamId};
+use cqrs_core::{EventData, EventLog, ExpectedVersion, Inspect, Position, RecordedEvent, StreamId};
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, Connection};
 use futures::TryStreamExt;

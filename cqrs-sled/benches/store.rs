@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use cqrs_core::{
-    Aggregate, DomainEvent, EventData, EventStore, ExpectedVersion, Position, Repository,
+    Aggregate, DomainEvent, EventData, EventLog, ExpectedVersion, Position, Repository,
     SnapshotPolicy, StreamId,
 };
 use cqrs_sled::{Durability, SledConfig, SledEventStore};

@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
 
-use cqrs_core::{EventData, EventStore, ExpectedVersion, Position, StreamId};
+use cqrs_core::{EventData, EventLog, ExpectedVersion, Position, StreamId};
 use cqrs_sled::{Durability, SledConfig};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};

@@ -220,7 +220,7 @@ impl std::error::Error for ApplyError {
 /// one sled transaction.
 ///
 /// The checkpoint is stored in the store's checkpoint tree under the projection's name,
-/// so [`EventStore::load_checkpoint`](cqrs_core::EventStore::load_checkpoint) shows it
+/// so [`EventStore::load_checkpoint`](cqrs_core::CheckpointStore::load_checkpoint) shows it
 /// too (for lag reports). [`reset`](Projection::reset) (used by a rebuild) marks the reset
 /// first, so a crash in the middle of it finishes the reset on the next start instead of
 /// replaying onto a half-cleared read model.
@@ -248,7 +248,7 @@ impl std::error::Error for ApplyError {
 /// #         t.insert(b"n", &vec![0; n + batch.len()])
 /// #     }
 /// # }
-/// use cqrs_core::{EventData, EventStore, ExpectedVersion, ProjectionRunner, StreamId};
+/// use cqrs_core::{EventData, EventLog, ExpectedVersion, ProjectionRunner, StreamId};
 /// use cqrs_sled::{SledEventStore, TransactionalProjection};
 ///
 /// # #[tokio::main(flavor = "current_thread")]

@@ -8,9 +8,9 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cqrs_core::{
-    AppendResult, Error, EventData, EventStore, ExpectedVersion, LogNotifier, LogWatcher, Position,
-    RecordedEvent, Result, SnapshotRecord, StoreStats, StreamId, StreamInfo, validate_batch,
-    validate_checkpoint_name,
+    AppendResult, CheckpointStore, Error, EventData, EventLog, ExpectedVersion, Inspect,
+    LogNotifier, LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore,
+    StoreStats, StreamId, StreamInfo, validate_batch, validate_checkpoint_name,
 };
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use uuid::Uuid;
@@ -29,7 +29,7 @@ pub(crate) const EVENTS_TREE: &str = "cqrs.events";
 pub(crate) const SNAPSHOTS_TREE: &str = "cqrs.snapshots";
 pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
 
-/// An [`EventStore`] in an embedded sled database: one process, durable, with group
+/// An [`EventStore`](cqrs_core::EventStore) in an embedded sled database: one process, durable, with group
 /// commit.
 ///
 /// Open it with [`SledEventStore::open`] (or [`SledConfig`](crate::SledConfig) for options, or
@@ -39,8 +39,8 @@ pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
 ///
 /// Reads run on the calling task (sled reads are memory or page-cache reads); an append
 /// with a flushing [`Durability`] waits for the flusher thread without blocking the
-/// runtime. Readers of the log ([`read_all`](EventStore::read_all),
-/// [`count_events`](EventStore::count_events)) only see appends that are durable under
+/// runtime. Readers of the log ([`read_all`](cqrs_core::EventLog::read_all),
+/// [`count_events`](cqrs_core::Inspect::count_events)) only see appends that are durable under
 /// the configured durability, so a projection never gets ahead of what survives a crash.
 ///
 /// # Cancel safety
@@ -60,7 +60,7 @@ pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
 ///
 /// # Examples
 /// ```
-/// use cqrs_core::{EventData, EventStore, ExpectedVersion, StreamId};
+/// use cqrs_core::{EventData, EventLog, ExpectedVersion, StreamId};
 /// use cqrs_sled::SledEventStore;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
@@ -342,7 +342,7 @@ pub(crate) fn position_bytes(position: Position) -> [u8; 16] {
     encode_position(position)
 }
 
-impl EventStore for SledEventStore {
+impl EventLog for SledEventStore {
     async fn append(
         &self,
         stream: &StreamId,
@@ -397,28 +397,12 @@ impl EventStore for SledEventStore {
         .flatten()
     }
 
-    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        let Some((found, _, position)) = self.locate(event_id)? else {
-            return Ok(None);
-        };
-        if found != *stream {
-            return Ok(None);
-        }
-        let bytes = self.raw_record(position)?.ok_or_else(|| {
-            Error::corrupt(format!("log position {position}"), "the record is missing")
-        })?;
-        decode(&bytes, position, None, None).map(Some)
+    fn watch(&self) -> LogWatcher {
+        self.inner.notifier.watcher()
     }
+}
 
-    async fn count_events(&self, after: Position) -> Result<u64> {
-        let visible = self.inner.marks.visible.load(Ordering::Acquire);
-        Ok(if after.commit > 0 {
-            0
-        } else {
-            visible.saturating_sub(after.sequence)
-        })
-    }
-
+impl SnapshotStore for SledEventStore {
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotRecord>> {
         let key = record::bare_stream_key(stream);
         let Some(bytes) = self.inner.snapshots.get(key).map_err(store_error)? else {
@@ -459,7 +443,9 @@ impl EventStore for SledEventStore {
             .map_err(store_error)?;
         Ok(())
     }
+}
 
+impl CheckpointStore for SledEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
         validate_checkpoint_name(name)?;
         self.inner
@@ -478,9 +464,29 @@ impl EventStore for SledEventStore {
             .map_err(store_error)?;
         Ok(())
     }
+}
 
-    fn watch(&self) -> LogWatcher {
-        self.inner.notifier.watcher()
+impl Inspect for SledEventStore {
+    async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
+        let Some((found, _, position)) = self.locate(event_id)? else {
+            return Ok(None);
+        };
+        if found != *stream {
+            return Ok(None);
+        }
+        let bytes = self.raw_record(position)?.ok_or_else(|| {
+            Error::corrupt(format!("log position {position}"), "the record is missing")
+        })?;
+        decode(&bytes, position, None, None).map(Some)
+    }
+
+    async fn count_events(&self, after: Position) -> Result<u64> {
+        let visible = self.inner.marks.visible.load(Ordering::Acquire);
+        Ok(if after.commit > 0 {
+            0
+        } else {
+            visible.saturating_sub(after.sequence)
+        })
     }
 
     fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
@@ -509,7 +515,7 @@ impl EventStore for SledEventStore {
         Ok(StoreStats {
             streams,
             events: self.count_events(Position::START).await?,
-            snapshots: u64::try_from(self.inner.snapshots.len()).unwrap_or(u64::MAX),
+            snapshots: Some(u64::try_from(self.inner.snapshots.len()).unwrap_or(u64::MAX)),
         })
     }
 }

@@ -1,7 +1,7 @@
 //! Opening bad paths and reading damaged records give clear, typed errors. (A store open
 //! in another process is tested in `crash.rs`, whose binary runs that other process.)
 
-use cqrs_core::{Error, EventData, EventStore, ExpectedVersion, Position, StreamId};
+use cqrs_core::{Error, EventData, EventLog, ExpectedVersion, Position, StreamId};
 use cqrs_sled::{OpenError, SledConfig, SledEventStore};
 use futures::{StreamExt, TryStreamExt};
 

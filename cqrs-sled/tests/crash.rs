@@ -17,7 +17,7 @@ use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use cqrs_core::{EventData, EventStore, ExpectedVersion, Position, StreamId};
+use cqrs_core::{EventData, EventLog, ExpectedVersion, Position, StreamId};
 use cqrs_sled::{Durability, OpenError, SledConfig, SledEventStore};
 use futures::TryStreamExt;
 use uuid::Uuid;

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cqrs_core::{
-    DomainEvent, Envelope, EventData, EventStore, ExpectedVersion, Position, ProjectionError,
-    ProjectionRunner, RetryPolicy, RunnerConfig, StreamId,
+    CheckpointStore, DomainEvent, Envelope, EventData, EventLog, ExpectedVersion, Position,
+    ProjectionError, ProjectionRunner, RetryPolicy, RunnerConfig, StreamId,
 };
 use cqrs_sled::{ApplyError, ReadModelTx, SledEventStore, SledProjection, TransactionalProjection};
 use serde::{Deserialize, Serialize};

@@ -9,10 +9,10 @@ use tokio::sync::Barrier;
 use uuid::Uuid;
 
 use super::support::{
-    append_ok, assert_conflict, assert_nothing_written, count, count_events, event, events,
-    fresh_stream, ids_of, join, range, read_all, read_stream, record_ids, versions,
+    append_ok, assert_conflict, assert_nothing_written, count, event, events, fresh_stream, ids_of,
+    join, log_len, range, read_all, read_stream, record_ids, versions,
 };
-use crate::{AppendResult, Error, EventData, EventStore, ExpectedVersion, Metadata, Position};
+use crate::{AppendResult, Error, EventData, EventLog, ExpectedVersion, Metadata, Position};
 
 /// 2020-01-01T00:00:00Z: every real `recorded_at` is later.
 fn timestamp_floor() -> SystemTime {
@@ -27,7 +27,7 @@ fn timestamp_floor() -> SystemTime {
 /// not a default such as the epoch, and no earlier for a later append). The
 /// [`AppendResult`] names the last event, a second append continues the versions, and
 /// `read_all` returns the same records as `read_stream`.
-pub async fn append_and_read_round_trip<S: EventStore + Clone + 'static>(store: S) {
+pub async fn append_and_read_round_trip<S: EventLog + Clone + 'static>(store: S) {
     let stream = fresh_stream("round-trip");
     let correlation = Uuid::new_v4();
     let causation = Uuid::new_v4();
@@ -175,12 +175,12 @@ pub async fn append_and_read_round_trip<S: EventStore + Clone + 'static>(store: 
 /// `Conflict` (the documented bound: a backend may give up after many lost races, as
 /// PostgreSQL does after 64), and nothing else. The versions stay contiguous and hold
 /// exactly the batches that succeeded, each batch's events together and in order.
-pub async fn expected_version_any<S: EventStore + Clone + 'static>(store: S) {
+pub async fn expected_version_any<S: EventLog + Clone + 'static>(store: S) {
     any_one_at_a_time(&store).await;
     any_concurrently(&store).await;
 }
 
-async fn any_concurrently<S: EventStore + Clone + 'static>(store: &S) {
+async fn any_concurrently<S: EventLog + Clone + 'static>(store: &S) {
     const TASKS: usize = 16;
     const APPENDS: usize = 8;
     let stream = fresh_stream("expect-any-concurrent");
@@ -258,7 +258,7 @@ async fn any_concurrently<S: EventStore + Clone + 'static>(store: &S) {
     }
 }
 
-async fn any_one_at_a_time<S: EventStore + Clone + 'static>(store: &S) {
+async fn any_one_at_a_time<S: EventLog + Clone + 'static>(store: &S) {
     let store = store.clone();
     let stream = fresh_stream("expect-any");
     let mut expected_ids = Vec::new();
@@ -289,7 +289,7 @@ async fn any_one_at_a_time<S: EventStore + Clone + 'static>(store: &S) {
 /// **Contract 2 (expected version `NoStream`).** `NoStream` (and `Exact(0)`) succeeds on a
 /// stream without events and is a `Conflict { expected, actual }` once the stream
 /// exists; the refused append writes nothing.
-pub async fn expected_version_no_stream<S: EventStore + Clone + 'static>(store: S) {
+pub async fn expected_version_no_stream<S: EventLog + Clone + 'static>(store: S) {
     let stream = fresh_stream("expect-no-stream");
     let result = append_ok(
         &store,
@@ -324,7 +324,7 @@ pub async fn expected_version_no_stream<S: EventStore + Clone + 'static>(store: 
 /// **Contract 2 (expected version `StreamExists`).** `StreamExists` is a
 /// `Conflict { actual: 0 }` on a stream without events (and writes nothing), and succeeds
 /// once the stream has events.
-pub async fn expected_version_stream_exists<S: EventStore + Clone + 'static>(store: S) {
+pub async fn expected_version_stream_exists<S: EventLog + Clone + 'static>(store: S) {
     let stream = fresh_stream("expect-exists");
     let refused = events("too-early", 2);
     let refused_ids = ids_of(&refused);
@@ -366,7 +366,7 @@ pub async fn expected_version_stream_exists<S: EventStore + Clone + 'static>(sto
 /// **Contract 2 (expected version `Exact`).** `Exact(v)` succeeds only at version `v`;
 /// a stale or a too-high version is a `Conflict { expected, actual }` that writes
 /// nothing, and the refused ids stay free.
-pub async fn expected_version_exact<S: EventStore + Clone + 'static>(store: S) {
+pub async fn expected_version_exact<S: EventLog + Clone + 'static>(store: S) {
     let stream = fresh_stream("expect-exact");
     let refused = events("ahead", 1);
     let outcome = store
@@ -417,7 +417,7 @@ pub async fn expected_version_exact<S: EventStore + Clone + 'static>(store: S) {
 /// and in order in the global log even while other streams are written concurrently; a
 /// batch refused for its expected version leaves no trace in the stream, the log, the
 /// count or `find_event`.
-pub async fn atomic_multi_event_append<S: EventStore + Clone + 'static>(store: S) {
+pub async fn atomic_multi_event_append<S: EventLog + Clone + 'static>(store: S) {
     const BATCHES: u64 = 10;
     const BATCH: usize = 5;
     const NOISE_TASKS: usize = 3;
@@ -519,7 +519,7 @@ pub async fn atomic_multi_event_append<S: EventStore + Clone + 'static>(store: S
         );
     }
 
-    let total = count_events(&store, Position::START).await;
+    let total = log_len(&store, Position::START).await;
     for expected in [
         ExpectedVersion::Exact(1),
         ExpectedVersion::Exact(version + 1),
@@ -537,7 +537,7 @@ pub async fn atomic_multi_event_append<S: EventStore + Clone + 'static>(store: S
             "[contract 2, atomic append] {what}: a refused batch must not reach the global log"
         );
         assert_eq!(
-            count_events(&store, Position::START).await,
+            log_len(&store, Position::START).await,
             total,
             "[contract 2, atomic append] {what}: a refused batch must not be counted"
         );

@@ -2,10 +2,10 @@
 //! ids used in another stream, and invalid batches.
 
 use super::support::{
-    append_ok, assert_conflict, assert_invalid_input, assert_nothing_written, count_events, event,
-    events, fresh_stream, read_stream,
+    append_ok, assert_conflict, assert_invalid_input, assert_nothing_written, event, events,
+    fresh_stream, log_len, read_stream,
 };
-use crate::{AppendResult, Error, EventData, EventStore, ExpectedVersion, Position};
+use crate::{AppendResult, Error, EventData, EventLog, ExpectedVersion, Position};
 
 /// **Contract 3 (idempotent append).** Re-appending a batch whose ids are already in the
 /// stream, at consecutive versions in the same order, succeeds whatever the expected
@@ -13,7 +13,7 @@ use crate::{AppendResult, Error, EventData, EventStore, ExpectedVersion, Positio
 /// partly matches (or matches out of order) is a `Conflict` that writes nothing; an id
 /// used in another stream is [`Error::DuplicateEventId`]; an empty batch and a batch that
 /// repeats an id are [`Error::InvalidInput`].
-pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
+pub async fn idempotent_reappend<S: EventLog + Clone + 'static>(store: S) {
     let stream = fresh_stream("idempotent");
     let a = events("a", 3);
     let first = append_ok(&store, &stream, ExpectedVersion::NoStream, a.clone()).await;
@@ -28,7 +28,7 @@ pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
         ..fresh
     };
     let before = read_stream(&store, &stream, 1).await;
-    let total = count_events(&store, Position::START).await;
+    let total = log_len(&store, Position::START).await;
 
     for expected in [
         ExpectedVersion::NoStream,
@@ -69,7 +69,7 @@ pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
          order, are an idempotent re-append returning their last version and position"
     );
     assert_eq!(
-        count_events(&store, Position::START).await,
+        log_len(&store, Position::START).await,
         total,
         "[contract 3, idempotent append] idempotent re-appends write nothing to the log"
     );
@@ -161,7 +161,7 @@ pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
     )
     .await;
     assert_eq!(
-        count_events(&store, Position::START).await,
+        log_len(&store, Position::START).await,
         total,
         "[contract 3, idempotent append] refused batches write nothing to the log"
     );
@@ -171,7 +171,7 @@ pub async fn idempotent_reappend<S: EventStore + Clone + 'static>(store: S) {
 /// [`validate_batch`](crate::validate_batch) checks): an empty, too long or NUL-bearing
 /// type is [`Error::InvalidInput`] and nothing of the batch is written, while a
 /// 256-byte, unicode or oddly punctuated type round-trips.
-pub async fn invalid_event_types_are_refused<S: EventStore + Clone + 'static>(store: S) {
+pub async fn invalid_event_types_are_refused<S: EventLog + Clone + 'static>(store: S) {
     let stream = fresh_stream("event-types");
     let good = event("good");
     for (what, event_type) in [

@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use super::support::{join, read_stream};
 use crate::{
-    Aggregate, AppendResult, Codec, CommandOptions, DomainEvent, EventData, EventStore,
-    ExpectedVersion, JsonCodec, LogWatcher, Position, RecordedEvent, Repository, Result,
-    SnapshotPolicy, SnapshotRecord, StoreStats, StreamId, StreamInfo, StreamItem,
+    Aggregate, AppendResult, Codec, CommandOptions, DomainEvent, EventData, EventLog,
+    ExpectedVersion, Inspect, JsonCodec, LogWatcher, Position, RecordedEvent, Repository, Result,
+    SnapshotPolicy, SnapshotRecord, SnapshotStore, StoreStats, StreamId, StreamInfo, StreamItem,
 };
 
 /// How long the case waits for one step before it fails (it never hangs).
@@ -29,7 +29,9 @@ const STEP: Duration = Duration::from_secs(30);
 /// caches and snapshots nothing of its own decision. The stored event, the snapshot, a
 /// load and the state cache (read through the next command's event) all hold the
 /// winner's time.
-pub async fn duplicate_command_race_keeps_the_stored_decision<S: EventStore + Clone + 'static>(
+pub async fn duplicate_command_race_keeps_the_stored_decision<
+    S: SnapshotStore + Inspect + Clone + 'static,
+>(
     store: S,
 ) {
     let gated = Gated::new(store.clone());
@@ -211,7 +213,7 @@ impl<S> Gated<S> {
     }
 }
 
-impl<S: EventStore> EventStore for Gated<S> {
+impl<S: EventLog> EventLog for Gated<S> {
     async fn append(
         &self,
         stream: &StreamId,
@@ -234,13 +236,6 @@ impl<S: EventStore> EventStore for Gated<S> {
         self.store.read_stream(stream, from_version)
     }
 
-    fn read_stream_from_snapshot<'a>(
-        &'a self,
-        stream: &'a StreamId,
-    ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
-        self.store.read_stream_from_snapshot(stream)
-    }
-
     fn read_all(
         &self,
         after: Position,
@@ -249,16 +244,17 @@ impl<S: EventStore> EventStore for Gated<S> {
         self.store.read_all(after, limit)
     }
 
-    fn find_event<'a>(
+    fn watch(&self) -> LogWatcher {
+        self.store.watch()
+    }
+}
+
+impl<S: SnapshotStore> SnapshotStore for Gated<S> {
+    fn read_stream_from_snapshot<'a>(
         &'a self,
         stream: &'a StreamId,
-        event_id: Uuid,
-    ) -> impl Future<Output = Result<Option<RecordedEvent>>> + Send + 'a {
-        self.store.find_event(stream, event_id)
-    }
-
-    fn count_events(&self, after: Position) -> impl Future<Output = Result<u64>> + Send + '_ {
-        self.store.count_events(after)
+    ) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
+        self.store.read_stream_from_snapshot(stream)
     }
 
     fn load_snapshot<'a>(
@@ -275,24 +271,19 @@ impl<S: EventStore> EventStore for Gated<S> {
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         self.store.save_snapshot(stream, snapshot)
     }
+}
 
-    fn load_checkpoint<'a>(
+impl<S: Inspect> Inspect for Gated<S> {
+    fn find_event<'a>(
         &'a self,
-        name: &'a str,
-    ) -> impl Future<Output = Result<Option<Position>>> + Send + 'a {
-        self.store.load_checkpoint(name)
+        stream: &'a StreamId,
+        event_id: Uuid,
+    ) -> impl Future<Output = Result<Option<RecordedEvent>>> + Send + 'a {
+        self.store.find_event(stream, event_id)
     }
 
-    fn save_checkpoint<'a>(
-        &'a self,
-        name: &'a str,
-        position: Position,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
-        self.store.save_checkpoint(name, position)
-    }
-
-    fn watch(&self) -> LogWatcher {
-        self.store.watch()
+    fn count_events(&self, after: Position) -> impl Future<Output = Result<u64>> + Send + '_ {
+        self.store.count_events(after)
     }
 
     fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
@@ -310,7 +301,7 @@ impl<S: EventStore> EventStore for Gated<S> {
 /// ends in `CommandError::Conflict` (nothing else), and the stored stream is exactly the
 /// successful commands: as many events as successes, versions contiguous, and the
 /// loaded state's sum is the sum of the successful commands' amounts.
-pub async fn concurrent_commands_apply_once_each<S: EventStore + Clone + 'static>(store: S) {
+pub async fn concurrent_commands_apply_once_each<S: Inspect + Clone + 'static>(store: S) {
     use super::tally::{Tally, TallyCommand, fresh_tally_id};
 
     const TASKS: u64 = 8;

@@ -15,16 +15,14 @@ use super::support::{
     EVENT_TYPE, append_ok, count, events, fresh_stream, ids_of, join, json_bytes, range, read_all,
     record_ids, versions,
 };
-use crate::{AppendResult, Error, EventData, EventStore, ExpectedVersion, Position, RecordedEvent};
+use crate::{AppendResult, Error, EventData, EventLog, ExpectedVersion, Position, RecordedEvent};
 
 /// **Contract 2 (one winner).** 16 tasks append to one stream in 20 rounds; in each
 /// round all of them append `Exact(round)` at once (released by a barrier). Exactly one
 /// append per round succeeds, every other one is a `Conflict { expected: Exact(round),
 /// actual: round + 1 }`, and the stream ends with versions `1..=20`, each holding that
 /// round's winner.
-pub async fn concurrent_appenders_one_winner_per_version<S: EventStore + Clone + 'static>(
-    store: S,
-) {
+pub async fn concurrent_appenders_one_winner_per_version<S: EventLog + Clone + 'static>(store: S) {
     const TASKS: usize = 16;
     const ROUNDS: u64 = 20;
 
@@ -132,7 +130,7 @@ pub async fn concurrent_appenders_one_winner_per_version<S: EventStore + Clone +
 /// limit; per stream, versions are contiguous in log order and each batch is adjacent.
 ///
 /// Assumes a fresh, empty store.
-pub async fn read_all_concurrent_writers<S: EventStore + Clone + 'static>(store: S) {
+pub async fn read_all_concurrent_writers<S: EventLog + Clone + 'static>(store: S) {
     const WRITERS: usize = 8;
     const STREAMS: usize = 25;
     const ROUNDS: usize = 3;
@@ -329,7 +327,7 @@ pub async fn read_all_concurrent_writers<S: EventStore + Clone + 'static>(store:
 /// stream's events in increasing, contiguous version order: a projection never sees
 /// version `v + 1` of a stream before version `v`, however the writers' transactions
 /// interleave.
-pub async fn read_all_keeps_stream_order<S: EventStore + Clone + 'static>(store: S) {
+pub async fn read_all_keeps_stream_order<S: EventLog + Clone + 'static>(store: S) {
     const TASKS: usize = 8;
     const APPENDS: usize = 30;
     // Enough for every conflict a task can meet: each one means another append won.
@@ -410,7 +408,7 @@ pub async fn read_all_keeps_stream_order<S: EventStore + Clone + 'static>(store:
 /// commit part. A reader can only miss an event if a later position became readable
 /// before an earlier one; a read that is always a dense prefix rules that out, so
 /// resuming after any position handed out never skips an event, whatever the timing.
-pub async fn reads_are_dense_prefixes<S: EventStore + Clone + 'static>(store: S) {
+pub async fn reads_are_dense_prefixes<S: EventLog + Clone + 'static>(store: S) {
     const TASKS: usize = 8;
     const APPENDS: usize = 40;
     let done = Arc::new(AtomicBool::new(false));

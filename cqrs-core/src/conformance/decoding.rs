@@ -9,7 +9,7 @@ use super::tally::{
     tally_stream,
 };
 use crate::{
-    Error, EventData, EventStore, ExpectedVersion, JsonCodec, JsonEvent, Position,
+    Error, EventData, EventStore, ExpectedVersion, Inspect, JsonCodec, JsonEvent, Position,
     ProjectionRunner, Repository,
 };
 
@@ -19,9 +19,7 @@ use crate::{
 /// of the wrong shape makes it return [`Error::Decode`], each naming the stream, version
 /// and type, without a panic. The bad records are still stored, and other streams
 /// still load and accept commands.
-pub async fn unknown_event_type_and_bad_payload_are_typed_errors<
-    S: EventStore + Clone + 'static,
->(
+pub async fn unknown_event_type_and_bad_payload_are_typed_errors<S: Inspect + Clone + 'static>(
     store: S,
 ) {
     let repo = Repository::<Tally, S>::new(store.clone(), ());

@@ -1,16 +1,18 @@
-//! The store conformance suite: every contract of [`EventStore`], written once and run
-//! by every backend.
+//! The store conformance suite: every contract of the store traits, written once and
+//! run by every backend.
 //!
-//! Each case is a `pub async fn case<S: EventStore + Clone + 'static>(store: S)` that
-//! panics, with a message naming the contract it checks, when the store breaks it. A
-//! backend runs them all with [`store_conformance_tests!`](crate::store_conformance_tests)(crate::store_conformance_tests),
-//! which expands to one `#[tokio::test]` per case, so a failure names its case:
+//! Each case is a `pub async fn case<S>(store: S)`, bounded on the traits it checks
+//! (most on [`EventLog`] alone), that panics, with a message naming the contract it
+//! checks, when the store breaks it. A backend runs them all with
+//! [`store_conformance_tests!`](crate::store_conformance_tests), which expands to one
+//! `#[tokio::test]` per case, so a failure names its case; a case that needs a trait the
+//! store does not implement says `skipped`, naming the trait:
 //!
 //! ```no_run
 //! // tests/conformance.rs of a backend crate
 //! async fn fresh_store() -> Option<cqrs_core::InMemoryEventStore> {
 //!     // Return `None` (after printing why) when the backend is not available, for
-//!     // example when no database URL is set: each case then passes without checks.
+//!     // example when no database URL is set: each case then says `skipped`.
 //!     Some(cqrs_core::InMemoryEventStore::new())
 //! }
 //!
@@ -33,28 +35,31 @@
 //! - Outcomes are deterministic: concurrency cases assert invariants, never speeds, and
 //!   the only timeouts guard against hangs.
 //!
-//! # The cases, by contract (the numbered list on [`EventStore`])
-//! | contract | cases |
-//! |---|---|
-//! | 1. streams | [`read_empty_stream`], [`stream_ids_do_not_collide`] |
-//! | 2. atomic append with an expected version | [`concurrent_commands_apply_once_each`], [`expected_version_any`], [`expected_version_no_stream`], [`expected_version_stream_exists`], [`expected_version_exact`], [`concurrent_appenders_one_winner_per_version`], [`atomic_multi_event_append`] |
-//! | 3. idempotent append | [`idempotent_reappend`], [`duplicate_command_race_keeps_the_stored_decision`], [`count_events_and_find_event`] |
-//! | 4. global log in commit order | [`read_all_concurrent_writers`], [`read_all_keeps_stream_order`], [`count_events_and_find_event`] |
-//! | 5. streaming reads | [`stream_large_in_bounded_memory`] |
-//! | 6. envelope | [`append_and_read_round_trip`] |
-//! | 7. snapshots | [`snapshots_round_trip`], [`read_stream_from_snapshot_yields_snapshot_then_tail`], [`stale_or_undecodable_snapshot_replays`], [`snapshot_ahead_of_stream_is_ignored`], [`damaged_snapshot_is_ignored`] |
-//! | 8. checkpoints | [`checkpoints_round_trip`] |
-//! | 9. bad data gives errors | [`unknown_event_type_and_bad_payload_are_typed_errors`], [`invalid_event_types_are_refused`] (and the invalid batches of [`idempotent_reappend`]) |
-//! | upcasting, live reads | [`upcasters_apply_on_load_and_read_all`], [`watch_wakes_on_append`] |
-//! | operations support | [`list_streams_and_stats`] |
+//! # The cases, by contract and by the trait they need
+//! | contract | needs | cases |
+//! |---|---|---|
+//! | 1. streams | `EventLog` | [`read_empty_stream`]; [`stream_ids_do_not_collide`] (with snapshots) |
+//! | 2. atomic append with an expected version | `EventLog` | [`expected_version_any`], [`expected_version_no_stream`], [`expected_version_stream_exists`], [`expected_version_exact`], [`concurrent_appenders_one_winner_per_version`], [`atomic_multi_event_append`]; [`concurrent_commands_apply_once_each`] (`Inspect`) |
+//! | 3. idempotent append | `EventLog` | [`idempotent_reappend`]; [`duplicate_command_race_keeps_the_stored_decision`] (snapshots) |
+//! | 4. global log in commit order | `EventLog` | [`read_all_concurrent_writers`], [`read_all_keeps_stream_order`] |
+//! | 5. streaming reads | `EventLog` | [`stream_large_in_bounded_memory`] |
+//! | 6. envelope | `EventLog` | [`append_and_read_round_trip`] |
+//! | 7. bad data gives errors | `EventLog` | [`invalid_event_types_are_refused`] (and the invalid batches of [`idempotent_reappend`]); [`unknown_event_type_and_bad_payload_are_typed_errors`] (`Inspect`) |
+//! | live reads | `EventLog` | [`watch_wakes_on_append`] |
+//! | inspection | `Inspect` | [`count_events_and_find_event`]; [`list_streams_and_stats`] (with snapshots) |
+//! | snapshots are an optimisation only | `SnapshotStore` + `Inspect` | [`snapshots_round_trip`], [`read_stream_from_snapshot_yields_snapshot_then_tail`], [`stale_or_undecodable_snapshot_replays`], [`snapshot_ahead_of_stream_is_ignored`], [`damaged_snapshot_is_ignored`] |
+//! | checkpoints are stored per name | `CheckpointStore` | [`checkpoints_round_trip`] |
+//! | upcasting | every trait | [`upcasters_apply_on_load_and_read_all`] |
 //!
-//! [`EventStore`]: crate::EventStore
+//! [`EventLog`]: crate::EventLog
 
 mod append;
 mod batches;
 mod commands;
 mod concurrency;
 mod decoding;
+#[doc(hidden)]
+pub mod dispatch;
 mod reads;
 mod snapshot_faults;
 mod snapshots;
@@ -156,7 +161,7 @@ where
 /// `#[tokio::test]` (multi-thread, 4 workers) per case, named after the case.
 ///
 /// The first argument is the path of an `async fn() -> Option<S>` (with
-/// `S: EventStore + Clone + 'static`) that makes a fresh, empty store for one case.
+/// `S: EventLog + Clone + 'static`) that makes a fresh, empty store for one case.
 /// `None` means "skip": the backend is not available here (no database, say); each test
 /// then says `skipped` on standard error and returns without checking anything.
 ///
@@ -224,59 +229,71 @@ macro_rules! store_conformance_tests {
     ($fresh_store:path, teardown = $teardown:path, damage_snapshot = $damage:path $(,)?) => {
         $crate::store_conformance_tests!(@all $fresh_store, $teardown, $damage);
     };
-    // The one list of cases: a case added here runs against every backend.
+    // The one list of cases, by the traits they need: a case added here runs against
+    // every backend that has them (see `dispatch`).
     (@all $fresh_store:path, $teardown:path, $damage:path) => {
-        $crate::store_conformance_tests!(@cases $fresh_store, $teardown;
-            append_and_read_round_trip,
-            read_empty_stream,
-            expected_version_any,
+        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_log_case;
             expected_version_no_stream,
             expected_version_stream_exists,
             expected_version_exact,
-            concurrent_appenders_one_winner_per_version,
-            concurrent_commands_apply_once_each,
             atomic_multi_event_append,
             idempotent_reappend,
-            duplicate_command_race_keeps_the_stored_decision,
             invalid_event_types_are_refused,
+            append_and_read_round_trip,
+            read_empty_stream,
+            expected_version_any,
+            concurrent_appenders_one_winner_per_version,
             read_all_concurrent_writers,
             read_all_keeps_stream_order,
             stream_large_in_bounded_memory,
+            watch_wakes_on_append,
+        );
+        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_inspect_case;
+            concurrent_commands_apply_once_each,
+            unknown_event_type_and_bad_payload_are_typed_errors,
+            count_events_and_find_event,
+        );
+        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_snapshot_case;
+            duplicate_command_race_keeps_the_stored_decision,
             snapshots_round_trip,
             read_stream_from_snapshot_yields_snapshot_then_tail,
             stale_or_undecodable_snapshot_replays,
             snapshot_ahead_of_stream_is_ignored,
-            checkpoints_round_trip,
-            unknown_event_type_and_bad_payload_are_typed_errors,
-            upcasters_apply_on_load_and_read_all,
+            damaged_snapshot_is_ignored,
             stream_ids_do_not_collide,
-            count_events_and_find_event,
-            watch_wakes_on_append,
             list_streams_and_stats,
         );
-
-        #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn damaged_snapshot_is_ignored() {
-            $crate::conformance::run_case(
-                concat!(module_path!(), "::damaged_snapshot_is_ignored"),
-                $fresh_store().await,
-                |store| $crate::conformance::damaged_snapshot_is_ignored(store, $damage),
-                $teardown,
-            )
-            .await;
-        }
+        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_checkpoint_case;
+            checkpoints_round_trip,
+        );
+        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_full_case;
+            upcasters_apply_on_load_and_read_all,
+        );
     };
-    (@cases $fresh_store:path, $teardown:path; $($case:ident),+ $(,)?) => {
+    (@cases $fresh_store:path, $teardown:path, $damage:path, $run:ident; $($case:ident),+ $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                $crate::conformance::run_case(
-                    concat!(module_path!(), "::", stringify!($case)),
-                    $fresh_store().await,
-                    $crate::conformance::$case,
-                    $teardown,
-                )
-                .await;
+                #[allow(unused_imports)]
+                use $crate::conformance::dispatch::{
+                    HasAll as _, HasCheckpoints as _, HasInspect as _, HasLog as _,
+                    HasSnapshots as _, LacksCheckpoints as _, LacksInspect as _, LacksLog as _,
+                    LacksSnapshots as _, LacksSome as _,
+                };
+                let store = $fresh_store().await;
+                let probe = $crate::conformance::dispatch::Probe::of(&store);
+                let hooks = $crate::conformance::dispatch::Hooks::new(|store, stream| {
+                    ::std::boxed::Box::pin($damage(store, stream))
+                });
+                (&&probe)
+                    .$run(
+                        concat!(module_path!(), "::", stringify!($case)),
+                        store,
+                        hooks,
+                        $crate::conformance::dispatch::cases::$case,
+                        $teardown,
+                    )
+                    .await;
             }
         )+
     };

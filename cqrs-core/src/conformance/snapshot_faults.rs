@@ -6,8 +6,8 @@ use super::snapshots::{load_tally, read_from_snapshot};
 use super::support::read_stream;
 use super::tally::{Tally, TallyCommand, fresh_tally_id, tally_stream};
 use crate::{
-    Aggregate, Codec, EventStore, JsonCodec, Repository, SnapshotPolicy, SnapshotRecord, StreamId,
-    StreamItem,
+    Aggregate, Codec, Inspect, JsonCodec, Repository, SnapshotPolicy, SnapshotRecord,
+    SnapshotStore, StreamId, StreamItem,
 };
 
 /// **Contract 7 (snapshots), a snapshot ahead of its stream.** A tally with 3 events and
@@ -17,7 +17,9 @@ use crate::{
 /// repository that takes snapshots loads the full-replay state and version 3, reports
 /// the snapshot as ignored, and executes the next command at once (no conflict); the
 /// load replaced the bad snapshot, so later loads use a true one again.
-pub async fn snapshot_ahead_of_stream_is_ignored<S: EventStore + Clone + 'static>(store: S) {
+pub async fn snapshot_ahead_of_stream_is_ignored<S: SnapshotStore + Inspect + Clone + 'static>(
+    store: S,
+) {
     let plain = Repository::<Tally, S>::new(store.clone(), ());
     let snapping = Repository::<Tally, S>::new(store.clone(), ())
         .with_snapshots(SnapshotPolicy::EveryEvents(100))
@@ -109,7 +111,7 @@ pub async fn snapshot_ahead_of_stream_is_ignored<S: EventStore + Clone + 'static
 /// case then says `skipped`.
 pub async fn damaged_snapshot_is_ignored<S, D, DF>(store: S, damage: D)
 where
-    S: EventStore + Clone + 'static,
+    S: SnapshotStore + Inspect + Clone + 'static,
     D: FnOnce(S, StreamId) -> DF,
     DF: std::future::Future<Output = bool>,
 {
@@ -181,7 +183,7 @@ where
     );
 }
 
-async fn execute<S: EventStore + Clone + 'static>(
+async fn execute<S: Inspect + Clone + 'static>(
     repo: &Repository<Tally, S>,
     id: &str,
     command: TallyCommand,

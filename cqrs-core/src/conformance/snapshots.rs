@@ -8,15 +8,15 @@ use super::support::{
 };
 use super::tally::{Tally, TallyCommand, fresh_tally_id, tally_stream};
 use crate::{
-    Aggregate, Codec, EventStore, ExpectedVersion, JsonCodec, Loaded, Position, Repository,
-    SnapshotPolicy, SnapshotRecord, StreamId, StreamItem,
+    Aggregate, CheckpointStore, Codec, EventLog, ExpectedVersion, Inspect, JsonCodec, Loaded,
+    Position, Repository, SnapshotPolicy, SnapshotRecord, SnapshotStore, StreamId, StreamItem,
 };
 
 /// **Contract 7 (snapshots), storage.** A stream without a snapshot loads `None`; a
 /// saved snapshot loads back unchanged (version, schema version, payload bytes); a
 /// higher version replaces it, an equal version replaces it, a lower version is a
 /// no-op; each stream keeps its own snapshot.
-pub async fn snapshots_round_trip<S: EventStore + Clone + 'static>(store: S) {
+pub async fn snapshots_round_trip<S: SnapshotStore + Clone + 'static>(store: S) {
     let a = fresh_stream("snapshot-a");
     let b = fresh_stream("snapshot-b");
     for stream in [&a, &b] {
@@ -108,7 +108,7 @@ pub async fn snapshots_round_trip<S: EventStore + Clone + 'static>(store: S) {
 /// snapshot at the head it yields the snapshot alone; another stream's snapshot never
 /// shows.
 pub async fn read_stream_from_snapshot_yields_snapshot_then_tail<
-    S: EventStore + Clone + 'static,
+    S: SnapshotStore + Clone + 'static,
 >(
     store: S,
 ) {
@@ -167,7 +167,7 @@ pub async fn read_stream_from_snapshot_yields_snapshot_then_tail<
     );
 }
 
-pub(super) async fn read_from_snapshot<S: EventStore>(
+pub(super) async fn read_from_snapshot<S: SnapshotStore>(
     store: &S,
     stream: &StreamId,
 ) -> Vec<StreamItem> {
@@ -187,7 +187,9 @@ pub(super) async fn read_from_snapshot<S: EventStore>(
 /// whose payload is not JSON or has the wrong shape (saved directly with
 /// `save_snapshot`), is ignored: `load` returns the full-replay state, with
 /// `snapshot_ignored` set and `snapshot_version` `None`. Retaking the snapshot repairs it.
-pub async fn stale_or_undecodable_snapshot_replays<S: EventStore + Clone + 'static>(store: S) {
+pub async fn stale_or_undecodable_snapshot_replays<S: SnapshotStore + Inspect + Clone + 'static>(
+    store: S,
+) {
     let plain = Repository::<Tally, S>::new(store.clone(), ());
     let snapping = Repository::<Tally, S>::new(store.clone(), ())
         .with_snapshots(SnapshotPolicy::EveryEvents(3))
@@ -314,7 +316,7 @@ pub async fn stale_or_undecodable_snapshot_replays<S: EventStore + Clone + 'stat
 /// names are independent (including names that are prefixes of one another, unicode
 /// names, and a 256-byte name); an empty name, a name over 256 bytes or one with NUL is
 /// [`Error::InvalidInput`](crate::Error::InvalidInput) for both load and save.
-pub async fn checkpoints_round_trip<S: EventStore + Clone + 'static>(store: S) {
+pub async fn checkpoints_round_trip<S: EventLog + CheckpointStore + Clone + 'static>(store: S) {
     // Checkpoints hold positions the store handed out.
     let stream = fresh_stream("checkpoints");
     append_ok(&store, &stream, ExpectedVersion::NoStream, events("c", 3)).await;
@@ -408,7 +410,7 @@ pub async fn checkpoints_round_trip<S: EventStore + Clone + 'static>(store: S) {
 }
 
 /// Loads a tally, panicking on an error.
-pub(super) async fn load_tally<S: EventStore + Clone + 'static>(
+pub(super) async fn load_tally<S: Inspect + Clone + 'static>(
     repo: &Repository<Tally, S>,
     id: &str,
 ) -> Loaded<Tally> {
@@ -419,7 +421,7 @@ pub(super) async fn load_tally<S: EventStore + Clone + 'static>(
 }
 
 /// Asserts that loading `id` ignored its snapshot and replayed the stream in full.
-async fn assert_replays<S: EventStore + Clone + 'static>(
+async fn assert_replays<S: Inspect + Clone + 'static>(
     repo: &Repository<Tally, S>,
     id: &str,
     expected: &Tally,
@@ -444,28 +446,28 @@ async fn assert_replays<S: EventStore + Clone + 'static>(
     );
 }
 
-async fn load<S: EventStore>(store: &S, stream: &StreamId) -> Option<SnapshotRecord> {
+async fn load<S: SnapshotStore>(store: &S, stream: &StreamId) -> Option<SnapshotRecord> {
     match store.load_snapshot(stream).await {
         Ok(loaded) => loaded,
         Err(e) => panic!("load_snapshot({stream}) must not fail, got {e:?}"),
     }
 }
 
-async fn save<S: EventStore>(store: &S, stream: &StreamId, snapshot: SnapshotRecord) {
+async fn save<S: SnapshotStore>(store: &S, stream: &StreamId, snapshot: SnapshotRecord) {
     let version = snapshot.version;
     if let Err(e) = store.save_snapshot(stream, snapshot).await {
         panic!("save_snapshot({stream}, version {version}) must not fail, got {e:?}");
     }
 }
 
-async fn load_checkpoint<S: EventStore>(store: &S, name: &str) -> Option<Position> {
+async fn load_checkpoint<S: CheckpointStore>(store: &S, name: &str) -> Option<Position> {
     match store.load_checkpoint(name).await {
         Ok(position) => position,
         Err(e) => panic!("load_checkpoint({name:?}) must not fail, got {e:?}"),
     }
 }
 
-async fn save_checkpoint<S: EventStore>(store: &S, name: &str, position: Position) {
+async fn save_checkpoint<S: CheckpointStore>(store: &S, name: &str, position: Position) {
     if let Err(e) = store.save_checkpoint(name, position).await {
         panic!("save_checkpoint({name:?}, {position}) must not fail, got {e:?}");
     }

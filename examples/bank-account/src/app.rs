@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cqrs_core::{
-    BoxEventStore, CommandError, EventStore, InMemoryEventStore, ProjectionGroup, ProjectionRunner,
+    BoxEventStore, CommandError, InMemoryEventStore, Inspect, ProjectionGroup, ProjectionRunner,
     Repository, RetryPolicy, RunnerConfig, SnapshotPolicy,
 };
 use serde::Serialize;

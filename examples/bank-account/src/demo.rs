@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
-use cqrs_core::{CommandError, EventStore, Position};
+use cqrs_core::{CommandError, Inspect, Position};
 use example_bank_account::Bank;
 use example_bank_account::domain::{AccountCommand, Cents, TransferStatus, format_cents};
 use serde_json::json;
@@ -89,7 +89,13 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         .count_events(Position::START)
         .await
         .map_err(fail)?;
-    let snapshots_before = bank.store().stats().await.map_err(fail)?.snapshots;
+    let snapshots_before = bank
+        .store()
+        .stats()
+        .await
+        .map_err(fail)?
+        .snapshots
+        .unwrap_or(0);
     let interactive = std::io::stderr().is_terminal() && !json;
     if !json {
         eprintln!(
@@ -292,7 +298,14 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         - events_before;
     let commands = tally.commands.load(Ordering::Relaxed);
     // Counted in the store: the process manager's commands take snapshots too.
-    let snapshots_taken = bank.store().stats().await.map_err(fail)?.snapshots - snapshots_before;
+    let snapshots_taken = bank
+        .store()
+        .stats()
+        .await
+        .map_err(fail)?
+        .snapshots
+        .unwrap_or(0)
+        - snapshots_before;
     let rate = f64::from(args.operations) / load_time.as_secs_f64().max(1e-9);
     let ok = mismatches.is_empty() && conserved && pending == 0;
 

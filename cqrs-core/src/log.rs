@@ -1,0 +1,195 @@
+//! The event log: the one trait every backend implements.
+
+use crate::{EventData, ExpectedVersion, LogWatcher, Position, RecordedEvent, Result, StreamId};
+
+/// What a successful append reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AppendResult {
+    /// The stream's version after the append: the version of the batch's last event.
+    pub version: u64,
+    /// The global position of the batch's last event.
+    pub position: Position,
+    /// `true` when every event id of the batch was already stored in this stream (an
+    /// idempotent re-append): nothing was written, and `version` and `position` are
+    /// those of the original append. The events stored are the original's, which may
+    /// differ from the re-appended ones in everything but their ids.
+    pub duplicate: bool,
+}
+
+/// The table of [`EventLog`], read by the macros of `crate::forward`.
+macro_rules! event_log_table {
+    ($callback:ident!($($args:tt)*)) => {
+        $callback! {
+            ($($args)*)
+            /// The event log: streams of events and the global log they make up. This is
+            /// the one trait a backend must implement; three methods are required.
+            ///
+            /// Typing, upcasting and applying events happen once, in `cqrs-core`; a
+            /// backend only stores and returns [`EventData`] and [`RecordedEvent`]s and
+            /// keeps the contracts that the
+            /// [conformance suite](crate#the-store-conformance-suite) checks:
+            ///
+            /// 1. versions in a stream start at 1 and have no holes;
+            /// 2. [`append`](EventLog::append) is atomic and checks the
+            ///    [`ExpectedVersion`]; of N concurrent appends expecting the same version
+            ///    exactly one wins;
+            /// 3. appends are idempotent by event id;
+            /// 4. [`read_all`](EventLog::read_all) yields every event once, in one commit
+            ///    order, resumable from any position it handed out;
+            /// 5. reads are streams in bounded memory;
+            /// 6. records carry the full envelope;
+            /// 7. bad data gives typed errors, never panics.
+            ///
+            /// The other capabilities are traits of their own, which a backend
+            /// implements when it has them: [`SnapshotStore`](crate::SnapshotStore),
+            /// [`CheckpointStore`](crate::CheckpointStore) and
+            /// [`Inspect`](crate::Inspect) (all provided; override for speed).
+            /// [`EventStore`](crate::EventStore) names a store that has them all.
+            ///
+            /// Methods return `impl Future + Send` and `impl Stream + Send`, so calls are
+            /// statically dispatched. `&S`, `Arc<S>` and `Box<S>` forward every method,
+            /// overrides included. Where the store is chosen at run time, wrap it in a
+            /// [`BoxEventStore`](crate::BoxEventStore).
+            ///
+            /// # Cancel safety
+            /// Dropping an [`append`](EventLog::append) future before it completes leaves
+            /// the append either fully done or not done at all; which one is unknown, so
+            /// re-append the same event ids (idempotent) to find out. Dropping a read
+            /// stream stops the read.
+            ///
+            /// # Examples
+            /// ```
+            /// use cqrs_core::{EventData, EventLog, ExpectedVersion, InMemoryEventStore, StreamId};
+            /// use futures::TryStreamExt;
+            ///
+            /// # #[tokio::main(flavor = "current_thread")]
+            /// # async fn main() -> cqrs_core::Result<()> {
+            /// let store = InMemoryEventStore::new();
+            /// let stream = StreamId::new("account", "42")?;
+            /// let batch = vec![EventData::new("AccountOpened", br#"{"owner":"ada"}"#.to_vec())];
+            /// let appended = store.append(&stream, ExpectedVersion::NoStream, batch).await?;
+            /// assert_eq!(appended.version, 1);
+            ///
+            /// let events: Vec<_> = store.read_stream(&stream, 1).try_collect().await?;
+            /// assert_eq!(events[0].event_type, "AccountOpened");
+            /// # Ok(())
+            /// # }
+            /// ```
+            pub trait EventLog: [Send + Sync];
+            /// The object-safe twin of [`EventLog`], with boxed futures and streams.
+            /// Every `EventLog` implements it; see [`BoxEventStore`](crate::BoxEventStore).
+            pub trait DynEventLog: [Send + Sync + 'static];
+            required {
+                /// Appends `events` to `stream`, atomically, if the stream is at the
+                /// `expected` version.
+                ///
+                /// If every event id of the batch is already in this stream, at
+                /// consecutive versions in the same order, nothing is written and the
+                /// original result is returned with
+                /// [`duplicate`](AppendResult::duplicate) set (idempotent append; the
+                /// version check is skipped).
+                ///
+                /// # Errors
+                /// - [`Error::Conflict`](crate::Error::Conflict) if the stream is not at
+                ///   `expected`, or if some but not all of the ids are already in the
+                ///   stream;
+                /// - [`Error::DuplicateEventId`](crate::Error::DuplicateEventId) if an id
+                ///   is used in another stream;
+                /// - [`Error::InvalidInput`](crate::Error::InvalidInput) for a batch that
+                ///   [`validate_batch`] refuses;
+                /// - [`Error::Store`](crate::Error::Store) if the backend fails.
+                ///
+                /// Nothing is written when any other error is returned. A store failure
+                /// means the outcome is unknown: the batch may have been committed before
+                /// the failure (a lost connection after the commit, a failed flush after
+                /// sled applied the batch). Re-append the same event ids to find out: the
+                /// idempotent append then returns the original result or writes the
+                /// batch.
+                fn append<'a>(
+                    &'a self,
+                    stream: &'a StreamId,
+                    expected: ExpectedVersion,
+                    events: Vec<EventData>,
+                ) -> future<'a> Result<AppendResult>;
+
+                /// Reads the events of `stream` whose version is `from_version` or later,
+                /// in version order. A stream with no events yields nothing (it is not an
+                /// error).
+                ///
+                /// # Errors
+                /// Items are [`Error::Store`](crate::Error::Store) if the backend fails
+                /// and [`Error::Corrupt`](crate::Error::Corrupt) for a damaged record.
+                fn read_stream<'a>(
+                    &'a self,
+                    stream: &'a StreamId,
+                    from_version: u64,
+                ) -> stream<'a> Result<RecordedEvent>;
+
+                /// Reads the global log: every event of every stream whose position is
+                /// after `after`, in one total commit order, at most `limit` of them
+                /// (`None`: to the current end).
+                ///
+                /// The stream ends at the end of what is committed and safe to read when
+                /// the read starts; read again from the last position to get later
+                /// events. Positions handed out here are valid cursors: resuming after
+                /// any of them never skips nor repeats an event, even while writers
+                /// commit concurrently.
+                ///
+                /// # Errors
+                /// As for [`read_stream`](EventLog::read_stream).
+                fn read_all(
+                    &self,
+                    after: Position,
+                    limit: Option<u64>,
+                ) -> stream<'_> Result<RecordedEvent>;
+            }
+            provided {
+                /// A watcher that wakes when events are appended, for live readers.
+                ///
+                /// The default never wakes: readers fall back to polling. Backends that
+                /// can notify (in-memory, sled, PostgreSQL `LISTEN`) override it.
+                fn watch(&self) -> value<'_> LogWatcher {
+                    LogWatcher::polling()
+                }
+            }
+        }
+    };
+}
+pub(crate) use event_log_table;
+
+event_log_table!(define_store_trait!());
+
+/// Checks an append batch: not empty, no event id twice, every event type 1 to 256
+/// bytes without NUL.
+///
+/// Backends call this before writing so they all refuse the same batches.
+///
+/// # Errors
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) naming the problem.
+pub fn validate_batch(stream: &StreamId, events: &[EventData]) -> Result<()> {
+    if events.is_empty() {
+        return Err(crate::Error::invalid_input(format!(
+            "empty append to {stream}"
+        )));
+    }
+    // A set, not pairwise comparisons: batches of thousands of events stay linear.
+    let mut seen = std::collections::HashSet::with_capacity(events.len());
+    for event in events {
+        if !seen.insert(event.event_id) {
+            return Err(crate::Error::invalid_input(format!(
+                "event id {} appears twice in one append to {stream}",
+                event.event_id
+            )));
+        }
+        if event.event_type.is_empty()
+            || event.event_type.len() > 256
+            || event.event_type.contains('\0')
+        {
+            return Err(crate::Error::invalid_input(format!(
+                "event type must be 1 to 256 bytes without NUL, got {:?}",
+                event.event_type
+            )));
+        }
+    }
+    Ok(())
+}
