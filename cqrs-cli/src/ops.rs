@@ -258,7 +258,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
 
     async fn snapshot(&self, args: &SnapshotArgs) -> Result<Report> {
         let targets: Vec<StreamId> = match &args.stream {
-            Some(stream) => vec![stream.parse::<StreamId>()?],
+            Some(stream) => vec![stream.parse::<StreamId>().map_err(cqrs_core::Error::from)?],
             None => {
                 let mut all = Vec::new();
                 let mut streams = pin!(self.store.list_streams());
@@ -366,7 +366,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
         match &args.stream {
             Some(stream) => {
-                let stream = stream.parse::<StreamId>()?;
+                let stream = stream.parse::<StreamId>().map_err(cqrs_core::Error::from)?;
                 let mut events = pin!(self.store.read_stream(&stream, 1).take(limit));
                 while let Some(record) = events.next().await {
                     records.push(record?);
@@ -374,7 +374,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
             }
             None => {
                 let after = match &args.after {
-                    Some(after) => after.parse::<Position>()?,
+                    Some(after) => after.parse::<Position>().map_err(cqrs_core::Error::from)?,
                     None => Position::START,
                 };
                 let mut events = pin!(self.store.read_all(after, Some(args.limit)));

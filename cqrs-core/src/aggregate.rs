@@ -90,6 +90,6 @@ pub trait Aggregate: Default + Serialize + DeserializeOwned + Send + Sync + 'sta
     /// [`Error::InvalidStreamId`](crate::Error::InvalidStreamId) for an empty or too long
     /// id.
     fn stream_id(id: &str) -> Result<StreamId> {
-        StreamId::new(Self::TYPE, id)
+        Ok(StreamId::new(Self::TYPE, id)?)
     }
 }

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::{ExpectedVersion, StreamId};
+use crate::{ExpectedVersion, InvalidPosition, InvalidStreamId, StreamId};
 
 /// A boxed error from a backend, a codec or an upcaster.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -195,5 +195,17 @@ impl Error {
             self,
             Error::Corrupt { .. } | Error::Decode { .. } | Error::UnknownEventType { .. }
         )
+    }
+}
+
+impl From<InvalidStreamId> for Error {
+    fn from(e: InvalidStreamId) -> Self {
+        Error::InvalidStreamId { reason: e.reason }
+    }
+}
+
+impl From<InvalidPosition> for Error {
+    fn from(e: InvalidPosition) -> Self {
+        Error::invalid_input(e.to_string())
     }
 }

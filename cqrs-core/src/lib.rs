@@ -57,7 +57,7 @@ pub use snapshot_store::{
     DynSnapshotStore, SnapshotIgnored, SnapshotRecord, SnapshotStore, StreamItem,
 };
 pub use store::EventStore;
-pub use stream::{ExpectedVersion, Position, StreamId};
+pub use stream::{ExpectedVersion, InvalidPosition, InvalidStreamId, Position, StreamId};
 pub use upcast::{JsonEvent, Upcasters};
 
 /// The workspace README's example, compiled and run as a doctest.

@@ -6,8 +6,6 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
-
 /// The name of one aggregate's stream: its aggregate type and its id.
 ///
 /// Both parts are validated once, here, so every backend stores the same set of names:
@@ -41,10 +39,28 @@ struct RawStreamId {
     id: String,
 }
 
-impl TryFrom<RawStreamId> for StreamId {
-    type Error = Error;
+/// A stream id was refused: why, in [`reason`](InvalidStreamId::reason).
+///
+/// It converts into [`Error::InvalidStreamId`](crate::Error::InvalidStreamId), so `?`
+/// works in functions that return [`cqrs_core::Result`](crate::Result).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid stream id: {reason}")]
+pub struct InvalidStreamId {
+    /// Why the id was refused.
+    pub reason: String,
+}
 
-    fn try_from(raw: RawStreamId) -> Result<Self> {
+/// A string is not a log position (`N` or `N:M`).
+///
+/// It converts into [`Error::InvalidInput`](crate::Error::InvalidInput).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a log position (N or N:M)")]
+pub struct InvalidPosition(pub String);
+
+impl TryFrom<RawStreamId> for StreamId {
+    type Error = InvalidStreamId;
+
+    fn try_from(raw: RawStreamId) -> Result<Self, InvalidStreamId> {
         StreamId::new(raw.aggregate_type, raw.id)
     }
 }
@@ -58,11 +74,15 @@ impl StreamId {
     /// Makes a stream id from an aggregate type and an aggregate id.
     ///
     /// # Errors
-    /// [`Error::InvalidStreamId`] if either part is empty or too long, if either contains
-    /// a NUL character, or if the type contains `/`.
-    pub fn new(aggregate_type: impl AsRef<str>, id: impl AsRef<str>) -> Result<Self> {
+    /// [`InvalidStreamId`] (which converts into
+    /// [`Error::InvalidStreamId`](crate::Error::InvalidStreamId)) if either part is empty
+    /// or too long, if either contains a NUL character, or if the type contains `/`.
+    pub fn new(
+        aggregate_type: impl AsRef<str>,
+        id: impl AsRef<str>,
+    ) -> Result<Self, InvalidStreamId> {
         let (aggregate_type, id) = (aggregate_type.as_ref(), id.as_ref());
-        let invalid = |reason: String| Err(Error::InvalidStreamId { reason });
+        let invalid = |reason: String| Err(InvalidStreamId { reason });
         if aggregate_type.is_empty() {
             return invalid("the aggregate type is empty".into());
         }
@@ -121,13 +141,13 @@ impl fmt::Debug for StreamId {
 }
 
 impl FromStr for StreamId {
-    type Err = Error;
+    type Err = InvalidStreamId;
 
     /// Parses `type/id`; the id is everything after the first `/`.
-    fn from_str(s: &str) -> Result<Self> {
+    fn from_str(s: &str) -> Result<Self, InvalidStreamId> {
         match s.split_once('/') {
             Some((aggregate_type, id)) => StreamId::new(aggregate_type, id),
-            None => Err(Error::InvalidStreamId {
+            None => Err(InvalidStreamId {
                 reason: format!("{s:?} is not of the form <type>/<id>"),
             }),
         }
@@ -238,10 +258,10 @@ impl fmt::Display for Position {
 }
 
 impl FromStr for Position {
-    type Err = Error;
+    type Err = InvalidPosition;
 
-    fn from_str(s: &str) -> Result<Self> {
-        let bad = || Error::invalid_input(format!("{s:?} is not a log position (N or N:M)"));
+    fn from_str(s: &str) -> Result<Self, InvalidPosition> {
+        let bad = || InvalidPosition(s.to_owned());
         let (commit, sequence) = match s.split_once(':') {
             Some((c, q)) => (c.parse().map_err(|_| bad())?, q.parse().map_err(|_| bad())?),
             None => (0, s.parse().map_err(|_| bad())?),
