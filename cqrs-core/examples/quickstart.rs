@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 
 use cqrs_core::{
-    Aggregate, BoxError, CommandError, CommandOptions, DomainEvent, Envelope, EventData, EventLog,
-    ExpectedVersion, InMemoryEventStore, Position, Progress, Projection, ProjectionRunner,
-    Repository, RunnerConfig, SnapshotPolicy,
+    Aggregate, AggregateExt, BoxError, CommandError, CommandOptions, DomainEvent, Envelope,
+    EventData, EventLog, ExpectedVersion, InMemoryEventStore, Position, Progress, Projection,
+    ProjectionRunner, Repository, RunnerConfig, SnapshotPolicy,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -120,7 +120,7 @@ async fn main() -> Result<(), BoxError> {
     let store = InMemoryEventStore::new();
     // A snapshot every 10 events. Snapshots are saved by a background task by default;
     // here they are saved before `execute` returns, so each run prints the same.
-    let bank = Repository::<Account, _>::new(store.clone(), ())
+    let bank = Account::repository(store.clone(), ())
         .with_snapshots(SnapshotPolicy::EveryEvents(10))
         .with_background_snapshots(false);
 

@@ -49,7 +49,7 @@ pub use log::{AppendResult, DynEventLog, EventLog, validate_batch};
 pub use memory::InMemoryEventStore;
 pub use notify::{LogNotifier, LogWatcher};
 pub use projection::{Projection, ProjectionError};
-pub use repository::Repository;
+pub use repository::{AggregateExt, Repository};
 pub use retry::RetryPolicy;
 pub use runner::{Progress, ProjectionRunner, RunnerConfig};
 pub use snapshot::SnapshotPolicy;
