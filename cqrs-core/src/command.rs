@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::{Error, Metadata, Position, StreamId};
+use crate::{Error, Metadata, Position, SnapshotIgnored, StreamId};
 
 /// Per-command options: the command id (for idempotency) and metadata.
 ///
@@ -87,8 +87,9 @@ pub struct Loaded<A> {
     pub version: u64,
     /// The version of the snapshot the load started from, if one was used.
     pub snapshot_version: Option<u64>,
-    /// Why a stored snapshot was ignored (too old a schema, or not decodable), if it was.
-    pub snapshot_ignored: Option<String>,
+    /// Why a stored snapshot was ignored (damaged, ahead of the stream, another schema
+    /// version, not decodable), if it was.
+    pub snapshot_ignored: Option<SnapshotIgnored>,
     /// How many events were applied on top of the snapshot (or from the start).
     pub events_replayed: u64,
 }

@@ -7,8 +7,8 @@ use futures::{Stream, StreamExt};
 
 use crate::snapshot::SnapshotIo;
 use crate::{
-    Aggregate, Codec, Error, Inspect, Loaded, RecordedEvent, Repository, Result, SnapshotPolicy,
-    SnapshotRecord, StreamId, StreamItem,
+    Aggregate, Codec, Error, Inspect, Loaded, RecordedEvent, Repository, Result, SnapshotIgnored,
+    SnapshotPolicy, SnapshotRecord, StreamId, StreamItem,
 };
 
 impl<A, S, C> Repository<A, S, C>
@@ -44,13 +44,13 @@ where
     }
 
     /// Loads from the snapshot and the events after it, in one read where the store can.
-    /// `Ok(Err(reason))`: the snapshot is unusable, nothing was applied.
+    /// `Ok(Err(why))`: the snapshot is unusable, nothing was applied.
     async fn load_from_snapshot(
         &self,
         io: SnapshotIo<S>,
         stream: &StreamId,
         loaded: &mut Loaded<A>,
-    ) -> Result<Result<(), String>> {
+    ) -> Result<Result<(), SnapshotIgnored>> {
         let mut items = (io.read)(&self.store, stream);
         let mut repair = false;
         let first_event = match items.next().await.transpose()? {
@@ -67,7 +67,7 @@ where
                 // stream from its start: replay that, then put a true snapshot in its
                 // place, since a snapshot ahead of the stream would look valid once the
                 // stream reached its version.
-                loaded.snapshot_ignored = Some(ignored.to_string());
+                loaded.snapshot_ignored = Some(ignored);
                 repair = matches!(self.snapshots, SnapshotPolicy::EveryEvents(n) if n > 0);
                 None
             }
@@ -90,23 +90,24 @@ where
     }
 
     /// Restores the state from a snapshot, or says why the snapshot cannot be used.
-    fn restore(&self, loaded: &mut Loaded<A>, snapshot: SnapshotRecord) -> Result<(), String> {
+    fn restore(
+        &self,
+        loaded: &mut Loaded<A>,
+        snapshot: SnapshotRecord,
+    ) -> Result<(), SnapshotIgnored> {
         if snapshot.schema_version != A::SNAPSHOT_VERSION {
-            return Err(format!(
-                "snapshot (version {}) has schema version {}, not the current {}",
-                snapshot.version,
-                snapshot.schema_version,
-                A::SNAPSHOT_VERSION
-            ));
+            return Err(SnapshotIgnored::OtherSchemaVersion {
+                version: snapshot.version,
+                found: snapshot.schema_version,
+                current: A::SNAPSHOT_VERSION,
+            });
         }
         let state = self
             .codec
             .decode_snapshot::<A>(&snapshot.payload)
-            .map_err(|e| {
-                format!(
-                    "snapshot (version {}) does not decode: {e}",
-                    snapshot.version
-                )
+            .map_err(|e| SnapshotIgnored::Undecodable {
+                version: snapshot.version,
+                reason: e.to_string(),
             })?;
         loaded.state = state;
         loaded.version = snapshot.version;

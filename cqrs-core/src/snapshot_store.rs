@@ -30,7 +30,9 @@ pub enum StreamItem {
     Event(RecordedEvent),
 }
 
-/// Why a stored snapshot was not used by [`SnapshotStore::read_stream_from_snapshot`].
+/// Why a stored snapshot was not used: by the store
+/// ([`SnapshotStore::read_stream_from_snapshot`], the first two variants) or by the
+/// repository ([`Loaded::snapshot_ignored`](crate::Loaded::snapshot_ignored), all four).
 ///
 /// A snapshot is an optimisation only: an unusable one is skipped (and logged), and the
 /// stream is read from its first event.
@@ -49,6 +51,23 @@ pub enum SnapshotIgnored {
         /// The version the snapshot claims to cover.
         version: u64,
     },
+    /// The snapshot was taken with another schema version of the aggregate's state
+    /// ([`Aggregate::SNAPSHOT_VERSION`](crate::Aggregate::SNAPSHOT_VERSION)).
+    OtherSchemaVersion {
+        /// The stream version the snapshot covers.
+        version: u64,
+        /// The snapshot's schema version.
+        found: u32,
+        /// The aggregate's current snapshot schema version.
+        current: u32,
+    },
+    /// The snapshot's payload does not decode as the aggregate's state.
+    Undecodable {
+        /// The stream version the snapshot covers.
+        version: u64,
+        /// The codec's error.
+        reason: String,
+    },
 }
 
 impl std::fmt::Display for SnapshotIgnored {
@@ -59,6 +78,17 @@ impl std::fmt::Display for SnapshotIgnored {
                 f,
                 "snapshot at version {version} is ahead of the stream (it has no event {version})"
             ),
+            SnapshotIgnored::OtherSchemaVersion {
+                version,
+                found,
+                current,
+            } => write!(
+                f,
+                "snapshot (version {version}) has schema version {found}, not the current {current}"
+            ),
+            SnapshotIgnored::Undecodable { version, reason } => {
+                write!(f, "snapshot (version {version}) does not decode: {reason}")
+            }
         }
     }
 }

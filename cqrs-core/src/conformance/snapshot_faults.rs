@@ -6,8 +6,8 @@ use super::snapshots::{load_tally, read_from_snapshot};
 use super::support::read_stream;
 use super::tally::{Tally, TallyCommand, fresh_tally_id, tally_stream};
 use crate::{
-    Aggregate, Codec, Inspect, JsonCodec, Repository, SnapshotPolicy, SnapshotRecord,
-    SnapshotStore, StreamId, StreamItem,
+    Aggregate, Codec, Inspect, JsonCodec, Repository, SnapshotIgnored, SnapshotPolicy,
+    SnapshotRecord, SnapshotStore, StreamId, StreamItem,
 };
 
 /// **Contract 7 (snapshots), a snapshot ahead of its stream.** A tally with 3 events and
@@ -65,8 +65,13 @@ pub async fn snapshot_ahead_of_stream_is_ignored<S: SnapshotStore + Inspect + Cl
         "[contract 7, snapshots] a snapshot ahead of the stream is not used"
     );
     assert!(
-        loaded.snapshot_ignored.is_some(),
-        "[contract 7, snapshots] the ignored snapshot is reported in snapshot_ignored"
+        matches!(
+            loaded.snapshot_ignored,
+            Some(SnapshotIgnored::AheadOfStream { .. })
+        ),
+        "[contract 7, snapshots] the ignored snapshot is reported in snapshot_ignored as \
+         ahead of the stream, got {:?}",
+        loaded.snapshot_ignored
     );
     let done = match snapping.execute(&id, &TallyCommand::Add(4)).await {
         Ok(done) => done,
@@ -166,6 +171,16 @@ where
         (&loaded.state, loaded.version, loaded.snapshot_version),
         (&full, 5, None),
         "[contract 7, snapshots] a damaged snapshot is ignored: the state is the full replay's"
+    );
+    // A store that drops the damaged record on load reports nothing; one that reads it
+    // says it is damaged.
+    assert!(
+        matches!(
+            loaded.snapshot_ignored,
+            None | Some(SnapshotIgnored::Damaged { .. })
+        ),
+        "[contract 7, snapshots] a damaged snapshot is reported as damaged, got {:?}",
+        loaded.snapshot_ignored
     );
     execute(&snapping, &id, TallyCommand::Add(6)).await;
     match snapping.snapshot_now(&id).await {

@@ -9,7 +9,8 @@ use super::support::{
 use super::tally::{Tally, TallyCommand, fresh_tally_id, tally_stream};
 use crate::{
     Aggregate, CheckpointStore, Codec, EventLog, ExpectedVersion, Inspect, JsonCodec, Loaded,
-    Position, Repository, SnapshotPolicy, SnapshotRecord, SnapshotStore, StreamId, StreamItem,
+    Position, Repository, SnapshotIgnored, SnapshotPolicy, SnapshotRecord, SnapshotStore, StreamId,
+    StreamItem,
 };
 
 /// **Contract 7 (snapshots), storage.** A stream without a snapshot loads `None`; a
@@ -270,6 +271,10 @@ pub async fn stale_or_undecodable_snapshot_replays<S: SnapshotStore + Inspect + 
         &id,
         &full.state,
         "a snapshot with an old schema version",
+        |why| {
+            matches!(why, SnapshotIgnored::OtherSchemaVersion { version: 10, found, current }
+                if *found + 1 == *current)
+        },
     )
     .await;
 
@@ -291,7 +296,10 @@ pub async fn stale_or_undecodable_snapshot_replays<S: SnapshotStore + Inspect + 
         };
         save(&store, &tally_stream(&id), garbage).await;
         let what = format!("a snapshot holding {label}");
-        assert_replays(&snapping, &id, &expected, &what).await;
+        assert_replays(&snapping, &id, &expected, &what, |why| {
+            matches!(why, SnapshotIgnored::Undecodable { version: 5, .. })
+        })
+        .await;
 
         let retaken = match snapping.snapshot_now(&id).await {
             Ok(retaken) => retaken,
@@ -426,6 +434,7 @@ async fn assert_replays<S: Inspect + Clone + 'static>(
     id: &str,
     expected: &Tally,
     what: &str,
+    why: impl Fn(&SnapshotIgnored) -> bool,
 ) {
     let loaded = load_tally(repo, id).await;
     assert_eq!(
@@ -437,8 +446,10 @@ async fn assert_replays<S: Inspect + Clone + 'static>(
         "[contract 7, snapshots] {what} is ignored: snapshot_version is None"
     );
     assert!(
-        loaded.snapshot_ignored.is_some(),
-        "[contract 7, snapshots] {what} is ignored and reported in snapshot_ignored"
+        loaded.snapshot_ignored.as_ref().is_some_and(&why),
+        "[contract 7, snapshots] {what} is ignored and reported in snapshot_ignored with its \
+         typed reason, got {:?}",
+        loaded.snapshot_ignored
     );
     assert_eq!(
         loaded.events_replayed, loaded.version,
