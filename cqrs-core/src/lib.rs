@@ -4,6 +4,7 @@
 mod aggregate;
 mod boxed;
 mod cache;
+mod checkpoint;
 mod codec;
 mod command;
 mod error;
@@ -28,6 +29,7 @@ pub mod conformance;
 
 pub use aggregate::Aggregate;
 pub use boxed::{BoxEventStore, DynEventStore};
+pub use checkpoint::{CheckpointStrategy, InMemoryCheckpoint, StoreCheckpoint};
 pub use codec::{Codec, JsonCodec};
 pub use command::{CommandError, CommandOptions, Executed, Loaded};
 #[cfg(feature = "derive")]
