@@ -2,6 +2,7 @@
 //! runner is built.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::{BoxError, Envelope, EventStore, Position, Projection};
 
@@ -16,7 +17,7 @@ use crate::{BoxError, Envelope, EventStore, Position, Projection};
 ///
 /// | strategy | checkpoint | after a restart | delivery |
 /// |---|---|---|---|
-/// | [`InMemoryCheckpoint`] | in the runner, beside an in-memory read model | the read model is rebuilt from the start | each event once per runner |
+/// | [`InMemoryCheckpoint`] | in memory, beside an in-memory read model | the read model is rebuilt from the start | once per checkpoint |
 /// | [`StoreCheckpoint`] | in the event store, saved after `apply` | resumes after the last saved batch | at-least-once |
 /// | `cqrs_postgres::TransactionalCheckpoint` | in the read model's PostgreSQL transaction | resumes where the read model is | exactly-once |
 /// | `cqrs_sled::TransactionalCheckpoint` | in the read model's sled transaction | resumes where the read model is | exactly-once |
@@ -102,14 +103,20 @@ pub trait CheckpointStrategy: Send + 'static {
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 }
 
-/// The checkpoint of an in-memory read model, kept beside it in the runner: what
+/// The checkpoint of an in-memory read model, kept in memory beside it: what
 /// [`ProjectionRunner::new`](crate::ProjectionRunner::new) uses.
 ///
 /// A runner with a new `InMemoryCheckpoint` starts by [resetting](Projection::reset) the
 /// read model and replays the whole log; after that it resumes from where it is. So a
 /// read model in memory is never left partial by a checkpoint that another runner or
-/// another process saved, and a model handed to a second runner is rebuilt, not
-/// applied twice (give such a model a [`reset`](Projection::reset) that clears it).
+/// another process saved in the store, and a model handed to a second runner with a new
+/// checkpoint is rebuilt, not applied twice (give such a model a
+/// [`reset`](Projection::reset) that clears it).
+///
+/// Clones share the checkpoint. An application that keeps a read-model handle (to read
+/// it) and makes runners for it on demand keeps one `InMemoryCheckpoint` beside the
+/// handle and gives each runner a clone: each resumes where the model is. Run one such
+/// runner at a time.
 ///
 /// # Examples
 /// ```
@@ -120,13 +127,14 @@ pub trait CheckpointStrategy: Send + 'static {
 /// let mut checkpoint = InMemoryCheckpoint::new();
 /// assert_eq!(checkpoint.load("balances").await?, None); // nothing applied yet
 /// checkpoint.save("balances", Position::new(0, 7)).await?;
-/// assert_eq!(checkpoint.load("balances").await?, Some(Position::new(0, 7)));
+/// // A clone (kept beside the read model, for the next runner) sees it.
+/// assert_eq!(checkpoint.clone().load("balances").await?, Some(Position::new(0, 7)));
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct InMemoryCheckpoint {
-    at: Option<Position>,
+    at: Arc<Mutex<Option<Position>>>,
 }
 
 impl InMemoryCheckpoint {
@@ -134,22 +142,31 @@ impl InMemoryCheckpoint {
     pub fn new() -> Self {
         Self::default()
     }
+
+    fn get(&self) -> Option<Position> {
+        *self.at.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, position: Position) {
+        *self.at.lock().unwrap_or_else(PoisonError::into_inner) = Some(position);
+    }
 }
 
 impl CheckpointStrategy for InMemoryCheckpoint {
     type Context = ();
 
     async fn load(&mut self, _name: &str) -> Result<Option<Position>, BoxError> {
-        Ok(self.at)
+        Ok(self.get())
     }
 
     async fn start<P: Projection>(&mut self, projection: &mut P) -> Result<Position, BoxError> {
-        match self.at {
+        match self.get() {
             Some(at) => Ok(at),
             None => {
-                // Whatever the model holds was not applied by this runner: start over.
+                // Whatever the model holds was not applied under this checkpoint: start
+                // over.
                 projection.reset(&mut ()).await?;
-                self.at = Some(Position::START);
+                self.set(Position::START);
                 Ok(Position::START)
             }
         }
@@ -165,13 +182,13 @@ impl CheckpointStrategy for InMemoryCheckpoint {
     }
 
     async fn save(&mut self, _name: &str, checkpoint: Position) -> Result<(), BoxError> {
-        self.at = Some(checkpoint);
+        self.set(checkpoint);
         Ok(())
     }
 
     async fn reset<P: Projection>(&mut self, projection: &mut P) -> Result<(), BoxError> {
         projection.reset(&mut ()).await?;
-        self.at = Some(Position::START);
+        self.set(Position::START);
         Ok(())
     }
 }

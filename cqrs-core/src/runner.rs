@@ -82,8 +82,8 @@ impl Progress {
 /// - [`rebuild`](Self::rebuild) resets the read model and its checkpoint and replays the
 ///   whole log, reporting [`Progress`].
 ///
-/// Build it with [`new`](Self::new) for a read model in memory (the checkpoint stays in
-/// the runner: [`InMemoryCheckpoint`]), or with [`with_strategy`](Self::with_strategy)
+/// Build it with [`new`](Self::new) for a read model in memory (its checkpoint stays in
+/// memory: [`InMemoryCheckpoint`]), or with [`with_strategy`](Self::with_strategy)
 /// for any other [`CheckpointStrategy`]: [`StoreCheckpoint`](crate::StoreCheckpoint) for
 /// external sinks and process managers, the backends' `TransactionalCheckpoint` for read
 /// models in the store's own database.
@@ -153,9 +153,9 @@ where
 }
 
 impl<S: EventStore, P: Projection> ProjectionRunner<S, P> {
-    /// A runner for a read model in memory: the checkpoint stays in the runner
-    /// ([`InMemoryCheckpoint`]), so the runner starts by rebuilding the read model from
-    /// the whole log. JSON codec, default configuration.
+    /// A runner for a read model in memory, with a new [`InMemoryCheckpoint`]: the
+    /// runner starts by rebuilding the read model from the whole log. JSON codec,
+    /// default configuration.
     pub fn new(store: S, projection: P) -> Self {
         Self::with_strategy(store, projection, InMemoryCheckpoint::new())
     }
@@ -214,8 +214,8 @@ where
         &mut self.projection
     }
 
-    /// The projection, giving up the runner (and, with [`InMemoryCheckpoint`], its
-    /// checkpoint: a new runner over it rebuilds it).
+    /// The projection, giving up the runner (a new runner over it, with a new
+    /// [`InMemoryCheckpoint`], rebuilds it).
     pub fn into_projection(self) -> P {
         self.projection
     }
@@ -225,8 +225,8 @@ where
         &self.strategy
     }
 
-    /// The stored checkpoint ([`Position::START`] if there is none). With
-    /// [`InMemoryCheckpoint`], where this runner got to.
+    /// The stored checkpoint ([`Position::START`] if there is none). With an
+    /// [`InMemoryCheckpoint`], where the read model is.
     ///
     /// # Errors
     /// [`ProjectionError::Store`] or [`ProjectionError::Projection`] if it cannot be read

@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use common::{Account, AccountCommand, AccountEvent};
 use cqrs_core::{
-    BoxError, Envelope, EventStore, InMemoryEventStore, Position, Projection, ProjectionRunner,
-    Repository, StoreCheckpoint,
+    BoxError, Envelope, EventStore, InMemoryCheckpoint, InMemoryEventStore, Position, Projection,
+    ProjectionRunner, Repository, StoreCheckpoint,
 };
 
 /// The guide's read model: balances in memory, behind a handle that readers clone.
@@ -193,4 +193,23 @@ async fn an_in_memory_model_given_to_a_second_runner_is_rebuilt_not_applied_twic
     let mut second = ProjectionRunner::new(store.clone(), balances.clone());
     assert_eq!(second.catch_up().await.unwrap(), 3);
     assert_eq!(balances.balance("acc-1"), Some(107));
+}
+
+#[tokio::test]
+async fn runners_sharing_the_models_checkpoint_resume_where_the_model_is() {
+    let store = InMemoryEventStore::new();
+    let accounts = open_with_100(&store).await;
+    // What an application that makes runners on demand keeps: the model and its
+    // checkpoint, side by side.
+    let (balances, checkpoint) = (Balances::default(), InMemoryCheckpoint::new());
+    let runner =
+        || ProjectionRunner::with_strategy(store.clone(), balances.clone(), checkpoint.clone());
+    assert_eq!(runner().catch_up().await.unwrap(), 2);
+    accounts
+        .execute("acc-1", &AccountCommand::Deposit(7))
+        .await
+        .unwrap();
+    assert_eq!(runner().catch_up().await.unwrap(), 1, "only what is new");
+    assert_eq!(balances.balance("acc-1"), Some(107));
+    assert_eq!(runner().checkpoint().await.unwrap(), Position::new(0, 3));
 }
