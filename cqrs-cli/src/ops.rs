@@ -6,8 +6,8 @@ use std::pin::pin;
 use std::time::{Duration, Instant};
 
 use cqrs_core::{
-    Aggregate, Codec, EventStore, Position, Progress, Projection, ProjectionError,
-    ProjectionRunner, RecordedEvent, Repository, StreamId,
+    Aggregate, CheckpointStrategy, Codec, EventStore, Position, Progress, Projection,
+    ProjectionError, ProjectionRunner, RecordedEvent, Repository, StreamId,
 };
 use futures::StreamExt;
 use futures::future::BoxFuture;
@@ -52,11 +52,12 @@ struct RunnerFactory<F> {
     make: F,
 }
 
-impl<F, S, P, C> Replayer for RunnerFactory<F>
+impl<F, S, P, K, C> Replayer for RunnerFactory<F>
 where
-    F: Fn() -> ProjectionRunner<S, P, C> + Send + Sync,
+    F: Fn() -> ProjectionRunner<S, P, K, C> + Send + Sync,
     S: EventStore + Send + 'static,
-    P: Projection,
+    K: CheckpointStrategy,
+    P: Projection<K::Context>,
     C: Codec,
 {
     fn name(&self) -> &str {
@@ -81,7 +82,7 @@ where
 ///
 /// # Examples
 /// ```
-/// # use cqrs_core::{Aggregate, BoxError, DomainEvent, Envelope, Position, Projection};
+/// # use cqrs_core::{Aggregate, BoxError, DomainEvent, Envelope, Projection};
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Default, Serialize, Deserialize)]
 /// # struct Counter { value: u64 }
@@ -112,14 +113,14 @@ where
 /// # impl Projection for Total {
 /// #     type Event = CounterEvent;
 /// #     fn name(&self) -> &str { "total" }
-/// #     async fn apply(&mut self, batch: &[Envelope<CounterEvent>], _: Position) -> Result<(), BoxError> {
+/// #     async fn apply(&mut self, _: &mut (), batch: &[Envelope<CounterEvent>]) -> Result<(), BoxError> {
 /// #         for e in batch { let CounterEvent::Incremented { by } = e.event; self.0 += by; }
 /// #         Ok(())
 /// #     }
 /// # }
 /// use clap::Parser;
 /// use cqrs_cli::{Operations, OpsCommand};
-/// use cqrs_core::{InMemoryEventStore, ProjectionRunner, Repository};
+/// use cqrs_core::{InMemoryEventStore, ProjectionRunner, Repository, StoreCheckpoint};
 ///
 /// #[derive(Parser)]
 /// struct Cli {
@@ -139,7 +140,10 @@ where
 ///     .aggregate(counters.clone())
 ///     .projection({
 ///         let store = store.clone();
-///         move || ProjectionRunner::new(store.clone(), Total::default())
+///         move || {
+///             let checkpoint = StoreCheckpoint::new(store.clone());
+///             ProjectionRunner::with_strategy(store.clone(), Total::default(), checkpoint)
+///         }
 ///     });
 /// let cli = Cli::parse_from(["app", "--json", "stats"]);
 /// let mut out = Vec::new();
@@ -209,12 +213,17 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
     }
 
     /// Registers a projection by a function that makes a fresh runner for it: `replay`
-    /// rebuilds it and `stats` shows its checkpoint and lag.
-    pub fn projection<F, S2, P, C>(mut self, make: F) -> Self
+    /// rebuilds it and `stats` shows its checkpoint and lag. Only a read model that
+    /// outlives this process belongs here, with a durable checkpoint
+    /// ([`StoreCheckpoint`](cqrs_core::StoreCheckpoint), or a backend's transactional
+    /// one): a fresh runner of an in-memory read model has nothing to report, and what
+    /// it would rebuild ends with the command.
+    pub fn projection<F, S2, P, K, C>(mut self, make: F) -> Self
     where
-        F: Fn() -> ProjectionRunner<S2, P, C> + Send + Sync + 'static,
+        F: Fn() -> ProjectionRunner<S2, P, K, C> + Send + Sync + 'static,
         S2: EventStore + Send + 'static,
-        P: Projection,
+        K: CheckpointStrategy,
+        P: Projection<K::Context>,
         C: Codec,
     {
         let name = make().projection().name().to_owned();

@@ -5,8 +5,8 @@ use std::sync::{Arc, Mutex};
 use clap::Parser;
 use cqrs_cli::{Error, Operations, OpsCommand, ProgressStyle};
 use cqrs_core::{
-    Aggregate, BoxError, DomainEvent, Envelope, InMemoryEventStore, Inspect, Position, Projection,
-    ProjectionRunner, Repository, SnapshotStore, StreamId,
+    Aggregate, BoxError, DomainEvent, Envelope, InMemoryEventStore, Inspect, Projection,
+    ProjectionRunner, Repository, SnapshotStore, StoreCheckpoint, StreamId,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -57,8 +57,8 @@ impl Projection for Total {
     }
     async fn apply(
         &mut self,
+        _: &mut (),
         batch: &[Envelope<CounterEvent>],
-        _: Position,
     ) -> Result<(), BoxError> {
         let mut total = self.0.lock().unwrap();
         for e in batch {
@@ -67,7 +67,7 @@ impl Projection for Total {
         }
         Ok(())
     }
-    async fn reset(&mut self) -> Result<(), BoxError> {
+    async fn reset(&mut self, _: &mut ()) -> Result<(), BoxError> {
         *self.0.lock().unwrap() = 0;
         Ok(())
     }
@@ -102,7 +102,10 @@ async fn fixture() -> Fixture {
         .aggregate(counters)
         .projection({
             let (store, total) = (store.clone(), total.clone());
-            move || ProjectionRunner::new(store.clone(), total.clone())
+            move || {
+                let checkpoint = StoreCheckpoint::new(store.clone());
+                ProjectionRunner::with_strategy(store.clone(), total.clone(), checkpoint)
+            }
         });
     Fixture { store, total, ops }
 }

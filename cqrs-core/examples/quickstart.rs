@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use cqrs_core::{
     Aggregate, AggregateExt, BoxError, CommandError, CommandOptions, DomainEvent, Envelope,
-    EventData, EventLog, ExpectedVersion, InMemoryEventStore, Position, Progress, Projection,
+    EventData, EventLog, ExpectedVersion, InMemoryEventStore, Progress, Projection,
     ProjectionRunner, Repository, RunnerConfig, SnapshotPolicy,
 };
 use serde::{Deserialize, Serialize};
@@ -97,7 +97,7 @@ impl Projection for Balances {
         "balances"
     }
 
-    async fn apply(&mut self, batch: &[Envelope<Event>], _: Position) -> Result<(), BoxError> {
+    async fn apply(&mut self, _: &mut (), batch: &[Envelope<Event>]) -> Result<(), BoxError> {
         for envelope in batch {
             let balance = self.0.entry(envelope.stream.id().to_owned()).or_default();
             match envelope.event {
@@ -109,7 +109,7 @@ impl Projection for Balances {
         Ok(())
     }
 
-    async fn reset(&mut self) -> Result<(), BoxError> {
+    async fn reset(&mut self, _: &mut ()) -> Result<(), BoxError> {
         self.0.clear();
         Ok(())
     }

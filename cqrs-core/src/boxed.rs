@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use crate::checkpoint::checkpoint_store_table;
+use crate::checkpoint_store::checkpoint_store_table;
 use crate::inspect::inspect_table;
 use crate::log::event_log_table;
 use crate::snapshot_store::snapshot_store_table;

@@ -53,7 +53,16 @@ pub trait Codec: Clone + Send + Sync + 'static {
     /// # Errors
     /// As for [`upcast`](Codec::upcast) and [`decode`](Codec::decode).
     fn decode_envelope<E: DomainEvent>(&self, record: RecordedEvent) -> Result<Envelope<E>> {
-        let record = self.upcast(record)?;
+        self.decode_upcast_envelope(self.upcast(record)?)
+    }
+
+    /// Decodes an already [upcast](Codec::upcast) record into an [`Envelope`]: for
+    /// readers that look at the upcast record before they decode it (a projection's
+    /// [`wants`](crate::Projection::wants)). Every envelope is built here.
+    ///
+    /// # Errors
+    /// As for [`decode`](Codec::decode).
+    fn decode_upcast_envelope<E: DomainEvent>(&self, record: RecordedEvent) -> Result<Envelope<E>> {
         let event = self.decode(&record)?;
         Ok(Envelope {
             event_id: record.event_id,

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::{Codec, EventStore, Projection, ProjectionError, ProjectionRunner};
+use crate::{CheckpointStrategy, Codec, Inspect, Projection, ProjectionError, ProjectionRunner};
 
 type RunFn = Box<
     dyn FnOnce(watch::Receiver<bool>) -> BoxFuture<'static, Result<(), ProjectionError>> + Send,
@@ -22,7 +22,7 @@ type RunFn = Box<
 ///
 /// # Examples
 /// ```
-/// # use cqrs_core::{BoxError, DomainEvent, Envelope, Position, Projection};
+/// # use cqrs_core::{BoxError, DomainEvent, Envelope, Projection};
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// # enum CounterEvent { Incremented { by: u64 } }
@@ -35,7 +35,7 @@ type RunFn = Box<
 /// # impl Projection for Total {
 /// #     type Event = CounterEvent;
 /// #     fn name(&self) -> &str { self.0 }
-/// #     async fn apply(&mut self, _: &[Envelope<CounterEvent>], _: Position) -> Result<(), BoxError> { Ok(()) }
+/// #     async fn apply(&mut self, _: &mut (), _: &[Envelope<CounterEvent>]) -> Result<(), BoxError> { Ok(()) }
 /// # }
 /// use cqrs_core::{InMemoryEventStore, ProjectionGroup, ProjectionRunner};
 ///
@@ -69,10 +69,11 @@ impl ProjectionGroup {
     }
 
     /// Adds a runner.
-    pub fn with<S, P, C>(mut self, mut runner: ProjectionRunner<S, P, C>) -> Self
+    pub fn with<S, P, K, C>(mut self, mut runner: ProjectionRunner<S, P, K, C>) -> Self
     where
-        S: EventStore + 'static,
-        P: Projection,
+        S: Inspect + 'static,
+        K: CheckpointStrategy,
+        P: Projection<K::Context>,
         C: Codec,
     {
         let name = runner.projection().name().to_owned();

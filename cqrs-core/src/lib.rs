@@ -8,6 +8,7 @@ mod aggregate;
 mod boxed;
 mod cache;
 mod checkpoint;
+mod checkpoint_store;
 mod codec;
 mod command;
 mod error;
@@ -35,7 +36,8 @@ pub mod conformance;
 
 pub use aggregate::Aggregate;
 pub use boxed::{BoxEventStore, DynEventStore};
-pub use checkpoint::{CheckpointStore, DynCheckpointStore, validate_checkpoint_name};
+pub use checkpoint::{CheckpointStrategy, InMemoryCheckpoint, StoreCheckpoint};
+pub use checkpoint_store::{CheckpointStore, DynCheckpointStore, validate_checkpoint_name};
 pub use codec::{Codec, JsonCodec};
 pub use command::{CommandError, CommandOptions, Executed, Loaded};
 #[cfg(feature = "derive")]

@@ -11,24 +11,28 @@ use crate::{BoxError, DomainEvent, Envelope, Error, Position, RecordedEvent, Str
 ///
 /// The runner reads the log from the projection's checkpoint, keeps the records it
 /// [`wants`](Projection::wants), decodes them (after upcasting) and hands them over in
-/// batches to [`apply`](Projection::apply), then stores the checkpoint. Three ways to keep
-/// a read model:
+/// batches to [`apply`](Projection::apply). Where the checkpoint is kept is not the
+/// projection's business: it is the [`CheckpointStrategy`](crate::CheckpointStrategy)
+/// chosen when the runner is built, and that strategy also decides the context `Cx`
+/// that `apply` gets:
 ///
-/// - **external** (the default): any sink. The runner saves the checkpoint in the event
-///   store after `apply` succeeds, so after a crash a batch may be applied again
-///   (at-least-once); deduplicate with [`Envelope::event_id`] or make `apply` idempotent.
-/// - **transactional**: the read model lives in the event store's database (sled trees,
-///   PostgreSQL tables). Set [`OWNS_CHECKPOINT`](Projection::OWNS_CHECKPOINT), write the
-///   `checkpoint` given to `apply` in the same transaction as the read model, and return
-///   it from [`load_checkpoint`](Projection::load_checkpoint): exactly-once. The backend
-///   crates provide adapters.
-/// - **inline** (PostgreSQL): updated in the append's own transaction; see
-///   `cqrs-postgres`.
+/// | read model | strategy | `Cx` | delivery |
+/// |---|---|---|---|
+/// | in memory | [`InMemoryCheckpoint`](crate::InMemoryCheckpoint) (the default) | `()` | rebuilt by each new runner |
+/// | external sink, process manager | [`StoreCheckpoint`](crate::StoreCheckpoint) | `()` | at-least-once |
+/// | PostgreSQL tables | `cqrs_postgres::TransactionalCheckpoint` | `PgConnection` (the open transaction) | exactly-once |
+/// | sled trees | `cqrs_sled::TransactionalCheckpoint` | `cqrs_sled::ReadModelTx` | exactly-once |
+///
+/// A PostgreSQL projection can also run *inline*, in each append's own transaction
+/// (`PostgresEventStoreBuilder::inline_projection`): the same trait, the same context.
 ///
 /// # Examples
+/// An in-memory read model, as a cheap handle its readers clone (so it can be read
+/// while its runner runs):
 /// ```
 /// use std::collections::HashMap;
-/// use cqrs_core::{BoxError, DomainEvent, Envelope, Position, Projection};
+/// use std::sync::{Arc, PoisonError, RwLock};
+/// use cqrs_core::{BoxError, DomainEvent, Envelope, Projection};
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// # enum CounterEvent { Incremented { by: u64 } }
@@ -38,8 +42,8 @@ use crate::{BoxError, DomainEvent, Envelope, Error, Position, RecordedEvent, Str
 /// # }
 ///
 /// /// Totals per counter, in memory.
-/// #[derive(Debug, Default)]
-/// struct Totals(HashMap<String, u64>);
+/// #[derive(Debug, Clone, Default)]
+/// struct Totals(Arc<RwLock<HashMap<String, u64>>>);
 ///
 /// impl Projection for Totals {
 ///     type Event = CounterEvent;
@@ -48,30 +52,27 @@ use crate::{BoxError, DomainEvent, Envelope, Error, Position, RecordedEvent, Str
 ///         "totals"
 ///     }
 ///
-///     async fn apply(&mut self, batch: &[Envelope<CounterEvent>], _: Position) -> Result<(), BoxError> {
+///     async fn apply(&mut self, _: &mut (), batch: &[Envelope<CounterEvent>]) -> Result<(), BoxError> {
+///         let mut totals = self.0.write().unwrap_or_else(PoisonError::into_inner);
 ///         for e in batch {
 ///             let CounterEvent::Incremented { by } = e.event;
-///             *self.0.entry(e.stream.id().to_owned()).or_default() += by;
+///             *totals.entry(e.stream.id().to_owned()).or_default() += by;
 ///         }
 ///         Ok(())
 ///     }
 ///
-///     async fn reset(&mut self) -> Result<(), BoxError> {
-///         self.0.clear();
+///     async fn reset(&mut self, _: &mut ()) -> Result<(), BoxError> {
+///         self.0.write().unwrap_or_else(PoisonError::into_inner).clear();
 ///         Ok(())
 ///     }
 /// }
 /// ```
-pub trait Projection: Send + 'static {
+pub trait Projection<Cx = ()>: Send + 'static {
     /// The events this projection decodes.
     type Event: DomainEvent;
 
-    /// Whether the projection stores its own checkpoint, in the same transaction as its
-    /// read model (exactly-once). When `false` (the default), the runner stores it in the
-    /// event store.
-    const OWNS_CHECKPOINT: bool = false;
-
-    /// The projection's stable name: the key of its checkpoint.
+    /// The projection's stable name: the key of its checkpoint (for the strategies that
+    /// store one), in errors and logs.
     fn name(&self) -> &str;
 
     /// Whether the projection wants this record (after upcasting). The default takes the
@@ -81,38 +82,32 @@ pub trait Projection: Send + 'static {
         Self::Event::EVENT_TYPES.contains(&record.event_type.as_str())
     }
 
-    /// Applies a batch of wanted events, in log order. `checkpoint` is the position the
-    /// batch ends at (possibly after records the projection did not want); a projection
-    /// that [owns its checkpoint](Projection::OWNS_CHECKPOINT) stores it with the batch.
-    /// The batch may be empty (only the checkpoint moved).
+    /// Applies a batch of wanted events, in log order, with the context `cx` that the
+    /// runner's [`CheckpointStrategy`](crate::CheckpointStrategy) provides (`()`, or an
+    /// open transaction that the strategy commits together with the checkpoint: do not
+    /// commit or roll it back). The batch may be empty (only the checkpoint moved).
     ///
     /// # Errors
     /// Any error: the runner retries the batch with backoff, then narrows the failure
-    /// down to one event and stops, naming it ([`ProjectionError::Stopped`]).
+    /// down to one event and stops, naming it ([`ProjectionError::Stopped`]). A
+    /// transactional strategy rolls the batch back first.
     fn apply(
         &mut self,
+        cx: &mut Cx,
         batch: &[Envelope<Self::Event>],
-        checkpoint: Position,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
 
-    /// Clears the read model before a rebuild (and, for a projection that owns its
-    /// checkpoint, the checkpoint). The default does nothing.
+    /// Clears the read model, before a rebuild (and, with
+    /// [`InMemoryCheckpoint`](crate::InMemoryCheckpoint), when a new runner starts), in
+    /// the same context as `apply`. The strategy resets the checkpoint itself. The
+    /// default does nothing: right for a process manager, wrong for a read model that
+    /// holds data.
     ///
     /// # Errors
-    /// Any error stops the rebuild.
-    fn reset(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send {
+    /// Any error stops the rebuild (a transactional strategy rolls it back).
+    fn reset(&mut self, cx: &mut Cx) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = cx;
         async { Ok(()) }
-    }
-
-    /// The stored checkpoint of a projection that [owns it](Projection::OWNS_CHECKPOINT).
-    /// Not called otherwise. The default returns `None`.
-    ///
-    /// # Errors
-    /// Any error is retried, then stops the runner.
-    fn load_checkpoint(
-        &mut self,
-    ) -> impl Future<Output = Result<Option<Position>, BoxError>> + Send {
-        async { Ok(None) }
     }
 }
 
@@ -145,7 +140,8 @@ pub enum ProjectionError {
         #[source]
         source: BoxError,
     },
-    /// The store kept failing (reading the log, saving the checkpoint).
+    /// The store kept failing: reading the log, or loading or saving the checkpoint
+    /// (the strategy's storage failed with an [`Error`]).
     ///
     /// Handling: the checkpoint is intact; restart when the store is back.
     #[error("projection {projection:?}: the event store kept failing")]
@@ -156,16 +152,20 @@ pub enum ProjectionError {
         #[source]
         source: Error,
     },
-    /// The projection's [`reset`](Projection::reset) or
-    /// [`load_checkpoint`](Projection::load_checkpoint) failed.
+    /// The projection's [`reset`](Projection::reset) failed, or its checkpoint strategy
+    /// failed with an error of its own (not a store [`Error`]).
+    ///
+    /// Handling: fix the cause and restart; the checkpoint did not move.
     #[error("projection {projection:?}: {operation} failed")]
     Projection {
         /// The projection's name.
         projection: String,
-        /// `"reset"`, `"load_checkpoint"`, or `"apply (checkpoint only)"` (an empty batch
-        /// that only moves an owned checkpoint kept failing).
+        /// `"reset"`, `"start"` (the strategy's preparation of a run, such as
+        /// finishing an interrupted reset), `"load_checkpoint"`, `"save_checkpoint"`,
+        /// or `"apply (checkpoint only)"` (an empty batch that only moves the checkpoint
+        /// kept failing).
         operation: &'static str,
-        /// The projection's error.
+        /// The error.
         #[source]
         source: BoxError,
     },

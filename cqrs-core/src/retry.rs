@@ -58,3 +58,34 @@ impl RetryPolicy {
         cap.mul_f64(f64::from(fraction) / 1_000.0)
     }
 }
+
+/// Runs `$op` under a [`RetryPolicy`]: the one retry loop of the projection runner.
+///
+/// `$op` is an expression of type `Result<T, E>` (typically ending in `.await`),
+/// evaluated again for each attempt; `$on_retry` is called as `(attempt, &error)` for
+/// each failure that will be retried, before the policy's delay. The whole expression is
+/// `Result<T, (E, u32)>`: the value, or the last error and the attempts made. A macro
+/// rather than a function taking a closure, so that `$op` may borrow the caller's state
+/// mutably for each attempt (an async closure would, but its future cannot be proven
+/// `Send` for every lifetime, which a spawned runner needs).
+macro_rules! retry {
+    ($policy:expr, $op:expr, $on_retry:expr $(,)?) => {{
+        let policy: $crate::RetryPolicy = $policy;
+        #[allow(unused_mut)] // an `Fn` needs no `mut`, an `FnMut` does
+        let mut on_retry = $on_retry;
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            match $op {
+                Ok(value) => break Ok(value),
+                Err(error) if attempt >= policy.max_attempts => break Err((error, attempt)),
+                Err(error) => {
+                    on_retry(attempt, &error);
+                    tokio::time::sleep(policy.delay(attempt)).await;
+                }
+            }
+        }
+    }};
+}
+
+pub(crate) use retry;

@@ -1,4 +1,4 @@
-//! Running projections: catch-up, live tailing, rebuild, error policy, groups.
+//! Running a projection: catch-up, live tailing, rebuild, error policy.
 
 use std::fmt;
 use std::future::Future;
@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use futures::{FutureExt, StreamExt};
 use tracing::{Instrument, field};
 
+use crate::retry::retry;
 use crate::{
-    BoxError, Codec, Envelope, Error, EventStore, JsonCodec, Position, Projection, ProjectionError,
-    RecordedEvent, RetryPolicy,
+    BoxError, CheckpointStrategy, Codec, Envelope, Error, InMemoryCheckpoint, Inspect, JsonCodec,
+    Position, Projection, ProjectionError, RecordedEvent, RetryPolicy, StreamId,
 };
 
 /// How a [`ProjectionRunner`] reads and retries.
@@ -71,7 +72,8 @@ impl Progress {
     }
 }
 
-/// Runs one [`Projection`] over an [`EventStore`]'s global log.
+/// Runs one [`Projection`] over an event log's global log ([`Inspect`]: it reads the log and counts it for progress), keeping its checkpoint
+/// as its [`CheckpointStrategy`] `K` says.
 ///
 /// - [`catch_up`](Self::catch_up) reads from the checkpoint to the end of the log in
 ///   batches, applying and checkpointing each;
@@ -79,6 +81,12 @@ impl Progress {
 ///   store's notifications, polling every [`RunnerConfig::poll_interval`] as a fallback;
 /// - [`rebuild`](Self::rebuild) resets the read model and its checkpoint and replays the
 ///   whole log, reporting [`Progress`].
+///
+/// Build it with [`new`](Self::new) for a read model in memory (its checkpoint stays in
+/// memory: [`InMemoryCheckpoint`]), or with [`with_strategy`](Self::with_strategy)
+/// for any other [`CheckpointStrategy`]: [`StoreCheckpoint`](crate::StoreCheckpoint) for
+/// external sinks and process managers, the backends' `TransactionalCheckpoint` for read
+/// models in the store's own database.
 ///
 /// Error policy: a failing batch is retried with backoff; if it still fails, the runner
 /// applies its events one by one to find the failing event, and stops with
@@ -88,8 +96,8 @@ impl Progress {
 ///
 /// # Examples
 /// ```
-/// # use std::collections::HashMap;
-/// # use cqrs_core::{BoxError, DomainEvent, Envelope, Position, Projection};
+/// # use std::sync::{Arc, Mutex};
+/// # use cqrs_core::{BoxError, DomainEvent, Envelope, Projection};
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// # enum CounterEvent { Incremented { by: u64 } }
@@ -102,7 +110,7 @@ impl Progress {
 /// # impl Projection for Total {
 /// #     type Event = CounterEvent;
 /// #     fn name(&self) -> &str { "total" }
-/// #     async fn apply(&mut self, batch: &[Envelope<CounterEvent>], _: Position) -> Result<(), BoxError> {
+/// #     async fn apply(&mut self, _: &mut (), batch: &[Envelope<CounterEvent>]) -> Result<(), BoxError> {
 /// #         for e in batch { let CounterEvent::Incremented { by } = e.event; self.0 += by; }
 /// #         Ok(())
 /// #     }
@@ -122,40 +130,69 @@ impl Progress {
 /// # Ok(())
 /// # }
 /// ```
-pub struct ProjectionRunner<S, P, C = JsonCodec> {
+pub struct ProjectionRunner<S, P, K = InMemoryCheckpoint, C = JsonCodec> {
     store: S,
     projection: P,
+    strategy: K,
     codec: C,
     config: RunnerConfig,
 }
 
-impl<S, P: Projection, C> fmt::Debug for ProjectionRunner<S, P, C> {
+impl<S, P, K, C> fmt::Debug for ProjectionRunner<S, P, K, C>
+where
+    K: CheckpointStrategy + fmt::Debug,
+    P: Projection<K::Context>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ProjectionRunner")
             .field("projection", &self.projection.name())
+            .field("strategy", &self.strategy)
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-impl<S: EventStore, P: Projection> ProjectionRunner<S, P, JsonCodec> {
-    /// A runner with the JSON codec and the default configuration.
+impl<S: Inspect, P: Projection> ProjectionRunner<S, P> {
+    /// A runner for a read model in memory, with a new [`InMemoryCheckpoint`]: the
+    /// runner starts by rebuilding the read model from the whole log. JSON codec,
+    /// default configuration.
     pub fn new(store: S, projection: P) -> Self {
+        Self::with_strategy(store, projection, InMemoryCheckpoint::new())
+    }
+}
+
+impl<S, P, K> ProjectionRunner<S, P, K>
+where
+    S: Inspect,
+    K: CheckpointStrategy,
+    P: Projection<K::Context>,
+{
+    /// A runner keeping the checkpoint as `strategy` says. JSON codec, default
+    /// configuration.
+    pub fn with_strategy(store: S, projection: P, strategy: K) -> Self {
         ProjectionRunner {
             store,
             projection,
+            strategy,
             codec: JsonCodec::new(),
             config: RunnerConfig::default(),
         }
     }
 }
 
-impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
+impl<S, P, K, C> ProjectionRunner<S, P, K, C>
+where
+    S: Inspect,
+    K: CheckpointStrategy,
+    P: Projection<K::Context>,
+    C: Codec,
+{
     /// Uses another codec (for example a [`JsonCodec`] with upcasters).
-    pub fn with_codec<C2: Codec>(self, codec: C2) -> ProjectionRunner<S, P, C2> {
+    pub fn with_codec<C2: Codec>(self, codec: C2) -> ProjectionRunner<S, P, K, C2> {
         ProjectionRunner {
             store: self.store,
             projection: self.projection,
+            strategy: self.strategy,
             codec,
             config: self.config,
         }
@@ -177,48 +214,44 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
         &mut self.projection
     }
 
-    /// The projection, giving up the runner.
+    /// The projection, giving up the runner (a new runner over it, with a new
+    /// [`InMemoryCheckpoint`], rebuilds it).
     pub fn into_projection(self) -> P {
         self.projection
     }
 
-    /// The stored checkpoint ([`Position::START`] if there is none).
+    /// The checkpoint strategy.
+    pub fn strategy(&self) -> &K {
+        &self.strategy
+    }
+
+    /// The stored checkpoint ([`Position::START`] if there is none). With an
+    /// [`InMemoryCheckpoint`], where the read model is.
     ///
     /// # Errors
     /// [`ProjectionError::Store`] or [`ProjectionError::Projection`] if it cannot be read
     /// after retries.
     pub async fn checkpoint(&mut self) -> Result<Position, ProjectionError> {
         let name = self.projection.name().to_owned();
-        let retry = self.config.retry;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let loaded = if P::OWNS_CHECKPOINT {
-                self.projection.load_checkpoint().await.map_err(|source| {
-                    ProjectionError::Projection {
-                        projection: name.clone(),
-                        operation: "load_checkpoint",
-                        source,
-                    }
-                })
-            } else {
-                self.store
-                    .load_checkpoint(&name)
-                    .await
-                    .map_err(|source| ProjectionError::Store {
-                        projection: name.clone(),
-                        source,
-                    })
-            };
-            match loaded {
-                Ok(position) => return Ok(position.unwrap_or(Position::START)),
-                Err(e) if attempt >= retry.max_attempts => return Err(e),
-                Err(e) => {
-                    tracing::warn!(projection = %name, attempt, error = %e, "cannot load checkpoint, retrying");
-                    tokio::time::sleep(retry.delay(attempt)).await;
-                }
-            }
-        }
+        let loaded = retry!(
+            self.config.retry,
+            self.strategy.load(&name).await,
+            warn(&name, "cannot load the checkpoint")
+        );
+        loaded
+            .map(|position| position.unwrap_or(Position::START))
+            .map_err(|(e, _)| strategy_error(&name, "load_checkpoint", e))
+    }
+
+    /// Where a run starts: the strategy's [`start`](CheckpointStrategy::start).
+    async fn start(&mut self) -> Result<Position, ProjectionError> {
+        let name = self.projection.name().to_owned();
+        let started = retry!(
+            self.config.retry,
+            self.strategy.start(&mut self.projection).await,
+            warn(&name, "cannot start")
+        );
+        started.map_err(|(e, _)| strategy_error(&name, "start", e))
     }
 
     /// Processes the log from the checkpoint to its current end; returns the records read.
@@ -226,7 +259,7 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
     /// # Errors
     /// See [`ProjectionError`]; the checkpoint stays at the last batch applied.
     pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
-        let mut position = self.checkpoint().await?;
+        let mut position = self.start().await?;
         self.process(&mut position, None, &mut || false).await
     }
 
@@ -243,7 +276,7 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
         let mut shutdown = pin!(shutdown);
         let mut stopped = false;
         let mut watcher = self.store.watch();
-        let mut position = self.checkpoint().await?;
+        let mut position = self.start().await?;
         loop {
             // Mark before reading: an append that lands while we read still wakes us.
             watcher.mark_seen();
@@ -276,21 +309,12 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
         mut progress: impl FnMut(Progress) + Send,
     ) -> Result<u64, ProjectionError> {
         let name = self.projection.name().to_owned();
-        self.projection
-            .reset()
-            .await
-            .map_err(|source| ProjectionError::Projection {
-                projection: name.clone(),
-                operation: "reset",
-                source,
-            })?;
-        if !P::OWNS_CHECKPOINT {
-            let store = &self.store;
-            retrying(&name, self.config.retry, || {
-                store.save_checkpoint(&name, Position::START)
-            })
-            .await?;
-        }
+        let reset = retry!(
+            self.config.retry,
+            self.strategy.reset(&mut self.projection).await,
+            warn(&name, "reset failed")
+        );
+        reset.map_err(|(e, _)| strategy_error(&name, "reset", e))?;
         let mut position = Position::START;
         self.process(&mut position, Some(&mut progress), &mut || false)
             .await
@@ -305,38 +329,38 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
         should_stop: &mut (dyn FnMut() -> bool + Send),
     ) -> Result<u64, ProjectionError> {
         let name = self.projection.name().to_owned();
+        let retry = self.config.retry;
         let mut report = match progress {
             // Counting costs a query: only when someone is watching.
             Some(callback) => {
-                let total = retrying(&name, self.config.retry, || {
-                    self.store.count_events(*position)
-                })
-                .await?;
+                let total: Result<u64, _> = retry!(
+                    retry,
+                    self.store.count_events(*position).await,
+                    warn(&name, "cannot count the log")
+                );
+                let total = total.map_err(|(source, _)| store_failed(&name, source))?;
                 Some((callback, total, Instant::now()))
             }
             None => None,
         };
         let mut done = 0u64;
-        let mut failures = 0;
-        loop {
+        // A failed read is retried from the last checkpoint; a projection error is final.
+        let outcome = retry!(
+            retry,
             match self
                 .pass(&name, position, &mut done, &mut report, should_stop)
                 .await
             {
-                Ok(()) => return Ok(done),
-                Err(PassError::Projection(e)) => return Err(e),
-                Err(PassError::Store(source)) => {
-                    failures += 1;
-                    if failures >= self.config.retry.max_attempts {
-                        return Err(ProjectionError::Store {
-                            projection: name,
-                            source,
-                        });
-                    }
-                    tracing::warn!(projection = %name, %position, error = %source, "reading the log failed, retrying");
-                    tokio::time::sleep(self.config.retry.delay(failures)).await;
-                }
-            }
+                Err(PassError::Store(e)) => Err(e),
+                Err(PassError::Projection(e)) => Ok(Err(e)),
+                Ok(()) => Ok(Ok(())),
+            },
+            warn(&name, "reading the log failed")
+        );
+        match outcome {
+            Ok(Ok(())) => Ok(done),
+            Ok(Err(e)) => Err(e),
+            Err((source, _)) => Err(store_failed(&name, source)),
         }
     }
 
@@ -352,6 +376,7 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
         let Self {
             store,
             projection,
+            strategy,
             codec,
             config,
         } = self;
@@ -368,24 +393,12 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
                 let record = item.map_err(PassError::Store)?;
                 end = record.position;
                 let id = EventRef::of(&record);
-                let record = codec
-                    .upcast(record)
-                    .map_err(|e| PassError::Projection(id.stopped(name, 1, e.into())))?;
+                let undecodable = |e: Error| PassError::Projection(id.stopped(name, 1, e.into()));
+                let record = codec.upcast(record).map_err(undecodable)?;
                 if !projection.wants(&record) {
                     continue;
                 }
-                let event = codec
-                    .decode::<P::Event>(&record)
-                    .map_err(|e| PassError::Projection(id.stopped(name, 1, e.into())))?;
-                batch.push(Envelope {
-                    event_id: record.event_id,
-                    stream: record.stream,
-                    version: record.version,
-                    position: record.position,
-                    recorded_at: record.recorded_at,
-                    metadata: record.metadata,
-                    event,
-                });
+                batch.push(codec.decode_upcast_envelope(record).map_err(undecodable)?);
             }
             let span = tracing::debug_span!(
                 "cqrs.projection.batch",
@@ -395,7 +408,7 @@ impl<S: EventStore, P: Projection, C: Codec> ProjectionRunner<S, P, C> {
                 events = batch.len(),
                 outcome = field::Empty
             );
-            let applied = apply_batch(store, projection, name, config.retry, batch, end)
+            let applied = apply_batch(strategy, projection, name, config.retry, batch, end)
                 .instrument(span.clone())
                 .await;
             span.record("outcome", if applied.is_ok() { "ok" } else { "stopped" });
@@ -424,7 +437,7 @@ type Report<'a> = (&'a mut (dyn FnMut(Progress) + Send), u64, Instant);
 /// What names an event in an error, kept before the record is consumed.
 struct EventRef {
     event_id: uuid::Uuid,
-    stream: crate::StreamId,
+    stream: StreamId,
     version: u64,
     position: Position,
 }
@@ -463,101 +476,96 @@ impl From<ProjectionError> for PassError {
     }
 }
 
-/// Runs a store operation under the retry policy.
-async fn retrying<T, Fut>(
-    name: &str,
-    retry: RetryPolicy,
-    mut op: impl FnMut() -> Fut,
-) -> Result<T, ProjectionError>
-where
-    Fut: Future<Output = crate::Result<T>>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match op().await {
-            Ok(value) => return Ok(value),
-            Err(source) if attempt >= retry.max_attempts => {
-                return Err(ProjectionError::Store {
-                    projection: name.to_owned(),
-                    source,
-                });
-            }
-            Err(e) => {
-                tracing::warn!(projection = %name, attempt, error = %e, "store operation failed, retrying");
-                tokio::time::sleep(retry.delay(attempt)).await;
-            }
-        }
+/// Logs a failure that will be retried.
+fn warn<E: fmt::Display>(name: &str, what: &'static str) -> impl FnMut(u32, &E) {
+    move |attempt, error| tracing::warn!(projection = %name, attempt, %error, "{what}, retrying")
+}
+
+fn store_failed(name: &str, source: Error) -> ProjectionError {
+    ProjectionError::Store {
+        projection: name.to_owned(),
+        source,
     }
 }
 
-/// Applies one batch and stores its checkpoint: retries, then isolates the failing event.
-async fn apply_batch<S: EventStore, P: Projection>(
-    store: &S,
+/// A strategy's error: the store's ([`ProjectionError::Store`]) or its own.
+fn strategy_error(name: &str, operation: &'static str, source: BoxError) -> ProjectionError {
+    match source.downcast::<Error>() {
+        Ok(source) => store_failed(name, *source),
+        Err(source) => ProjectionError::Projection {
+            projection: name.to_owned(),
+            operation,
+            source,
+        },
+    }
+}
+
+/// Applies one batch and records its checkpoint: retries, then isolates the failing
+/// event.
+async fn apply_batch<K, P>(
+    strategy: &mut K,
     projection: &mut P,
     name: &str,
     retry: RetryPolicy,
     batch: Vec<Envelope<P::Event>>,
     end: Position,
-) -> Result<(), ProjectionError> {
-    let mut last_error = None;
-    for attempt in 1..=retry.max_attempts {
-        match projection.apply(&batch, end).await {
-            Ok(()) => {
-                last_error = None;
-                break;
-            }
-            Err(e) => {
-                tracing::warn!(projection = %name, attempt, error = %e, "batch failed");
-                last_error = Some(e);
-                if attempt < retry.max_attempts {
-                    tokio::time::sleep(retry.delay(attempt)).await;
-                }
-            }
-        }
+) -> Result<(), ProjectionError>
+where
+    K: CheckpointStrategy,
+    P: Projection<K::Context>,
+{
+    let applied = retry!(
+        retry,
+        strategy.apply(projection, &batch, end).await,
+        warn(name, "batch failed")
+    );
+    let (batch_error, attempts) = match applied {
+        Ok(()) => return save(strategy, name, retry, end).await,
+        Err(failed) => failed,
+    };
+    // Narrow the failure down to one event: apply them one at a time, each with its own
+    // checkpoint, so everything before the culprit is kept.
+    if batch.len() <= 1 {
+        return Err(match batch.first() {
+            Some(e) => stopped_at(name, e, attempts, batch_error),
+            None => ProjectionError::Projection {
+                projection: name.to_owned(),
+                operation: "apply (checkpoint only)",
+                source: batch_error,
+            },
+        });
     }
-    if let Some(batch_error) = last_error {
-        // Narrow the failure down to one event: apply them one at a time, each with its
-        // own checkpoint, so everything before the culprit is kept.
-        if batch.len() <= 1 {
-            let envelope = batch.first();
-            return Err(match envelope {
-                Some(e) => stopped_at(name, e, retry.max_attempts, batch_error),
-                None => ProjectionError::Projection {
-                    projection: name.to_owned(),
-                    operation: "apply (checkpoint only)",
-                    source: batch_error,
-                },
-            });
-        }
-        for (i, envelope) in batch.iter().enumerate() {
-            let single = std::slice::from_ref(envelope);
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match projection.apply(single, envelope.position).await {
-                    Ok(()) => break,
-                    Err(e) if attempt >= retry.max_attempts => {
-                        return Err(stopped_at(name, envelope, attempt, e));
-                    }
-                    Err(_) => tokio::time::sleep(retry.delay(attempt)).await,
-                }
-            }
-            let checkpoint = if i + 1 == batch.len() {
-                end
-            } else {
-                envelope.position
-            };
-            if !P::OWNS_CHECKPOINT {
-                retrying(name, retry, || store.save_checkpoint(name, checkpoint)).await?;
-            }
-        }
-        return Ok(());
-    }
-    if !P::OWNS_CHECKPOINT {
-        retrying(name, retry, || store.save_checkpoint(name, end)).await?;
+    for (i, envelope) in batch.iter().enumerate() {
+        let checkpoint = if i + 1 == batch.len() {
+            end
+        } else {
+            envelope.position
+        };
+        let single = std::slice::from_ref(envelope);
+        let applied: Result<(), _> = retry!(
+            retry,
+            strategy.apply(projection, single, checkpoint).await,
+            |_, _: &BoxError| {}
+        );
+        applied.map_err(|(e, attempts)| stopped_at(name, envelope, attempts, e))?;
+        save(strategy, name, retry, checkpoint).await?;
     }
     Ok(())
+}
+
+/// Records a checkpoint after its batch was applied.
+async fn save<K: CheckpointStrategy>(
+    strategy: &mut K,
+    name: &str,
+    retry: RetryPolicy,
+    checkpoint: Position,
+) -> Result<(), ProjectionError> {
+    let saved: Result<(), _> = retry!(
+        retry,
+        strategy.save(name, checkpoint).await,
+        warn(name, "cannot save the checkpoint")
+    );
+    saved.map_err(|(e, _)| strategy_error(name, "save_checkpoint", e))
 }
 
 fn stopped_at<E>(

@@ -10,7 +10,8 @@ use common::{Account, AccountCommand, AccountEvent};
 use cqrs_core::{
     BoxError, CheckpointStore, Envelope, Error, EventData, EventLog, ExpectedVersion,
     InMemoryEventStore, Inspect, Position, Projection, ProjectionError, ProjectionGroup,
-    ProjectionRunner, Repository, RetryPolicy, RunnerConfig, SnapshotStore, StreamId,
+    ProjectionRunner, Repository, RetryPolicy, RunnerConfig, SnapshotStore, StoreCheckpoint,
+    StreamId,
 };
 
 type Balances = Arc<Mutex<HashMap<String, i64>>>;
@@ -35,8 +36,8 @@ impl Projection for BalancesProjection {
 
     async fn apply(
         &mut self,
+        _: &mut (),
         batch: &[Envelope<AccountEvent>],
-        _: Position,
     ) -> Result<(), BoxError> {
         if batch.iter().any(|e| {
             Some(&e.event)
@@ -62,7 +63,7 @@ impl Projection for BalancesProjection {
         Ok(())
     }
 
-    async fn reset(&mut self) -> Result<(), BoxError> {
+    async fn reset(&mut self, _: &mut ()) -> Result<(), BoxError> {
         self.balances.lock().unwrap().clear();
         *self.resets.lock().unwrap() += 1;
         Ok(())
@@ -74,6 +75,15 @@ fn projection(name: &'static str) -> BalancesProjection {
         name,
         ..Default::default()
     }
+}
+
+/// A runner keeping its checkpoint in the store: to the runner, the shared balances are
+/// an external sink (at-least-once).
+fn durable(
+    store: &InMemoryEventStore,
+    p: BalancesProjection,
+) -> ProjectionRunner<InMemoryEventStore, BalancesProjection, StoreCheckpoint<InMemoryEventStore>> {
+    ProjectionRunner::with_strategy(store.clone(), p, StoreCheckpoint::new(store.clone()))
 }
 
 fn fast_config(batch_size: usize) -> RunnerConfig {
@@ -131,7 +141,7 @@ async fn catch_up_applies_everything_once_and_checkpoints() {
     let store = InMemoryEventStore::new();
     seed(&store, 5, 10).await; // 55 events
     let p = projection("balances");
-    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(7));
+    let mut runner = durable(&store, p.clone()).with_config(fast_config(7));
     assert_eq!(runner.catch_up().await.unwrap(), 55);
     assert_eq!(p.balances.lock().unwrap()["acc-3"], 55);
     assert_eq!(
@@ -154,7 +164,7 @@ async fn catch_up_applies_everything_once_and_checkpoints() {
     repo.execute("acc-0", &AccountCommand::Deposit(100))
         .await
         .unwrap();
-    let mut again = ProjectionRunner::new(store.clone(), p.clone());
+    let mut again = durable(&store, p.clone());
     assert_eq!(again.catch_up().await.unwrap(), 2, "open + deposit");
     assert_eq!(p.balances.lock().unwrap()["acc-0"], 155);
 }
@@ -165,7 +175,7 @@ async fn live_runner_follows_new_events_and_stops_on_shutdown() {
     seed(&store, 2, 3).await;
     let p = projection("live");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(RunnerConfig {
+    let mut runner = durable(&store, p.clone()).with_config(RunnerConfig {
         // Notifications must do the waking: polling alone would take a minute.
         poll_interval: Duration::from_secs(60),
         ..fast_config(100)
@@ -301,7 +311,7 @@ async fn rebuild_resets_and_replays_with_progress() {
     let store = InMemoryEventStore::new();
     seed(&store, 4, 5).await; // 24 events
     let p = projection("rebuilt");
-    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(5));
+    let mut runner = durable(&store, p.clone()).with_config(fast_config(5));
     runner.catch_up().await.unwrap();
     // Corrupt the read model by hand; a rebuild recomputes it from the log.
     p.balances.lock().unwrap().insert("acc-2".into(), -999);
@@ -339,7 +349,7 @@ async fn a_failing_event_stops_the_runner_and_is_named() {
         .unwrap();
     let mut p = projection("poisoned");
     p.poison = Some(13);
-    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(100));
+    let mut runner = durable(&store, p.clone()).with_config(fast_config(100));
     match runner.catch_up().await {
         Err(ProjectionError::Stopped {
             projection,
@@ -383,7 +393,7 @@ async fn an_undecodable_event_stops_the_runner_at_once() {
         .await
         .unwrap();
     let p = projection("strict");
-    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(100));
+    let mut runner = durable(&store, p.clone()).with_config(fast_config(100));
     match runner.catch_up().await {
         Err(ProjectionError::Stopped {
             version,
@@ -458,7 +468,7 @@ async fn shutdown_is_honoured_between_batches_of_a_long_catch_up() {
     let store = InMemoryEventStore::new();
     seed(&store, 2, 9).await; // 20 events
     let p = projection("interrupted");
-    let mut runner = ProjectionRunner::new(store.clone(), p.clone()).with_config(fast_config(3));
+    let mut runner = durable(&store, p.clone()).with_config(fast_config(3));
     // Shutdown is already requested: the runner stops after its first batch.
     runner.run_until(async {}).await.unwrap();
     assert_eq!(

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use cqrs_core::{
     Aggregate, BoxError, DomainEvent, Envelope, EventData, EventLog, ExpectedVersion, Position,
-    Projection, ProjectionRunner, Repository, RunnerConfig, SnapshotPolicy, StreamId,
+    Projection, ProjectionRunner, Repository, RunnerConfig, SnapshotPolicy, StoreCheckpoint,
+    StreamId,
 };
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -106,8 +107,8 @@ impl Projection for Totals {
     }
     async fn apply(
         &mut self,
+        _: &mut (),
         batch: &[Envelope<AccountEvent>],
-        _: Position,
     ) -> Result<(), BoxError> {
         for e in batch {
             self.events += 1;
@@ -615,8 +616,10 @@ async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64, f64, f64
     .execute(store.pool())
     .await
     .unwrap();
-    let mut runner =
-        ProjectionRunner::new(store.clone(), Totals::default()).with_config(RunnerConfig {
+    // The checkpoint in the store, as an external read model's: one save per batch.
+    let checkpoint = StoreCheckpoint::new(store.clone());
+    let mut runner = ProjectionRunner::with_strategy(store.clone(), Totals::default(), checkpoint)
+        .with_config(RunnerConfig {
             batch_size: 1_000,
             ..RunnerConfig::default()
         });

@@ -4,10 +4,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use cqrs_core::LogNotifier;
-use sqlx::PgPool;
+use cqrs_core::{Codec, JsonCodec, LogNotifier, Projection};
+use sqlx::{PgConnection, PgPool};
 
-use crate::inline::InlineProjection;
+use crate::inline::{Inline, InlineProjection};
 use crate::schema::{Schema, Statements};
 use crate::store::{Inner, PostgresEventStore};
 
@@ -93,8 +93,84 @@ impl PostgresEventStoreBuilder {
     /// Adds an inline projection: updated in each append's own transaction, so a read
     /// after the append sees it (read-your-writes). With inline projections, appends
     /// take a transaction of a few round trips instead of one statement.
-    pub fn inline_projection(mut self, projection: impl InlineProjection) -> Self {
-        self.inline.push(Arc::new(projection));
+    ///
+    /// It is a [`Projection<PgConnection>`](Projection), the same trait as a read model
+    /// run by a [`ProjectionRunner`](cqrs_core::ProjectionRunner) with a
+    /// [`TransactionalCheckpoint`](crate::TransactionalCheckpoint): its `apply` gets the
+    /// append's transaction and the appended events it [wants](Projection::wants), upcast
+    /// and decoded with a [`JsonCodec`] (see
+    /// [`inline_projection_with_codec`](Self::inline_projection_with_codec)). An error,
+    /// or an event that does not decode, rolls the append back: `append` returns
+    /// [`cqrs_core::Error::Store`] with [`Error::InlineProjection`](crate::Error::InlineProjection)
+    /// as its source. It is not called for an append that wrote nothing (an idempotent
+    /// re-append), nor when none of the events is wanted, nor by
+    /// [`append_in`](PostgresEventStore::append_in).
+    ///
+    /// Appends run concurrently, so each applies its own clone of `projection`: keep it
+    /// cheap to clone (a table name, an `Arc`), and keep `apply` short: it runs on the
+    /// write path.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use cqrs_core::{BoxError, DomainEvent, Envelope, Projection};
+    /// use cqrs_postgres::PostgresEventStore;
+    /// use sqlx::PgConnection;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    /// # enum AccountEvent { Deposited { cents: i64 } }
+    /// # impl DomainEvent for AccountEvent {
+    /// #     const EVENT_TYPES: &'static [&'static str] = &["Deposited"];
+    /// #     fn event_type(&self) -> &'static str { "Deposited" }
+    /// # }
+    ///
+    /// /// The last version of each account, in `app.versions (account text primary key, version bigint)`.
+    /// #[derive(Debug, Clone)]
+    /// struct Versions;
+    ///
+    /// impl Projection<PgConnection> for Versions {
+    ///     type Event = AccountEvent;
+    ///
+    ///     fn name(&self) -> &str {
+    ///         "versions"
+    ///     }
+    ///
+    ///     async fn apply(&mut self, conn: &mut PgConnection, batch: &[Envelope<AccountEvent>]) -> Result<(), BoxError> {
+    ///         let Some(last) = batch.last() else { return Ok(()) };
+    ///         sqlx::query(
+    ///             "INSERT INTO app.versions (account, version) VALUES ($1, $2) \
+    ///              ON CONFLICT (account) DO UPDATE SET version = EXCLUDED.version",
+    ///         )
+    ///         .bind(last.stream.id())
+    ///         .bind(i64::try_from(last.version)?)
+    ///         .execute(conn)
+    ///         .await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+    /// let store = PostgresEventStore::builder(pool).inline_projection(Versions).build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn inline_projection<P>(self, projection: P) -> Self
+    where
+        P: Projection<PgConnection> + Clone + Sync,
+    {
+        self.inline_projection_with_codec(projection, JsonCodec::new())
+    }
+
+    /// Adds an inline projection whose events are upcast and decoded with `codec` (for
+    /// example a [`JsonCodec`] with the application's upcasters); see
+    /// [`inline_projection`](Self::inline_projection).
+    pub fn inline_projection_with_codec<P, C>(mut self, projection: P, codec: C) -> Self
+    where
+        P: Projection<PgConnection> + Clone + Sync,
+        C: Codec,
+    {
+        self.inline.push(Arc::new(Inline::new(projection, codec)));
         self
     }
 

@@ -67,7 +67,8 @@ pub enum Error {
         known: i64,
     },
 
-    /// An inline projection failed; the append it ran with was rolled back.
+    /// An inline projection failed, or an appended event it wants did not upcast or
+    /// decode; the append it ran with was rolled back.
     ///
     /// Handling: fix the projection; nothing of the append was written. Appears as the
     /// source of [`cqrs_core::Error::Store`].

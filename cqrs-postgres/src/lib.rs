@@ -15,11 +15,11 @@ mod worker;
 
 pub use builder::PostgresEventStoreBuilder;
 pub use error::{Error, Result};
-pub use inline::InlineProjection;
-pub use projection::{Transactional, TransactionalProjection};
+pub use projection::TransactionalCheckpoint;
 pub use store::PostgresEventStore;
 pub use worker::{WorkerConfig, WorkerLock};
 
-/// The `sqlx` this crate is built on: use it for read-model queries in
-/// [`TransactionalProjection`]s and [`InlineProjection`]s, so the versions match.
+/// The `sqlx` this crate is built on: use it for read-model queries in projections
+/// (`Projection<PgConnection>`, run with a [`TransactionalCheckpoint`] or inline), so
+/// the versions match.
 pub use sqlx;

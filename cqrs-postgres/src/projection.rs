@@ -3,25 +3,32 @@
 //! [`ProjectionRunner`](cqrs_core::ProjectionRunner)).
 
 use std::fmt;
-use std::future::Future;
 
-use cqrs_core::{BoxError, DomainEvent, Envelope, Position, Projection, RecordedEvent};
+use cqrs_core::{BoxError, CheckpointStrategy, Envelope, Position, Projection};
 use sqlx::{AssertSqlSafe, PgConnection};
 
 use crate::PostgresEventStore;
-use crate::row::{decode_checkpoint, exact_i64};
+use crate::row::{decode_checkpoint, exact_i64, store_error};
 
-/// A read model kept in PostgreSQL tables, updated in the same transaction as its
-/// checkpoint: each event is applied exactly once, even across crashes.
+/// The [`CheckpointStrategy`] of a read model kept in PostgreSQL tables: each batch, the
+/// read model's changes and the checkpoint commit in one transaction of the store's
+/// database, so each event is applied exactly once, even across crashes.
 ///
-/// Wrap it in a [`Transactional`] and run that with a
-/// [`ProjectionRunner`](cqrs_core::ProjectionRunner) (or
-/// [`PostgresEventStore::run_exclusive`] on many nodes).
+/// The projection implements [`Projection<PgConnection>`](Projection): its `apply` and
+/// `reset` get the open transaction (do not commit or roll it back). The same projection
+/// can also run [inline](crate::PostgresEventStoreBuilder::inline_projection), in each
+/// append's transaction.
+///
+/// The checkpoint row is locked and compared at the start of each batch's transaction:
+/// if another worker moved it (a worker that lost its lock and did not notice yet), the
+/// batch is rolled back with [`Error::CheckpointMoved`](crate::Error::CheckpointMoved)
+/// instead of being applied twice. Across nodes, run it with
+/// [`PostgresEventStore::run_exclusive`].
 ///
 /// # Examples
-/// ```
-/// use cqrs_core::{BoxError, DomainEvent, Envelope};
-/// use cqrs_postgres::TransactionalProjection;
+/// ```no_run
+/// use cqrs_core::{BoxError, DomainEvent, Envelope, Projection, ProjectionRunner};
+/// use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint};
 /// use sqlx::PgConnection;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,10 +39,10 @@ use crate::row::{decode_checkpoint, exact_i64};
 /// # }
 ///
 /// /// Balances per account, in `app.balances (account text primary key, cents bigint)`.
-/// #[derive(Debug)]
+/// #[derive(Debug, Clone)]
 /// struct Balances;
 ///
-/// impl TransactionalProjection for Balances {
+/// impl Projection<PgConnection> for Balances {
 ///     type Event = AccountEvent;
 ///
 ///     fn name(&self) -> &str {
@@ -66,94 +73,36 @@ use crate::row::{decode_checkpoint, exact_i64};
 ///         Ok(())
 ///     }
 /// }
-/// ```
-pub trait TransactionalProjection: Send + 'static {
-    /// The events this projection decodes.
-    type Event: DomainEvent;
-
-    /// The projection's stable name: the key of its checkpoint and of its worker lock.
-    fn name(&self) -> &str;
-
-    /// Whether the projection wants this record; by default, the records whose type is
-    /// one of `Self::Event::EVENT_TYPES`.
-    fn wants(&self, record: &RecordedEvent) -> bool {
-        Self::Event::EVENT_TYPES.contains(&record.event_type.as_str())
-    }
-
-    /// Applies a batch inside `conn`'s open transaction. Do not commit or roll back: the
-    /// adapter stores the checkpoint in the same transaction and commits. The batch may be
-    /// empty.
-    ///
-    /// # Errors
-    /// Any error rolls the transaction back; the runner retries, then stops naming the
-    /// failing event.
-    fn apply(
-        &mut self,
-        conn: &mut PgConnection,
-        batch: &[Envelope<Self::Event>],
-    ) -> impl Future<Output = Result<(), BoxError>> + Send;
-
-    /// Clears the read model before a rebuild, inside the transaction that also resets
-    /// the checkpoint. The default does nothing.
-    ///
-    /// # Errors
-    /// Any error stops the rebuild (and rolls the reset back).
-    fn reset(
-        &mut self,
-        conn: &mut PgConnection,
-    ) -> impl Future<Output = Result<(), BoxError>> + Send {
-        let _ = conn;
-        async { Ok(()) }
-    }
-}
-
-/// Runs a [`TransactionalProjection`] as a [`Projection`] that
-/// [owns its checkpoint](Projection::OWNS_CHECKPOINT): each batch and its checkpoint
-/// commit in one transaction of the store's database.
 ///
-/// The checkpoint row is locked and compared at the start of each batch's transaction:
-/// if another worker moved it (a worker that lost its lock and did not notice yet), the
-/// batch is rolled back with [`Error::CheckpointMoved`](crate::Error::CheckpointMoved)
-/// instead of being applied twice.
-pub struct Transactional<P> {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = PostgresEventStore::connect("postgres://postgres@127.0.0.1/postgres").await?;
+/// let checkpoint = TransactionalCheckpoint::new(store.clone());
+/// let mut runner = ProjectionRunner::with_strategy(store.clone(), Balances, checkpoint);
+/// runner.catch_up().await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct TransactionalCheckpoint {
     store: PostgresEventStore,
-    projection: P,
     /// Where this worker left the checkpoint (`None` before it read it).
     at: Option<Position>,
 }
 
-impl<P: TransactionalProjection + fmt::Debug> fmt::Debug for Transactional<P> {
+impl fmt::Debug for TransactionalCheckpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Transactional")
-            .field("projection", &self.projection)
+        f.debug_struct("TransactionalCheckpoint")
+            .field("schema", &self.store.schema())
             .field("checkpoint", &self.at)
             .finish_non_exhaustive()
     }
 }
 
-impl<P: TransactionalProjection> Transactional<P> {
-    /// Wraps `projection`, keeping its checkpoint in `store`'s checkpoints table.
-    pub fn new(store: PostgresEventStore, projection: P) -> Self {
-        Transactional {
-            store,
-            projection,
-            at: None,
-        }
-    }
-
-    /// The wrapped projection.
-    pub fn projection(&self) -> &P {
-        &self.projection
-    }
-
-    /// The wrapped projection, mutably.
-    pub fn projection_mut(&mut self) -> &mut P {
-        &mut self.projection
-    }
-
-    /// The wrapped projection, giving up the adapter.
-    pub fn into_inner(self) -> P {
-        self.projection
+impl TransactionalCheckpoint {
+    /// Keeps the checkpoint in `store`'s checkpoints table, written in each batch's
+    /// transaction of `store`'s pool.
+    pub fn new(store: PostgresEventStore) -> Self {
+        TransactionalCheckpoint { store, at: None }
     }
 }
 
@@ -166,7 +115,8 @@ async fn lock_checkpoint(
     let row = sqlx::query(AssertSqlSafe(store.statements().lock_checkpoint.clone()))
         .bind(name)
         .fetch_one(conn)
-        .await?;
+        .await
+        .map_err(store_error)?;
     Ok(decode_checkpoint(&row, name)?)
 }
 
@@ -185,25 +135,31 @@ async fn write_checkpoint(
     Ok(())
 }
 
-impl<P: TransactionalProjection> Projection for Transactional<P> {
-    type Event = P::Event;
-    const OWNS_CHECKPOINT: bool = true;
+impl CheckpointStrategy for TransactionalCheckpoint {
+    type Context = PgConnection;
 
-    fn name(&self) -> &str {
-        self.projection.name()
+    async fn load(&mut self, name: &str) -> Result<Option<Position>, BoxError> {
+        Ok(cqrs_core::CheckpointStore::load_checkpoint(&self.store, name).await?)
     }
 
-    fn wants(&self, record: &RecordedEvent) -> bool {
-        self.projection.wants(record)
-    }
-
-    async fn apply(
+    async fn start<P: Projection<PgConnection>>(
         &mut self,
-        batch: &[Envelope<Self::Event>],
+        projection: &mut P,
+    ) -> Result<Position, BoxError> {
+        let mut conn = self.store.pool().acquire().await.map_err(store_error)?;
+        let found = lock_checkpoint(&self.store, projection.name(), &mut conn).await?;
+        self.at = Some(found);
+        Ok(found)
+    }
+
+    async fn apply<P: Projection<PgConnection>>(
+        &mut self,
+        projection: &mut P,
+        batch: &[Envelope<P::Event>],
         checkpoint: Position,
     ) -> Result<(), BoxError> {
-        let name = self.projection.name().to_owned();
-        let mut tx = self.store.pool().begin().await?;
+        let name = projection.name().to_owned();
+        let mut tx = self.store.pool().begin().await.map_err(store_error)?;
         let found = lock_checkpoint(&self.store, &name, &mut tx).await?;
         if let Some(expected) = self.at
             && found != expected
@@ -221,29 +177,24 @@ impl<P: TransactionalProjection> Projection for Transactional<P> {
             }
             .into());
         }
-        self.projection.apply(&mut tx, batch).await?;
+        projection.apply(&mut tx, batch).await?;
         write_checkpoint(&self.store, &name, &mut tx, checkpoint).await?;
         tx.commit().await?;
         self.at = Some(checkpoint);
         Ok(())
     }
 
-    async fn reset(&mut self) -> Result<(), BoxError> {
-        let name = self.projection.name().to_owned();
-        let mut tx = self.store.pool().begin().await?;
+    async fn reset<P: Projection<PgConnection>>(
+        &mut self,
+        projection: &mut P,
+    ) -> Result<(), BoxError> {
+        let name = projection.name().to_owned();
+        let mut tx = self.store.pool().begin().await.map_err(store_error)?;
         lock_checkpoint(&self.store, &name, &mut tx).await?;
-        self.projection.reset(&mut tx).await?;
+        projection.reset(&mut tx).await?;
         write_checkpoint(&self.store, &name, &mut tx, Position::START).await?;
         tx.commit().await?;
         self.at = Some(Position::START);
         Ok(())
-    }
-
-    async fn load_checkpoint(&mut self) -> Result<Option<Position>, BoxError> {
-        let name = self.projection.name().to_owned();
-        let mut conn = self.store.pool().acquire().await?;
-        let found = lock_checkpoint(&self.store, &name, &mut conn).await?;
-        self.at = Some(found);
-        Ok(Some(found))
     }
 }

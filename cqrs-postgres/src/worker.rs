@@ -4,15 +4,18 @@
 //! The lock lives exactly as long as the holder's session: when the holder's process
 //! dies or its connection breaks, PostgreSQL ends the session and releases the lock, and
 //! a waiting node takes it. The lock is not a fence by itself (a holder that lost its
-//! connection may not have noticed yet), so [`Transactional`](crate::Transactional)
-//! projections also check their checkpoint row in each batch's transaction.
+//! connection may not have noticed yet), so a
+//! [`TransactionalCheckpoint`](crate::TransactionalCheckpoint) also checks the checkpoint
+//! row in each batch's transaction.
 
 use std::fmt;
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
-use cqrs_core::{Codec, EventStore, Projection, ProjectionError, ProjectionRunner};
+use cqrs_core::{
+    CheckpointStrategy, Codec, EventStore, Projection, ProjectionError, ProjectionRunner,
+};
 use futures::FutureExt;
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
@@ -175,15 +178,16 @@ impl PostgresEventStore {
     ///
     /// # Errors
     /// The runner's [`ProjectionError`] when it stops while holding the lock.
-    pub async fn run_exclusive<S, P, C>(
+    pub async fn run_exclusive<S, P, K, C>(
         &self,
-        runner: &mut ProjectionRunner<S, P, C>,
+        runner: &mut ProjectionRunner<S, P, K, C>,
         shutdown: impl Future<Output = ()> + Send,
         config: WorkerConfig,
     ) -> std::result::Result<(), ProjectionError>
     where
         S: EventStore,
-        P: Projection,
+        K: CheckpointStrategy,
+        P: Projection<K::Context>,
         C: Codec,
     {
         let name = runner.projection().name().to_owned();

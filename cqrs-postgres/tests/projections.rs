@@ -9,16 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cqrs_core::{
-    BoxError, CheckpointStore, Codec, DomainEvent, Envelope, Error, EventData, EventLog,
-    ExpectedVersion, JsonCodec, Position, Projection, ProjectionRunner, RecordedEvent, RetryPolicy,
-    RunnerConfig, StreamId,
+    BoxError, CheckpointStore, CheckpointStrategy, Codec, DomainEvent, Envelope, Error, EventData,
+    EventLog, ExpectedVersion, JsonCodec, JsonEvent, Position, Projection, ProjectionRunner,
+    RecordedEvent, RetryPolicy, RunnerConfig, StreamId, Upcasters,
 };
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
-use cqrs_postgres::{
-    InlineProjection, PostgresEventStore, Transactional, TransactionalProjection, WorkerConfig,
-};
+use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint, WorkerConfig};
 use futures::TryStreamExt;
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,6 +67,19 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("not done within {DEADLINE:?}: {what}"))
 }
 
+/// A runner of `projection` on `node`, the read model and checkpoint in one transaction.
+fn transactional(
+    node: &PostgresEventStore,
+    projection: Balances,
+) -> ProjectionRunner<PostgresEventStore, Balances, TransactionalCheckpoint> {
+    ProjectionRunner::with_strategy(
+        node.clone(),
+        projection,
+        TransactionalCheckpoint::new(node.clone()),
+    )
+    .with_config(fast_config())
+}
+
 fn fast_config() -> RunnerConfig {
     RunnerConfig {
         batch_size: 20,
@@ -112,7 +122,7 @@ async fn create_tables(store: &PostgresEventStore) {
     .unwrap();
 }
 
-impl TransactionalProjection for Balances {
+impl Projection<PgConnection> for Balances {
     type Event = AccountEvent;
 
     fn name(&self) -> &str {
@@ -251,8 +261,7 @@ async fn a_transactional_projection_applies_each_event_once_with_its_checkpoint(
             .await
             .unwrap();
     }
-    let projection = Transactional::new(store.clone(), Balances::new(&store));
-    let mut runner = ProjectionRunner::new(store.clone(), projection).with_config(fast_config());
+    let mut runner = transactional(&store, Balances::new(&store));
     assert_eq!(runner.catch_up().await.unwrap(), 30);
     assert_eq!(balances(&store).await, recomputed(&store).await);
     // The checkpoint is in the projection's table, at the end of the log.
@@ -272,8 +281,7 @@ async fn a_transactional_projection_applies_each_event_once_with_its_checkpoint(
             .await
             .unwrap();
     }
-    let projection = Transactional::new(store.clone(), Balances::new(&store));
-    let mut runner = ProjectionRunner::new(store.clone(), projection).with_config(fast_config());
+    let mut runner = transactional(&store, Balances::new(&store));
     assert_eq!(runner.catch_up().await.unwrap(), 5);
     assert_eq!(applied(&store).await, 35);
     assert_eq!(balances(&store).await, recomputed(&store).await);
@@ -304,20 +312,23 @@ async fn a_stale_worker_cannot_apply_a_batch_twice() {
         .unwrap();
     // Two workers that both loaded the checkpoint at the start, as a worker that lost its
     // lock without noticing yet would have.
-    let mut first = Transactional::new(store.clone(), Balances::new(&store));
-    let mut stale = Transactional::new(store.clone(), Balances::new(&store));
-    assert_eq!(
-        first.load_checkpoint().await.unwrap(),
-        Some(Position::START)
+    let (mut first, mut stale) = (
+        TransactionalCheckpoint::new(store.clone()),
+        TransactionalCheckpoint::new(store.clone()),
     );
-    assert_eq!(
-        stale.load_checkpoint().await.unwrap(),
-        Some(Position::START)
-    );
-    first.apply(&log, log[9].position).await.unwrap();
+    let mut projection = Balances::new(&store);
+    assert_eq!(first.start(&mut projection).await.unwrap(), Position::START);
+    assert_eq!(stale.start(&mut projection).await.unwrap(), Position::START);
+    first
+        .apply(&mut projection, &log, log[9].position)
+        .await
+        .unwrap();
     // The stale worker's first half-batch: the checkpoint moved under it, so it is rolled
     // back with a typed error instead of being applied again.
-    let err = stale.apply(&log[..5], log[4].position).await.unwrap_err();
+    let err = stale
+        .apply(&mut projection, &log[..5], log[4].position)
+        .await
+        .unwrap_err();
     match err.downcast_ref::<cqrs_postgres::Error>() {
         Some(cqrs_postgres::Error::CheckpointMoved {
             expected, found, ..
@@ -328,7 +339,10 @@ async fn a_stale_worker_cannot_apply_a_batch_twice() {
         other => panic!("expected CheckpointMoved, got {other:?} ({err})"),
     }
     // The very batch the other worker applied is recognised as done.
-    stale.apply(&log, log[9].position).await.unwrap();
+    stale
+        .apply(&mut projection, &log, log[9].position)
+        .await
+        .unwrap();
     assert_eq!(applied(&store).await, 10);
     assert_eq!(balances(&store).await, recomputed(&store).await);
     assert_eq!(
@@ -337,40 +351,64 @@ async fn a_stale_worker_cannot_apply_a_batch_twice() {
     );
 }
 
-/// Counts events per stream in a table, in the append's transaction; refuses "Poison".
-#[derive(Debug)]
+/// What the inline projection decodes: deposits, and a poison it refuses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+enum SizeEvent {
+    Deposited { cents: i64 },
+    Poison,
+}
+
+impl DomainEvent for SizeEvent {
+    const EVENT_TYPES: &'static [&'static str] = &["Deposited", "Poison"];
+    fn event_type(&self) -> &'static str {
+        match self {
+            SizeEvent::Deposited { .. } => "Deposited",
+            SizeEvent::Poison => "Poison",
+        }
+    }
+}
+
+/// Event counts and deposited cents per stream, in the append's transaction; refuses
+/// `Poison`. The same trait as a transactional read model: typed, upcast events.
+#[derive(Debug, Clone)]
 struct StreamSizes {
     schema: String,
 }
 
-impl InlineProjection for StreamSizes {
+impl Projection<PgConnection> for StreamSizes {
+    type Event = SizeEvent;
+
     fn name(&self) -> &str {
         "stream_sizes"
     }
 
-    fn apply<'a>(
-        &'a self,
-        conn: &'a mut PgConnection,
-        events: &'a [RecordedEvent],
-    ) -> BoxFuture<'a, Result<(), BoxError>> {
-        Box::pin(async move {
-            if events.iter().any(|e| e.event_type == "Poison") {
-                return Err("poison refused".into());
+    async fn apply(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[Envelope<SizeEvent>],
+    ) -> Result<(), BoxError> {
+        let mut cents = 0;
+        for e in batch {
+            match e.event {
+                SizeEvent::Deposited { cents: c } => cents += c,
+                SizeEvent::Poison => return Err("poison refused".into()),
             }
-            let Some(last) = events.last() else {
-                return Ok(());
-            };
-            sqlx::query(AssertSqlSafe(format!(
-                "INSERT INTO \"{}\".sizes (stream, events) VALUES ($1, $2) \
-                 ON CONFLICT (stream) DO UPDATE SET events = EXCLUDED.events",
-                self.schema
-            )))
-            .bind(last.stream.to_string())
-            .bind(i64::try_from(last.version)?)
-            .execute(conn)
-            .await?;
-            Ok(())
-        })
+        }
+        let Some(last) = batch.last() else {
+            return Ok(());
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO \"{}\".sizes AS s (stream, events, cents) VALUES ($1, $2, $3) \
+             ON CONFLICT (stream) DO UPDATE SET events = EXCLUDED.events, \
+             cents = s.cents + EXCLUDED.cents",
+            self.schema
+        )))
+        .bind(last.stream.to_string())
+        .bind(i64::try_from(last.version)?)
+        .bind(cents)
+        .execute(conn)
+        .await?;
+        Ok(())
     }
 }
 
@@ -381,24 +419,37 @@ async fn inline_projections_are_read_your_writes_and_roll_back_with_the_append()
     };
     let schema = plain.schema().to_owned();
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE \"{schema}\".sizes (stream text PRIMARY KEY, events bigint NOT NULL)"
+        "CREATE TABLE \"{schema}\".sizes \
+         (stream text PRIMARY KEY, events bigint NOT NULL, cents bigint NOT NULL)"
     )))
     .execute(plain.pool())
     .await
     .unwrap();
+    // Version 1 of a deposit was called `Credited`, in whole units.
+    let upcasters = Upcasters::new().register("Credited", 1, |e: JsonEvent| {
+        let units = e.payload["units"].as_i64().ok_or("units is missing")?;
+        Ok(JsonEvent {
+            event_type: "Deposited".into(),
+            schema_version: 2,
+            payload: serde_json::json!({ "Deposited": { "cents": units * 100 } }),
+        })
+    });
     let store = PostgresEventStore::builder(plain.pool().clone())
         .schema(&schema)
-        .inline_projection(StreamSizes {
-            schema: schema.clone(),
-        })
+        .inline_projection_with_codec(
+            StreamSizes {
+                schema: schema.clone(),
+            },
+            JsonCodec::new().with_upcasters(upcasters),
+        )
         .build()
         .unwrap();
     let size = |s: StreamId| {
         let store = store.clone();
         let schema = schema.clone();
         async move {
-            sqlx::query_scalar::<_, i64>(AssertSqlSafe(format!(
-                "SELECT events FROM \"{schema}\".sizes WHERE stream = $1"
+            sqlx::query_as::<_, (i64, i64)>(AssertSqlSafe(format!(
+                "SELECT events, cents FROM \"{schema}\".sizes WHERE stream = $1"
             )))
             .bind(s.to_string())
             .fetch_optional(store.pool())
@@ -412,22 +463,29 @@ async fn inline_projections_are_read_your_writes_and_roll_back_with_the_append()
         .append(&s, ExpectedVersion::NoStream, batch.clone())
         .await
         .unwrap();
-    assert_eq!(size(s.clone()).await, Some(2));
+    assert_eq!(size(s.clone()).await, Some((2, 3)));
     // An idempotent re-append writes nothing and does not run the projection again.
     store
         .append(&s, ExpectedVersion::NoStream, batch)
         .await
         .unwrap();
-    assert_eq!(size(s.clone()).await, Some(2));
+    assert_eq!(size(s.clone()).await, Some((2, 3)));
     store
         .append(&s, ExpectedVersion::Exact(2), vec![deposit(3)])
         .await
         .unwrap();
-    assert_eq!(size(s.clone()).await, Some(3));
+    assert_eq!(size(s.clone()).await, Some((3, 6)));
+    // An old record is upcast before the projection sees it, typed.
+    let old = EventData::new("Credited", br#"{"units":2}"#.to_vec());
+    store
+        .append(&s, ExpectedVersion::Exact(3), vec![old])
+        .await
+        .unwrap();
+    assert_eq!(size(s.clone()).await, Some((4, 206)));
     // A failing inline projection rolls the append back.
-    let poison = EventData::new("Poison", b"{}".to_vec());
+    let poison = EventData::new("Poison", br#""Poison""#.to_vec());
     match store
-        .append(&s, ExpectedVersion::Exact(3), vec![deposit(4), poison])
+        .append(&s, ExpectedVersion::Exact(4), vec![deposit(4), poison])
         .await
     {
         Err(Error::Store { source }) => {
@@ -435,9 +493,27 @@ async fn inline_projections_are_read_your_writes_and_roll_back_with_the_append()
         }
         other => panic!("expected a store error, got {other:?}"),
     }
+    // So does an event it wants that does not decode.
+    let garbled = EventData::new("Deposited", b"not json".to_vec());
+    assert!(matches!(
+        store
+            .append(&s, ExpectedVersion::Exact(4), vec![garbled])
+            .await,
+        Err(Error::Store { .. })
+    ));
     let read: Vec<RecordedEvent> = store.read_stream(&s, 1).try_collect().await.unwrap();
-    assert_eq!(read.len(), 3);
-    assert_eq!(size(s.clone()).await, Some(3));
+    assert_eq!(read.len(), 4);
+    assert_eq!(size(s.clone()).await, Some((4, 206)));
+    // Events it does not want leave it alone (and are appended).
+    store
+        .append(
+            &s,
+            ExpectedVersion::Exact(4),
+            vec![EventData::new("Renamed", b"{}".to_vec())],
+        )
+        .await
+        .unwrap();
+    assert_eq!(size(s.clone()).await, Some((4, 206)));
     // Version conflicts are still typed conflicts.
     assert!(
         store
@@ -482,11 +558,7 @@ async fn a_live_projection_retries_and_resumes_after_losing_its_connections() {
     create_tables(&store).await;
     // The projection runs on its own node (pool), which the test cuts off.
     let node = common::same_schema(&store, 2).await;
-    let mut runner = ProjectionRunner::new(
-        node.clone(),
-        Transactional::new(node.clone(), Balances::new(&node)),
-    )
-    .with_config(fast_config());
+    let mut runner = transactional(&node, Balances::new(&node));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         runner
@@ -533,9 +605,7 @@ async fn of_three_nodes_one_runs_the_projection_and_another_takes_over_when_it_d
             node: n,
             active: Arc::clone(&active),
         };
-        let mut runner =
-            ProjectionRunner::new(node.clone(), Transactional::new(node.clone(), projection))
-                .with_config(fast_config());
+        let mut runner = transactional(&node, projection);
         let mut stop = shutdown.subscribe();
         let worker = node.clone();
         let task = tokio::spawn(async move {

@@ -11,7 +11,5 @@ mod store;
 
 pub use config::{Durability, SledConfig};
 pub use error::{OpenError, Result};
-pub use projection::{
-    ApplyError, ReadModel, ReadModelTx, SledProjection, TransactionalProjection, TxTree,
-};
+pub use projection::{CheckpointMoved, ReadModel, ReadModelTx, TransactionalCheckpoint};
 pub use store::SledEventStore;

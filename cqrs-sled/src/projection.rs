@@ -1,11 +1,11 @@
 //! Transactional projections: read models in sled trees, exactly-once.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-use cqrs_core::{BoxError, DomainEvent, Envelope, Error, Position, Projection, RecordedEvent};
+use cqrs_core::{BoxError, CheckpointStrategy, Envelope, Error, Position, Projection};
 use sled::transaction::{
     ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
-    UnabortableTransactionError,
 };
 
 use crate::SledEventStore;
@@ -17,22 +17,117 @@ const READ_MODEL_PREFIX: &str = "cqrs.rm.";
 /// have no NUL, so these keys never clash with a checkpoint.
 const RESET_MARKER: &[u8] = b"\0reset\0";
 
-fn tree_name(projection: &str, tree: &str) -> String {
+fn tree_prefix(projection: &str) -> String {
     // The projection name has no NUL (checked): NUL separates it from the tree name.
-    format!("{READ_MODEL_PREFIX}{projection}\0{tree}")
+    format!("{READ_MODEL_PREFIX}{projection}\0")
 }
 
-/// A read model kept in sled trees of the event store's own database, updated in one
-/// sled transaction with its checkpoint: every event is applied exactly once, even
-/// across crashes and restarts.
+fn tree_name(projection: &str, tree: &str) -> String {
+    format!("{}{tree}", tree_prefix(projection))
+}
+
+/// What a sled read model's [`Projection::apply`] gets: its trees, as of the last
+/// committed batch, plus the batch's own writes. [`TransactionalCheckpoint`] commits the
+/// writes and the checkpoint in one sled transaction after `apply` returns, or drops them
+/// if it fails.
 ///
-/// Run it with [`TransactionalProjection`] under a [`cqrs_core::ProjectionRunner`]. Read
-/// the read model with [`SledEventStore::read_model`].
+/// Trees are named by the projection (any name; they live in the store's database under
+/// the projection's name, and are opened on first use). Read them for queries with
+/// [`SledEventStore::read_model`].
+pub struct ReadModelTx {
+    db: sled::Db,
+    projection: String,
+    /// The trees opened so far, by name.
+    trees: BTreeMap<String, sled::Tree>,
+    /// The batch's writes per tree: a value, or `None` for a removal.
+    writes: BTreeMap<String, BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+}
+
+impl fmt::Debug for ReadModelTx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadModelTx")
+            .field("projection", &self.projection)
+            .field("trees", &self.trees.keys().collect::<Vec<_>>())
+            .field(
+                "writes",
+                &self.writes.values().map(BTreeMap::len).sum::<usize>(),
+            )
+            .finish()
+    }
+}
+
+impl ReadModelTx {
+    fn new(db: sled::Db, projection: String) -> Self {
+        ReadModelTx {
+            db,
+            projection,
+            trees: BTreeMap::new(),
+            writes: BTreeMap::new(),
+        }
+    }
+
+    fn open(&mut self, tree: &str) -> cqrs_core::Result<&sled::Tree> {
+        if !self.trees.contains_key(tree) {
+            let opened = self
+                .db
+                .open_tree(tree_name(&self.projection, tree))
+                .map_err(store_error)?;
+            self.trees.insert(tree.to_owned(), opened);
+        }
+        self.trees
+            .get(tree)
+            .ok_or_else(|| Error::corrupt(format!("tree {tree:?}"), "not open"))
+    }
+
+    /// The value of `key` in `tree`, including this batch's writes.
+    ///
+    /// # Errors
+    /// [`Error::Store`] if sled fails.
+    pub fn get(&mut self, tree: &str, key: &[u8]) -> cqrs_core::Result<Option<Vec<u8>>> {
+        if let Some(written) = self.writes.get(tree).and_then(|w| w.get(key)) {
+            return Ok(written.clone());
+        }
+        let value = self.open(tree)?.get(key).map_err(store_error)?;
+        Ok(value.map(|v| v.to_vec()))
+    }
+
+    /// Sets `key` in `tree` to `value`, when the batch commits.
+    pub fn insert(&mut self, tree: &str, key: &[u8], value: &[u8]) {
+        self.write(tree, key, Some(value.to_vec()));
+    }
+
+    /// Removes `key` from `tree`, when the batch commits.
+    pub fn remove(&mut self, tree: &str, key: &[u8]) {
+        self.write(tree, key, None);
+    }
+
+    fn write(&mut self, tree: &str, key: &[u8], value: Option<Vec<u8>>) {
+        self.writes
+            .entry(tree.to_owned())
+            .or_default()
+            .insert(key.to_vec(), value);
+    }
+}
+
+/// The [`CheckpointStrategy`] of a read model kept in sled trees of the event store's own
+/// database: each batch's writes and the checkpoint are one sled transaction, so every
+/// event is applied exactly once, even across crashes and restarts.
+///
+/// The projection implements [`Projection<ReadModelTx>`](Projection): its `apply` reads
+/// and writes its trees through the [`ReadModelTx`] (the same shape as a PostgreSQL read
+/// model, whose `apply` gets the open transaction). The checkpoint is stored in the
+/// store's checkpoint tree under the projection's name, so
+/// [`CheckpointStore::load_checkpoint`](cqrs_core::CheckpointStore::load_checkpoint) shows it too
+/// (for lag reports). Each commit checks that the checkpoint is still where this runner
+/// left it, so a second runner of the same projection cannot apply a batch twice.
+/// [`reset`](CheckpointStrategy::reset) (a rebuild) marks the reset first, so a crash in
+/// the middle of it finishes the reset on the next start instead of replaying onto a
+/// half-cleared read model.
 ///
 /// # Examples
 /// ```
-/// use cqrs_core::{DomainEvent, Envelope};
-/// use cqrs_sled::{ApplyError, ReadModelTx, SledProjection};
+/// use cqrs_core::{BoxError, DomainEvent, Envelope, Projection};
+/// use cqrs_sled::ReadModelTx;
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 /// # enum CounterEvent { Incremented { by: u64 } }
@@ -45,211 +140,27 @@ fn tree_name(projection: &str, tree: &str) -> String {
 /// #[derive(Debug)]
 /// struct Totals;
 ///
-/// impl SledProjection for Totals {
+/// impl Projection<ReadModelTx> for Totals {
 ///     type Event = CounterEvent;
 ///
 ///     fn name(&self) -> &str {
 ///         "totals"
 ///     }
 ///
-///     fn trees(&self) -> &[&str] {
-///         &["totals"]
-///     }
-///
-///     fn apply(&self, tx: &ReadModelTx<'_>, batch: &[Envelope<CounterEvent>]) -> Result<(), ApplyError> {
-///         let totals = tx.tree("totals")?;
+///     async fn apply(&mut self, tx: &mut ReadModelTx, batch: &[Envelope<CounterEvent>]) -> Result<(), BoxError> {
 ///         for e in batch {
 ///             let CounterEvent::Incremented { by } = e.event;
 ///             let key = e.stream.id().as_bytes();
-///             let old = totals.get(key)?.map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap_or([0; 8])));
-///             totals.insert(key, &(old + by).to_be_bytes())?;
+///             let old = tx.get("totals", key)?.map_or(Ok(0), |v| v.try_into().map(u64::from_be_bytes));
+///             let old = old.map_err(|_| "a total is not 8 bytes")?;
+///             tx.insert("totals", key, &(old + by).to_be_bytes());
 ///         }
 ///         Ok(())
 ///     }
 /// }
-/// ```
-pub trait SledProjection: Send + Sync + 'static {
-    /// The events this projection decodes.
-    type Event: DomainEvent;
-
-    /// The projection's stable name: the key of its checkpoint and the namespace of its
-    /// trees.
-    fn name(&self) -> &str;
-
-    /// The names of the read-model trees [`apply`](SledProjection::apply) writes.
-    fn trees(&self) -> &[&str];
-
-    /// Whether the projection wants this record; by default, the records whose type is
-    /// one of `Self::Event::EVENT_TYPES`.
-    fn wants(&self, record: &RecordedEvent) -> bool {
-        Self::Event::EVENT_TYPES.contains(&record.event_type.as_str())
-    }
-
-    /// Applies a batch inside a sled transaction that also stores the checkpoint.
-    ///
-    /// sled may run this more than once for one batch (it retries a transaction on a
-    /// conflict), so make it depend only on `tx` and `batch`, with no other side effect.
-    ///
-    /// # Errors
-    /// An [`ApplyError`]: propagate the ones that `tx` returns with `?`, and wrap the
-    /// projection's own failures with [`ApplyError::new`]. The transaction is rolled back
-    /// (neither read model nor checkpoint change) and the runner retries the batch.
-    fn apply(
-        &self,
-        tx: &ReadModelTx<'_>,
-        batch: &[Envelope<Self::Event>],
-    ) -> Result<(), ApplyError>;
-}
-
-/// The read-model trees of a [`SledProjection`] inside its transaction.
-pub struct ReadModelTx<'a> {
-    names: &'a [String],
-    trees: &'a [TransactionalTree],
-}
-
-impl fmt::Debug for ReadModelTx<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadModelTx")
-            .field("trees", &self.names)
-            .finish()
-    }
-}
-
-impl<'a> ReadModelTx<'a> {
-    /// The tree named `name` (one of [`SledProjection::trees`]).
-    ///
-    /// # Errors
-    /// An [`ApplyError`] if the projection did not declare this tree.
-    pub fn tree(&self, name: &str) -> Result<TxTree<'a>, ApplyError> {
-        self.names
-            .iter()
-            .position(|n| n == name)
-            .and_then(|i| self.trees.get(i))
-            .map(|tree| TxTree { tree })
-            .ok_or_else(|| {
-                ApplyError::new(format!("tree {name:?} is not in the projection's trees()"))
-            })
-    }
-}
-
-/// One read-model tree inside a transaction.
-pub struct TxTree<'a> {
-    tree: &'a TransactionalTree,
-}
-
-impl fmt::Debug for TxTree<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TxTree").finish_non_exhaustive()
-    }
-}
-
-impl TxTree<'_> {
-    /// The value of `key`.
-    ///
-    /// # Errors
-    /// An [`ApplyError`] to propagate (a sled conflict or failure).
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, ApplyError> {
-        Ok(self
-            .tree
-            .get(key)
-            .map_err(ApplyError::tx)?
-            .map(|v| v.to_vec()))
-    }
-
-    /// Sets `key` to `value`.
-    ///
-    /// # Errors
-    /// An [`ApplyError`] to propagate (a sled conflict or failure).
-    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), ApplyError> {
-        self.tree.insert(key, value).map_err(ApplyError::tx)?;
-        Ok(())
-    }
-
-    /// Removes `key`.
-    ///
-    /// # Errors
-    /// An [`ApplyError`] to propagate (a sled conflict or failure).
-    pub fn remove(&self, key: &[u8]) -> Result<(), ApplyError> {
-        self.tree.remove(key).map_err(ApplyError::tx)?;
-        Ok(())
-    }
-}
-
-/// Why [`SledProjection::apply`] failed: a transaction conflict or storage failure to
-/// propagate, or the projection's own error.
-#[derive(Debug)]
-pub struct ApplyError(ApplyErrorKind);
-
-#[derive(Debug)]
-enum ApplyErrorKind {
-    Tx(UnabortableTransactionError),
-    Failed(BoxError),
-}
-
-impl ApplyError {
-    /// Wraps the projection's own error: the transaction is rolled back.
-    pub fn new(error: impl Into<BoxError>) -> Self {
-        ApplyError(ApplyErrorKind::Failed(error.into()))
-    }
-
-    fn tx(e: UnabortableTransactionError) -> Self {
-        ApplyError(ApplyErrorKind::Tx(e))
-    }
-}
-
-impl fmt::Display for ApplyError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            ApplyErrorKind::Tx(_) => f.write_str("read-model transaction failed"),
-            ApplyErrorKind::Failed(_) => f.write_str("the projection failed"),
-        }
-    }
-}
-
-impl std::error::Error for ApplyError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.0 {
-            ApplyErrorKind::Tx(e) => Some(e),
-            ApplyErrorKind::Failed(e) => Some(e.as_ref()),
-        }
-    }
-}
-
-/// Runs a [`SledProjection`] as a [`cqrs_core::Projection`] that owns its checkpoint
-/// ([`OWNS_CHECKPOINT`](Projection::OWNS_CHECKPOINT)): each batch and its checkpoint are
-/// one sled transaction.
 ///
-/// The checkpoint is stored in the store's checkpoint tree under the projection's name,
-/// so [`EventStore::load_checkpoint`](cqrs_core::CheckpointStore::load_checkpoint) shows it
-/// too (for lag reports). [`reset`](Projection::reset) (used by a rebuild) marks the reset
-/// first, so a crash in the middle of it finishes the reset on the next start instead of
-/// replaying onto a half-cleared read model.
-///
-/// # Examples
-/// ```
-/// # use cqrs_core::{DomainEvent, Envelope};
-/// # use cqrs_sled::{ApplyError, ReadModelTx, SledProjection};
-/// # use serde::{Deserialize, Serialize};
-/// # #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-/// # enum CounterEvent { Incremented { by: u64 } }
-/// # impl DomainEvent for CounterEvent {
-/// #     const EVENT_TYPES: &'static [&'static str] = &["Incremented"];
-/// #     fn event_type(&self) -> &'static str { "Incremented" }
-/// # }
-/// # #[derive(Debug)]
-/// # struct Count;
-/// # impl SledProjection for Count {
-/// #     type Event = CounterEvent;
-/// #     fn name(&self) -> &str { "count" }
-/// #     fn trees(&self) -> &[&str] { &["count"] }
-/// #     fn apply(&self, tx: &ReadModelTx<'_>, batch: &[Envelope<CounterEvent>]) -> Result<(), ApplyError> {
-/// #         let t = tx.tree("count")?;
-/// #         let n = t.get(b"n")?.map_or(0, |v| v.len());
-/// #         t.insert(b"n", &vec![0; n + batch.len()])
-/// #     }
-/// # }
 /// use cqrs_core::{EventData, EventLog, ExpectedVersion, ProjectionRunner, StreamId};
-/// use cqrs_sled::{SledEventStore, TransactionalProjection};
+/// use cqrs_sled::{SledEventStore, TransactionalCheckpoint};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -258,156 +169,220 @@ impl std::error::Error for ApplyError {
 /// let event = EventData::new("Incremented", br#"{"Incremented":{"by":3}}"#.to_vec());
 /// store.append(&stream, ExpectedVersion::Any, vec![event]).await?;
 ///
-/// let projection = TransactionalProjection::new(store.clone(), Count)?;
-/// ProjectionRunner::new(store.clone(), projection).catch_up().await?;
-/// assert_eq!(store.read_model("count", "count")?.get(b"n")?.map(|v| v.len()), Some(1));
+/// let checkpoint = TransactionalCheckpoint::new(store.clone());
+/// ProjectionRunner::with_strategy(store.clone(), Totals, checkpoint).catch_up().await?;
+/// let totals = store.read_model("totals", "totals")?;
+/// assert_eq!(totals.get(b"c1")?, Some(3u64.to_be_bytes().to_vec()));
 /// # Ok(())
 /// # }
 /// ```
-pub struct TransactionalProjection<P> {
+pub struct TransactionalCheckpoint {
     store: SledEventStore,
-    projection: P,
-    names: Vec<String>,
-    /// The checkpoint tree first, then the read-model trees in `names` order.
-    trees: Vec<sled::Tree>,
+    /// The context, kept across batches for its open trees (created at the first use).
+    tx: Option<ReadModelTx>,
+    /// Where this runner left the checkpoint (`None` before it read it).
+    at: Option<Position>,
 }
 
-impl<P: SledProjection> fmt::Debug for TransactionalProjection<P> {
+impl fmt::Debug for TransactionalCheckpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TransactionalProjection")
-            .field("name", &self.projection.name())
-            .field("trees", &self.names)
+        f.debug_struct("TransactionalCheckpoint")
+            .field("checkpoint", &self.at)
             .finish_non_exhaustive()
     }
 }
 
-impl<P: SledProjection> TransactionalProjection<P> {
-    /// Opens the projection's trees in `store`'s database.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for a bad projection name (as for checkpoints) or a
-    /// repeated tree name; [`Error::Store`] if sled cannot open a tree.
-    pub fn new(store: SledEventStore, projection: P) -> cqrs_core::Result<Self> {
-        cqrs_core::validate_checkpoint_name(projection.name())?;
-        let names: Vec<String> = projection.trees().iter().map(|&n| n.to_owned()).collect();
-        for (i, name) in names.iter().enumerate() {
-            if names[..i].contains(name) {
-                return Err(Error::invalid_input(format!(
-                    "tree {name:?} is listed twice"
-                )));
-            }
-        }
-        let mut trees = vec![store.checkpoints_tree().clone()];
-        for name in &names {
-            trees.push(
-                store
-                    .db()
-                    .open_tree(tree_name(projection.name(), name))
-                    .map_err(store_error)?,
-            );
-        }
-        Ok(TransactionalProjection {
+/// The checkpoint of a sled read model is not where this runner left it: another runner
+/// of the same projection moved it. The batch was not applied.
+///
+/// Handling: run one runner per projection; restart this one to resume from the
+/// checkpoint.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "checkpoint of projection {projection:?} is at {found}, not at {expected} where this \
+     runner left it: another runner is running it"
+)]
+pub struct CheckpointMoved {
+    /// The projection's name.
+    pub projection: String,
+    /// Where this runner left the checkpoint.
+    pub expected: Position,
+    /// Where it is.
+    pub found: Position,
+}
+
+impl TransactionalCheckpoint {
+    /// Keeps the checkpoint in `store`'s checkpoint tree, written with each batch of the
+    /// read model's trees (in the same database).
+    pub fn new(store: SledEventStore) -> Self {
+        TransactionalCheckpoint {
             store,
-            projection,
-            names,
-            trees,
-        })
+            tx: None,
+            at: None,
+        }
     }
 
-    /// The wrapped projection.
-    pub fn inner(&self) -> &P {
-        &self.projection
+    /// The context for `name`, with no pending writes.
+    fn context(&mut self, name: &str) -> cqrs_core::Result<&mut ReadModelTx> {
+        cqrs_core::validate_checkpoint_name(name)?;
+        let db = self.store.db().clone();
+        let tx = self
+            .tx
+            .get_or_insert_with(|| ReadModelTx::new(db, name.to_owned()));
+        tx.writes.clear();
+        Ok(tx)
     }
 
-    fn marker(&self) -> Vec<u8> {
-        [RESET_MARKER, self.projection.name().as_bytes()].concat()
+    fn marker(name: &str) -> Vec<u8> {
+        [RESET_MARKER, name.as_bytes()].concat()
     }
 
     /// Clears the read model and the checkpoint. The marker written first makes a crash
     /// in the middle resume the reset, never a replay onto a half-cleared model.
-    fn clear(&self) -> Result<(), BoxError> {
+    fn clear(&self, name: &str) -> Result<(), BoxError> {
         let checkpoints = self.store.checkpoints_tree();
-        let marker = self.marker();
+        let marker = Self::marker(name);
         checkpoints.insert(&marker[..], &[1u8][..])?;
         checkpoints.flush()?;
-        for tree in &self.trees[1..] {
-            tree.clear()?;
+        let prefix = tree_prefix(name);
+        for tree in self.store.db().tree_names() {
+            if tree.starts_with(prefix.as_bytes()) {
+                self.store.db().open_tree(&tree)?.clear()?;
+            }
         }
-        checkpoints.remove(self.projection.name().as_bytes())?;
+        checkpoints.remove(name.as_bytes())?;
         checkpoints.flush()?;
         checkpoints.remove(&marker[..])?;
         Ok(())
     }
-}
 
-impl<P: SledProjection> Projection for TransactionalProjection<P> {
-    type Event = P::Event;
-    const OWNS_CHECKPOINT: bool = true;
-
-    fn name(&self) -> &str {
-        self.projection.name()
-    }
-
-    fn wants(&self, record: &RecordedEvent) -> bool {
-        self.projection.wants(record)
-    }
-
-    async fn apply(
+    /// Commits the context's writes with `checkpoint`, if the stored checkpoint is still
+    /// `expected` (when known). `Ok(false)`: the stored checkpoint is already
+    /// `checkpoint` (the batch is applied), nothing written.
+    fn commit(
         &mut self,
-        batch: &[Envelope<P::Event>],
+        name: &str,
+        expected: Option<Position>,
         checkpoint: Position,
-    ) -> Result<(), BoxError> {
-        let name = self.projection.name().as_bytes();
+    ) -> Result<bool, BoxError> {
+        let Some(tx) = self.tx.as_mut() else {
+            return Err(Error::corrupt(format!("projection {name:?}"), "no context").into());
+        };
+        let mut trees = vec![self.store.checkpoints_tree().clone()];
+        let mut writes = Vec::with_capacity(tx.writes.len());
+        for (tree, tree_writes) in std::mem::take(&mut tx.writes) {
+            trees.push(tx.open(&tree)?.clone());
+            writes.push(tree_writes);
+        }
+        let key = name.as_bytes();
         let position = position_bytes(checkpoint);
-        let outcome = self.trees[..].transaction(|views: &Vec<TransactionalTree>| {
+        let outcome = trees[..].transaction(|views: &Vec<TransactionalTree>| {
             let (checkpoints, read_model) = views
                 .split_first()
                 .ok_or(ConflictableTransactionError::Abort(None))?;
-            let tx = ReadModelTx {
-                names: &self.names,
-                trees: read_model,
-            };
-            match self.projection.apply(&tx, batch) {
-                Ok(()) => {}
-                Err(ApplyError(ApplyErrorKind::Tx(e))) => return Err(e.into()),
-                Err(ApplyError(ApplyErrorKind::Failed(e))) => {
-                    return Err(ConflictableTransactionError::Abort(Some(e)));
+            if let Some(expected) = expected {
+                let found = match checkpoints.get(key)? {
+                    Some(bytes) => decode_position(&bytes, name)
+                        .map_err(|e| ConflictableTransactionError::Abort(Some(e.into())))?,
+                    None => Position::START,
+                };
+                if found == checkpoint && found != expected {
+                    return Ok(false);
+                }
+                if found != expected {
+                    let moved = CheckpointMoved {
+                        projection: name.to_owned(),
+                        expected,
+                        found,
+                    };
+                    return Err(ConflictableTransactionError::Abort(Some(moved.into())));
                 }
             }
-            checkpoints.insert(name, &position[..])?;
-            Ok(())
+            for (view, tree_writes) in read_model.iter().zip(&writes) {
+                for (k, v) in tree_writes {
+                    match v {
+                        Some(v) => view.insert(&k[..], &v[..])?,
+                        None => view.remove(&k[..])?,
+                    };
+                }
+            }
+            checkpoints.insert(key, &position[..])?;
+            Ok(true)
         });
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(written) => Ok(written),
             Err(TransactionError::Abort(reason)) => {
                 Err(reason.unwrap_or_else(|| "no checkpoint tree".into()))
             }
-            Err(TransactionError::Storage(e)) => Err(Box::new(e)),
+            Err(TransactionError::Storage(e)) => Err(Box::new(store_error(e))),
         }
-    }
-
-    async fn reset(&mut self) -> Result<(), BoxError> {
-        self.clear()
-    }
-
-    async fn load_checkpoint(&mut self) -> Result<Option<Position>, BoxError> {
-        let checkpoints = self.store.checkpoints_tree();
-        if checkpoints.contains_key(self.marker())? {
-            tracing::warn!(
-                projection = self.projection.name(),
-                "finishing an interrupted reset"
-            );
-            self.clear()?;
-        }
-        let name = self.projection.name();
-        Ok(checkpoints
-            .get(name.as_bytes())?
-            .map(|bytes| decode_position(&bytes, name))
-            .transpose()?)
     }
 }
 
-/// A read-model tree of a [`SledProjection`], for queries.
+impl CheckpointStrategy for TransactionalCheckpoint {
+    type Context = ReadModelTx;
+
+    async fn load(&mut self, name: &str) -> Result<Option<Position>, BoxError> {
+        cqrs_core::validate_checkpoint_name(name)?;
+        let stored = self
+            .store
+            .checkpoints_tree()
+            .get(name.as_bytes())
+            .map_err(store_error)?;
+        Ok(stored
+            .map(|bytes| decode_position(&bytes, name))
+            .transpose()?)
+    }
+
+    async fn start<P: Projection<ReadModelTx>>(
+        &mut self,
+        projection: &mut P,
+    ) -> Result<Position, BoxError> {
+        let name = projection.name().to_owned();
+        cqrs_core::validate_checkpoint_name(&name)?;
+        if self
+            .store
+            .checkpoints_tree()
+            .contains_key(Self::marker(&name))?
+        {
+            tracing::warn!(projection = %name, "finishing an interrupted reset");
+            self.reset(projection).await?;
+        }
+        let at = self.load(&name).await?.unwrap_or(Position::START);
+        self.at = Some(at);
+        Ok(at)
+    }
+
+    async fn apply<P: Projection<ReadModelTx>>(
+        &mut self,
+        projection: &mut P,
+        batch: &[Envelope<P::Event>],
+        checkpoint: Position,
+    ) -> Result<(), BoxError> {
+        let name = projection.name().to_owned();
+        let tx = self.context(&name)?;
+        projection.apply(tx, batch).await?;
+        self.commit(&name, self.at, checkpoint)?;
+        self.at = Some(checkpoint);
+        Ok(())
+    }
+
+    async fn reset<P: Projection<ReadModelTx>>(
+        &mut self,
+        projection: &mut P,
+    ) -> Result<(), BoxError> {
+        let name = projection.name().to_owned();
+        self.clear(&name)?;
+        // The projection may clear state of its own, or write a fresh start.
+        let tx = self.context(&name)?;
+        projection.reset(tx).await?;
+        self.commit(&name, None, Position::START)?;
+        self.at = Some(Position::START);
+        Ok(())
+    }
+}
+
+/// A read-model tree of a sled projection, for queries.
 #[derive(Debug, Clone)]
 pub struct ReadModel {
     tree: sled::Tree,

@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use cqrs_core::{
-    CheckpointStore, DomainEvent, Envelope, EventData, EventLog, ExpectedVersion, Position,
-    ProjectionError, ProjectionRunner, RetryPolicy, RunnerConfig, StreamId,
+    BoxError, CheckpointStore, DomainEvent, Envelope, EventData, EventLog, ExpectedVersion,
+    Position, Projection, ProjectionError, ProjectionRunner, RetryPolicy, RunnerConfig, StreamId,
 };
-use cqrs_sled::{ApplyError, ReadModelTx, SledEventStore, SledProjection, TransactionalProjection};
+use cqrs_sled::{ReadModelTx, SledEventStore, TransactionalCheckpoint};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -36,40 +36,37 @@ fn read_u64(v: Option<Vec<u8>>) -> u64 {
     v.map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()))
 }
 
-impl SledProjection for Totals {
+impl Projection<ReadModelTx> for Totals {
     type Event = CounterEvent;
 
     fn name(&self) -> &str {
         "totals"
     }
 
-    fn trees(&self) -> &[&str] {
-        &["sums", "count"]
-    }
-
-    fn apply(
-        &self,
-        tx: &ReadModelTx<'_>,
+    async fn apply(
+        &mut self,
+        tx: &mut ReadModelTx,
         batch: &[Envelope<CounterEvent>],
-    ) -> Result<(), ApplyError> {
-        let (sums, count) = (tx.tree("sums")?, tx.tree("count")?);
+    ) -> Result<(), BoxError> {
         for e in batch {
             let CounterEvent::Incremented { by } = e.event;
             let key = e.stream.id().as_bytes();
-            sums.insert(key, &(read_u64(sums.get(key)?) + by).to_be_bytes())?;
-            count.insert(b"n", &(read_u64(count.get(b"n")?) + 1).to_be_bytes())?;
+            let sum = read_u64(tx.get("sums", key)?) + by;
+            tx.insert("sums", key, &sum.to_be_bytes());
+            let count = read_u64(tx.get("count", b"n")?) + 1;
+            tx.insert("count", b"n", &count.to_be_bytes());
         }
         if self
             .fail_after
             .is_some_and(|limit| batch.iter().any(|e| e.position.sequence > limit))
         {
-            return Err(ApplyError::new("refusing events past the limit"));
+            return Err("refusing events past the limit".into());
         }
         let failures = self.transient_failures.load(Ordering::SeqCst);
         if failures > 0 && !batch.is_empty() {
             self.transient_failures
                 .store(failures - 1, Ordering::SeqCst);
-            return Err(ApplyError::new("transient failure after writing"));
+            return Err("transient failure after writing".into());
         }
         Ok(())
     }
@@ -124,12 +121,16 @@ fn totals(store: &SledEventStore) -> (Vec<u64>, u64) {
     (per_counter, count)
 }
 
+fn runner(
+    store: &SledEventStore,
+    projection: Totals,
+) -> ProjectionRunner<SledEventStore, Totals, TransactionalCheckpoint> {
+    let checkpoint = TransactionalCheckpoint::new(store.clone());
+    ProjectionRunner::with_strategy(store.clone(), projection, checkpoint).with_config(config())
+}
+
 async fn run(store: &SledEventStore, projection: Totals) -> Result<u64, ProjectionError> {
-    let projection = TransactionalProjection::new(store.clone(), projection).unwrap();
-    ProjectionRunner::new(store.clone(), projection)
-        .with_config(config())
-        .catch_up()
-        .await
+    runner(store, projection).catch_up().await
 }
 
 #[tokio::test]
@@ -182,8 +183,7 @@ async fn a_rebuild_resets_and_replays_to_the_same_read_model() {
     let store = SledEventStore::temporary().unwrap();
     append(&store, 30).await;
     run(&store, Totals::default()).await.unwrap();
-    let projection = TransactionalProjection::new(store.clone(), Totals::default()).unwrap();
-    let mut runner = ProjectionRunner::new(store.clone(), projection).with_config(config());
+    let mut runner = runner(&store, Totals::default());
     let mut reports = 0;
     assert_eq!(runner.rebuild(|_| reports += 1).await.unwrap(), 31);
     assert!(reports > 0);
@@ -219,8 +219,7 @@ async fn an_interrupted_reset_is_finished_before_resuming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_runner_is_woken_by_appends() {
     let store = SledEventStore::temporary().unwrap();
-    let projection = TransactionalProjection::new(store.clone(), Totals::default()).unwrap();
-    let mut runner = ProjectionRunner::new(store.clone(), projection).with_config(RunnerConfig {
+    let mut runner = runner(&store, Totals::default()).with_config(RunnerConfig {
         poll_interval: Duration::from_secs(3600),
         ..config()
     });
@@ -249,4 +248,53 @@ async fn a_live_runner_is_woken_by_appends() {
         .unwrap()
         .unwrap();
     assert_eq!(totals(&store), (vec![2; 5], 10));
+}
+
+#[tokio::test]
+async fn a_stale_runner_cannot_apply_a_batch_twice() {
+    use cqrs_core::{CheckpointStrategy, Codec, JsonCodec};
+    use futures::TryStreamExt;
+
+    let store = SledEventStore::temporary().unwrap();
+    append(&store, 10).await;
+    let codec = JsonCodec::new();
+    let log: Vec<Envelope<CounterEvent>> = store
+        .read_all(Position::START, None)
+        .try_filter(|r| std::future::ready(r.event_type == "Incremented"))
+        .map_ok(|r| codec.decode_envelope(r).unwrap())
+        .try_collect()
+        .await
+        .unwrap();
+    // Two runners' strategies that both read the checkpoint at the start.
+    let mut projection = Totals::default();
+    let mut first = TransactionalCheckpoint::new(store.clone());
+    let mut stale = TransactionalCheckpoint::new(store.clone());
+    assert_eq!(first.start(&mut projection).await.unwrap(), Position::START);
+    assert_eq!(stale.start(&mut projection).await.unwrap(), Position::START);
+    first
+        .apply(&mut projection, &log, log[9].position)
+        .await
+        .unwrap();
+    // The stale runner's half-batch is refused, typed, and not written.
+    let err = stale
+        .apply(&mut projection, &log[..5], log[4].position)
+        .await
+        .unwrap_err();
+    match err.downcast_ref::<cqrs_sled::CheckpointMoved>() {
+        Some(moved) => {
+            assert_eq!(moved.expected, Position::START);
+            assert_eq!(moved.found, log[9].position);
+        }
+        None => panic!("expected CheckpointMoved, got {err}"),
+    }
+    // The very batch the other runner applied is recognised as done.
+    stale
+        .apply(&mut projection, &log, log[9].position)
+        .await
+        .unwrap();
+    assert_eq!(totals(&store), (vec![2; 5], 10));
+    assert_eq!(
+        store.load_checkpoint("totals").await.unwrap(),
+        Some(log[9].position)
+    );
 }

@@ -7,8 +7,7 @@ use uuid::Uuid;
 
 use super::support::json_bytes;
 use crate::{
-    Aggregate, BoxError, DomainEvent, Envelope, EventData, Position, Projection, RecordedEvent,
-    StreamId,
+    Aggregate, BoxError, DomainEvent, Envelope, EventData, Projection, RecordedEvent, StreamId,
 };
 
 /// A running sum that can be cleared. `apply` depends on event order (a `Cleared`
@@ -153,11 +152,7 @@ impl Projection for TallyLog {
         record.stream == self.stream && TallyEvent::EVENT_TYPES.contains(&&*record.event_type)
     }
 
-    async fn apply(
-        &mut self,
-        batch: &[Envelope<TallyEvent>],
-        _checkpoint: Position,
-    ) -> Result<(), BoxError> {
+    async fn apply(&mut self, _: &mut (), batch: &[Envelope<TallyEvent>]) -> Result<(), BoxError> {
         self.seen
             .extend(batch.iter().map(|e| (e.version, e.event.clone())));
         Ok(())

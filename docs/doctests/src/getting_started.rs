@@ -8,10 +8,11 @@
 //! read them are other crates.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use cqrs_core::{
-    Aggregate, BoxError, CommandOptions, DomainEvent, Envelope, InMemoryEventStore, Position,
-    Projection, Repository,
+    Aggregate, BoxError, CommandOptions, DomainEvent, Envelope, InMemoryEventStore, Projection,
+    Repository,
 };
 use serde::{Deserialize, Serialize};
 
@@ -119,9 +120,18 @@ impl Aggregate for Account {
     }
 }
 
-/// Every account's balance, kept by a projection (page 2, section 9).
-#[derive(Debug, Default)]
-pub struct Balances(pub HashMap<String, u64>);
+/// Every account's balance, kept by a projection (page 2, section 9): a handle that
+/// readers clone.
+#[derive(Debug, Clone, Default)]
+pub struct Balances(Arc<RwLock<HashMap<String, u64>>>);
+
+impl Balances {
+    /// The balance of `account` (0 if it is unknown).
+    pub fn balance(&self, account: &str) -> u64 {
+        let balances = self.0.read().unwrap_or_else(PoisonError::into_inner);
+        balances.get(account).copied().unwrap_or(0)
+    }
+}
 
 impl Projection for Balances {
     type Event = AccountEvent;
@@ -132,11 +142,12 @@ impl Projection for Balances {
 
     async fn apply(
         &mut self,
+        _: &mut (),
         batch: &[Envelope<AccountEvent>],
-        _: Position,
     ) -> Result<(), BoxError> {
+        let mut balances = self.0.write().unwrap_or_else(PoisonError::into_inner);
         for envelope in batch {
-            let balance = self.0.entry(envelope.stream.id().to_owned()).or_default();
+            let balance = balances.entry(envelope.stream.id().to_owned()).or_default();
             match envelope.event {
                 AccountEvent::Opened { .. } => {}
                 AccountEvent::Deposited { amount } => *balance += amount,
@@ -146,8 +157,11 @@ impl Projection for Balances {
         Ok(())
     }
 
-    async fn reset(&mut self) -> Result<(), BoxError> {
-        self.0.clear();
+    async fn reset(&mut self, _: &mut ()) -> Result<(), BoxError> {
+        self.0
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
         Ok(())
     }
 }
@@ -168,8 +182,8 @@ impl Projection for WelcomeBonus {
 
     async fn apply(
         &mut self,
+        _: &mut (),
         batch: &[Envelope<AccountEvent>],
-        _: Position,
     ) -> Result<(), BoxError> {
         for envelope in batch {
             if let AccountEvent::Opened { .. } = envelope.event {

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use cqrs_core::{
-    BoxEventStore, CommandError, InMemoryEventStore, Inspect, ProjectionGroup, ProjectionRunner,
-    Repository, RetryPolicy, RunnerConfig, SnapshotPolicy,
+    BoxEventStore, CommandError, InMemoryCheckpoint, InMemoryEventStore, Inspect, ProjectionGroup,
+    ProjectionRunner, Repository, RetryPolicy, RunnerConfig, SnapshotPolicy, StoreCheckpoint,
 };
 use serde::Serialize;
 use uuid::Uuid;
@@ -16,8 +16,8 @@ use crate::domain::{
     Account, AccountCommand, AccountError, Cents, Transfer, TransferCommand, TransferStatus,
 };
 use crate::projections::{
-    ACCOUNTS, ACCOUNTS_TREE, AccountRow, AccountsProjection, HISTORY_TREE, HistoryRow,
-    MemoryAccounts, SledAccounts, TRANSFERS, TransferProcess,
+    ACCOUNTS, ACCOUNTS_TREE, AccountRow, AccountsRunner, HISTORY_TREE, HistoryRow, MemoryAccounts,
+    SledAccounts, TRANSFERS, TransferProcess,
 };
 
 /// Why a bank operation failed, with the exit code and HTTP status it calls for.
@@ -95,7 +95,7 @@ pub struct TransferOutcome {
 /// Where the accounts read model lives.
 #[derive(Debug, Clone)]
 enum Views {
-    Memory(MemoryAccounts),
+    Memory(MemoryAccounts, InMemoryCheckpoint),
     Sled(cqrs_sled::SledEventStore),
     Postgres(cqrs_postgres::PostgresEventStore),
 }
@@ -129,7 +129,7 @@ impl Bank {
     /// store cannot be opened.
     pub async fn open(url: &str) -> Result<Bank, BankError> {
         let (store, views, description) = if url == "memory:" {
-            let views = Views::Memory(MemoryAccounts::default());
+            let views = Views::Memory(MemoryAccounts::default(), InMemoryCheckpoint::new());
             (
                 BoxEventStore::new(InMemoryEventStore::new()),
                 views,
@@ -208,46 +208,77 @@ impl Bank {
         }
     }
 
-    /// A fresh runner of the transfer process manager.
-    pub fn transfer_runner(&self) -> ProjectionRunner<BoxEventStore, TransferProcess> {
-        ProjectionRunner::new(
+    /// A fresh runner of the transfer process manager (its checkpoint in the store).
+    pub fn transfer_runner(
+        &self,
+    ) -> ProjectionRunner<BoxEventStore, TransferProcess, StoreCheckpoint<BoxEventStore>> {
+        ProjectionRunner::with_strategy(
             self.store.clone(),
             TransferProcess::new(self.accounts.clone(), self.transfers.clone()),
+            StoreCheckpoint::new(self.store.clone()),
         )
         .with_config(Self::runner_config())
     }
 
     /// A fresh runner of the accounts read model.
-    pub fn accounts_runner(&self) -> ProjectionRunner<BoxEventStore, AccountsProjection> {
-        let projection = match &self.views {
-            Views::Memory(view) => AccountsProjection::Memory(view.clone()),
-            Views::Sled(store) => {
-                match cqrs_sled::TransactionalProjection::new(store.clone(), SledAccounts) {
-                    Ok(projection) => AccountsProjection::Sled(projection),
-                    // sled failed to open the read model's trees: the runner reports it as soon
-                    // as it asks for the checkpoint.
-                    Err(e) => AccountsProjection::Unavailable(full_chain(&e)),
-                }
+    pub fn accounts_runner(&self) -> AccountsRunner {
+        match &self.views {
+            Views::Memory(view, checkpoint) => {
+                AccountsRunner::Memory(self.memory_accounts(view, checkpoint))
             }
-            Views::Postgres(store) => {
-                AccountsProjection::Postgres(cqrs_postgres::Transactional::new(
-                    store.clone(),
-                    crate::postgres::PgAccounts::new(store),
-                ))
-            }
-        };
-        ProjectionRunner::new(self.store.clone(), projection).with_config(Self::runner_config())
+            Views::Sled(store) => AccountsRunner::Sled(self.sled_accounts(store)),
+            Views::Postgres(store) => AccountsRunner::Postgres(self.pg_accounts(store)),
+        }
+    }
+
+    fn memory_accounts(
+        &self,
+        view: &MemoryAccounts,
+        checkpoint: &InMemoryCheckpoint,
+    ) -> ProjectionRunner<BoxEventStore, MemoryAccounts> {
+        ProjectionRunner::with_strategy(self.store.clone(), view.clone(), checkpoint.clone())
+            .with_config(Self::runner_config())
+    }
+
+    fn sled_accounts(
+        &self,
+        store: &cqrs_sled::SledEventStore,
+    ) -> ProjectionRunner<BoxEventStore, SledAccounts, cqrs_sled::TransactionalCheckpoint> {
+        let checkpoint = cqrs_sled::TransactionalCheckpoint::new(store.clone());
+        ProjectionRunner::with_strategy(self.store.clone(), SledAccounts, checkpoint)
+            .with_config(Self::runner_config())
+    }
+
+    fn pg_accounts(
+        &self,
+        store: &cqrs_postgres::PostgresEventStore,
+    ) -> ProjectionRunner<
+        BoxEventStore,
+        crate::postgres::PgAccounts,
+        cqrs_postgres::TransactionalCheckpoint,
+    > {
+        let checkpoint = cqrs_postgres::TransactionalCheckpoint::new(store.clone());
+        let projection = crate::postgres::PgAccounts::new(store);
+        ProjectionRunner::with_strategy(self.store.clone(), projection, checkpoint)
+            .with_config(Self::runner_config())
     }
 
     /// The operations subcommand over this bank's store, aggregates and projections.
     pub fn operations(&self) -> cqrs_cli::Operations<BoxEventStore> {
-        let (a, b) = (self.clone(), self.clone());
-        cqrs_cli::Operations::new(self.store.clone())
+        let ops = cqrs_cli::Operations::new(self.store.clone())
             // Transfers are short streams (three events at most) loaded without snapshots:
             // only accounts are worth snapshotting.
-            .aggregate(self.accounts.clone())
-            .projection(move || a.accounts_runner())
-            .projection(move || b.transfer_runner())
+            .aggregate(self.accounts.clone());
+        let bank = self.clone();
+        let ops = match self.views.clone() {
+            Views::Memory(view, checkpoint) => {
+                ops.projection(move || bank.memory_accounts(&view, &checkpoint))
+            }
+            Views::Sled(store) => ops.projection(move || bank.sled_accounts(&store)),
+            Views::Postgres(store) => ops.projection(move || bank.pg_accounts(&store)),
+        };
+        let bank = self.clone();
+        ops.projection(move || bank.transfer_runner())
     }
 
     /// Runs the process manager and the read model until nothing is left to do: after it
@@ -394,9 +425,9 @@ impl Bank {
         }
         let result = match &self.views {
             Views::Postgres(pg) => self.run_exclusive(pg, shutdown).await,
-            _ => ProjectionGroup::new()
-                .with(self.transfer_runner())
-                .with(self.accounts_runner())
+            _ => self
+                .accounts_runner()
+                .join(ProjectionGroup::new().with(self.transfer_runner()))
                 .run_until(shutdown)
                 .await
                 .map_err(BankError::store),
@@ -449,7 +480,7 @@ impl Bank {
             tokio::spawn(async move { saga_pg.run_exclusive(&mut saga, saga_stop, config).await });
         let (view_pg, mut view, view_stop) = (pg.clone(), self.accounts_runner(), until_stopped());
         let view =
-            tokio::spawn(async move { view_pg.run_exclusive(&mut view, view_stop, config).await });
+            tokio::spawn(async move { view.run_exclusive(&view_pg, view_stop, config).await });
         shutdown.await;
         let _ = stop.send(true);
         for task in [saga, view] {
@@ -587,7 +618,7 @@ impl Bank {
     pub async fn balance(&self, id: &str) -> Result<AccountRow, BankError> {
         self.sync().await?;
         let row = match &self.views {
-            Views::Memory(view) => view.account(id),
+            Views::Memory(view, _) => view.account(id),
             Views::Sled(store) => {
                 let tree = store
                     .read_model(ACCOUNTS, ACCOUNTS_TREE)
@@ -609,7 +640,7 @@ impl Bank {
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>, BankError> {
         self.balance(id).await?;
         Ok(match &self.views {
-            Views::Memory(view) => view.history(id),
+            Views::Memory(view, _) => view.history(id),
             Views::Sled(store) => {
                 let tree = store
                     .read_model(ACCOUNTS, HISTORY_TREE)
@@ -633,7 +664,7 @@ impl Bank {
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, BankError> {
         self.sync().await?;
         Ok(match &self.views {
-            Views::Memory(view) => view.accounts(),
+            Views::Memory(view, _) => view.accounts(),
             Views::Sled(store) => {
                 let tree = store
                     .read_model(ACCOUNTS, ACCOUNTS_TREE)

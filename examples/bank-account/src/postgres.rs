@@ -3,9 +3,10 @@
 
 use std::collections::HashMap;
 
+use cqrs_core::Projection;
 use cqrs_core::{BoxError, Envelope, RecordedEvent};
+use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection, Row};
-use cqrs_postgres::{PostgresEventStore, TransactionalProjection};
 
 use crate::BankError;
 use crate::app::full_chain;
@@ -93,7 +94,7 @@ fn json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, BoxError> {
     Ok(serde_json::to_value(value)?)
 }
 
-impl TransactionalProjection for PgAccounts {
+impl Projection<PgConnection> for PgAccounts {
     type Event = AccountEvent;
 
     fn name(&self) -> &str {

@@ -6,9 +6,10 @@ use std::time::SystemTime;
 
 use cqrs_core::{
     BoxError, BoxEventStore, CommandError, CommandOptions, DomainEvent, Envelope, Position,
-    Projection, Repository,
+    Progress, Projection, ProjectionError, ProjectionGroup, ProjectionRunner, Repository,
+    RunnerConfig,
 };
-use cqrs_sled::{ApplyError, ReadModelTx, SledProjection, TransactionalProjection};
+use cqrs_sled::ReadModelTx;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -114,11 +115,10 @@ pub fn is_account_event(stream_type: &str) -> bool {
 struct MemoryState {
     accounts: BTreeMap<String, AccountRow>,
     history: HashMap<String, Vec<HistoryRow>>,
-    checkpoint: Option<Position>,
 }
 
-/// The accounts read model held in memory (for the `memory:` store), updated with its
-/// checkpoint under one lock.
+/// The accounts read model held in memory (for the `memory:` store); its checkpoint is
+/// an [`InMemoryCheckpoint`](cqrs_core::InMemoryCheckpoint) kept beside it.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryAccounts {
     state: Arc<Mutex<MemoryState>>,
@@ -147,7 +147,6 @@ impl MemoryAccounts {
 
 impl Projection for MemoryAccounts {
     type Event = AccountEvent;
-    const OWNS_CHECKPOINT: bool = true;
 
     fn name(&self) -> &str {
         ACCOUNTS
@@ -159,8 +158,8 @@ impl Projection for MemoryAccounts {
 
     async fn apply(
         &mut self,
+        _: &mut (),
         batch: &[Envelope<AccountEvent>],
-        checkpoint: Position,
     ) -> Result<(), BoxError> {
         let mut state = self.lock();
         for e in batch {
@@ -169,17 +168,12 @@ impl Projection for MemoryAccounts {
             state.accounts.insert(id.to_owned(), row);
             state.history.entry(id.to_owned()).or_default().push(line);
         }
-        state.checkpoint = Some(checkpoint);
         Ok(())
     }
 
-    async fn reset(&mut self) -> Result<(), BoxError> {
+    async fn reset(&mut self, _: &mut ()) -> Result<(), BoxError> {
         *self.lock() = MemoryState::default();
         Ok(())
-    }
-
-    async fn load_checkpoint(&mut self) -> Result<Option<Position>, BoxError> {
-        Ok(self.lock().checkpoint)
     }
 }
 
@@ -362,7 +356,7 @@ impl Projection for TransferProcess {
         TRANSFERS
     }
 
-    async fn apply(&mut self, batch: &[Envelope<SagaEvent>], _: Position) -> Result<(), BoxError> {
+    async fn apply(&mut self, _: &mut (), batch: &[Envelope<SagaEvent>]) -> Result<(), BoxError> {
         for e in batch {
             self.react(e).await?;
         }
@@ -386,67 +380,8 @@ pub fn history_key(account: &str, version: u64) -> Vec<u8> {
     [account.as_bytes(), b"\0", &version.to_be_bytes()].concat()
 }
 
-impl SledProjection for SledAccounts {
+impl Projection<ReadModelTx> for SledAccounts {
     type Event = AccountEvent;
-
-    fn name(&self) -> &str {
-        ACCOUNTS
-    }
-
-    fn trees(&self) -> &[&str] {
-        &[ACCOUNTS_TREE, HISTORY_TREE]
-    }
-
-    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
-        is_account_event(record.stream.aggregate_type())
-    }
-
-    fn apply(
-        &self,
-        tx: &ReadModelTx<'_>,
-        batch: &[Envelope<AccountEvent>],
-    ) -> Result<(), ApplyError> {
-        let accounts = tx.tree(ACCOUNTS_TREE)?;
-        let history = tx.tree(HISTORY_TREE)?;
-        for e in batch {
-            let id = e.stream.id();
-            let row = match accounts.get(id.as_bytes())? {
-                Some(bytes) => {
-                    Some(serde_json::from_slice::<AccountRow>(&bytes).map_err(ApplyError::new)?)
-                }
-                None => None,
-            };
-            let (row, line) = fold(row, e);
-            accounts.insert(
-                id.as_bytes(),
-                &serde_json::to_vec(&row).map_err(ApplyError::new)?,
-            )?;
-            history.insert(
-                &history_key(id, e.version),
-                &serde_json::to_vec(&line).map_err(ApplyError::new)?,
-            )?;
-        }
-        Ok(())
-    }
-}
-
-/// The accounts read model on whichever store the bank runs: one projection type for
-/// the runner, whatever holds the rows.
-#[derive(Debug)]
-pub enum AccountsProjection {
-    /// In memory.
-    Memory(MemoryAccounts),
-    /// In sled trees, transactional.
-    Sled(TransactionalProjection<SledAccounts>),
-    /// In PostgreSQL tables, transactional.
-    Postgres(cqrs_postgres::Transactional<crate::postgres::PgAccounts>),
-    /// The read model's storage could not be opened (the reason): every call fails with it.
-    Unavailable(String),
-}
-
-impl Projection for AccountsProjection {
-    type Event = AccountEvent;
-    const OWNS_CHECKPOINT: bool = true;
 
     fn name(&self) -> &str {
         ACCOUNTS
@@ -458,32 +393,109 @@ impl Projection for AccountsProjection {
 
     async fn apply(
         &mut self,
+        tx: &mut ReadModelTx,
         batch: &[Envelope<AccountEvent>],
-        checkpoint: Position,
     ) -> Result<(), BoxError> {
+        for e in batch {
+            let id = e.stream.id();
+            let row = match tx.get(ACCOUNTS_TREE, id.as_bytes())? {
+                Some(bytes) => Some(serde_json::from_slice::<AccountRow>(&bytes)?),
+                None => None,
+            };
+            let (row, line) = fold(row, e);
+            tx.insert(ACCOUNTS_TREE, id.as_bytes(), &serde_json::to_vec(&row)?);
+            tx.insert(
+                HISTORY_TREE,
+                &history_key(id, e.version),
+                &serde_json::to_vec(&line)?,
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A runner of the accounts read model on whichever store the bank runs: the same
+/// model, kept by the strategy that fits where it lives.
+#[derive(Debug)]
+pub enum AccountsRunner {
+    /// In memory, with the checkpoint kept beside the model.
+    Memory(ProjectionRunner<BoxEventStore, MemoryAccounts>),
+    /// In sled trees, transactional.
+    Sled(ProjectionRunner<BoxEventStore, SledAccounts, cqrs_sled::TransactionalCheckpoint>),
+    /// In PostgreSQL tables, transactional.
+    Postgres(
+        ProjectionRunner<
+            BoxEventStore,
+            crate::postgres::PgAccounts,
+            cqrs_postgres::TransactionalCheckpoint,
+        >,
+    ),
+}
+
+/// Calls the same method on whichever runner it is.
+macro_rules! each {
+    ($self:expr, $runner:ident => $call:expr) => {
+        match $self {
+            AccountsRunner::Memory($runner) => $call,
+            AccountsRunner::Sled($runner) => $call,
+            AccountsRunner::Postgres($runner) => $call,
+        }
+    };
+}
+
+impl AccountsRunner {
+    /// Sets the runner's configuration.
+    pub fn with_config(self, config: RunnerConfig) -> Self {
         match self {
-            AccountsProjection::Memory(p) => p.apply(batch, checkpoint).await,
-            AccountsProjection::Sled(p) => p.apply(batch, checkpoint).await,
-            AccountsProjection::Postgres(p) => p.apply(batch, checkpoint).await,
-            AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
+            AccountsRunner::Memory(r) => AccountsRunner::Memory(r.with_config(config)),
+            AccountsRunner::Sled(r) => AccountsRunner::Sled(r.with_config(config)),
+            AccountsRunner::Postgres(r) => AccountsRunner::Postgres(r.with_config(config)),
         }
     }
 
-    async fn reset(&mut self) -> Result<(), BoxError> {
-        match self {
-            AccountsProjection::Memory(p) => p.reset().await,
-            AccountsProjection::Sled(p) => p.reset().await,
-            AccountsProjection::Postgres(p) => p.reset().await,
-            AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
-        }
+    /// See [`ProjectionRunner::catch_up`].
+    ///
+    /// # Errors
+    /// The runner's [`ProjectionError`].
+    pub async fn catch_up(&mut self) -> Result<u64, ProjectionError> {
+        each!(self, r => r.catch_up().await)
     }
 
-    async fn load_checkpoint(&mut self) -> Result<Option<Position>, BoxError> {
-        match self {
-            AccountsProjection::Memory(p) => p.load_checkpoint().await,
-            AccountsProjection::Sled(p) => p.load_checkpoint().await,
-            AccountsProjection::Postgres(p) => p.load_checkpoint().await,
-            AccountsProjection::Unavailable(reason) => Err(reason.clone().into()),
-        }
+    /// See [`ProjectionRunner::rebuild`].
+    ///
+    /// # Errors
+    /// The runner's [`ProjectionError`].
+    pub async fn rebuild(
+        &mut self,
+        progress: impl FnMut(Progress) + Send,
+    ) -> Result<u64, ProjectionError> {
+        each!(self, r => r.rebuild(progress).await)
+    }
+
+    /// See [`ProjectionRunner::checkpoint`].
+    ///
+    /// # Errors
+    /// The runner's [`ProjectionError`].
+    pub async fn checkpoint(&mut self) -> Result<Position, ProjectionError> {
+        each!(self, r => r.checkpoint().await)
+    }
+
+    /// Adds the runner to `group`.
+    pub fn join(self, group: ProjectionGroup) -> ProjectionGroup {
+        each!(self, r => group.with(r))
+    }
+
+    /// Runs under the projection's worker lock on `pg`: see
+    /// [`PostgresEventStore::run_exclusive`](cqrs_postgres::PostgresEventStore::run_exclusive).
+    ///
+    /// # Errors
+    /// The runner's [`ProjectionError`].
+    pub async fn run_exclusive(
+        &mut self,
+        pg: &cqrs_postgres::PostgresEventStore,
+        shutdown: impl Future<Output = ()> + Send,
+        config: cqrs_postgres::WorkerConfig,
+    ) -> Result<(), ProjectionError> {
+        each!(self, r => pg.run_exclusive(r, shutdown, config).await)
     }
 }
