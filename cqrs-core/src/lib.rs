@@ -5,6 +5,7 @@
 mod forward;
 
 mod aggregate;
+mod aggregate_ext;
 mod boxed;
 mod cache;
 mod checkpoint;
@@ -35,6 +36,7 @@ mod upcast;
 pub mod conformance;
 
 pub use aggregate::Aggregate;
+pub use aggregate_ext::AggregateExt;
 pub use boxed::{BoxEventStore, DynEventStore};
 pub use checkpoint::{CheckpointStrategy, InMemoryCheckpoint, StoreCheckpoint};
 pub use checkpoint_store::{CheckpointStore, DynCheckpointStore, validate_checkpoint_name};
@@ -51,7 +53,7 @@ pub use log::{AppendResult, DynEventLog, EventLog, validate_batch};
 pub use memory::InMemoryEventStore;
 pub use notify::{LogNotifier, LogWatcher};
 pub use projection::{Projection, ProjectionError};
-pub use repository::{AggregateExt, Repository};
+pub use repository::Repository;
 pub use retry::RetryPolicy;
 pub use runner::{Progress, ProjectionRunner, RunnerConfig};
 pub use snapshot::SnapshotPolicy;

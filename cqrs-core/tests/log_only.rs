@@ -10,11 +10,12 @@ use cqrs_core::{
 use futures::Stream;
 
 /// The in-memory store seen through the log trait only: the three required methods,
-/// nothing else (not even `watch`, so live readers poll).
+/// nothing else (not even `watch`, so live readers poll). `INSPECT` adds the empty
+/// `impl Inspect` below.
 #[derive(Debug, Clone, Default)]
-pub struct LogOnly(InMemoryEventStore);
+pub struct LogOnly<const INSPECT: bool = false>(InMemoryEventStore);
 
-impl EventLog for LogOnly {
+impl<const INSPECT: bool> EventLog for LogOnly<INSPECT> {
     async fn append(
         &self,
         stream: &StreamId,
@@ -42,37 +43,9 @@ impl EventLog for LogOnly {
 }
 
 /// The same log, opted in to inspection with the provided bodies.
-#[derive(Debug, Clone, Default)]
-pub struct LogWithInspect(LogOnly);
+pub type LogWithInspect = LogOnly<true>;
 
-impl EventLog for LogWithInspect {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<EventData>,
-    ) -> Result<AppendResult> {
-        self.0.append(stream, expected, events).await
-    }
-
-    fn read_stream<'a>(
-        &'a self,
-        stream: &'a StreamId,
-        from_version: u64,
-    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
-        self.0.read_stream(stream, from_version)
-    }
-
-    fn read_all(
-        &self,
-        after: Position,
-        limit: Option<u64>,
-    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
-        self.0.read_all(after, limit)
-    }
-}
-
-impl Inspect for LogWithInspect {}
+impl Inspect for LogOnly<true> {}
 
 mod log_only {
     async fn fresh_store() -> Option<super::LogOnly> {

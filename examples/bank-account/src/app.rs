@@ -15,71 +15,10 @@ use uuid::Uuid;
 use crate::domain::{
     Account, AccountCommand, AccountError, Cents, Transfer, TransferCommand, TransferStatus,
 };
+use crate::error::{BankError, full_chain};
 use crate::projections::{
-    ACCOUNTS, ACCOUNTS_TREE, AccountRow, AccountsRunner, HISTORY_TREE, HistoryRow, MemoryAccounts,
-    SledAccounts, TRANSFERS, TransferProcess,
+    ACCOUNTS, AccountsRunner, MemoryAccounts, SledAccounts, TRANSFERS, TransferProcess,
 };
-
-/// Why a bank operation failed, with the exit code and HTTP status it calls for.
-#[derive(Debug, thiserror::Error)]
-pub enum BankError {
-    /// The domain refused it (insufficient funds, unknown account, ...): exit 1, HTTP 422
-    /// (404 for an unknown account).
-    #[error("{0}")]
-    Rejected(String),
-    /// The account does not exist: exit 1, HTTP 404.
-    #[error("unknown account {0}")]
-    UnknownAccount(String),
-    /// Bad input (an amount or id that cannot be used): exit 2, HTTP 400.
-    #[error("{0}")]
-    BadInput(String),
-    /// Concurrent writers kept winning: exit 3, HTTP 409.
-    #[error("too many concurrent changes, try again: {0}")]
-    Conflict(String),
-    /// The store failed: exit 3, HTTP 503.
-    #[error("store failure: {0}")]
-    Store(String),
-}
-
-impl BankError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            BankError::Rejected(_) | BankError::UnknownAccount(_) => 1,
-            BankError::BadInput(_) => 2,
-            BankError::Conflict(_) | BankError::Store(_) => 3,
-        }
-    }
-
-    fn store(e: impl std::error::Error + 'static) -> Self {
-        BankError::Store(full_chain(&e))
-    }
-}
-
-impl<E: std::error::Error + 'static> From<CommandError<E>> for BankError {
-    fn from(e: CommandError<E>) -> Self {
-        match e {
-            CommandError::Rejected(reason) => BankError::Rejected(reason.to_string()),
-            CommandError::Conflict {
-                stream, attempts, ..
-            } => BankError::Conflict(format!("{stream} after {attempts} attempts")),
-            CommandError::Invalid(e) => BankError::BadInput(e.to_string()),
-            other => BankError::store(other),
-        }
-    }
-}
-
-/// An error's message with all its sources, `: `-separated.
-pub fn full_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
 
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -94,7 +33,7 @@ pub struct TransferOutcome {
 
 /// Where the accounts read model lives.
 #[derive(Debug, Clone)]
-enum Views {
+pub(crate) enum Views {
     Memory(MemoryAccounts, InMemoryCheckpoint),
     Sled(cqrs_sled::SledEventStore),
     Postgres(cqrs_postgres::PostgresEventStore),
@@ -103,10 +42,10 @@ enum Views {
 /// The bank: commands, reads, and the projections behind them.
 #[derive(Debug, Clone)]
 pub struct Bank {
-    store: BoxEventStore,
+    pub(crate) store: BoxEventStore,
     accounts: Repository<Account, BoxEventStore>,
     transfers: Repository<Transfer, BoxEventStore>,
-    views: Views,
+    pub(crate) views: Views,
     description: String,
     /// Set while `run_projections` runs: reads then wait for the live runners instead of
     /// running a catch-up of their own (two runners of one projection must not overlap).
@@ -610,89 +549,4 @@ impl Bank {
             reason: loaded.state.failure,
         })
     }
-
-    /// An account's row in the read model.
-    ///
-    /// # Errors
-    /// [`BankError::UnknownAccount`] if there is none.
-    pub async fn balance(&self, id: &str) -> Result<AccountRow, BankError> {
-        self.sync().await?;
-        let row = match &self.views {
-            Views::Memory(view, _) => view.account(id),
-            Views::Sled(store) => {
-                let tree = store
-                    .read_model(ACCOUNTS, ACCOUNTS_TREE)
-                    .map_err(BankError::store)?;
-                match tree.get(id.as_bytes()).map_err(BankError::store)? {
-                    Some(bytes) => Some(decode_row(&bytes)?),
-                    None => None,
-                }
-            }
-            Views::Postgres(store) => crate::postgres::account(store, id).await?,
-        };
-        row.ok_or_else(|| BankError::UnknownAccount(id.to_owned()))
-    }
-
-    /// An account's history from the read model, oldest first.
-    ///
-    /// # Errors
-    /// [`BankError::UnknownAccount`] if there is none.
-    pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>, BankError> {
-        self.balance(id).await?;
-        Ok(match &self.views {
-            Views::Memory(view, _) => view.history(id),
-            Views::Sled(store) => {
-                let tree = store
-                    .read_model(ACCOUNTS, HISTORY_TREE)
-                    .map_err(BankError::store)?;
-                let prefix = [id.as_bytes(), b"\0"].concat();
-                let mut lines = Vec::new();
-                for entry in tree.scan_prefix(&prefix) {
-                    let (_, value) = entry.map_err(BankError::store)?;
-                    lines.push(decode_row(&value)?);
-                }
-                lines
-            }
-            Views::Postgres(store) => crate::postgres::history(store, id).await?,
-        })
-    }
-
-    /// Every account in the read model.
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if the read model cannot be read.
-    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, BankError> {
-        self.sync().await?;
-        Ok(match &self.views {
-            Views::Memory(view, _) => view.accounts(),
-            Views::Sled(store) => {
-                let tree = store
-                    .read_model(ACCOUNTS, ACCOUNTS_TREE)
-                    .map_err(BankError::store)?;
-                let mut rows = Vec::new();
-                for entry in tree.scan_prefix(b"") {
-                    let (_, value) = entry.map_err(BankError::store)?;
-                    rows.push(decode_row(&value)?);
-                }
-                rows
-            }
-            Views::Postgres(store) => crate::postgres::accounts(store).await?,
-        })
-    }
-
-    /// Counts the events in the log.
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if the store fails.
-    pub async fn event_count(&self) -> Result<u64, BankError> {
-        self.store
-            .count_events(cqrs_core::Position::START)
-            .await
-            .map_err(BankError::store)
-    }
-}
-
-fn decode_row<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, BankError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| BankError::Store(format!("a read-model row does not decode: {e}")))
 }

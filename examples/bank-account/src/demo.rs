@@ -235,7 +235,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
     for task in tasks {
         task.await
             .map_err(fail)?
-            .map_err(|e| fail(example_bank_account::app::full_chain(&e)))?;
+            .map_err(|e| fail(example_bank_account::full_chain(&e)))?;
     }
     let load_time = started.elapsed();
     bar.finish_and_clear();
@@ -251,7 +251,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs, json: bool) -> Result<(), 
         .accounts_runner()
         .rebuild(|_| {})
         .await
-        .map_err(|e| fail(example_bank_account::app::full_chain(&e)))?;
+        .map_err(|e| fail(example_bank_account::full_chain(&e)))?;
     let rebuild_time = rebuild_started.elapsed();
 
     // Invariants: the read model equals a recomputation from the streams, every transfer

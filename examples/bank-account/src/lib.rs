@@ -4,8 +4,11 @@
 
 pub mod app;
 pub mod domain;
+pub mod error;
 pub mod http;
 pub mod postgres;
 pub mod projections;
+mod queries;
 
-pub use app::{Bank, BankError, TransferOutcome};
+pub use app::{Bank, TransferOutcome};
+pub use error::{BankError, full_chain};

@@ -288,7 +288,7 @@ async fn run(cli: Cli) -> Result<(), (u8, String)> {
             bank.operations()
                 .run(&command, json, &mut out)
                 .await
-                .map_err(|e| (e.exit_code(), example_bank_account::app::full_chain(&e)))
+                .map_err(|e| (e.exit_code(), example_bank_account::full_chain(&e)))
         }
     }
 }

@@ -9,8 +9,8 @@ use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection, Row};
 
 use crate::BankError;
-use crate::app::full_chain;
 use crate::domain::AccountEvent;
+use crate::error::full_chain;
 use crate::projections::{ACCOUNTS, AccountRow, HistoryRow, fold, is_account_event};
 
 /// Splits a `schema=NAME` query parameter off a PostgreSQL URL (sqlx would refuse it).
