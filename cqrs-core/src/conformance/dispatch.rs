@@ -169,79 +169,10 @@ capability!(
     "every store trait (SnapshotStore, CheckpointStore and Inspect)"
 );
 
-/// The unit types of the cases, one per case, named after it.
+/// The unit types of the cases, one per case, named after it (generated from the one list
+/// of cases in [`store_conformance_tests!`](crate::store_conformance_tests)).
 pub mod cases {
     use super::{CheckpointCase, FullCase, Hooks, InspectCase, LogCase, SnapshotCase};
-    use crate::{CheckpointStore, EventLog, EventStore, Inspect, SnapshotStore};
-    use std::future::Future;
 
-    macro_rules! cases {
-        ($trait:ident $bounds:tt: $($name:ident),+ $(,)?) => {
-            $(cases!(@one $trait $bounds $name);)+
-        };
-        (@one $trait:ident [$($bound:tt)+] $name:ident) => {
-            #[allow(non_camel_case_types)]
-            #[derive(Debug, Clone, Copy)]
-            #[doc = concat!("The case [`", stringify!($name), "`](crate::conformance::", stringify!($name), ").")]
-            pub struct $name;
-
-            impl $trait for $name {
-                fn run<S: $($bound)+ + Clone + 'static>(self, store: S, _hooks: Hooks<S>) -> impl Future<Output = ()> {
-                    crate::conformance::$name(store)
-                }
-            }
-        };
-    }
-
-    cases!(LogCase [EventLog]:
-        expected_version_no_stream,
-        expected_version_stream_exists,
-        expected_version_exact,
-        atomic_multi_event_append,
-        idempotent_reappend,
-        invalid_event_types_are_refused,
-        append_and_read_round_trip,
-        read_empty_stream,
-        expected_version_any,
-        concurrent_appenders_one_winner_per_version,
-        read_all_concurrent_writers,
-        read_all_keeps_stream_order,
-        stream_large_in_bounded_memory,
-        watch_wakes_on_append,
-    );
-    cases!(InspectCase [Inspect]:
-        concurrent_commands_apply_once_each,
-        unknown_event_type_and_bad_payload_are_typed_errors,
-        count_events_and_find_event,
-    );
-    cases!(SnapshotCase [SnapshotStore + Inspect]:
-        duplicate_command_race_keeps_the_stored_decision,
-        snapshots_round_trip,
-        read_stream_from_snapshot_yields_snapshot_then_tail,
-        stale_or_undecodable_snapshot_replays,
-        snapshot_ahead_of_stream_is_ignored,
-        stream_ids_do_not_collide,
-        list_streams_and_stats,
-    );
-    cases!(CheckpointCase [EventLog + CheckpointStore]: checkpoints_round_trip);
-    cases!(FullCase [EventStore]: upcasters_apply_on_load_and_read_all);
-
-    /// The case [`damaged_snapshot_is_ignored`](crate::conformance::damaged_snapshot_is_ignored),
-    /// with the backend's damage hook.
-    #[allow(non_camel_case_types)]
-    #[derive(Debug, Clone, Copy)]
-    pub struct damaged_snapshot_is_ignored;
-
-    impl SnapshotCase for damaged_snapshot_is_ignored {
-        async fn run<S: SnapshotStore + Inspect + Clone + 'static>(
-            self,
-            store: S,
-            hooks: Hooks<S>,
-        ) {
-            crate::conformance::damaged_snapshot_is_ignored(store, |store, stream| {
-                hooks.damage_snapshot(store, stream)
-            })
-            .await;
-        }
-    }
+    crate::store_conformance_tests!(@list types []);
 }

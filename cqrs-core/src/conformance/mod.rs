@@ -60,6 +60,8 @@ mod concurrency;
 mod decoding;
 #[doc(hidden)]
 pub mod dispatch;
+mod inspection;
+mod memory;
 mod reads;
 mod snapshot_faults;
 mod snapshots;
@@ -81,10 +83,9 @@ pub use concurrency::{
 pub use decoding::{
     unknown_event_type_and_bad_payload_are_typed_errors, upcasters_apply_on_load_and_read_all,
 };
-pub use reads::{
-    count_events_and_find_event, list_streams_and_stats, read_empty_stream,
-    stream_ids_do_not_collide, stream_large_in_bounded_memory, watch_wakes_on_append,
-};
+pub use inspection::{count_events_and_find_event, list_streams_and_stats};
+pub use memory::stream_large_in_bounded_memory;
+pub use reads::{read_empty_stream, stream_ids_do_not_collide, watch_wakes_on_append};
 pub use snapshot_faults::{damaged_snapshot_is_ignored, snapshot_ahead_of_stream_is_ignored};
 pub use snapshots::{
     checkpoints_round_trip, read_stream_from_snapshot_yields_snapshot_then_tail,
@@ -229,10 +230,14 @@ macro_rules! store_conformance_tests {
     ($fresh_store:path, teardown = $teardown:path, damage_snapshot = $damage:path $(,)?) => {
         $crate::store_conformance_tests!(@all $fresh_store, $teardown, $damage);
     };
-    // The one list of cases, by the traits they need: a case added here runs against
-    // every backend that has them (see `dispatch`).
     (@all $fresh_store:path, $teardown:path, $damage:path) => {
-        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_log_case;
+        $crate::store_conformance_tests!(@list tests [$fresh_store, $teardown, $damage]);
+    };
+    // The one list of cases, by the traits they need: a case added here gets its test
+    // in every backend (`@tests`) and its unit type in `dispatch::cases` (`@types`),
+    // and runs against every backend that has the traits (see `dispatch`).
+    (@list $mode:ident $args:tt) => {
+        $crate::store_conformance_tests!(@$mode $args LogCase, run_log_case, [$crate::EventLog]:
             expected_version_no_stream,
             expected_version_stream_exists,
             expected_version_exact,
@@ -248,12 +253,13 @@ macro_rules! store_conformance_tests {
             stream_large_in_bounded_memory,
             watch_wakes_on_append,
         );
-        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_inspect_case;
+        $crate::store_conformance_tests!(@$mode $args InspectCase, run_inspect_case, [$crate::Inspect]:
             concurrent_commands_apply_once_each,
             unknown_event_type_and_bad_payload_are_typed_errors,
             count_events_and_find_event,
         );
-        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_snapshot_case;
+        $crate::store_conformance_tests!(@$mode $args SnapshotCase, run_snapshot_case,
+            [$crate::SnapshotStore + $crate::Inspect]:
             duplicate_command_race_keeps_the_stored_decision,
             snapshots_round_trip,
             read_stream_from_snapshot_yields_snapshot_then_tail,
@@ -263,14 +269,53 @@ macro_rules! store_conformance_tests {
             stream_ids_do_not_collide,
             list_streams_and_stats,
         );
-        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_checkpoint_case;
+        $crate::store_conformance_tests!(@$mode $args CheckpointCase, run_checkpoint_case,
+            [$crate::EventLog + $crate::CheckpointStore]:
             checkpoints_round_trip,
         );
-        $crate::store_conformance_tests!(@cases $fresh_store, $teardown, $damage, run_full_case;
+        $crate::store_conformance_tests!(@$mode $args FullCase, run_full_case, [$crate::EventStore]:
             upcasters_apply_on_load_and_read_all,
         );
     };
-    (@cases $fresh_store:path, $teardown:path, $damage:path, $run:ident; $($case:ident),+ $(,)?) => {
+    // The unit type of each case, implementing its group's case trait.
+    (@types [] $group:ident, $run:ident, $bounds:tt: $($case:ident),+ $(,)?) => {
+        $($crate::store_conformance_tests!(@type $group $bounds $case);)+
+    };
+    (@type $group:ident [$($bound:tt)+] damaged_snapshot_is_ignored) => {
+        /// The case [`damaged_snapshot_is_ignored`](crate::conformance::damaged_snapshot_is_ignored),
+        /// with the backend's damage hook.
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy)]
+        pub struct damaged_snapshot_is_ignored;
+
+        impl $group for damaged_snapshot_is_ignored {
+            async fn run<S: $($bound)+ + Clone + 'static>(self, store: S, hooks: Hooks<S>) {
+                $crate::conformance::damaged_snapshot_is_ignored(store, |store, stream| {
+                    hooks.damage_snapshot(store, stream)
+                })
+                .await;
+            }
+        }
+    };
+    (@type $group:ident [$($bound:tt)+] $case:ident) => {
+        #[allow(non_camel_case_types)]
+        #[derive(Debug, Clone, Copy)]
+        #[doc = concat!("The case [`", stringify!($case), "`](crate::conformance::", stringify!($case), ").")]
+        pub struct $case;
+
+        impl $group for $case {
+            fn run<S: $($bound)+ + Clone + 'static>(
+                self,
+                store: S,
+                _hooks: Hooks<S>,
+            ) -> impl ::std::future::Future<Output = ()> {
+                $crate::conformance::$case(store)
+            }
+        }
+    };
+    // One test per case.
+    (@tests [$fresh_store:path, $teardown:path, $damage:path] $group:ident, $run:ident,
+        $bounds:tt: $($case:ident),+ $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use crate::{
     AppendResult, Error, EventData, EventLog, ExpectedVersion, Inspect, Position, RecordedEvent,
-    Result, StreamId,
+    Result, SnapshotRecord, SnapshotStore, StreamId,
 };
 
 /// The aggregate type of the raw streams the cases write.
@@ -212,5 +212,16 @@ pub(super) async fn join<T>(handle: JoinHandle<T>) -> T {
             abort.abort();
             panic!("a task of the case did not finish within {TASK_DEADLINE:?}");
         }
+    }
+}
+
+/// Saves a snapshot, panicking if the store refuses.
+pub(super) async fn save_snapshot<S: SnapshotStore>(
+    store: &S,
+    stream: &StreamId,
+    snapshot: SnapshotRecord,
+) {
+    if let Err(e) = store.save_snapshot(stream, snapshot).await {
+        panic!("save_snapshot({stream:?}) must not fail, got {e:?}");
     }
 }
