@@ -9,7 +9,8 @@ use sled::transaction::{
 };
 
 use crate::SledEventStore;
-use crate::store::{decode_position, position_bytes, store_error};
+use crate::record::{decode_position, encode_position};
+use crate::store::store_error;
 
 /// Prefix of the sled trees that hold read models.
 const READ_MODEL_PREFIX: &str = "cqrs.rm.";
@@ -275,7 +276,7 @@ impl TransactionalCheckpoint {
             writes.push(tree_writes);
         }
         let key = name.as_bytes();
-        let position = position_bytes(checkpoint);
+        let position = encode_position(checkpoint);
         let outcome = trees[..].transaction(|views: &Vec<TransactionalTree>| {
             let (checkpoints, read_model) = views
                 .split_first()

@@ -17,20 +17,124 @@
 //! (u16 length + bytes) + schema version (u32) + recorded_at (u64 ns since the epoch) +
 //! metadata + payload (u32 length + bytes)`, all integers big-endian. Metadata is a flags
 //! byte (bit 0: correlation id follows, bit 1: causation id follows) then a u32 count of
-//! key/value pairs, each as two u32-length-prefixed strings. A record decodes only if
-//! every length fits exactly; anything else is reported as corrupt, never a panic.
+//! key/value pairs, each as two u32-length-prefixed strings, then (format 2) a CRC32C
+//! (u32) of every byte before it. The checksum is verified before anything is decoded,
+//! and a record decodes only if every length fits exactly; anything else is reported as
+//! corrupt, never a panic and never a decoded value. Records of format 1 (written before
+//! the checksum existed) have no checksum and are read as they are.
+//!
+//! Snapshots (tree `cqrs.snapshots`) are `0xFF 0x02 + version (u64) + schema version
+//! (u32) + payload + CRC32C (u32)`. A snapshot written before checksums (without the
+//! `0xFF 0x02` mark) reads as damaged, and a damaged snapshot is ignored: the aggregate
+//! replays its stream and the next snapshot replaces it. Checkpoints are `commit (u64) +
+//! sequence (u64) + CRC32C`, or the 16 bytes alone when written before checksums (a
+//! checkpoint cannot be ignored: its read model would get events twice).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use cqrs_core::{Error, EventData, Metadata, Position, RecordedEvent, Result, StreamId};
+use cqrs_core::{
+    Error, EventData, Metadata, Position, RecordedEvent, Result, SnapshotRecord, StreamId,
+};
 use uuid::Uuid;
 
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const STREAM: u8 = b'S';
 pub(crate) const ID: u8 = b'I';
 
-const FORMAT: u8 = 1;
+/// The record format written: checksummed.
+const FORMAT: u8 = 2;
+/// The record format of stores written before records had a checksum.
+const FORMAT_UNCHECKED: u8 = 1;
+
+/// CRC32C (Castagnoli), the checksum of records.
+const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+
+/// The bytes of `record` that a [`Reader`] decodes: after the checksum of a format-2
+/// record is verified, everything before it; a format-1 record as it is.
+fn verified(record: &[u8]) -> std::result::Result<&[u8], String> {
+    match record.first() {
+        Some(&FORMAT) => unseal(record),
+        Some(&FORMAT_UNCHECKED) => Ok(record),
+        Some(format) => Err(format!("unknown record format {format}")),
+        None => Err("empty record".to_owned()),
+    }
+}
+
+/// Appends the CRC32C of everything in `out` to it.
+fn seal(out: &mut Vec<u8>) {
+    let sum = CRC32C.checksum(out);
+    out.extend_from_slice(&sum.to_be_bytes());
+}
+
+/// `sealed` without its trailing CRC32C, if that checksum matches.
+fn unseal(sealed: &[u8]) -> std::result::Result<&[u8], String> {
+    let Some(split) = sealed.len().checked_sub(4) else {
+        return Err("record truncated: shorter than its checksum".to_owned());
+    };
+    let (body, sum) = sealed.split_at(split);
+    let stored = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
+    let actual = CRC32C.checksum(body);
+    if stored == actual {
+        Ok(body)
+    } else {
+        Err(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+        ))
+    }
+}
+
+const SNAPSHOT_MARK: [u8; 2] = [0xFF, 2];
+
+/// The stored form of a snapshot.
+pub(crate) fn encode_snapshot(snapshot: &SnapshotRecord) -> Vec<u8> {
+    let mut out = Vec::with_capacity(18 + snapshot.payload.len());
+    out.extend_from_slice(&SNAPSHOT_MARK);
+    out.extend_from_slice(&snapshot.version.to_be_bytes());
+    out.extend_from_slice(&snapshot.schema_version.to_be_bytes());
+    out.extend_from_slice(&snapshot.payload);
+    seal(&mut out);
+    out
+}
+
+/// A stored snapshot, or why it cannot be read.
+pub(crate) fn decode_snapshot(bytes: &[u8]) -> std::result::Result<SnapshotRecord, String> {
+    if !bytes.starts_with(&SNAPSHOT_MARK) {
+        return Err("unknown snapshot format (written before checksums?)".to_owned());
+    }
+    let body = &unseal(bytes)?[SNAPSHOT_MARK.len()..];
+    match (body.get(..8).and_then(be_u64), body.get(8..12)) {
+        (Some(version), Some(schema)) => Ok(SnapshotRecord {
+            version,
+            schema_version: u32::from_be_bytes([schema[0], schema[1], schema[2], schema[3]]),
+            payload: body[12..].to_vec(),
+        }),
+        _ => Err(format!("{} bytes, too short for a snapshot", body.len())),
+    }
+}
+
+/// The stored form of a checkpoint.
+pub(crate) fn encode_position(position: Position) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20);
+    out.extend_from_slice(&position.commit.to_be_bytes());
+    out.extend_from_slice(&position.sequence.to_be_bytes());
+    seal(&mut out);
+    out
+}
+
+/// A stored checkpoint named `name`.
+pub(crate) fn decode_position(bytes: &[u8], name: &str) -> Result<Position> {
+    let corrupt = |reason: String| Error::corrupt(format!("checkpoint {name:?}"), reason);
+    let body = match bytes.len() {
+        16 => bytes,
+        20 => unseal(bytes).map_err(corrupt)?,
+        n => return Err(corrupt(format!("{n} bytes instead of 20"))),
+    };
+    Ok(Position::new(
+        u64::from_be_bytes(body[..8].try_into().unwrap_or_default()),
+        u64::from_be_bytes(body[8..].try_into().unwrap_or_default()),
+    ))
+}
 
 /// Appends the length-prefixed stream key to `out`.
 pub(crate) fn put_stream_key(out: &mut Vec<u8>, stream: &StreamId) {
@@ -144,6 +248,7 @@ pub(crate) fn encode(
     let len = u32::try_from(event.payload.len()).map_err(|_| too_big("the payload"))?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(&event.payload);
+    seal(&mut out);
     Ok(out)
 }
 
@@ -198,7 +303,9 @@ impl<'a> Reader<'a> {
 
 /// The stream and version a record names, read from its header only.
 pub(crate) fn decode_header(bytes: &[u8]) -> std::result::Result<(StreamId, u64), String> {
-    let mut r = Reader { bytes };
+    let mut r = Reader {
+        bytes: verified(bytes)?,
+    };
     header(&mut r, None)
 }
 
@@ -208,10 +315,8 @@ fn header(
     r: &mut Reader<'_>,
     last: Option<&StreamId>,
 ) -> std::result::Result<(StreamId, u64), String> {
-    let format = r.u8()?;
-    if format != FORMAT {
-        return Err(format!("unknown record format {format}"));
-    }
+    // The format byte was checked by `verified`.
+    r.u8()?;
     let ty_len = usize::from(r.u8()?);
     let ty = r.str(ty_len, "the aggregate type")?;
     let id_len = usize::from(r.u16()?);
@@ -239,7 +344,13 @@ pub(crate) fn decode(
         }
         None => format!("log position {position}"),
     };
-    let mut r = Reader { bytes };
+    let verified = verified(bytes).map_err(|reason| {
+        // Name the stream and version the damaged record claims, if its header still
+        // reads: a hint to find it, never data.
+        let claimed = header(&mut Reader { bytes }, None).ok();
+        Error::corrupt(location(claimed.as_ref().map(|(s, v)| (s, *v))), reason)
+    })?;
+    let mut r = Reader { bytes: verified };
     let (stream, version) = header(&mut r, last.or(expected.map(|(s, _)| s)))
         .map_err(|reason| Error::corrupt(location(None), reason))?;
     if let Some((want_stream, want_version)) = expected
@@ -359,6 +470,95 @@ mod tests {
                 .collect();
             let _ = decode(&garbage, 1, None, None);
         }
+    }
+
+    #[test]
+    fn every_flipped_bit_and_byte_is_corrupt_never_a_value() {
+        let (stream, event) = sample();
+        let bytes = encode(&stream, 3, &event, SystemTime::now()).unwrap();
+        for i in 0..bytes.len() {
+            for flip in (0..8).map(|b| 1u8 << b).chain([0xff, 0x5a]) {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= flip;
+                let got = decode(&damaged, 9, None, None);
+                assert!(
+                    matches!(got, Err(Error::Corrupt { .. })),
+                    "byte {i} ^ {flip:#x} decoded as {got:?}"
+                );
+                assert!(
+                    decode_header(&damaged).is_err(),
+                    "header of byte {i} ^ {flip:#x}"
+                );
+            }
+        }
+        let err = decode(
+            &{
+                let mut d = bytes.clone();
+                let last = d.len() - 10;
+                d[last] ^= 1;
+                d
+            },
+            9,
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn snapshots_and_checkpoints_are_checksummed() {
+        let snapshot = SnapshotRecord {
+            version: 12,
+            schema_version: 3,
+            payload: br#"{"balance":1}"#.to_vec(),
+        };
+        let bytes = encode_snapshot(&snapshot);
+        assert_eq!(decode_snapshot(&bytes), Ok(snapshot.clone()));
+        let position = Position::new(0, 77);
+        let stored = encode_position(position);
+        assert_eq!(decode_position(&stored, "p").unwrap(), position);
+        for flip in [1u8, 0x80, 0xff] {
+            for i in 0..bytes.len() {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= flip;
+                assert!(
+                    decode_snapshot(&damaged).is_err(),
+                    "snapshot byte {i} ^ {flip:#x}"
+                );
+            }
+            for i in 0..stored.len() {
+                let mut damaged = stored.clone();
+                damaged[i] ^= flip;
+                assert!(
+                    matches!(decode_position(&damaged, "p"), Err(Error::Corrupt { .. })),
+                    "checkpoint byte {i} ^ {flip:#x}"
+                );
+            }
+        }
+        // Written before checksums: a snapshot is ignored (the stream replays), a
+        // checkpoint is read as it is.
+        let old_snapshot = [&12u64.to_be_bytes()[..], &3u32.to_be_bytes(), b"{}"].concat();
+        assert!(decode_snapshot(&old_snapshot).is_err());
+        assert_eq!(decode_position(&stored[..16], "p").unwrap(), position);
+        assert!(decode_position(&stored[..15], "p").is_err());
+    }
+
+    #[test]
+    fn records_written_before_checksums_still_decode() {
+        let (stream, event) = sample();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut old = encode(&stream, 4, &event, at).unwrap();
+        old.truncate(old.len() - 4);
+        old[0] = FORMAT_UNCHECKED;
+        let back = decode(&old, 5, Some((&stream, 4)), None).unwrap();
+        assert_eq!(
+            (back.event_id, back.payload),
+            (event.event_id, event.payload)
+        );
+        old[0] = 3;
+        let err = decode(&old, 5, None, None).unwrap_err();
+        assert!(err.to_string().contains("unknown record format 3"), "{err}");
     }
 
     #[test]

@@ -172,8 +172,8 @@ impl SledEventStore {
     }
 
     /// Stores `bytes` as the snapshot record of `stream`, as they are, for tests of
-    /// damaged records (a real snapshot record is the version, the schema version and the
-    /// payload; fewer than 12 bytes cannot be one).
+    /// damaged records (a real snapshot record carries a mark, the version, the schema
+    /// version, the payload and a CRC32C of them: any other bytes read as damaged).
     ///
     /// # Errors
     /// [`Error::Store`] if sled fails.
@@ -318,30 +318,6 @@ impl SledEventStore {
     }
 }
 
-fn encode_position(position: Position) -> [u8; 16] {
-    let mut out = [0; 16];
-    out[..8].copy_from_slice(&position.commit.to_be_bytes());
-    out[8..].copy_from_slice(&position.sequence.to_be_bytes());
-    out
-}
-
-pub(crate) fn decode_position(bytes: &[u8], name: &str) -> Result<Position> {
-    match (
-        bytes.get(..8).and_then(be_u64),
-        bytes.get(8..).and_then(be_u64),
-    ) {
-        (Some(commit), Some(sequence)) => Ok(Position::new(commit, sequence)),
-        _ => Err(Error::corrupt(
-            format!("checkpoint {name:?}"),
-            format!("{} bytes instead of 16", bytes.len()),
-        )),
-    }
-}
-
-pub(crate) fn position_bytes(position: Position) -> [u8; 16] {
-    encode_position(position)
-}
-
 impl EventLog for SledEventStore {
     async fn append(
         &self,
@@ -408,15 +384,11 @@ impl SnapshotStore for SledEventStore {
         let Some(bytes) = self.inner.snapshots.get(key).map_err(store_error)? else {
             return Ok(None);
         };
-        match (bytes.get(..8).and_then(be_u64), bytes.get(8..12)) {
-            (Some(version), Some(schema)) => Ok(Some(SnapshotRecord {
-                version,
-                schema_version: u32::from_be_bytes([schema[0], schema[1], schema[2], schema[3]]),
-                payload: bytes[12..].to_vec(),
-            })),
-            _ => {
+        match record::decode_snapshot(&bytes) {
+            Ok(snapshot) => Ok(Some(snapshot)),
+            Err(reason) => {
                 // A snapshot is only an optimisation: a damaged one is ignored, not fatal.
-                tracing::warn!(%stream, "ignoring a damaged snapshot record");
+                tracing::warn!(%stream, %reason, "ignoring a damaged snapshot record");
                 Ok(None)
             }
         }
@@ -427,19 +399,15 @@ impl SnapshotStore for SledEventStore {
         let _writer = lock(&self.inner.snapshot_writer);
         // A later snapshot stays, unless it is ahead of the stream (then it is junk).
         if let Some(existing) = self.inner.snapshots.get(&key).map_err(store_error)?
-            && let Some(existing) = existing.get(..8).and_then(be_u64)
+            && let Ok(existing) = record::decode_snapshot(&existing).map(|s| s.version)
             && existing > snapshot.version
             && existing <= self.head(stream)?
         {
             return Ok(());
         }
-        let mut value = Vec::with_capacity(12 + snapshot.payload.len());
-        value.extend_from_slice(&snapshot.version.to_be_bytes());
-        value.extend_from_slice(&snapshot.schema_version.to_be_bytes());
-        value.extend_from_slice(&snapshot.payload);
         self.inner
             .snapshots
-            .insert(key, value)
+            .insert(key, record::encode_snapshot(&snapshot))
             .map_err(store_error)?;
         Ok(())
     }
@@ -452,7 +420,7 @@ impl CheckpointStore for SledEventStore {
             .checkpoints
             .get(name.as_bytes())
             .map_err(store_error)?
-            .map(|bytes| decode_position(&bytes, name))
+            .map(|bytes| record::decode_position(&bytes, name))
             .transpose()
     }
 
@@ -460,7 +428,7 @@ impl CheckpointStore for SledEventStore {
         validate_checkpoint_name(name)?;
         self.inner
             .checkpoints
-            .insert(name.as_bytes(), &encode_position(position)[..])
+            .insert(name.as_bytes(), record::encode_position(position))
             .map_err(store_error)?;
         Ok(())
     }
