@@ -47,8 +47,10 @@ const FORMAT: u8 = 2;
 /// The record format of stores written before records had a checksum.
 const FORMAT_UNCHECKED: u8 = 1;
 
-/// CRC32C (Castagnoli), the checksum of records.
-const CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+/// CRC32C (Castagnoli), the checksum of records; slice-by-16 tables (16 KiB), several
+/// times faster than the one-table default on event-sized records.
+static CRC32C: crc::Crc<u32, crc::Table<16>> =
+    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// The bytes of `record` that a [`Reader`] decodes: after the checksum of a format-2
 /// record is verified, everything before it; a format-1 record as it is.
