@@ -2,6 +2,7 @@
 
 mod append;
 mod config;
+mod contain;
 mod error;
 mod flush;
 mod open;
@@ -10,6 +11,7 @@ mod record;
 mod store;
 
 pub use config::{Durability, SledConfig};
+pub use contain::SledPanicked;
 pub use error::{OpenError, Result};
 pub use projection::{CheckpointMoved, ReadModel, ReadModelTx, TransactionalCheckpoint};
 pub use store::SledEventStore;

@@ -9,6 +9,7 @@ use sled::transaction::{
 };
 
 use crate::SledEventStore;
+use crate::contain::{guard, guard_next};
 use crate::record::{decode_position, encode_position};
 use crate::store::store_error;
 
@@ -69,10 +70,11 @@ impl ReadModelTx {
 
     fn open(&mut self, tree: &str) -> cqrs_core::Result<&sled::Tree> {
         if !self.trees.contains_key(tree) {
-            let opened = self
-                .db
-                .open_tree(tree_name(&self.projection, tree))
-                .map_err(store_error)?;
+            let opened = guard(|| {
+                self.db
+                    .open_tree(tree_name(&self.projection, tree))
+                    .map_err(store_error)
+            })?;
             self.trees.insert(tree.to_owned(), opened);
         }
         self.trees
@@ -88,7 +90,8 @@ impl ReadModelTx {
         if let Some(written) = self.writes.get(tree).and_then(|w| w.get(key)) {
             return Ok(written.clone());
         }
-        let value = self.open(tree)?.get(key).map_err(store_error)?;
+        let tree = self.open(tree)?;
+        let value = guard(|| tree.get(key).map_err(store_error))?;
         Ok(value.map(|v| v.to_vec()))
     }
 
@@ -241,6 +244,10 @@ impl TransactionalCheckpoint {
     /// Clears the read model and the checkpoint. The marker written first makes a crash
     /// in the middle resume the reset, never a replay onto a half-cleared model.
     fn clear(&self, name: &str) -> Result<(), BoxError> {
+        guard(|| self.clear_now(name))
+    }
+
+    fn clear_now(&self, name: &str) -> Result<(), BoxError> {
         let checkpoints = self.store.checkpoints_tree();
         let marker = Self::marker(name);
         checkpoints.insert(&marker[..], &[1u8][..])?;
@@ -277,39 +284,41 @@ impl TransactionalCheckpoint {
         }
         let key = name.as_bytes();
         let position = encode_position(checkpoint);
-        let outcome = trees[..].transaction(|views: &Vec<TransactionalTree>| {
-            let (checkpoints, read_model) = views
-                .split_first()
-                .ok_or(ConflictableTransactionError::Abort(None))?;
-            if let Some(expected) = expected {
-                let found = match checkpoints.get(key)? {
-                    Some(bytes) => decode_position(&bytes, name)
-                        .map_err(|e| ConflictableTransactionError::Abort(Some(e.into())))?,
-                    None => Position::START,
-                };
-                if found == checkpoint && found != expected {
-                    return Ok(false);
-                }
-                if found != expected {
-                    let moved = CheckpointMoved {
-                        projection: name.to_owned(),
-                        expected,
-                        found,
+        let outcome = guard(|| {
+            Ok::<_, Error>(trees[..].transaction(|views: &Vec<TransactionalTree>| {
+                let (checkpoints, read_model) = views
+                    .split_first()
+                    .ok_or(ConflictableTransactionError::Abort(None))?;
+                if let Some(expected) = expected {
+                    let found = match checkpoints.get(key)? {
+                        Some(bytes) => decode_position(&bytes, name)
+                            .map_err(|e| ConflictableTransactionError::Abort(Some(e.into())))?,
+                        None => Position::START,
                     };
-                    return Err(ConflictableTransactionError::Abort(Some(moved.into())));
+                    if found == checkpoint && found != expected {
+                        return Ok(false);
+                    }
+                    if found != expected {
+                        let moved = CheckpointMoved {
+                            projection: name.to_owned(),
+                            expected,
+                            found,
+                        };
+                        return Err(ConflictableTransactionError::Abort(Some(moved.into())));
+                    }
                 }
-            }
-            for (view, tree_writes) in read_model.iter().zip(&writes) {
-                for (k, v) in tree_writes {
-                    match v {
-                        Some(v) => view.insert(&k[..], &v[..])?,
-                        None => view.remove(&k[..])?,
-                    };
+                for (view, tree_writes) in read_model.iter().zip(&writes) {
+                    for (k, v) in tree_writes {
+                        match v {
+                            Some(v) => view.insert(&k[..], &v[..])?,
+                            None => view.remove(&k[..])?,
+                        };
+                    }
                 }
-            }
-            checkpoints.insert(key, &position[..])?;
-            Ok(true)
-        });
+                checkpoints.insert(key, &position[..])?;
+                Ok(true)
+            }))
+        })?;
         match outcome {
             Ok(written) => Ok(written),
             Err(TransactionError::Abort(reason)) => {
@@ -325,11 +334,8 @@ impl CheckpointStrategy for TransactionalCheckpoint {
 
     async fn load(&mut self, name: &str) -> Result<Option<Position>, BoxError> {
         cqrs_core::validate_checkpoint_name(name)?;
-        let stored = self
-            .store
-            .checkpoints_tree()
-            .get(name.as_bytes())
-            .map_err(store_error)?;
+        let checkpoints = self.store.checkpoints_tree();
+        let stored = guard(|| checkpoints.get(name.as_bytes()).map_err(store_error))?;
         Ok(stored
             .map(|bytes| decode_position(&bytes, name))
             .transpose()?)
@@ -396,10 +402,11 @@ impl SledEventStore {
     /// [`Error::InvalidInput`] for a bad projection name; [`Error::Store`] if sled fails.
     pub fn read_model(&self, projection: &str, tree: &str) -> cqrs_core::Result<ReadModel> {
         cqrs_core::validate_checkpoint_name(projection)?;
-        let tree = self
-            .db()
-            .open_tree(tree_name(projection, tree))
-            .map_err(store_error)?;
+        let tree = guard(|| {
+            self.db()
+                .open_tree(tree_name(projection, tree))
+                .map_err(store_error)
+        })?;
         Ok(ReadModel { tree })
     }
 }
@@ -410,7 +417,8 @@ impl ReadModel {
     /// # Errors
     /// [`Error::Store`] if sled fails.
     pub fn get(&self, key: &[u8]) -> cqrs_core::Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(key).map_err(store_error)?.map(|v| v.to_vec()))
+        let value = guard(|| self.tree.get(key).map_err(store_error))?;
+        Ok(value.map(|v| v.to_vec()))
     }
 
     /// The entries whose key starts with `prefix`, in key order, read lazily.
@@ -421,9 +429,15 @@ impl ReadModel {
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = cqrs_core::Result<(Vec<u8>, Vec<u8>)>> + Send + use<> {
-        self.tree.scan_prefix(prefix).map(|item| {
-            item.map(|(k, v)| (k.to_vec(), v.to_vec()))
-                .map_err(store_error)
+        let mut entries = self.tree.scan_prefix(prefix);
+        let mut failed = false;
+        std::iter::from_fn(move || {
+            if failed {
+                return None;
+            }
+            let item = guard_next(&mut entries)?;
+            failed = item.is_err();
+            Some(item.map(|(k, v)| (k.to_vec(), v.to_vec())))
         })
     }
 

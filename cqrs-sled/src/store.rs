@@ -16,6 +16,7 @@ use futures::{Stream, StreamExt, TryStreamExt, stream};
 use uuid::Uuid;
 
 use crate::config::Durability;
+use crate::contain::{guard, guard_chunk};
 use crate::flush::{Flusher, Watermarks};
 use crate::record::{self, be_u64, decode, log_key, stream_key};
 
@@ -326,7 +327,7 @@ impl EventLog for SledEventStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         validate_batch(stream, &events)?;
-        let (result, written) = self.commit(stream, expected, &events)?;
+        let (result, written) = guard(|| self.commit(stream, expected, &events))?;
         if let Some(flusher) = &self.inner.flusher {
             flusher.wait_durable(result.position.sequence).await?;
         }
@@ -343,7 +344,7 @@ impl EventLog for SledEventStore {
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
         stream::unfold(Some(from_version.max(1)), move |next| {
             let step = next.map(|from| {
-                let (chunk, next) = self.stream_chunk(stream, from);
+                let (chunk, next) = guard_chunk(|| self.stream_chunk(stream, from));
                 (stream::iter(chunk), next)
             });
             ready(step.filter(|(chunk, _)| chunk.size_hint().0 > 0))
@@ -365,7 +366,7 @@ impl EventLog for SledEventStore {
         let first = first.filter(|&f| f <= end && limit != Some(0));
         stream::unfold(first, move |next| {
             let step = next.map(|from| {
-                let (chunk, next) = self.log_chunk(from, end);
+                let (chunk, next) = guard_chunk(|| self.log_chunk(from, end));
                 (stream::iter(chunk), next)
             });
             ready(step.filter(|(chunk, _)| chunk.size_hint().0 > 0))
@@ -381,7 +382,7 @@ impl EventLog for SledEventStore {
 impl SnapshotStore for SledEventStore {
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<SnapshotRecord>> {
         let key = record::bare_stream_key(stream);
-        let Some(bytes) = self.inner.snapshots.get(key).map_err(store_error)? else {
+        let Some(bytes) = guard(|| self.inner.snapshots.get(key).map_err(store_error))? else {
             return Ok(None);
         };
         match record::decode_snapshot(&bytes) {
@@ -395,6 +396,12 @@ impl SnapshotStore for SledEventStore {
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
+        guard(|| self.save_snapshot_now(stream, &snapshot))
+    }
+}
+
+impl SledEventStore {
+    fn save_snapshot_now(&self, stream: &StreamId, snapshot: &SnapshotRecord) -> Result<()> {
         let key = record::bare_stream_key(stream);
         let _writer = lock(&self.inner.snapshot_writer);
         // A later snapshot stays, unless it is ahead of the stream (then it is junk).
@@ -407,7 +414,7 @@ impl SnapshotStore for SledEventStore {
         }
         self.inner
             .snapshots
-            .insert(key, record::encode_snapshot(&snapshot))
+            .insert(key, record::encode_snapshot(snapshot))
             .map_err(store_error)?;
         Ok(())
     }
@@ -416,36 +423,42 @@ impl SnapshotStore for SledEventStore {
 impl CheckpointStore for SledEventStore {
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
         validate_checkpoint_name(name)?;
-        self.inner
-            .checkpoints
-            .get(name.as_bytes())
-            .map_err(store_error)?
-            .map(|bytes| record::decode_position(&bytes, name))
-            .transpose()
+        guard(|| {
+            self.inner
+                .checkpoints
+                .get(name.as_bytes())
+                .map_err(store_error)?
+                .map(|bytes| record::decode_position(&bytes, name))
+                .transpose()
+        })
     }
 
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         validate_checkpoint_name(name)?;
-        self.inner
-            .checkpoints
-            .insert(name.as_bytes(), record::encode_position(position))
-            .map_err(store_error)?;
+        guard(|| {
+            self.inner
+                .checkpoints
+                .insert(name.as_bytes(), record::encode_position(position))
+                .map_err(store_error)
+        })?;
         Ok(())
     }
 }
 
 impl Inspect for SledEventStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        let Some((found, _, position)) = self.locate(event_id)? else {
-            return Ok(None);
-        };
-        if found != *stream {
-            return Ok(None);
-        }
-        let bytes = self.raw_record(position)?.ok_or_else(|| {
-            Error::corrupt(format!("log position {position}"), "the record is missing")
-        })?;
-        decode(&bytes, position, None, None).map(Some)
+        guard(|| {
+            let Some((found, _, position)) = self.locate(event_id)? else {
+                return Ok(None);
+            };
+            if found != *stream {
+                return Ok(None);
+            }
+            let bytes = self.raw_record(position)?.ok_or_else(|| {
+                Error::corrupt(format!("log position {position}"), "the record is missing")
+            })?;
+            decode(&bytes, position, None, None).map(Some)
+        })
     }
 
     async fn count_events(&self, after: Position) -> Result<u64> {
@@ -461,7 +474,7 @@ impl Inspect for SledEventStore {
         // Walk the stream index one stream at a time: find the next stream's first key,
         // read its head, then jump past its key range. Memory stays bounded.
         stream::unfold(Some(vec![record::STREAM]), move |start| {
-            ready(start.map(|start| match self.next_stream(&start) {
+            ready(start.map(|start| match guard(|| self.next_stream(&start)) {
                 Ok(Some((info, next))) => (Ok(info), Some(next)),
                 Ok(None) => (Err(None), None),
                 Err(e) => (Err(Some(e)), None),
@@ -483,7 +496,10 @@ impl Inspect for SledEventStore {
         Ok(StoreStats {
             streams,
             events: self.count_events(Position::START).await?,
-            snapshots: Some(u64::try_from(self.inner.snapshots.len()).unwrap_or(u64::MAX)),
+            snapshots: Some(
+                u64::try_from(guard(|| Ok::<_, Error>(self.inner.snapshots.len()))?)
+                    .unwrap_or(u64::MAX),
+            ),
         })
     }
 }
