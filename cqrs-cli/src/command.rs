@@ -15,6 +15,11 @@ pub enum OpsCommand {
     Events(EventsArgs),
     /// Show streams, events, snapshots, and each projection's checkpoint and lag.
     Stats,
+    /// Read the whole store and report what is damaged: unreadable records (checksum
+    /// mismatches, records that do not decode), gaps in streams, a log out of order,
+    /// counts that disagree, checkpoints past the end of the log. Exit code 4 when
+    /// anything is damaged.
+    Verify,
 }
 
 /// Arguments of `snapshot`.

@@ -19,16 +19,24 @@ pub enum Error {
     /// A projection stopped during a replay. Exit code 3.
     #[error("replay failed")]
     Projection(#[source] ProjectionError),
+    /// `verify` found damage (its report was written first). Exit code 4.
+    #[error("the store is damaged: {problems} problem(s) found")]
+    Damaged {
+        /// How many problems were found.
+        problems: u64,
+    },
     /// Writing the output failed.
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),
 }
 
 impl Error {
-    /// The process exit code this error calls for: 2 for bad usage, 3 otherwise.
+    /// The process exit code this error calls for: 2 for bad usage, 4 when `verify`
+    /// found damage, 3 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => 2,
+            Error::Damaged { .. } => 4,
             _ => 3,
         }
     }

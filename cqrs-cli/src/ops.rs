@@ -13,6 +13,8 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+mod verify;
+
 use crate::output::{payload_json, rfc3339};
 use crate::{Error, EventsArgs, OpsCommand, ReplayArgs, Result, SnapshotArgs};
 
@@ -255,6 +257,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
             OpsCommand::Replay(args) => self.replay(args).await?,
             OpsCommand::Events(args) => self.events(args).await?,
             OpsCommand::Stats => self.stats().await?,
+            OpsCommand::Verify => self.verify().await?,
         };
         if json {
             serde_json::to_writer_pretty(&mut *out, &report.json).map_err(std::io::Error::from)?;
@@ -262,7 +265,10 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         } else {
             out.write_all(report.text.as_bytes())?;
         }
-        Ok(())
+        match report.damaged {
+            Some(problems) => Err(Error::Damaged { problems }),
+            None => Ok(()),
+        }
     }
 
     async fn snapshot(&self, args: &SnapshotArgs) -> Result<Report> {
@@ -325,7 +331,11 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
             "snapshots_taken": taken.len(),
             "streams": taken.iter().map(|(s, v)| json!({ "stream": s.to_string(), "version": v })).collect::<Vec<_>>(),
         });
-        Ok(Report { text, json })
+        Ok(Report {
+            text,
+            json,
+            damaged: None,
+        })
     }
 
     async fn replay(&self, args: &ReplayArgs) -> Result<Report> {
@@ -367,6 +377,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         Ok(Report {
             text,
             json: json!({ "replayed": results }),
+            damaged: None,
         })
     }
 
@@ -430,6 +441,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         Ok(Report {
             text,
             json: json!({ "events": events, "last_position": next }),
+            damaged: None,
         })
     }
 
@@ -466,6 +478,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
                 "snapshots": stats.snapshots,
                 "projections": projections,
             }),
+            damaged: None,
         })
     }
 }
@@ -474,6 +487,8 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
 struct Report {
     text: String,
     json: Value,
+    /// `verify` found this many problems: the command fails after its report.
+    damaged: Option<u64>,
 }
 
 /// Progress on standard error: a bar on a terminal, plain lines otherwise.

@@ -251,3 +251,85 @@ fn usage_errors_come_from_clap() {
     assert!(Cli::try_parse_from(["app", "replay"]).is_err());
     assert!(Cli::try_parse_from(["app", "events", "--stream", "a/b", "--after", "3"]).is_err());
 }
+
+#[tokio::test]
+async fn verify_says_intact_and_counts() {
+    let f = fixture().await;
+    let found = run_json(&f.ops, &["verify"]).await;
+    assert_eq!(found["intact"], true, "{found}");
+    assert_eq!(
+        (
+            found["log_records"].as_u64(),
+            found["streams"].as_u64(),
+            found["stream_records"].as_u64()
+        ),
+        (Some(9), Some(3), Some(9))
+    );
+    assert_eq!(found["checkpoints"][0]["ahead_of_log"], false);
+    let text = run(&f.ops, &["verify"]).await.unwrap();
+    assert!(text.contains("intact"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_a_damaged_record_and_fails_with_exit_code_4() {
+    use cqrs_core::{EventData, EventLog, ExpectedVersion};
+
+    let dir = tempfile::tempdir().unwrap();
+    let a = StreamId::new("account", "a").unwrap();
+    let b = StreamId::new("account", "b").unwrap();
+    {
+        let store = cqrs_sled::SledEventStore::open(dir.path()).unwrap();
+        for (stream, n) in [(&a, 3), (&b, 1)] {
+            for _ in 0..n {
+                let event = EventData::new("Deposited", br#"{"amount":100}"#.to_vec());
+                store
+                    .append(stream, ExpectedVersion::Any, vec![event])
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    {
+        // Flip one byte in the middle of account/a version 2 (log position 2), below the
+        // store. The dropped store's lock can outlive it for a moment: retry, with a
+        // deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let db = loop {
+            match sled::open(dir.path()) {
+                Ok(db) => break db,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("sled::open after the store was dropped: {e}"),
+            }
+        };
+        let events = db.open_tree("cqrs.events").unwrap();
+        let key = [&[b'L'][..], &2u64.to_be_bytes()[..]].concat();
+        let mut record = events.get(&key).unwrap().unwrap().to_vec();
+        let middle = record.len() / 2;
+        record[middle] ^= 0x10;
+        events.insert(&key, record).unwrap();
+        db.flush().unwrap();
+    }
+    let store = cqrs_sled::SledEventStore::open(dir.path()).unwrap();
+    let ops = Operations::new(store).with_progress(ProgressStyle::Quiet);
+    let cli = Cli::try_parse_from(["app", "--json", "verify"]).unwrap();
+    let mut out = Vec::new();
+    let err = ops.run(&cli.command, cli.json, &mut out).await.unwrap_err();
+    assert!(matches!(err, Error::Damaged { .. }), "{err:?}");
+    assert_eq!(err.exit_code(), 4);
+    let found: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(found["intact"], false, "{found}");
+    assert_eq!(found["log_records"], 4, "{found}");
+    let problems = found["problems"].as_array().unwrap();
+    // Found once through the log and once through its stream.
+    assert_eq!(problems.len(), 2, "{found}");
+    for problem in problems {
+        assert_eq!(problem["kind"], "unreadable", "{found}");
+        let detail = problem["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("account/a version 2") && detail.contains("checksum mismatch"),
+            "{detail}"
+        );
+    }
+}

@@ -30,6 +30,7 @@ mod store;
 mod stream;
 pub mod testkit;
 mod upcast;
+mod verify;
 
 #[cfg(any(test, feature = "conformance"))]
 #[cfg_attr(docsrs, doc(cfg(feature = "conformance")))]
@@ -63,6 +64,7 @@ pub use snapshot_store::{
 pub use store::EventStore;
 pub use stream::{ExpectedVersion, InvalidPosition, InvalidStreamId, Position, StreamId};
 pub use upcast::{JsonEvent, Upcasters};
+pub use verify::{MAX_REPORTED_PROBLEMS, Problem, Verification, verify};
 
 /// The workspace README's example, compiled and run as a doctest.
 #[cfg(doctest)]
