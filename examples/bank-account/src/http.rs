@@ -12,9 +12,10 @@
 //! | `GET /accounts/{id}/history`        |                              | 200, the history  |
 //! | `GET /transfers/{id}`               |                              | 200, the outcome  |
 //!
-//! Errors are `{"error": "..."}` with 400 (bad input), 404 (unknown account or
-//! transfer), 409 (conflict after retries), 422 (domain rejection) or 503 (store
-//! unavailable). Amounts are strings or numbers: `"12"`, `"12.5"`, `12.50`.
+//! Errors are `{"error": "..."}` with a status chosen by the [`BankError`] predicates:
+//! 400 (bad input), 404 (unknown account or transfer), 409 (conflict after retries), 422
+//! (domain rejection) or 503 (store unavailable, projections behind). Amounts are
+//! strings or numbers: `"12"`, `"12.5"`, `12.50`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -26,9 +27,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::domain::{Cents, TransferStatus, format_cents};
-use crate::projections::AccountRow;
-use crate::{Bank, BankError};
+use crate::domain::{AccountCommand, Cents};
+use crate::{Bank, BankError, full_chain};
 
 /// An error as an HTTP answer.
 #[derive(Debug)]
@@ -36,14 +36,18 @@ pub struct ApiError(StatusCode, String);
 
 impl From<BankError> for ApiError {
     fn from(e: BankError) -> Self {
-        let status = match &e {
-            BankError::BadInput(_) => StatusCode::BAD_REQUEST,
-            BankError::UnknownAccount(_) => StatusCode::NOT_FOUND,
-            BankError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            BankError::Conflict(_) => StatusCode::CONFLICT,
-            BankError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        let status = if e.is_invalid_input() {
+            StatusCode::BAD_REQUEST
+        } else if e.is_not_found() {
+            StatusCode::NOT_FOUND
+        } else if e.is_rejected() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else if e.is_conflict() {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
         };
-        ApiError(status, e.to_string())
+        ApiError(status, full_chain(&e))
     }
 }
 
@@ -63,20 +67,16 @@ type ApiResult = Result<Json<Value>, ApiError>;
 
 /// An amount as JSON: a string or a number.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Amount {
-    Text(String),
-    Number(serde_json::Number),
-}
+struct Amount(Value);
 
 impl Amount {
     fn cents(&self) -> Result<Cents, ApiError> {
-        let text = match self {
-            Amount::Text(text) => text.clone(),
-            Amount::Number(n) => n.to_string(),
-        };
-        text.parse::<Cents>()
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("amount {text:?}: {e}")))
+        let text = self
+            .0
+            .as_str()
+            .map_or_else(|| self.0.to_string(), str::to_owned);
+        let amount = text.parse::<Cents>();
+        amount.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("amount {text:?}: {e}")))
     }
 }
 
@@ -98,20 +98,7 @@ struct TransferBody {
     amount: Amount,
 }
 
-/// The JSON form of an account's row, as `bank balance --json` prints it.
-pub fn account_json(row: &AccountRow) -> Value {
-    json!({
-        "account": row.account,
-        "owner": row.owner,
-        "status": row.status,
-        "balance_cents": row.balance_cents,
-        "balance": format_cents(row.balance_cents),
-        "version": row.version,
-    })
-}
-
-/// The API's routes over `bank`. Run the bank's projections in the background while it
-/// serves (see [`Bank::run_projections`]).
+/// The API's routes over `bank`; its projections must be running (see [`Bank::start`]).
 pub fn router(bank: Bank) -> Router {
     Router::new()
         .route("/accounts", post(open).get(accounts))
@@ -125,15 +112,20 @@ pub fn router(bank: Bank) -> Router {
         .with_state(bank)
 }
 
+fn reply(value: impl serde::Serialize) -> ApiResult {
+    Ok(Json(json!(value)))
+}
+
 async fn open(
     State(bank): State<Bank>,
     body: Result<Json<OpenBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Json(body) = body?;
     let owner = body.owner.unwrap_or_else(|| body.account.clone());
-    bank.open_account(&body.account, &owner).await?;
-    let row = bank.balance(&body.account).await?;
-    Ok((StatusCode::CREATED, Json(account_json(&row))))
+    let row = bank
+        .execute(&body.account, AccountCommand::Open { owner })
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!(row))))
 }
 
 async fn deposit(
@@ -141,9 +133,11 @@ async fn deposit(
     Path(id): Path<String>,
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> ApiResult {
-    let Json(body) = body?;
-    bank.deposit(&id, body.amount.cents()?).await?;
-    Ok(Json(account_json(&bank.balance(&id).await?)))
+    let amount = body?.amount.cents()?;
+    reply(
+        bank.execute(&id, AccountCommand::Deposit { amount })
+            .await?,
+    )
 }
 
 async fn withdraw(
@@ -151,14 +145,15 @@ async fn withdraw(
     Path(id): Path<String>,
     body: Result<Json<AmountBody>, JsonRejection>,
 ) -> ApiResult {
-    let Json(body) = body?;
-    bank.withdraw(&id, body.amount.cents()?).await?;
-    Ok(Json(account_json(&bank.balance(&id).await?)))
+    let amount = body?.amount.cents()?;
+    reply(
+        bank.execute(&id, AccountCommand::Withdraw { amount })
+            .await?,
+    )
 }
 
 async fn close(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    bank.close(&id).await?;
-    Ok(Json(account_json(&bank.balance(&id).await?)))
+    reply(bank.execute(&id, AccountCommand::Close).await?)
 }
 
 async fn transfer(
@@ -166,10 +161,10 @@ async fn transfer(
     body: Result<Json<TransferBody>, JsonRejection>,
 ) -> ApiResult {
     let Json(body) = body?;
-    let outcome = bank
-        .transfer(&body.from, &body.to, body.amount.cents()?)
-        .await?;
-    Ok(Json(json!(outcome)))
+    reply(
+        bank.transfer(&body.from, &body.to, body.amount.cents()?)
+            .await?,
+    )
 }
 
 async fn transfer_status(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
@@ -179,30 +174,20 @@ async fn transfer_status(State(bank): State<Bank>, Path(id): Path<String>) -> Ap
             format!("{id:?} is not a transfer id"),
         )
     })?;
-    let outcome = bank.transfer_outcome(transfer_id).await?;
-    if outcome.status == TransferStatus::Unknown {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("unknown transfer {transfer_id}"),
-        ));
-    }
-    Ok(Json(json!(outcome)))
+    reply(bank.transfer_outcome(transfer_id).await?)
 }
 
 async fn balance(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(account_json(&bank.balance(&id).await?)))
+    reply(bank.balance(&id).await?)
 }
 
 async fn history(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
     let history = bank.history(&id).await?;
-    Ok(Json(json!({ "account": id, "history": history })))
+    reply(json!({ "account": id, "history": history }))
 }
 
 async fn accounts(State(bank): State<Bank>) -> ApiResult {
-    let rows = bank.list_accounts().await?;
-    Ok(Json(
-        json!({ "accounts": rows.iter().map(account_json).collect::<Vec<_>>() }),
-    ))
+    reply(json!({ "accounts": bank.list_accounts().await? }))
 }
 
 /// Serves the API on `listener` with the projections running in the background, until
@@ -215,43 +200,43 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BankError> {
-    let (stop_projections, projections_stopped) = tokio::sync::oneshot::channel::<()>();
-    let background = {
-        let bank = bank.clone();
-        tokio::spawn(async move {
-            bank.run_projections(async {
-                let _ = projections_stopped.await;
-            })
-            .await
-        })
-    };
-    let served = axum::serve(listener, router(bank))
+    bank.start();
+    let served = axum::serve(listener, router(bank.clone()))
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(|e| BankError::Store(format!("the HTTP server failed: {e}")));
-    let _ = stop_projections.send(());
-    let projections = background
-        .await
-        .map_err(|e| BankError::Store(format!("the projections task failed: {e}")))?;
+        .map_err(BankError::store);
+    let projections = bank.stop().await;
     served.and(projections)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{AccountError, TransferError};
 
     #[test]
     fn every_error_maps_to_its_status() {
         let cases = [
-            (BankError::BadInput("x".into()), StatusCode::BAD_REQUEST),
-            (BankError::UnknownAccount("x".into()), StatusCode::NOT_FOUND),
+            (BankError::InvalidInput("x".into()), StatusCode::BAD_REQUEST),
+            (AccountError::Unknown.into(), StatusCode::NOT_FOUND),
+            (TransferError::Unknown.into(), StatusCode::NOT_FOUND),
             (
-                BankError::Rejected("x".into()),
+                AccountError::Closed.into(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                TransferError::SameAccount.into(),
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             (BankError::Conflict("x".into()), StatusCode::CONFLICT),
             (
                 BankError::Store("x".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                BankError::NotCaughtUp {
+                    waited: std::time::Duration::ZERO,
+                },
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
         ];

@@ -1,17 +1,21 @@
-//! The bank on PostgreSQL: the accounts read model in tables of the store's schema,
-//! updated with its checkpoint in one transaction.
+//! The accounts read model in PostgreSQL tables of the store's schema, updated *inline*:
+//! in each append's own transaction, so a read in any process sees every write that
+//! returned.
 
 use std::collections::HashMap;
 
-use cqrs_core::Projection;
-use cqrs_core::{BoxError, Envelope, RecordedEvent};
-use cqrs_postgres::PostgresEventStore;
-use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection, Row};
+use cqrs_core::{
+    BoxError, BoxEventStore, Envelope, Position, Projection, ProjectionRunner, RecordedEvent,
+};
+use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
+use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
 
-use crate::BankError;
 use crate::domain::AccountEvent;
-use crate::error::full_chain;
-use crate::projections::{ACCOUNTS, AccountRow, HistoryRow, fold, is_account_event};
+use crate::error::BankError;
+use crate::read_model::{ACCOUNTS, AccountRow, HistoryRow, ReadModel, fold, is_account_event};
 
 /// Splits a `schema=NAME` query parameter off a PostgreSQL URL (sqlx would refuse it).
 /// Returns the URL without it and the schema (default `bank`).
@@ -19,82 +23,158 @@ pub fn split_schema(url: &str) -> (String, String) {
     let Some((base, query)) = url.split_once('?') else {
         return (url.to_owned(), "bank".to_owned());
     };
-    let mut schema = "bank".to_owned();
-    let kept: Vec<&str> = query
+    let (schema, kept): (Vec<&str>, Vec<&str>) = query
         .split('&')
-        .filter(|pair| match pair.strip_prefix("schema=") {
-            Some(name) => {
-                name.clone_into(&mut schema);
-                false
-            }
-            None => !pair.is_empty(),
-        })
-        .collect();
+        .filter(|pair| !pair.is_empty())
+        .partition(|pair| pair.starts_with("schema="));
+    let schema = schema
+        .last()
+        .map_or("bank", |pair| &pair["schema=".len()..]);
     let url = if kept.is_empty() {
         base.to_owned()
     } else {
         format!("{base}?{}", kept.join("&"))
     };
-    (url, schema)
+    (url, schema.to_owned())
 }
 
-/// Connects, migrates the store and creates the read-model tables.
+/// Connects, migrates the store, creates the read-model tables, and registers the read
+/// model's projection with the store, inline.
 ///
 /// # Errors
-/// [`BankError::Store`] naming what failed.
-pub async fn open(url: &str) -> Result<PostgresEventStore, BankError> {
+/// [`BankError::Store`] naming what failed; [`BankError::InvalidInput`] for a bad schema.
+pub async fn open(url: &str) -> Result<PgAccounts, BankError> {
     let (url, schema) = split_schema(url);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
         .test_before_acquire(false)
         .connect(&url)
         .await
-        .map_err(|e| {
-            BankError::Store(format!("cannot connect to PostgreSQL: {}", full_chain(&e)))
-        })?;
+        .map_err(BankError::store)?;
     let store = PostgresEventStore::builder(pool)
-        .schema(schema)
+        .schema(schema.clone())
+        .inline_projection(Accounts { schema })
         .build()
-        .map_err(|e| BankError::BadInput(full_chain(&e)))?;
-    store
-        .migrate()
-        .await
-        .map_err(|e| BankError::Store(full_chain(&e)))?;
+        .map_err(|e| BankError::InvalidInput(e.into()))?;
+    store.migrate().await.map_err(BankError::store)?;
     // The schema name was validated by the store (lowercase letters, digits and `_`),
     // so it can be quoted into the DDL.
-    let s = store.schema();
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS \"{s}\".bank_accounts (account text PRIMARY KEY, row jsonb NOT NULL);
-         CREATE TABLE IF NOT EXISTS \"{s}\".bank_history (
+        "CREATE TABLE IF NOT EXISTS \"{0}\".bank_accounts (account text PRIMARY KEY, row jsonb NOT NULL);
+         CREATE TABLE IF NOT EXISTS \"{0}\".bank_history (
              account text NOT NULL, version bigint NOT NULL, line jsonb NOT NULL,
-             PRIMARY KEY (account, version));"
+             PRIMARY KEY (account, version));",
+        store.schema()
     )))
     .execute(store.pool())
     .await
-    .map_err(|e| BankError::Store(format!("cannot create the read-model tables: {}", full_chain(&e))))?;
-    Ok(store)
+    .map_err(BankError::store)?;
+    Ok(PgAccounts { store })
 }
 
-/// The accounts read model in `bank_accounts` and `bank_history`.
+/// The accounts read model in the tables `bank_accounts` and `bank_history`.
 #[derive(Debug, Clone)]
 pub struct PgAccounts {
-    schema: String,
+    store: PostgresEventStore,
 }
 
 impl PgAccounts {
-    /// The read model in the tables of `store`'s schema.
-    pub fn new(store: &PostgresEventStore) -> Self {
-        PgAccounts {
-            schema: store.schema().to_owned(),
+    /// The event store, whose appends update the read model.
+    pub fn store(&self) -> &PostgresEventStore {
+        &self.store
+    }
+
+    async fn query<T: DeserializeOwned>(
+        &self,
+        sql: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<T>, BankError> {
+        let sql = sql.replace("{s}", self.store.schema());
+        let mut query = sqlx::query_scalar::<_, serde_json::Value>(AssertSqlSafe(sql));
+        if let Some(id) = id {
+            query = query.bind(id.to_owned());
         }
+        let values = query
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(BankError::store)?;
+        values
+            .into_iter()
+            .map(|v| serde_json::from_value(v).map_err(BankError::store))
+            .collect()
+    }
+
+    fn runner(&self) -> ProjectionRunner<BoxEventStore, Accounts, TransactionalCheckpoint> {
+        let projection = Accounts {
+            schema: self.store.schema().to_owned(),
+        };
+        let checkpoint = TransactionalCheckpoint::new(self.store.clone());
+        ProjectionRunner::with_strategy(
+            BoxEventStore::new(self.store.clone()),
+            projection,
+            checkpoint,
+        )
     }
 }
 
-fn json<T: serde::Serialize>(value: &T) -> Result<serde_json::Value, BoxError> {
-    Ok(serde_json::to_value(value)?)
+impl ReadModel for PgAccounts {
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>> {
+        let sql = "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1";
+        async move { Ok(self.query(sql, Some(id)).await?.pop()) }.boxed()
+    }
+
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>> {
+        let sql = "SELECT line FROM \"{s}\".bank_history WHERE account = $1 ORDER BY version";
+        self.query(sql, Some(id)).boxed()
+    }
+
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>, BankError>> {
+        self.query(
+            "SELECT row FROM \"{s}\".bank_accounts ORDER BY account",
+            None,
+        )
+        .boxed()
+    }
+
+    /// Inline: every append that returned is in the tables already.
+    fn wait_for(&self, _: Position) -> BoxFuture<'_, Result<(), BankError>> {
+        std::future::ready(Ok(())).boxed()
+    }
+
+    /// Inline: nothing to run.
+    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), BankError>> {
+        shutdown.map(Ok).boxed()
+    }
+
+    fn rebuild(&self) -> BoxFuture<'_, Result<u64, BankError>> {
+        async move {
+            self.runner()
+                .rebuild(|_| {})
+                .await
+                .map_err(BankError::store)
+        }
+        .boxed()
+    }
+
+    /// A replay rebuilds the tables with a runner of the same projection, while appends
+    /// (of other `bank` commands) may update them too: replay while nothing writes.
+    fn register(
+        &self,
+        ops: cqrs_cli::Operations<BoxEventStore>,
+    ) -> cqrs_cli::Operations<BoxEventStore> {
+        let this = self.clone();
+        ops.projection(move || this.runner())
+    }
 }
 
-impl Projection<PgConnection> for PgAccounts {
+/// The accounts projection on PostgreSQL: inline in every append, or run by a runner
+/// to rebuild the tables.
+#[derive(Debug, Clone)]
+struct Accounts {
+    schema: String,
+}
+
+impl Projection<PgConnection> for Accounts {
     type Event = AccountEvent;
 
     fn name(&self) -> &str {
@@ -102,7 +182,7 @@ impl Projection<PgConnection> for PgAccounts {
     }
 
     fn wants(&self, record: &RecordedEvent) -> bool {
-        is_account_event(record.stream.aggregate_type())
+        is_account_event(record)
     }
 
     async fn apply(
@@ -112,7 +192,7 @@ impl Projection<PgConnection> for PgAccounts {
     ) -> Result<(), BoxError> {
         let s = &self.schema;
         // Each touched row is read once and written once per batch.
-        let mut rows: HashMap<String, Option<AccountRow>> = HashMap::new();
+        let mut rows: HashMap<&str, Option<AccountRow>> = HashMap::new();
         for e in batch {
             let id = e.stream.id();
             if !rows.contains_key(id) {
@@ -122,28 +202,26 @@ impl Projection<PgConnection> for PgAccounts {
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?;
-                rows.insert(id.to_owned(), row.map(serde_json::from_value).transpose()?);
+                rows.insert(id, row.map(serde_json::from_value).transpose()?);
             }
-            let current = rows.get_mut(id).map(Option::take).unwrap_or_default();
-            let (row, line) = fold(current, e);
+            let (row, line) = fold(rows.get_mut(id).and_then(Option::take), e);
             sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO \"{s}\".bank_history (account, version, line) VALUES ($1, $2, $3)"
             )))
             .bind(id)
             .bind(i64::try_from(e.version)?)
-            .bind(json(&line)?)
+            .bind(serde_json::to_value(&line)?)
             .execute(&mut *conn)
             .await?;
-            rows.insert(id.to_owned(), Some(row));
+            rows.insert(id, Some(row));
         }
         for (id, row) in rows {
-            let Some(row) = row else { continue };
             sqlx::query(AssertSqlSafe(format!(
                 "INSERT INTO \"{s}\".bank_accounts (account, row) VALUES ($1, $2)
                  ON CONFLICT (account) DO UPDATE SET row = EXCLUDED.row"
             )))
             .bind(id)
-            .bind(json(&row)?)
+            .bind(serde_json::to_value(&row)?)
             .execute(&mut *conn)
             .await?;
         }
@@ -152,79 +230,10 @@ impl Projection<PgConnection> for PgAccounts {
 
     async fn reset(&mut self, conn: &mut PgConnection) -> Result<(), BoxError> {
         let s = &self.schema;
-        sqlx::raw_sql(AssertSqlSafe(format!(
-            "TRUNCATE \"{s}\".bank_accounts, \"{s}\".bank_history"
-        )))
-        .execute(conn)
-        .await?;
+        let sql = format!("TRUNCATE \"{s}\".bank_accounts, \"{s}\".bank_history");
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
         Ok(())
     }
-}
-
-fn store_error(e: impl std::error::Error + 'static) -> BankError {
-    BankError::Store(full_chain(&e))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, BankError> {
-    serde_json::from_value(value)
-        .map_err(|e| BankError::Store(format!("a read-model row does not decode: {e}")))
-}
-
-/// One account's row.
-///
-/// # Errors
-/// [`BankError::Store`] if the query fails.
-pub async fn account(
-    store: &PostgresEventStore,
-    id: &str,
-) -> Result<Option<AccountRow>, BankError> {
-    let s = store.schema();
-    let row: Option<serde_json::Value> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1"
-    )))
-    .bind(id)
-    .fetch_optional(store.pool())
-    .await
-    .map_err(store_error)?;
-    row.map(decode).transpose()
-}
-
-/// One account's history, oldest first.
-///
-/// # Errors
-/// [`BankError::Store`] if the query fails.
-pub async fn history(store: &PostgresEventStore, id: &str) -> Result<Vec<HistoryRow>, BankError> {
-    let s = store.schema();
-    let rows = sqlx::query(AssertSqlSafe(format!(
-        "SELECT line FROM \"{s}\".bank_history WHERE account = $1 ORDER BY version"
-    )))
-    .bind(id)
-    .fetch_all(store.pool())
-    .await
-    .map_err(store_error)?;
-    rows.into_iter()
-        .map(|row| {
-            decode(
-                row.try_get::<serde_json::Value, _>("line")
-                    .map_err(store_error)?,
-            )
-        })
-        .collect()
-}
-
-/// Every account, by id.
-///
-/// # Errors
-/// [`BankError::Store`] if the query fails.
-pub async fn accounts(store: &PostgresEventStore) -> Result<Vec<AccountRow>, BankError> {
-    let s = store.schema();
-    let rows: Vec<serde_json::Value> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT row FROM \"{s}\".bank_accounts ORDER BY account"
-    )))
-    .fetch_all(store.pool())
-    .await
-    .map_err(store_error)?;
-    rows.into_iter().map(decode).collect()
 }
 
 #[cfg(test)]

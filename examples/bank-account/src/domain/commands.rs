@@ -77,34 +77,21 @@ impl FromStr for Cents {
         if s.starts_with('-') {
             return Err(AmountError::NotPositive);
         }
-        let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
-        let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty()
-            || !digits(whole)
-            || !digits(fraction)
-            || (s.contains('.') && fraction.is_empty())
-        {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(fraction) {
             return Err(AmountError::NotANumber);
         }
+        // Limit the digits before parsing so nothing overflows.
         if fraction.len() > 2 {
             return Err(AmountError::TooPrecise);
         }
-        // Limit the digits before parsing so nothing overflows.
         if whole.trim_start_matches('0').len() > 10 {
             return Err(AmountError::TooLarge);
         }
-        let whole: i64 = whole.parse().map_err(|_| AmountError::NotANumber)?;
-        let fraction: i64 = match fraction.len() {
-            0 => 0,
-            1 => {
-                fraction
-                    .parse::<i64>()
-                    .map_err(|_| AmountError::NotANumber)?
-                    * 10
-            }
-            _ => fraction.parse().map_err(|_| AmountError::NotANumber)?,
-        };
-        Cents::new(whole * 100 + fraction)
+        let parse = |part: &str| part.parse::<i64>().map_err(|_| AmountError::NotANumber);
+        let scale = if fraction.len() == 1 { 10 } else { 1 };
+        Cents::new(parse(whole)? * 100 + parse(fraction)? * scale)
     }
 }
 

@@ -1,0 +1,160 @@
+//! The accounts read model: its rows, the one fold that builds them, and the
+//! [`ReadModel`] trait that each store implements (`sled.rs`, `postgres.rs`).
+
+use std::time::SystemTime;
+
+use cqrs_core::{BoxEventStore, Envelope, Position, RecordedEvent};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::domain::{Account, AccountEvent, AccountStatus, format_cents};
+use crate::error::BankError;
+
+/// The name of the accounts read model's projection.
+pub const ACCOUNTS: &str = "accounts";
+
+/// One account in the read model.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRow {
+    /// The account id.
+    pub account: String,
+    /// The owner's name.
+    pub owner: String,
+    /// Open or closed.
+    pub status: AccountStatus,
+    /// The balance in cents.
+    pub balance_cents: i64,
+    /// The balance with two decimals, for people.
+    #[serde(default)]
+    pub balance: String,
+    /// The account stream's version this row reflects.
+    pub version: u64,
+}
+
+/// One line of an account's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    /// The event's version in the account's stream.
+    pub version: u64,
+    /// What happened: `opened`, `deposit`, `withdrawal`, `closed`, `transfer_out`,
+    /// `transfer_in`, `refund`.
+    pub kind: String,
+    /// The balance change in cents (negative for money out).
+    pub amount_cents: i64,
+    /// The balance after it, in cents.
+    pub balance_cents: i64,
+    /// The other account of a transfer.
+    pub counterparty: Option<String>,
+    /// The transfer, for transfer legs and refunds.
+    pub transfer_id: Option<Uuid>,
+    /// When it was recorded (milliseconds since the Unix epoch).
+    pub recorded_at_ms: u64,
+}
+
+/// Folds one account event into its row and history line: the one piece of read-model
+/// logic, shared by every store's implementation.
+pub fn fold(row: Option<AccountRow>, e: &Envelope<AccountEvent>) -> (AccountRow, HistoryRow) {
+    let mut row = row.unwrap_or_else(|| AccountRow {
+        account: e.stream.id().to_owned(),
+        owner: String::new(),
+        status: AccountStatus::Open,
+        balance_cents: 0,
+        balance: String::new(),
+        version: 0,
+    });
+    let change = e.event.balance_change();
+    row.balance_cents += change;
+    row.balance = format_cents(row.balance_cents);
+    row.version = e.version;
+    let (kind, counterparty, transfer_id) = match &e.event {
+        AccountEvent::Opened { owner } => {
+            row.owner.clone_from(owner);
+            ("opened", None, None)
+        }
+        AccountEvent::Deposited { .. } => ("deposit", None, None),
+        AccountEvent::Withdrawn { .. } => ("withdrawal", None, None),
+        AccountEvent::Closed => {
+            row.status = AccountStatus::Closed;
+            ("closed", None, None)
+        }
+        AccountEvent::TransferDebited {
+            transfer_id, to, ..
+        } => ("transfer_out", Some(to.clone()), Some(*transfer_id)),
+        AccountEvent::TransferCredited {
+            transfer_id, from, ..
+        } => ("transfer_in", Some(from.clone()), Some(*transfer_id)),
+        AccountEvent::TransferRefunded { transfer_id, .. } => ("refund", None, Some(*transfer_id)),
+    };
+    let history = HistoryRow {
+        version: e.version,
+        kind: kind.to_owned(),
+        amount_cents: change,
+        balance_cents: row.balance_cents,
+        counterparty,
+        transfer_id,
+        recorded_at_ms: e
+            .recorded_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+    };
+    (row, history)
+}
+
+/// Whether a record belongs to the accounts read model (the projections' `wants`).
+pub fn is_account_event(record: &RecordedEvent) -> bool {
+    record.stream.aggregate_type() == <Account as cqrs_core::Aggregate>::TYPE
+}
+
+/// The accounts read model as the bank uses it, whatever store keeps it: reads, the
+/// wait that gives read-your-writes, and its projection's runs.
+///
+/// The store is picked from a URL at start-up, so the bank holds a
+/// `Box<dyn ReadModel>` and the methods return boxed futures.
+pub trait ReadModel: Send + Sync + std::fmt::Debug {
+    /// One account's row, `None` if the read model has none.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if it cannot be read.
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>>;
+
+    /// One account's history, oldest first.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if it cannot be read.
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>>;
+
+    /// Every account, by id.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if it cannot be read.
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>, BankError>>;
+
+    /// Waits until the read model has applied the log up to `position` (a write's
+    /// position), so a read after it shows the write.
+    ///
+    /// # Errors
+    /// [`BankError::NotCaughtUp`] after [`WAIT`](crate::bank::WAIT).
+    fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<(), BankError>>;
+
+    /// Keeps the read model up to date until `shutdown` completes (a store that
+    /// updates it with each append has nothing to run).
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if the projection stops.
+    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), BankError>>;
+
+    /// Clears the read model and replays the whole log into it; returns the records
+    /// read. Nothing else may run its projection meanwhile.
+    ///
+    /// # Errors
+    /// [`BankError::Store`] if the projection stops.
+    fn rebuild(&self) -> BoxFuture<'_, Result<u64, BankError>>;
+
+    /// Registers the read model's projection with the operations subcommand (for
+    /// `replay` and `stats`).
+    fn register(
+        &self,
+        ops: cqrs_cli::Operations<BoxEventStore>,
+    ) -> cqrs_cli::Operations<BoxEventStore>;
+}
