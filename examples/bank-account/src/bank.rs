@@ -1,14 +1,11 @@
 //! `Bank`: the store chosen by URL, the repositories, the read model and the transfer
-//! process manager, and the commands and reads that the command line and the HTTP API
-//! call.
+//! process manager, and the commands and reads that the command line and HTTP call.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cqrs_core::{
-    Aggregate, BoxEventStore, EventLog, ProjectionRunner, Repository, RetryPolicy, SnapshotPolicy,
-    StoreCheckpoint, StreamId,
-};
+use cqrs_core::{Aggregate, BoxEventStore, EventLog, ProjectionRunner, Repository, RetryPolicy};
+use cqrs_core::{SnapshotPolicy, StoreCheckpoint, StreamId};
 use cqrs_postgres::{PostgresEventStore, WorkerConfig, WorkerLock};
 use cqrs_sled::SledEventStore;
 use futures::{FutureExt, StreamExt};
@@ -26,13 +23,6 @@ use crate::transfer_process::{TRANSFERS, TransferProcess};
 /// How long a command waits for the projections to apply its effects (the read model,
 /// or a transfer's end) before it fails with [`BankError::NotCaughtUp`].
 pub const WAIT: Duration = Duration::from_secs(30);
-
-/// The snapshot policy of accounts: a snapshot every 50 events.
-pub const SNAPSHOT_EVERY: u64 = 50;
-
-/// How many account states the command side keeps in memory
-/// ([`Repository::with_cache`]): a command on a recently used account skips its load.
-pub const ACCOUNT_CACHE: usize = 10_000;
 
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -67,35 +57,37 @@ type Background = (oneshot::Sender<()>, Vec<JoinHandle<Result<(), BankError>>>);
 impl Bank {
     /// Opens the bank on the store named by `url`: `sled:<path>`, `postgres://…` (with
     /// `?schema=NAME`, default `bank`), or `memory:` (a temporary sled database, deleted
-    /// when the bank is dropped). The projections are not started.
-    ///
-    /// # Errors
+    /// when the bank is dropped), without starting the projections. Fails with
     /// [`BankError::InvalidInput`] for an unknown URL, [`BankError::Store`] if the store
     /// cannot be opened.
     pub async fn open(url: &str, services: AccountServices) -> Result<Bank, BankError> {
-        let (store, read_model, postgres): (_, Arc<dyn ReadModel>, _) =
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                let pg = crate::postgres::open(url).await?;
-                let store = pg.store().clone();
-                (BoxEventStore::new(store.clone()), Arc::new(pg), Some(store))
-            } else {
-                let sled = match url.strip_prefix("sled:") {
-                    Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
-                    Some(path) => Ok(SledEventStore::open(path)),
-                    None if url == "memory:" => Ok(SledEventStore::temporary()),
-                    None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
-                };
-                let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
-                let sled = sled.map_err(BankError::store)?;
-                let read_model = crate::sled::SledAccounts::new(sled.clone());
-                (BoxEventStore::new(sled), Arc::new(read_model), None)
+        let (read_model, postgres): (Arc<dyn ReadModel>, _) = if url.starts_with("postgres") {
+            let pg = crate::postgres::open(url).await?;
+            (Arc::new(pg.clone()), Some(pg.store().clone()))
+        } else {
+            let sled = match url.strip_prefix("sled:") {
+                Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
+                Some(path) => Ok(SledEventStore::open(path)),
+                None if url == "memory:" => Ok(SledEventStore::temporary()),
+                None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
             };
+            let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
+            (
+                Arc::new(crate::sled::SledAccounts::new(
+                    sled.map_err(BankError::store)?,
+                )),
+                None,
+            )
+        };
+        let store = read_model.store();
+        // Accounts: a snapshot every 50 events, and the states of the 10,000 most recently
+        // used accounts in memory (a command on one of them skips its load).
+        let accounts = Repository::new(store.clone(), services)
+            .with_snapshots(SnapshotPolicy::EveryEvents(50))
+            .with_cache(10_000);
         let retry = RetryPolicy::attempts(20);
         Ok(Bank {
-            accounts: Repository::new(store.clone(), services)
-                .with_snapshots(SnapshotPolicy::EveryEvents(SNAPSHOT_EVERY))
-                .with_retry(retry)
-                .with_cache(ACCOUNT_CACHE),
+            accounts: accounts.with_retry(retry),
             transfers: Repository::new(store.clone(), ()).with_retry(retry),
             store,
             read_model,
@@ -123,13 +115,20 @@ impl Bank {
     pub fn transfer_runner(
         &self,
     ) -> ProjectionRunner<BoxEventStore, TransferProcess, StoreCheckpoint<BoxEventStore>> {
-        let process = TransferProcess::new(self.accounts.clone(), self.transfers.clone());
+        let (accounts, transfers) = (self.accounts.clone(), self.transfers.clone());
         let checkpoint = StoreCheckpoint::new(self.store.clone());
-        ProjectionRunner::with_strategy(self.store.clone(), process, checkpoint)
+        ProjectionRunner::with_strategy(
+            self.store.clone(),
+            TransferProcess {
+                accounts,
+                transfers,
+            },
+            checkpoint,
+        )
     }
 
-    /// Starts the read model and the process manager in the background, unless they
-    /// run already. On PostgreSQL the process manager runs in one process at a time (a
+    /// Starts the read model and the process manager in the background, unless they run
+    /// already. On PostgreSQL the process manager runs in one process at a time (a
     /// worker lock); another takes over when that one dies.
     pub fn start(&self) {
         let mut background = self
@@ -140,7 +139,7 @@ impl Bank {
             return;
         }
         let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = stopped.map(|_| ()).shared();
+        let shutdown = stopped.map(drop).shared();
         let read_model = tokio::spawn(self.read_model.run(shutdown.clone().boxed()));
         let (mut saga, postgres) = (self.transfer_runner(), self.postgres.clone());
         let saga = tokio::spawn(async move {
@@ -156,10 +155,8 @@ impl Bank {
         *background = Some((stop, vec![read_model, saga]));
     }
 
-    /// Stops the background projections (at their next batch boundary).
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if a projection had stopped with an error.
+    /// Stops the background projections (at their next batch boundary); fails with
+    /// [`BankError::Store`] if one had stopped with an error.
     pub async fn stop(&self) -> Result<(), BankError> {
         let background = self
             .background
@@ -176,10 +173,9 @@ impl Bank {
         Ok(())
     }
 
-    /// The operations subcommand over this bank's store, aggregates and projections.
+    /// The operations subcommand over this bank's store, accounts and projections.
+    /// (Transfers, three events at most, are not worth snapshotting.)
     pub fn operations(&self) -> cqrs_cli::Operations<BoxEventStore> {
-        // Transfers are short streams (three events at most) loaded without snapshots:
-        // only accounts are worth snapshotting.
         let ops = cqrs_cli::Operations::new(self.store.clone()).aggregate(self.accounts.clone());
         let bank = self.clone();
         self.read_model
@@ -187,34 +183,22 @@ impl Bank {
             .projection(move || bank.transfer_runner())
     }
 
-    /// On PostgreSQL, takes the worker locks of both projections (for a replay), failing
-    /// if another process (a `bank serve`) runs them; elsewhere there is nothing to lock
-    /// (one process owns a sled database). Dropping the locks releases them.
-    ///
-    /// # Errors
-    /// [`BankError::Store`], also when another process holds a lock.
+    /// On PostgreSQL, takes the worker locks of both projections (for a replay); fails
+    /// with [`BankError::Store`] if another process (a `bank serve`) holds one. On sled
+    /// there is nothing to lock: one process owns the database.
     pub async fn lock_projections(&self) -> Result<Vec<WorkerLock>, BankError> {
         let mut locks = Vec::new();
         for name in [TRANSFERS, ACCOUNTS] {
             let Some(pg) = &self.postgres else { break };
-            match pg.try_lock_worker(name).await.map_err(BankError::store)? {
-                Some(lock) => locks.push(lock),
-                None => {
-                    return Err(BankError::store(format!(
-                        "projection {name} runs elsewhere"
-                    )));
-                }
-            }
+            let lock = pg.try_lock_worker(name).await.map_err(BankError::store)?;
+            locks.push(lock.ok_or_else(|| BankError::store(format!("{name} runs elsewhere")))?);
         }
         Ok(locks)
     }
 
     /// Executes an account command and returns the account's row once the read model
-    /// shows it.
-    ///
-    /// # Errors
-    /// [`BankError::is_rejected`] and [`BankError::is_not_found`] for the domain's
-    /// refusals, [`BankError::is_invalid_input`] for a bad id, [`BankError::NotCaughtUp`].
+    /// shows it. Fails with the domain's refusal ([`BankError::is_rejected`]), for a bad
+    /// id ([`BankError::is_invalid_input`]), or with [`BankError::NotCaughtUp`].
     pub async fn execute(
         &self,
         id: &str,
@@ -227,11 +211,8 @@ impl Bank {
         self.balance(id).await
     }
 
-    /// Requests a transfer and returns its id; the process manager carries it out.
-    ///
-    /// # Errors
-    /// [`BankError::is_rejected`] for a transfer to the same account,
-    /// [`BankError::is_invalid_input`] for bad ids.
+    /// Requests a transfer and returns its id; the process manager carries it out. Fails
+    /// for a transfer to the same account ([`BankError::is_rejected`]) and for bad ids.
     pub async fn request_transfer(
         &self,
         from: &str,
@@ -242,8 +223,7 @@ impl Bank {
         for id in [from, to] {
             StreamId::new(Account::TYPE, id).map_err(|e| BankError::InvalidInput(e.into()))?;
         }
-        let transfer_id = Uuid::new_v4();
-        let (from, to) = (from.to_owned(), to.to_owned());
+        let (transfer_id, from, to) = (Uuid::new_v4(), from.to_owned(), to.to_owned());
         let command = TransferCommand::Request { from, to, amount };
         self.transfers
             .execute(&transfer_id.to_string(), &command)
@@ -252,25 +232,20 @@ impl Bank {
     }
 
     /// Transfers money and waits until the transfer ends: completed, or failed (with the
-    /// source refunded if it had been debited).
-    ///
-    /// # Errors
-    /// As for [`request_transfer`](Self::request_transfer) and [`finished`](Self::finished).
+    /// source refunded if it had been debited). Fails as the two steps do.
     pub async fn transfer(
         &self,
         from: &str,
         to: &str,
         amount: Cents,
     ) -> Result<TransferOutcome, BankError> {
-        let transfer_id = self.request_transfer(from, to, amount).await?;
-        self.finished(transfer_id).await
+        self.finished(self.request_transfer(from, to, amount).await?)
+            .await
     }
 
-    /// Waits until a transfer has ended and the read model shows its effects. It wakes on
-    /// the store's append notifications, not by polling.
-    ///
-    /// # Errors
-    /// [`BankError::NotCaughtUp`] if that takes longer than [`WAIT`].
+    /// Waits until a transfer has ended and the read model shows its effects, woken by
+    /// the store's append notifications; fails with [`BankError::NotCaughtUp`] after
+    /// [`WAIT`].
     pub async fn finished(&self, transfer_id: Uuid) -> Result<TransferOutcome, BankError> {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut appended = self.store.watch();
@@ -282,9 +257,10 @@ impl Bank {
                 let stream = StreamId::new(Transfer::TYPE, transfer_id.to_string());
                 let stream = stream.map_err(BankError::store)?;
                 let events = self.store.read_stream(&stream, 1).collect::<Vec<_>>().await;
-                let last = events.into_iter().next_back().transpose();
-                if let Some(last) = last.map_err(BankError::store)? {
-                    self.read_model.wait_for(last.position).await?;
+                if let Some(last) = events.into_iter().next_back() {
+                    self.read_model
+                        .wait_for(last.map_err(BankError::store)?.position)
+                        .await?;
                 }
                 return Ok(outcome);
             }
@@ -292,51 +268,38 @@ impl Bank {
                 .await
                 .is_err()
             {
-                return Err(BankError::NotCaughtUp { waited: WAIT });
+                return Err(BankError::NotCaughtUp(WAIT));
             }
         }
     }
 
-    /// A transfer's current outcome.
-    ///
-    /// # Errors
-    /// [`BankError::is_not_found`] for an unknown transfer.
+    /// A transfer's current outcome; fails with [`BankError::is_not_found`] if unknown.
     pub async fn transfer_outcome(&self, transfer_id: Uuid) -> Result<TransferOutcome, BankError> {
         let loaded = self.transfers.load(&transfer_id.to_string()).await;
-        let transfer = loaded.map_err(BankError::store)?.state;
-        if transfer.status == TransferStatus::Unknown {
+        let Transfer { status, failure } = loaded.map_err(BankError::store)?.state;
+        if status == TransferStatus::Unknown {
             return Err(TransferError::Unknown.into());
         }
-        let (status, reason) = (transfer.status, transfer.failure);
         Ok(TransferOutcome {
             transfer_id,
             status,
-            reason,
+            reason: failure,
         })
     }
 
-    /// An account's row in the read model.
-    ///
-    /// # Errors
-    /// [`BankError::is_not_found`] if there is none.
+    /// An account's row in the read model; fails with [`BankError::is_not_found`].
     pub async fn balance(&self, id: &str) -> Result<AccountRow, BankError> {
         let row = self.read_model.account(id).await?;
         row.ok_or(BankError::Account(AccountError::Unknown))
     }
 
-    /// An account's history from the read model, oldest first.
-    ///
-    /// # Errors
-    /// [`BankError::is_not_found`] if there is no such account.
+    /// An account's history, oldest first; fails with [`BankError::is_not_found`].
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>, BankError> {
         self.balance(id).await?;
         self.read_model.history(id).await
     }
 
     /// Every account in the read model.
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if the read model cannot be read.
     pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, BankError> {
         self.read_model.accounts().await
     }

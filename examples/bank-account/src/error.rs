@@ -7,75 +7,61 @@ use cqrs_core::{BoxError, CommandError};
 
 use crate::domain::{AccountError, TransferError};
 
-/// Why a bank operation failed.
+/// Why a bank operation failed. Branch on the predicates, not on the variants.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BankError {
-    /// An account refused the command (insufficient funds, unknown account, ...).
-    ///
-    /// Handling: [`is_rejected`](Self::is_rejected) (exit 1, HTTP 422), or
-    /// [`is_not_found`](Self::is_not_found) for [`AccountError::Unknown`] (HTTP 404).
+    /// An account refused the command: [`is_rejected`](Self::is_rejected), or
+    /// [`is_not_found`](Self::is_not_found) for [`AccountError::Unknown`].
     #[error(transparent)]
     Account(#[from] AccountError),
-    /// A transfer refused the command (to the same account, unknown transfer, ...).
-    ///
-    /// Handling: as for [`Account`](Self::Account).
+    /// A transfer refused the command: as for [`Account`](Self::Account).
     #[error(transparent)]
     Transfer(#[from] TransferError),
-    /// Input that cannot be used: an account id that is not a valid stream id, an
-    /// unknown store URL. Nothing was written.
-    ///
-    /// Handling: [`is_invalid_input`](Self::is_invalid_input) (exit 2, HTTP 400).
-    #[error("invalid input: {0}")]
+    /// Input that cannot be used (a bad account id, an unknown store URL); nothing was
+    /// written: [`is_invalid_input`](Self::is_invalid_input).
+    #[error("invalid input")]
     InvalidInput(#[source] BoxError),
-    /// Concurrent writers kept winning for longer than the retry policy.
-    ///
-    /// Handling: [`is_conflict`](Self::is_conflict) (exit 3, HTTP 409); try again.
+    /// Concurrent writers kept winning: [`is_conflict`](Self::is_conflict); try again.
     #[error("too many concurrent changes, try again")]
     Conflict(#[source] BoxError),
-    /// The store failed, or a projection stopped.
-    ///
-    /// Handling: [`is_unavailable`](Self::is_unavailable) (exit 3, HTTP 503).
+    /// The store failed, or a projection stopped: [`is_unavailable`](Self::is_unavailable).
     #[error("the store failed")]
     Store(#[source] BoxError),
-    /// The projections had not applied a write within the deadline (the read model or
-    /// the process manager is stopped, or far behind).
-    ///
-    /// Handling: [`is_unavailable`](Self::is_unavailable); the write itself is done.
-    #[error("the projections did not catch up within {waited:?}")]
-    NotCaughtUp {
-        /// How long it waited.
-        waited: Duration,
-    },
+    /// The projections had not applied a write (which is done) within the deadline:
+    /// [`is_unavailable`](Self::is_unavailable).
+    #[error("the projections did not catch up within {0:?}")]
+    NotCaughtUp(Duration),
 }
 
 impl BankError {
-    /// The domain refused it (HTTP 422 unless [`is_not_found`](Self::is_not_found)).
+    /// The domain refused it (HTTP 422, exit 1).
     pub fn is_rejected(&self) -> bool {
         matches!(self, BankError::Account(_) | BankError::Transfer(_))
     }
 
-    /// The account or transfer does not exist.
+    /// The account or transfer does not exist (HTTP 404, exit 1).
     pub fn is_not_found(&self) -> bool {
+        use {AccountError as A, TransferError as T};
         matches!(
             self,
-            BankError::Account(AccountError::Unknown) | BankError::Transfer(TransferError::Unknown)
+            BankError::Account(A::Unknown) | BankError::Transfer(T::Unknown)
         )
     }
 
-    /// The input was refused before anything was written.
+    /// The input was refused before anything was written (HTTP 400, exit 2).
     pub fn is_invalid_input(&self) -> bool {
         matches!(self, BankError::InvalidInput(_))
     }
 
-    /// Concurrent writers kept winning.
+    /// Concurrent writers kept winning (HTTP 409, exit 3).
     pub fn is_conflict(&self) -> bool {
         matches!(self, BankError::Conflict(_))
     }
 
-    /// The store or a projection is failing or behind: try later.
+    /// The store or a projection is failing or behind (HTTP 503, exit 3).
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, BankError::Store(_) | BankError::NotCaughtUp { .. })
+        matches!(self, BankError::Store(_) | BankError::NotCaughtUp(_))
     }
 
     pub(crate) fn store(e: impl Into<BoxError>) -> Self {
@@ -83,14 +69,15 @@ impl BankError {
     }
 }
 
-impl<E: Into<BankError> + std::error::Error + Send + Sync + 'static> From<CommandError<E>>
-    for BankError
+impl<E> From<CommandError<E>> for BankError
+where
+    E: Into<BankError> + std::error::Error + Send + Sync + 'static,
 {
     fn from(e: CommandError<E>) -> Self {
         match e {
             CommandError::Rejected(reason) => reason.into(),
-            e if e.is_conflict() => BankError::Conflict(e.into()),
             CommandError::Invalid(e) => BankError::InvalidInput(e.into()),
+            e if e.is_conflict() => BankError::Conflict(e.into()),
             e => BankError::Store(e.into()),
         }
     }
@@ -101,8 +88,7 @@ pub fn full_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
+        text = format!("{text}: {s}");
         source = s.source();
     }
     text

@@ -25,27 +25,22 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 use crate::domain::{AccountCommand, Cents};
 use crate::{Bank, BankError, full_chain};
 
-/// An error as an HTTP answer.
+/// An error as an HTTP answer: the status, and the message for `{"error": ...}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
 impl From<BankError> for ApiError {
     fn from(e: BankError) -> Self {
-        let status = if e.is_invalid_input() {
-            StatusCode::BAD_REQUEST
-        } else if e.is_not_found() {
-            StatusCode::NOT_FOUND
-        } else if e.is_rejected() {
-            StatusCode::UNPROCESSABLE_ENTITY
-        } else if e.is_conflict() {
-            StatusCode::CONFLICT
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
+        let status = match () {
+            () if e.is_invalid_input() => StatusCode::BAD_REQUEST,
+            () if e.is_not_found() => StatusCode::NOT_FOUND,
+            () if e.is_rejected() => StatusCode::UNPROCESSABLE_ENTITY,
+            () if e.is_conflict() => StatusCode::CONFLICT,
+            () => StatusCode::SERVICE_UNAVAILABLE,
         };
         ApiError(status, full_chain(&e))
     }
@@ -65,37 +60,30 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// An amount as JSON: a string or a number.
+/// A request body: an account and owner to open, an amount, or a transfer.
 #[derive(Debug, Deserialize)]
-struct Amount(Value);
+struct Body {
+    account: Option<String>,
+    owner: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    /// A string or a number.
+    amount: Option<Value>,
+}
 
-impl Amount {
-    fn cents(&self) -> Result<Cents, ApiError> {
-        let text = self
-            .0
-            .as_str()
-            .map_or_else(|| self.0.to_string(), str::to_owned);
+impl Body {
+    fn field(value: Option<String>, name: &str) -> Result<String, ApiError> {
+        value.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, format!("missing field `{name}`")))
+    }
+
+    fn amount(&self) -> Result<Cents, ApiError> {
+        let value = self.amount.as_ref();
+        let text = value.map_or_else(String::new, |v| {
+            v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+        });
         let amount = text.parse::<Cents>();
         amount.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("amount {text:?}: {e}")))
     }
-}
-
-#[derive(Debug, Deserialize)]
-struct OpenBody {
-    account: String,
-    owner: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AmountBody {
-    amount: Amount,
-}
-
-#[derive(Debug, Deserialize)]
-struct TransferBody {
-    from: String,
-    to: String,
-    amount: Amount,
 }
 
 /// The API's routes over `bank`; its projections must be running (see [`Bank::start`]).
@@ -104,113 +92,100 @@ pub fn router(bank: Bank) -> Router {
         .route("/accounts", post(open).get(accounts))
         .route("/accounts/{id}", get(balance))
         .route("/accounts/{id}/history", get(history))
-        .route("/accounts/{id}/deposits", post(deposit))
-        .route("/accounts/{id}/withdrawals", post(withdraw))
-        .route("/accounts/{id}/close", post(close))
+        .route("/accounts/{id}/{action}", post(account))
         .route("/transfers", post(transfer))
         .route("/transfers/{id}", get(transfer_status))
         .with_state(bank)
 }
 
-fn reply(value: impl serde::Serialize) -> ApiResult {
-    Ok(Json(json!(value)))
-}
-
 async fn open(
     State(bank): State<Bank>,
-    body: Result<Json<OpenBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+    body: Result<Json<Body>, JsonRejection>,
+) -> impl IntoResponse {
     let Json(body) = body?;
-    let owner = body.owner.unwrap_or_else(|| body.account.clone());
+    let account = Body::field(body.account, "account")?;
+    let owner = body.owner.unwrap_or_else(|| account.clone());
     let row = bank
-        .execute(&body.account, AccountCommand::Open { owner })
+        .execute(&account, AccountCommand::Open { owner })
         .await?;
-    Ok((StatusCode::CREATED, Json(json!(row))))
+    Ok::<_, ApiError>((StatusCode::CREATED, Json(json!(row))))
 }
 
-async fn deposit(
+/// `deposits`, `withdrawals` and `close`.
+async fn account(
     State(bank): State<Bank>,
-    Path(id): Path<String>,
-    body: Result<Json<AmountBody>, JsonRejection>,
+    Path((id, action)): Path<(String, String)>,
+    body: Result<Json<Body>, JsonRejection>,
 ) -> ApiResult {
-    let amount = body?.amount.cents()?;
-    reply(
-        bank.execute(&id, AccountCommand::Deposit { amount })
-            .await?,
-    )
+    let command = match action.as_str() {
+        "deposits" => AccountCommand::Deposit {
+            amount: body?.amount()?,
+        },
+        "withdrawals" => AccountCommand::Withdraw {
+            amount: body?.amount()?,
+        },
+        "close" => AccountCommand::Close,
+        _ => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no action {action:?}"),
+            ));
+        }
+    };
+    Ok(Json(json!(bank.execute(&id, command).await?)))
 }
 
-async fn withdraw(
-    State(bank): State<Bank>,
-    Path(id): Path<String>,
-    body: Result<Json<AmountBody>, JsonRejection>,
-) -> ApiResult {
-    let amount = body?.amount.cents()?;
-    reply(
-        bank.execute(&id, AccountCommand::Withdraw { amount })
-            .await?,
-    )
-}
-
-async fn close(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    reply(bank.execute(&id, AccountCommand::Close).await?)
-}
-
-async fn transfer(
-    State(bank): State<Bank>,
-    body: Result<Json<TransferBody>, JsonRejection>,
-) -> ApiResult {
+async fn transfer(State(bank): State<Bank>, body: Result<Json<Body>, JsonRejection>) -> ApiResult {
     let Json(body) = body?;
-    reply(
-        bank.transfer(&body.from, &body.to, body.amount.cents()?)
-            .await?,
-    )
+    let amount = body.amount()?;
+    let (from, to) = (Body::field(body.from, "from")?, Body::field(body.to, "to")?);
+    Ok(Json(json!(bank.transfer(&from, &to, amount).await?)))
 }
 
 async fn transfer_status(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    let transfer_id: Uuid = id.parse().map_err(|_| {
+    let not_a_uuid = |_| {
         ApiError(
             StatusCode::BAD_REQUEST,
             format!("{id:?} is not a transfer id"),
         )
-    })?;
-    reply(bank.transfer_outcome(transfer_id).await?)
+    };
+    Ok(Json(json!(
+        bank.transfer_outcome(id.parse().map_err(not_a_uuid)?)
+            .await?
+    )))
 }
 
 async fn balance(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    reply(bank.balance(&id).await?)
+    Ok(Json(json!(bank.balance(&id).await?)))
 }
 
 async fn history(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    let history = bank.history(&id).await?;
-    reply(json!({ "account": id, "history": history }))
+    Ok(Json(
+        json!({ "account": id, "history": bank.history(&id).await? }),
+    ))
 }
 
 async fn accounts(State(bank): State<Bank>) -> ApiResult {
-    reply(json!({ "accounts": bank.list_accounts().await? }))
+    Ok(Json(json!({ "accounts": bank.list_accounts().await? })))
 }
 
 /// Serves the API on `listener` with the projections running in the background, until
-/// `shutdown` completes.
-///
-/// # Errors
-/// [`BankError::Store`] if serving or a projection fails.
+/// `shutdown` completes; fails with [`BankError::Store`] if serving or a projection fails.
 pub async fn serve(
     bank: Bank,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BankError> {
     bank.start();
-    let served = axum::serve(listener, router(bank.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(BankError::store);
-    let projections = bank.stop().await;
-    served.and(projections)
+    let app = axum::serve(listener, router(bank.clone())).with_graceful_shutdown(shutdown);
+    let served = app.await.map_err(BankError::store);
+    served.and(bank.stop().await)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::domain::{AccountError, TransferError};
 
@@ -234,9 +209,7 @@ mod tests {
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
             (
-                BankError::NotCaughtUp {
-                    waited: std::time::Duration::ZERO,
-                },
+                BankError::NotCaughtUp(Duration::ZERO),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
         ];

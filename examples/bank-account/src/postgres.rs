@@ -1,32 +1,26 @@
 //! The accounts read model in PostgreSQL tables of the store's schema, updated *inline*:
 //! in each append's own transaction, so a read in any process sees every write that
-//! returned.
+//! returned. A runner of the same projection rebuilds the tables (`bank replay`).
 
-use std::collections::HashMap;
-
-use cqrs_core::{
-    BoxError, BoxEventStore, Envelope, Position, Projection, ProjectionRunner, RecordedEvent,
-};
+use cqrs_cli::Operations;
+use cqrs_core::{BoxError, BoxEventStore, Envelope, Position, Projection, ProjectionRunner};
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
 use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint};
-use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, ready};
 use serde::de::DeserializeOwned;
 
 use crate::domain::AccountEvent;
 use crate::error::BankError;
 use crate::read_model::{ACCOUNTS, AccountRow, HistoryRow, ReadModel, fold, is_account_event};
 
-/// Splits a `schema=NAME` query parameter off a PostgreSQL URL (sqlx would refuse it).
-/// Returns the URL without it and the schema (default `bank`).
-pub fn split_schema(url: &str) -> (String, String) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), "bank".to_owned());
-    };
+/// Splits a `schema=NAME` query parameter off a PostgreSQL URL (sqlx would refuse it):
+/// the URL without it, and the schema (default `bank`).
+fn split_schema(url: &str) -> (String, String) {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let (schema, kept): (Vec<&str>, Vec<&str>) = query
         .split('&')
-        .filter(|pair| !pair.is_empty())
-        .partition(|pair| pair.starts_with("schema="));
+        .filter(|p| !p.is_empty())
+        .partition(|p| p.starts_with("schema="));
     let schema = schema
         .last()
         .map_or("bank", |pair| &pair["schema=".len()..]);
@@ -39,32 +33,29 @@ pub fn split_schema(url: &str) -> (String, String) {
 }
 
 /// Connects, migrates the store, creates the read-model tables, and registers the read
-/// model's projection with the store, inline.
-///
-/// # Errors
-/// [`BankError::Store`] naming what failed; [`BankError::InvalidInput`] for a bad schema.
-pub async fn open(url: &str) -> Result<PgAccounts, BankError> {
+/// model's projection with the store, inline. Fails with [`BankError::Store`], or
+/// [`BankError::InvalidInput`] for a bad schema name.
+pub(crate) async fn open(url: &str) -> Result<PgAccounts, BankError> {
     let (url, schema) = split_schema(url);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
-        .test_before_acquire(false)
-        .connect(&url)
-        .await
-        .map_err(BankError::store)?;
-    let store = PostgresEventStore::builder(pool)
-        .schema(schema.clone())
-        .inline_projection(Accounts { schema })
-        .build()
-        .map_err(|e| BankError::InvalidInput(e.into()))?;
+        .test_before_acquire(false);
+    let pool = pool.connect(&url).await.map_err(BankError::store)?;
+    let store = PostgresEventStore::builder(pool).schema(schema.clone());
+    let store = store
+        .inline_projection(Accounts {
+            schema: schema.clone(),
+        })
+        .build();
+    let store = store.map_err(|e| BankError::InvalidInput(e.into()))?;
     store.migrate().await.map_err(BankError::store)?;
-    // The schema name was validated by the store (lowercase letters, digits and `_`),
-    // so it can be quoted into the DDL.
+    // The store validated the schema name (lowercase letters, digits and `_`), so it
+    // can be quoted into the DDL.
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS \"{0}\".bank_accounts (account text PRIMARY KEY, row jsonb NOT NULL);
-         CREATE TABLE IF NOT EXISTS \"{0}\".bank_history (
+        "CREATE TABLE IF NOT EXISTS \"{schema}\".bank_accounts (account text PRIMARY KEY, row jsonb NOT NULL);
+         CREATE TABLE IF NOT EXISTS \"{schema}\".bank_history (
              account text NOT NULL, version bigint NOT NULL, line jsonb NOT NULL,
-             PRIMARY KEY (account, version));",
-        store.schema()
+             PRIMARY KEY (account, version));"
     )))
     .execute(store.pool())
     .await
@@ -79,7 +70,7 @@ pub struct PgAccounts {
 }
 
 impl PgAccounts {
-    /// The event store, whose appends update the read model.
+    /// The event store whose appends update the read model.
     pub fn store(&self) -> &PostgresEventStore {
         &self.store
     }
@@ -105,22 +96,23 @@ impl PgAccounts {
     }
 
     fn runner(&self) -> ProjectionRunner<BoxEventStore, Accounts, TransactionalCheckpoint> {
-        let projection = Accounts {
-            schema: self.store.schema().to_owned(),
-        };
-        let checkpoint = TransactionalCheckpoint::new(self.store.clone());
-        ProjectionRunner::with_strategy(
-            BoxEventStore::new(self.store.clone()),
-            projection,
-            checkpoint,
-        )
+        let (store, schema) = (self.store.clone(), self.store.schema().to_owned());
+        let checkpoint = TransactionalCheckpoint::new(store.clone());
+        ProjectionRunner::with_strategy(BoxEventStore::new(store), Accounts { schema }, checkpoint)
     }
 }
 
 impl ReadModel for PgAccounts {
+    fn store(&self) -> BoxEventStore {
+        BoxEventStore::new(self.store.clone())
+    }
+
     fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>> {
-        let sql = "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1";
-        async move { Ok(self.query(sql, Some(id)).await?.pop()) }.boxed()
+        let rows = self.query(
+            "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1",
+            Some(id),
+        );
+        rows.map(|rows| Ok(rows?.pop())).boxed()
     }
 
     fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>> {
@@ -138,7 +130,7 @@ impl ReadModel for PgAccounts {
 
     /// Inline: every append that returned is in the tables already.
     fn wait_for(&self, _: Position) -> BoxFuture<'_, Result<(), BankError>> {
-        std::future::ready(Ok(())).boxed()
+        ready(Ok(())).boxed()
     }
 
     /// Inline: nothing to run.
@@ -156,19 +148,15 @@ impl ReadModel for PgAccounts {
         .boxed()
     }
 
-    /// A replay rebuilds the tables with a runner of the same projection, while appends
-    /// (of other `bank` commands) may update them too: replay while nothing writes.
-    fn register(
-        &self,
-        ops: cqrs_cli::Operations<BoxEventStore>,
-    ) -> cqrs_cli::Operations<BoxEventStore> {
+    /// A replay rebuilds the tables with a runner, while appends may update them too:
+    /// replay while nothing writes (`bank replay` refuses while a `bank serve` runs).
+    fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
         let this = self.clone();
         ops.projection(move || this.runner())
     }
 }
 
-/// The accounts projection on PostgreSQL: inline in every append, or run by a runner
-/// to rebuild the tables.
+/// The accounts projection on PostgreSQL: inline in each append, or run to rebuild.
 #[derive(Debug, Clone)]
 struct Accounts {
     schema: String,
@@ -181,7 +169,7 @@ impl Projection<PgConnection> for Accounts {
         ACCOUNTS
     }
 
-    fn wants(&self, record: &RecordedEvent) -> bool {
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
         is_account_event(record)
     }
 
@@ -191,39 +179,33 @@ impl Projection<PgConnection> for Accounts {
         batch: &[Envelope<AccountEvent>],
     ) -> Result<(), BoxError> {
         let s = &self.schema;
-        // Each touched row is read once and written once per batch.
-        let mut rows: HashMap<&str, Option<AccountRow>> = HashMap::new();
         for e in batch {
             let id = e.stream.id();
-            if !rows.contains_key(id) {
-                let row: Option<serde_json::Value> = sqlx::query_scalar(AssertSqlSafe(format!(
-                    "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1"
-                )))
+            let select = format!("SELECT row FROM \"{s}\".bank_accounts WHERE account = $1");
+            let row: Option<serde_json::Value> = sqlx::query_scalar(AssertSqlSafe(select))
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?;
-                rows.insert(id, row.map(serde_json::from_value).transpose()?);
-            }
-            let (row, line) = fold(rows.get_mut(id).and_then(Option::take), e);
-            sqlx::query(AssertSqlSafe(format!(
+            let (row, line) = fold(row.map(serde_json::from_value).transpose()?, e);
+            let history = format!(
                 "INSERT INTO \"{s}\".bank_history (account, version, line) VALUES ($1, $2, $3)"
-            )))
-            .bind(id)
-            .bind(i64::try_from(e.version)?)
-            .bind(serde_json::to_value(&line)?)
-            .execute(&mut *conn)
-            .await?;
-            rows.insert(id, Some(row));
-        }
-        for (id, row) in rows {
-            sqlx::query(AssertSqlSafe(format!(
+            );
+            sqlx::query(AssertSqlSafe(history))
+                .bind(id)
+                .bind(i64::try_from(e.version)?)
+                .bind(serde_json::to_value(&line)?)
+                .execute(&mut *conn)
+                .await?;
+            let upsert = format!(
                 "INSERT INTO \"{s}\".bank_accounts (account, row) VALUES ($1, $2)
                  ON CONFLICT (account) DO UPDATE SET row = EXCLUDED.row"
-            )))
-            .bind(id)
-            .bind(serde_json::to_value(&row)?)
-            .execute(&mut *conn)
-            .await?;
+            );
+            let row = serde_json::to_value(&row)?;
+            sqlx::query(AssertSqlSafe(upsert))
+                .bind(id)
+                .bind(row)
+                .execute(&mut *conn)
+                .await?;
         }
         Ok(())
     }

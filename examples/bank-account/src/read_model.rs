@@ -1,8 +1,9 @@
 //! The accounts read model: its rows, the one fold that builds them, and the
 //! [`ReadModel`] trait that each store implements (`sled.rs`, `postgres.rs`).
 
-use std::time::SystemTime;
+use std::time::UNIX_EPOCH;
 
+use cqrs_cli::Operations;
 use cqrs_core::{BoxEventStore, Envelope, Position, RecordedEvent};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -26,7 +27,6 @@ pub struct AccountRow {
     /// The balance in cents.
     pub balance_cents: i64,
     /// The balance with two decimals, for people.
-    #[serde(default)]
     pub balance: String,
     /// The account stream's version this row reflects.
     pub version: u64,
@@ -37,8 +37,7 @@ pub struct AccountRow {
 pub struct HistoryRow {
     /// The event's version in the account's stream.
     pub version: u64,
-    /// What happened: `opened`, `deposit`, `withdrawal`, `closed`, `transfer_out`,
-    /// `transfer_in`, `refund`.
+    /// `opened`, `deposit`, `withdrawal`, `closed`, `transfer_out`, `transfer_in`, `refund`.
     pub kind: String,
     /// The balance change in cents (negative for money out).
     pub amount_cents: i64,
@@ -49,18 +48,20 @@ pub struct HistoryRow {
     /// The transfer, for transfer legs and refunds.
     pub transfer_id: Option<Uuid>,
     /// When it was recorded (milliseconds since the Unix epoch).
-    pub recorded_at_ms: u64,
+    pub recorded_at_ms: u128,
 }
 
-/// Folds one account event into its row and history line: the one piece of read-model
-/// logic, shared by every store's implementation.
+/// Folds one account event into its row (`None` before the first) and history line: the
+/// one piece of read-model logic, shared by every store.
 pub fn fold(row: Option<AccountRow>, e: &Envelope<AccountEvent>) -> (AccountRow, HistoryRow) {
-    let mut row = row.unwrap_or_else(|| AccountRow {
-        account: e.stream.id().to_owned(),
-        owner: String::new(),
-        status: AccountStatus::Open,
+    let (account, status) = (e.stream.id().to_owned(), AccountStatus::Open);
+    let (owner, balance) = (String::new(), String::new());
+    let mut row = row.unwrap_or(AccountRow {
+        account,
+        owner,
+        status,
         balance_cents: 0,
-        balance: String::new(),
+        balance,
         version: 0,
     });
     let change = e.event.balance_change();
@@ -80,23 +81,24 @@ pub fn fold(row: Option<AccountRow>, e: &Envelope<AccountEvent>) -> (AccountRow,
         }
         AccountEvent::TransferDebited {
             transfer_id, to, ..
-        } => ("transfer_out", Some(to.clone()), Some(*transfer_id)),
+        } => ("transfer_out", Some(to), Some(transfer_id)),
         AccountEvent::TransferCredited {
             transfer_id, from, ..
-        } => ("transfer_in", Some(from.clone()), Some(*transfer_id)),
-        AccountEvent::TransferRefunded { transfer_id, .. } => ("refund", None, Some(*transfer_id)),
+        } => ("transfer_in", Some(from), Some(transfer_id)),
+        AccountEvent::TransferRefunded { transfer_id, .. } => ("refund", None, Some(transfer_id)),
     };
     let history = HistoryRow {
         version: e.version,
         kind: kind.to_owned(),
         amount_cents: change,
         balance_cents: row.balance_cents,
-        counterparty,
-        transfer_id,
+        counterparty: counterparty.cloned(),
+        transfer_id: transfer_id.copied(),
         recorded_at_ms: e
             .recorded_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
     };
     (row, history)
 }
@@ -106,55 +108,35 @@ pub fn is_account_event(record: &RecordedEvent) -> bool {
     record.stream.aggregate_type() == <Account as cqrs_core::Aggregate>::TYPE
 }
 
-/// The accounts read model as the bank uses it, whatever store keeps it: reads, the
-/// wait that gives read-your-writes, and its projection's runs.
-///
-/// The store is picked from a URL at start-up, so the bank holds a
-/// `Box<dyn ReadModel>` and the methods return boxed futures.
+/// The accounts read model, whatever store keeps it: reads, the wait that gives
+/// read-your-writes, and its projection's runs. The store is picked from a URL at
+/// start-up, so the bank holds an `Arc<dyn ReadModel>` and the futures are boxed.
 pub trait ReadModel: Send + Sync + std::fmt::Debug {
-    /// One account's row, `None` if the read model has none.
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if it cannot be read.
+    /// The event store whose log feeds the read model.
+    fn store(&self) -> BoxEventStore;
+
+    /// One account's row, `None` if there is none; fails with [`BankError::Store`].
     fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>>;
 
-    /// One account's history, oldest first.
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if it cannot be read.
+    /// One account's history, oldest first; fails with [`BankError::Store`].
     fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>>;
 
-    /// Every account, by id.
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if it cannot be read.
+    /// Every account, by id; fails with [`BankError::Store`].
     fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>, BankError>>;
 
-    /// Waits until the read model has applied the log up to `position` (a write's
-    /// position), so a read after it shows the write.
-    ///
-    /// # Errors
-    /// [`BankError::NotCaughtUp`] after [`WAIT`](crate::bank::WAIT).
+    /// Waits until the read model has applied the log up to `position` (a write's), so a
+    /// read shows that write; fails with [`BankError::NotCaughtUp`] after
+    /// [`WAIT`](crate::bank::WAIT).
     fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<(), BankError>>;
 
-    /// Keeps the read model up to date until `shutdown` completes (a store that
-    /// updates it with each append has nothing to run).
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if the projection stops.
+    /// Keeps the read model up to date until `shutdown` completes (nothing to do where
+    /// each append updates it); fails with [`BankError::Store`] if the projection stops.
     fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), BankError>>;
 
-    /// Clears the read model and replays the whole log into it; returns the records
-    /// read. Nothing else may run its projection meanwhile.
-    ///
-    /// # Errors
-    /// [`BankError::Store`] if the projection stops.
+    /// Clears the read model and replays the whole log into it, while nothing else runs
+    /// its projection; returns the records read, or fails with [`BankError::Store`].
     fn rebuild(&self) -> BoxFuture<'_, Result<u64, BankError>>;
 
-    /// Registers the read model's projection with the operations subcommand (for
-    /// `replay` and `stats`).
-    fn register(
-        &self,
-        ops: cqrs_cli::Operations<BoxEventStore>,
-    ) -> cqrs_cli::Operations<BoxEventStore>;
+    /// Registers the projection with the operations subcommand (`replay`, `stats`).
+    fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore>;
 }

@@ -1,13 +1,12 @@
 //! The accounts read model in sled trees of the event store's own database: rows and
-//! checkpoint written in one sled transaction (exactly-once), in this process.
+//! checkpoint written in one sled transaction (exactly-once), by a runner in this
+//! process that publishes each committed position to the readers waiting for it.
 
-use cqrs_core::{
-    BoxError, BoxEventStore, CheckpointStrategy, Envelope, Position, Projection, ProjectionRunner,
-    RecordedEvent,
-};
+use cqrs_cli::Operations;
+use cqrs_core::{BoxError, BoxEventStore, CheckpointStrategy, Envelope, Position, Projection};
+use cqrs_core::{ProjectionRunner, RecordedEvent};
 use cqrs_sled::{ReadModelTx, SledEventStore, TransactionalCheckpoint};
-use futures::FutureExt;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt, ready};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
@@ -32,61 +31,67 @@ pub struct SledAccounts {
 impl SledAccounts {
     /// The read model in `store`'s database.
     pub fn new(store: SledEventStore) -> Self {
-        SledAccounts {
-            store,
-            applied: watch::Sender::new(Position::START),
-        }
+        let applied = watch::Sender::new(Position::START);
+        SledAccounts { store, applied }
     }
 
     fn runner(&self) -> ProjectionRunner<BoxEventStore, Accounts, Published> {
+        let inner = TransactionalCheckpoint::new(self.store.clone());
         let strategy = Published {
-            inner: TransactionalCheckpoint::new(self.store.clone()),
+            inner,
             applied: self.applied.clone(),
         };
-        ProjectionRunner::with_strategy(BoxEventStore::new(self.store.clone()), Accounts, strategy)
-    }
-
-    fn tree(&self, tree: &str) -> Result<cqrs_sled::ReadModel, BankError> {
-        self.store
-            .read_model(ACCOUNTS, tree)
-            .map_err(BankError::store)
+        ProjectionRunner::with_strategy(self.store(), Accounts, strategy)
     }
 
     fn scan<T: DeserializeOwned>(&self, tree: &str, prefix: &[u8]) -> Result<Vec<T>, BankError> {
-        let decode = |entry: cqrs_core::Result<(Vec<u8>, Vec<u8>)>| {
-            serde_json::from_slice(&entry.map_err(BankError::store)?.1).map_err(BankError::store)
-        };
-        self.tree(tree)?.scan_prefix(prefix).map(decode).collect()
+        let tree = self
+            .store
+            .read_model(ACCOUNTS, tree)
+            .map_err(BankError::store)?;
+        let decode = |(_, value): (Vec<u8>, Vec<u8>)| serde_json::from_slice(&value);
+        let rows = tree.scan_prefix(prefix).map(|entry| Ok(decode(entry?)?));
+        rows.collect::<Result<_, BoxError>>()
+            .map_err(BankError::Store)
     }
 }
 
 impl ReadModel for SledAccounts {
+    fn store(&self) -> BoxEventStore {
+        BoxEventStore::new(self.store.clone())
+    }
+
     fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>> {
-        let row = self.tree(ROWS).and_then(|tree| {
-            let bytes = tree.get(id.as_bytes()).map_err(BankError::store)?;
-            let decode = |bytes: Vec<u8>| serde_json::from_slice(&bytes).map_err(BankError::store);
-            bytes.map(decode).transpose()
-        });
-        std::future::ready(row).boxed()
+        let row = self
+            .store
+            .read_model(ACCOUNTS, ROWS)
+            .and_then(|tree| tree.get(id.as_bytes()));
+        let decode = |row: Vec<u8>| serde_json::from_slice(&row).map_err(BankError::store);
+        ready(
+            row.map_err(BankError::store)
+                .and_then(|row| row.map(decode).transpose()),
+        )
+        .boxed()
     }
 
     fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>> {
-        std::future::ready(self.scan(HISTORY, &[id.as_bytes(), b"\0"].concat())).boxed()
+        ready(self.scan(HISTORY, &[id.as_bytes(), b"\0"].concat())).boxed()
     }
 
     fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>, BankError>> {
-        std::future::ready(self.scan(ROWS, b"")).boxed()
+        ready(self.scan(ROWS, b"")).boxed()
     }
 
     fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<(), BankError>> {
         let mut applied = self.applied.subscribe();
-        async move {
-            match tokio::time::timeout(WAIT, applied.wait_for(|at| *at >= position)).await {
-                Ok(Ok(_)) => Ok(()),
-                _ => Err(BankError::NotCaughtUp { waited: WAIT }),
-            }
-        }
-        .boxed()
+        let reached = async move { applied.wait_for(|at| *at >= position).await.map(drop) };
+        let timed = tokio::time::timeout(WAIT, reached);
+        timed
+            .map(|reached| match reached {
+                Ok(Ok(())) => Ok(()),
+                _ => Err(BankError::NotCaughtUp(WAIT)),
+            })
+            .boxed()
     }
 
     fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), BankError>> {
@@ -104,10 +109,7 @@ impl ReadModel for SledAccounts {
         .boxed()
     }
 
-    fn register(
-        &self,
-        ops: cqrs_cli::Operations<BoxEventStore>,
-    ) -> cqrs_cli::Operations<BoxEventStore> {
+    fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
         let this = self.clone();
         ops.projection(move || this.runner())
     }
@@ -134,22 +136,21 @@ impl Projection<ReadModelTx> for Accounts {
         batch: &[Envelope<AccountEvent>],
     ) -> Result<(), BoxError> {
         for e in batch {
-            let id = e.stream.id();
-            let row = match tx.get(ROWS, id.as_bytes())? {
-                Some(bytes) => Some(serde_json::from_slice(&bytes)?),
-                None => None,
-            };
+            let id = e.stream.id().as_bytes();
+            let row = tx
+                .get(ROWS, id)?
+                .map(|row| serde_json::from_slice(&row))
+                .transpose()?;
             let (row, line) = fold(row, e);
-            tx.insert(ROWS, id.as_bytes(), &serde_json::to_vec(&row)?);
-            let key = [id.as_bytes(), b"\0", &e.version.to_be_bytes()].concat();
+            tx.insert(ROWS, id, &serde_json::to_vec(&row)?);
+            let key = [id, b"\0", &e.version.to_be_bytes()].concat();
             tx.insert(HISTORY, &key, &serde_json::to_vec(&line)?);
         }
         Ok(())
     }
 }
 
-/// The sled transactional checkpoint, publishing each committed position to the
-/// readers waiting in [`ReadModel::wait_for`].
+/// The sled transactional checkpoint, publishing each committed position.
 #[derive(Debug)]
 struct Published {
     inner: TransactionalCheckpoint,
@@ -163,32 +164,26 @@ impl CheckpointStrategy for Published {
         self.inner.load(name).await
     }
 
-    async fn start<P: Projection<ReadModelTx>>(
-        &mut self,
-        projection: &mut P,
-    ) -> Result<Position, BoxError> {
-        let at = self.inner.start(projection).await?;
+    async fn start<P: Projection<ReadModelTx>>(&mut self, p: &mut P) -> Result<Position, BoxError> {
+        let at = self.inner.start(p).await?;
         self.applied.send_replace(at);
         Ok(at)
     }
 
     async fn apply<P: Projection<ReadModelTx>>(
         &mut self,
-        projection: &mut P,
+        p: &mut P,
         batch: &[Envelope<P::Event>],
         checkpoint: Position,
     ) -> Result<(), BoxError> {
         // The batch and its checkpoint are committed when this returns.
-        self.inner.apply(projection, batch, checkpoint).await?;
+        self.inner.apply(p, batch, checkpoint).await?;
         self.applied.send_replace(checkpoint);
         Ok(())
     }
 
-    async fn reset<P: Projection<ReadModelTx>>(
-        &mut self,
-        projection: &mut P,
-    ) -> Result<(), BoxError> {
-        self.inner.reset(projection).await?;
+    async fn reset<P: Projection<ReadModelTx>>(&mut self, p: &mut P) -> Result<(), BoxError> {
+        self.inner.reset(p).await?;
         self.applied.send_replace(Position::START);
         Ok(())
     }

@@ -7,9 +7,8 @@ use cqrs_core::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::domain::{
-    Account, AccountCommand, AccountEvent, Transfer, TransferCommand, TransferEvent, TransferStatus,
-};
+use crate::domain::{Account, AccountCommand as Cmd, AccountEvent, Transfer};
+use crate::domain::{TransferCommand, TransferEvent, TransferStatus};
 
 /// The name of the transfer process manager's projection.
 pub const TRANSFERS: &str = "transfers";
@@ -48,51 +47,40 @@ impl DomainEvent for SagaEvent {
 /// recognised as already applied and nothing changes twice.
 #[derive(Debug, Clone)]
 pub struct TransferProcess {
-    accounts: Repository<Account, BoxEventStore>,
-    transfers: Repository<Transfer, BoxEventStore>,
+    /// Where it sends debits, credits and refunds.
+    pub accounts: Repository<Account, BoxEventStore>,
+    /// Where it records outcomes.
+    pub transfers: Repository<Transfer, BoxEventStore>,
 }
 
 impl TransferProcess {
-    /// A process manager sending commands through these repositories.
-    pub fn new(
-        accounts: Repository<Account, BoxEventStore>,
-        transfers: Repository<Transfer, BoxEventStore>,
-    ) -> Self {
-        TransferProcess {
-            accounts,
-            transfers,
-        }
-    }
-
     async fn react(&self, e: &Envelope<SagaEvent>) -> Result<(), BoxError> {
-        match &e.event {
+        let step = |name| CommandOptions::caused_by(e, name);
+        match e.event.clone() {
             SagaEvent::Transfer(TransferEvent::Requested { from, to, amount }) => {
-                let transfer_id: Uuid = e.stream.id().parse()?;
+                let transfer_id = e.stream.id().parse()?;
                 // Redelivered after the transfer ended (it failed on the debit): a debit
                 // now could succeed and move money for a failed transfer. Do nothing.
-                let transfer = self.transfers.load(&transfer_id.to_string()).await?;
-                if matches!(
-                    transfer.state.status,
-                    TransferStatus::Completed | TransferStatus::Failed
-                ) {
+                let transfer = self.transfers.load(e.stream.id()).await?.state;
+                if transfer.status != TransferStatus::Pending {
                     return Ok(());
                 }
-                let debit = AccountCommand::DebitForTransfer {
+                let debit = Cmd::DebitForTransfer {
                     transfer_id,
-                    to: to.clone(),
-                    amount: *amount,
+                    to,
+                    amount,
                 };
                 match self
                     .accounts
-                    .execute_with(from, &debit, &CommandOptions::caused_by(e, "debit"))
+                    .execute_with(&from, &debit, &step("debit"))
                     .await
                 {
-                    Ok(_) => Ok(()),
                     Err(CommandError::Rejected(reason)) => {
                         let reason = format!("source account: {reason}");
-                        self.finish(e, transfer_id, Some(reason)).await
+                        self.finish(e, transfer_id, TransferCommand::Fail { reason })
+                            .await
                     }
-                    Err(other) => Err(other.into()),
+                    done => Ok(done.map(drop)?),
                 }
             }
             SagaEvent::Account(AccountEvent::TransferDebited {
@@ -100,51 +88,54 @@ impl TransferProcess {
                 to,
                 amount,
             }) => {
-                let source = e.stream.id();
-                let refund_options = CommandOptions::caused_by(e, "refund");
+                let from = e.stream.id().to_owned();
                 // Credit and refund exclude each other: if the refund was made (the credit
                 // was refused on an earlier delivery), never credit now.
                 if self
                     .accounts
-                    .find_applied(source, &refund_options)
+                    .find_applied(&from, &step("refund"))
                     .await?
                     .is_some()
                 {
                     return Ok(());
                 }
-                let credit = AccountCommand::CreditFromTransfer {
-                    transfer_id: *transfer_id,
-                    from: source.to_owned(),
-                    amount: *amount,
+                let credit = Cmd::CreditFromTransfer {
+                    transfer_id,
+                    from: from.clone(),
+                    amount,
                 };
                 match self
                     .accounts
-                    .execute_with(to, &credit, &CommandOptions::caused_by(e, "credit"))
+                    .execute_with(&to, &credit, &step("credit"))
                     .await
                 {
-                    Ok(_) => Ok(()),
                     Err(CommandError::Rejected(reason)) => {
-                        let refund = AccountCommand::RefundTransfer {
-                            transfer_id: *transfer_id,
-                            amount: *amount,
-                            reason: format!("destination account {to}: {reason}"),
+                        let reason = format!("destination account {to}: {reason}");
+                        let refund = Cmd::RefundTransfer {
+                            transfer_id,
+                            amount,
+                            reason,
                         };
-                        self.accounts
-                            .execute_with(source, &refund, &refund_options)
-                            .await?;
-                        Ok(())
+                        Ok(self
+                            .accounts
+                            .execute_with(&from, &refund, &step("refund"))
+                            .await
+                            .map(drop)?)
                     }
-                    Err(other) => Err(other.into()),
+                    done => Ok(done.map(drop)?),
                 }
             }
             SagaEvent::Account(AccountEvent::TransferCredited { transfer_id, .. }) => {
-                self.finish(e, *transfer_id, None).await
+                self.finish(e, transfer_id, TransferCommand::Complete).await
             }
             SagaEvent::Account(AccountEvent::TransferRefunded {
                 transfer_id,
                 reason,
                 ..
-            }) => self.finish(e, *transfer_id, Some(reason.clone())).await,
+            }) => {
+                self.finish(e, transfer_id, TransferCommand::Fail { reason })
+                    .await
+            }
             _ => Ok(()),
         }
     }
@@ -153,15 +144,12 @@ impl TransferProcess {
         &self,
         e: &Envelope<SagaEvent>,
         transfer_id: Uuid,
-        failure: Option<String>,
+        command: TransferCommand,
     ) -> Result<(), BoxError> {
-        let command = match failure {
-            None => TransferCommand::Complete,
-            Some(reason) => TransferCommand::Fail { reason },
-        };
         let options = CommandOptions::caused_by(e, "finish");
-        let id = transfer_id.to_string();
-        self.transfers.execute_with(&id, &command, &options).await?;
+        self.transfers
+            .execute_with(&transfer_id.to_string(), &command, &options)
+            .await?;
         Ok(())
     }
 }
