@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::domain::{Account, AccountCommand, AccountError, AccountServices, Cents};
 use crate::domain::{Transfer, TransferCommand, TransferError, TransferStatus};
-use crate::error::BankError;
+use crate::error::{BankError, Result};
 use crate::read_model::{ACCOUNTS, AccountRow, HistoryRow, ReadModel};
 use crate::transfer_process::{TRANSFERS, TransferProcess};
 
@@ -52,7 +52,7 @@ pub struct Bank {
 }
 
 /// The running projections: how to stop them, and their tasks.
-type Background = (oneshot::Sender<()>, Vec<JoinHandle<Result<(), BankError>>>);
+type Background = (oneshot::Sender<()>, Vec<JoinHandle<Result<()>>>);
 
 impl Bank {
     /// Opens the bank on the store named by `url`: `sled:<path>`, `postgres://…` (with
@@ -60,7 +60,7 @@ impl Bank {
     /// when the bank is dropped), without starting the projections. Fails with
     /// [`BankError::InvalidInput`] for an unknown URL, [`BankError::Store`] if the store
     /// cannot be opened.
-    pub async fn open(url: &str, services: AccountServices) -> Result<Bank, BankError> {
+    pub async fn open(url: &str, services: AccountServices) -> Result<Bank> {
         let (read_model, postgres): (Arc<dyn ReadModel>, _) = if url.starts_with("postgres") {
             let pg = crate::postgres::open(url).await?;
             (Arc::new(pg.clone()), Some(pg.store().clone()))
@@ -157,7 +157,7 @@ impl Bank {
 
     /// Stops the background projections (at their next batch boundary); fails with
     /// [`BankError::Store`] if one had stopped with an error.
-    pub async fn stop(&self) -> Result<(), BankError> {
+    pub async fn stop(&self) -> Result<()> {
         let background = self
             .background
             .lock()
@@ -186,7 +186,7 @@ impl Bank {
     /// On PostgreSQL, takes the worker locks of both projections (for a replay); fails
     /// with [`BankError::Store`] if another process (a `bank serve`) holds one. On sled
     /// there is nothing to lock: one process owns the database.
-    pub async fn lock_projections(&self) -> Result<Vec<WorkerLock>, BankError> {
+    pub async fn lock_projections(&self) -> Result<Vec<WorkerLock>> {
         let mut locks = Vec::new();
         for name in [TRANSFERS, ACCOUNTS] {
             let Some(pg) = &self.postgres else { break };
@@ -199,11 +199,7 @@ impl Bank {
     /// Executes an account command and returns the account's row once the read model
     /// shows it. Fails with the domain's refusal ([`BankError::is_rejected`]), for a bad
     /// id ([`BankError::is_invalid_input`]), or with [`BankError::NotCaughtUp`].
-    pub async fn execute(
-        &self,
-        id: &str,
-        command: AccountCommand,
-    ) -> Result<AccountRow, BankError> {
+    pub async fn execute(&self, id: &str, command: AccountCommand) -> Result<AccountRow> {
         let done = self.accounts.execute(id, &command).await?;
         if let Some(position) = done.position {
             self.read_model.wait_for(position).await?;
@@ -213,12 +209,7 @@ impl Bank {
 
     /// Requests a transfer and returns its id; the process manager carries it out. Fails
     /// for a transfer to the same account ([`BankError::is_rejected`]) and for bad ids.
-    pub async fn request_transfer(
-        &self,
-        from: &str,
-        to: &str,
-        amount: Cents,
-    ) -> Result<Uuid, BankError> {
+    pub async fn request_transfer(&self, from: &str, to: &str, amount: Cents) -> Result<Uuid> {
         // Validate both ids before anything is written.
         for id in [from, to] {
             StreamId::new(Account::TYPE, id).map_err(|e| BankError::InvalidInput(e.into()))?;
@@ -233,12 +224,7 @@ impl Bank {
 
     /// Transfers money and waits until the transfer ends: completed, or failed (with the
     /// source refunded if it had been debited). Fails as the two steps do.
-    pub async fn transfer(
-        &self,
-        from: &str,
-        to: &str,
-        amount: Cents,
-    ) -> Result<TransferOutcome, BankError> {
+    pub async fn transfer(&self, from: &str, to: &str, amount: Cents) -> Result<TransferOutcome> {
         self.finished(self.request_transfer(from, to, amount).await?)
             .await
     }
@@ -246,7 +232,7 @@ impl Bank {
     /// Waits until a transfer has ended and the read model shows its effects, woken by
     /// the store's append notifications; fails with [`BankError::NotCaughtUp`] after
     /// [`WAIT`].
-    pub async fn finished(&self, transfer_id: Uuid) -> Result<TransferOutcome, BankError> {
+    pub async fn finished(&self, transfer_id: Uuid) -> Result<TransferOutcome> {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut appended = self.store.watch();
         loop {
@@ -274,9 +260,9 @@ impl Bank {
     }
 
     /// A transfer's current outcome; fails with [`BankError::is_not_found`] if unknown.
-    pub async fn transfer_outcome(&self, transfer_id: Uuid) -> Result<TransferOutcome, BankError> {
-        let loaded = self.transfers.load(&transfer_id.to_string()).await;
-        let Transfer { status, failure } = loaded.map_err(BankError::store)?.state;
+    pub async fn transfer_outcome(&self, transfer_id: Uuid) -> Result<TransferOutcome> {
+        let Transfer { status, failure } =
+            self.transfers.load(&transfer_id.to_string()).await?.state;
         if status == TransferStatus::Unknown {
             return Err(TransferError::Unknown.into());
         }
@@ -288,19 +274,19 @@ impl Bank {
     }
 
     /// An account's row in the read model; fails with [`BankError::is_not_found`].
-    pub async fn balance(&self, id: &str) -> Result<AccountRow, BankError> {
+    pub async fn balance(&self, id: &str) -> Result<AccountRow> {
         let row = self.read_model.account(id).await?;
         row.ok_or(BankError::Account(AccountError::Unknown))
     }
 
     /// An account's history, oldest first; fails with [`BankError::is_not_found`].
-    pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>, BankError> {
+    pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>> {
         self.balance(id).await?;
         self.read_model.history(id).await
     }
 
     /// Every account in the read model.
-    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>, BankError> {
+    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
         self.read_model.accounts().await
     }
 }

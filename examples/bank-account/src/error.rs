@@ -7,6 +7,9 @@ use cqrs_core::{BoxError, CommandError};
 
 use crate::domain::{AccountError, TransferError};
 
+/// The result of a bank operation.
+pub type Result<T, E = BankError> = std::result::Result<T, E>;
+
 /// Why a bank operation failed. Branch on the predicates, not on the variants.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -64,7 +67,8 @@ impl BankError {
         matches!(self, BankError::Store(_) | BankError::NotCaughtUp(_))
     }
 
-    pub(crate) fn store(e: impl Into<BoxError>) -> Self {
+    /// A [`Store`](Self::Store) failure.
+    pub fn store(e: impl Into<BoxError>) -> Self {
         BankError::Store(e.into())
     }
 }
@@ -80,6 +84,12 @@ where
             e if e.is_conflict() => BankError::Conflict(e.into()),
             e => BankError::Store(e.into()),
         }
+    }
+}
+
+impl From<cqrs_core::Error> for BankError {
+    fn from(e: cqrs_core::Error) -> Self {
+        BankError::Store(e.into())
     }
 }
 

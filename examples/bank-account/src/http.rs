@@ -26,8 +26,9 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::Bank;
 use crate::domain::{AccountCommand, Cents};
-use crate::{Bank, BankError, full_chain};
+use crate::error::{BankError, Result, full_chain};
 
 /// An error as an HTTP answer: the status, and the message for `{"error": ...}`.
 #[derive(Debug)]
@@ -105,9 +106,7 @@ async fn open(
     let Json(body) = body?;
     let account = Body::field(body.account, "account")?;
     let owner = body.owner.unwrap_or_else(|| account.clone());
-    let row = bank
-        .execute(&account, AccountCommand::Open { owner })
-        .await?;
+    let row = bank.execute(&account, AccountCommand::Open(owner)).await?;
     Ok::<_, ApiError>((StatusCode::CREATED, Json(json!(row))))
 }
 
@@ -118,12 +117,8 @@ async fn account(
     body: Result<Json<Body>, JsonRejection>,
 ) -> ApiResult {
     let command = match action.as_str() {
-        "deposits" => AccountCommand::Deposit {
-            amount: body?.amount()?,
-        },
-        "withdrawals" => AccountCommand::Withdraw {
-            amount: body?.amount()?,
-        },
+        "deposits" => AccountCommand::Deposit(body?.amount()?),
+        "withdrawals" => AccountCommand::Withdraw(body?.amount()?),
         "close" => AccountCommand::Close,
         _ => {
             return Err(ApiError(
@@ -175,7 +170,7 @@ pub async fn serve(
     bank: Bank,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), BankError> {
+) -> Result<()> {
     bank.start();
     let app = axum::serve(listener, router(bank.clone())).with_graceful_shutdown(shutdown);
     let served = app.await.map_err(BankError::store);

@@ -31,10 +31,11 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use cqrs_cli::OpsCommand;
 use example_bank_account::domain::{AccountCommand, AccountServices, Cents};
 use example_bank_account::{Bank, BankError, full_chain};
+use futures::FutureExt;
 use serde_json::{Value, json};
 
 mod demo;
@@ -79,26 +80,11 @@ enum Command {
         owner: Option<String>,
     },
     /// Deposit money.
-    Deposit {
-        /// The account id.
-        account: String,
-        /// The amount: 12, 12.5 or 12.50.
-        #[arg(value_parser = amount)]
-        amount: Cents,
-    },
+    Deposit(Money),
     /// Withdraw money.
-    Withdraw {
-        /// The account id.
-        account: String,
-        /// The amount: 12, 12.5 or 12.50.
-        #[arg(value_parser = amount)]
-        amount: Cents,
-    },
+    Withdraw(Money),
     /// Close an account (its balance must be zero).
-    Close {
-        /// The account id.
-        account: String,
-    },
+    Close(Id),
     /// Transfer money between two accounts.
     Transfer {
         /// The source account.
@@ -110,15 +96,9 @@ enum Command {
         amount: Cents,
     },
     /// Show an account's balance.
-    Balance {
-        /// The account id.
-        account: String,
-    },
+    Balance(Id),
     /// Show an account's history.
-    History {
-        /// The account id.
-        account: String,
-    },
+    History(Id),
     /// List every account.
     Accounts,
     /// Run a random workload and check the invariants: the main job for a new user.
@@ -133,6 +113,21 @@ enum Command {
     Ops(OpsCommand),
 }
 
+#[derive(Debug, Args)]
+struct Id {
+    /// The account id.
+    account: String,
+}
+
+#[derive(Debug, Args)]
+struct Money {
+    /// The account id.
+    account: String,
+    /// The amount: 12, 12.5 or 12.50.
+    #[arg(value_parser = amount)]
+    amount: Cents,
+}
+
 /// A failure: the exit code and the message for standard error.
 type Failure = (u8, String);
 
@@ -145,23 +140,19 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime.block_on(run(cli)),
         Err(e) => Err((3, format!("cannot start the runtime: {e}"))),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, message)) => {
-            eprintln!("bank: {message}");
-            ExitCode::from(code)
-        }
-    }
+    let Err((code, message)) = result else {
+        return ExitCode::SUCCESS;
+    };
+    eprintln!("bank: {message}");
+    ExitCode::from(code)
 }
 
 /// The exit code and message of a bank error, chosen by its predicates.
 fn fail(e: BankError) -> Failure {
-    let code = if e.is_rejected() || e.is_not_found() {
-        1
-    } else if e.is_invalid_input() {
-        2
-    } else {
-        3
+    let code = match () {
+        () if e.is_rejected() => 1,
+        () if e.is_invalid_input() => 2,
+        () => 3,
     };
     (code, full_chain(&e))
 }
@@ -173,29 +164,27 @@ fn print(document: &Value) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let bank = Bank::open(&cli.store, AccountServices::new(cli.daily_limit))
-        .await
-        .map_err(fail)?;
+    let bank = Bank::open(&cli.store, AccountServices::new(cli.daily_limit)).await;
+    let bank = bank.map_err(fail)?;
     // The operations run without the projections: `stats` and `events` must work when a
     // projection is stuck (that is when they are needed), and a replay must run alone.
     if !matches!(cli.command, Command::Ops(_)) {
         bank.start();
     }
     let result = command(&bank, cli.command, cli.json).await;
-    let stopped = bank.stop().await.map_err(fail);
-    result.and(stopped)
+    result.and(bank.stop().await.map_err(fail))
 }
 
 async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failure> {
     let (id, command) = match command {
         Command::Open { account, owner } => {
             let owner = owner.unwrap_or_else(|| account.clone());
-            (account, AccountCommand::Open { owner })
+            (account, AccountCommand::Open(owner))
         }
-        Command::Deposit { account, amount } => (account, AccountCommand::Deposit { amount }),
-        Command::Withdraw { account, amount } => (account, AccountCommand::Withdraw { amount }),
-        Command::Close { account } => (account, AccountCommand::Close),
-        Command::Balance { account } => {
+        Command::Deposit(Money { account, amount }) => (account, AccountCommand::Deposit(amount)),
+        Command::Withdraw(Money { account, amount }) => (account, AccountCommand::Withdraw(amount)),
+        Command::Close(Id { account }) => (account, AccountCommand::Close),
+        Command::Balance(Id { account }) => {
             return print(&json!(bank.balance(&account).await.map_err(fail)?));
         }
         Command::Transfer { from, to, amount } => {
@@ -207,24 +196,28 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
                 None => Ok(()),
             };
         }
-        Command::History { account } => {
+        Command::History(Id { account }) => {
             let history = bank.history(&account).await.map_err(fail)?;
             return print(&json!({ "account": account, "history": history }));
         }
         Command::Accounts => {
             return print(&json!({ "accounts": bank.list_accounts().await.map_err(fail)? }));
         }
-        Command::Demo(args) => return demo::run(bank, &args).await,
+        Command::Demo(args) => {
+            let ok = demo::run(bank, &args).await.map_err(fail)?;
+            return if ok {
+                Ok(())
+            } else {
+                Err((3, "the invariant check failed".into()))
+            };
+        }
         Command::Serve { addr } => {
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener = listener.map_err(|e| (3, format!("cannot listen on {addr}: {e}")))?;
             eprintln!("bank: serving on http://{addr}; Ctrl-C stops");
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            return example_bank_account::http::serve(bank.clone(), listener, shutdown)
-                .await
-                .map_err(fail);
+            let shutdown = tokio::signal::ctrl_c().map(drop);
+            let served = example_bank_account::http::serve(bank.clone(), listener, shutdown);
+            return served.await.map_err(fail);
         }
         Command::Ops(command) => {
             // A replay must not run beside a live worker of the same projection in
@@ -233,8 +226,10 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
                 OpsCommand::Replay(_) => bank.lock_projections().await.map_err(fail)?,
                 _ => Vec::new(),
             };
-            let mut out = std::io::stdout().lock();
-            let ran = bank.operations().run(&command, json, &mut out).await;
+            let ran = bank
+                .operations()
+                .run(&command, json, &mut std::io::stdout().lock())
+                .await;
             return ran.map_err(|e| (e.exit_code(), full_chain(&e)));
         }
     };

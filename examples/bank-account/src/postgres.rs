@@ -10,7 +10,7 @@ use futures::future::{BoxFuture, FutureExt, ready};
 use serde::de::DeserializeOwned;
 
 use crate::domain::AccountEvent;
-use crate::error::BankError;
+use crate::error::{BankError, Result};
 use crate::read_model::{ACCOUNTS, AccountRow, HistoryRow, ReadModel, fold, is_account_event};
 
 /// Splits a `schema=NAME` query parameter off a PostgreSQL URL (sqlx would refuse it):
@@ -35,7 +35,7 @@ fn split_schema(url: &str) -> (String, String) {
 /// Connects, migrates the store, creates the read-model tables, and registers the read
 /// model's projection with the store, inline. Fails with [`BankError::Store`], or
 /// [`BankError::InvalidInput`] for a bad schema name.
-pub(crate) async fn open(url: &str) -> Result<PgAccounts, BankError> {
+pub(crate) async fn open(url: &str) -> Result<PgAccounts> {
     let (url, schema) = split_schema(url);
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(16)
@@ -75,11 +75,7 @@ impl PgAccounts {
         &self.store
     }
 
-    async fn query<T: DeserializeOwned>(
-        &self,
-        sql: &str,
-        id: Option<&str>,
-    ) -> Result<Vec<T>, BankError> {
+    async fn query<T: DeserializeOwned>(&self, sql: &str, id: Option<&str>) -> Result<Vec<T>> {
         let sql = sql.replace("{s}", self.store.schema());
         let mut query = sqlx::query_scalar::<_, serde_json::Value>(AssertSqlSafe(sql));
         if let Some(id) = id {
@@ -107,7 +103,7 @@ impl ReadModel for PgAccounts {
         BoxEventStore::new(self.store.clone())
     }
 
-    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>> {
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
         let rows = self.query(
             "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1",
             Some(id),
@@ -115,12 +111,12 @@ impl ReadModel for PgAccounts {
         rows.map(|rows| Ok(rows?.pop())).boxed()
     }
 
-    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>> {
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>> {
         let sql = "SELECT line FROM \"{s}\".bank_history WHERE account = $1 ORDER BY version";
         self.query(sql, Some(id)).boxed()
     }
 
-    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>, BankError>> {
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>> {
         self.query(
             "SELECT row FROM \"{s}\".bank_accounts ORDER BY account",
             None,
@@ -129,23 +125,13 @@ impl ReadModel for PgAccounts {
     }
 
     /// Inline: every append that returned is in the tables already.
-    fn wait_for(&self, _: Position) -> BoxFuture<'_, Result<(), BankError>> {
+    fn wait_for(&self, _: Position) -> BoxFuture<'_, Result<()>> {
         ready(Ok(())).boxed()
     }
 
     /// Inline: nothing to run.
-    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), BankError>> {
+    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<()>> {
         shutdown.map(Ok).boxed()
-    }
-
-    fn rebuild(&self) -> BoxFuture<'_, Result<u64, BankError>> {
-        async move {
-            self.runner()
-                .rebuild(|_| {})
-                .await
-                .map_err(BankError::store)
-        }
-        .boxed()
     }
 
     /// A replay rebuilds the tables with a runner, while appends may update them too:
@@ -179,33 +165,22 @@ impl Projection<PgConnection> for Accounts {
         batch: &[Envelope<AccountEvent>],
     ) -> Result<(), BoxError> {
         let s = &self.schema;
+        let select = format!("SELECT row FROM \"{s}\".bank_accounts WHERE account = $1");
+        let write = format!(
+            "WITH line AS (INSERT INTO \"{s}\".bank_history VALUES ($1, $2, $3))
+             INSERT INTO \"{s}\".bank_accounts VALUES ($1, $4)
+             ON CONFLICT (account) DO UPDATE SET row = EXCLUDED.row"
+        );
         for e in batch {
             let id = e.stream.id();
-            let select = format!("SELECT row FROM \"{s}\".bank_accounts WHERE account = $1");
-            let row: Option<serde_json::Value> = sqlx::query_scalar(AssertSqlSafe(select))
-                .bind(id)
-                .fetch_optional(&mut *conn)
-                .await?;
+            let query = sqlx::query_scalar(AssertSqlSafe(select.as_str())).bind(id);
+            let row: Option<serde_json::Value> = query.fetch_optional(&mut *conn).await?;
             let (row, line) = fold(row.map(serde_json::from_value).transpose()?, e);
-            let history = format!(
-                "INSERT INTO \"{s}\".bank_history (account, version, line) VALUES ($1, $2, $3)"
-            );
-            sqlx::query(AssertSqlSafe(history))
+            let (line, row) = (serde_json::to_value(&line)?, serde_json::to_value(&row)?);
+            let query = sqlx::query(AssertSqlSafe(write.as_str()))
                 .bind(id)
-                .bind(i64::try_from(e.version)?)
-                .bind(serde_json::to_value(&line)?)
-                .execute(&mut *conn)
-                .await?;
-            let upsert = format!(
-                "INSERT INTO \"{s}\".bank_accounts (account, row) VALUES ($1, $2)
-                 ON CONFLICT (account) DO UPDATE SET row = EXCLUDED.row"
-            );
-            let row = serde_json::to_value(&row)?;
-            sqlx::query(AssertSqlSafe(upsert))
-                .bind(id)
-                .bind(row)
-                .execute(&mut *conn)
-                .await?;
+                .bind(i64::try_from(e.version)?);
+            query.bind(line).bind(row).execute(&mut *conn).await?;
         }
         Ok(())
     }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{Account, AccountEvent, AccountStatus, format_cents};
-use crate::error::BankError;
+use crate::error::Result;
 
 /// The name of the accounts read model's projection.
 pub const ACCOUNTS: &str = "accounts";
@@ -110,32 +110,29 @@ pub fn is_account_event(record: &RecordedEvent) -> bool {
 
 /// The accounts read model, whatever store keeps it: reads, the wait that gives
 /// read-your-writes, and its projection's runs. The store is picked from a URL at
-/// start-up, so the bank holds an `Arc<dyn ReadModel>` and the futures are boxed.
+/// start-up, so the bank holds an `Arc<dyn ReadModel>` and the futures are boxed. The
+/// methods fail with [`BankError::Store`](crate::BankError::Store) when the store does.
 pub trait ReadModel: Send + Sync + std::fmt::Debug {
     /// The event store whose log feeds the read model.
     fn store(&self) -> BoxEventStore;
 
-    /// One account's row, `None` if there is none; fails with [`BankError::Store`].
-    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>>;
+    /// One account's row, `None` if there is none.
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>>;
 
-    /// One account's history, oldest first; fails with [`BankError::Store`].
-    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>>;
+    /// One account's history, oldest first.
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>>;
 
-    /// Every account, by id; fails with [`BankError::Store`].
-    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>, BankError>>;
+    /// Every account, by id.
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>>;
 
     /// Waits until the read model has applied the log up to `position` (a write's), so a
-    /// read shows that write; fails with [`BankError::NotCaughtUp`] after
-    /// [`WAIT`](crate::bank::WAIT).
-    fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<(), BankError>>;
+    /// read shows that write; after [`WAIT`](crate::bank::WAIT), fails with
+    /// [`NotCaughtUp`](crate::BankError::NotCaughtUp).
+    fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>>;
 
     /// Keeps the read model up to date until `shutdown` completes (nothing to do where
-    /// each append updates it); fails with [`BankError::Store`] if the projection stops.
-    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), BankError>>;
-
-    /// Clears the read model and replays the whole log into it, while nothing else runs
-    /// its projection; returns the records read, or fails with [`BankError::Store`].
-    fn rebuild(&self) -> BoxFuture<'_, Result<u64, BankError>>;
+    /// each append updates it); fails if the projection stops.
+    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<()>>;
 
     /// Registers the projection with the operations subcommand (`replay`, `stats`).
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore>;

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::bank::WAIT;
 use crate::domain::AccountEvent;
-use crate::error::BankError;
+use crate::error::{BankError, Result};
 use crate::read_model::{ACCOUNTS, AccountRow, HistoryRow, ReadModel, fold, is_account_event};
 
 /// The tree of account rows (key: account id; value: JSON [`AccountRow`]).
@@ -44,7 +44,7 @@ impl SledAccounts {
         ProjectionRunner::with_strategy(self.store(), Accounts, strategy)
     }
 
-    fn scan<T: DeserializeOwned>(&self, tree: &str, prefix: &[u8]) -> Result<Vec<T>, BankError> {
+    fn scan<T: DeserializeOwned>(&self, tree: &str, prefix: &[u8]) -> Result<Vec<T>> {
         let tree = self
             .store
             .read_model(ACCOUNTS, tree)
@@ -61,7 +61,7 @@ impl ReadModel for SledAccounts {
         BoxEventStore::new(self.store.clone())
     }
 
-    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>, BankError>> {
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
         let row = self
             .store
             .read_model(ACCOUNTS, ROWS)
@@ -74,15 +74,15 @@ impl ReadModel for SledAccounts {
         .boxed()
     }
 
-    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>, BankError>> {
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>> {
         ready(self.scan(HISTORY, &[id.as_bytes(), b"\0"].concat())).boxed()
     }
 
-    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>, BankError>> {
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>> {
         ready(self.scan(ROWS, b"")).boxed()
     }
 
-    fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<(), BankError>> {
+    fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>> {
         let mut applied = self.applied.subscribe();
         let reached = async move { applied.wait_for(|at| *at >= position).await.map(drop) };
         let timed = tokio::time::timeout(WAIT, reached);
@@ -94,19 +94,9 @@ impl ReadModel for SledAccounts {
             .boxed()
     }
 
-    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<(), BankError>> {
+    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<()>> {
         let mut runner = self.runner();
         async move { runner.run_until(shutdown).await.map_err(BankError::store) }.boxed()
-    }
-
-    fn rebuild(&self) -> BoxFuture<'_, Result<u64, BankError>> {
-        async move {
-            self.runner()
-                .rebuild(|_| {})
-                .await
-                .map_err(BankError::store)
-        }
-        .boxed()
     }
 
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {

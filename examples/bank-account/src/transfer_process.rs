@@ -77,7 +77,7 @@ impl TransferProcess {
                 {
                     Err(CommandError::Rejected(reason)) => {
                         let reason = format!("source account: {reason}");
-                        self.finish(e, transfer_id, TransferCommand::Fail { reason })
+                        self.finish(e, transfer_id, TransferCommand::Fail(reason))
                             .await
                     }
                     done => Ok(done.map(drop)?),
@@ -133,7 +133,7 @@ impl TransferProcess {
                 reason,
                 ..
             }) => {
-                self.finish(e, transfer_id, TransferCommand::Fail { reason })
+                self.finish(e, transfer_id, TransferCommand::Fail(reason))
                     .await
             }
             _ => Ok(()),

@@ -15,12 +15,10 @@ async fn bank_with(accounts: &[(&str, i64)]) -> Bank {
     bank.start();
     for (id, balance) in accounts {
         let owner = id.to_string();
-        bank.execute(id, AccountCommand::Open { owner })
-            .await
-            .unwrap();
+        bank.execute(id, AccountCommand::Open(owner)).await.unwrap();
         if *balance > 0 {
             let amount = cents(*balance);
-            bank.execute(id, AccountCommand::Deposit { amount })
+            bank.execute(id, AccountCommand::Deposit(amount))
                 .await
                 .unwrap();
         }
@@ -149,11 +147,11 @@ async fn redelivery_after_the_world_changed_still_changes_nothing() {
     let refunded = bank.transfer("rich", "later", cents(1_000)).await.unwrap();
     assert_eq!(refunded.status, TransferStatus::Failed);
     let amount = cents(10_000);
-    bank.execute("poor", AccountCommand::Deposit { amount })
+    bank.execute("poor", AccountCommand::Deposit(amount))
         .await
         .unwrap();
     let owner = "later".to_owned();
-    bank.execute("later", AccountCommand::Open { owner })
+    bank.execute("later", AccountCommand::Open(owner))
         .await
         .unwrap();
     let events = event_count(&bank).await;

@@ -91,24 +91,6 @@ pub enum AccountError {
     InvalidOwner,
 }
 
-impl Account {
-    fn must_be_open(&self) -> Result<(), AccountError> {
-        match self.status {
-            AccountStatus::Open => Ok(()),
-            AccountStatus::Unknown => Err(AccountError::Unknown),
-            AccountStatus::Closed => Err(AccountError::Closed),
-        }
-    }
-
-    fn must_cover(&self, amount: Cents) -> Result<(), AccountError> {
-        self.must_be_open()?;
-        if amount.get() > self.balance {
-            return Err(AccountError::InsufficientFunds(self.balance, amount));
-        }
-        Ok(())
-    }
-}
-
 impl Aggregate for Account {
     const TYPE: &'static str = "account";
     /// 2: the state holds the day's withdrawals (snapshots of version 1 are ignored).
@@ -123,83 +105,69 @@ impl Aggregate for Account {
         command: &AccountCommand,
         services: &AccountServices,
     ) -> Result<Vec<AccountEvent>, AccountError> {
+        use {AccountCommand as C, AccountError as Error, AccountEvent as E, AccountStatus as S};
+        match (command, self.status) {
+            (C::Open(_), S::Unknown) => {}
+            (C::Open(_), _) => return Err(Error::AlreadyExists),
+            // Money that left for a failed transfer always comes back, even to an account
+            // closed in the meantime: it is never lost.
+            (C::RefundTransfer { .. }, S::Closed) => {}
+            (_, S::Unknown) => return Err(Error::Unknown),
+            (_, S::Closed) => return Err(Error::Closed),
+            (_, S::Open) => {}
+        }
         let event = match command.clone() {
-            AccountCommand::Open { owner } => {
-                if self.status != AccountStatus::Unknown {
-                    return Err(AccountError::AlreadyExists);
-                }
-                if owner.trim().is_empty() || owner.chars().count() > 200 {
-                    return Err(AccountError::InvalidOwner);
-                }
-                AccountEvent::Opened { owner }
+            C::Open(owner) if owner.trim().is_empty() || owner.chars().count() > 200 => {
+                return Err(Error::InvalidOwner);
             }
-            AccountCommand::Deposit { amount } => {
-                self.must_be_open()?;
-                AccountEvent::Deposited { amount }
+            C::Open(owner) => E::Opened { owner },
+            C::Deposit(amount) => E::Deposited { amount },
+            C::Withdraw(amount) | C::DebitForTransfer { amount, .. }
+                if amount.get() > self.balance =>
+            {
+                return Err(Error::InsufficientFunds(self.balance, amount));
             }
-            AccountCommand::Withdraw { amount } => {
-                self.must_cover(amount)?;
+            C::Withdraw(amount) => {
                 let day = (services.today)();
-                let today = if self.withdrawal_day == day {
+                let today = if day == self.withdrawal_day {
                     self.withdrawn_that_day
                 } else {
                     0
                 };
                 if today + amount.get() > services.daily_limit.get() {
-                    return Err(AccountError::DailyLimitExceeded(
-                        services.daily_limit,
-                        today,
-                    ));
+                    return Err(Error::DailyLimitExceeded(services.daily_limit, today));
                 }
-                AccountEvent::Withdrawn { amount, day }
+                E::Withdrawn { amount, day }
             }
-            AccountCommand::Close => {
-                self.must_be_open()?;
-                if self.balance != 0 {
-                    return Err(AccountError::BalanceNotZero(self.balance));
-                }
-                AccountEvent::Closed
-            }
-            AccountCommand::DebitForTransfer {
+            C::Close if self.balance != 0 => return Err(Error::BalanceNotZero(self.balance)),
+            C::Close => E::Closed,
+            C::DebitForTransfer {
                 transfer_id,
                 to,
                 amount,
-            } => {
-                self.must_cover(amount)?;
-                AccountEvent::TransferDebited {
-                    transfer_id,
-                    to,
-                    amount,
-                }
-            }
-            AccountCommand::CreditFromTransfer {
+            } => E::TransferDebited {
+                transfer_id,
+                to,
+                amount,
+            },
+            C::CreditFromTransfer {
                 transfer_id,
                 from,
                 amount,
-            } => {
-                self.must_be_open()?;
-                AccountEvent::TransferCredited {
-                    transfer_id,
-                    from,
-                    amount,
-                }
-            }
-            AccountCommand::RefundTransfer {
+            } => E::TransferCredited {
+                transfer_id,
+                from,
+                amount,
+            },
+            C::RefundTransfer {
                 transfer_id,
                 amount,
                 reason,
-            } => {
-                // Money that left for a failed transfer always comes back, even to an
-                // account closed in the meantime: it is never lost.
-                if self.status == AccountStatus::Unknown {
-                    return Err(AccountError::Unknown);
-                }
-                AccountEvent::TransferRefunded {
-                    transfer_id,
-                    amount,
-                    reason,
-                }
-            }
+            } => E::TransferRefunded {
+                transfer_id,
+                amount,
+                reason,
+            },
         };
         Ok(vec![event])
     }
@@ -286,7 +254,7 @@ impl Aggregate for Transfer {
             (_, TransferCommand::Request { .. }) => return Err(TransferError::AlreadyRequested),
             (TransferStatus::Unknown, _) => return Err(TransferError::Unknown),
             (TransferStatus::Pending, TransferCommand::Complete) => TransferEvent::Completed,
-            (TransferStatus::Pending, TransferCommand::Fail { reason }) => {
+            (TransferStatus::Pending, TransferCommand::Fail(reason)) => {
                 TransferEvent::Failed { reason }
             }
             _ => return Err(TransferError::Finished),
@@ -355,30 +323,26 @@ mod tests {
         // Under the limit, the day's withdrawals add up.
         account()
             .given([rich().as_slice(), &[withdrawn(600, DAY)]].concat())
-            .when(AccountCommand::Withdraw { amount: cents(400) })
+            .when(AccountCommand::Withdraw(cents(400)))
             .then_expect_events([withdrawn(400, DAY)])
             .then_expect_state(|a| assert_eq!(a.withdrawn_that_day, 1_000));
         // Over it: rejected.
         account()
             .given([rich().as_slice(), &[withdrawn(600, DAY)]].concat())
-            .when(AccountCommand::Withdraw { amount: cents(401) })
+            .when(AccountCommand::Withdraw(cents(401)))
             .then_expect_error_message(
                 "daily withdrawal limit 10.00 reached: 6.00 withdrawn today",
             );
         account()
             .given(rich())
-            .when(AccountCommand::Withdraw {
-                amount: cents(1_001),
-            })
+            .when(AccountCommand::Withdraw(cents(1_001)))
             .then_expect_error_message(
                 "daily withdrawal limit 10.00 reached: 0.00 withdrawn today",
             );
         // The next day, the limit is available again.
         on_day(|| DAY + 1)
             .given([rich().as_slice(), &[withdrawn(1_000, DAY)]].concat())
-            .when(AccountCommand::Withdraw {
-                amount: cents(1_000),
-            })
+            .when(AccountCommand::Withdraw(cents(1_000)))
             .then_expect_events([withdrawn(1_000, DAY + 1)])
             .then_expect_state(|a| {
                 assert_eq!((a.withdrawal_day, a.withdrawn_that_day), (DAY + 1, 1_000))
@@ -389,18 +353,16 @@ mod tests {
     fn open_deposit_withdraw() {
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Open {
-                owner: "ada".into(),
-            })
+            .when(AccountCommand::Open("ada".into()))
             .then_expect_events([opened()]);
         account()
             .given([opened()])
-            .when(AccountCommand::Deposit { amount: cents(500) })
+            .when(AccountCommand::Deposit(cents(500)))
             .then_expect_events([AccountEvent::Deposited { amount: cents(500) }])
             .then_expect_state(|a| assert_eq!(a.balance, 500));
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(500) }])
-            .when(AccountCommand::Withdraw { amount: cents(200) })
+            .when(AccountCommand::Withdraw(cents(200)))
             .then_expect_events([withdrawn(200, DAY)])
             .then_expect_state(|a| assert_eq!(a.balance, 300));
     }
@@ -409,17 +371,15 @@ mod tests {
     fn rejections() {
         account()
             .given([opened()])
-            .when(AccountCommand::Open {
-                owner: "bob".into(),
-            })
+            .when(AccountCommand::Open("bob".into()))
             .then_expect_error_message("account already exists");
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Deposit { amount: cents(1) })
+            .when(AccountCommand::Deposit(cents(1)))
             .then_expect_error_message("unknown account");
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(100) }])
-            .when(AccountCommand::Withdraw { amount: cents(101) })
+            .when(AccountCommand::Withdraw(cents(101)))
             .then_expect_error_message("insufficient funds: balance 1.00, requested 1.01");
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(100) }])
@@ -427,11 +387,11 @@ mod tests {
             .then_expect_error_message("balance is not zero: 1.00");
         account()
             .given([opened(), AccountEvent::Closed])
-            .when(AccountCommand::Deposit { amount: cents(1) })
+            .when(AccountCommand::Deposit(cents(1)))
             .then_expect_error_message("account is closed");
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Open { owner: "  ".into() })
+            .when(AccountCommand::Open("  ".into()))
             .then_expect_error_message("the owner name must be 1 to 200 characters");
     }
 
@@ -509,9 +469,7 @@ mod tests {
             .then_expect_events([TransferEvent::Completed]);
         test()
             .given([requested.clone(), TransferEvent::Completed])
-            .when(TransferCommand::Fail {
-                reason: "late".into(),
-            })
+            .when(TransferCommand::Fail("late".into()))
             .then_expect_error_message("transfer already finished");
         test()
             .given_no_previous_events()

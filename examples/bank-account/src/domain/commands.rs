@@ -10,23 +10,12 @@ use uuid::Uuid;
 ///
 /// Parsed from `12`, `12.5` or `12.50`; zero, negative amounts, more than two decimals
 /// and anything that is not a number are refused before anything is written.
+///
+/// Stored events hold it as a plain number (`#[serde(transparent)]`): reading them back
+/// does not repeat the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "i64", try_from = "i64")]
+#[serde(transparent)]
 pub struct Cents(i64);
-
-impl From<Cents> for i64 {
-    fn from(cents: Cents) -> i64 {
-        cents.0
-    }
-}
-
-impl TryFrom<i64> for Cents {
-    type Error = AmountError;
-
-    fn try_from(cents: i64) -> Result<Self, AmountError> {
-        Cents::new(cents)
-    }
-}
 
 impl Cents {
     /// The largest amount accepted in one operation: 1,000,000,000.00.
@@ -111,21 +100,12 @@ pub fn format_cents(cents: i64) -> String {
 /// What an account can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountCommand {
-    /// Open the account.
-    Open {
-        /// The owner's name.
-        owner: String,
-    },
+    /// Open the account for an owner (a name).
+    Open(String),
     /// Put money in.
-    Deposit {
-        /// How much.
-        amount: Cents,
-    },
-    /// Take money out.
-    Withdraw {
-        /// How much.
-        amount: Cents,
-    },
+    Deposit(Cents),
+    /// Take money out (at most the daily limit in a day).
+    Withdraw(Cents),
     /// Close the account; its balance must be zero.
     Close,
     /// Debit the account for a transfer (sent by the transfer process manager).
@@ -171,11 +151,9 @@ pub enum TransferCommand {
     },
     /// Record that the money arrived.
     Complete,
-    /// Record that the transfer failed (after a refund, if the source was debited).
-    Fail {
-        /// Why.
-        reason: String,
-    },
+    /// Record that the transfer failed, and why (after a refund, if the source was
+    /// debited).
+    Fail(String),
 }
 
 #[cfg(test)]
