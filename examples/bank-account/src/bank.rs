@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::domain::{Account, AccountCommand, AccountError, AccountServices, Cents};
 use crate::domain::{Transfer, TransferCommand, TransferError, TransferStatus};
 use crate::error::{BankError, Result};
-use crate::read_model::{ACCOUNTS, AccountRow, HistoryRow, ReadModel};
+use crate::read_model::{AccountRow, HistoryRow, ReadModel};
 use crate::transfer_process::{TRANSFERS, TransferProcess};
 
 /// How long a command waits for the projections to apply its effects (the read model,
@@ -38,8 +38,8 @@ pub struct TransferOutcome {
 /// The bank: commands, reads, and the projections behind them.
 ///
 /// A command returns once the read model shows it, so a read after it, in this process
-/// or another, sees it (read-your-writes). That needs the projections running in some
-/// process: [`start`](Self::start) them in the background.
+/// or another, sees it (read-your-writes). A transfer needs the process manager running
+/// in some process: [`start`](Self::start) it in the background.
 #[derive(Debug, Clone)]
 pub struct Bank {
     store: BoxEventStore,
@@ -51,8 +51,8 @@ pub struct Bank {
     background: Arc<Mutex<Option<Background>>>,
 }
 
-/// The running projections: how to stop them, and their tasks.
-type Background = (oneshot::Sender<()>, Vec<JoinHandle<Result<()>>>);
+/// The process manager running in the background: how to stop it, and its task.
+type Background = (oneshot::Sender<()>, JoinHandle<Result<()>>);
 
 impl Bank {
     /// Opens the bank on the store named by `url`: `sled:<path>`, `postgres://…` (with
@@ -72,12 +72,8 @@ impl Bank {
                 None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
             };
             let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
-            (
-                Arc::new(crate::sled::SledAccounts::new(
-                    sled.map_err(BankError::store)?,
-                )),
-                None,
-            )
+            let read_model = crate::sled::SledAccounts::new(sled.map_err(BankError::store)?);
+            (Arc::new(read_model), None)
         };
         let store = read_model.store();
         // Accounts: a snapshot every 50 events, and the states of the 10,000 most recently
@@ -116,61 +112,50 @@ impl Bank {
         &self,
     ) -> ProjectionRunner<BoxEventStore, TransferProcess, StoreCheckpoint<BoxEventStore>> {
         let (accounts, transfers) = (self.accounts.clone(), self.transfers.clone());
+        let process = TransferProcess {
+            accounts,
+            transfers,
+        };
         let checkpoint = StoreCheckpoint::new(self.store.clone());
-        ProjectionRunner::with_strategy(
-            self.store.clone(),
-            TransferProcess {
-                accounts,
-                transfers,
-            },
-            checkpoint,
-        )
+        ProjectionRunner::with_strategy(self.store.clone(), process, checkpoint)
     }
 
-    /// Starts the read model and the process manager in the background, unless they run
-    /// already. On PostgreSQL the process manager runs in one process at a time (a
-    /// worker lock); another takes over when that one dies.
+    /// Starts the transfer process manager in the background, unless it runs already.
+    /// On PostgreSQL it runs in one process at a time (a worker lock); another takes
+    /// over when that one dies.
     pub fn start(&self) {
         let mut background = self
             .background
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if background.is_some() {
-            return;
+        if background.is_none() {
+            let (stop, stopped) = oneshot::channel::<()>();
+            let (mut saga, postgres) = (self.transfer_runner(), self.postgres.clone());
+            let task = tokio::spawn(async move {
+                let (stopped, config) = (stopped.map(drop), WorkerConfig::default());
+                let ran = match postgres {
+                    Some(pg) => pg.run_exclusive(&mut saga, stopped, config).await,
+                    None => saga.run_until(stopped).await,
+                };
+                ran.map_err(BankError::store)
+            });
+            *background = Some((stop, task));
         }
-        let (stop, stopped) = oneshot::channel::<()>();
-        let shutdown = stopped.map(drop).shared();
-        let read_model = tokio::spawn(self.read_model.run(shutdown.clone().boxed()));
-        let (mut saga, postgres) = (self.transfer_runner(), self.postgres.clone());
-        let saga = tokio::spawn(async move {
-            let ran = match postgres {
-                Some(pg) => {
-                    pg.run_exclusive(&mut saga, shutdown, WorkerConfig::default())
-                        .await
-                }
-                None => saga.run_until(shutdown).await,
-            };
-            ran.map_err(BankError::store)
-        });
-        *background = Some((stop, vec![read_model, saga]));
     }
 
-    /// Stops the background projections (at their next batch boundary); fails with
-    /// [`BankError::Store`] if one had stopped with an error.
+    /// Stops the process manager (at its next batch boundary); fails with
+    /// [`BankError::Store`] if it had stopped with an error.
     pub async fn stop(&self) -> Result<()> {
         let background = self
             .background
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        let Some((stop, tasks)) = background else {
+        let Some((stop, task)) = background else {
             return Ok(());
         };
         let _ = stop.send(());
-        for task in tasks {
-            task.await.map_err(BankError::store)??;
-        }
-        Ok(())
+        task.await.map_err(BankError::store)?
     }
 
     /// The operations subcommand over this bank's store, accounts and projections.
@@ -183,17 +168,19 @@ impl Bank {
             .projection(move || bank.transfer_runner())
     }
 
-    /// On PostgreSQL, takes the worker locks of both projections (for a replay); fails
-    /// with [`BankError::Store`] if another process (a `bank serve`) holds one. On sled
-    /// there is nothing to lock: one process owns the database.
-    pub async fn lock_projections(&self) -> Result<Vec<WorkerLock>> {
-        let mut locks = Vec::new();
-        for name in [TRANSFERS, ACCOUNTS] {
-            let Some(pg) = &self.postgres else { break };
-            let lock = pg.try_lock_worker(name).await.map_err(BankError::store)?;
-            locks.push(lock.ok_or_else(|| BankError::store(format!("{name} runs elsewhere")))?);
-        }
-        Ok(locks)
+    /// On PostgreSQL, takes the process manager's worker lock, which a running `bank`
+    /// process holds, for a replay that must run alone (appends write the read model);
+    /// fails with [`BankError::Store`] while another process holds it.
+    pub async fn lock_out_others(&self) -> Result<Option<WorkerLock>> {
+        let Some(pg) = &self.postgres else {
+            return Ok(None);
+        };
+        let lock = pg
+            .try_lock_worker(TRANSFERS)
+            .await
+            .map_err(BankError::store)?;
+        let running = || BankError::store("another bank process is running: stop it first");
+        lock.map(Some).ok_or_else(running)
     }
 
     /// Executes an account command and returns the account's row once the read model
@@ -225,8 +212,8 @@ impl Bank {
     /// Transfers money and waits until the transfer ends: completed, or failed (with the
     /// source refunded if it had been debited). Fails as the two steps do.
     pub async fn transfer(&self, from: &str, to: &str, amount: Cents) -> Result<TransferOutcome> {
-        self.finished(self.request_transfer(from, to, amount).await?)
-            .await
+        let transfer_id = self.request_transfer(from, to, amount).await?;
+        self.finished(transfer_id).await
     }
 
     /// Waits until a transfer has ended and the read model shows its effects, woken by
@@ -244,18 +231,12 @@ impl Bank {
                 let stream = stream.map_err(BankError::store)?;
                 let events = self.store.read_stream(&stream, 1).collect::<Vec<_>>().await;
                 if let Some(last) = events.into_iter().next_back() {
-                    self.read_model
-                        .wait_for(last.map_err(BankError::store)?.position)
-                        .await?;
+                    self.read_model.wait_for(last?.position).await?;
                 }
                 return Ok(outcome);
             }
-            if tokio::time::timeout_at(deadline, appended.changed())
-                .await
-                .is_err()
-            {
-                return Err(BankError::NotCaughtUp(WAIT));
-            }
+            let woken = tokio::time::timeout_at(deadline, appended.changed()).await;
+            woken.map_err(|_| BankError::NotCaughtUp(WAIT))?;
         }
     }
 
@@ -263,14 +244,14 @@ impl Bank {
     pub async fn transfer_outcome(&self, transfer_id: Uuid) -> Result<TransferOutcome> {
         let Transfer { status, failure } =
             self.transfers.load(&transfer_id.to_string()).await?.state;
-        if status == TransferStatus::Unknown {
-            return Err(TransferError::Unknown.into());
+        match status {
+            TransferStatus::Unknown => Err(TransferError::Unknown.into()),
+            status => Ok(TransferOutcome {
+                transfer_id,
+                status,
+                reason: failure,
+            }),
         }
-        Ok(TransferOutcome {
-            transfer_id,
-            status,
-            reason: failure,
-        })
     }
 
     /// An account's row in the read model; fails with [`BankError::is_not_found`].

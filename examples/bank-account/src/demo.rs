@@ -197,6 +197,6 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
         },
         "ok": ok,
     });
-    print(&summary).map_err(|(_, e)| BankError::store(e))?;
+    print(&summary).map_err(|e| BankError::store(e.1))?;
     Ok(ok)
 }

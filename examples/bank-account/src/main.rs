@@ -40,12 +40,9 @@ use serde_json::{Value, json};
 
 mod demo;
 
+/// The bank-account example of the cqrs framework.
 #[derive(Debug, Parser)]
-#[command(
-    name = "bank",
-    version,
-    about = "The bank-account example of the cqrs framework"
-)]
+#[command(name = "bank", version)]
 struct Cli {
     /// Where events are stored: `sled:PATH`, `postgres://…` or `memory:`.
     #[arg(
@@ -129,7 +126,20 @@ struct Money {
 }
 
 /// A failure: the exit code and the message for standard error.
-type Failure = (u8, String);
+#[derive(Debug)]
+struct Failure(u8, String);
+
+impl From<BankError> for Failure {
+    /// The exit code is chosen by the error's predicates.
+    fn from(e: BankError) -> Self {
+        let code = match () {
+            () if e.is_rejected() => 1,
+            () if e.is_invalid_input() => 2,
+            () => 3,
+        };
+        Failure(code, full_chain(&e))
+    }
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -138,41 +148,30 @@ fn main() -> ExitCode {
         .build();
     let result = match runtime {
         Ok(runtime) => runtime.block_on(run(cli)),
-        Err(e) => Err((3, format!("cannot start the runtime: {e}"))),
+        Err(e) => Err(Failure(3, format!("cannot start the runtime: {e}"))),
     };
-    let Err((code, message)) = result else {
+    let Err(Failure(code, message)) = result else {
         return ExitCode::SUCCESS;
     };
     eprintln!("bank: {message}");
     ExitCode::from(code)
 }
 
-/// The exit code and message of a bank error, chosen by its predicates.
-fn fail(e: BankError) -> Failure {
-    let code = match () {
-        () if e.is_rejected() => 1,
-        () if e.is_invalid_input() => 2,
-        () => 3,
-    };
-    (code, full_chain(&e))
-}
-
 /// Prints `document` on standard output.
 fn print(document: &Value) -> Result<(), Failure> {
     let written = writeln!(std::io::stdout().lock(), "{document:#}");
-    written.map_err(|e| (3, format!("cannot write the output: {e}")))
+    written.map_err(|e| Failure(3, format!("cannot write the output: {e}")))
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let bank = Bank::open(&cli.store, AccountServices::new(cli.daily_limit)).await;
-    let bank = bank.map_err(fail)?;
+    let bank = Bank::open(&cli.store, AccountServices::new(cli.daily_limit)).await?;
     // The operations run without the projections: `stats` and `events` must work when a
     // projection is stuck (that is when they are needed), and a replay must run alone.
     if !matches!(cli.command, Command::Ops(_)) {
         bank.start();
     }
     let result = command(&bank, cli.command, cli.json).await;
-    result.and(bank.stop().await.map_err(fail))
+    result.and(Ok(bank.stop().await?))
 }
 
 async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failure> {
@@ -184,54 +183,40 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
         Command::Deposit(Money { account, amount }) => (account, AccountCommand::Deposit(amount)),
         Command::Withdraw(Money { account, amount }) => (account, AccountCommand::Withdraw(amount)),
         Command::Close(Id { account }) => (account, AccountCommand::Close),
-        Command::Balance(Id { account }) => {
-            return print(&json!(bank.balance(&account).await.map_err(fail)?));
-        }
+        Command::Balance(Id { account }) => return print(&json!(bank.balance(&account).await?)),
         Command::Transfer { from, to, amount } => {
-            let outcome = bank.transfer(&from, &to, amount).await.map_err(fail)?;
+            let outcome = bank.transfer(&from, &to, amount).await?;
             print(&json!(outcome))?;
             // A failed transfer is a domain outcome: exit 1, the reason on stderr.
-            return match outcome.reason {
-                Some(reason) => Err((1, format!("transfer failed: {reason}"))),
-                None => Ok(()),
-            };
+            let failed = |reason| Failure(1, format!("transfer failed: {reason}"));
+            return outcome.reason.map_or(Ok(()), |reason| Err(failed(reason)));
         }
         Command::History(Id { account }) => {
-            let history = bank.history(&account).await.map_err(fail)?;
+            let history = bank.history(&account).await?;
             return print(&json!({ "account": account, "history": history }));
         }
-        Command::Accounts => {
-            return print(&json!({ "accounts": bank.list_accounts().await.map_err(fail)? }));
-        }
-        Command::Demo(args) => {
-            let ok = demo::run(bank, &args).await.map_err(fail)?;
-            return if ok {
-                Ok(())
-            } else {
-                Err((3, "the invariant check failed".into()))
-            };
-        }
+        Command::Accounts => return print(&json!({ "accounts": bank.list_accounts().await? })),
+        Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
+        Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
         Command::Serve { addr } => {
             let listener = tokio::net::TcpListener::bind(addr).await;
-            let listener = listener.map_err(|e| (3, format!("cannot listen on {addr}: {e}")))?;
+            let listener =
+                listener.map_err(|e| Failure(3, format!("cannot listen on {addr}: {e}")))?;
             eprintln!("bank: serving on http://{addr}; Ctrl-C stops");
             let shutdown = tokio::signal::ctrl_c().map(drop);
-            let served = example_bank_account::http::serve(bank.clone(), listener, shutdown);
-            return served.await.map_err(fail);
+            return Ok(example_bank_account::http::serve(bank.clone(), listener, shutdown).await?);
         }
         Command::Ops(command) => {
-            // A replay must not run beside a live worker of the same projection in
-            // another process.
-            let _locks = match command {
-                OpsCommand::Replay(_) => bank.lock_projections().await.map_err(fail)?,
-                _ => Vec::new(),
+            let replay = matches!(command, OpsCommand::Replay(_));
+            let _lock = if replay {
+                bank.lock_out_others().await?
+            } else {
+                None
             };
-            let ran = bank
-                .operations()
-                .run(&command, json, &mut std::io::stdout().lock())
-                .await;
-            return ran.map_err(|e| (e.exit_code(), full_chain(&e)));
+            let (ops, mut out) = (bank.operations(), std::io::stdout().lock());
+            let ran = ops.run(&command, json, &mut out).await;
+            return ran.map_err(|e| Failure(e.exit_code(), full_chain(&e)));
         }
     };
-    print(&json!(bank.execute(&id, command).await.map_err(fail)?))
+    print(&json!(bank.execute(&id, command).await?))
 }

@@ -129,13 +129,8 @@ impl ReadModel for PgAccounts {
         ready(Ok(())).boxed()
     }
 
-    /// Inline: nothing to run.
-    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<()>> {
-        shutdown.map(Ok).boxed()
-    }
-
-    /// A replay rebuilds the tables with a runner, while appends may update them too:
-    /// replay while nothing writes (`bank replay` refuses while a `bank serve` runs).
+    /// A replay rebuilds the tables with a runner, which appends must not update
+    /// meanwhile: `bank replay` runs only while no other `bank` process runs.
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
         let this = self.clone();
         ops.projection(move || this.runner())

@@ -130,10 +130,6 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug {
     /// [`NotCaughtUp`](crate::BankError::NotCaughtUp).
     fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>>;
 
-    /// Keeps the read model up to date until `shutdown` completes (nothing to do where
-    /// each append updates it); fails if the projection stops.
-    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<()>>;
-
     /// Registers the projection with the operations subcommand (`replay`, `stats`).
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore>;
 }

@@ -1,14 +1,17 @@
 //! The accounts read model in sled trees of the event store's own database: rows and
-//! checkpoint written in one sled transaction (exactly-once), by a runner in this
-//! process that publishes each committed position to the readers waiting for it.
+//! checkpoint written in one sled transaction (exactly-once) by a runner in this
+//! process, which a command waiting for its write catches up.
+
+use std::sync::Arc;
 
 use cqrs_cli::Operations;
-use cqrs_core::{BoxError, BoxEventStore, CheckpointStrategy, Envelope, Position, Projection};
-use cqrs_core::{ProjectionRunner, RecordedEvent};
+use cqrs_core::{
+    BoxError, BoxEventStore, Envelope, EventLog, Position, Projection, ProjectionRunner,
+};
 use cqrs_sled::{ReadModelTx, SledEventStore, TransactionalCheckpoint};
 use futures::future::{BoxFuture, FutureExt, ready};
 use serde::de::DeserializeOwned;
-use tokio::sync::watch;
+use tokio::sync::Mutex;
 
 use crate::bank::WAIT;
 use crate::domain::AccountEvent;
@@ -21,27 +24,27 @@ const ROWS: &str = "accounts";
 /// [`HistoryRow`]). Account ids hold no NUL, so keys never collide.
 const HISTORY: &str = "history";
 
-/// The accounts read model on sled; clones share the applied position.
+/// The runner of the accounts projection on sled.
+type Runner = ProjectionRunner<BoxEventStore, Accounts, TransactionalCheckpoint>;
+
+/// The accounts read model on sled.
 #[derive(Debug, Clone)]
 pub struct SledAccounts {
     store: SledEventStore,
-    applied: watch::Sender<Position>,
+    /// Applies the log to the read model; a command waiting for its write catches it up.
+    runner: Arc<Mutex<Runner>>,
 }
 
 impl SledAccounts {
     /// The read model in `store`'s database.
     pub fn new(store: SledEventStore) -> Self {
-        let applied = watch::Sender::new(Position::START);
-        SledAccounts { store, applied }
+        let runner = Arc::new(Mutex::new(Self::runner(&store)));
+        SledAccounts { store, runner }
     }
 
-    fn runner(&self) -> ProjectionRunner<BoxEventStore, Accounts, Published> {
-        let inner = TransactionalCheckpoint::new(self.store.clone());
-        let strategy = Published {
-            inner,
-            applied: self.applied.clone(),
-        };
-        ProjectionRunner::with_strategy(self.store(), Accounts, strategy)
+    fn runner(store: &SledEventStore) -> Runner {
+        let checkpoint = TransactionalCheckpoint::new(store.clone());
+        ProjectionRunner::with_strategy(BoxEventStore::new(store.clone()), Accounts, checkpoint)
     }
 
     fn scan<T: DeserializeOwned>(&self, tree: &str, prefix: &[u8]) -> Result<Vec<T>> {
@@ -82,26 +85,32 @@ impl ReadModel for SledAccounts {
         ready(self.scan(ROWS, b"")).boxed()
     }
 
+    /// Catches the runner up (one caller at a time: the first applies what the others
+    /// wait for too) until it is past `position`, woken by the store's notifications
+    /// while `position` is not readable yet (durable) in the log.
     fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>> {
-        let mut applied = self.applied.subscribe();
-        let reached = async move { applied.wait_for(|at| *at >= position).await.map(drop) };
-        let timed = tokio::time::timeout(WAIT, reached);
+        let caught_up = async move {
+            let mut appended = self.store.watch();
+            loop {
+                appended.mark_seen();
+                let mut runner = self.runner.lock().await;
+                runner.catch_up().await.map_err(BankError::store)?;
+                if runner.checkpoint().await.map_err(BankError::store)? >= position {
+                    return Ok(());
+                }
+                drop(runner);
+                appended.changed().await;
+            }
+        };
+        let timed = tokio::time::timeout(WAIT, caught_up);
         timed
-            .map(|reached| match reached {
-                Ok(Ok(())) => Ok(()),
-                _ => Err(BankError::NotCaughtUp(WAIT)),
-            })
+            .map(|done| done.unwrap_or(Err(BankError::NotCaughtUp(WAIT))))
             .boxed()
     }
 
-    fn run(&self, shutdown: BoxFuture<'static, ()>) -> BoxFuture<'static, Result<()>> {
-        let mut runner = self.runner();
-        async move { runner.run_until(shutdown).await.map_err(BankError::store) }.boxed()
-    }
-
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
-        let this = self.clone();
-        ops.projection(move || this.runner())
+        let store = self.store.clone();
+        ops.projection(move || Self::runner(&store))
     }
 }
 
@@ -116,7 +125,7 @@ impl Projection<ReadModelTx> for Accounts {
         ACCOUNTS
     }
 
-    fn wants(&self, record: &RecordedEvent) -> bool {
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
         is_account_event(record)
     }
 
@@ -136,45 +145,6 @@ impl Projection<ReadModelTx> for Accounts {
             let key = [id, b"\0", &e.version.to_be_bytes()].concat();
             tx.insert(HISTORY, &key, &serde_json::to_vec(&line)?);
         }
-        Ok(())
-    }
-}
-
-/// The sled transactional checkpoint, publishing each committed position.
-#[derive(Debug)]
-struct Published {
-    inner: TransactionalCheckpoint,
-    applied: watch::Sender<Position>,
-}
-
-impl CheckpointStrategy for Published {
-    type Context = ReadModelTx;
-
-    async fn load(&mut self, name: &str) -> Result<Option<Position>, BoxError> {
-        self.inner.load(name).await
-    }
-
-    async fn start<P: Projection<ReadModelTx>>(&mut self, p: &mut P) -> Result<Position, BoxError> {
-        let at = self.inner.start(p).await?;
-        self.applied.send_replace(at);
-        Ok(at)
-    }
-
-    async fn apply<P: Projection<ReadModelTx>>(
-        &mut self,
-        p: &mut P,
-        batch: &[Envelope<P::Event>],
-        checkpoint: Position,
-    ) -> Result<(), BoxError> {
-        // The batch and its checkpoint are committed when this returns.
-        self.inner.apply(p, batch, checkpoint).await?;
-        self.applied.send_replace(checkpoint);
-        Ok(())
-    }
-
-    async fn reset<P: Projection<ReadModelTx>>(&mut self, p: &mut P) -> Result<(), BoxError> {
-        self.inner.reset(p).await?;
-        self.applied.send_replace(Position::START);
         Ok(())
     }
 }

@@ -5,7 +5,6 @@ use cqrs_core::{
     Repository,
 };
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::domain::{Account, AccountCommand as Cmd, AccountEvent, Transfer};
 use crate::domain::{TransferCommand, TransferEvent, TransferStatus};
@@ -55,100 +54,72 @@ pub struct TransferProcess {
 
 impl TransferProcess {
     async fn react(&self, e: &Envelope<SagaEvent>) -> Result<(), BoxError> {
-        let step = |name| CommandOptions::caused_by(e, name);
-        match e.event.clone() {
+        use {AccountEvent as A, CommandError::Rejected, TransferCommand as T};
+        let (step, source) = (|name| CommandOptions::caused_by(e, name), e.stream.id());
+        let accounts = &self.accounts;
+        // The command that finishes the transfer, if this event calls for one.
+        let (transfer, finish) = match e.event.clone() {
             SagaEvent::Transfer(TransferEvent::Requested { from, to, amount }) => {
-                let transfer_id = e.stream.id().parse()?;
                 // Redelivered after the transfer ended (it failed on the debit): a debit
                 // now could succeed and move money for a failed transfer. Do nothing.
-                let transfer = self.transfers.load(e.stream.id()).await?.state;
-                if transfer.status != TransferStatus::Pending {
+                if self.transfers.load(source).await?.state.status != TransferStatus::Pending {
                     return Ok(());
                 }
                 let debit = Cmd::DebitForTransfer {
-                    transfer_id,
+                    transfer_id: source.parse()?,
                     to,
                     amount,
                 };
-                match self
-                    .accounts
-                    .execute_with(&from, &debit, &step("debit"))
-                    .await
-                {
-                    Err(CommandError::Rejected(reason)) => {
-                        let reason = format!("source account: {reason}");
-                        self.finish(e, transfer_id, TransferCommand::Fail(reason))
-                            .await
-                    }
-                    done => Ok(done.map(drop)?),
+                match accounts.execute_with(&from, &debit, &step("debit")).await {
+                    Err(Rejected(reason)) => (
+                        source.to_owned(),
+                        T::Fail(format!("source account: {reason}")),
+                    ),
+                    done => return Ok(done.map(drop)?),
                 }
             }
-            SagaEvent::Account(AccountEvent::TransferDebited {
+            SagaEvent::Account(A::TransferDebited {
                 transfer_id,
                 to,
                 amount,
             }) => {
-                let from = e.stream.id().to_owned();
                 // Credit and refund exclude each other: if the refund was made (the credit
                 // was refused on an earlier delivery), never credit now.
-                if self
-                    .accounts
-                    .find_applied(&from, &step("refund"))
-                    .await?
-                    .is_some()
-                {
+                let refunded = accounts.find_applied(source, &step("refund")).await?;
+                if refunded.is_some() {
                     return Ok(());
                 }
                 let credit = Cmd::CreditFromTransfer {
                     transfer_id,
-                    from: from.clone(),
+                    from: source.to_owned(),
                     amount,
                 };
-                match self
-                    .accounts
-                    .execute_with(&to, &credit, &step("credit"))
-                    .await
-                {
-                    Err(CommandError::Rejected(reason)) => {
-                        let reason = format!("destination account {to}: {reason}");
-                        let refund = Cmd::RefundTransfer {
-                            transfer_id,
-                            amount,
-                            reason,
-                        };
-                        Ok(self
-                            .accounts
-                            .execute_with(&from, &refund, &step("refund"))
-                            .await
-                            .map(drop)?)
-                    }
-                    done => Ok(done.map(drop)?),
-                }
+                let reason = match accounts.execute_with(&to, &credit, &step("credit")).await {
+                    Err(Rejected(reason)) => format!("destination account {to}: {reason}"),
+                    done => return Ok(done.map(drop)?),
+                };
+                let refund = Cmd::RefundTransfer {
+                    transfer_id,
+                    amount,
+                    reason,
+                };
+                accounts
+                    .execute_with(source, &refund, &step("refund"))
+                    .await?;
+                return Ok(());
             }
-            SagaEvent::Account(AccountEvent::TransferCredited { transfer_id, .. }) => {
-                self.finish(e, transfer_id, TransferCommand::Complete).await
+            SagaEvent::Account(A::TransferCredited { transfer_id, .. }) => {
+                (transfer_id.to_string(), T::Complete)
             }
-            SagaEvent::Account(AccountEvent::TransferRefunded {
+            SagaEvent::Account(A::TransferRefunded {
                 transfer_id,
                 reason,
                 ..
-            }) => {
-                self.finish(e, transfer_id, TransferCommand::Fail(reason))
-                    .await
-            }
-            _ => Ok(()),
-        }
-    }
-
-    async fn finish(
-        &self,
-        e: &Envelope<SagaEvent>,
-        transfer_id: Uuid,
-        command: TransferCommand,
-    ) -> Result<(), BoxError> {
-        let options = CommandOptions::caused_by(e, "finish");
+            }) => (transfer_id.to_string(), T::Fail(reason)),
+            _ => return Ok(()),
+        };
         self.transfers
-            .execute_with(&transfer_id.to_string(), &command, &options)
+            .execute_with(&transfer, &finish, &step("finish"))
             .await?;
         Ok(())
     }
