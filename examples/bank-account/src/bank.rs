@@ -55,14 +55,11 @@ pub struct Bank {
 type Background = (oneshot::Sender<()>, JoinHandle<Result<()>>);
 
 impl Bank {
-    /// Opens the bank on the store named by `url`: `sled:<path>`, `postgres://…` (with
-    /// `?schema=NAME`, default `bank`), or `memory:` (a temporary sled database, deleted
-    /// when the bank is dropped), without starting the projections. Fails with
-    /// [`BankError::InvalidInput`] for an unknown URL, [`BankError::Store`] if the store
-    /// cannot be opened.
+    /// Opens the bank on `sled:<path>`, `postgres://…?schema=NAME` (default `bank`), or
+    /// `memory:` (a temporary sled database), without starting the process manager.
     pub async fn open(url: &str, services: AccountServices) -> Result<Bank> {
         let (read_model, postgres): (Arc<dyn ReadModel>, _) = if url.starts_with("postgres") {
-            let pg = crate::postgres::open(url).await?;
+            let pg = crate::read_model::open_postgres(url).await?;
             (Arc::new(pg.clone()), Some(pg.store().clone()))
         } else {
             let sled = match url.strip_prefix("sled:") {
@@ -72,7 +69,7 @@ impl Bank {
                 None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
             };
             let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
-            let read_model = crate::sled::SledAccounts::new(sled.map_err(BankError::store)?);
+            let read_model = crate::read_model::SledAccounts::new(sled.map_err(BankError::store)?);
             (Arc::new(read_model), None)
         };
         let store = read_model.store();
@@ -201,8 +198,8 @@ impl Bank {
         for id in [from, to] {
             StreamId::new(Account::TYPE, id).map_err(|e| BankError::InvalidInput(e.into()))?;
         }
-        let (transfer_id, from, to) = (Uuid::new_v4(), from.to_owned(), to.to_owned());
-        let command = TransferCommand::Request { from, to, amount };
+        let transfer_id = Uuid::new_v4();
+        let command = TransferCommand::Request(from.to_owned(), to.to_owned(), amount);
         self.transfers
             .execute(&transfer_id.to_string(), &command)
             .await?;
@@ -264,10 +261,5 @@ impl Bank {
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>> {
         self.balance(id).await?;
         self.read_model.history(id).await
-    }
-
-    /// Every account in the read model.
-    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
-        self.read_model.accounts().await
     }
 }

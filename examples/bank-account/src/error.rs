@@ -1,6 +1,7 @@
 //! The bank's errors: the domain's refusals kept typed, and predicates that the command
 //! line (exit codes) and the HTTP API (statuses) branch on.
 
+use std::error::Error as StdError;
 use std::time::Duration;
 
 use cqrs_core::{BoxError, CommandError};
@@ -73,10 +74,7 @@ impl BankError {
     }
 }
 
-impl<E> From<CommandError<E>> for BankError
-where
-    E: Into<BankError> + std::error::Error + Send + Sync + 'static,
-{
+impl<E: Into<BankError> + StdError + Send + Sync + 'static> From<CommandError<E>> for BankError {
     fn from(e: CommandError<E>) -> Self {
         match e {
             CommandError::Rejected(reason) => reason.into(),
@@ -93,13 +91,17 @@ impl From<cqrs_core::Error> for BankError {
     }
 }
 
-/// An error's message with all its sources, `: `-separated.
-pub fn full_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
+impl From<cqrs_core::ProjectionError> for BankError {
+    fn from(e: cqrs_core::ProjectionError) -> Self {
+        BankError::Store(e.into())
     }
-    text
+}
+
+/// An error's message with all its sources, `: `-separated.
+pub fn full_chain(e: &(dyn StdError + 'static)) -> String {
+    let chain = std::iter::successors(Some(e), |&e| e.source());
+    chain
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
 }

@@ -1,16 +1,5 @@
-//! The HTTP API: the bank's commands and reads as JSON over HTTP.
-//!
-//! | method and path                     | body                         | answer            |
-//! |-------------------------------------|------------------------------|-------------------|
-//! | `POST /accounts`                    | `{"account", "owner"?}`      | 201, the account  |
-//! | `POST /accounts/{id}/deposits`      | `{"amount": "12.50"}`        | 200, the balance  |
-//! | `POST /accounts/{id}/withdrawals`   | `{"amount": "12.50"}`        | 200, the balance  |
-//! | `POST /accounts/{id}/close`         |                              | 200, the balance  |
-//! | `POST /transfers`                   | `{"from", "to", "amount"}`   | 200, the outcome  |
-//! | `GET /accounts`                     |                              | 200, all accounts |
-//! | `GET /accounts/{id}`                |                              | 200, the balance  |
-//! | `GET /accounts/{id}/history`        |                              | 200, the history  |
-//! | `GET /transfers/{id}`               |                              | 200, the outcome  |
+//! The HTTP API: the bank's commands and reads as JSON over HTTP (routes in [`router`]).
+//! Commands answer the account's row (201 for a new one) or the transfer's outcome.
 //!
 //! Errors are `{"error": "..."}` with a status chosen by the [`BankError`] predicates:
 //! 400 (bad input), 404 (unknown account or transfer), 409 (conflict after retries), 422
@@ -161,7 +150,9 @@ async fn history(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult 
 }
 
 async fn accounts(State(bank): State<Bank>) -> ApiResult {
-    Ok(Json(json!({ "accounts": bank.list_accounts().await? })))
+    Ok(Json(
+        json!({ "accounts": bank.read_model().accounts().await? }),
+    ))
 }
 
 /// Serves the API on `listener` with the projections running in the background, until

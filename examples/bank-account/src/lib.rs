@@ -6,9 +6,7 @@ pub mod bank;
 pub mod domain;
 pub mod error;
 pub mod http;
-pub mod postgres;
 pub mod read_model;
-pub mod sled;
 pub mod transfer_process;
 
 pub use bank::{Bank, TransferOutcome};

@@ -195,7 +195,9 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
             let history = bank.history(&account).await?;
             return print(&json!({ "account": account, "history": history }));
         }
-        Command::Accounts => return print(&json!({ "accounts": bank.list_accounts().await? })),
+        Command::Accounts => {
+            return print(&json!({ "accounts": bank.read_model().accounts().await? }));
+        }
         Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
         Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
         Command::Serve { addr } => {

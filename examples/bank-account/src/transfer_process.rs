@@ -65,11 +65,7 @@ impl TransferProcess {
                 if self.transfers.load(source).await?.state.status != TransferStatus::Pending {
                     return Ok(());
                 }
-                let debit = Cmd::DebitForTransfer {
-                    transfer_id: source.parse()?,
-                    to,
-                    amount,
-                };
+                let debit = Cmd::DebitForTransfer(source.parse()?, to, amount);
                 match accounts.execute_with(&from, &debit, &step("debit")).await {
                     Err(Rejected(reason)) => (
                         source.to_owned(),
@@ -89,20 +85,12 @@ impl TransferProcess {
                 if refunded.is_some() {
                     return Ok(());
                 }
-                let credit = Cmd::CreditFromTransfer {
-                    transfer_id,
-                    from: source.to_owned(),
-                    amount,
-                };
+                let credit = Cmd::CreditFromTransfer(transfer_id, source.to_owned(), amount);
                 let reason = match accounts.execute_with(&to, &credit, &step("credit")).await {
                     Err(Rejected(reason)) => format!("destination account {to}: {reason}"),
                     done => return Ok(done.map(drop)?),
                 };
-                let refund = Cmd::RefundTransfer {
-                    transfer_id,
-                    amount,
-                    reason,
-                };
+                let refund = Cmd::RefundTransfer(transfer_id, amount, reason);
                 accounts
                     .execute_with(source, &refund, &step("refund"))
                     .await?;

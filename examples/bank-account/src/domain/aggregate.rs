@@ -111,7 +111,7 @@ impl Aggregate for Account {
             (C::Open(_), _) => return Err(Error::AlreadyExists),
             // Money that left for a failed transfer always comes back, even to an account
             // closed in the meantime: it is never lost.
-            (C::RefundTransfer { .. }, S::Closed) => {}
+            (C::RefundTransfer(..), S::Closed) => {}
             (_, S::Unknown) => return Err(Error::Unknown),
             (_, S::Closed) => return Err(Error::Closed),
             (_, S::Open) => {}
@@ -122,7 +122,7 @@ impl Aggregate for Account {
             }
             C::Open(owner) => E::Opened { owner },
             C::Deposit(amount) => E::Deposited { amount },
-            C::Withdraw(amount) | C::DebitForTransfer { amount, .. }
+            C::Withdraw(amount) | C::DebitForTransfer(_, _, amount)
                 if amount.get() > self.balance =>
             {
                 return Err(Error::InsufficientFunds(self.balance, amount));
@@ -141,29 +141,17 @@ impl Aggregate for Account {
             }
             C::Close if self.balance != 0 => return Err(Error::BalanceNotZero(self.balance)),
             C::Close => E::Closed,
-            C::DebitForTransfer {
-                transfer_id,
-                to,
-                amount,
-            } => E::TransferDebited {
+            C::DebitForTransfer(transfer_id, to, amount) => E::TransferDebited {
                 transfer_id,
                 to,
                 amount,
             },
-            C::CreditFromTransfer {
-                transfer_id,
-                from,
-                amount,
-            } => E::TransferCredited {
+            C::CreditFromTransfer(transfer_id, from, amount) => E::TransferCredited {
                 transfer_id,
                 from,
                 amount,
             },
-            C::RefundTransfer {
-                transfer_id,
-                amount,
-                reason,
-            } => E::TransferRefunded {
+            C::RefundTransfer(transfer_id, amount, reason) => E::TransferRefunded {
                 transfer_id,
                 amount,
                 reason,
@@ -245,13 +233,13 @@ impl Aggregate for Transfer {
         _: &(),
     ) -> Result<Vec<TransferEvent>, TransferError> {
         let event = match (self.status, command.clone()) {
-            (TransferStatus::Unknown, TransferCommand::Request { from, to, amount }) => {
+            (TransferStatus::Unknown, TransferCommand::Request(from, to, amount)) => {
                 if from == to {
                     return Err(TransferError::SameAccount);
                 }
                 TransferEvent::Requested { from, to, amount }
             }
-            (_, TransferCommand::Request { .. }) => return Err(TransferError::AlreadyRequested),
+            (_, TransferCommand::Request(..)) => return Err(TransferError::AlreadyRequested),
             (TransferStatus::Unknown, _) => return Err(TransferError::Unknown),
             (TransferStatus::Pending, TransferCommand::Complete) => TransferEvent::Completed,
             (TransferStatus::Pending, TransferCommand::Fail(reason)) => {
@@ -413,11 +401,11 @@ mod tests {
         let transfer_id = Uuid::new_v4();
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(100) }])
-            .when(AccountCommand::DebitForTransfer {
+            .when(AccountCommand::DebitForTransfer(
                 transfer_id,
-                to: "b".into(),
-                amount: cents(100),
-            })
+                "b".into(),
+                cents(100),
+            ))
             .then_expect_events([AccountEvent::TransferDebited {
                 transfer_id,
                 to: "b".into(),
@@ -425,20 +413,20 @@ mod tests {
             }]);
         account()
             .given_no_previous_events()
-            .when(AccountCommand::CreditFromTransfer {
+            .when(AccountCommand::CreditFromTransfer(
                 transfer_id,
-                from: "a".into(),
-                amount: cents(100),
-            })
+                "a".into(),
+                cents(100),
+            ))
             .then_expect_error_message("unknown account");
         // A refund goes through even if the source was closed meanwhile.
         account()
             .given([opened(), AccountEvent::Closed])
-            .when(AccountCommand::RefundTransfer {
+            .when(AccountCommand::RefundTransfer(
                 transfer_id,
-                amount: cents(100),
-                reason: "unknown account".into(),
-            })
+                cents(100),
+                "unknown account".into(),
+            ))
             .then_expect_events([AccountEvent::TransferRefunded {
                 transfer_id,
                 amount: cents(100),
@@ -457,11 +445,7 @@ mod tests {
         };
         test()
             .given_no_previous_events()
-            .when(TransferCommand::Request {
-                from: "a".into(),
-                to: "a".into(),
-                amount: cents(5),
-            })
+            .when(TransferCommand::Request("a".into(), "a".into(), cents(5)))
             .then_expect_error_message("cannot transfer from an account to itself");
         test()
             .given([requested.clone()])

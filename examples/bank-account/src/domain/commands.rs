@@ -108,47 +108,21 @@ pub enum AccountCommand {
     Withdraw(Cents),
     /// Close the account; its balance must be zero.
     Close,
-    /// Debit the account for a transfer (sent by the transfer process manager).
-    DebitForTransfer {
-        /// The transfer.
-        transfer_id: Uuid,
-        /// The destination account.
-        to: String,
-        /// How much.
-        amount: Cents,
-    },
-    /// Credit the account for a transfer (sent by the transfer process manager).
-    CreditFromTransfer {
-        /// The transfer.
-        transfer_id: Uuid,
-        /// The source account.
-        from: String,
-        /// How much.
-        amount: Cents,
-    },
-    /// Give back a transfer's debit after the credit failed (compensation).
-    RefundTransfer {
-        /// The transfer.
-        transfer_id: Uuid,
-        /// How much.
-        amount: Cents,
-        /// Why the transfer failed.
-        reason: String,
-    },
+    /// Debit the account for a transfer: its id, the destination account, the amount.
+    /// This and the next two are sent by the transfer process manager.
+    DebitForTransfer(Uuid, String, Cents),
+    /// Credit the account for a transfer: its id, the source account, the amount.
+    CreditFromTransfer(Uuid, String, Cents),
+    /// Give back a transfer's debit after the credit failed (compensation): the
+    /// transfer's id, the amount, and why it failed.
+    RefundTransfer(Uuid, Cents, String),
 }
 
 /// What a transfer can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferCommand {
-    /// Start a transfer.
-    Request {
-        /// The source account.
-        from: String,
-        /// The destination account.
-        to: String,
-        /// How much.
-        amount: Cents,
-    },
+    /// Start a transfer: from the source account, to the destination, the amount.
+    Request(String, String, Cents),
     /// Record that the money arrived.
     Complete,
     /// Record that the transfer failed, and why (after a refund, if the source was
