@@ -58,21 +58,23 @@ impl Bank {
     /// Opens the bank on `sled:<path>`, `postgres://…?schema=NAME` (default `bank`), or
     /// `memory:` (a temporary sled database), without starting the process manager.
     pub async fn open(url: &str, services: AccountServices) -> Result<Bank> {
-        let (read_model, postgres): (Arc<dyn ReadModel>, _) = if url.starts_with("postgres") {
-            let pg = crate::read_model::open_postgres(url).await?;
-            (Arc::new(pg.clone()), Some(pg.store().clone()))
-        } else {
-            let sled = match url.strip_prefix("sled:") {
-                Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
-                Some(path) => Ok(SledEventStore::open(path)),
-                None if url == "memory:" => Ok(SledEventStore::temporary()),
-                None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
+        let (read_model, store, postgres): (Arc<dyn ReadModel>, _, _) =
+            if url.starts_with("postgres") {
+                let pg = crate::read_model::open_postgres(url).await?;
+                let store = pg.store().clone();
+                (Arc::new(pg), BoxEventStore::new(store.clone()), Some(store))
+            } else {
+                let sled = match url.strip_prefix("sled:") {
+                    Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
+                    Some(path) => Ok(SledEventStore::open(path)),
+                    None if url == "memory:" => Ok(SledEventStore::temporary()),
+                    None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
+                };
+                let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
+                let sled = sled.map_err(BankError::store)?;
+                let read_model = Arc::new(crate::read_model::SledAccounts::new(sled.clone()));
+                (read_model, BoxEventStore::new(sled), None)
             };
-            let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
-            let read_model = crate::read_model::SledAccounts::new(sled.map_err(BankError::store)?);
-            (Arc::new(read_model), None)
-        };
-        let store = read_model.store();
         // Accounts: a snapshot every 50 events, and the states of the 10,000 most recently
         // used accounts in memory (a command on one of them skips its load).
         let accounts = Repository::new(store.clone(), services)
@@ -117,14 +119,17 @@ impl Bank {
         ProjectionRunner::with_strategy(self.store.clone(), process, checkpoint)
     }
 
+    fn background(&self) -> std::sync::MutexGuard<'_, Option<Background>> {
+        self.background
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Starts the transfer process manager in the background, unless it runs already.
     /// On PostgreSQL it runs in one process at a time (a worker lock); another takes
     /// over when that one dies.
     pub fn start(&self) {
-        let mut background = self
-            .background
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut background = self.background();
         if background.is_none() {
             let (stop, stopped) = oneshot::channel::<()>();
             let (mut saga, postgres) = (self.transfer_runner(), self.postgres.clone());
@@ -143,11 +148,7 @@ impl Bank {
     /// Stops the process manager (at its next batch boundary); fails with
     /// [`BankError::Store`] if it had stopped with an error.
     pub async fn stop(&self) -> Result<()> {
-        let background = self
-            .background
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let background = self.background().take();
         let Some((stop, task)) = background else {
             return Ok(());
         };
@@ -160,9 +161,8 @@ impl Bank {
     pub fn operations(&self) -> cqrs_cli::Operations<BoxEventStore> {
         let ops = cqrs_cli::Operations::new(self.store.clone()).aggregate(self.accounts.clone());
         let bank = self.clone();
-        self.read_model
-            .register(ops)
-            .projection(move || bank.transfer_runner())
+        let ops = self.read_model.register(ops);
+        ops.projection(move || bank.transfer_runner())
     }
 
     /// On PostgreSQL, takes the process manager's worker lock, which a running `bank`

@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use cqrs_core::{Inspect, Position};
-use example_bank_account::domain::{AccountCommand, Cents, TransferStatus};
+use example_bank_account::domain::AccountCommand::{self, Deposit, Open, Withdraw};
+use example_bank_account::domain::{Cents, TransferStatus};
 use example_bank_account::{Bank, BankError};
 use serde_json::json;
 use uuid::Uuid;
@@ -54,8 +55,8 @@ impl Demo {
     /// error.
     async fn account(&self, id: &str, command: AccountCommand) -> Result<(), BankError> {
         let net = match &command {
-            AccountCommand::Deposit(amount) => amount.get(),
-            AccountCommand::Withdraw(amount) => -amount.get(),
+            Deposit(amount) => amount.get(),
+            Withdraw(amount) => -amount.get(),
             _ => 0,
         };
         let done = self.bank.accounts().execute(id, &command).await;
@@ -88,9 +89,9 @@ impl Demo {
             let most = [20_000, 40_000, 30_000][usize::from(dice >= 45) + usize::from(dice >= 80)];
             let (id, amount) = (&ids[source], cents(1 + below(most)));
             if dice < 45 {
-                self.account(id, AccountCommand::Deposit(amount)).await?;
+                self.account(id, Deposit(amount)).await?;
             } else if dice < 80 {
-                self.account(id, AccountCommand::Withdraw(amount)).await?;
+                self.account(id, Withdraw(amount)).await?;
             } else {
                 let to = match below(20) {
                     0 => "demo-missing".to_owned(),
@@ -114,28 +115,20 @@ fn cents(cents: usize) -> Cents {
 /// Runs the demo, prints its summary, and returns whether the invariants hold.
 pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError> {
     if args.accounts < 2 || args.concurrency == 0 {
-        return Err(BankError::InvalidInput(
-            "demo needs 2 accounts and 1 task or more".into(),
-        ));
+        let usage = "demo needs 2 accounts and 1 task or more";
+        return Err(BankError::InvalidInput(usage.into()));
     }
     let events_before = bank.store().count_events(Position::START).await?;
     // Open the accounts (ids unique to the run), each with 1,000.00.
     let run = &Uuid::new_v4().simple().to_string()[..8];
-    let ids: Vec<String> = (0..args.accounts)
-        .map(|i| format!("demo-{run}-{i:04}"))
-        .collect();
-    let (ids, tally) = (Arc::new(ids), Arc::default());
-    let demo = Demo {
-        bank: bank.clone(),
-        ids: ids.clone(),
-        tally,
-    };
+    let ids = (0..args.accounts).map(|i| format!("demo-{run}-{i:04}"));
+    let (ids, tally, bank) = (Arc::new(ids.collect()), Arc::default(), bank.clone());
+    let demo = Demo { bank, ids, tally };
     for id in demo.ids.iter() {
-        demo.account(id, AccountCommand::Open(format!("owner of {id}")))
-            .await?;
-        demo.account(id, AccountCommand::Deposit(cents(100_000)))
-            .await?;
+        demo.account(id, Open(format!("owner of {id}"))).await?;
+        demo.account(id, Deposit(cents(100_000))).await?;
     }
+    let bank = &demo.bank;
 
     // The process manager follows the log live while the load runs.
     let (started, mut tasks) = (Instant::now(), Vec::new());
@@ -161,7 +154,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
 
     // Invariants: the read model equals the streams, and no money was created or lost.
     let (mut mismatches, mut total) = (Vec::new(), 0);
-    for id in ids.iter() {
+    for id in demo.ids.iter() {
         let in_stream = bank.accounts().load(id).await?.state.balance;
         let in_view = bank.balance(id).await?.balance_cents;
         if in_stream != in_view {

@@ -100,8 +100,6 @@ impl From<cqrs_core::ProjectionError> for BankError {
 /// An error's message with all its sources, `: `-separated.
 pub fn full_chain(e: &(dyn StdError + 'static)) -> String {
     let chain = std::iter::successors(Some(e), |&e| e.source());
-    chain
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ")
+    let messages: Vec<String> = chain.map(ToString::to_string).collect();
+    messages.join(": ")
 }

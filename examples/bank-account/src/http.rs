@@ -50,33 +50,43 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// A request body: an account and owner to open, an amount, or a transfer.
+/// A request body: an account and owner to open, an amount (a string or a number), or a
+/// transfer.
 #[derive(Debug, Deserialize)]
 struct Body {
     account: Option<String>,
     owner: Option<String>,
     from: Option<String>,
     to: Option<String>,
-    /// A string or a number.
     amount: Option<Value>,
+}
+
+type Input = Result<Json<Body>, JsonRejection>;
+
+fn bad(message: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message)
+}
+
+fn reply(value: impl serde::Serialize) -> ApiResult {
+    Ok(Json(json!(value)))
 }
 
 impl Body {
     fn field(value: Option<String>, name: &str) -> Result<String, ApiError> {
-        value.ok_or_else(|| ApiError(StatusCode::BAD_REQUEST, format!("missing field `{name}`")))
+        value.ok_or_else(|| bad(format!("missing field `{name}`")))
     }
 
     fn amount(&self) -> Result<Cents, ApiError> {
-        let value = self.amount.as_ref();
-        let text = value.map_or_else(String::new, |v| {
-            v.as_str().map_or_else(|| v.to_string(), str::to_owned)
-        });
-        let amount = text.parse::<Cents>();
-        amount.map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("amount {text:?}: {e}")))
+        let text = match &self.amount {
+            Some(Value::String(text)) => text.clone(),
+            other => other.as_ref().map(Value::to_string).unwrap_or_default(),
+        };
+        let amount = text.parse();
+        amount.map_err(|e| bad(format!("amount {text:?}: {e}")))
     }
 }
 
-/// The API's routes over `bank`; its projections must be running (see [`Bank::start`]).
+/// The API's routes over `bank`; its process manager must be running ([`Bank::start`]).
 pub fn router(bank: Bank) -> Router {
     Router::new()
         .route("/accounts", post(open).get(accounts))
@@ -88,71 +98,52 @@ pub fn router(bank: Bank) -> Router {
         .with_state(bank)
 }
 
-async fn open(
-    State(bank): State<Bank>,
-    body: Result<Json<Body>, JsonRejection>,
-) -> impl IntoResponse {
+async fn open(State(bank): State<Bank>, body: Input) -> Result<impl IntoResponse, ApiError> {
     let Json(body) = body?;
     let account = Body::field(body.account, "account")?;
     let owner = body.owner.unwrap_or_else(|| account.clone());
     let row = bank.execute(&account, AccountCommand::Open(owner)).await?;
-    Ok::<_, ApiError>((StatusCode::CREATED, Json(json!(row))))
+    Ok((StatusCode::CREATED, Json(json!(row))))
 }
 
 /// `deposits`, `withdrawals` and `close`.
 async fn account(
     State(bank): State<Bank>,
     Path((id, action)): Path<(String, String)>,
-    body: Result<Json<Body>, JsonRejection>,
+    body: Input,
 ) -> ApiResult {
     let command = match action.as_str() {
         "deposits" => AccountCommand::Deposit(body?.amount()?),
         "withdrawals" => AccountCommand::Withdraw(body?.amount()?),
         "close" => AccountCommand::Close,
-        _ => {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no action {action:?}"),
-            ));
-        }
+        _ => return Err(ApiError(StatusCode::NOT_FOUND, action)),
     };
-    Ok(Json(json!(bank.execute(&id, command).await?)))
+    reply(bank.execute(&id, command).await?)
 }
 
-async fn transfer(State(bank): State<Bank>, body: Result<Json<Body>, JsonRejection>) -> ApiResult {
+async fn transfer(State(bank): State<Bank>, body: Input) -> ApiResult {
     let Json(body) = body?;
     let amount = body.amount()?;
     let (from, to) = (Body::field(body.from, "from")?, Body::field(body.to, "to")?);
-    Ok(Json(json!(bank.transfer(&from, &to, amount).await?)))
+    reply(bank.transfer(&from, &to, amount).await?)
 }
 
 async fn transfer_status(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    let not_a_uuid = |_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a transfer id"),
-        )
-    };
-    Ok(Json(json!(
-        bank.transfer_outcome(id.parse().map_err(not_a_uuid)?)
-            .await?
-    )))
+    let not_an_id = |_| bad(format!("{id:?} is not a transfer id"));
+    let transfer_id = id.parse().map_err(not_an_id)?;
+    reply(bank.transfer_outcome(transfer_id).await?)
 }
 
 async fn balance(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(json!(bank.balance(&id).await?)))
+    reply(bank.balance(&id).await?)
 }
 
 async fn history(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(
-        json!({ "account": id, "history": bank.history(&id).await? }),
-    ))
+    reply(json!({ "account": id, "history": bank.history(&id).await? }))
 }
 
 async fn accounts(State(bank): State<Bank>) -> ApiResult {
-    Ok(Json(
-        json!({ "accounts": bank.read_model().accounts().await? }),
-    ))
+    reply(json!({ "accounts": bank.read_model().accounts().await? }))
 }
 
 /// Serves the API on `listener` with the projections running in the background, until

@@ -141,16 +141,9 @@ impl From<BankError> for Failure {
     }
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build();
-    let result = match runtime {
-        Ok(runtime) => runtime.block_on(run(cli)),
-        Err(e) => Err(Failure(3, format!("cannot start the runtime: {e}"))),
-    };
-    let Err(Failure(code, message)) = result else {
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Err(Failure(code, message)) = run(Cli::parse()).await else {
         return ExitCode::SUCCESS;
     };
     eprintln!("bank: {message}");
@@ -209,11 +202,9 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
             return Ok(example_bank_account::http::serve(bank.clone(), listener, shutdown).await?);
         }
         Command::Ops(command) => {
-            let replay = matches!(command, OpsCommand::Replay(_));
-            let _lock = if replay {
-                bank.lock_out_others().await?
-            } else {
-                None
+            let _lock = match command {
+                OpsCommand::Replay(_) => bank.lock_out_others().await?,
+                _ => None,
             };
             let (ops, mut out) = (bank.operations(), std::io::stdout().lock());
             let ran = ops.run(&command, json, &mut out).await;

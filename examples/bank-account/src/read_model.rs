@@ -102,9 +102,6 @@ pub fn is_account_event(record: &RecordedEvent) -> bool {
 /// start-up, so the bank holds an `Arc<dyn ReadModel>` and the futures are boxed. The
 /// methods fail with [`BankError::Store`](crate::BankError::Store) when the store does.
 pub trait ReadModel: Send + Sync + std::fmt::Debug {
-    /// The event store whose log feeds the read model.
-    fn store(&self) -> BoxEventStore;
-
     /// One account's row, `None` if there is none.
     fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>>;
 
@@ -161,29 +158,19 @@ impl SledAccounts {
     fn scan<T: DeserializeOwned>(&self, tree: &str, prefix: &[u8]) -> Result<Vec<T>> {
         let decode = |(_, value): (Vec<u8>, Vec<u8>)| serde_json::from_slice(&value);
         let rows = self.store.read_model(ACCOUNTS, tree)?.scan_prefix(prefix);
-        let rows = rows
-            .map(|entry| Ok(decode(entry?)?))
-            .collect::<Result<_, BoxError>>();
+        let rows: Result<_, BoxError> = rows.map(|entry| Ok(decode(entry?)?)).collect();
         rows.map_err(BankError::Store)
     }
 }
 
 impl ReadModel for SledAccounts {
-    fn store(&self) -> BoxEventStore {
-        BoxEventStore::new(self.store.clone())
-    }
-
     fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
-        let row = self
-            .store
-            .read_model(ACCOUNTS, ROWS)
-            .and_then(|rows| rows.get(id.as_bytes()));
-        let decode = |row: Vec<u8>| serde_json::from_slice(&row).map_err(BankError::store);
-        ready(
-            row.map_err(BankError::from)
-                .and_then(|row| row.map(decode).transpose()),
-        )
-        .boxed()
+        let row = || {
+            let row = self.store.read_model(ACCOUNTS, ROWS)?.get(id.as_bytes())?;
+            row.map(|row| serde_json::from_slice(&row).map_err(BankError::store))
+                .transpose()
+        };
+        ready(row()).boxed()
     }
 
     fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>> {
@@ -261,10 +248,8 @@ fn split_schema(url: &str) -> (String, String) {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let pairs = query.split('&').filter(|p| !p.is_empty());
     let (schema, kept): (Vec<&str>, Vec<&str>) = pairs.partition(|p| p.starts_with("schema="));
-    let schema = schema
-        .last()
-        .map_or("bank", |p| &p["schema=".len()..])
-        .to_owned();
+    let schema = schema.last().map_or("bank", |p| &p["schema=".len()..]);
+    let schema = schema.to_owned();
     match kept.is_empty() {
         true => (base.to_owned(), schema),
         false => (format!("{base}?{}", kept.join("&")), schema),
@@ -281,9 +266,8 @@ pub(crate) async fn open_postgres(url: &str) -> Result<PgAccounts> {
     let pool = pool.max_connections(16);
     let pool = pool.connect(&url).await.map_err(BankError::store)?;
     let store = PostgresEventStore::builder(pool).schema(schema.clone());
-    let store = store
-        .inline_projection(PgProjection(schema.clone()))
-        .build();
+    let projection = PgProjection(schema.clone());
+    let store = store.inline_projection(projection).build();
     let store = store.map_err(|e| BankError::InvalidInput(e.into()))?;
     store.migrate().await.map_err(BankError::store)?;
     // The store validated the schema name (lowercase letters, digits and `_`), so it
@@ -320,10 +304,8 @@ impl PgAccounts {
         if let Some(id) = id {
             query = query.bind(id.to_owned());
         }
-        let values = query
-            .fetch_all(self.store.pool())
-            .await
-            .map_err(BankError::store)?;
+        let values = query.fetch_all(self.store.pool()).await;
+        let values = values.map_err(BankError::store)?;
         let decode = |value| serde_json::from_value(value).map_err(BankError::store);
         values.into_iter().map(decode).collect()
     }
@@ -331,20 +313,16 @@ impl PgAccounts {
     fn runner(&self) -> ProjectionRunner<BoxEventStore, PgProjection, TransactionalCheckpoint> {
         let projection = PgProjection(self.store.schema().to_owned());
         let checkpoint = TransactionalCheckpoint::new(self.store.clone());
-        ProjectionRunner::with_strategy(ReadModel::store(self), projection, checkpoint)
+        let store = BoxEventStore::new(self.store.clone());
+        ProjectionRunner::with_strategy(store, projection, checkpoint)
     }
 }
 
 impl ReadModel for PgAccounts {
-    fn store(&self) -> BoxEventStore {
-        BoxEventStore::new(self.store.clone())
-    }
-
     fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
         let sql = "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1";
-        self.query(sql, Some(id))
-            .map(|rows| Ok(rows?.pop()))
-            .boxed()
+        let rows = self.query(sql, Some(id));
+        rows.map(|rows| Ok(rows?.pop())).boxed()
     }
 
     fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>> {
@@ -405,12 +383,8 @@ impl Projection<PgConnection> for PgProjection {
             let (row, line) = fold(row.map(serde_json::from_value).transpose()?, e);
             let (line, row) = (serde_json::to_value(&line)?, serde_json::to_value(&row)?);
             let (version, write) = (i64::try_from(e.version)?, AssertSqlSafe(write.as_str()));
-            let query = sqlx::query(write)
-                .bind(id)
-                .bind(version)
-                .bind(line)
-                .bind(row);
-            query.execute(&mut *conn).await?;
+            let query = sqlx::query(write).bind(id).bind(version);
+            query.bind(line).bind(row).execute(&mut *conn).await?;
         }
         Ok(())
     }

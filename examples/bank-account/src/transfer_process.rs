@@ -58,7 +58,7 @@ impl TransferProcess {
         let (step, source) = (|name| CommandOptions::caused_by(e, name), e.stream.id());
         let accounts = &self.accounts;
         // The command that finishes the transfer, if this event calls for one.
-        let (transfer, finish) = match e.event.clone() {
+        let (id, command) = match e.event.clone() {
             SagaEvent::Transfer(TransferEvent::Requested { from, to, amount }) => {
                 // Redelivered after the transfer ended (it failed on the debit): a debit
                 // now could succeed and move money for a failed transfer. Do nothing.
@@ -106,8 +106,9 @@ impl TransferProcess {
             }) => (transfer_id.to_string(), T::Fail(reason)),
             _ => return Ok(()),
         };
-        self.transfers
-            .execute_with(&transfer, &finish, &step("finish"))
+        let transfers = &self.transfers;
+        transfers
+            .execute_with(&id, &command, &step("finish"))
             .await?;
         Ok(())
     }

@@ -9,9 +9,12 @@ fn cents(c: i64) -> Cents {
 }
 
 async fn bank_with(accounts: &[(&str, i64)]) -> Bank {
-    let bank = Bank::open("memory:", AccountServices::default())
-        .await
-        .unwrap();
+    let bank = Bank::open(
+        "memory:",
+        AccountServices::new(Cents::new(1_000_000).unwrap()),
+    )
+    .await
+    .unwrap();
     bank.start();
     for (id, balance) in accounts {
         let owner = id.to_string();

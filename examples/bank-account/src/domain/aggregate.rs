@@ -58,13 +58,6 @@ impl AccountServices {
     }
 }
 
-impl Default for AccountServices {
-    /// The system clock, and a daily limit of 10,000.00.
-    fn default() -> Self {
-        AccountServices::new(Cents::new(1_000_000).unwrap_or_else(|_| unreachable!()))
-    }
-}
-
 /// Why an account refused a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AccountError {
