@@ -190,7 +190,9 @@ impl ReadModel for SledAccounts {
             loop {
                 appended.mark_seen();
                 let mut runner = self.runner.lock().await;
-                runner.catch_up().await?;
+                if runner.checkpoint().await? < position {
+                    runner.catch_up().await?;
+                }
                 if runner.checkpoint().await? >= position {
                     return Ok(());
                 }
@@ -250,10 +252,10 @@ fn split_schema(url: &str) -> (String, String) {
     let (schema, kept): (Vec<&str>, Vec<&str>) = pairs.partition(|p| p.starts_with("schema="));
     let schema = schema.last().map_or("bank", |p| &p["schema=".len()..]);
     let schema = schema.to_owned();
-    match kept.is_empty() {
-        true => (base.to_owned(), schema),
-        false => (format!("{base}?{}", kept.join("&")), schema),
+    if kept.is_empty() {
+        return (base.to_owned(), schema);
     }
+    (format!("{base}?{}", kept.join("&")), schema)
 }
 
 /// Connects, migrates the store, creates the read-model tables, and registers the read
