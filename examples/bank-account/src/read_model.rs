@@ -100,7 +100,7 @@ pub fn is_account_event(record: &RecordedEvent) -> bool {
 /// The accounts read model, whatever store keeps it: reads, the wait that gives
 /// read-your-writes, and its projection's runs. The store is picked from a URL at
 /// start-up, so the bank holds an `Arc<dyn ReadModel>` and the futures are boxed. The
-/// methods fail with [`BankError::Store`](crate::BankError::Store) when the store does.
+/// methods fail with [`BankError::Store`] when the store does.
 pub trait ReadModel: Send + Sync + std::fmt::Debug {
     /// One account's row, `None` if there is none.
     fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>>;
@@ -112,7 +112,7 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug {
     fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>>;
 
     /// Waits until the read model has applied the log up to `position` (a write's), so a
-    /// read shows that write; after [`WAIT`](crate::bank::WAIT), fails with
+    /// read shows that write; after [`WAIT`], fails with
     /// [`NotCaughtUp`](crate::BankError::NotCaughtUp).
     fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>>;
 
