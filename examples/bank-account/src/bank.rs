@@ -2,7 +2,6 @@
 //! process manager, and the commands and reads that the command line and HTTP call.
 
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use cqrs_core::{Aggregate, BoxEventStore, EventLog, ProjectionRunner, Repository, RetryPolicy};
 use cqrs_core::{SnapshotPolicy, StoreCheckpoint, StreamId};
@@ -17,12 +16,8 @@ use uuid::Uuid;
 use crate::domain::{Account, AccountCommand, AccountError, AccountServices, Cents};
 use crate::domain::{Transfer, TransferCommand, TransferError, TransferStatus};
 use crate::error::{BankError, Result};
-use crate::read_model::{AccountRow, HistoryRow, ReadModel};
+use crate::read_model::{AccountRow, HistoryRow, ReadModel, WAIT};
 use crate::transfer_process::{TRANSFERS, TransferProcess};
-
-/// How long a command waits for the projections to apply its effects (the read model,
-/// or a transfer's end) before it fails with [`BankError::NotCaughtUp`].
-pub const WAIT: Duration = Duration::from_secs(30);
 
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

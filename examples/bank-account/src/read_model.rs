@@ -3,7 +3,7 @@
 //! ([`PgAccounts`]).
 
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 use cqrs_cli::Operations;
 use cqrs_core::{BoxError, BoxEventStore, Envelope, EventLog, Position, Projection};
@@ -16,12 +16,15 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::bank::WAIT;
 use crate::domain::{Account, AccountEvent, AccountStatus, format_cents};
 use crate::error::{BankError, Result};
 
 /// The name of the accounts read model's projection.
 pub const ACCOUNTS: &str = "accounts";
+
+/// How long a command waits for the projections to apply its effects (the read model,
+/// or a transfer's end) before it fails with [`BankError::NotCaughtUp`].
+pub const WAIT: Duration = Duration::from_secs(30);
 
 /// One account in the read model.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
