@@ -1,64 +1,105 @@
-//! The bank's errors: what a command line exit code and an HTTP status are chosen from.
+//! The bank's errors: the domain's refusals kept typed, and predicates that the command
+//! line (exit codes) and the HTTP API (statuses) branch on.
 
-use cqrs_core::CommandError;
+use std::error::Error as StdError;
+use std::time::Duration;
 
-/// Why a bank operation failed, with the exit code and HTTP status it calls for.
+use cqrs_core::{BoxError, CommandError};
+
+use crate::domain::{AccountError, TransferError};
+
+/// The result of a bank operation.
+pub type Result<T, E = BankError> = std::result::Result<T, E>;
+
+/// Why a bank operation failed. Branch on the predicates, not on the variants.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BankError {
-    /// The domain refused it (insufficient funds, unknown account, ...): exit 1, HTTP 422
-    /// (404 for an unknown account).
-    #[error("{0}")]
-    Rejected(String),
-    /// The account does not exist: exit 1, HTTP 404.
-    #[error("unknown account {0}")]
-    UnknownAccount(String),
-    /// Bad input (an amount or id that cannot be used): exit 2, HTTP 400.
-    #[error("{0}")]
-    BadInput(String),
-    /// Concurrent writers kept winning: exit 3, HTTP 409.
-    #[error("too many concurrent changes, try again: {0}")]
-    Conflict(String),
-    /// The store failed: exit 3, HTTP 503.
-    #[error("store failure: {0}")]
-    Store(String),
+    /// An account refused the command: [`is_rejected`](Self::is_rejected), or
+    /// [`is_not_found`](Self::is_not_found) for [`AccountError::Unknown`].
+    #[error(transparent)]
+    Account(#[from] AccountError),
+    /// A transfer refused the command: as for [`Account`](Self::Account).
+    #[error(transparent)]
+    Transfer(#[from] TransferError),
+    /// Input that cannot be used (a bad account id, an unknown store URL); nothing was
+    /// written: [`is_invalid_input`](Self::is_invalid_input).
+    #[error("invalid input")]
+    InvalidInput(#[source] BoxError),
+    /// Concurrent writers kept winning: [`is_conflict`](Self::is_conflict); try again.
+    #[error("too many concurrent changes, try again")]
+    Conflict(#[source] BoxError),
+    /// The store failed, or a projection stopped: [`is_unavailable`](Self::is_unavailable).
+    #[error("the store failed")]
+    Store(#[source] BoxError),
+    /// The projections had not applied a write (which is done) within the deadline:
+    /// [`is_unavailable`](Self::is_unavailable).
+    #[error("the projections did not catch up within {0:?}")]
+    NotCaughtUp(Duration),
 }
 
 impl BankError {
-    /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            BankError::Rejected(_) | BankError::UnknownAccount(_) => 1,
-            BankError::BadInput(_) => 2,
-            BankError::Conflict(_) | BankError::Store(_) => 3,
-        }
+    /// The domain refused it (HTTP 422, exit 1).
+    pub fn is_rejected(&self) -> bool {
+        matches!(self, BankError::Account(_) | BankError::Transfer(_))
     }
 
-    pub(crate) fn store(e: impl std::error::Error + 'static) -> Self {
-        BankError::Store(full_chain(&e))
+    /// The account or transfer does not exist (HTTP 404, exit 1).
+    pub fn is_not_found(&self) -> bool {
+        use {AccountError as A, TransferError as T};
+        matches!(
+            self,
+            BankError::Account(A::Unknown) | BankError::Transfer(T::Unknown)
+        )
+    }
+
+    /// The input was refused before anything was written (HTTP 400, exit 2).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, BankError::InvalidInput(_))
+    }
+
+    /// Concurrent writers kept winning (HTTP 409, exit 3).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, BankError::Conflict(_))
+    }
+
+    /// The store or a projection is failing or behind (HTTP 503, exit 3).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, BankError::Store(_) | BankError::NotCaughtUp(_))
+    }
+
+    /// A [`Store`](Self::Store) failure.
+    pub fn store(e: impl Into<BoxError>) -> Self {
+        BankError::Store(e.into())
     }
 }
 
-impl<E: std::error::Error + 'static> From<CommandError<E>> for BankError {
+impl<E: Into<BankError> + StdError + Send + Sync + 'static> From<CommandError<E>> for BankError {
     fn from(e: CommandError<E>) -> Self {
         match e {
-            CommandError::Rejected(reason) => BankError::Rejected(reason.to_string()),
-            CommandError::Conflict {
-                stream, attempts, ..
-            } => BankError::Conflict(format!("{stream} after {attempts} attempts")),
-            CommandError::Invalid(e) => BankError::BadInput(e.to_string()),
-            other => BankError::store(other),
+            CommandError::Rejected(reason) => reason.into(),
+            CommandError::Invalid(e) => BankError::InvalidInput(e.into()),
+            e if e.is_conflict() => BankError::Conflict(e.into()),
+            e => BankError::Store(e.into()),
         }
+    }
+}
+
+impl From<cqrs_core::Error> for BankError {
+    fn from(e: cqrs_core::Error) -> Self {
+        BankError::Store(e.into())
+    }
+}
+
+impl From<cqrs_core::ProjectionError> for BankError {
+    fn from(e: cqrs_core::ProjectionError) -> Self {
+        BankError::Store(e.into())
     }
 }
 
 /// An error's message with all its sources, `: `-separated.
-pub fn full_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+pub fn full_chain(e: &(dyn StdError + 'static)) -> String {
+    let chain = std::iter::successors(Some(e), |&e| e.source());
+    let messages: Vec<String> = chain.map(ToString::to_string).collect();
+    messages.join(": ")
 }

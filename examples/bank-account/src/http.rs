@@ -1,20 +1,10 @@
-//! The HTTP API: the bank's commands and reads as JSON over HTTP.
+//! The HTTP API: the bank's commands and reads as JSON over HTTP (routes in [`router`]).
+//! Commands answer the account's row (201 for a new one) or the transfer's outcome.
 //!
-//! | method and path                     | body                         | answer            |
-//! |-------------------------------------|------------------------------|-------------------|
-//! | `POST /accounts`                    | `{"account", "owner"?}`      | 201, the account  |
-//! | `POST /accounts/{id}/deposits`      | `{"amount": "12.50"}`        | 200, the balance  |
-//! | `POST /accounts/{id}/withdrawals`   | `{"amount": "12.50"}`        | 200, the balance  |
-//! | `POST /accounts/{id}/close`         |                              | 200, the balance  |
-//! | `POST /transfers`                   | `{"from", "to", "amount"}`   | 200, the outcome  |
-//! | `GET /accounts`                     |                              | 200, all accounts |
-//! | `GET /accounts/{id}`                |                              | 200, the balance  |
-//! | `GET /accounts/{id}/history`        |                              | 200, the history  |
-//! | `GET /transfers/{id}`               |                              | 200, the outcome  |
-//!
-//! Errors are `{"error": "..."}` with 400 (bad input), 404 (unknown account or
-//! transfer), 409 (conflict after retries), 422 (domain rejection) or 503 (store
-//! unavailable). Amounts are strings or numbers: `"12"`, `"12.5"`, `12.50`.
+//! Errors are `{"error": "..."}` with a status chosen by the [`BankError`] predicates:
+//! 400 (bad input), 404 (unknown account or transfer), 409 (conflict after retries), 422
+//! (domain rejection) or 503 (store unavailable, projections behind). Amounts are
+//! strings or numbers: `"12"`, `"12.5"`, `12.50`.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -24,26 +14,25 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
-use crate::domain::{Cents, TransferStatus, format_cents};
-use crate::projections::AccountRow;
-use crate::{Bank, BankError};
+use crate::Bank;
+use crate::domain::{AccountCommand, Cents};
+use crate::error::{BankError, Result, full_chain};
 
-/// An error as an HTTP answer.
+/// An error as an HTTP answer: the status, and the message for `{"error": ...}`.
 #[derive(Debug)]
 pub struct ApiError(StatusCode, String);
 
 impl From<BankError> for ApiError {
     fn from(e: BankError) -> Self {
-        let status = match &e {
-            BankError::BadInput(_) => StatusCode::BAD_REQUEST,
-            BankError::UnknownAccount(_) => StatusCode::NOT_FOUND,
-            BankError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            BankError::Conflict(_) => StatusCode::CONFLICT,
-            BankError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        let status = match () {
+            () if e.is_invalid_input() => StatusCode::BAD_REQUEST,
+            () if e.is_not_found() => StatusCode::NOT_FOUND,
+            () if e.is_rejected() => StatusCode::UNPROCESSABLE_ENTITY,
+            () if e.is_conflict() => StatusCode::CONFLICT,
+            () => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError(status, e.to_string())
+        ApiError(status, full_chain(&e))
     }
 }
 
@@ -61,197 +50,143 @@ impl IntoResponse for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-/// An amount as JSON: a string or a number.
+/// A request body: an account and owner to open, an amount (a string or a number), or a
+/// transfer.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Amount {
-    Text(String),
-    Number(serde_json::Number),
+struct Body {
+    account: Option<String>,
+    owner: Option<String>,
+    from: Option<String>,
+    to: Option<String>,
+    amount: Option<Value>,
 }
 
-impl Amount {
-    fn cents(&self) -> Result<Cents, ApiError> {
-        let text = match self {
-            Amount::Text(text) => text.clone(),
-            Amount::Number(n) => n.to_string(),
+type Input = Result<Json<Body>, JsonRejection>;
+
+fn bad(message: String) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message)
+}
+
+fn reply(value: impl serde::Serialize) -> ApiResult {
+    Ok(Json(json!(value)))
+}
+
+impl Body {
+    fn field(value: Option<String>, name: &str) -> Result<String, ApiError> {
+        value.ok_or_else(|| bad(format!("missing field `{name}`")))
+    }
+
+    fn amount(&self) -> Result<Cents, ApiError> {
+        let text = match &self.amount {
+            Some(Value::String(text)) => text.clone(),
+            other => other.as_ref().map(Value::to_string).unwrap_or_default(),
         };
-        text.parse::<Cents>()
-            .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("amount {text:?}: {e}")))
+        let amount = text.parse();
+        amount.map_err(|e| bad(format!("amount {text:?}: {e}")))
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct OpenBody {
-    account: String,
-    owner: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct AmountBody {
-    amount: Amount,
-}
-
-#[derive(Debug, Deserialize)]
-struct TransferBody {
-    from: String,
-    to: String,
-    amount: Amount,
-}
-
-/// The JSON form of an account's row, as `bank balance --json` prints it.
-pub fn account_json(row: &AccountRow) -> Value {
-    json!({
-        "account": row.account,
-        "owner": row.owner,
-        "status": row.status,
-        "balance_cents": row.balance_cents,
-        "balance": format_cents(row.balance_cents),
-        "version": row.version,
-    })
-}
-
-/// The API's routes over `bank`. Run the bank's projections in the background while it
-/// serves (see [`Bank::run_projections`]).
+/// The API's routes over `bank`; its process manager must be running ([`Bank::start`]).
 pub fn router(bank: Bank) -> Router {
     Router::new()
         .route("/accounts", post(open).get(accounts))
         .route("/accounts/{id}", get(balance))
         .route("/accounts/{id}/history", get(history))
-        .route("/accounts/{id}/deposits", post(deposit))
-        .route("/accounts/{id}/withdrawals", post(withdraw))
-        .route("/accounts/{id}/close", post(close))
+        .route("/accounts/{id}/{action}", post(account))
         .route("/transfers", post(transfer))
         .route("/transfers/{id}", get(transfer_status))
         .with_state(bank)
 }
 
-async fn open(
-    State(bank): State<Bank>,
-    body: Result<Json<OpenBody>, JsonRejection>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn open(State(bank): State<Bank>, body: Input) -> Result<impl IntoResponse, ApiError> {
     let Json(body) = body?;
-    let owner = body.owner.unwrap_or_else(|| body.account.clone());
-    bank.open_account(&body.account, &owner).await?;
-    let row = bank.balance(&body.account).await?;
-    Ok((StatusCode::CREATED, Json(account_json(&row))))
+    let account = Body::field(body.account, "account")?;
+    let owner = body.owner.unwrap_or_else(|| account.clone());
+    let row = bank.execute(&account, AccountCommand::Open(owner)).await?;
+    Ok((StatusCode::CREATED, Json(json!(row))))
 }
 
-async fn deposit(
+/// `deposits`, `withdrawals` and `close`.
+async fn account(
     State(bank): State<Bank>,
-    Path(id): Path<String>,
-    body: Result<Json<AmountBody>, JsonRejection>,
+    Path((id, action)): Path<(String, String)>,
+    body: Input,
 ) -> ApiResult {
-    let Json(body) = body?;
-    bank.deposit(&id, body.amount.cents()?).await?;
-    Ok(Json(account_json(&bank.balance(&id).await?)))
+    let command = match action.as_str() {
+        "deposits" => AccountCommand::Deposit(body?.amount()?),
+        "withdrawals" => AccountCommand::Withdraw(body?.amount()?),
+        "close" => AccountCommand::Close,
+        _ => return Err(ApiError(StatusCode::NOT_FOUND, action)),
+    };
+    reply(bank.execute(&id, command).await?)
 }
 
-async fn withdraw(
-    State(bank): State<Bank>,
-    Path(id): Path<String>,
-    body: Result<Json<AmountBody>, JsonRejection>,
-) -> ApiResult {
+async fn transfer(State(bank): State<Bank>, body: Input) -> ApiResult {
     let Json(body) = body?;
-    bank.withdraw(&id, body.amount.cents()?).await?;
-    Ok(Json(account_json(&bank.balance(&id).await?)))
-}
-
-async fn close(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    bank.close(&id).await?;
-    Ok(Json(account_json(&bank.balance(&id).await?)))
-}
-
-async fn transfer(
-    State(bank): State<Bank>,
-    body: Result<Json<TransferBody>, JsonRejection>,
-) -> ApiResult {
-    let Json(body) = body?;
-    let outcome = bank
-        .transfer(&body.from, &body.to, body.amount.cents()?)
-        .await?;
-    Ok(Json(json!(outcome)))
+    let amount = body.amount()?;
+    let (from, to) = (Body::field(body.from, "from")?, Body::field(body.to, "to")?);
+    reply(bank.transfer(&from, &to, amount).await?)
 }
 
 async fn transfer_status(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    let transfer_id: Uuid = id.parse().map_err(|_| {
-        ApiError(
-            StatusCode::BAD_REQUEST,
-            format!("{id:?} is not a transfer id"),
-        )
-    })?;
-    let outcome = bank.transfer_outcome(transfer_id).await?;
-    if outcome.status == TransferStatus::Unknown {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("unknown transfer {transfer_id}"),
-        ));
-    }
-    Ok(Json(json!(outcome)))
+    let not_an_id = |_| bad(format!("{id:?} is not a transfer id"));
+    let transfer_id = id.parse().map_err(not_an_id)?;
+    reply(bank.transfer_outcome(transfer_id).await?)
 }
 
 async fn balance(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    Ok(Json(account_json(&bank.balance(&id).await?)))
+    reply(bank.balance(&id).await?)
 }
 
 async fn history(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    let history = bank.history(&id).await?;
-    Ok(Json(json!({ "account": id, "history": history })))
+    reply(json!({ "account": id, "history": bank.history(&id).await? }))
 }
 
 async fn accounts(State(bank): State<Bank>) -> ApiResult {
-    let rows = bank.list_accounts().await?;
-    Ok(Json(
-        json!({ "accounts": rows.iter().map(account_json).collect::<Vec<_>>() }),
-    ))
+    reply(json!({ "accounts": bank.read_model().accounts().await? }))
 }
 
 /// Serves the API on `listener` with the projections running in the background, until
-/// `shutdown` completes.
-///
-/// # Errors
-/// [`BankError::Store`] if serving or a projection fails.
+/// `shutdown` completes; fails with [`BankError::Store`] if serving or a projection fails.
 pub async fn serve(
     bank: Bank,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), BankError> {
-    let (stop_projections, projections_stopped) = tokio::sync::oneshot::channel::<()>();
-    let background = {
-        let bank = bank.clone();
-        tokio::spawn(async move {
-            bank.run_projections(async {
-                let _ = projections_stopped.await;
-            })
-            .await
-        })
-    };
-    let served = axum::serve(listener, router(bank))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(|e| BankError::Store(format!("the HTTP server failed: {e}")));
-    let _ = stop_projections.send(());
-    let projections = background
-        .await
-        .map_err(|e| BankError::Store(format!("the projections task failed: {e}")))?;
-    served.and(projections)
+) -> Result<()> {
+    bank.start();
+    let app = axum::serve(listener, router(bank.clone())).with_graceful_shutdown(shutdown);
+    let served = app.await.map_err(BankError::store);
+    served.and(bank.stop().await)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::domain::{AccountError, TransferError};
 
     #[test]
     fn every_error_maps_to_its_status() {
         let cases = [
-            (BankError::BadInput("x".into()), StatusCode::BAD_REQUEST),
-            (BankError::UnknownAccount("x".into()), StatusCode::NOT_FOUND),
+            (BankError::InvalidInput("x".into()), StatusCode::BAD_REQUEST),
+            (AccountError::Unknown.into(), StatusCode::NOT_FOUND),
+            (TransferError::Unknown.into(), StatusCode::NOT_FOUND),
             (
-                BankError::Rejected("x".into()),
+                AccountError::Closed.into(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            ),
+            (
+                TransferError::SameAccount.into(),
                 StatusCode::UNPROCESSABLE_ENTITY,
             ),
             (BankError::Conflict("x".into()), StatusCode::CONFLICT),
             (
                 BankError::Store("x".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
+                BankError::NotCaughtUp(Duration::ZERO),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),
         ];

@@ -1,14 +1,13 @@
 //! The bank-account example of the cqrs framework: accounts, transfers driven by a
-//! process manager, read models, and the operations subcommand. The binary `bank` (see
-//! `main.rs`) is its command line.
+//! process manager, a read model on sled or PostgreSQL, an HTTP API, and the operations
+//! subcommand. The binary `bank` (see `main.rs`) is its command line.
 
-pub mod app;
+pub mod bank;
 pub mod domain;
 pub mod error;
 pub mod http;
-pub mod postgres;
-pub mod projections;
-mod queries;
+pub mod read_model;
+pub mod transfer_process;
 
-pub use app::{Bank, TransferOutcome};
+pub use bank::{Bank, TransferOutcome};
 pub use error::{BankError, full_chain};

@@ -1,11 +1,11 @@
 //! `bank`: the bank-account example of the cqrs framework.
 //!
 //! ```text
-//! bank [--store <url>] [--json] <command>
+//! bank [--store <url>] [--json] [--daily-limit <amount>] <command>
 //!
 //!   open <account> [--owner <name>]      open an account
 //!   deposit <account> <amount>           put money in (12, 12.5, 12.50)
-//!   withdraw <account> <amount>          take money out
+//!   withdraw <account> <amount>          take money out (at most --daily-limit a day)
 //!   close <account>                      close an account (balance must be zero)
 //!   transfer <from> <to> <amount>        move money; a process manager debits, credits,
 //!                                        and refunds the source if the credit fails
@@ -15,12 +15,13 @@
 //!   demo [--accounts N] [--operations M] [--concurrency C]
 //!                                        the main job: a random workload, then a summary
 //!                                        and an invariant check
-//!   serve [--addr 127.0.0.1:8080]        the HTTP API (JSON), projections in the background
+//!   serve [--addr 127.0.0.1:8080]        the HTTP API (JSON)
 //!   snapshot | replay | events | stats   the framework's operations subcommand
 //! ```
 //!
 //! Stores: `sled:<path>` (the default, `sled:./bank-data`, also from `BANK_STORE`),
-//! `postgres://…`, `memory:`.
+//! `postgres://…`, `memory:`. Each command prints one JSON document; `--json` makes the
+//! operations subcommand print JSON too.
 //!
 //! Exit codes: 0 done; 1 rejected by the domain (insufficient funds, unknown account,
 //! already open…), the reason on stderr; 2 bad usage or input; 3 store failure.
@@ -30,20 +31,18 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use cqrs_cli::OpsCommand;
-use example_bank_account::domain::{Cents, format_cents};
-use example_bank_account::{Bank, BankError};
-use serde_json::json;
+use example_bank_account::domain::{AccountCommand, AccountServices, Cents};
+use example_bank_account::{Bank, BankError, full_chain};
+use futures::FutureExt;
+use serde_json::{Value, json};
 
 mod demo;
 
+/// The bank-account example of the cqrs framework.
 #[derive(Debug, Parser)]
-#[command(
-    name = "bank",
-    version,
-    about = "The bank-account example of the cqrs framework"
-)]
+#[command(name = "bank", version)]
 struct Cli {
     /// Where events are stored: `sled:PATH`, `postgres://…` or `memory:`.
     #[arg(
@@ -53,9 +52,12 @@ struct Cli {
         global = true
     )]
     store: String,
-    /// Print one JSON document on standard output instead of text.
+    /// The operations subcommand prints JSON instead of text (the others always do).
     #[arg(long, global = true)]
     json: bool,
+    /// The most one account may withdraw in a day.
+    #[arg(long, env = "BANK_DAILY_LIMIT", default_value = "10000.00", value_parser = amount, global = true)]
+    daily_limit: Cents,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,26 +77,11 @@ enum Command {
         owner: Option<String>,
     },
     /// Deposit money.
-    Deposit {
-        /// The account id.
-        account: String,
-        /// The amount: 12, 12.5 or 12.50.
-        #[arg(value_parser = amount)]
-        amount: Cents,
-    },
+    Deposit(Money),
     /// Withdraw money.
-    Withdraw {
-        /// The account id.
-        account: String,
-        /// The amount: 12, 12.5 or 12.50.
-        #[arg(value_parser = amount)]
-        amount: Cents,
-    },
+    Withdraw(Money),
     /// Close an account (its balance must be zero).
-    Close {
-        /// The account id.
-        account: String,
-    },
+    Close(Id),
     /// Transfer money between two accounts.
     Transfer {
         /// The source account.
@@ -106,20 +93,14 @@ enum Command {
         amount: Cents,
     },
     /// Show an account's balance.
-    Balance {
-        /// The account id.
-        account: String,
-    },
+    Balance(Id),
     /// Show an account's history.
-    History {
-        /// The account id.
-        account: String,
-    },
+    History(Id),
     /// List every account.
     Accounts,
     /// Run a random workload and check the invariants: the main job for a new user.
     Demo(demo::DemoArgs),
-    /// Serve the HTTP API (JSON), running the projections in the background.
+    /// Serve the HTTP API (JSON).
     Serve {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -129,181 +110,106 @@ enum Command {
     Ops(OpsCommand),
 }
 
-fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("bank: cannot start the runtime: {e}");
-            return ExitCode::from(3);
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err((code, message)) => {
-            eprintln!("bank: {message}");
-            ExitCode::from(code)
-        }
+#[derive(Debug, Args)]
+struct Id {
+    /// The account id.
+    account: String,
+}
+
+#[derive(Debug, Args)]
+struct Money {
+    /// The account id.
+    account: String,
+    /// The amount: 12, 12.5 or 12.50.
+    #[arg(value_parser = amount)]
+    amount: Cents,
+}
+
+/// A failure: the exit code and the message for standard error.
+#[derive(Debug)]
+struct Failure(u8, String);
+
+impl From<BankError> for Failure {
+    /// The exit code is chosen by the error's predicates.
+    fn from(e: BankError) -> Self {
+        let code = match () {
+            () if e.is_rejected() => 1,
+            () if e.is_invalid_input() => 2,
+            () => 3,
+        };
+        Failure(code, full_chain(&e))
     }
 }
 
-fn fail(e: BankError) -> (u8, String) {
-    (e.exit_code(), e.to_string())
-}
-
-fn print(
-    json: bool,
-    document: serde_json::Value,
-    text: impl FnOnce() -> String,
-) -> Result<(), (u8, String)> {
-    let mut out = std::io::stdout().lock();
-    let written = if json {
-        writeln!(out, "{document:#}")
-    } else {
-        write!(out, "{}", text())
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Err(Failure(code, message)) = run(Cli::parse()).await else {
+        return ExitCode::SUCCESS;
     };
-    written.map_err(|e| (3, format!("cannot write the output: {e}")))
+    eprintln!("bank: {message}");
+    ExitCode::from(code)
 }
 
-async fn run(cli: Cli) -> Result<(), (u8, String)> {
-    let bank = Bank::open(&cli.store).await.map_err(fail)?;
-    let json = cli.json;
-    match cli.command {
+/// Prints `document` on standard output.
+fn print(document: &Value) -> Result<(), Failure> {
+    let written = writeln!(std::io::stdout().lock(), "{document:#}");
+    written.map_err(|e| Failure(3, format!("cannot write the output: {e}")))
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let bank = Bank::open(&cli.store, AccountServices::new(cli.daily_limit)).await?;
+    // The operations run without the projections: `stats` and `events` must work when a
+    // projection is stuck (that is when they are needed), and a replay must run alone.
+    if !matches!(cli.command, Command::Ops(_)) {
+        bank.start();
+    }
+    let result = command(&bank, cli.command, cli.json).await;
+    result.and(Ok(bank.stop().await?))
+}
+
+async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failure> {
+    let (id, command) = match command {
         Command::Open { account, owner } => {
             let owner = owner.unwrap_or_else(|| account.clone());
-            bank.open_account(&account, &owner).await.map_err(fail)?;
-            bank.sync().await.map_err(fail)?;
-            print(
-                json,
-                json!({ "account": account, "owner": owner, "opened": true }),
-                || format!("opened account {account} for {owner}\n"),
-            )
+            (account, AccountCommand::Open(owner))
         }
-        Command::Deposit { account, amount } => {
-            bank.deposit(&account, amount).await.map_err(fail)?;
-            balance(&bank, &account, json).await
-        }
-        Command::Withdraw { account, amount } => {
-            bank.withdraw(&account, amount).await.map_err(fail)?;
-            balance(&bank, &account, json).await
-        }
-        Command::Close { account } => {
-            bank.close(&account).await.map_err(fail)?;
-            bank.sync().await.map_err(fail)?;
-            print(json, json!({ "account": account, "closed": true }), || {
-                format!("closed account {account}\n")
-            })
-        }
+        Command::Deposit(Money { account, amount }) => (account, AccountCommand::Deposit(amount)),
+        Command::Withdraw(Money { account, amount }) => (account, AccountCommand::Withdraw(amount)),
+        Command::Close(Id { account }) => (account, AccountCommand::Close),
+        Command::Balance(Id { account }) => return print(&json!(bank.balance(&account).await?)),
         Command::Transfer { from, to, amount } => {
-            let outcome = bank.transfer(&from, &to, amount).await.map_err(fail)?;
-            let document = serde_json::to_value(&outcome).map_err(|e| (3, e.to_string()))?;
-            print(json, document, || match &outcome.reason {
-                None => format!(
-                    "transfer {} of {amount} from {from} to {to}: {}\n",
-                    outcome.transfer_id,
-                    outcome.status.as_str()
-                ),
-                Some(reason) => format!("transfer {} failed: {reason}\n", outcome.transfer_id),
-            })?;
-            match outcome.reason {
-                // A failed transfer is a domain outcome: exit 1, the reason on stderr.
-                Some(reason) => Err((1, format!("transfer failed: {reason}"))),
-                None => Ok(()),
-            }
+            let outcome = bank.transfer(&from, &to, amount).await?;
+            print(&json!(outcome))?;
+            // A failed transfer is a domain outcome: exit 1, the reason on stderr.
+            let failed = |reason| Failure(1, format!("transfer failed: {reason}"));
+            return outcome.reason.map_or(Ok(()), |reason| Err(failed(reason)));
         }
-        Command::Balance { account } => balance(&bank, &account, json).await,
-        Command::History { account } => {
-            let history = bank.history(&account).await.map_err(fail)?;
-            let document = json!({ "account": account, "history": history });
-            print(json, document, || {
-                let mut text = String::new();
-                for h in &history {
-                    let other = h
-                        .counterparty
-                        .as_deref()
-                        .map(|c| format!(" ({c})"))
-                        .unwrap_or_default();
-                    text.push_str(&format!(
-                        "v{:<5} {:<13} {:>14} {:>14}{other}\n",
-                        h.version,
-                        h.kind,
-                        format_cents(h.amount_cents),
-                        format_cents(h.balance_cents)
-                    ));
-                }
-                text
-            })
+        Command::History(Id { account }) => {
+            let history = bank.history(&account).await?;
+            return print(&json!({ "account": account, "history": history }));
         }
         Command::Accounts => {
-            let accounts = bank.list_accounts().await.map_err(fail)?;
-            let rows: Vec<_> = accounts
-                .iter()
-                .map(example_bank_account::http::account_json)
-                .collect();
-            let document = json!({ "accounts": rows });
-            print(json, document, || {
-                let mut text = String::new();
-                for a in &accounts {
-                    text.push_str(&format!(
-                        "{:<20} {:<20} {:>14} {}\n",
-                        a.account,
-                        a.owner,
-                        format_cents(a.balance_cents),
-                        a.status.as_str()
-                    ));
-                }
-                text.push_str(&format!("{} account(s)\n", accounts.len()));
-                text
-            })
+            return print(&json!({ "accounts": bank.read_model().accounts().await? }));
         }
-        Command::Demo(args) => demo::run(&bank, &args, json).await,
+        Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
+        Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
         Command::Serve { addr } => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|e| (3, format!("cannot listen on {addr}: {e}")))?;
-            eprintln!(
-                "bank: serving on http://{addr} (store: {}); Ctrl-C stops",
-                bank.description()
-            );
-            let shutdown = async {
-                let _ = tokio::signal::ctrl_c().await;
-            };
-            example_bank_account::http::serve(bank, listener, shutdown)
-                .await
-                .map_err(fail)
+            let listener = tokio::net::TcpListener::bind(addr).await;
+            let listener =
+                listener.map_err(|e| Failure(3, format!("cannot listen on {addr}: {e}")))?;
+            eprintln!("bank: serving on http://{addr}; Ctrl-C stops");
+            let shutdown = tokio::signal::ctrl_c().map(drop);
+            return Ok(example_bank_account::http::serve(bank.clone(), listener, shutdown).await?);
         }
         Command::Ops(command) => {
-            // No catch-up first: `stats` and `events` must work when a projection is stuck
-            // (that is when they are needed). A replay must not run beside a live worker
-            // of the same projection in another process.
-            let _locks = if matches!(command, cqrs_cli::OpsCommand::Replay(_)) {
-                bank.lock_projections().await.map_err(fail)?
-            } else {
-                Vec::new()
+            let _lock = match command {
+                OpsCommand::Replay(_) => bank.lock_out_others().await?,
+                _ => None,
             };
-            let mut out = std::io::stdout().lock();
-            bank.operations()
-                .run(&command, json, &mut out)
-                .await
-                .map_err(|e| (e.exit_code(), example_bank_account::full_chain(&e)))
+            let (ops, mut out) = (bank.operations(), std::io::stdout().lock());
+            let ran = ops.run(&command, json, &mut out).await;
+            return ran.map_err(|e| Failure(e.exit_code(), full_chain(&e)));
         }
-    }
-}
-
-async fn balance(bank: &Bank, account: &str, json: bool) -> Result<(), (u8, String)> {
-    let row = bank.balance(account).await.map_err(fail)?;
-    let document = json!({
-        "account": row.account,
-        "owner": row.owner,
-        "status": row.status,
-        "balance_cents": row.balance_cents,
-        "balance": format_cents(row.balance_cents),
-        "version": row.version,
-    });
-    print(json, document, || {
-        format!("{}: {}\n", row.account, format_cents(row.balance_cents))
-    })
+    };
+    print(&json!(bank.execute(&id, command).await?))
 }

@@ -1,32 +1,11 @@
 //! The two aggregates: an account, and a transfer between two accounts.
 
+use std::time::SystemTime;
+
 use cqrs_core::Aggregate;
 use serde::{Deserialize, Serialize};
 
-use super::{AccountCommand, AccountEvent, Cents, TransferCommand, TransferEvent};
-
-impl AccountStatus {
-    /// The status as it appears in JSON: `unknown`, `open`, `closed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccountStatus::Unknown => "unknown",
-            AccountStatus::Open => "open",
-            AccountStatus::Closed => "closed",
-        }
-    }
-}
-
-impl TransferStatus {
-    /// The status as it appears in JSON: `unknown`, `pending`, `completed`, `failed`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransferStatus::Unknown => "unknown",
-            TransferStatus::Pending => "pending",
-            TransferStatus::Completed => "completed",
-            TransferStatus::Failed => "failed",
-        }
-    }
-}
+use super::{AccountCommand, AccountEvent, Cents, TransferCommand, TransferEvent, format_cents};
 
 /// Where an account is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,6 +29,33 @@ pub struct Account {
     pub owner: String,
     /// The balance in cents (never negative).
     pub balance: i64,
+    /// The day of the last withdrawal (days since 1970-01-01, UTC).
+    pub withdrawal_day: u32,
+    /// The cents withdrawn on `withdrawal_day`.
+    pub withdrawn_that_day: i64,
+}
+
+/// What an account's decisions need from outside, its
+/// [`Services`](Aggregate::Services): a clock and the daily withdrawal limit.
+#[derive(Debug, Clone, Copy)]
+pub struct AccountServices {
+    /// Today, in days since 1970-01-01 (UTC). Tests stop it: `|| 20_000`.
+    pub today: fn() -> u32,
+    /// The most one account may withdraw in a day.
+    pub daily_limit: Cents,
+}
+
+impl AccountServices {
+    /// The system clock, and `daily_limit`.
+    pub fn new(daily_limit: Cents) -> Self {
+        let today = || {
+            let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH);
+            now.map_or(0, |d| {
+                u32::try_from(d.as_secs() / 86_400).unwrap_or(u32::MAX)
+            })
+        };
+        AccountServices { today, daily_limit }
+    }
 }
 
 /// Why an account refused a command.
@@ -64,119 +70,85 @@ pub enum AccountError {
     /// A command on a closed account.
     #[error("account is closed")]
     Closed,
-    /// A withdrawal or debit larger than the balance.
-    #[error("insufficient funds: balance {}, requested {}", super::format_cents(*.balance), .requested)]
-    InsufficientFunds {
-        /// The balance in cents.
-        balance: i64,
-        /// The amount asked for.
-        requested: Cents,
-    },
+    /// A withdrawal or debit larger than the balance (in cents).
+    #[error("insufficient funds: balance {}, requested {}", format_cents(*.0), .1)]
+    InsufficientFunds(i64, Cents),
+    /// A withdrawal beyond the daily limit; the cents already withdrawn today.
+    #[error("daily withdrawal limit {} reached: {} withdrawn today", .0, format_cents(*.1))]
+    DailyLimitExceeded(Cents, i64),
     /// `close` with money left.
-    #[error("balance is not zero: {}", super::format_cents(*.0))]
+    #[error("balance is not zero: {}", format_cents(*.0))]
     BalanceNotZero(i64),
     /// An owner name that is empty or too long.
     #[error("the owner name must be 1 to 200 characters")]
     InvalidOwner,
 }
 
-impl Account {
-    fn must_be_open(&self) -> Result<(), AccountError> {
-        match self.status {
-            AccountStatus::Open => Ok(()),
-            AccountStatus::Unknown => Err(AccountError::Unknown),
-            AccountStatus::Closed => Err(AccountError::Closed),
-        }
-    }
-
-    fn must_cover(&self, amount: Cents) -> Result<(), AccountError> {
-        if amount.get() > self.balance {
-            return Err(AccountError::InsufficientFunds {
-                balance: self.balance,
-                requested: amount,
-            });
-        }
-        Ok(())
-    }
-}
-
 impl Aggregate for Account {
     const TYPE: &'static str = "account";
+    /// 2: the state holds the day's withdrawals (snapshots of version 1 are ignored).
+    const SNAPSHOT_VERSION: u32 = 2;
     type Command = AccountCommand;
     type Event = AccountEvent;
     type Error = AccountError;
-    type Services = ();
+    type Services = AccountServices;
 
-    fn handle(&self, command: &AccountCommand, _: &()) -> Result<Vec<AccountEvent>, AccountError> {
-        let event = match command {
-            AccountCommand::Open { owner } => {
-                if self.status != AccountStatus::Unknown {
-                    return Err(AccountError::AlreadyExists);
-                }
-                if owner.trim().is_empty() || owner.chars().count() > 200 {
-                    return Err(AccountError::InvalidOwner);
-                }
-                AccountEvent::Opened {
-                    owner: owner.clone(),
-                }
+    fn handle(
+        &self,
+        command: &AccountCommand,
+        services: &AccountServices,
+    ) -> Result<Vec<AccountEvent>, AccountError> {
+        use {AccountCommand as C, AccountError as Error, AccountEvent as E, AccountStatus as S};
+        match (command, self.status) {
+            (C::Open(_), S::Unknown) => {}
+            (C::Open(_), _) => return Err(Error::AlreadyExists),
+            // Money that left for a failed transfer always comes back, even to an account
+            // closed in the meantime: it is never lost.
+            (C::RefundTransfer(..), S::Closed) => {}
+            (_, S::Unknown) => return Err(Error::Unknown),
+            (_, S::Closed) => return Err(Error::Closed),
+            (_, S::Open) => {}
+        }
+        let event = match command.clone() {
+            C::Open(owner) if owner.trim().is_empty() || owner.chars().count() > 200 => {
+                return Err(Error::InvalidOwner);
             }
-            AccountCommand::Deposit { amount } => {
-                self.must_be_open()?;
-                AccountEvent::Deposited { amount: *amount }
+            C::Open(owner) => E::Opened { owner },
+            C::Deposit(amount) => E::Deposited { amount },
+            C::Withdraw(amount) | C::DebitForTransfer(_, _, amount)
+                if amount.get() > self.balance =>
+            {
+                return Err(Error::InsufficientFunds(self.balance, amount));
             }
-            AccountCommand::Withdraw { amount } => {
-                self.must_be_open()?;
-                self.must_cover(*amount)?;
-                AccountEvent::Withdrawn { amount: *amount }
-            }
-            AccountCommand::Close => {
-                self.must_be_open()?;
-                if self.balance != 0 {
-                    return Err(AccountError::BalanceNotZero(self.balance));
+            C::Withdraw(amount) => {
+                let day = (services.today)();
+                let today = if day == self.withdrawal_day {
+                    self.withdrawn_that_day
+                } else {
+                    0
+                };
+                if today + amount.get() > services.daily_limit.get() {
+                    return Err(Error::DailyLimitExceeded(services.daily_limit, today));
                 }
-                AccountEvent::Closed
+                E::Withdrawn { amount, day }
             }
-            AccountCommand::DebitForTransfer {
+            C::Close if self.balance != 0 => return Err(Error::BalanceNotZero(self.balance)),
+            C::Close => E::Closed,
+            C::DebitForTransfer(transfer_id, to, amount) => E::TransferDebited {
                 transfer_id,
                 to,
                 amount,
-            } => {
-                self.must_be_open()?;
-                self.must_cover(*amount)?;
-                AccountEvent::TransferDebited {
-                    transfer_id: *transfer_id,
-                    to: to.clone(),
-                    amount: *amount,
-                }
-            }
-            AccountCommand::CreditFromTransfer {
+            },
+            C::CreditFromTransfer(transfer_id, from, amount) => E::TransferCredited {
                 transfer_id,
                 from,
                 amount,
-            } => {
-                self.must_be_open()?;
-                AccountEvent::TransferCredited {
-                    transfer_id: *transfer_id,
-                    from: from.clone(),
-                    amount: *amount,
-                }
-            }
-            AccountCommand::RefundTransfer {
+            },
+            C::RefundTransfer(transfer_id, amount, reason) => E::TransferRefunded {
                 transfer_id,
                 amount,
                 reason,
-            } => {
-                // Money that left for a failed transfer always comes back, even to an
-                // account closed in the meantime: it is never lost.
-                if self.status == AccountStatus::Unknown {
-                    return Err(AccountError::Unknown);
-                }
-                AccountEvent::TransferRefunded {
-                    transfer_id: *transfer_id,
-                    amount: *amount,
-                    reason: reason.clone(),
-                }
-            }
+            },
         };
         Ok(vec![event])
     }
@@ -189,6 +161,12 @@ impl Aggregate for Account {
                 self.owner = owner;
             }
             AccountEvent::Closed => self.status = AccountStatus::Closed,
+            AccountEvent::Withdrawn { amount, day } => {
+                if day != self.withdrawal_day {
+                    (self.withdrawal_day, self.withdrawn_that_day) = (day, 0);
+                }
+                self.withdrawn_that_day += amount.get();
+            }
             _ => {}
         }
     }
@@ -214,12 +192,6 @@ pub enum TransferStatus {
 pub struct Transfer {
     /// Where it is.
     pub status: TransferStatus,
-    /// The source account.
-    pub from: String,
-    /// The destination account.
-    pub to: String,
-    /// How much, in cents.
-    pub amount: i64,
     /// Why it failed, if it did.
     pub failure: Option<String>,
 }
@@ -253,47 +225,27 @@ impl Aggregate for Transfer {
         command: &TransferCommand,
         _: &(),
     ) -> Result<Vec<TransferEvent>, TransferError> {
-        let event = match command {
-            TransferCommand::Request { from, to, amount } => {
-                if self.status != TransferStatus::Unknown {
-                    return Err(TransferError::AlreadyRequested);
-                }
+        let event = match (self.status, command.clone()) {
+            (TransferStatus::Unknown, TransferCommand::Request(from, to, amount)) => {
                 if from == to {
                     return Err(TransferError::SameAccount);
                 }
-                TransferEvent::Requested {
-                    from: from.clone(),
-                    to: to.clone(),
-                    amount: *amount,
-                }
+                TransferEvent::Requested { from, to, amount }
             }
-            TransferCommand::Complete | TransferCommand::Fail { .. } => {
-                match self.status {
-                    TransferStatus::Unknown => return Err(TransferError::Unknown),
-                    TransferStatus::Completed | TransferStatus::Failed => {
-                        return Err(TransferError::Finished);
-                    }
-                    TransferStatus::Pending => {}
-                }
-                match command {
-                    TransferCommand::Fail { reason } => TransferEvent::Failed {
-                        reason: reason.clone(),
-                    },
-                    _ => TransferEvent::Completed,
-                }
+            (_, TransferCommand::Request(..)) => return Err(TransferError::AlreadyRequested),
+            (TransferStatus::Unknown, _) => return Err(TransferError::Unknown),
+            (TransferStatus::Pending, TransferCommand::Complete) => TransferEvent::Completed,
+            (TransferStatus::Pending, TransferCommand::Fail(reason)) => {
+                TransferEvent::Failed { reason }
             }
+            _ => return Err(TransferError::Finished),
         };
         Ok(vec![event])
     }
 
     fn apply(&mut self, event: TransferEvent) {
         match event {
-            TransferEvent::Requested { from, to, amount } => {
-                self.status = TransferStatus::Pending;
-                self.from = from;
-                self.to = to;
-                self.amount = amount.get();
-            }
+            TransferEvent::Requested { .. } => self.status = TransferStatus::Pending,
             TransferEvent::Completed => self.status = TransferStatus::Completed,
             TransferEvent::Failed { reason } => {
                 self.status = TransferStatus::Failed;
@@ -320,27 +272,79 @@ mod tests {
         }
     }
 
+    const DAY: u32 = 20_000;
+
     fn account() -> AggregateTest<Account> {
-        AggregateTest::new(())
+        on_day(|| DAY)
+    }
+
+    /// Accounts with a clock stopped on a day and a daily limit of 10.00.
+    fn on_day(today: fn() -> u32) -> AggregateTest<Account> {
+        let daily_limit = cents(1_000);
+        AggregateTest::new(AccountServices { today, daily_limit })
+    }
+
+    fn withdrawn(c: i64, day: u32) -> AccountEvent {
+        AccountEvent::Withdrawn {
+            amount: cents(c),
+            day,
+        }
+    }
+
+    #[test]
+    fn the_daily_withdrawal_limit() {
+        let rich = || {
+            [
+                opened(),
+                AccountEvent::Deposited {
+                    amount: cents(5_000),
+                },
+            ]
+        };
+        // Under the limit, the day's withdrawals add up.
+        account()
+            .given([rich().as_slice(), &[withdrawn(600, DAY)]].concat())
+            .when(AccountCommand::Withdraw(cents(400)))
+            .then_expect_events([withdrawn(400, DAY)])
+            .then_expect_state(|a| assert_eq!(a.withdrawn_that_day, 1_000));
+        // Over it: rejected.
+        account()
+            .given([rich().as_slice(), &[withdrawn(600, DAY)]].concat())
+            .when(AccountCommand::Withdraw(cents(401)))
+            .then_expect_error_message(
+                "daily withdrawal limit 10.00 reached: 6.00 withdrawn today",
+            );
+        account()
+            .given(rich())
+            .when(AccountCommand::Withdraw(cents(1_001)))
+            .then_expect_error_message(
+                "daily withdrawal limit 10.00 reached: 0.00 withdrawn today",
+            );
+        // The next day, the limit is available again.
+        on_day(|| DAY + 1)
+            .given([rich().as_slice(), &[withdrawn(1_000, DAY)]].concat())
+            .when(AccountCommand::Withdraw(cents(1_000)))
+            .then_expect_events([withdrawn(1_000, DAY + 1)])
+            .then_expect_state(|a| {
+                assert_eq!((a.withdrawal_day, a.withdrawn_that_day), (DAY + 1, 1_000))
+            });
     }
 
     #[test]
     fn open_deposit_withdraw() {
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Open {
-                owner: "ada".into(),
-            })
+            .when(AccountCommand::Open("ada".into()))
             .then_expect_events([opened()]);
         account()
             .given([opened()])
-            .when(AccountCommand::Deposit { amount: cents(500) })
+            .when(AccountCommand::Deposit(cents(500)))
             .then_expect_events([AccountEvent::Deposited { amount: cents(500) }])
             .then_expect_state(|a| assert_eq!(a.balance, 500));
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(500) }])
-            .when(AccountCommand::Withdraw { amount: cents(200) })
-            .then_expect_events([AccountEvent::Withdrawn { amount: cents(200) }])
+            .when(AccountCommand::Withdraw(cents(200)))
+            .then_expect_events([withdrawn(200, DAY)])
             .then_expect_state(|a| assert_eq!(a.balance, 300));
     }
 
@@ -348,17 +352,15 @@ mod tests {
     fn rejections() {
         account()
             .given([opened()])
-            .when(AccountCommand::Open {
-                owner: "bob".into(),
-            })
+            .when(AccountCommand::Open("bob".into()))
             .then_expect_error_message("account already exists");
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Deposit { amount: cents(1) })
+            .when(AccountCommand::Deposit(cents(1)))
             .then_expect_error_message("unknown account");
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(100) }])
-            .when(AccountCommand::Withdraw { amount: cents(101) })
+            .when(AccountCommand::Withdraw(cents(101)))
             .then_expect_error_message("insufficient funds: balance 1.00, requested 1.01");
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(100) }])
@@ -366,11 +368,11 @@ mod tests {
             .then_expect_error_message("balance is not zero: 1.00");
         account()
             .given([opened(), AccountEvent::Closed])
-            .when(AccountCommand::Deposit { amount: cents(1) })
+            .when(AccountCommand::Deposit(cents(1)))
             .then_expect_error_message("account is closed");
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Open { owner: "  ".into() })
+            .when(AccountCommand::Open("  ".into()))
             .then_expect_error_message("the owner name must be 1 to 200 characters");
     }
 
@@ -380,7 +382,7 @@ mod tests {
             .given([
                 opened(),
                 AccountEvent::Deposited { amount: cents(100) },
-                AccountEvent::Withdrawn { amount: cents(100) },
+                withdrawn(100, DAY),
             ])
             .when(AccountCommand::Close)
             .then_expect_events([AccountEvent::Closed])
@@ -392,11 +394,11 @@ mod tests {
         let transfer_id = Uuid::new_v4();
         account()
             .given([opened(), AccountEvent::Deposited { amount: cents(100) }])
-            .when(AccountCommand::DebitForTransfer {
+            .when(AccountCommand::DebitForTransfer(
                 transfer_id,
-                to: "b".into(),
-                amount: cents(100),
-            })
+                "b".into(),
+                cents(100),
+            ))
             .then_expect_events([AccountEvent::TransferDebited {
                 transfer_id,
                 to: "b".into(),
@@ -404,20 +406,20 @@ mod tests {
             }]);
         account()
             .given_no_previous_events()
-            .when(AccountCommand::CreditFromTransfer {
+            .when(AccountCommand::CreditFromTransfer(
                 transfer_id,
-                from: "a".into(),
-                amount: cents(100),
-            })
+                "a".into(),
+                cents(100),
+            ))
             .then_expect_error_message("unknown account");
         // A refund goes through even if the source was closed meanwhile.
         account()
             .given([opened(), AccountEvent::Closed])
-            .when(AccountCommand::RefundTransfer {
+            .when(AccountCommand::RefundTransfer(
                 transfer_id,
-                amount: cents(100),
-                reason: "unknown account".into(),
-            })
+                cents(100),
+                "unknown account".into(),
+            ))
             .then_expect_events([AccountEvent::TransferRefunded {
                 transfer_id,
                 amount: cents(100),
@@ -436,11 +438,7 @@ mod tests {
         };
         test()
             .given_no_previous_events()
-            .when(TransferCommand::Request {
-                from: "a".into(),
-                to: "a".into(),
-                amount: cents(5),
-            })
+            .when(TransferCommand::Request("a".into(), "a".into(), cents(5)))
             .then_expect_error_message("cannot transfer from an account to itself");
         test()
             .given([requested.clone()])
@@ -448,9 +446,7 @@ mod tests {
             .then_expect_events([TransferEvent::Completed]);
         test()
             .given([requested.clone(), TransferEvent::Completed])
-            .when(TransferCommand::Fail {
-                reason: "late".into(),
-            })
+            .when(TransferCommand::Fail("late".into()))
             .then_expect_error_message("transfer already finished");
         test()
             .given_no_previous_events()

@@ -10,23 +10,12 @@ use uuid::Uuid;
 ///
 /// Parsed from `12`, `12.5` or `12.50`; zero, negative amounts, more than two decimals
 /// and anything that is not a number are refused before anything is written.
+///
+/// Stored events hold it as a plain number (`#[serde(transparent)]`): reading them back
+/// does not repeat the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(into = "i64", try_from = "i64")]
+#[serde(transparent)]
 pub struct Cents(i64);
-
-impl From<Cents> for i64 {
-    fn from(cents: Cents) -> i64 {
-        cents.0
-    }
-}
-
-impl TryFrom<i64> for Cents {
-    type Error = AmountError;
-
-    fn try_from(cents: i64) -> Result<Self, AmountError> {
-        Cents::new(cents)
-    }
-}
 
 impl Cents {
     /// The largest amount accepted in one operation: 1,000,000,000.00.
@@ -77,34 +66,21 @@ impl FromStr for Cents {
         if s.starts_with('-') {
             return Err(AmountError::NotPositive);
         }
-        let (whole, fraction) = s.split_once('.').unwrap_or((s, ""));
-        let digits = |part: &str| part.bytes().all(|b| b.is_ascii_digit());
-        if whole.is_empty()
-            || !digits(whole)
-            || !digits(fraction)
-            || (s.contains('.') && fraction.is_empty())
-        {
+        let (whole, fraction) = s.split_once('.').unwrap_or((s, "0"));
+        let digits = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit());
+        if !digits(whole) || !digits(fraction) {
             return Err(AmountError::NotANumber);
         }
+        // Limit the digits before parsing so nothing overflows.
         if fraction.len() > 2 {
             return Err(AmountError::TooPrecise);
         }
-        // Limit the digits before parsing so nothing overflows.
         if whole.trim_start_matches('0').len() > 10 {
             return Err(AmountError::TooLarge);
         }
-        let whole: i64 = whole.parse().map_err(|_| AmountError::NotANumber)?;
-        let fraction: i64 = match fraction.len() {
-            0 => 0,
-            1 => {
-                fraction
-                    .parse::<i64>()
-                    .map_err(|_| AmountError::NotANumber)?
-                    * 10
-            }
-            _ => fraction.parse().map_err(|_| AmountError::NotANumber)?,
-        };
-        Cents::new(whole * 100 + fraction)
+        let parse = |part: &str| part.parse::<i64>().map_err(|_| AmountError::NotANumber);
+        let scale = if fraction.len() == 1 { 10 } else { 1 };
+        Cents::new(parse(whole)? * 100 + parse(fraction)? * scale)
     }
 }
 
@@ -124,71 +100,34 @@ pub fn format_cents(cents: i64) -> String {
 /// What an account can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountCommand {
-    /// Open the account.
-    Open {
-        /// The owner's name.
-        owner: String,
-    },
+    /// Open the account for an owner (a name).
+    Open(String),
     /// Put money in.
-    Deposit {
-        /// How much.
-        amount: Cents,
-    },
-    /// Take money out.
-    Withdraw {
-        /// How much.
-        amount: Cents,
-    },
+    Deposit(Cents),
+    /// Take money out (at most the daily limit in a day).
+    Withdraw(Cents),
     /// Close the account; its balance must be zero.
     Close,
-    /// Debit the account for a transfer (sent by the transfer process manager).
-    DebitForTransfer {
-        /// The transfer.
-        transfer_id: Uuid,
-        /// The destination account.
-        to: String,
-        /// How much.
-        amount: Cents,
-    },
-    /// Credit the account for a transfer (sent by the transfer process manager).
-    CreditFromTransfer {
-        /// The transfer.
-        transfer_id: Uuid,
-        /// The source account.
-        from: String,
-        /// How much.
-        amount: Cents,
-    },
-    /// Give back a transfer's debit after the credit failed (compensation).
-    RefundTransfer {
-        /// The transfer.
-        transfer_id: Uuid,
-        /// How much.
-        amount: Cents,
-        /// Why the transfer failed.
-        reason: String,
-    },
+    /// Debit the account for a transfer: its id, the destination account, the amount.
+    /// This and the next two are sent by the transfer process manager.
+    DebitForTransfer(Uuid, String, Cents),
+    /// Credit the account for a transfer: its id, the source account, the amount.
+    CreditFromTransfer(Uuid, String, Cents),
+    /// Give back a transfer's debit after the credit failed (compensation): the
+    /// transfer's id, the amount, and why it failed.
+    RefundTransfer(Uuid, Cents, String),
 }
 
 /// What a transfer can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransferCommand {
-    /// Start a transfer.
-    Request {
-        /// The source account.
-        from: String,
-        /// The destination account.
-        to: String,
-        /// How much.
-        amount: Cents,
-    },
+    /// Start a transfer: from the source account, to the destination, the amount.
+    Request(String, String, Cents),
     /// Record that the money arrived.
     Complete,
-    /// Record that the transfer failed (after a refund, if the source was debited).
-    Fail {
-        /// Why.
-        reason: String,
-    },
+    /// Record that the transfer failed, and why (after a refund, if the source was
+    /// debited).
+    Fail(String),
 }
 
 #[cfg(test)]

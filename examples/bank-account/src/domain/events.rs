@@ -29,6 +29,10 @@ pub enum AccountEvent {
     Withdrawn {
         /// How much.
         amount: Cents,
+        /// The day of the withdrawal, from the clock service (days since 1970-01-01,
+        /// UTC; 0 in events written before the daily limit existed).
+        #[serde(default)]
+        day: u32,
     },
     /// The account was closed.
     #[event(name = "AccountClosed")]
@@ -69,9 +73,8 @@ impl AccountEvent {
             AccountEvent::Deposited { amount }
             | AccountEvent::TransferCredited { amount, .. }
             | AccountEvent::TransferRefunded { amount, .. } => amount.get(),
-            AccountEvent::Withdrawn { amount } | AccountEvent::TransferDebited { amount, .. } => {
-                -amount.get()
-            }
+            AccountEvent::Withdrawn { amount, .. }
+            | AccountEvent::TransferDebited { amount, .. } => -amount.get(),
             AccountEvent::Opened { .. } | AccountEvent::Closed => 0,
         }
     }
@@ -105,6 +108,13 @@ pub enum TransferEvent {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_withdrawal_stored_before_the_daily_limit_decodes_with_day_0() {
+        let old: AccountEvent = serde_json::from_str(r#"{"Withdrawn":{"amount":5}}"#).unwrap();
+        let amount = Cents::new(5).unwrap();
+        assert_eq!(old, AccountEvent::Withdrawn { amount, day: 0 });
+    }
+
     /// The stored type names, as they were written by hand before the derive: events in
     /// existing stores carry them, so they must never change.
     #[test]
@@ -119,7 +129,7 @@ mod tests {
                 "AccountOpened",
             ),
             (AccountEvent::Deposited { amount }, "MoneyDeposited"),
-            (AccountEvent::Withdrawn { amount }, "MoneyWithdrawn"),
+            (AccountEvent::Withdrawn { amount, day: 0 }, "MoneyWithdrawn"),
             (AccountEvent::Closed, "AccountClosed"),
             (
                 AccountEvent::TransferDebited {

@@ -5,7 +5,7 @@ mod commands;
 mod events;
 
 pub use aggregate::{
-    Account, AccountError, AccountStatus, Transfer, TransferError, TransferStatus,
+    Account, AccountError, AccountServices, AccountStatus, Transfer, TransferError, TransferStatus,
 };
 pub use commands::{AccountCommand, AmountError, Cents, TransferCommand, format_cents};
 pub use events::{AccountEvent, TransferEvent};

@@ -1,0 +1,424 @@
+//! The accounts read model: its rows, the one fold that builds them, the [`ReadModel`]
+//! trait, and its implementations on sled ([`SledAccounts`]) and PostgreSQL
+//! ([`PgAccounts`]).
+
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use cqrs_cli::Operations;
+use cqrs_core::{BoxError, BoxEventStore, Envelope, EventLog, Position, Projection};
+use cqrs_core::{ProjectionRunner, RecordedEvent};
+use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
+use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint};
+use cqrs_sled::{ReadModelTx, SledEventStore};
+use futures::future::{BoxFuture, FutureExt, ready};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Mutex;
+
+use crate::domain::{Account, AccountEvent, AccountStatus, format_cents};
+use crate::error::{BankError, Result};
+
+/// The name of the accounts read model's projection.
+pub const ACCOUNTS: &str = "accounts";
+
+/// How long a command waits for the projections to apply its effects (the read model,
+/// or a transfer's end) before it fails with [`BankError::NotCaughtUp`].
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// One account in the read model.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountRow {
+    /// The account id.
+    pub account: String,
+    /// The owner's name.
+    pub owner: String,
+    /// Open or closed.
+    pub status: AccountStatus,
+    /// The balance in cents.
+    pub balance_cents: i64,
+    /// The balance with two decimals, for people.
+    pub balance: String,
+    /// The account stream's version this row reflects.
+    pub version: u64,
+}
+
+/// One line of an account's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    /// The event's version in the account's stream.
+    pub version: u64,
+    /// `opened`, `deposit`, `withdrawal`, `closed`, `transfer_out`, `transfer_in`, `refund`.
+    pub kind: String,
+    /// The balance change in cents (negative for money out).
+    pub amount_cents: i64,
+    /// The balance after it, in cents.
+    pub balance_cents: i64,
+    /// The other account of a transfer.
+    pub counterparty: Option<String>,
+    /// When it was recorded (milliseconds since the Unix epoch).
+    pub recorded_at_ms: u128,
+}
+
+/// Folds one account event into its row (`None` before the first) and history line: the
+/// one piece of read-model logic, shared by every store.
+pub fn fold(row: Option<AccountRow>, e: &Envelope<AccountEvent>) -> (AccountRow, HistoryRow) {
+    let mut row = row.unwrap_or_default();
+    let change = e.event.balance_change();
+    (row.account, row.version) = (e.stream.id().to_owned(), e.version);
+    row.balance_cents += change;
+    row.balance = format_cents(row.balance_cents);
+    let (kind, counterparty) = match &e.event {
+        AccountEvent::Opened { owner } => {
+            (row.owner, row.status) = (owner.clone(), AccountStatus::Open);
+            ("opened", None)
+        }
+        AccountEvent::Deposited { .. } => ("deposit", None),
+        AccountEvent::Withdrawn { .. } => ("withdrawal", None),
+        AccountEvent::Closed => {
+            row.status = AccountStatus::Closed;
+            ("closed", None)
+        }
+        AccountEvent::TransferDebited { to, .. } => ("transfer_out", Some(to.clone())),
+        AccountEvent::TransferCredited { from, .. } => ("transfer_in", Some(from.clone())),
+        AccountEvent::TransferRefunded { .. } => ("refund", None),
+    };
+    let recorded_at = e.recorded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let history = HistoryRow {
+        version: e.version,
+        kind: kind.to_owned(),
+        amount_cents: change,
+        balance_cents: row.balance_cents,
+        counterparty,
+        recorded_at_ms: recorded_at.as_millis(),
+    };
+    (row, history)
+}
+
+/// Whether a record belongs to the accounts read model (the projections' `wants`).
+pub fn is_account_event(record: &RecordedEvent) -> bool {
+    record.stream.aggregate_type() == <Account as cqrs_core::Aggregate>::TYPE
+}
+
+/// The accounts read model, whatever store keeps it: reads, the wait that gives
+/// read-your-writes, and its projection's runs. The store is picked from a URL at
+/// start-up, so the bank holds an `Arc<dyn ReadModel>` and the futures are boxed. The
+/// methods fail with [`BankError::Store`] when the store does.
+pub trait ReadModel: Send + Sync + std::fmt::Debug {
+    /// One account's row, `None` if there is none.
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>>;
+
+    /// One account's history, oldest first.
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>>;
+
+    /// Every account, by id.
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>>;
+
+    /// Waits until the read model has applied the log up to `position` (a write's), so a
+    /// read shows that write; after [`WAIT`], fails with
+    /// [`NotCaughtUp`](crate::BankError::NotCaughtUp).
+    fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>>;
+
+    /// Registers the projection with the operations subcommand (`replay`, `stats`).
+    fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore>;
+}
+
+/// The tree of account rows (key: account id; value: JSON [`AccountRow`]).
+const ROWS: &str = "accounts";
+/// The tree of history lines (key: account id, NUL, big-endian version; value: JSON
+/// [`HistoryRow`]). Account ids hold no NUL, so keys never collide.
+const HISTORY: &str = "history";
+
+/// The runner of the accounts projection on sled.
+type Runner = ProjectionRunner<BoxEventStore, SledProjection, cqrs_sled::TransactionalCheckpoint>;
+
+/// The accounts read model on sled: rows and checkpoint written in one sled transaction
+/// (exactly-once) by a runner in this process, which a command waiting for its write
+/// catches up.
+#[derive(Debug, Clone)]
+pub struct SledAccounts {
+    store: SledEventStore,
+    /// Applies the log to the read model; a command waiting for its write catches it up.
+    runner: Arc<Mutex<Runner>>,
+}
+
+impl SledAccounts {
+    /// The read model in `store`'s database.
+    pub fn new(store: SledEventStore) -> Self {
+        let runner = Arc::new(Mutex::new(Self::runner(&store)));
+        SledAccounts { store, runner }
+    }
+
+    fn runner(store: &SledEventStore) -> Runner {
+        let checkpoint = cqrs_sled::TransactionalCheckpoint::new(store.clone());
+        ProjectionRunner::with_strategy(
+            BoxEventStore::new(store.clone()),
+            SledProjection,
+            checkpoint,
+        )
+    }
+
+    fn scan<T: DeserializeOwned>(&self, tree: &str, prefix: &[u8]) -> Result<Vec<T>> {
+        let decode = |(_, value): (Vec<u8>, Vec<u8>)| serde_json::from_slice(&value);
+        let rows = self.store.read_model(ACCOUNTS, tree)?.scan_prefix(prefix);
+        let rows: Result<_, BoxError> = rows.map(|entry| Ok(decode(entry?)?)).collect();
+        rows.map_err(BankError::Store)
+    }
+}
+
+impl ReadModel for SledAccounts {
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
+        let row = || {
+            let row = self.store.read_model(ACCOUNTS, ROWS)?.get(id.as_bytes())?;
+            row.map(|row| serde_json::from_slice(&row).map_err(BankError::store))
+                .transpose()
+        };
+        ready(row()).boxed()
+    }
+
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>> {
+        ready(self.scan(HISTORY, &[id.as_bytes(), b"\0"].concat())).boxed()
+    }
+
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>> {
+        ready(self.scan(ROWS, b"")).boxed()
+    }
+
+    /// Catches the runner up (one caller at a time: the first applies what the others
+    /// wait for too) until it is past `position`, woken by the store's notifications
+    /// while `position` is not readable yet (durable) in the log.
+    fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>> {
+        let caught_up = async move {
+            let mut appended = self.store.watch();
+            loop {
+                appended.mark_seen();
+                let mut runner = self.runner.lock().await;
+                if runner.checkpoint().await? < position {
+                    runner.catch_up().await?;
+                }
+                if runner.checkpoint().await? >= position {
+                    return Ok(());
+                }
+                drop(runner);
+                appended.changed().await;
+            }
+        };
+        let timed = tokio::time::timeout(WAIT, caught_up);
+        timed
+            .map(|done| done.unwrap_or(Err(BankError::NotCaughtUp(WAIT))))
+            .boxed()
+    }
+
+    fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
+        let store = self.store.clone();
+        ops.projection(move || Self::runner(&store))
+    }
+}
+
+/// The accounts projection on sled.
+#[derive(Debug, Clone, Copy)]
+struct SledProjection;
+
+impl Projection<ReadModelTx> for SledProjection {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        ACCOUNTS
+    }
+
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
+        is_account_event(record)
+    }
+
+    async fn apply(
+        &mut self,
+        tx: &mut ReadModelTx,
+        batch: &[Envelope<AccountEvent>],
+    ) -> Result<(), BoxError> {
+        for e in batch {
+            let id = e.stream.id().as_bytes();
+            let row = tx.get(ROWS, id)?.map(|row| serde_json::from_slice(&row));
+            let (row, line) = fold(row.transpose()?, e);
+            tx.insert(ROWS, id, &serde_json::to_vec(&row)?);
+            let key = [id, b"\0", &e.version.to_be_bytes()].concat();
+            tx.insert(HISTORY, &key, &serde_json::to_vec(&line)?);
+        }
+        Ok(())
+    }
+}
+
+/// Splits a `schema=NAME` query parameter off a PostgreSQL URL (sqlx would refuse it):
+/// the URL without it, and the schema (default `bank`).
+fn split_schema(url: &str) -> (String, String) {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let pairs = query.split('&').filter(|p| !p.is_empty());
+    let (schema, kept): (Vec<&str>, Vec<&str>) = pairs.partition(|p| p.starts_with("schema="));
+    let schema = schema.last().map_or("bank", |p| &p["schema=".len()..]);
+    let schema = schema.to_owned();
+    if kept.is_empty() {
+        return (base.to_owned(), schema);
+    }
+    (format!("{base}?{}", kept.join("&")), schema)
+}
+
+/// Connects, migrates the store, creates the read-model tables, and registers the read
+/// model's projection with the store, inline. Fails with [`BankError::Store`], or
+/// [`BankError::InvalidInput`] for a bad schema name.
+pub(crate) async fn open_postgres(url: &str) -> Result<PgAccounts> {
+    let (url, schema) = split_schema(url);
+    // Appends use a pooled connection at once: no test query before each.
+    let pool = sqlx::postgres::PgPoolOptions::new().test_before_acquire(false);
+    let pool = pool.max_connections(16);
+    let pool = pool.connect(&url).await.map_err(BankError::store)?;
+    let store = PostgresEventStore::builder(pool).schema(schema.clone());
+    let projection = PgProjection(schema.clone());
+    let store = store.inline_projection(projection).build();
+    let store = store.map_err(|e| BankError::InvalidInput(e.into()))?;
+    store.migrate().await.map_err(BankError::store)?;
+    // The store validated the schema name (lowercase letters, digits and `_`), so it
+    // can be quoted into the DDL.
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS \"{schema}\".bank_accounts (account text PRIMARY KEY, row jsonb NOT NULL);
+         CREATE TABLE IF NOT EXISTS \"{schema}\".bank_history (
+             account text NOT NULL, version bigint NOT NULL, line jsonb NOT NULL,
+             PRIMARY KEY (account, version));"
+    )))
+    .execute(store.pool())
+    .await
+    .map_err(BankError::store)?;
+    Ok(PgAccounts { store })
+}
+
+/// The accounts read model on PostgreSQL, in the tables `bank_accounts` and
+/// `bank_history`, written *inline* in each append's transaction: a read in any process
+/// sees every write that returned. A runner of the same projection rebuilds them.
+#[derive(Debug, Clone)]
+pub struct PgAccounts {
+    store: PostgresEventStore,
+}
+
+impl PgAccounts {
+    /// The event store whose appends update the read model.
+    pub fn store(&self) -> &PostgresEventStore {
+        &self.store
+    }
+
+    async fn query<T: DeserializeOwned>(&self, sql: &str, id: Option<&str>) -> Result<Vec<T>> {
+        let sql = sql.replace("{s}", self.store.schema());
+        let mut query = sqlx::query_scalar::<_, serde_json::Value>(AssertSqlSafe(sql));
+        if let Some(id) = id {
+            query = query.bind(id.to_owned());
+        }
+        let values = query.fetch_all(self.store.pool()).await;
+        let values = values.map_err(BankError::store)?;
+        let decode = |value| serde_json::from_value(value).map_err(BankError::store);
+        values.into_iter().map(decode).collect()
+    }
+
+    fn runner(&self) -> ProjectionRunner<BoxEventStore, PgProjection, TransactionalCheckpoint> {
+        let projection = PgProjection(self.store.schema().to_owned());
+        let checkpoint = TransactionalCheckpoint::new(self.store.clone());
+        let store = BoxEventStore::new(self.store.clone());
+        ProjectionRunner::with_strategy(store, projection, checkpoint)
+    }
+}
+
+impl ReadModel for PgAccounts {
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
+        let sql = "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1";
+        let rows = self.query(sql, Some(id));
+        rows.map(|rows| Ok(rows?.pop())).boxed()
+    }
+
+    fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>> {
+        let sql = "SELECT line FROM \"{s}\".bank_history WHERE account = $1 ORDER BY version";
+        self.query(sql, Some(id)).boxed()
+    }
+
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>> {
+        let sql = "SELECT row FROM \"{s}\".bank_accounts ORDER BY account";
+        self.query(sql, None).boxed()
+    }
+
+    /// Inline: every append that returned is in the tables already.
+    fn wait_for(&self, _: Position) -> BoxFuture<'_, Result<()>> {
+        ready(Ok(())).boxed()
+    }
+
+    /// A replay rebuilds the tables with a runner, which appends must not update
+    /// meanwhile: `bank replay` runs only while no other `bank` process runs.
+    fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
+        let this = self.clone();
+        ops.projection(move || this.runner())
+    }
+}
+
+/// The accounts projection on PostgreSQL (in the tables of a schema): inline in each
+/// append, or run to rebuild.
+#[derive(Debug, Clone)]
+struct PgProjection(String);
+
+impl Projection<PgConnection> for PgProjection {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        ACCOUNTS
+    }
+
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
+        is_account_event(record)
+    }
+
+    async fn apply(
+        &mut self,
+        conn: &mut PgConnection,
+        batch: &[Envelope<AccountEvent>],
+    ) -> Result<(), BoxError> {
+        let s = &self.0;
+        let select = format!("SELECT row FROM \"{s}\".bank_accounts WHERE account = $1");
+        let write = format!(
+            "WITH line AS (INSERT INTO \"{s}\".bank_history VALUES ($1, $2, $3))
+             INSERT INTO \"{s}\".bank_accounts VALUES ($1, $4)
+             ON CONFLICT (account) DO UPDATE SET row = EXCLUDED.row"
+        );
+        for e in batch {
+            let id = e.stream.id();
+            let query = sqlx::query_scalar(AssertSqlSafe(select.as_str())).bind(id);
+            let row: Option<serde_json::Value> = query.fetch_optional(&mut *conn).await?;
+            let (row, line) = fold(row.map(serde_json::from_value).transpose()?, e);
+            let (line, row) = (serde_json::to_value(&line)?, serde_json::to_value(&row)?);
+            let (version, write) = (i64::try_from(e.version)?, AssertSqlSafe(write.as_str()));
+            let query = sqlx::query(write).bind(id).bind(version);
+            query.bind(line).bind(row).execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
+    async fn reset(&mut self, conn: &mut PgConnection) -> Result<(), BoxError> {
+        let s = &self.0;
+        let sql = format!("TRUNCATE \"{s}\".bank_accounts, \"{s}\".bank_history");
+        sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_schema;
+
+    #[test]
+    fn schema_parameter_is_split_off() {
+        assert_eq!(
+            split_schema("postgres://h/db"),
+            ("postgres://h/db".into(), "bank".into())
+        );
+        assert_eq!(
+            split_schema("postgres://h/db?schema=t1"),
+            ("postgres://h/db".into(), "t1".into())
+        );
+        assert_eq!(
+            split_schema("postgres://h/db?sslmode=disable&schema=t2"),
+            ("postgres://h/db?sslmode=disable".into(), "t2".into())
+        );
+    }
+}
