@@ -1,9 +1,9 @@
 //! The registry of aggregates and projections, and the operations themselves.
 
 use std::fmt;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::pin::pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use cqrs_core::{
     Aggregate, CheckpointStrategy, Codec, EventStore, Position, Progress, Projection,
@@ -13,7 +13,11 @@ use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+mod progress;
 mod verify;
+
+use progress::Bar;
+pub use progress::ProgressStyle;
 
 use crate::output::{payload_json, rfc3339};
 use crate::{Error, EventsArgs, OpsCommand, ReplayArgs, Result, SnapshotArgs};
@@ -47,11 +51,14 @@ trait Replayer: Send + Sync {
         progress: &'a mut (dyn FnMut(Progress) + Send),
     ) -> BoxFuture<'a, Result<u64, ProjectionError>>;
     fn checkpoint(&self) -> BoxFuture<'_, Result<Position, ProjectionError>>;
+    /// Kept up to date inside each append's transaction: no checkpoint, no lag.
+    fn inline(&self) -> bool;
 }
 
 struct RunnerFactory<F> {
     name: String,
     make: F,
+    inline: bool,
 }
 
 impl<F, S, P, K, C> Replayer for RunnerFactory<F>
@@ -75,6 +82,10 @@ where
 
     fn checkpoint(&self) -> BoxFuture<'_, Result<Position, ProjectionError>> {
         Box::pin(async move { (self.make)().checkpoint().await })
+    }
+
+    fn inline(&self) -> bool {
+        self.inline
     }
 }
 
@@ -163,17 +174,6 @@ pub struct Operations<S> {
     progress: ProgressStyle,
 }
 
-/// How long-running operations report progress on standard error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgressStyle {
-    /// A progress bar on a terminal, plain lines otherwise (the default).
-    Auto,
-    /// Plain progress lines.
-    Lines,
-    /// Nothing.
-    Quiet,
-}
-
 impl<S> fmt::Debug for Operations<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Operations")
@@ -229,8 +229,29 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         C: Codec,
     {
         let name = make().projection().name().to_owned();
+        let inline = false;
         self.projections
-            .push(Box::new(RunnerFactory { name, make }));
+            .push(Box::new(RunnerFactory { name, make, inline }));
+        self
+    }
+
+    /// Registers an inline projection (one a backend updates inside each append's
+    /// transaction, such as `cqrs_postgres`'s inline projections) by a function that
+    /// makes a runner to rebuild it: `replay` rebuilds it as for
+    /// [`projection`](Self::projection), and `stats` shows it as inline, with no lag (its
+    /// runner's checkpoint only moves during a replay).
+    pub fn inline_projection<F, S2, P, K, C>(mut self, make: F) -> Self
+    where
+        F: Fn() -> ProjectionRunner<S2, P, K, C> + Send + Sync + 'static,
+        S2: EventStore + Send + 'static,
+        K: CheckpointStrategy,
+        P: Projection<K::Context>,
+        C: Codec,
+    {
+        let name = make().projection().name().to_owned();
+        let inline = true;
+        self.projections
+            .push(Box::new(RunnerFactory { name, make, inline }));
         self
     }
 
@@ -457,6 +478,14 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         );
         let mut projections = Vec::new();
         for projection in &self.projections {
+            if projection.inline() {
+                text.push_str(&format!(
+                    "projection {:<24} inline (updated in each append's transaction)\n",
+                    projection.name()
+                ));
+                projections.push(json!({ "name": projection.name(), "inline": true, "lag": 0 }));
+                continue;
+            }
             let checkpoint = projection.checkpoint().await?;
             let lag = self.store.count_events(checkpoint).await?;
             text.push_str(&format!(
@@ -489,92 +518,4 @@ struct Report {
     json: Value,
     /// `verify` found this many problems: the command fails after its report.
     damaged: Option<u64>,
-}
-
-/// Progress on standard error: a bar on a terminal, plain lines otherwise.
-enum Bar {
-    Fancy(indicatif::ProgressBar),
-    Lines {
-        label: String,
-        total: u64,
-        started: Instant,
-        last: Option<Instant>,
-        done: u64,
-    },
-    Quiet,
-}
-
-impl Bar {
-    fn new(style: ProgressStyle, label: &str, total: u64) -> Self {
-        let fancy = match style {
-            ProgressStyle::Auto => std::io::stderr().is_terminal(),
-            ProgressStyle::Lines => false,
-            ProgressStyle::Quiet => return Bar::Quiet,
-        };
-        if fancy {
-            let bar = indicatif::ProgressBar::new(total);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{prefix:>16} [{bar:40}] {pos}/{len} events  {per_sec}  eta {eta}",
-            ) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_prefix(label.to_owned());
-            Bar::Fancy(bar)
-        } else {
-            Bar::Lines {
-                label: label.to_owned(),
-                total,
-                started: Instant::now(),
-                last: None,
-                done: 0,
-            }
-        }
-    }
-
-    fn update(&mut self, done: u64, total: Option<u64>) {
-        match self {
-            Bar::Fancy(bar) => {
-                if let Some(total) = total {
-                    bar.set_length(total.max(done));
-                }
-                bar.set_position(done);
-            }
-            Bar::Lines {
-                label,
-                total: t,
-                started,
-                last,
-                done: d,
-            } => {
-                *d = done;
-                if let Some(total) = total {
-                    *t = total.max(done);
-                }
-                // One line a second at most: logs stay readable.
-                if last.is_none_or(|l| l.elapsed() >= Duration::from_secs(1)) {
-                    *last = Some(Instant::now());
-                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    eprintln!("{label}: {done}/{t} ({rate:.0}/s)");
-                }
-            }
-            Bar::Quiet => {}
-        }
-    }
-
-    fn finish(&mut self) {
-        match self {
-            Bar::Fancy(bar) => bar.finish(),
-            Bar::Lines {
-                label,
-                total,
-                done,
-                started,
-                ..
-            } => {
-                let rate = *done as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                eprintln!("{label}: {done}/{total} done ({rate:.0}/s)");
-            }
-            Bar::Quiet => {}
-        }
-    }
 }

@@ -333,3 +333,22 @@ async fn verify_names_a_damaged_record_and_fails_with_exit_code_4() {
         );
     }
 }
+
+#[tokio::test]
+async fn an_inline_projection_has_no_lag_in_stats_but_replays() {
+    let f = fixture().await;
+    let (store, total) = (f.store.clone(), f.total.clone());
+    let ops = Operations::new(f.store.clone())
+        .with_progress(ProgressStyle::Quiet)
+        .inline_projection(move || {
+            let checkpoint = StoreCheckpoint::new(store.clone());
+            ProjectionRunner::with_strategy(store.clone(), total.clone(), checkpoint)
+        });
+    let stats = run_json(&ops, &["stats"]).await;
+    assert_eq!(stats["projections"][0]["inline"], true, "{stats}");
+    assert_eq!(stats["projections"][0]["lag"], 0, "{stats}");
+    let replayed = run_json(&ops, &["replay", "--projection", "total"]).await;
+    assert_eq!(replayed["replayed"][0]["events"], 9, "{replayed}");
+    assert_eq!(*f.total.0.lock().unwrap(), 1 + 2 + 3 + 1 + 2 + 3 + 4 + 5 + 1);
+    assert_eq!(run_json(&ops, &["verify"]).await["intact"], true);
+}

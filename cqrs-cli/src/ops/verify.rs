@@ -15,7 +15,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         // Each projection's checkpoint must be a position of this log (or its start).
         let end = found.log_records;
         let mut checkpoints = Vec::new();
-        for projection in &self.projections {
+        for projection in self.projections.iter().filter(|p| !p.inline()) {
             let checkpoint = projection.checkpoint().await?;
             let ahead = checkpoint.commit == 0 && checkpoint.sequence > end;
             checkpoints.push(json!({

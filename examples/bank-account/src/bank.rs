@@ -68,6 +68,7 @@ impl Bank {
                 let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
                 let sled = sled.map_err(BankError::store)?;
                 let read_model = Arc::new(crate::read_model::SledAccounts::new(sled.clone()));
+                read_model.catch_up().await?;
                 (read_model, BoxEventStore::new(sled), None)
             };
         // Accounts: a snapshot every 50 events, and the states of the 10,000 most recently

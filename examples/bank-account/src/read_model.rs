@@ -149,6 +149,13 @@ impl SledAccounts {
         SledAccounts { store, runner }
     }
 
+    /// Applies what the log holds beyond the read model: after a crash between an
+    /// append and its apply, reads are then current without waiting for a write.
+    pub async fn catch_up(&self) -> Result<()> {
+        self.runner.lock().await.catch_up().await?;
+        Ok(())
+    }
+
     fn runner(store: &SledEventStore) -> Runner {
         let checkpoint = cqrs_sled::TransactionalCheckpoint::new(store.clone());
         ProjectionRunner::with_strategy(
@@ -349,7 +356,7 @@ impl ReadModel for PgAccounts {
     /// meanwhile: `bank replay` runs only while no other `bank` process runs.
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
         let this = self.clone();
-        ops.projection(move || this.runner())
+        ops.inline_projection(move || this.runner())
     }
 }
 
