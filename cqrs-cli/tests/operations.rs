@@ -349,6 +349,9 @@ async fn an_inline_projection_has_no_lag_in_stats_but_replays() {
     assert_eq!(stats["projections"][0]["lag"], 0, "{stats}");
     let replayed = run_json(&ops, &["replay", "--projection", "total"]).await;
     assert_eq!(replayed["replayed"][0]["events"], 9, "{replayed}");
-    assert_eq!(*f.total.0.lock().unwrap(), 1 + 2 + 3 + 1 + 2 + 3 + 4 + 5 + 1);
+    assert_eq!(
+        *f.total.0.lock().unwrap(),
+        1 + 2 + 3 + 1 + 2 + 3 + 4 + 5 + 1
+    );
     assert_eq!(run_json(&ops, &["verify"]).await["intact"], true);
 }

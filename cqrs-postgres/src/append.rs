@@ -11,6 +11,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::PostgresEventStore;
+use crate::checksum;
 use crate::conn::{is_broken_connection, is_unique_violation};
 use crate::row::{decode_event, saturating_i64, store_error, stored_u64};
 
@@ -32,10 +33,11 @@ struct AppendArgs<'a> {
     schema_versions: Vec<i64>,
     payloads: Vec<&'a [u8]>,
     metadata: Vec<String>,
+    checksums: Vec<i32>,
 }
 
 impl<'a> AppendArgs<'a> {
-    /// Binds `$1` to `$9`, which the fast statement and `append_events` share.
+    /// Binds `$1` to `$10`, which the fast statement and `append_events` share.
     fn bind<'q>(
         &'q self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
@@ -50,6 +52,7 @@ impl<'a> AppendArgs<'a> {
             .bind(&self.schema_versions)
             .bind(&self.payloads)
             .bind(&self.metadata)
+            .bind(&self.checksums)
     }
 
     fn new(
@@ -83,6 +86,10 @@ impl<'a> AppendArgs<'a> {
             schema_versions: events.iter().map(|e| i64::from(e.schema_version)).collect(),
             payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
             metadata,
+            checksums: events
+                .iter()
+                .map(|e| checksum::event(e.event_id, &e.event_type, e.schema_version, &e.payload))
+                .collect(),
         })
     }
 }

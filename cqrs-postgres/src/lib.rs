@@ -2,6 +2,7 @@
 
 mod append;
 mod builder;
+mod checksum;
 mod conn;
 mod error;
 mod inline;

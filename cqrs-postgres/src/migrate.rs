@@ -19,14 +19,21 @@ struct Migration {
     sql: fn(&str) -> String,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "events, snapshots, checkpoints, append_events()",
-    sql: v1_initial,
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "events, snapshots, checkpoints, append_events()",
+        sql: v1_initial,
+    },
+    Migration {
+        version: 2,
+        name: "record checksums",
+        sql: v2_checksums,
+    },
+];
 
 /// The latest migration this release knows.
-pub(crate) const LATEST: i64 = 1;
+pub(crate) const LATEST: i64 = 2;
 
 /// The advisory-lock key of a schema's migrations (and nothing else).
 pub(crate) fn lock_key(schema: &Schema, purpose: &str) -> i64 {
@@ -138,6 +145,7 @@ pub(crate) async fn run(pool: &PgPool, schema: &Schema) -> Result<i64> {
 ///   (`Statements::append_fast`); the function takes the cases that statement leaves:
 ///   a version mismatch, a unique violation, an append inside a caller's transaction.
 fn v1_initial(s: &str) -> String {
+    let append_events = append_events(s, false);
     format!(
         r#"
 CREATE TABLE {s}.events (
@@ -174,7 +182,27 @@ CREATE TABLE {s}.checkpoints (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
--- Outcome 0: appended: r_version, r_commit, r_sequence of the last event.
+{append_events}"#
+    )
+}
+
+/// The `append_events` function (see [`v1_initial`]); with `checksums` (migration 2) it
+/// takes the records' checksums too, after `p_metadata`.
+fn append_events(s: &str, checksums: bool) -> String {
+    let (checksum_param, checksum_column, checksum_value, checksum_array, checksum_column_b) =
+        if checksums {
+            (
+                " p_checksums integer[],",
+                ", checksum",
+                ", b.checksum",
+                ", p_checksums",
+                ", checksum",
+            )
+        } else {
+            ("", "", "", "", "")
+        };
+    format!(
+        r#"-- Outcome 0: appended: r_version, r_commit, r_sequence of the last event.
 -- Outcome 3: every id already appended (idempotent): the same, of the original append.
 -- Outcome 1: version conflict: r_version is the stream's version.
 -- Outcome 2: an event id is used in another stream: r_event_id, r_type, r_id.
@@ -187,7 +215,7 @@ CREATE TABLE {s}.checkpoints (
 CREATE FUNCTION {s}.append_events(
     p_type text, p_id text, p_expected_kind smallint, p_expected bigint,
     p_event_ids uuid[], p_event_types text[], p_schema_versions bigint[],
-    p_payloads bytea[], p_metadata text[], p_notify text, p_check_ids boolean)
+    p_payloads bytea[], p_metadata text[],{checksum_param} p_notify text, p_check_ids boolean)
 RETURNS TABLE (r_outcome smallint, r_version bigint, r_commit bigint, r_sequence bigint,
                r_event_id uuid, r_type text, r_id text)
 LANGUAGE plpgsql AS $fn$
@@ -269,11 +297,11 @@ BEGIN
     -- conflict, the idempotent result or the duplicate-id error).
     WITH inserted AS (
         INSERT INTO {s}.events (transaction_id, event_id, aggregate_type, aggregate_id,
-                                version, event_type, schema_version, payload, metadata)
+                                version, event_type, schema_version, payload, metadata{checksum_column})
         SELECT v_xid, b.event_id, p_type, p_id, v_actual + b.ord, b.event_type,
-               b.schema_version, b.payload, b.metadata::json
-        FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_payloads, p_metadata)
-             WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata, ord)
+               b.schema_version, b.payload, b.metadata::json{checksum_value}
+        FROM unnest(p_event_ids, p_event_types, p_schema_versions, p_payloads, p_metadata{checksum_array})
+             WITH ORDINALITY AS b(event_id, event_type, schema_version, payload, metadata{checksum_column_b}, ord)
         ORDER BY b.ord
         RETURNING {s}.events.id, {s}.events.version)
     SELECT max(i.version), max(i.id) INTO v_version, v_last FROM inserted i;
@@ -285,5 +313,19 @@ BEGIN
 END
 $fn$;
 "#
+    )
+}
+
+/// Migration 2: a CRC32C per event and snapshot row (ADR 0015), written by the store and
+/// verified on every read. Rows written before it have none and read unchecked.
+fn v2_checksums(s: &str) -> String {
+    let append_events = append_events(s, true);
+    format!(
+        r#"
+ALTER TABLE {s}.events ADD COLUMN checksum integer;
+ALTER TABLE {s}.snapshots ADD COLUMN checksum integer;
+DROP FUNCTION {s}.append_events(text, text, smallint, bigint, uuid[], text[], bigint[],
+    bytea[], text[], text, boolean);
+{append_events}"#
     )
 }

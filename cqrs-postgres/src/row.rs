@@ -11,6 +11,8 @@ use sqlx::types::Json;
 use sqlx::{Decode, Postgres, Row, Type, ValueRef};
 use uuid::Uuid;
 
+use crate::checksum;
+
 /// A `timestamptz` as microseconds since the Unix epoch, decoded from the binary wire
 /// format (so the build needs neither `chrono` nor `time`, and the server does no
 /// numeric conversion per row).
@@ -103,6 +105,9 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
     let Json(metadata): Json<Metadata> = row
         .try_get(10)
         .map_err(|e| Error::corrupt(location(), format!("metadata does not decode: {e}")))?;
+    let stored: Option<i32> = row.try_get(11).map_err(at)?;
+    let computed = checksum::event(event_id, &event_type, schema_version, &payload);
+    checksum::verify(stored, computed, location)?;
     Ok(RecordedEvent {
         event_id,
         stream,
@@ -116,8 +121,8 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
     })
 }
 
-/// Decodes a snapshot from three columns of `row` starting at `first`: version, schema
-/// version, payload. A damaged one is [`Error::Corrupt`] naming the stream.
+/// Decodes a snapshot from four columns of `row` starting at `first`: version, schema
+/// version, payload, checksum. A damaged one is [`Error::Corrupt`] naming the stream.
 pub(crate) fn decode_snapshot(
     row: &PgRow,
     first: usize,
@@ -127,7 +132,7 @@ pub(crate) fn decode_snapshot(
     let corrupt = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
     let version: i64 = row.try_get(first).map_err(corrupt)?;
     let schema_version: i64 = row.try_get(first + 1).map_err(corrupt)?;
-    Ok(SnapshotRecord {
+    let snapshot = SnapshotRecord {
         version: stored_u64(version, location, "version")?,
         schema_version: u32::try_from(schema_version).map_err(|_| {
             Error::corrupt(
@@ -136,7 +141,11 @@ pub(crate) fn decode_snapshot(
             )
         })?,
         payload: row.try_get(first + 2).map_err(corrupt)?,
-    })
+    };
+    let stored: Option<i32> = row.try_get(first + 3).map_err(corrupt)?;
+    let computed = checksum::snapshot(snapshot.version, snapshot.schema_version, &snapshot.payload);
+    checksum::verify(stored, computed, location)?;
+    Ok(snapshot)
 }
 
 /// What the first row of `Statements::read_from_snapshot` says about the snapshot.
@@ -180,12 +189,24 @@ pub(crate) fn snapshot_of_row(row: &PgRow, stream: &StreamId) -> Result<Snapshot
             version,
         }));
     }
+    let stored = match row.try_get::<Option<i32>, _>(SNAPSHOT_COLUMN + 3) {
+        Ok(stored) => stored,
+        Err(e) => return damaged(e.to_string()),
+    };
     match row.try_get::<Vec<u8>, _>(SNAPSHOT_COLUMN + 2) {
-        Ok(payload) => Ok(SnapshotRow::Usable(SnapshotRecord {
-            version,
-            schema_version,
-            payload,
-        })),
+        Ok(payload) => {
+            let computed = checksum::snapshot(version, schema_version, &payload);
+            if let Err(Error::Corrupt { reason, .. }) =
+                checksum::verify(stored, computed, String::new)
+            {
+                return damaged(reason);
+            }
+            Ok(SnapshotRow::Usable(SnapshotRecord {
+                version,
+                schema_version,
+                payload,
+            }))
+        }
         Err(e) => {
             tracing::debug!(%stream, "snapshot payload does not decode");
             damaged(e.to_string())
@@ -202,8 +223,8 @@ pub(crate) fn event_version(row: &PgRow) -> Result<Option<u64>> {
     }
 }
 
-/// The first snapshot column of a `read_from_snapshot` row (after the event's eleven).
-const SNAPSHOT_COLUMN: usize = 11;
+/// The first snapshot column of a `read_from_snapshot` row (after the event's twelve).
+const SNAPSHOT_COLUMN: usize = 12;
 
 /// Decodes a checkpoint row: commit id, sequence.
 pub(crate) fn decode_checkpoint(row: &PgRow, name: &str) -> Result<Position> {

@@ -58,7 +58,7 @@ impl fmt::Display for Schema {
 /// The columns every event read selects, in the order [`crate::row`] decodes them.
 const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_type, \
     e.aggregate_id, e.version, e.event_type, e.schema_version, \
-    e.recorded_at, e.payload, e.metadata";
+    e.recorded_at, e.payload, e.metadata, e.checksum";
 
 /// The SQL statements of one store, built once from its schema.
 #[derive(Debug)]
@@ -90,7 +90,7 @@ impl Statements {
         Statements {
             append: sql(format!(
                 "SELECT r_outcome, r_version, r_commit, r_sequence, r_event_id, r_type, r_id \
-                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+                 FROM {s}.append_events($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
             )),
             // The hot path of an append in one plain statement (no PL/pgSQL call): the
             // stream's head, the expected-version check and the insert of the batch.
@@ -112,12 +112,12 @@ impl Statements {
                  ORDER BY e.version DESC LIMIT 1) h ON true), \
                  inserted AS (INSERT INTO {s}.events (transaction_id, event_id, \
                  aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
-                 metadata) \
+                 metadata, checksum) \
                  SELECT pg_current_xact_id()::text::bigint, b.event_id, $1, $2, head.v + b.ord, \
-                 b.event_type, b.schema_version, b.payload, b.metadata::json \
+                 b.event_type, b.schema_version, b.payload, b.metadata::json, b.checksum \
                  FROM head, unnest($5::uuid[], $6::text[], $7::bigint[], $8::bytea[], \
-                 $9::text[]) WITH ORDINALITY \
-                 AS b(event_id, event_type, schema_version, payload, metadata, ord) \
+                 $9::text[], $10::integer[]) WITH ORDINALITY \
+                 AS b(event_id, event_type, schema_version, payload, metadata, checksum, ord) \
                  WHERE ($3::smallint = 0 OR ($3 = 1 AND head.v = 0) \
                  OR ($3 = 2 AND head.v > 0) OR ($3 = 3 AND head.v = $4::bigint)) \
                  AND head.tx <= pg_current_xact_id()::text::bigint \
@@ -134,14 +134,14 @@ impl Statements {
             // One round trip for a load: the snapshot row (if any) joined to each event
             // from the snapshot's version on, in one statement (one MVCC snapshot: the
             // two agree). The event at the snapshot's own version comes first and shows
-            // that the snapshot is not ahead of the stream; it is not applied. Columns 11
-            // to 13 are the snapshot's version, schema version and payload; the payload
+            // that the snapshot is not ahead of the stream; it is not applied. Columns 12
+            // to 15 are the snapshot's version, schema version, payload and checksum; the payload
             // is sent once, on the first row, and only when that row is the event at the
             // snapshot's version. The outer side is one row, so the nested loop returns
             // the events in the inner `ORDER BY`.
             read_from_snapshot: sql(format!(
                 "SELECT ev.*, s.version, s.schema_version, \
-                 CASE WHEN ev.version = s.version THEN s.payload END \
+                 CASE WHEN ev.version = s.version THEN s.payload END, s.checksum \
                  FROM (SELECT) AS one \
                  LEFT JOIN {s}.snapshots s ON s.aggregate_type = $1 AND s.aggregate_id = $2 \
                  LEFT JOIN LATERAL (SELECT {EVENT_COLUMNS} FROM {s}.events e \
@@ -187,16 +187,16 @@ impl Statements {
                  (SELECT count(*) FROM {s}.snapshots)"
             )),
             load_snapshot: sql(format!(
-                "SELECT version, schema_version, payload FROM {s}.snapshots \
+                "SELECT version, schema_version, payload, checksum FROM {s}.snapshots \
                  WHERE aggregate_type = $1 AND aggregate_id = $2"
             )),
             save_snapshot: sql(format!(
                 "INSERT INTO {s}.snapshots AS t \
-                 (aggregate_type, aggregate_id, version, schema_version, payload) \
-                 VALUES ($1, $2, $3, $4, $5) \
+                 (aggregate_type, aggregate_id, version, schema_version, payload, checksum) \
+                 VALUES ($1, $2, $3, $4, $5, $6) \
                  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
                  SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
-                 payload = EXCLUDED.payload, taken_at = now() \
+                 payload = EXCLUDED.payload, checksum = EXCLUDED.checksum, taken_at = now() \
                  WHERE t.version <= EXCLUDED.version OR NOT EXISTS (SELECT 1 FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version = t.version)"
             )),

@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::checksum;
 use crate::inline::InlineProjection;
 use crate::row::{
     SnapshotRow, decode_checkpoint, decode_event, decode_snapshot, event_version, exact_i64,
@@ -393,6 +394,8 @@ impl SnapshotStore for PostgresEventStore {
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
         let version = exact_i64(snapshot.version, "snapshot version")?;
+        let checksum =
+            checksum::snapshot(snapshot.version, snapshot.schema_version, &snapshot.payload);
         // An upsert: safe to run again after a broken connection.
         self.retrying(|| {
             sqlx::query(AssertSqlSafe(self.inner.sql.save_snapshot.clone()))
@@ -401,6 +404,7 @@ impl SnapshotStore for PostgresEventStore {
                 .bind(version)
                 .bind(i64::from(snapshot.schema_version))
                 .bind(&snapshot.payload)
+                .bind(checksum)
                 .execute(&self.inner.pool)
         })
         .await

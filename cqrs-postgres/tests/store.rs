@@ -578,6 +578,6 @@ async fn schema_names_are_validated_and_migrations_rerun_safely() {
         })
         .collect();
     for task in tasks {
-        assert_eq!(join(task).await.unwrap(), 1);
+        assert_eq!(join(task).await.unwrap(), 2);
     }
 }
