@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::domain::{Account, AccountCommand, AccountError, AccountServices, Cents};
+use crate::domain::{Account, AccountCommand, AccountError, AccountServices, AccountStatus, Cents};
 use crate::domain::{Transfer, TransferCommand, TransferError, TransferStatus};
 use crate::error::{BankError, Result};
 use crate::read_model::{AccountRow, HistoryRow, ReadModel, WAIT};
@@ -188,11 +188,16 @@ impl Bank {
     }
 
     /// Requests a transfer and returns its id; the process manager carries it out. Fails
-    /// for a transfer to the same account ([`BankError::is_rejected`]) and for bad ids.
+    /// for a transfer to the same account ([`BankError::is_rejected`]), from or to an
+    /// account that was never opened ([`BankError::is_not_found`]), and for bad ids.
     pub async fn request_transfer(&self, from: &str, to: &str, amount: Cents) -> Result<Uuid> {
         // Validate both ids before anything is written.
         for id in [from, to] {
             StreamId::new(Account::TYPE, id).map_err(|e| BankError::InvalidInput(e.into()))?;
+            // Refused before anything is written, as a deposit to an unknown account is.
+            if self.accounts.load(id).await?.state.status == AccountStatus::Unknown {
+                return Err(AccountError::Unknown.into());
+            }
         }
         let transfer_id = Uuid::new_v4();
         let command = TransferCommand::Request(from.to_owned(), to.to_owned(), amount);

@@ -74,7 +74,7 @@ impl Demo {
 
     /// One task's share of the workload, from a generator seeded per task (xorshift64*):
     /// 45% deposits, 35% withdrawals, 20% transfers, one in twenty of them to an account
-    /// that does not exist (so the refund path runs too).
+    /// that does not exist (refused before anything is written: counted as rejected).
     async fn work(self, seed: u64, operations: u32) -> Result<(), BankError> {
         let mut state = 0x9E37_79B9_7F4A_7C15 ^ (seed + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         let mut below = |n: usize| {
@@ -98,8 +98,11 @@ impl Demo {
                     // Any other account: an offset of 1..len from the source.
                     _ => ids[(source + 1 + below(ids.len() - 1)) % ids.len()].clone(),
                 };
-                let transfer_id = self.bank.request_transfer(id, &to, amount).await?;
-                self.tally().transfers.push(transfer_id);
+                match self.bank.request_transfer(id, &to, amount).await {
+                    Ok(transfer_id) => self.tally().transfers.push(transfer_id),
+                    Err(e) if e.is_not_found() => self.tally().rejected += 1,
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok(())

@@ -72,11 +72,27 @@ fn accounts_transfers_refunds_and_replay() {
         3_050
     );
 
-    // A transfer to a missing account fails (exit 1) and the source is refunded.
-    let failed = bank(store, &["transfer", "alice", "ghost", "10"]);
+    // A transfer to a missing account is refused (exit 1) before anything is written.
+    let events_before = events(store);
+    let refused = bank(store, &["transfer", "alice", "ghost", "10"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("unknown account"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        events(store),
+        events_before,
+        "the refused transfer wrote events"
+    );
+    // A transfer to a closed account fails (exit 1) and the source is refunded.
+    ok(store, &["open", "carol"]);
+    ok(store, &["close", "carol"]);
+    let failed = bank(store, &["transfer", "alice", "carol", "10"]);
     assert_eq!(failed.code, 1, "{}", failed.stderr);
     assert!(
-        failed.stderr.contains("unknown account"),
+        failed.stderr.contains("account is closed"),
         "{}",
         failed.stderr
     );

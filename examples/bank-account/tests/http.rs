@@ -208,11 +208,24 @@ async fn transfers_complete_or_are_refunded() {
         (200, json!("completed")),
         "{done}"
     );
-    let (status, failed) = call(
+    // To a missing account: refused before anything is written.
+    let (status, refused) = call(
         addr,
         "POST",
         "/transfers",
         Some(r#"{"from":"a","to":"ghost","amount":"10"}"#),
+    )
+    .await;
+    assert_eq!(status, 404, "{refused}");
+    // To a closed account: the transfer exists, failed, and the debit was refunded.
+    let open = Some(r#"{"account":"c"}"#);
+    assert_eq!(call(addr, "POST", "/accounts", open).await.0, 201);
+    assert_eq!(call(addr, "POST", "/accounts/c/close", None).await.0, 200);
+    let (status, failed) = call(
+        addr,
+        "POST",
+        "/transfers",
+        Some(r#"{"from":"a","to":"c","amount":"10"}"#),
     )
     .await;
     assert_eq!(
@@ -224,7 +237,7 @@ async fn transfers_complete_or_are_refunded() {
         failed["reason"]
             .as_str()
             .unwrap()
-            .contains("unknown account")
+            .contains("account is closed")
     );
     assert_eq!(
         call(
@@ -263,7 +276,7 @@ async fn transfers_complete_or_are_refunded() {
         400
     );
     let (_, all) = call(addr, "GET", "/accounts", None).await;
-    assert_eq!(all["accounts"].as_array().unwrap().len(), 2);
+    assert_eq!(all["accounts"].as_array().unwrap().len(), 3);
     drop(stop);
     within("the server stops when told", server).await.unwrap();
 }
