@@ -116,6 +116,9 @@ impl fmt::Debug for PostgresEventStore {
     }
 }
 
+/// How long [`PostgresEventStore::connect_pool`] waits for the server.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl PostgresEventStore {
     /// Connects with a small default pool (10 connections) and the default options
     /// (schema `cqrs`, notifications on).
@@ -128,13 +131,34 @@ impl PostgresEventStore {
     /// # Errors
     /// [`crate::Error::Connect`] if the server cannot be reached.
     pub async fn connect(url: &str) -> crate::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .test_before_acquire(false)
-            .connect(url)
+        Self::builder(Self::connect_pool(url, 10).await?).build()
+    }
+
+    /// A pool for `url` with the settings the store wants (no test query before each
+    /// use, at most `max_connections`), for [`builder`](Self::builder). It first opens one
+    /// connection directly, within 10 seconds, so an unreachable server fails fast with
+    /// the real cause (connection refused, unknown host, password refused) instead of
+    /// the pool's "timed out while waiting for an open connection" after 30 seconds.
+    ///
+    /// # Errors
+    /// [`crate::Error::Connect`] with the driver's error.
+    pub async fn connect_pool(url: &str, max_connections: u32) -> crate::Result<PgPool> {
+        let connect = |source| crate::Error::Connect { source };
+        let options: PgConnectOptions = url.parse().map_err(connect)?;
+        let first =
+            tokio::time::timeout(CONNECT_TIMEOUT, sqlx::ConnectOptions::connect(&options)).await;
+        let timed_out = || {
+            let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 10 s");
+            connect(sqlx::Error::Io(io))
+        };
+        sqlx::Connection::close(first.map_err(|_| timed_out())?.map_err(connect)?)
             .await
-            .map_err(|source| crate::Error::Connect { source })?;
-        Self::builder(pool).build()
+            .ok();
+        Ok(PgPoolOptions::new()
+            .max_connections(max_connections)
+            .test_before_acquire(false)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(options))
     }
 
     /// Creates the schema and its tables, or brings them up to date. Safe to run from many

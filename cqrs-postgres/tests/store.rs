@@ -581,3 +581,17 @@ async fn schema_names_are_validated_and_migrations_rerun_safely() {
         assert_eq!(join(task).await.unwrap(), 2);
     }
 }
+
+#[tokio::test]
+async fn an_unreachable_server_fails_with_its_real_cause() {
+    // Needs no server: nothing listens on port 1.
+    let err = PostgresEventStore::connect_pool("postgres://postgres@127.0.0.1:1/postgres", 2)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, cqrs_postgres::Error::Connect { .. }),
+        "{err:?}"
+    );
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(cause.contains("refused"), "{cause}");
+}

@@ -100,6 +100,8 @@ impl From<cqrs_core::ProjectionError> for BankError {
 /// An error's message with all its sources, `: `-separated.
 pub fn full_chain(e: &(dyn StdError + 'static)) -> String {
     let chain = std::iter::successors(Some(e), |&e| e.source());
-    let messages: Vec<String> = chain.map(ToString::to_string).collect();
+    let mut messages: Vec<String> = chain.map(ToString::to_string).collect();
+    // A source that its parent's message already quotes adds nothing.
+    messages.dedup_by(|source, parent| parent.ends_with(source.as_str()));
     messages.join(": ")
 }

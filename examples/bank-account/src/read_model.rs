@@ -273,10 +273,8 @@ fn split_schema(url: &str) -> (String, String) {
 /// [`BankError::InvalidInput`] for a bad schema name.
 pub(crate) async fn open_postgres(url: &str) -> Result<PgAccounts> {
     let (url, schema) = split_schema(url);
-    // Appends use a pooled connection at once: no test query before each.
-    let pool = sqlx::postgres::PgPoolOptions::new().test_before_acquire(false);
-    let pool = pool.max_connections(16);
-    let pool = pool.connect(&url).await.map_err(BankError::store)?;
+    let pool = PostgresEventStore::connect_pool(&url, 16).await;
+    let pool = pool.map_err(BankError::store)?;
     let store = PostgresEventStore::builder(pool).schema(schema.clone());
     let projection = PgProjection(schema.clone());
     let store = store.inline_projection(projection).build();

@@ -219,3 +219,25 @@ fn the_demo_runs_and_checks_its_invariants() {
     assert_eq!(summary["transfers"]["pending"], 0);
     assert!(summary["events_written"].as_u64().unwrap() > 300);
 }
+
+#[test]
+fn an_unreachable_database_fails_with_its_real_cause() {
+    // Nothing listens on port 1: the connection is refused at once. Before, the pool
+    // waited 30 s and said only that it had timed out.
+    let output = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bank"))
+            .args([
+                "--store",
+                "postgres://postgres@127.0.0.1:1/postgres",
+                "balance",
+                "a",
+            ])
+            .env_remove("BANK_STORE"),
+        COMMAND_DEADLINE,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert!(!stderr.contains("timed out"), "{stderr}");
+    assert_eq!(stderr.matches("Connection refused").count(), 1, "{stderr}");
+}
