@@ -38,6 +38,7 @@ pub struct PostgresEventStoreBuilder {
     notify_interval: Duration,
     settle: Duration,
     inline: Vec<Arc<dyn InlineProjection>>,
+    allow_public: bool,
 }
 
 impl fmt::Debug for PostgresEventStoreBuilder {
@@ -52,9 +53,19 @@ impl fmt::Debug for PostgresEventStoreBuilder {
 
 impl PostgresEventStoreBuilder {
     /// The schema holding the store's tables (default `cqrs`). It must match
-    /// `^[a-z_][a-z0-9_]{0,62}$` and not start with `pg_`; [`build`](Self::build) checks.
+    /// `^[a-z_][a-z0-9_]{0,62}$` and be none of PostgreSQL's own schemas (`pg_*`,
+    /// `information_schema`); `public` needs [`allow_public_schema`](Self::allow_public_schema).
+    /// [`build`](Self::build) checks.
     pub fn schema(mut self, schema: impl Into<String>) -> Self {
         self.schema = schema.into();
+        self
+    }
+
+    /// Allows the schema `public`, which every role can see and create objects in by
+    /// default; without this, `build` refuses it (a typo'd or missing schema setting
+    /// would otherwise scatter the store's tables among an application's own).
+    pub fn allow_public_schema(mut self) -> Self {
+        self.allow_public = true;
         self
     }
 
@@ -178,9 +189,11 @@ impl PostgresEventStoreBuilder {
     /// [`migrate`](PostgresEventStore::migrate) before first use.
     ///
     /// # Errors
-    /// [`crate::Error::InvalidSchema`] for a schema name that is not a plain identifier.
+    /// [`crate::Error::InvalidSchema`] for a schema name that is not a plain identifier,
+    /// names one of PostgreSQL's own schemas, or is `public` without
+    /// [`allow_public_schema`](Self::allow_public_schema).
     pub fn build(self) -> crate::Result<PostgresEventStore> {
-        let schema = Schema::new(&self.schema)?;
+        let schema = Schema::new(&self.schema, self.allow_public)?;
         Ok(PostgresEventStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&schema),
@@ -205,6 +218,7 @@ impl PostgresEventStore {
         PostgresEventStoreBuilder {
             pool,
             schema: "cqrs".to_owned(),
+            allow_public: false,
             notify: true,
             notify_interval: Duration::from_millis(5),
             settle: Duration::from_millis(500),

@@ -17,13 +17,12 @@ pub enum Error {
     ///
     /// Handling: a configuration error; choose a name matching
     /// `^[a-z_][a-z0-9_]{0,62}$` that does not start with `pg_`.
-    #[error(
-        "invalid schema name {name:?}: expected 1 to 63 characters of [a-z0-9_], not starting \
-         with a digit or `pg_`"
-    )]
+    #[error("invalid schema name {name:?}: {reason}")]
     InvalidSchema {
         /// The refused name.
         name: String,
+        /// Why it is refused.
+        reason: &'static str,
     },
 
     /// The database could not be reached.

@@ -9,28 +9,33 @@ use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
-/// A validated PostgreSQL schema name: `^[a-z_][a-z0-9_]{0,62}$`, not starting with
-/// `pg_`.
+/// A validated PostgreSQL schema name: `^[a-z_][a-z0-9_]{0,62}$`, none of PostgreSQL's
+/// own schemas (`pg_*`, `information_schema`), and `public` only when allowed.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Schema(Arc<str>);
 
 impl Schema {
-    pub(crate) fn new(name: &str) -> Result<Self> {
+    pub(crate) fn new(name: &str, allow_public: bool) -> Result<Self> {
         let bytes = name.as_bytes();
-        let valid = !bytes.is_empty()
+        let plain = !bytes.is_empty()
             && bytes.len() <= 63
             && (bytes[0].is_ascii_lowercase() || bytes[0] == b'_')
             && bytes
                 .iter()
-                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            && !name.starts_with("pg_");
-        if valid {
-            Ok(Schema(name.into()))
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        let reason = if !plain {
+            "expected 1 to 63 characters of [a-z0-9_], not starting with a digit"
+        } else if name.starts_with("pg_") || name == "information_schema" {
+            "PostgreSQL's own schemas (pg_*, information_schema) cannot hold a store"
+        } else if name == "public" && !allow_public {
+            "`public` is every role's default schema: opt in with `allow_public_schema()`"
         } else {
-            Err(Error::InvalidSchema {
-                name: name.to_owned(),
-            })
-        }
+            return Ok(Schema(name.into()));
+        };
+        Err(Error::InvalidSchema {
+            name: name.to_owned(),
+            reason,
+        })
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -225,7 +230,7 @@ mod tests {
     #[test]
     fn accepts_plain_lower_case_identifiers() {
         for name in ["events", "_x", "cqrs_test_01", &"a".repeat(63)] {
-            assert!(Schema::new(name).is_ok(), "{name}");
+            assert!(Schema::new(name, false).is_ok(), "{name}");
         }
     }
 
@@ -241,12 +246,18 @@ mod tests {
             "a b",
             "é",
             "pg_catalog",
+            "pg_toast",
+            "information_schema",
+            "public",
             &"a".repeat(64),
         ] {
             assert!(
-                matches!(Schema::new(name), Err(Error::InvalidSchema { .. })),
+                matches!(Schema::new(name, false), Err(Error::InvalidSchema { .. })),
                 "{name:?}"
             );
         }
+        assert!(Schema::new("public", true).is_ok());
+        let err = Schema::new("public", false).unwrap_err().to_string();
+        assert!(err.contains("allow_public_schema"), "{err}");
     }
 }

@@ -562,7 +562,17 @@ async fn schema_names_are_validated_and_migrations_rerun_safely() {
     let Some(store) = common::store_guarded().await else {
         return;
     };
-    for bad in ["", "Bad", "a\"b", "a;b", "pg_x", "1a", "é"] {
+    for bad in [
+        "",
+        "Bad",
+        "a\"b",
+        "a;b",
+        "pg_x",
+        "1a",
+        "é",
+        "information_schema",
+        "public",
+    ] {
         assert!(matches!(
             PostgresEventStore::builder(store.pool().clone())
                 .schema(bad)
