@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
 use crate::Bank;
@@ -58,7 +59,8 @@ struct Body {
     owner: Option<String>,
     from: Option<String>,
     to: Option<String>,
-    amount: Option<Value>,
+    /// Kept as written: a JSON number is read from its text, never through a float.
+    amount: Option<Box<RawValue>>,
 }
 
 type Input = Result<Json<Body>, JsonRejection>;
@@ -77,10 +79,8 @@ impl Body {
     }
 
     fn amount(&self) -> Result<Cents, ApiError> {
-        let text = match &self.amount {
-            Some(Value::String(text)) => text.clone(),
-            other => other.as_ref().map(Value::to_string).unwrap_or_default(),
-        };
+        let raw = self.amount.as_deref().map_or("", RawValue::get);
+        let text = serde_json::from_str::<String>(raw).unwrap_or_else(|_| raw.to_owned());
         let amount = text.parse();
         amount.map_err(|e| bad(format!("amount {text:?}: {e}")))
     }

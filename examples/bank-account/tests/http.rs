@@ -131,6 +131,14 @@ async fn accounts_deposits_withdrawals_and_errors() {
         r#"{"amount":"ten"}"#,
         r#"{"amount":"#,
         "{}",
+        // Numbers are read from their text, by the rules of strings: never rounded
+        // through a float, no exponents.
+        r#"{"amount":999999999.99999999}"#,
+        r#"{"amount":1.0000000000000001}"#,
+        r#"{"amount":1e-2}"#,
+        r#"{"amount":1e2}"#,
+        r#"{"amount":true}"#,
+        r#"{"amount":null}"#,
     ] {
         let (status, body) = call(addr, "POST", "/accounts/alice/deposits", Some(bad)).await;
         assert_eq!(status, 400, "{bad}: {body}");
