@@ -228,11 +228,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         P: Projection<K::Context>,
         C: Codec,
     {
-        let name = make().projection().name().to_owned();
-        let inline = false;
-        self.projections
-            .push(Box::new(RunnerFactory { name, make, inline }));
-        self
+        self.register(make, false)
     }
 
     /// Registers an inline projection (one a backend updates inside each append's
@@ -248,8 +244,18 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         P: Projection<K::Context>,
         C: Codec,
     {
+        self.register(make, true)
+    }
+
+    fn register<F, S2, P, K, C>(mut self, make: F, inline: bool) -> Self
+    where
+        F: Fn() -> ProjectionRunner<S2, P, K, C> + Send + Sync + 'static,
+        S2: EventStore + Send + 'static,
+        K: CheckpointStrategy,
+        P: Projection<K::Context>,
+        C: Codec,
+    {
         let name = make().projection().name().to_owned();
-        let inline = true;
         self.projections
             .push(Box::new(RunnerFactory { name, make, inline }));
         self
