@@ -220,7 +220,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
     /// ([`StoreCheckpoint`](cqrs_core::StoreCheckpoint), or a backend's transactional
     /// one): a fresh runner of an in-memory read model has nothing to report, and what
     /// it would rebuild ends with the command.
-    pub fn projection<F, S2, P, K, C>(mut self, make: F) -> Self
+    pub fn projection<F, S2, P, K, C>(self, make: F) -> Self
     where
         F: Fn() -> ProjectionRunner<S2, P, K, C> + Send + Sync + 'static,
         S2: EventStore + Send + 'static,
@@ -236,7 +236,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
     /// makes a runner to rebuild it: `replay` rebuilds it as for
     /// [`projection`](Self::projection), and `stats` shows it as inline, with no lag (its
     /// runner's checkpoint only moves during a replay).
-    pub fn inline_projection<F, S2, P, K, C>(mut self, make: F) -> Self
+    pub fn inline_projection<F, S2, P, K, C>(self, make: F) -> Self
     where
         F: Fn() -> ProjectionRunner<S2, P, K, C> + Send + Sync + 'static,
         S2: EventStore + Send + 'static,
