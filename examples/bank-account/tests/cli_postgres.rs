@@ -301,6 +301,14 @@ async fn two_servers_share_one_database() {
             call(b, "GET", "/accounts/x", "").unwrap().1["balance_cents"],
             700
         );
+        // A replay while a server runs is refused with the reason, not blamed on a
+        // projection (it used to say "projection transfers" for a replay of accounts).
+        let (code, _, stderr) = bank(&url_for_checks, &["replay", "--projection", "accounts"]);
+        assert_eq!(code, 3, "{stderr}");
+        assert!(
+            stderr.contains("another bank process is running") && !stderr.contains("transfers"),
+            "{stderr}"
+        );
         drop(second);
         // And the CLI still sees it all.
         let (code, stdout, stderr) = bank(&url_for_checks, &["--json", "balance", "y"]);
