@@ -30,8 +30,18 @@ use crate::{BoxError, CheckpointStore, Envelope, Position, Projection};
 /// The runner calls the methods in this order: [`start`](Self::start) once per run
 /// ([`catch_up`](crate::ProjectionRunner::catch_up),
 /// [`run_until`](crate::ProjectionRunner::run_until)), then [`apply`](Self::apply)
-/// followed by [`save`](Self::save) for each batch; [`reset`](Self::reset) starts a
-/// rebuild. It retries each call under its [`RetryPolicy`](crate::RetryPolicy).
+/// followed by [`save`](Self::save) for each batch. A
+/// [`rebuild`](crate::ProjectionRunner::rebuild) calls [`reset`](Self::reset), then
+/// `apply` and `save` for each batch of the whole log, then
+/// [`finish_rebuild`](Self::finish_rebuild) once the new read model is complete. It
+/// retries each call under its [`RetryPolicy`](crate::RetryPolicy).
+///
+/// A strategy may build the new read model *beside* the old one (blue/green): readers
+/// keep the old model and checkpoint until `finish_rebuild` switches to the new one, so
+/// a rebuild that fails half-way (a poisoned event, a crash, a full disk) leaves the old
+/// read model serving. Both transactional strategies do; [`InMemoryCheckpoint`] and
+/// [`StoreCheckpoint`] rebuild in place (the projection's own
+/// [`reset`](Projection::reset) decides what a reader sees meanwhile).
 pub trait CheckpointStrategy: Send + 'static {
     /// What [`Projection::apply`] and [`Projection::reset`] get: `()`, or the open
     /// transaction that the batch is written in.
@@ -92,8 +102,10 @@ pub trait CheckpointStrategy: Send + 'static {
         async { Ok(()) }
     }
 
-    /// Clears the read model ([`Projection::reset`]) and sets the checkpoint back to
-    /// the start, before a rebuild.
+    /// Starts a rebuild: from here until [`finish_rebuild`](Self::finish_rebuild), the
+    /// read model being built is empty ([`Projection::reset`] ran on it) and its
+    /// checkpoint is at the start. A blue/green strategy starts a new model beside the
+    /// one readers see; others clear the model in place.
     ///
     /// # Errors
     /// The projection's or the store's error.
@@ -101,6 +113,24 @@ pub trait CheckpointStrategy: Send + 'static {
         &mut self,
         projection: &mut P,
     ) -> impl Future<Output = Result<(), BoxError>> + Send;
+
+    /// Ends a rebuild whose batches were all applied: a blue/green strategy switches
+    /// readers to the new read model (at once, with its checkpoint) and discards the old
+    /// one. The default does nothing (the model was rebuilt in place).
+    ///
+    /// A rebuild that fails never calls it: a blue/green strategy's readers keep the old
+    /// model, and the next [`start`](Self::start) or [`reset`](Self::reset) discards
+    /// the unfinished one.
+    ///
+    /// # Errors
+    /// The projection's or the store's error; the old model then stays.
+    fn finish_rebuild<P: Projection<Self::Context>>(
+        &mut self,
+        projection: &mut P,
+    ) -> impl Future<Output = Result<(), BoxError>> + Send {
+        let _ = projection;
+        async { Ok(()) }
+    }
 }
 
 /// The checkpoint of an in-memory read model, kept in memory beside it: what

@@ -299,6 +299,11 @@ where
     /// Resets the read model and its checkpoint, then replays the whole log, calling
     /// `progress` after each batch. Returns the records read.
     ///
+    /// With a blue/green strategy (both transactional ones), the new read model is built
+    /// beside the old one, which readers keep seeing until the whole log is applied; a
+    /// rebuild that fails leaves the old model and checkpoint as they were
+    /// ([`CheckpointStrategy::finish_rebuild`]).
+    ///
     /// Run it while no other runner of this projection is running (stop the live runner
     /// first; across processes, the PostgreSQL backend's worker lock ensures it).
     ///
@@ -316,8 +321,16 @@ where
         );
         reset.map_err(|(e, _)| strategy_error(&name, "reset", e))?;
         let mut position = Position::START;
-        self.process(&mut position, Some(&mut progress), &mut || false)
-            .await
+        let read = self
+            .process(&mut position, Some(&mut progress), &mut || false)
+            .await?;
+        let finished = retry!(
+            self.config.retry,
+            self.strategy.finish_rebuild(&mut self.projection).await,
+            warn(&name, "cannot finish the rebuild")
+        );
+        finished.map_err(|(e, _)| strategy_error(&name, "finish_rebuild", e))?;
+        Ok(read)
     }
 
     /// Reads from `position` to the end of the log (retrying failed reads from the last

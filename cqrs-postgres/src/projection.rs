@@ -5,7 +5,7 @@
 use std::fmt;
 
 use cqrs_core::{BoxError, CheckpointStrategy, Envelope, Position, Projection};
-use sqlx::{AssertSqlSafe, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Postgres, Transaction};
 
 use crate::PostgresEventStore;
 use crate::row::{decode_checkpoint, exact_i64, store_error};
@@ -24,6 +24,15 @@ use crate::row::{decode_checkpoint, exact_i64, store_error};
 /// batch is rolled back with [`Error::CheckpointMoved`](crate::Error::CheckpointMoved)
 /// instead of being applied twice. Across nodes, run it with
 /// [`PostgresEventStore::run_exclusive`].
+///
+/// A [rebuild](cqrs_core::ProjectionRunner::rebuild) is one transaction, from
+/// [`reset`](CheckpointStrategy::reset) to
+/// [`finish_rebuild`](CheckpointStrategy::finish_rebuild) (each batch in a savepoint):
+/// other sessions keep reading the old read model and checkpoint until it commits, and
+/// a rebuild that fails or is interrupted rolls back, leaving them as they were. Clear
+/// the model with `DELETE` in [`Projection::reset`] so that readers are not blocked
+/// meanwhile (`TRUNCATE` locks the table until the commit). The checkpoint row stays
+/// locked for the whole rebuild: stop live runners of the projection first.
 ///
 /// # Examples
 /// ```no_run
@@ -69,7 +78,7 @@ use crate::row::{decode_checkpoint, exact_i64, store_error};
 ///     }
 ///
 ///     async fn reset(&mut self, conn: &mut PgConnection) -> Result<(), BoxError> {
-///         sqlx::query("TRUNCATE app.balances").execute(conn).await?;
+///         sqlx::query("DELETE FROM app.balances").execute(conn).await?;
 ///         Ok(())
 ///     }
 /// }
@@ -87,6 +96,10 @@ pub struct TransactionalCheckpoint {
     store: PostgresEventStore,
     /// Where this worker left the checkpoint (`None` before it read it).
     at: Option<Position>,
+    /// A rebuild's transaction, from `reset` to `finish_rebuild`.
+    rebuild: Option<Transaction<'static, Postgres>>,
+    /// A rebuild was started and not finished (its transaction may be gone).
+    rebuilding: bool,
 }
 
 impl fmt::Debug for TransactionalCheckpoint {
@@ -94,6 +107,7 @@ impl fmt::Debug for TransactionalCheckpoint {
         f.debug_struct("TransactionalCheckpoint")
             .field("schema", &self.store.schema())
             .field("checkpoint", &self.at)
+            .field("rebuilding", &self.rebuild.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -102,7 +116,12 @@ impl TransactionalCheckpoint {
     /// Keeps the checkpoint in `store`'s checkpoints table, written in each batch's
     /// transaction of `store`'s pool.
     pub fn new(store: PostgresEventStore) -> Self {
-        TransactionalCheckpoint { store, at: None }
+        TransactionalCheckpoint {
+            store,
+            at: None,
+            rebuild: None,
+            rebuilding: false,
+        }
     }
 }
 
@@ -146,6 +165,8 @@ impl CheckpointStrategy for TransactionalCheckpoint {
         &mut self,
         projection: &mut P,
     ) -> Result<Position, BoxError> {
+        // A run follows the live model: an unfinished rebuild is rolled back.
+        (self.rebuild, self.rebuilding) = (None, false);
         let mut conn = self.store.pool().acquire().await.map_err(store_error)?;
         let found = lock_checkpoint(&self.store, projection.name(), &mut conn).await?;
         self.at = Some(found);
@@ -159,6 +180,15 @@ impl CheckpointStrategy for TransactionalCheckpoint {
         checkpoint: Position,
     ) -> Result<(), BoxError> {
         let name = projection.name().to_owned();
+        if let Some(rebuild) = self.rebuild.as_mut() {
+            // A savepoint: a failed batch is rolled back alone, and retried.
+            let mut batch_tx = rebuild.begin().await.map_err(store_error)?;
+            projection.apply(&mut batch_tx, batch).await?;
+            write_checkpoint(&self.store, &name, &mut batch_tx, checkpoint).await?;
+            batch_tx.commit().await.map_err(store_error)?;
+            self.at = Some(checkpoint);
+            return Ok(());
+        }
         let mut tx = self.store.pool().begin().await.map_err(store_error)?;
         let found = lock_checkpoint(&self.store, &name, &mut tx).await?;
         if let Some(expected) = self.at
@@ -184,17 +214,35 @@ impl CheckpointStrategy for TransactionalCheckpoint {
         Ok(())
     }
 
+    /// Begins the rebuild's transaction: the projection's reset and the checkpoint at
+    /// the start, seen by no one else until [`finish_rebuild`](Self::finish_rebuild).
     async fn reset<P: Projection<PgConnection>>(
         &mut self,
         projection: &mut P,
     ) -> Result<(), BoxError> {
         let name = projection.name().to_owned();
+        (self.rebuild, self.rebuilding) = (None, true);
         let mut tx = self.store.pool().begin().await.map_err(store_error)?;
         lock_checkpoint(&self.store, &name, &mut tx).await?;
         projection.reset(&mut tx).await?;
         write_checkpoint(&self.store, &name, &mut tx, Position::START).await?;
-        tx.commit().await?;
+        self.rebuild = Some(tx);
         self.at = Some(Position::START);
+        Ok(())
+    }
+
+    /// Commits the rebuild: readers see the new read model and checkpoint at once.
+    async fn finish_rebuild<P: Projection<PgConnection>>(
+        &mut self,
+        _projection: &mut P,
+    ) -> Result<(), BoxError> {
+        if !self.rebuilding {
+            return Ok(());
+        }
+        let lost = "the rebuild's transaction failed to commit: rebuild again";
+        let tx = self.rebuild.take().ok_or(lost)?;
+        tx.commit().await.map_err(store_error)?;
+        self.rebuilding = false;
         Ok(())
     }
 }

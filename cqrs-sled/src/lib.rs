@@ -7,11 +7,13 @@ mod error;
 mod flush;
 mod open;
 mod projection;
+mod read_model;
 mod record;
 mod store;
 
 pub use config::{Durability, SledConfig};
 pub use contain::SledPanicked;
 pub use error::{OpenError, Result};
-pub use projection::{CheckpointMoved, ReadModel, ReadModelTx, TransactionalCheckpoint};
+pub use projection::{CheckpointMoved, ReadModelTx, TransactionalCheckpoint};
+pub use read_model::ReadModel;
 pub use store::SledEventStore;

@@ -1,4 +1,5 @@
-//! Transactional projections: read models in sled trees, exactly-once.
+//! Transactional projections: read models in sled trees, exactly-once, rebuilt beside
+//! the live model (blue/green).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -9,24 +10,18 @@ use sled::transaction::{
 };
 
 use crate::SledEventStore;
-use crate::contain::{guard, guard_next};
+use crate::contain::guard;
+use crate::read_model::{
+    build_checkpoint_key, generation_prefix, generations_prefix, live_generation_key, seal,
+    tree_name, unseal, validate_tree,
+};
 use crate::record::{decode_position, encode_position};
 use crate::store::store_error;
 
-/// Prefix of the sled trees that hold read models.
-const READ_MODEL_PREFIX: &str = "cqrs.rm.";
-/// Prefix (in the checkpoints tree) of a "reset in progress" marker; projection names
-/// have no NUL, so these keys never clash with a checkpoint.
+/// Prefix (in the checkpoints tree) of the "reset in progress" marker that versions
+/// before blue/green rebuilds wrote; projection names have no NUL, so these keys never
+/// clash with a checkpoint.
 const RESET_MARKER: &[u8] = b"\0reset\0";
-
-fn tree_prefix(projection: &str) -> String {
-    // The projection name has no NUL (checked): NUL separates it from the tree name.
-    format!("{READ_MODEL_PREFIX}{projection}\0")
-}
-
-fn tree_name(projection: &str, tree: &str) -> String {
-    format!("{}{tree}", tree_prefix(projection))
-}
 
 /// What a sled read model's [`Projection::apply`] gets: its trees, as of the last
 /// committed batch, plus the batch's own writes. [`TransactionalCheckpoint`] commits the
@@ -39,6 +34,8 @@ fn tree_name(projection: &str, tree: &str) -> String {
 pub struct ReadModelTx {
     db: sled::Db,
     projection: String,
+    /// The generation written (and read).
+    generation: u64,
     /// The trees opened so far, by name.
     trees: BTreeMap<String, sled::Tree>,
     /// The batch's writes per tree: a value, or `None` for a removal.
@@ -49,6 +46,7 @@ impl fmt::Debug for ReadModelTx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReadModelTx")
             .field("projection", &self.projection)
+            .field("generation", &self.generation)
             .field("trees", &self.trees.keys().collect::<Vec<_>>())
             .field(
                 "writes",
@@ -59,10 +57,11 @@ impl fmt::Debug for ReadModelTx {
 }
 
 impl ReadModelTx {
-    fn new(db: sled::Db, projection: String) -> Self {
+    fn new(db: sled::Db, projection: String, generation: u64) -> Self {
         ReadModelTx {
             db,
             projection,
+            generation,
             trees: BTreeMap::new(),
             writes: BTreeMap::new(),
         }
@@ -70,11 +69,9 @@ impl ReadModelTx {
 
     fn open(&mut self, tree: &str) -> cqrs_core::Result<&sled::Tree> {
         if !self.trees.contains_key(tree) {
-            let opened = guard(|| {
-                self.db
-                    .open_tree(tree_name(&self.projection, tree))
-                    .map_err(store_error)
-            })?;
+            validate_tree(&self.projection, tree)?;
+            let name = tree_name(&self.projection, self.generation, tree);
+            let opened = guard(|| self.db.open_tree(name).map_err(store_error))?;
             self.trees.insert(tree.to_owned(), opened);
         }
         self.trees
@@ -85,14 +82,21 @@ impl ReadModelTx {
     /// The value of `key` in `tree`, including this batch's writes.
     ///
     /// # Errors
-    /// [`Error::Store`] if sled fails.
+    /// [`Error::Store`] if sled fails; [`Error::Corrupt`] if the stored row is damaged
+    /// (its checksum does not match).
     pub fn get(&mut self, tree: &str, key: &[u8]) -> cqrs_core::Result<Option<Vec<u8>>> {
         if let Some(written) = self.writes.get(tree).and_then(|w| w.get(key)) {
             return Ok(written.clone());
         }
-        let tree = self.open(tree)?;
-        let value = guard(|| tree.get(key).map_err(store_error))?;
-        Ok(value.map(|v| v.to_vec()))
+        let checked = self.generation > 0;
+        let name = format!("{}/{tree}", self.projection);
+        let opened = self.open(tree)?;
+        let value = guard(|| opened.get(key).map_err(store_error))?;
+        let value = value.map(|v| match checked {
+            true => unseal(&name, key, &v).map(<[u8]>::to_vec),
+            false => Ok(v.to_vec()),
+        });
+        value.transpose()
     }
 
     /// Sets `key` in `tree` to `value`, when the batch commits.
@@ -124,9 +128,14 @@ impl ReadModelTx {
 /// [`CheckpointStore::load_checkpoint`](cqrs_core::CheckpointStore::load_checkpoint) shows it too
 /// (for lag reports). Each commit checks that the checkpoint is still where this runner
 /// left it, so a second runner of the same projection cannot apply a batch twice.
-/// [`reset`](CheckpointStrategy::reset) (a rebuild) marks the reset first, so a crash in
-/// the middle of it finishes the reset on the next start instead of replaying onto a
-/// half-cleared read model.
+///
+/// A rebuild is blue/green: [`reset`](CheckpointStrategy::reset) starts the next
+/// generation of the projection's trees beside the live one, with a checkpoint of its
+/// own; readers ([`SledEventStore::read_model`]) keep the live generation until
+/// [`finish_rebuild`](CheckpointStrategy::finish_rebuild) switches them, in one sled
+/// transaction with the checkpoint, and drops the old trees. A rebuild that fails or
+/// crashes leaves the live model serving; the next rebuild discards what it had built.
+/// Every row is sealed with a CRC32C of its key and value, verified on each read.
 ///
 /// # Examples
 /// ```
@@ -184,14 +193,17 @@ pub struct TransactionalCheckpoint {
     store: SledEventStore,
     /// The context, kept across batches for its open trees (created at the first use).
     tx: Option<ReadModelTx>,
-    /// Where this runner left the checkpoint (`None` before it read it).
+    /// Where this runner left the checkpoint it writes (`None` before it read it).
     at: Option<Position>,
+    /// The generation a rebuild is writing, from `reset` to `finish_rebuild`.
+    building: Option<u64>,
 }
 
 impl fmt::Debug for TransactionalCheckpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransactionalCheckpoint")
             .field("checkpoint", &self.at)
+            .field("building", &self.building)
             .finish_non_exhaustive()
     }
 }
@@ -223,16 +235,41 @@ impl TransactionalCheckpoint {
             store,
             tx: None,
             at: None,
+            building: None,
         }
     }
 
-    /// The context for `name`, with no pending writes.
+    /// The generation written: the one being built, or the live one.
+    fn generation(&self, name: &str) -> cqrs_core::Result<u64> {
+        match self.building {
+            Some(generation) => Ok(generation),
+            None => self.store.live_generation(name),
+        }
+    }
+
+    /// The key of the checkpoint written: the rebuild's, or the live one.
+    fn checkpoint_key(&self, name: &str) -> Vec<u8> {
+        match self.building {
+            Some(_) => build_checkpoint_key(name),
+            None => name.as_bytes().to_vec(),
+        }
+    }
+
+    /// The context for `name` in the generation written, with no pending writes.
     fn context(&mut self, name: &str) -> cqrs_core::Result<&mut ReadModelTx> {
         cqrs_core::validate_checkpoint_name(name)?;
+        let generation = self.generation(name)?;
+        if self
+            .tx
+            .as_ref()
+            .is_some_and(|tx| tx.generation != generation)
+        {
+            self.tx = None;
+        }
         let db = self.store.db().clone();
         let tx = self
             .tx
-            .get_or_insert_with(|| ReadModelTx::new(db, name.to_owned()));
+            .get_or_insert_with(|| ReadModelTx::new(db, name.to_owned(), generation));
         tx.writes.clear();
         Ok(tx)
     }
@@ -241,48 +278,78 @@ impl TransactionalCheckpoint {
         [RESET_MARKER, name.as_bytes()].concat()
     }
 
-    /// Clears the read model and the checkpoint. The marker written first makes a crash
-    /// in the middle resume the reset, never a replay onto a half-cleared model.
-    fn clear(&self, name: &str) -> Result<(), BoxError> {
-        guard(|| self.clear_now(name))
-    }
-
-    fn clear_now(&self, name: &str) -> Result<(), BoxError> {
-        let checkpoints = self.store.checkpoints_tree();
-        let marker = Self::marker(name);
-        checkpoints.insert(&marker[..], &[1u8][..])?;
-        checkpoints.flush()?;
-        let prefix = tree_prefix(name);
-        for tree in self.store.db().tree_names() {
-            if tree.starts_with(prefix.as_bytes()) {
-                self.store.db().open_tree(&tree)?.clear()?;
+    /// Drops every tree of the projection `name` but those of generation `keep`: what
+    /// an earlier rebuild left behind, finished or not.
+    fn drop_generations_except(&self, name: &str, keep: u64) -> Result<(), BoxError> {
+        let kept = generation_prefix(name, keep);
+        let (legacy, newer) = (generation_prefix(name, 0), generations_prefix(name));
+        guard(|| {
+            for tree in self.store.db().tree_names() {
+                let ours = [&legacy, &newer]
+                    .iter()
+                    .any(|p| tree.starts_with(p.as_bytes()));
+                if ours && !tree.starts_with(kept.as_bytes()) {
+                    self.store.db().drop_tree(&tree).map_err(store_error)?;
+                }
             }
-        }
-        checkpoints.remove(name.as_bytes())?;
-        checkpoints.flush()?;
-        checkpoints.remove(&marker[..])?;
+            Ok::<_, Error>(())
+        })?;
         Ok(())
     }
 
-    /// Commits the context's writes with `checkpoint`, if the stored checkpoint is still
-    /// `expected` (when known). `Ok(false)`: the stored checkpoint is already
-    /// `checkpoint` (the batch is applied), nothing written.
+    /// Prepares a run of the live model: records the live generation if the store never
+    /// did (so readers keep resolving it the same way), and finishes a reset that a
+    /// version before blue/green rebuilds left half done (its marker is set).
+    fn prepare_live(&mut self, name: &str) -> Result<(), BoxError> {
+        let checkpoints = self.store.checkpoints_tree();
+        let generation = self.store.live_generation(name)?;
+        let key = live_generation_key(name);
+        let finish = || {
+            if !checkpoints.contains_key(&key)? {
+                checkpoints.insert(&key[..], &generation.to_be_bytes()[..])?;
+            }
+            if checkpoints.contains_key(Self::marker(name))? {
+                tracing::warn!(projection = %name, "finishing an interrupted reset");
+                let prefix = generation_prefix(name, generation);
+                for tree in self.store.db().tree_names() {
+                    if tree.starts_with(prefix.as_bytes()) {
+                        self.store.db().open_tree(&tree)?.clear()?;
+                    }
+                }
+                checkpoints.remove(name.as_bytes())?;
+                checkpoints.flush()?;
+                checkpoints.remove(Self::marker(name))?;
+            }
+            Ok::<_, sled::Error>(())
+        };
+        guard(|| finish().map_err(store_error))?;
+        Ok(())
+    }
+
+    /// Commits the context's writes with `checkpoint` under the key written, if the
+    /// stored checkpoint is still `expected` (when known). `Ok(false)`: the stored
+    /// checkpoint is already `checkpoint` (the batch is applied), nothing written.
     fn commit(
         &mut self,
         name: &str,
         expected: Option<Position>,
         checkpoint: Position,
     ) -> Result<bool, BoxError> {
+        let key = self.checkpoint_key(name);
         let Some(tx) = self.tx.as_mut() else {
             return Err(Error::corrupt(format!("projection {name:?}"), "no context").into());
         };
+        let checked = tx.generation > 0;
         let mut trees = vec![self.store.checkpoints_tree().clone()];
         let mut writes = Vec::with_capacity(tx.writes.len());
         for (tree, tree_writes) in std::mem::take(&mut tx.writes) {
             trees.push(tx.open(&tree)?.clone());
-            writes.push(tree_writes);
+            let sealed = tree_writes.into_iter().map(|(k, v)| {
+                let v = v.map(|v| if checked { seal(&k, &v) } else { v });
+                (k, v)
+            });
+            writes.push(sealed.collect::<Vec<_>>());
         }
-        let key = name.as_bytes();
         let position = encode_position(checkpoint);
         let outcome = guard(|| {
             Ok::<_, Error>(trees[..].transaction(|views: &Vec<TransactionalTree>| {
@@ -290,7 +357,7 @@ impl TransactionalCheckpoint {
                     .split_first()
                     .ok_or(ConflictableTransactionError::Abort(None))?;
                 if let Some(expected) = expected {
-                    let found = match checkpoints.get(key)? {
+                    let found = match checkpoints.get(&key)? {
                         Some(bytes) => decode_position(&bytes, name)
                             .map_err(|e| ConflictableTransactionError::Abort(Some(e.into())))?,
                         None => Position::START,
@@ -315,7 +382,7 @@ impl TransactionalCheckpoint {
                         };
                     }
                 }
-                checkpoints.insert(key, &position[..])?;
+                checkpoints.insert(&key[..], &position[..])?;
                 Ok(true)
             }))
         })?;
@@ -332,6 +399,7 @@ impl TransactionalCheckpoint {
 impl CheckpointStrategy for TransactionalCheckpoint {
     type Context = ReadModelTx;
 
+    /// The live checkpoint (a rebuild in progress has its own, which readers do not see).
     async fn load(&mut self, name: &str) -> Result<Option<Position>, BoxError> {
         cqrs_core::validate_checkpoint_name(name)?;
         let checkpoints = self.store.checkpoints_tree();
@@ -347,14 +415,9 @@ impl CheckpointStrategy for TransactionalCheckpoint {
     ) -> Result<Position, BoxError> {
         let name = projection.name().to_owned();
         cqrs_core::validate_checkpoint_name(&name)?;
-        if self
-            .store
-            .checkpoints_tree()
-            .contains_key(Self::marker(&name))?
-        {
-            tracing::warn!(projection = %name, "finishing an interrupted reset");
-            self.reset(projection).await?;
-        }
+        // A run follows the live model; an unfinished rebuild is left for the next one.
+        self.building = None;
+        self.prepare_live(&name)?;
         let at = self.load(&name).await?.unwrap_or(Position::START);
         self.at = Some(at);
         Ok(at)
@@ -374,80 +437,63 @@ impl CheckpointStrategy for TransactionalCheckpoint {
         Ok(())
     }
 
+    /// Starts the next generation beside the live one (discarding what an unfinished
+    /// rebuild left there), with its own checkpoint at the start.
     async fn reset<P: Projection<ReadModelTx>>(
         &mut self,
         projection: &mut P,
     ) -> Result<(), BoxError> {
         let name = projection.name().to_owned();
-        self.clear(&name)?;
-        // The projection may clear state of its own, or write a fresh start.
+        cqrs_core::validate_checkpoint_name(&name)?;
+        self.building = None;
+        self.prepare_live(&name)?;
+        let live = self.store.live_generation(&name)?;
+        self.drop_generations_except(&name, live)?;
+        let next = live + 1;
+        self.building = Some(next);
+        // The projection may write a fresh start.
         let tx = self.context(&name)?;
         projection.reset(tx).await?;
         self.commit(&name, None, Position::START)?;
         self.at = Some(Position::START);
         Ok(())
     }
-}
 
-/// A read-model tree of a sled projection, for queries.
-#[derive(Debug, Clone)]
-pub struct ReadModel {
-    tree: sled::Tree,
-}
-
-impl SledEventStore {
-    /// The tree `tree` of the projection `projection`, for reading the read model.
-    ///
-    /// # Errors
-    /// [`Error::InvalidInput`] for a bad projection name; [`Error::Store`] if sled fails.
-    pub fn read_model(&self, projection: &str, tree: &str) -> cqrs_core::Result<ReadModel> {
-        cqrs_core::validate_checkpoint_name(projection)?;
-        let tree = guard(|| {
-            self.db()
-                .open_tree(tree_name(projection, tree))
-                .map_err(store_error)
+    /// Switches readers to the rebuilt generation and its checkpoint in one transaction,
+    /// then drops the old generation's trees.
+    async fn finish_rebuild<P: Projection<ReadModelTx>>(
+        &mut self,
+        projection: &mut P,
+    ) -> Result<(), BoxError> {
+        let name = projection.name().to_owned();
+        let Some(next) = self.building else {
+            return Ok(());
+        };
+        let (build, live) = (build_checkpoint_key(&name), live_generation_key(&name));
+        let checkpoints = self.store.checkpoints_tree();
+        let switched = guard(|| {
+            Ok::<_, Error>(checkpoints.transaction(|t| {
+                let at = t
+                    .get(&build)?
+                    .ok_or(ConflictableTransactionError::Abort(()))?;
+                t.insert(name.as_bytes(), at)?;
+                t.insert(&live[..], &next.to_be_bytes()[..])?;
+                t.remove(&build[..])?;
+                Ok(())
+            }))
         })?;
-        Ok(ReadModel { tree })
-    }
-}
-
-impl ReadModel {
-    /// The value of `key`.
-    ///
-    /// # Errors
-    /// [`Error::Store`] if sled fails.
-    pub fn get(&self, key: &[u8]) -> cqrs_core::Result<Option<Vec<u8>>> {
-        let value = guard(|| self.tree.get(key).map_err(store_error))?;
-        Ok(value.map(|v| v.to_vec()))
-    }
-
-    /// The entries whose key starts with `prefix`, in key order, read lazily.
-    ///
-    /// # Errors
-    /// Items are [`Error::Store`] if sled fails.
-    pub fn scan_prefix(
-        &self,
-        prefix: &[u8],
-    ) -> impl Iterator<Item = cqrs_core::Result<(Vec<u8>, Vec<u8>)>> + Send + use<> {
-        let mut entries = self.tree.scan_prefix(prefix);
-        let mut failed = false;
-        std::iter::from_fn(move || {
-            if failed {
-                return None;
+        match switched {
+            Ok(()) => {}
+            Err(TransactionError::Abort(())) => {
+                let lost = "the rebuild's checkpoint is gone: was the projection reset again?";
+                return Err(Error::corrupt(format!("projection {name:?}"), lost).into());
             }
-            let item = guard_next(&mut entries)?;
-            failed = item.is_err();
-            Some(item.map(|(k, v)| (k.to_vec(), v.to_vec())))
-        })
-    }
-
-    /// The number of entries (walks the tree).
-    pub fn len(&self) -> usize {
-        self.tree.len()
-    }
-
-    /// Whether the tree is empty.
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+            Err(TransactionError::Storage(e)) => return Err(store_error(e).into()),
+        }
+        self.building = None;
+        self.tx = None;
+        guard(|| checkpoints.flush().map_err(store_error))?;
+        self.drop_generations_except(&name, next)?;
+        Ok(())
     }
 }

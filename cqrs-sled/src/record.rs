@@ -49,7 +49,7 @@ const FORMAT_UNCHECKED: u8 = 1;
 
 /// CRC32C (Castagnoli), the checksum of records; slice-by-16 tables (16 KiB), several
 /// times faster than the one-table default on event-sized records.
-static CRC32C: crc::Crc<u32, crc::Table<16>> =
+pub(crate) static CRC32C: crc::Crc<u32, crc::Table<16>> =
     crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
 
 /// The bytes of `record` that a [`Reader`] decodes: after the checksum of a format-2

@@ -401,7 +401,7 @@ impl Projection<PgConnection> for PgProjection {
 
     async fn reset(&mut self, conn: &mut PgConnection) -> Result<(), BoxError> {
         let s = &self.0;
-        let sql = format!("TRUNCATE \"{s}\".bank_accounts, \"{s}\".bank_history");
+        let sql = format!("DELETE FROM \"{s}\".bank_accounts; DELETE FROM \"{s}\".bank_history");
         sqlx::raw_sql(AssertSqlSafe(sql)).execute(conn).await?;
         Ok(())
     }
