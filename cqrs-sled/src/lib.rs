@@ -15,5 +15,5 @@ pub use config::{Durability, SledConfig};
 pub use contain::SledPanicked;
 pub use error::{OpenError, Result};
 pub use projection::{CheckpointMoved, ReadModelTx, TransactionalCheckpoint};
-pub use read_model::ReadModel;
+pub use read_model::{ReadModel, ReadModelCheck};
 pub use store::SledEventStore;

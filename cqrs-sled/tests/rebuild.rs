@@ -237,3 +237,33 @@ async fn a_tree_name_with_nul_is_refused() {
     let refused = store.read_model("sums", "a\0b").unwrap_err();
     assert!(matches!(refused, Error::InvalidInput { .. }), "{refused}");
 }
+
+#[tokio::test]
+async fn verify_read_models_finds_the_damaged_row() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        for n in 0..6 {
+            increment(&store, &format!("c{n}"), 1).await;
+        }
+        runner(&store).catch_up().await.unwrap();
+        let check = store.verify_read_models().unwrap();
+        assert_eq!(
+            (check.rows, check.unchecked, check.damaged.len()),
+            (6, 0, 0)
+        );
+        store.flush().unwrap();
+    }
+    {
+        let db = sled::open(dir.path()).unwrap();
+        let tree = db.open_tree("cqrs.rmg.sums\u{0}1\u{0}sums").unwrap();
+        let mut row = tree.get("c4").unwrap().unwrap().to_vec();
+        row[0] ^= 0x80;
+        tree.insert("c4", row).unwrap();
+        db.flush().unwrap();
+    }
+    let store = SledEventStore::open(dir.path()).unwrap();
+    let check = store.verify_read_models().unwrap();
+    assert_eq!((check.rows, check.damaged.len()), (5, 1), "{check:?}");
+    assert!(check.damaged[0].to_string().contains("c4"), "{check:?}");
+}
