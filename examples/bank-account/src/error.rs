@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use cqrs_core::{BoxError, CommandError};
 
-use crate::domain::{AccountError, TransferError};
+use crate::domain::{AccountError, InvalidText, TransferError};
 
 /// The result of a bank operation.
 pub type Result<T, E = BankError> = std::result::Result<T, E>;
@@ -16,7 +16,8 @@ pub type Result<T, E = BankError> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum BankError {
     /// An account refused the command: [`is_rejected`](Self::is_rejected), or
-    /// [`is_not_found`](Self::is_not_found) for [`AccountError::Unknown`].
+    /// [`is_not_found`](Self::is_not_found) for [`AccountError::Unknown`], or
+    /// [`is_invalid_input`](Self::is_invalid_input) for [`AccountError::InvalidOwner`].
     #[error(transparent)]
     Account(#[from] AccountError),
     /// A transfer refused the command: as for [`Account`](Self::Account).
@@ -41,7 +42,8 @@ pub enum BankError {
 impl BankError {
     /// The domain refused it (HTTP 422, exit 1).
     pub fn is_rejected(&self) -> bool {
-        matches!(self, BankError::Account(_) | BankError::Transfer(_))
+        let domain = matches!(self, BankError::Account(_) | BankError::Transfer(_));
+        domain && !self.is_invalid_input()
     }
 
     /// The account or transfer does not exist (HTTP 404, exit 1).
@@ -55,7 +57,10 @@ impl BankError {
 
     /// The input was refused before anything was written (HTTP 400, exit 2).
     pub fn is_invalid_input(&self) -> bool {
-        matches!(self, BankError::InvalidInput(_))
+        matches!(
+            self,
+            BankError::InvalidInput(_) | BankError::Account(AccountError::InvalidOwner(_))
+        )
     }
 
     /// Concurrent writers kept winning (HTTP 409, exit 3).
@@ -85,6 +90,12 @@ impl<E: Into<BankError> + StdError + Send + Sync + 'static> From<CommandError<E>
     }
 }
 
+impl From<InvalidText> for BankError {
+    fn from(e: InvalidText) -> Self {
+        BankError::InvalidInput(e.into())
+    }
+}
+
 impl From<cqrs_core::Error> for BankError {
     fn from(e: cqrs_core::Error) -> Self {
         BankError::Store(e.into())
@@ -104,4 +115,22 @@ pub fn full_chain(e: &(dyn StdError + 'static)) -> String {
     // A source that its parent's message already quotes adds nothing.
     messages.dedup_by(|source, parent| parent.ends_with(source.as_str()));
     messages.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Field;
+
+    #[test]
+    fn a_bad_owner_is_invalid_input_not_a_rejection() {
+        let bad = Field::Owner.normalize("").unwrap_err();
+        let e = BankError::from(AccountError::InvalidOwner(bad.clone()));
+        assert!(e.is_invalid_input() && !e.is_rejected(), "{e:?}");
+        assert_eq!(full_chain(&e), "the owner name is empty");
+        let e = BankError::from(bad);
+        assert!(e.is_invalid_input() && !e.is_rejected(), "{e:?}");
+        assert_eq!(full_chain(&e), "invalid input: the owner name is empty");
+        assert!(BankError::from(AccountError::Closed).is_rejected());
+    }
 }
