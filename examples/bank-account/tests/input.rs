@@ -1,7 +1,8 @@
 //! Hostile account ids and owner names (issue 11, item 4) at every entry point: the
 //! command line (the real `bank` binary) and the HTTP API (a real server over TCP).
 //! Each class of bad text is refused naming the field, with exit 2 or HTTP 400, and
-//! nothing is written; an id in NFD finds the account opened in NFC.
+//! nothing is written; an id in NFD finds the account opened in NFC. Also the status of
+//! a transfer that was carried out but failed (item 5): 200 with its outcome.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -388,5 +389,47 @@ async fn the_http_api_finds_an_nfc_account_by_its_nfd_id() {
     assert_eq!(status, 422, "a transfer from an account to itself: {same}");
     let (_, all) = server.call("GET", "/accounts", None).await;
     assert_eq!(all["accounts"].as_array().unwrap().len(), 1, "{all}");
+    server.stop().await;
+}
+
+/// The choice documented in `http.rs`: a transfer that was carried out and failed is not
+/// an HTTP error. It exists, its outcome is `failed`, and the source was refunded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_transfer_answers_200_with_its_outcome() {
+    let server = Server::start().await;
+    for account in ["a", "closed"] {
+        let (status, body) = server
+            .call("POST", "/accounts", Some(json!({ "account": account })))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let deposit = Some(json!({ "amount": "10" }));
+    assert_eq!(
+        server.call("POST", "/accounts/a/deposits", deposit).await.0,
+        200
+    );
+    assert_eq!(
+        server.call("POST", "/accounts/closed/close", None).await.0,
+        200
+    );
+
+    let transfer = Some(json!({ "from": "a", "to": "closed", "amount": "4" }));
+    let (status, outcome) = server.call("POST", "/transfers", transfer).await;
+    assert_eq!(
+        (status, outcome["status"].as_str()),
+        (200, Some("failed")),
+        "{outcome}"
+    );
+    let reason = outcome["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("account is closed"), "{outcome}");
+    let path = format!("/transfers/{}", outcome["transfer_id"].as_str().unwrap());
+    let (status, again) = server.call("GET", &path, None).await;
+    assert_eq!(
+        (status, &again),
+        (200, &outcome),
+        "the transfer resource exists"
+    );
+    let (_, a) = server.call("GET", "/accounts/a", None).await;
+    assert_eq!(a["balance_cents"], 1000, "refunded: {a}");
     server.stop().await;
 }
