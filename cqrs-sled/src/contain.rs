@@ -57,7 +57,7 @@ pub(crate) fn guard_next<I: Iterator<Item = sled::Result<T>>, T>(
     iter: &mut I,
 ) -> Option<Result<T>> {
     match catch_unwind(AssertUnwindSafe(|| iter.next())) {
-        Ok(item) => item.map(|r| r.map_err(Error::store)),
+        Ok(item) => item.map(|r| r.map_err(|e| Error::store(crate::error::SledError(e)))),
         Err(payload) => Some(Err(panicked(&*payload))),
     }
 }

@@ -81,3 +81,42 @@ pub enum OpenError {
         source: BoxError,
     },
 }
+
+/// A sled error as this crate reports it: sled's own message, except for a corruption,
+/// whose message in sled 0.34 ends with the debug text of a backtrace field that release
+/// builds leave empty (`backtrace ()`); this one says where the damage is instead.
+#[derive(Debug)]
+pub(crate) struct SledError(pub(crate) sled::Error);
+
+impl std::fmt::Display for SledError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            sled::Error::Corruption { at: Some(at), .. } => {
+                write!(f, "sled read corrupted data at log offset {}", at.lid())
+            }
+            sled::Error::Corruption { at: None, .. } => f.write_str("sled read corrupted data"),
+            other => other.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SledError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_corruption_says_where_without_a_backtrace() {
+        let at = sled::DiskPtr::Inline(776);
+        let e = SledError(sled::Error::Corruption {
+            at: Some(at),
+            bt: (),
+        });
+        assert_eq!(e.to_string(), "sled read corrupted data at log offset 776");
+        let e = SledError(sled::Error::Corruption { at: None, bt: () });
+        assert_eq!(e.to_string(), "sled read corrupted data");
+        let e = SledError(sled::Error::Unsupported("x".into()));
+        assert_eq!(e.to_string(), "Unsupported: x");
+    }
+}

@@ -90,7 +90,7 @@ impl SledEventStore {
         };
         let io = |e: sled::Error| OpenError::Io {
             path: shown.clone(),
-            source: e.into(),
+            source: crate::error::SledError(e).into(),
         };
         match db.get(FORMAT_KEY).map_err(io)? {
             Some(format) if &*format != FORMAT => {
@@ -205,11 +205,11 @@ fn open_error(path: &Path, e: sled::Error) -> OpenError {
         }
         sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => OpenError::NotADatabase {
             path,
-            reason: e.to_string(),
+            reason: crate::error::SledError(e).to_string(),
         },
         other => OpenError::Io {
             path,
-            source: other.into(),
+            source: crate::error::SledError(other).into(),
         },
     }
 }

@@ -135,7 +135,7 @@ pub(crate) struct Heads(pub(crate) HashMap<StreamId, u64>);
 pub(crate) const HEADS_CACHE: usize = 65_536;
 
 pub(crate) fn store_error(e: sled::Error) -> Error {
-    Error::store(e)
+    Error::store(crate::error::SledError(e))
 }
 
 impl SledEventStore {

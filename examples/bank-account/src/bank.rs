@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::domain::{Account, AccountCommand, AccountError, AccountServices, AccountStatus, Cents};
-use crate::domain::{Transfer, TransferCommand, TransferError, TransferStatus};
+use crate::domain::{Field, Transfer, TransferCommand, TransferError, TransferStatus};
 use crate::error::{BankError, Result};
 use crate::read_model::{AccountRow, HistoryRow, ReadModel, WAIT};
 use crate::transfer_process::{TRANSFERS, TransferProcess};
@@ -180,6 +180,7 @@ impl Bank {
     /// shows it. Fails with the domain's refusal ([`BankError::is_rejected`]), for a bad
     /// id ([`BankError::is_invalid_input`]), or with [`BankError::NotCaughtUp`].
     pub async fn execute(&self, id: &str, command: AccountCommand) -> Result<AccountRow> {
+        let id = &Field::Account.normalize(id)?;
         let done = self.accounts.execute(id, &command).await?;
         if let Some(position) = done.position {
             self.read_model.wait_for(position).await?;
@@ -191,6 +192,7 @@ impl Bank {
     /// for a transfer to the same account ([`BankError::is_rejected`]), from or to an
     /// account that was never opened ([`BankError::is_not_found`]), and for bad ids.
     pub async fn request_transfer(&self, from: &str, to: &str, amount: Cents) -> Result<Uuid> {
+        let (from, to) = (&Field::From.normalize(from)?, &Field::To.normalize(to)?);
         // Validate both ids before anything is written.
         for id in [from, to] {
             StreamId::new(Account::TYPE, id).map_err(|e| BankError::InvalidInput(e.into()))?;
@@ -254,12 +256,14 @@ impl Bank {
 
     /// An account's row in the read model; fails with [`BankError::is_not_found`].
     pub async fn balance(&self, id: &str) -> Result<AccountRow> {
+        let id = &Field::Account.normalize(id)?;
         let row = self.read_model.account(id).await?;
         row.ok_or(BankError::Account(AccountError::Unknown))
     }
 
     /// An account's history, oldest first; fails with [`BankError::is_not_found`].
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryRow>> {
+        let id = &Field::Account.normalize(id)?;
         self.balance(id).await?;
         self.read_model.history(id).await
     }

@@ -5,6 +5,17 @@
 //! 400 (bad input), 404 (unknown account or transfer), 409 (conflict after retries), 422
 //! (domain rejection) or 503 (store unavailable, projections behind). Amounts are
 //! strings or numbers: `"12"`, `"12.5"`, `12.50`.
+//!
+//! Account ids (in the body or the path) and owner names are checked and kept in Unicode
+//! Normalization Form C ([`Field::normalize`](crate::domain::Field::normalize)): a
+//! control or format character, padding, an empty or overlong text is 400 naming the
+//! field, and `/accounts/cafe%CC%81` is the account `café`.
+//!
+//! A transfer that was carried out but failed (the credit was refused and the source
+//! refunded) answers **200** with `{"status": "failed", "reason": ...}`: the request was
+//! valid, the transfer exists and its outcome is a failure. An error status would say
+//! that nothing happened. A transfer refused before anything is written answers 400, 404
+//! or 422.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};

@@ -143,7 +143,15 @@ impl From<BankError> for Failure {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Err(Failure(code, message)) = run(Cli::parse()).await else {
+    // No panic text or backtrace on the terminal: a panic is logged through `tracing`,
+    // and one that escapes the run is one line and exit 3 (a store failure).
+    std::panic::set_hook(Box::new(example_bank_account::error::log_panic));
+    let cli = Cli::parse();
+    let ran = std::panic::AssertUnwindSafe(run(cli)).catch_unwind().await;
+    let Err(Failure(code, message)) = ran.unwrap_or_else(|panic| {
+        let message = example_bank_account::error::panic_message(&*panic);
+        Err(Failure(3, format!("internal error: {message}")))
+    }) else {
         return ExitCode::SUCCESS;
     };
     eprintln!("bank: {message}");

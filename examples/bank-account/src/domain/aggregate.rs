@@ -6,6 +6,7 @@ use cqrs_core::Aggregate;
 use serde::{Deserialize, Serialize};
 
 use super::{AccountCommand, AccountEvent, Cents, TransferCommand, TransferEvent, format_cents};
+use super::{Field, InvalidText};
 
 /// Where an account is in its life.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,9 +80,10 @@ pub enum AccountError {
     /// `close` with money left.
     #[error("balance is not zero: {}", format_cents(*.0))]
     BalanceNotZero(i64),
-    /// An owner name that is empty or too long.
-    #[error("the owner name must be 1 to 200 characters")]
-    InvalidOwner,
+    /// An owner name that cannot be used (see [`Field::normalize`]): input refused
+    /// before anything was written, not a decision of the account.
+    #[error(transparent)]
+    InvalidOwner(#[from] InvalidText),
 }
 
 impl Aggregate for Account {
@@ -99,6 +101,10 @@ impl Aggregate for Account {
         services: &AccountServices,
     ) -> Result<Vec<AccountEvent>, AccountError> {
         use {AccountCommand as C, AccountError as Error, AccountEvent as E, AccountStatus as S};
+        // Bad input is refused before the state is looked at, as for a bad account id.
+        if let C::Open(owner) = command {
+            Field::Owner.normalize(owner)?;
+        }
         match (command, self.status) {
             (C::Open(_), S::Unknown) => {}
             (C::Open(_), _) => return Err(Error::AlreadyExists),
@@ -110,10 +116,9 @@ impl Aggregate for Account {
             (_, S::Open) => {}
         }
         let event = match command.clone() {
-            C::Open(owner) if owner.trim().is_empty() || owner.chars().count() > 200 => {
-                return Err(Error::InvalidOwner);
-            }
-            C::Open(owner) => E::Opened { owner },
+            C::Open(owner) => E::Opened {
+                owner: Field::Owner.normalize(&owner)?,
+            },
             C::Deposit(amount) => E::Deposited { amount },
             C::Withdraw(amount) | C::DebitForTransfer(_, _, amount)
                 if amount.get() > self.balance =>
@@ -373,7 +378,20 @@ mod tests {
         account()
             .given_no_previous_events()
             .when(AccountCommand::Open("  ".into()))
-            .then_expect_error_message("the owner name must be 1 to 200 characters");
+            .then_expect_error_message("the owner name is empty");
+        account()
+            .given([opened()])
+            .when(AccountCommand::Open("a\u{202e}b".into()))
+            .then_expect_error_message(
+                "the owner name contains the invisible format character U+202E at character 2",
+            );
+        // The owner is kept in Normalization Form C.
+        account()
+            .given_no_previous_events()
+            .when(AccountCommand::Open("Zoe\u{308}".into()))
+            .then_expect_events([AccountEvent::Opened {
+                owner: "Zo\u{eb}".into(),
+            }]);
     }
 
     #[test]
