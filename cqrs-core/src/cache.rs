@@ -48,6 +48,16 @@ impl<A> StateCache<A> {
         }
     }
 
+    /// A copy of the state of `stream`, with its version, left in the cache.
+    pub(crate) fn peek(&self, stream: &StreamId) -> Option<(A, u64)>
+    where
+        A: Clone,
+    {
+        let generations = self.lock();
+        let entry = generations.young.get(stream);
+        entry.or_else(|| generations.old.get(stream)).cloned()
+    }
+
     /// Puts the state of `stream` at `version` in the cache, unless it holds a later one
     /// (two commands of one process on one aggregate may finish in either order).
     pub(crate) fn put(&self, stream: StreamId, state: A, version: u64) {

@@ -33,6 +33,18 @@ impl CommandOptions {
         self
     }
 
+    /// The command id for a client's idempotency key (an HTTP `Idempotency-Key` header, a
+    /// `--command-id` flag): the key itself if it is a UUID, else the UUIDv5 of its text
+    /// in a namespace of its own ([`KEY_NAMESPACE`](Self::KEY_NAMESPACE)). The same key
+    /// always gives the same id, so a retried command is recognised as applied.
+    pub fn id_from_key(key: &str) -> Uuid {
+        Uuid::parse_str(key).unwrap_or_else(|_| Uuid::new_v5(&Self::KEY_NAMESPACE, key.as_bytes()))
+    }
+
+    /// The UUIDv5 namespace of [`id_from_key`](Self::id_from_key): fixed, so keys map to
+    /// the same ids in every process and version.
+    pub const KEY_NAMESPACE: Uuid = Uuid::from_u128(0xdba6_4e26_6bed_4feb_8bf1_46e0_37da_8c5a);
+
     /// Sets the correlation id.
     pub fn with_correlation_id(mut self, correlation_id: Uuid) -> Self {
         self.correlation_id = Some(correlation_id);
@@ -185,5 +197,20 @@ impl<E> From<Error> for CommandError<E> {
             }
             other => CommandError::Store(other),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idempotency_key_is_its_uuid_or_a_stable_uuidv5() {
+        let id = Uuid::now_v7();
+        assert_eq!(CommandOptions::id_from_key(&id.to_string()), id);
+        let key = CommandOptions::id_from_key("order-42/retry");
+        assert_eq!(key, CommandOptions::id_from_key("order-42/retry"));
+        assert_eq!(key.get_version_num(), 5);
+        assert_ne!(key, CommandOptions::id_from_key("order-43/retry"));
     }
 }

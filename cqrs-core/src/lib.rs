@@ -28,6 +28,7 @@ mod snapshot;
 mod snapshot_store;
 mod store;
 mod stream;
+mod supervise;
 pub mod testkit;
 mod upcast;
 mod verify;
@@ -63,6 +64,7 @@ pub use snapshot_store::{
 };
 pub use store::EventStore;
 pub use stream::{ExpectedVersion, InvalidPosition, InvalidStreamId, Position, StreamId};
+pub use supervise::{StopSignal, Supervisor, SupervisorStatus};
 pub use upcast::{JsonEvent, Upcasters};
 pub use verify::{MAX_REPORTED_PROBLEMS, Problem, Verification, verify};
 

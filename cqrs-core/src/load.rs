@@ -17,6 +17,37 @@ where
     S: Inspect + Clone + 'static,
     C: Codec,
 {
+    /// The aggregate's state just after version `version` of its stream: what a command
+    /// that [`Executed`](crate::Executed) at that version left, also when the stream has
+    /// moved on since (a retried command answers with the result it produced). The
+    /// repository's cache serves it when it holds exactly that version; otherwise the
+    /// stream's first `version` events are replayed (no snapshot: one may be later).
+    /// `None` if the stream is shorter than `version`.
+    ///
+    /// # Errors
+    /// As for [`load`](Self::load).
+    pub async fn state_at(&self, id: &str, version: u64) -> Result<Option<A>>
+    where
+        A: Clone,
+    {
+        let stream = A::stream_id(id)?;
+        let cached = self.cache.as_ref().and_then(|cache| cache.peek(&stream));
+        if let Some((state, _)) = cached.filter(|(_, at)| *at == version) {
+            return Ok(Some(state));
+        }
+        let mut loaded = Loaded {
+            state: A::default(),
+            version: 0,
+            snapshot_version: None,
+            snapshot_ignored: None,
+            events_replayed: 0,
+        };
+        let events = self.store.read_stream(&stream, 1);
+        let events = events.take(usize::try_from(version).unwrap_or(usize::MAX));
+        self.replay(&stream, &mut loaded, events).await?;
+        Ok((loaded.version == version).then_some(loaded.state))
+    }
+
     pub(crate) async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>> {
         let mut loaded = Loaded {
             state: A::default(),

@@ -3,21 +3,52 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
-use cqrs_core::{Aggregate, BoxEventStore, EventLog, ProjectionRunner, Repository, RetryPolicy};
-use cqrs_core::{SnapshotPolicy, StoreCheckpoint, StreamId};
+use cqrs_core::{Aggregate, BoxEventStore, CommandOptions, EventLog, Position, ProjectionRunner};
+use cqrs_core::{Repository, RetryPolicy, SnapshotPolicy, StoreCheckpoint, StreamId};
+use cqrs_core::{Supervisor, SupervisorStatus};
 use cqrs_postgres::{PostgresEventStore, WorkerConfig, WorkerLock};
 use cqrs_sled::SledEventStore;
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::domain::format_cents;
 use crate::domain::{Account, AccountCommand, AccountError, AccountServices, AccountStatus, Cents};
 use crate::domain::{Field, Transfer, TransferCommand, TransferError, TransferStatus};
 use crate::error::{BankError, Result};
 use crate::read_model::{AccountRow, HistoryRow, ReadModel, WAIT};
 use crate::transfer_process::{TRANSFERS, TransferProcess};
+
+/// Whether the read model shows a write yet: part of every answer, since a committed
+/// command succeeds whether or not its read model has caught up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct ReadModelStatus {
+    /// For a command: the read model shows its effects (a read by id sees them). For a
+    /// read: the read model has applied the whole log.
+    pub current: bool,
+    /// Events in the log that the read model has not applied yet (`null` if they could
+    /// not be counted).
+    pub behind_by: Option<u64>,
+}
+
+/// What an account command did: the account as the command left it, from the
+/// aggregate's own state (not the read model), and whether the read model shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// The account after the command, at the version the command produced.
+    #[serde(flatten)]
+    pub account: AccountRow,
+    /// Whether the read model shows it yet.
+    pub read_model: ReadModelStatus,
+    /// The command (its command id) had been applied before: nothing was written, and
+    /// this is the result of that first run. Not in the JSON answer, which is the same
+    /// for every run of one command.
+    #[serde(skip)]
+    pub already_applied: bool,
+}
 
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -28,13 +59,18 @@ pub struct TransferOutcome {
     pub status: TransferStatus,
     /// Why it failed.
     pub reason: Option<String>,
+    /// After a transfer command: whether the read model shows the transfer's effects.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_model: Option<ReadModelStatus>,
 }
 
 /// The bank: commands, reads, and the projections behind them.
 ///
-/// A command returns once the read model shows it, so a read after it, in this process
-/// or another, sees it (read-your-writes). A transfer needs the process manager running
-/// in some process: [`start`](Self::start) it in the background.
+/// A command waits until the read model shows it, so a read after it, in this process
+/// or another, sees it (read-your-writes); if the read model is stopped or slow, the
+/// command still succeeds (it is committed) and its answer says that the read model is
+/// behind. A transfer needs the process manager running in some process:
+/// [`start`](Self::start) it in the background.
 #[derive(Debug, Clone)]
 pub struct Bank {
     store: BoxEventStore,
@@ -44,33 +80,40 @@ pub struct Bank {
     /// On PostgreSQL, for the worker locks that keep each projection in one process.
     postgres: Option<PostgresEventStore>,
     background: Arc<Mutex<Option<Background>>>,
+    /// Restarts the process manager when it stops with an error.
+    supervisor: Supervisor,
 }
 
 /// The process manager running in the background: how to stop it, and its task.
-type Background = (oneshot::Sender<()>, JoinHandle<Result<()>>);
+type Background = (oneshot::Sender<()>, JoinHandle<()>);
 
 impl Bank {
     /// Opens the bank on `sled:<path>`, `postgres://…?schema=NAME` (default `bank`), or
     /// `memory:` (a temporary sled database), without starting the process manager.
     pub async fn open(url: &str, services: AccountServices) -> Result<Bank> {
-        let (read_model, store, postgres): (Arc<dyn ReadModel>, _, _) =
-            if url.starts_with("postgres") {
-                let pg = crate::read_model::open_postgres(url).await?;
-                let store = pg.store().clone();
-                (Arc::new(pg), BoxEventStore::new(store.clone()), Some(store))
-            } else {
-                let sled = match url.strip_prefix("sled:") {
-                    Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
-                    Some(path) => Ok(SledEventStore::open(path)),
-                    None if url == "memory:" => Ok(SledEventStore::temporary()),
-                    None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
-                };
-                let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
-                let sled = sled.map_err(BankError::store)?;
-                let read_model = Arc::new(crate::read_model::SledAccounts::new(sled.clone()));
-                read_model.catch_up().await?;
-                (read_model, BoxEventStore::new(sled), None)
+        let (read_model, store, postgres): (Arc<dyn ReadModel>, _, _) = if url
+            .starts_with("postgres")
+        {
+            let pg = crate::read_model::open_postgres(url).await?;
+            let store = pg.store().clone();
+            (Arc::new(pg), BoxEventStore::new(store.clone()), Some(store))
+        } else {
+            let sled = match url.strip_prefix("sled:") {
+                Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
+                Some(path) => Ok(SledEventStore::open(path)),
+                None if url == "memory:" => Ok(SledEventStore::temporary()),
+                None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
             };
+            let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
+            let sled = sled.map_err(BankError::store)?;
+            let read_model = Arc::new(crate::read_model::SledAccounts::new(sled.clone()));
+            // What a crash left unapplied; if the read model is stopped (an event it
+            // cannot apply), the bank works on, and its answers say it is behind.
+            if let Err(e) = read_model.catch_up().await {
+                tracing::warn!(error = %crate::full_chain(&e), "the accounts read model is behind");
+            }
+            (read_model, BoxEventStore::new(sled), None)
+        };
         // Accounts: a snapshot every 50 events, and the states of the 10,000 most recently
         // used accounts in memory (a command on one of them skips its load).
         let accounts = Repository::new(store.clone(), services)
@@ -84,6 +127,7 @@ impl Bank {
             read_model,
             postgres,
             background: Arc::default(),
+            supervisor: Supervisor::new(TRANSFERS),
         })
     }
 
@@ -121,35 +165,50 @@ impl Bank {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts the transfer process manager in the background, unless it runs already.
-    /// On PostgreSQL it runs in one process at a time (a worker lock); another takes
-    /// over when that one dies.
+    /// Starts the transfer process manager in the background, unless it runs already,
+    /// under a [`Supervisor`]: when it stops with an error it is logged, recorded
+    /// ([`supervision`](Self::supervision)) and restarted with backoff. On PostgreSQL it
+    /// runs in one process at a time (a worker lock); another takes over when that one
+    /// dies.
     pub fn start(&self) {
         let mut background = self.background();
         if background.is_none() {
             let (stop, stopped) = oneshot::channel::<()>();
-            let (mut saga, postgres) = (self.transfer_runner(), self.postgres.clone());
-            let task = tokio::spawn(async move {
-                let (stopped, config) = (stopped.map(drop), WorkerConfig::default());
-                let ran = match postgres {
-                    Some(pg) => pg.run_exclusive(&mut saga, stopped, config).await,
-                    None => saga.run_until(stopped).await,
-                };
-                ran.map_err(BankError::store)
-            });
+            let (bank, supervisor) = (self.clone(), self.supervisor.clone());
+            let run = move |stop: cqrs_core::StopSignal| {
+                let (mut saga, postgres) = (bank.transfer_runner(), bank.postgres.clone());
+                async move {
+                    let (stopped, config) = (stop.stopped(), WorkerConfig::default());
+                    match postgres {
+                        Some(pg) => pg.run_exclusive(&mut saga, stopped, config).await,
+                        None => saga.run_until(stopped).await,
+                    }
+                }
+            };
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let task = tokio::spawn(async move { supervisor.run(run, stopped).await });
             *background = Some((stop, task));
         }
     }
 
-    /// Stops the process manager (at its next batch boundary); fails with
-    /// [`BankError::Store`] if it had stopped with an error.
+    /// The process manager's supervision: whether it runs, its restarts and last error
+    /// (for a health endpoint; a stopped process manager leaves transfers pending).
+    pub fn supervision(&self) -> Vec<SupervisorStatus> {
+        vec![self.supervisor.status()]
+    }
+
+    /// Stops the process manager (at its next batch boundary). Its failures are not
+    /// errors here (they were logged and are in [`supervision`](Self::supervision)):
+    /// fails with [`BankError::Store`] only if its task panicked.
     pub async fn stop(&self) -> Result<()> {
         let background = self.background().take();
         let Some((stop, task)) = background else {
             return Ok(());
         };
         let _ = stop.send(());
-        task.await.map_err(BankError::store)?
+        task.await.map_err(BankError::store)
     }
 
     /// The operations subcommand over this bank's store, accounts and projections.
@@ -176,22 +235,110 @@ impl Bank {
         lock.map(Some).ok_or_else(running)
     }
 
-    /// Executes an account command and returns the account's row once the read model
-    /// shows it. Fails with the domain's refusal ([`BankError::is_rejected`]), for a bad
-    /// id ([`BankError::is_invalid_input`]), or with [`BankError::NotCaughtUp`].
-    pub async fn execute(&self, id: &str, command: AccountCommand) -> Result<AccountRow> {
-        let id = &Field::Account.normalize(id)?;
-        let done = self.accounts.execute(id, &command).await?;
-        if let Some(position) = done.position {
-            self.read_model.wait_for(position).await?;
-        }
-        self.balance(id).await
+    /// Executes an account command (no command id: not safe to retry); see
+    /// [`execute_with`](Self::execute_with).
+    pub async fn execute(&self, id: &str, command: AccountCommand) -> Result<Receipt> {
+        self.execute_with(id, command, None).await
     }
 
-    /// Requests a transfer and returns its id; the process manager carries it out. Fails
-    /// for a transfer to the same account ([`BankError::is_rejected`]), from or to an
-    /// account that was never opened ([`BankError::is_not_found`]), and for bad ids.
+    /// Executes an account command and returns what it did once the read model shows it,
+    /// or, if the read model is stopped or does not catch up within [`WAIT`], at once,
+    /// saying so: a committed command is never reported as failed. With a command id
+    /// (see [`CommandOptions::id_from_key`]), a retry of an applied command writes
+    /// nothing and answers that command's result. Fails with the domain's refusal
+    /// ([`BankError::is_rejected`]), for a bad id ([`BankError::is_invalid_input`]), or
+    /// if the store fails before the command is committed.
+    pub async fn execute_with(
+        &self,
+        id: &str,
+        command: AccountCommand,
+        command_id: Option<Uuid>,
+    ) -> Result<Receipt> {
+        let id = &Field::Account.normalize(id)?;
+        let options = CommandOptions {
+            command_id,
+            ..CommandOptions::default()
+        };
+        let done = self.accounts.execute_with(id, &command, &options).await?;
+        let Account {
+            status,
+            owner,
+            balance,
+            ..
+        } = self
+            .accounts
+            .state_at(id, done.version)
+            .await?
+            .ok_or_else(|| {
+                BankError::store(format!("account {id} has no version {}", done.version))
+            })?;
+        let account = AccountRow {
+            account: id.to_owned(),
+            owner,
+            status,
+            balance_cents: balance,
+            balance: format_cents(balance),
+            version: done.version,
+        };
+        let read_model = self.wait_for(done.position).await;
+        Ok(Receipt {
+            account,
+            read_model,
+            already_applied: done.already_applied,
+        })
+    }
+
+    /// Waits until the read model shows the log up to `position`, and says whether it
+    /// does; a failure is logged, not returned (what it waits for is committed).
+    async fn wait_for(&self, position: Option<Position>) -> ReadModelStatus {
+        let waited = match position {
+            Some(position) => self.read_model.wait_for(position).await,
+            None => Ok(()),
+        };
+        if let Err(e) = &waited {
+            tracing::warn!(error = %crate::full_chain(e), "the accounts read model is behind");
+        }
+        let behind_by = self.read_model.lag().await.ok();
+        ReadModelStatus {
+            current: waited.is_ok(),
+            behind_by,
+        }
+    }
+
+    /// How far the read model is behind the log now.
+    pub async fn read_model_status(&self) -> ReadModelStatus {
+        let behind_by = self.read_model.lag().await.ok();
+        ReadModelStatus {
+            current: behind_by == Some(0),
+            behind_by,
+        }
+    }
+
+    /// `answer` (a read's JSON object) with the read model's status as `read_model`: a
+    /// read never waits, it answers what the read model holds and how far behind it is.
+    pub async fn with_status(&self, mut answer: Value) -> Value {
+        answer["read_model"] = serde_json::json!(self.read_model_status().await);
+        answer
+    }
+
+    /// Requests a transfer (no command id); see
+    /// [`request_transfer_with`](Self::request_transfer_with).
     pub async fn request_transfer(&self, from: &str, to: &str, amount: Cents) -> Result<Uuid> {
+        self.request_transfer_with(from, to, amount, None).await
+    }
+
+    /// Requests a transfer and returns its id; the process manager carries it out. With a
+    /// command id, that is the transfer's id, so a retried request finds the transfer the
+    /// first one made (and writes nothing). Fails for a transfer to the same account
+    /// ([`BankError::is_rejected`]), from or to an account that was never opened
+    /// ([`BankError::is_not_found`]), and for bad ids.
+    pub async fn request_transfer_with(
+        &self,
+        from: &str,
+        to: &str,
+        amount: Cents,
+        command_id: Option<Uuid>,
+    ) -> Result<Uuid> {
         let (from, to) = (&Field::From.normalize(from)?, &Field::To.normalize(to)?);
         // Validate both ids before anything is written.
         for id in [from, to] {
@@ -201,42 +348,65 @@ impl Bank {
                 return Err(AccountError::Unknown.into());
             }
         }
-        let transfer_id = Uuid::new_v4();
+        let transfer_id = command_id.unwrap_or_else(Uuid::new_v4);
+        let options = CommandOptions {
+            command_id,
+            ..CommandOptions::default()
+        };
         let command = TransferCommand::Request(from.to_owned(), to.to_owned(), amount);
-        self.transfers
-            .execute(&transfer_id.to_string(), &command)
-            .await?;
+        let id = transfer_id.to_string();
+        self.transfers.execute_with(&id, &command, &options).await?;
         Ok(transfer_id)
     }
 
-    /// Transfers money and waits until the transfer ends: completed, or failed (with the
-    /// source refunded if it had been debited). Fails as the two steps do.
+    /// Transfers money (no command id); see [`transfer_with`](Self::transfer_with).
     pub async fn transfer(&self, from: &str, to: &str, amount: Cents) -> Result<TransferOutcome> {
-        let transfer_id = self.request_transfer(from, to, amount).await?;
+        self.transfer_with(from, to, amount, None).await
+    }
+
+    /// Requests a transfer ([`request_transfer_with`](Self::request_transfer_with)) and
+    /// waits until it ends, as [`finished`](Self::finished) does: completed, failed (with
+    /// the source refunded if it had been debited), or still pending. Fails only as the
+    /// request does.
+    pub async fn transfer_with(
+        &self,
+        from: &str,
+        to: &str,
+        amount: Cents,
+        command_id: Option<Uuid>,
+    ) -> Result<TransferOutcome> {
+        let transfer_id = self
+            .request_transfer_with(from, to, amount, command_id)
+            .await?;
         self.finished(transfer_id).await
     }
 
     /// Waits until a transfer has ended and the read model shows its effects, woken by
-    /// the store's append notifications; fails with [`BankError::NotCaughtUp`] after
-    /// [`WAIT`].
+    /// the store's append notifications, and returns its outcome with the read model's
+    /// status; after [`WAIT`], returns it `pending` (the process manager has not
+    /// finished it). Fails if the transfer is unknown or the store fails.
     pub async fn finished(&self, transfer_id: Uuid) -> Result<TransferOutcome> {
         let deadline = tokio::time::Instant::now() + WAIT;
         let mut appended = self.store.watch();
         loop {
             appended.mark_seen();
-            let outcome = self.transfer_outcome(transfer_id).await?;
+            let mut outcome = self.transfer_outcome(transfer_id).await?;
             if outcome.status != TransferStatus::Pending {
                 // The transfer's last event comes after its debit, credit or refund.
                 let stream = StreamId::new(Transfer::TYPE, transfer_id.to_string());
                 let stream = stream.map_err(BankError::store)?;
                 let events = self.store.read_stream(&stream, 1).collect::<Vec<_>>().await;
-                if let Some(last) = events.into_iter().next_back() {
-                    self.read_model.wait_for(last?.position).await?;
-                }
+                let last = events.into_iter().next_back().transpose()?;
+                outcome.read_model = Some(self.wait_for(last.map(|e| e.position)).await);
                 return Ok(outcome);
             }
-            let woken = tokio::time::timeout_at(deadline, appended.changed()).await;
-            woken.map_err(|_| BankError::NotCaughtUp(WAIT))?;
+            if tokio::time::timeout_at(deadline, appended.changed())
+                .await
+                .is_err()
+            {
+                outcome.read_model = Some(self.read_model_status().await);
+                return Ok(outcome);
+            }
         }
     }
 
@@ -250,6 +420,7 @@ impl Bank {
                 transfer_id,
                 status,
                 reason: failure,
+                read_model: None,
             }),
         }
     }

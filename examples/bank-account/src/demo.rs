@@ -147,10 +147,11 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
     let tally = std::mem::take(&mut *demo.tally());
 
     // Wait until every transfer has ended and the read model shows everything.
-    let mut completed = 0;
+    let (mut completed, mut pending) = (0, 0);
     for transfer_id in &tally.transfers {
         let outcome = bank.finished(*transfer_id).await?;
         completed += u64::from(outcome.status == TransferStatus::Completed);
+        pending += u64::from(outcome.status == TransferStatus::Pending);
     }
     bank.read_model().wait_for(tally.last).await?;
     let settle_time = started.elapsed().as_secs_f64();
@@ -166,7 +167,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
         total += in_stream;
     }
     let events = bank.store().count_events(Position::START).await?;
-    let ok = mismatches.is_empty() && total == tally.net;
+    let ok = mismatches.is_empty() && total == tally.net && pending == 0;
     let summary = json!({
         "accounts": args.accounts,
         "operations": operations,
@@ -177,8 +178,8 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
         "transfers": {
             "requested": tally.transfers.len(),
             "completed": completed,
-            "failed": tally.transfers.len() as u64 - completed,
-            "pending": 0,
+            "failed": tally.transfers.len() as u64 - completed - pending,
+            "pending": pending,
         },
         "invariants": {
             "read_model_matches_streams": mismatches.is_empty(),

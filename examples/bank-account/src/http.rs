@@ -1,5 +1,10 @@
 //! The HTTP API: the bank's commands and reads as JSON over HTTP (routes in [`router`]).
-//! Commands answer the account's row (201 for a new one) or the transfer's outcome.
+//! Commands answer the account as the command left it (201 for a new one) or the
+//! transfer's outcome (202 while it is pending); every answer has a `read_model` object
+//! saying whether the read model shows it yet. A committed command always succeeds,
+//! also when the read model is behind. An `Idempotency-Key` header makes a command safe
+//! to retry: it becomes the command id, so a retry is applied once and answers the same
+//! (with the header `Idempotent-Replayed: true`).
 //!
 //! Errors are `{"error": "..."}` with a status chosen by the [`BankError`] predicates:
 //! 400 (bad input), 404 (unknown account or transfer), 409 (conflict after retries), 422
@@ -19,7 +24,7 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -27,7 +32,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
+use cqrs_core::CommandOptions;
+use uuid::Uuid;
+
 use crate::Bank;
+use crate::bank::Receipt;
 use crate::domain::{AccountCommand, Cents};
 use crate::error::{BankError, Result, full_chain};
 
@@ -76,6 +85,28 @@ struct Body {
 
 type Input = Result<Json<Body>, JsonRejection>;
 
+/// The command id that an `Idempotency-Key` header gives, if there is one.
+fn command_id(headers: &HeaderMap) -> Result<Option<Uuid>, ApiError> {
+    let Some(key) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = key.to_str().ok().filter(|key| !key.is_empty());
+    let key = key.ok_or_else(|| bad("Idempotency-Key must be non-empty visible ASCII".into()))?;
+    Ok(Some(CommandOptions::id_from_key(key)))
+}
+
+/// A command's answer: `status` (or 200), and the replay header for a retry.
+fn receipt(status: StatusCode, receipt: Receipt) -> Response {
+    let mut response = (status, Json(json!(receipt))).into_response();
+    if receipt.already_applied {
+        let replayed = axum::http::HeaderValue::from_static("true");
+        response
+            .headers_mut()
+            .insert("idempotent-replayed", replayed);
+    }
+    response
+}
+
 fn bad(message: String) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message)
 }
@@ -109,34 +140,57 @@ pub fn router(bank: Bank) -> Router {
         .with_state(bank)
 }
 
-async fn open(State(bank): State<Bank>, body: Input) -> Result<impl IntoResponse, ApiError> {
+async fn open(
+    State(bank): State<Bank>,
+    headers: HeaderMap,
+    body: Input,
+) -> Result<Response, ApiError> {
     let Json(body) = body?;
     let account = Body::field(body.account, "account")?;
     let owner = body.owner.unwrap_or_else(|| account.clone());
-    let row = bank.execute(&account, AccountCommand::Open(owner)).await?;
-    Ok((StatusCode::CREATED, Json(json!(row))))
+    let id = command_id(&headers)?;
+    let done = bank
+        .execute_with(&account, AccountCommand::Open(owner), id)
+        .await?;
+    Ok(receipt(StatusCode::CREATED, done))
 }
 
 /// `deposits`, `withdrawals` and `close`.
 async fn account(
     State(bank): State<Bank>,
     Path((id, action)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Input,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let command = match action.as_str() {
         "deposits" => AccountCommand::Deposit(body?.amount()?),
         "withdrawals" => AccountCommand::Withdraw(body?.amount()?),
         "close" => AccountCommand::Close,
         _ => return Err(ApiError(StatusCode::NOT_FOUND, action)),
     };
-    reply(bank.execute(&id, command).await?)
+    let done = bank
+        .execute_with(&id, command, command_id(&headers)?)
+        .await?;
+    Ok(receipt(StatusCode::OK, done))
 }
 
-async fn transfer(State(bank): State<Bank>, body: Input) -> ApiResult {
+/// 200 with the outcome once the transfer has ended (`completed` or `failed`), 202 while
+/// it is `pending` (the process manager has not finished it within the wait).
+async fn transfer(
+    State(bank): State<Bank>,
+    headers: HeaderMap,
+    body: Input,
+) -> Result<Response, ApiError> {
     let Json(body) = body?;
     let amount = body.amount()?;
     let (from, to) = (Body::field(body.from, "from")?, Body::field(body.to, "to")?);
-    reply(bank.transfer(&from, &to, amount).await?)
+    let id = command_id(&headers)?;
+    let outcome = bank.transfer_with(&from, &to, amount, id).await?;
+    let status = match outcome.status {
+        crate::domain::TransferStatus::Pending => StatusCode::ACCEPTED,
+        _ => StatusCode::OK,
+    };
+    Ok((status, Json(json!(outcome))).into_response())
 }
 
 async fn transfer_status(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
@@ -146,15 +200,17 @@ async fn transfer_status(State(bank): State<Bank>, Path(id): Path<String>) -> Ap
 }
 
 async fn balance(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    reply(bank.balance(&id).await?)
+    reply(bank.with_status(json!(bank.balance(&id).await?)).await)
 }
 
 async fn history(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult {
-    reply(json!({ "account": id, "history": bank.history(&id).await? }))
+    let history = json!({ "account": id, "history": bank.history(&id).await? });
+    reply(bank.with_status(history).await)
 }
 
 async fn accounts(State(bank): State<Bank>) -> ApiResult {
-    reply(json!({ "accounts": bank.read_model().accounts().await? }))
+    let accounts = json!({ "accounts": bank.read_model().accounts().await? });
+    reply(bank.with_status(accounts).await)
 }
 
 /// Serves the API on `listener` with the projections running in the background, until

@@ -1,7 +1,7 @@
 //! `bank`: the bank-account example of the cqrs framework.
 //!
 //! ```text
-//! bank [--store <url>] [--json] [--daily-limit <amount>] <command>
+//! bank [--store <url>] [--json] [--daily-limit <amount>] [--command-id <key>] <command>
 //!
 //!   open <account> [--owner <name>]      open an account
 //!   deposit <account> <amount>           put money in (12, 12.5, 12.50)
@@ -22,6 +22,11 @@
 //! Stores: `sled:<path>` (the default, `sled:./bank-data`, also from `BANK_STORE`),
 //! `postgres://…`, `memory:`. Each command prints one JSON document; `--json` makes the
 //! operations subcommand print JSON too.
+//!
+//! A command's answer is the account as the command left it (or the transfer's outcome)
+//! and `read_model`: whether reads show it yet. A committed command exits 0 even when
+//! the read model is behind. `--command-id` (a UUID or any text) makes a command safe to
+//! retry: run again with the same id, it writes nothing and prints the same answer.
 //!
 //! Exit codes: 0 done; 1 rejected by the domain (insufficient funds, unknown account,
 //! already open…), the reason on stderr; 2 bad usage or input; 3 store failure.
@@ -58,8 +63,19 @@ struct Cli {
     /// The most one account may withdraw in a day.
     #[arg(long, env = "BANK_DAILY_LIMIT", default_value = "10000.00", value_parser = amount, global = true)]
     daily_limit: Cents,
+    /// Makes the command idempotent: a UUID or any text (its UUIDv5). The same id again
+    /// applies nothing and prints the first run's answer.
+    #[arg(long, global = true, value_name = "KEY", value_parser = command_id)]
+    command_id: Option<uuid::Uuid>,
     #[command(subcommand)]
     command: Command,
+}
+
+fn command_id(key: &str) -> Result<uuid::Uuid, String> {
+    match key {
+        "" => Err("a command id must not be empty".into()),
+        key => Ok(cqrs_core::CommandOptions::id_from_key(key)),
+    }
 }
 
 fn amount(text: &str) -> Result<Cents, String> {
@@ -171,11 +187,27 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if !matches!(cli.command, Command::Ops(_)) {
         bank.start();
     }
-    let result = command(&bank, cli.command, cli.json).await;
+    let result = command(&bank, cli.command, cli.json, cli.command_id).await;
     result.and(Ok(bank.stop().await?))
 }
 
-async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failure> {
+/// Prints a command's answer, and on standard error what a person should know about it.
+fn print_done(document: &Value, already_applied: bool) -> Result<(), Failure> {
+    if already_applied {
+        eprintln!("bank: already applied (same command id): nothing written");
+    }
+    if document["read_model"]["current"] == json!(false) {
+        eprintln!("bank: done; the read model does not show it yet (it is behind)");
+    }
+    print(document)
+}
+
+async fn command(
+    bank: &Bank,
+    command: Command,
+    json: bool,
+    command_id: Option<uuid::Uuid>,
+) -> Result<(), Failure> {
     let (id, command) = match command {
         Command::Open { account, owner } => {
             let owner = owner.unwrap_or_else(|| account.clone());
@@ -184,20 +216,23 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
         Command::Deposit(Money { account, amount }) => (account, AccountCommand::Deposit(amount)),
         Command::Withdraw(Money { account, amount }) => (account, AccountCommand::Withdraw(amount)),
         Command::Close(Id { account }) => (account, AccountCommand::Close),
-        Command::Balance(Id { account }) => return print(&json!(bank.balance(&account).await?)),
+        Command::Balance(Id { account }) => {
+            return print(&bank.with_status(json!(bank.balance(&account).await?)).await);
+        }
         Command::Transfer { from, to, amount } => {
-            let outcome = bank.transfer(&from, &to, amount).await?;
-            print(&json!(outcome))?;
+            let outcome = bank.transfer_with(&from, &to, amount, command_id).await?;
+            print_done(&json!(outcome), false)?;
             // A failed transfer is a domain outcome: exit 1, the reason on stderr.
             let failed = |reason| Failure(1, format!("transfer failed: {reason}"));
             return outcome.reason.map_or(Ok(()), |reason| Err(failed(reason)));
         }
         Command::History(Id { account }) => {
-            let history = bank.history(&account).await?;
-            return print(&json!({ "account": account, "history": history }));
+            let history = json!({ "account": account, "history": bank.history(&account).await? });
+            return print(&bank.with_status(history).await);
         }
         Command::Accounts => {
-            return print(&json!({ "accounts": bank.read_model().accounts().await? }));
+            let accounts = json!({ "accounts": bank.read_model().accounts().await? });
+            return print(&bank.with_status(accounts).await);
         }
         Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
         Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
@@ -219,5 +254,6 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
             return ran.map_err(|e| Failure(e.exit_code(), full_chain(&e)));
         }
     };
-    print(&json!(bank.execute(&id, command).await?))
+    let done = bank.execute_with(&id, command, command_id).await?;
+    print_done(&json!(done), done.already_applied)
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use cqrs_cli::Operations;
-use cqrs_core::{BoxError, BoxEventStore, Envelope, EventLog, Position, Projection};
-use cqrs_core::{ProjectionRunner, RecordedEvent};
+use cqrs_core::{BoxError, BoxEventStore, CheckpointStore, Envelope, EventLog, Inspect};
+use cqrs_core::{Position, Projection, ProjectionRunner, RecordedEvent};
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
 use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint};
 use cqrs_sled::{ReadModelTx, SledEventStore};
@@ -23,7 +23,7 @@ use crate::error::{BankError, Result};
 pub const ACCOUNTS: &str = "accounts";
 
 /// How long a command waits for the projections to apply its effects (the read model,
-/// or a transfer's end) before it fails with [`BankError::NotCaughtUp`].
+/// or a transfer's end) before it answers that they are behind.
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// One account in the read model.
@@ -116,8 +116,12 @@ pub trait ReadModel: Send + Sync + std::fmt::Debug {
 
     /// Waits until the read model has applied the log up to `position` (a write's), so a
     /// read shows that write; after [`WAIT`], fails with
-    /// [`NotCaughtUp`](crate::BankError::NotCaughtUp).
+    /// [`NotCaughtUp`](crate::BankError::NotCaughtUp), and at once with
+    /// [`BankError::Store`] if the read model is stopped (an event it cannot apply).
     fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>>;
+
+    /// How many events of the log the read model has not applied yet (0: it is current).
+    fn lag(&self) -> BoxFuture<'_, Result<u64>>;
 
     /// Registers the projection with the operations subcommand (`replay`, `stats`).
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore>;
@@ -193,7 +197,9 @@ impl ReadModel for SledAccounts {
 
     /// Catches the runner up (one caller at a time: the first applies what the others
     /// wait for too) until it is past `position`, woken by the store's notifications
-    /// while `position` is not readable yet (durable) in the log.
+    /// while `position` is not readable yet (durable) in the log. A catch-up that fails
+    /// (the runner stops at an event it cannot apply) fails the wait at once; the next
+    /// wait tries again.
     fn wait_for(&self, position: Position) -> BoxFuture<'_, Result<()>> {
         let caught_up = async move {
             let mut appended = self.store.watch();
@@ -214,6 +220,18 @@ impl ReadModel for SledAccounts {
         timed
             .map(|done| done.unwrap_or(Err(BankError::NotCaughtUp(WAIT))))
             .boxed()
+    }
+
+    /// The log's events after the checkpoint that the runner commits with each batch.
+    fn lag(&self) -> BoxFuture<'_, Result<u64>> {
+        async move {
+            let checkpoint = self.store.load_checkpoint(ACCOUNTS).await?;
+            let behind = self
+                .store
+                .count_events(checkpoint.unwrap_or(Position::START));
+            Ok(behind.await?)
+        }
+        .boxed()
     }
 
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
@@ -348,6 +366,12 @@ impl ReadModel for PgAccounts {
     /// Inline: every append that returned is in the tables already.
     fn wait_for(&self, _: Position) -> BoxFuture<'_, Result<()>> {
         ready(Ok(())).boxed()
+    }
+
+    /// Inline: never behind an append of this store (one that cannot be applied is
+    /// rolled back).
+    fn lag(&self) -> BoxFuture<'_, Result<u64>> {
+        ready(Ok(0)).boxed()
     }
 
     /// A replay rebuilds the tables with a runner, which appends must not update

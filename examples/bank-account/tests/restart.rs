@@ -12,7 +12,7 @@ async fn a_restart_applies_what_the_read_model_missed() {
     {
         let bank = Bank::open(&url, services).await.unwrap();
         let opened = bank.execute("a", AccountCommand::Open("Ada".into()));
-        assert_eq!(opened.await.unwrap().balance_cents, 0);
+        assert_eq!(opened.await.unwrap().account.balance_cents, 0);
         // Appended, never applied: through the repository, past the bank's wait.
         let deposit = AccountCommand::Deposit(Cents::new(1_250).unwrap());
         bank.accounts().execute("a", &deposit).await.unwrap();

@@ -1,0 +1,305 @@
+//! A committed write is never reported as failed (issue 11, item 2): with an event in the
+//! log that no projection can decode, a deposit over the command line and over HTTP, on
+//! sled and on PostgreSQL, answers success with the account's new balance and says
+//! whether the read model shows it; the transfer process manager, stopped by that event,
+//! is restarted by its supervisor and its failure is visible.
+//!
+//! The PostgreSQL cases need a server at `DATABASE_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); without one they print `skipped` and
+//! pass, unless `CQRS_REQUIRE_POSTGRES=1`.
+
+use std::process::Command;
+use std::time::Duration;
+
+use cqrs_core::{BoxEventStore, EventData, EventLog, ExpectedVersion, StreamId};
+use cqrs_postgres::PostgresEventStore;
+use cqrs_postgres::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
+use example_bank_account::Bank;
+use example_bank_account::domain::{AccountServices, Cents};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+mod common;
+mod wire;
+
+use common::{COMMAND_DEADLINE, output_within};
+use wire::{Server, within};
+
+/// Runs `bank --store URL ARGS…`: the exit code and the JSON it printed.
+fn bank(url: &str, args: &[&str]) -> (i32, Value, String) {
+    let output = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bank"))
+            .args(["--store", url])
+            .args(args)
+            .env_remove("BANK_STORE"),
+        COMMAND_DEADLINE,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
+    (output.status.code().unwrap_or(-1), json, stderr)
+}
+
+#[track_caller]
+fn ok(url: &str, args: &[&str]) -> Value {
+    let (code, json, stderr) = bank(url, args);
+    assert_eq!(code, 0, "bank {args:?} failed: {stderr}");
+    json
+}
+
+/// An account event that no projection can decode: `TransferDebited` (wanted by the
+/// accounts read model and by the transfer process manager) whose payload is not JSON.
+async fn poison(store: &BoxEventStore) {
+    let stream = StreamId::new("account", "mallory").unwrap();
+    let event = EventData::new("TransferDebited", b"{not json".to_vec());
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event])
+        .await
+        .unwrap();
+}
+
+/// The event types in an account's stream.
+async fn event_types(store: &BoxEventStore, account: &str) -> Vec<String> {
+    let stream = StreamId::new("account", account).unwrap();
+    let events = store.read_stream(&stream, 1).collect::<Vec<_>>().await;
+    events.into_iter().map(|e| e.unwrap().event_type).collect()
+}
+
+fn deposits(types: &[String]) -> usize {
+    types.iter().filter(|t| *t == "MoneyDeposited").count()
+}
+
+/// What a deposit of 5.00 onto 10.00 must answer: success, the new balance and version
+/// from the account itself, and the read model's status.
+#[track_caller]
+fn assert_deposited(answer: &Value, read_model_current: bool) {
+    assert_eq!(answer["account"], "alice", "{answer}");
+    assert_eq!(answer["balance"], "15.00", "{answer}");
+    assert_eq!(answer["balance_cents"], 1500, "{answer}");
+    assert_eq!(answer["version"], 3, "{answer}");
+    assert_eq!(answer["status"], "open", "{answer}");
+    let read_model = &answer["read_model"];
+    assert_eq!(read_model["current"], read_model_current, "{answer}");
+    if !read_model_current {
+        let behind = read_model["behind_by"].as_u64().unwrap_or(0);
+        assert!(behind >= 1, "the read model is behind: {answer}");
+    }
+}
+
+/// Waits until the process manager's supervisor has restarted it after the poisoned
+/// event, and checks that the failure is recorded.
+async fn assert_supervised(bank: &Bank) {
+    within("a restart of the process manager", async {
+        while bank.supervision()[0].restarts == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let status = &bank.supervision()[0];
+    assert_eq!(status.name, "transfers");
+    let error = status.last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("mallory"), "names the stream: {error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_event_does_not_fail_a_deposit_on_the_command_line_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sled:{}", dir.path().display());
+    ok(&url, &["open", "alice"]);
+    ok(&url, &["deposit", "alice", "10"]);
+    {
+        let store = cqrs_sled::SledEventStore::open(dir.path()).unwrap();
+        poison(&BoxEventStore::new(store)).await;
+    }
+
+    let (code, answer, stderr) = bank(&url, &["deposit", "alice", "5"]);
+    assert_eq!(code, 0, "a committed deposit succeeds: {stderr}");
+    assert_deposited(&answer, false);
+    assert!(stderr.contains("behind"), "says so: {stderr}");
+
+    // Reads answer at once from the read model (which stopped before the poisoned
+    // event), with its lag.
+    let balance = ok(&url, &["balance", "alice"]);
+    assert_eq!(balance["balance"], "10.00", "{balance}");
+    assert_eq!(balance["read_model"]["current"], false, "{balance}");
+    let history = ok(&url, &["history", "alice"]);
+    assert_eq!(history["read_model"]["current"], false, "{history}");
+
+    let store = cqrs_sled::SledEventStore::open(dir.path()).unwrap();
+    let types = event_types(&BoxEventStore::new(store), "alice").await;
+    assert_eq!(
+        deposits(&types),
+        2,
+        "each deposit is in the log once: {types:?}"
+    );
+}
+
+async fn open_bank(url: &str) -> Bank {
+    let services = AccountServices::new(Cents::new(1_000_000).unwrap());
+    Bank::open(url, services).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_event_does_not_fail_a_deposit_over_http_on_sled() {
+    let dir = tempfile::tempdir().unwrap();
+    let bank = open_bank(&format!("sled:{}", dir.path().display())).await;
+    let server = Server::start(bank.clone()).await;
+    let opened = server
+        .post("/accounts", json!({"account": "alice"}), None)
+        .await;
+    assert_eq!(opened.0, 201, "{opened:?}");
+    let deposit = json!({"amount": "10"});
+    assert_eq!(
+        server
+            .post("/accounts/alice/deposits", deposit, None)
+            .await
+            .0,
+        200
+    );
+    poison(bank.store()).await;
+
+    let (status, answer, _) = server
+        .post("/accounts/alice/deposits", json!({"amount": "5"}), None)
+        .await;
+    assert_eq!(status, 200, "a committed deposit succeeds: {answer}");
+    assert_deposited(&answer, false);
+    let (status, balance, _) = server.get("/accounts/alice").await;
+    assert_eq!(
+        (status, &balance["balance"]),
+        (200, &json!("10.00")),
+        "{balance}"
+    );
+    assert_eq!(balance["read_model"]["current"], false, "{balance}");
+    let (status, accounts, _) = server.get("/accounts").await;
+    assert_eq!(status, 200, "{accounts}");
+    assert!(
+        accounts["read_model"]["behind_by"].as_u64() >= Some(1),
+        "{accounts}"
+    );
+
+    assert_supervised(&bank).await;
+    server.stop().await;
+    assert_eq!(deposits(&event_types(bank.store(), "alice").await), 2);
+}
+
+/// A fresh PostgreSQL schema, dropped with this value (also while a failing test
+/// unwinds); `None` after printing `skipped` when no server is reachable and none is
+/// required.
+struct Schema(String);
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned())
+}
+
+impl Schema {
+    async fn fresh() -> Option<Schema> {
+        let connected = PgConnection::connect(&database_url()).await;
+        match connected {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                Some(Schema(format!("bank_cw_{}", uuid::Uuid::new_v4().simple())))
+            }
+            Err(e) if std::env::var("CQRS_REQUIRE_POSTGRES").as_deref() == Ok("1") => {
+                panic!("CQRS_REQUIRE_POSTGRES=1 but no PostgreSQL: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipped: no PostgreSQL at {} ({e})", database_url());
+                None
+            }
+        }
+    }
+
+    fn url(&self) -> String {
+        let url = database_url();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{sep}schema={}", self.0)
+    }
+
+    /// The store of this schema without the bank's inline read model, which would
+    /// refuse to append the poisoned event.
+    async fn plain_store(&self) -> BoxEventStore {
+        let pool = PostgresEventStore::connect_pool(&database_url(), 2).await;
+        let store = PostgresEventStore::builder(pool.unwrap()).schema(self.0.clone());
+        BoxEventStore::new(store.build().unwrap())
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            runtime.map_err(|e| e.to_string())?.block_on(async {
+                let drop_it = async {
+                    let mut conn = PgConnection::connect(&database_url()).await?;
+                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await?;
+                    conn.close().await
+                };
+                let dropped = tokio::time::timeout(Duration::from_secs(30), drop_it).await;
+                dropped
+                    .map_err(|_| "timed out".to_owned())?
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let dropped = dropped.join().unwrap_or_else(|_| Err("panicked".into()));
+        if let Err(e) = dropped {
+            eprintln!("could not drop the test schema {}: {e}", self.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_event_does_not_fail_a_deposit_on_the_command_line_on_postgres() {
+    let Some(schema) = Schema::fresh().await else {
+        return;
+    };
+    let url = schema.url();
+    ok(&url, &["open", "alice"]);
+    ok(&url, &["deposit", "alice", "10"]);
+    let store = schema.plain_store().await;
+    poison(&store).await;
+
+    // The read model is written inline with each append, so it shows the deposit; the
+    // process manager stops at the poisoned event, which is no failure of the deposit.
+    let (code, answer, stderr) = bank(&url, &["deposit", "alice", "5"]);
+    assert_eq!(code, 0, "a committed deposit succeeds: {stderr}");
+    assert_deposited(&answer, true);
+    let balance = ok(&url, &["balance", "alice"]);
+    assert_eq!(balance["balance"], "15.00", "{balance}");
+    assert_eq!(deposits(&event_types(&store, "alice").await), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_event_does_not_fail_a_deposit_over_http_on_postgres() {
+    let Some(schema) = Schema::fresh().await else {
+        return;
+    };
+    let bank = open_bank(&schema.url()).await;
+    let server = Server::start(bank.clone()).await;
+    let opened = server
+        .post("/accounts", json!({"account": "alice"}), None)
+        .await;
+    assert_eq!(opened.0, 201, "{opened:?}");
+    let deposit = json!({"amount": "10"});
+    assert_eq!(
+        server
+            .post("/accounts/alice/deposits", deposit, None)
+            .await
+            .0,
+        200
+    );
+    let store = schema.plain_store().await;
+    poison(&store).await;
+
+    let (status, answer, _) = server
+        .post("/accounts/alice/deposits", json!({"amount": "5"}), None)
+        .await;
+    assert_eq!(status, 200, "a committed deposit succeeds: {answer}");
+    assert_deposited(&answer, true);
+    assert_supervised(&bank).await;
+    server.stop().await;
+    assert_eq!(deposits(&event_types(&store, "alice").await), 2);
+}
