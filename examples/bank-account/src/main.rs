@@ -35,7 +35,6 @@ use clap::{Args, Parser, Subcommand};
 use cqrs_cli::OpsCommand;
 use example_bank_account::domain::{AccountCommand, AccountServices, Cents};
 use example_bank_account::{Bank, BankError, full_chain};
-use futures::FutureExt;
 use serde_json::{Value, json};
 
 mod demo;
@@ -197,8 +196,9 @@ async fn command(bank: &Bank, command: Command, json: bool) -> Result<(), Failur
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener =
                 listener.map_err(|e| Failure(3, format!("cannot listen on {addr}: {e}")))?;
-            eprintln!("bank: serving on http://{addr}; Ctrl-C stops");
-            let shutdown = tokio::signal::ctrl_c().map(drop);
+            let shutdown = cqrs_http::shutdown_signal();
+            let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
+            eprintln!("bank: serving on http://{addr}; Ctrl-C or SIGTERM stops");
             return Ok(example_bank_account::http::serve(bank.clone(), listener, shutdown).await?);
         }
         Command::Ops(command) => {
