@@ -91,9 +91,10 @@ impl ServeConfig {
     }
 
     /// The most connections open at once (at least 1). When all are taken, the server
-    /// closes the connection that has had no request in flight for the longest time and
-    /// accepts the new one; when every connection is busy, accepting waits (the kernel's
-    /// listen backlog holds new clients). Keep it below the process's open-file limit
+    /// closes the connection that has had no request in flight for the longest time to
+    /// serve the new one; when every connection is busy, the new client waits for one to
+    /// end and accepting stops (the kernel's listen backlog holds the clients behind
+    /// it). Keep it below the process's open-file limit
     /// (`ulimit -n`) minus what the application itself needs.
     #[must_use]
     pub fn max_connections(mut self, connections: usize) -> Self {

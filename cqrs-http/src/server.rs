@@ -88,24 +88,24 @@ pub async fn serve(
     let (stop, _) = watch::channel(());
     let mut tasks = JoinSet::new();
     let mut shutdown = pin!(shutdown);
-    // A connection slot is taken before accepting, so that beyond the limit clients
-    // wait in the kernel's backlog rather than holding a file descriptor here.
-    let mut slot = None;
     loop {
         tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => report(done),
-            permit = free_slot(&slots, &server.registry), if slot.is_none() => match permit {
-                Some(permit) => slot = Some(permit),
-                None => break,
-            },
-            accepted = listener.accept(), if slot.is_some() => match accepted {
+            accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // At the limit, the new client waits (holding one descriptor) until
+                    // an idle connection has been closed for it or a busy one ends;
+                    // meanwhile the kernel's backlog holds the clients behind it.
+                    let slot = tokio::select! {
+                        biased;
+                        () = &mut shutdown => break,
+                        slot = free_slot(&slots, &server.registry) => slot,
+                    };
+                    let Some(slot) = slot else { break };
                     let (server, stop) = (Arc::clone(&server), stop.subscribe());
-                    if let Some(slot) = slot.take() {
-                        tasks.spawn(connection(server, stream, peer, slot, stop));
-                    }
+                    tasks.spawn(connection(server, stream, peer, slot, stop));
                 }
                 Err(e) if is_about_one_client(&e) => {}
                 Err(e) => {
