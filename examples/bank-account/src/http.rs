@@ -214,16 +214,18 @@ async fn accounts(State(bank): State<Bank>) -> ApiResult {
 }
 
 /// Serves the API on `listener` with the projections running in the background, until
-/// `shutdown` completes; fails with [`BankError::Store`] if serving or a projection fails.
+/// `shutdown` completes, with the framework's timeouts and limits
+/// ([`cqrs_http::ServeConfig`]'s defaults); then lets requests in flight finish and stops
+/// the projections. Fails with [`BankError::Store`] if a projection failed.
 pub async fn serve(
     bank: Bank,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     bank.start();
-    let app = axum::serve(listener, router(bank.clone())).with_graceful_shutdown(shutdown);
-    let served = app.await.map_err(BankError::store);
-    served.and(bank.stop().await)
+    let config = cqrs_http::ServeConfig::default();
+    cqrs_http::serve(listener, router(bank.clone()), config, shutdown).await;
+    bank.stop().await
 }
 
 #[cfg(test)]

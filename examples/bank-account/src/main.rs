@@ -240,8 +240,9 @@ async fn command(
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener =
                 listener.map_err(|e| Failure(3, format!("cannot listen on {addr}: {e}")))?;
-            eprintln!("bank: serving on http://{addr}; Ctrl-C stops");
-            let shutdown = tokio::signal::ctrl_c().map(drop);
+            let shutdown = cqrs_http::shutdown_signal();
+            let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
+            eprintln!("bank: serving on http://{addr}; Ctrl-C or SIGTERM stops");
             return Ok(example_bank_account::http::serve(bank.clone(), listener, shutdown).await?);
         }
         Command::Ops(command) => {
