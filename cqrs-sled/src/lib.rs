@@ -5,12 +5,13 @@ mod config;
 mod contain;
 mod error;
 mod flush;
+mod mark;
 mod open;
 mod projection;
 mod record;
 mod store;
 
-pub use config::{Durability, SledConfig};
+pub use config::{DamagedLog, Durability, SledConfig};
 pub use contain::SledPanicked;
 pub use error::{OpenError, Result};
 pub use projection::{CheckpointMoved, ReadModel, ReadModelTx, TransactionalCheckpoint};
