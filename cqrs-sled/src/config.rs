@@ -33,6 +33,33 @@ pub enum Durability {
     Buffered,
 }
 
+/// What opening does when the store's log is not what it recorded as durable: sled's
+/// recovery dropped the end of a damaged log ([`OpenError::LostEvents`]), or the mark
+/// that records the durable end is itself damaged or names another record
+/// ([`OpenError::Corrupt`]). See ADR 0018 and `docs/06-operations.md`, "Restoring a
+/// damaged store".
+///
+/// [`OpenError::LostEvents`]: crate::OpenError::LostEvents
+/// [`OpenError::Corrupt`]: crate::OpenError::Corrupt
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum DamagedLog {
+    /// Do not open: the error names what is missing. The default: a store that serves a
+    /// shorter history answers with old balances and would hand out used positions again.
+    #[default]
+    Refuse,
+    /// Open for inspection and export only: appends, snapshots and checkpoints are
+    /// refused with [`Error::Corrupt`](cqrs_core::Error::Corrupt), a read of the log to
+    /// its end ends with that error (so `verify` reports the loss and a projection stops
+    /// there), and the mark is left as it is, so the next ordinary open refuses again.
+    /// [`SledEventStore::damage`](crate::SledEventStore::damage) says what was found.
+    Inspect,
+    /// Accept the log as it is as the store's history (there is no backup to restore):
+    /// the mark is rewritten to the log's end and the store opens normally. Read models
+    /// built from the lost events should then be rebuilt (`replay --all`).
+    Accept,
+}
+
 /// How to open a [`SledEventStore`](crate::SledEventStore).
 ///
 /// # Examples
@@ -53,6 +80,7 @@ pub struct SledConfig {
     pub(crate) cache_capacity: u64,
     pub(crate) create_if_missing: bool,
     pub(crate) flush_every_ms: Option<u64>,
+    pub(crate) damaged_log: DamagedLog,
 }
 
 impl SledConfig {
@@ -76,6 +104,7 @@ impl SledConfig {
             cache_capacity: Self::DEFAULT_CACHE_CAPACITY,
             create_if_missing: true,
             flush_every_ms: Some(500),
+            damaged_log: DamagedLog::Refuse,
         }
     }
 
@@ -104,6 +133,14 @@ impl SledConfig {
     /// many recent appends a crash can lose.
     pub fn flush_every_ms(mut self, every: Option<u64>) -> Self {
         self.flush_every_ms = every;
+        self
+    }
+
+    /// What to do when the log is shorter than what the store recorded as durable, or
+    /// that record is damaged: [`DamagedLog::Refuse`] (the default) unless an operator
+    /// is recovering the store.
+    pub fn on_damaged_log(mut self, choice: DamagedLog) -> Self {
+        self.damaged_log = choice;
         self
     }
 }

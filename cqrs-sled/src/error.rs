@@ -58,15 +58,39 @@ pub enum OpenError {
         reason: String,
     },
 
-    /// The store's own data in the database is not what this version writes.
+    /// The store's own data in the database is not what this version writes, or the mark
+    /// of its durable end is damaged or names another record than the log holds.
     ///
-    /// Handling: restore from a backup or open with the matching version of this crate.
+    /// Handling: restore from a backup or open with the matching version of this crate;
+    /// for a damaged mark, as for [`LostEvents`](Self::LostEvents).
     #[error("sled event store {path:?} is damaged: {reason}")]
     Corrupt {
         /// The database directory.
         path: PathBuf,
         /// What is wrong.
         reason: String,
+    },
+
+    /// The log ends before the position the store had recorded as durable: sled's
+    /// recovery stopped at a damaged entry of its log and dropped everything after it.
+    /// Opening it as it is would serve a shorter history without saying so.
+    ///
+    /// Handling: restore the store from a backup or a replica (`docs/06-operations.md`,
+    /// "Restoring a damaged store"); to read what is left, open it with
+    /// [`DamagedLog::Inspect`](crate::DamagedLog::Inspect); to go on with the shorter
+    /// log, [`DamagedLog::Accept`](crate::DamagedLog::Accept).
+    #[error(
+        "sled event store {path:?} lost events: its log ends at position {found}, but \
+         positions up to {durable} were durable (sled's recovery dropped the end of a \
+         damaged log); restore it from a backup"
+    )]
+    LostEvents {
+        /// The database directory.
+        path: PathBuf,
+        /// The last position recorded as durable.
+        durable: u64,
+        /// The last position in the log as opened.
+        found: u64,
     },
 
     /// An I/O or sled failure while opening.

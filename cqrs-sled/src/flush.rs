@@ -7,15 +7,22 @@
 //! appenders that committed meanwhile return together. While one flush runs, new commits
 //! pile up for the next one, so the number of flushes per second stays bounded by the
 //! disk, not by the number of writers.
+//!
+//! After publishing a flush, the flusher also records the new durable position in the
+//! store's mark file (`mark.rs`), at most every `MARK_EVERY` and once more when it goes
+//! idle: the appenders never wait for that write.
 
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use cqrs_core::{Error, Result};
 use tokio::sync::watch;
+
+use crate::mark::{MARK_EVERY, MarkWriter};
 
 /// What the flusher has achieved so far.
 #[derive(Debug, Clone, Default)]
@@ -61,6 +68,7 @@ impl Flusher {
         db: sled::Db,
         marks: Arc<Watermarks>,
         sync: Option<SyncFiles>,
+        mark: Option<Arc<MarkWriter>>,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<()>();
         let (state_tx, state_rx) = watch::channel(FlushState {
@@ -69,7 +77,7 @@ impl Flusher {
         });
         let thread = std::thread::Builder::new()
             .name("cqrs-sled-flush".into())
-            .spawn(move || run(&db, &marks, sync.as_ref(), &rx, &state_tx))
+            .spawn(move || run(&db, &marks, sync.as_ref(), mark.as_deref(), &rx, &state_tx))
             .map_err(Error::store)?;
         Ok(Flusher {
             requests: Mutex::new(Some(tx)),
@@ -128,10 +136,33 @@ fn run(
     db: &sled::Db,
     marks: &Watermarks,
     sync: Option<&SyncFiles>,
+    mark: Option<&MarkWriter>,
     requests: &mpsc::Receiver<()>,
     state: &watch::Sender<FlushState>,
 ) {
-    while requests.recv().is_ok() {
+    // The durable position not yet in the mark file, and when the mark was last written.
+    let mut unmarked: Option<u64> = None;
+    let mut marked_at: Option<Instant> = None;
+    loop {
+        let request = match (unmarked, marked_at) {
+            // The mark is behind: wait no longer than until it is due.
+            (Some(_), Some(at)) => requests.recv_timeout(MARK_EVERY.saturating_sub(at.elapsed())),
+            (Some(_), None) => Err(mpsc::RecvTimeoutError::Timeout),
+            (None, _) => requests
+                .recv()
+                .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+        };
+        match request {
+            Ok(()) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                write_mark(mark, &mut unmarked, &mut marked_at);
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                write_mark(mark, &mut unmarked, &mut marked_at);
+                return;
+            }
+        }
         // Coalesce every request that is already queued: one flush serves them all.
         while requests.try_recv().is_ok() {}
         let target = marks.committed.load(Ordering::Acquire);
@@ -139,6 +170,12 @@ fn run(
             Ok(()) => {
                 marks.visible.fetch_max(target, Ordering::AcqRel);
                 state.send_modify(|s| s.durable = s.durable.max(target));
+                if mark.is_some() {
+                    unmarked = Some(unmarked.map_or(target, |u| u.max(target)));
+                }
+                if marked_at.is_none_or(|at| at.elapsed() >= MARK_EVERY) {
+                    write_mark(mark, &mut unmarked, &mut marked_at);
+                }
             }
             Err(e) => {
                 tracing::error!(error = %e, "flushing the sled event store failed");
@@ -148,6 +185,17 @@ fn run(
                 });
             }
         }
+    }
+}
+
+/// Records the durable position in the mark file, if one is waiting. A failure is only
+/// logged: the mark is a lower bound, and the next write brings it up to date.
+fn write_mark(mark: Option<&MarkWriter>, unmarked: &mut Option<u64>, at: &mut Option<Instant>) {
+    if let (Some(mark), Some(position)) = (mark, unmarked.take()) {
+        if let Err(e) = mark.record(position) {
+            tracing::warn!(error = %e, "cannot record the durable mark of the sled event store");
+        }
+        *at = Some(Instant::now());
     }
 }
 

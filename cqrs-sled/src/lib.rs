@@ -5,13 +5,14 @@ mod config;
 mod contain;
 mod error;
 mod flush;
+mod mark;
 mod open;
 mod projection;
 mod read_model;
 mod record;
 mod store;
 
-pub use config::{Durability, SledConfig};
+pub use config::{DamagedLog, Durability, SledConfig};
 pub use contain::SledPanicked;
 pub use error::{OpenError, Result};
 pub use projection::{CheckpointMoved, ReadModelTx, TransactionalCheckpoint};

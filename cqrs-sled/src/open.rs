@@ -7,9 +7,11 @@ use std::sync::{Arc, Mutex};
 
 use cqrs_core::LogNotifier;
 
-use crate::config::{Durability, SledConfig};
+use crate::config::{DamagedLog, Durability, SledConfig};
+use crate::contain::guard;
 use crate::error::OpenError;
 use crate::flush::{Flusher, SyncFiles, Watermarks};
+use crate::mark::{self, MarkWriter};
 use crate::record::{be_u64, log_key};
 use crate::store::{CHECKPOINTS_TREE, EVENTS_TREE, Heads, Inner, SNAPSHOTS_TREE, SledEventStore};
 
@@ -119,6 +121,10 @@ impl SledEventStore {
             })?,
             None => 0,
         };
+        let (damage, mark) = match &config.path {
+            Some(path) => check_mark(path, &events, last, config.damaged_log)?,
+            None => (None, None),
+        };
         let marks = Arc::new(Watermarks::default());
         marks.committed.store(last, Ordering::Release);
         marks.visible.store(last, Ordering::Release);
@@ -135,9 +141,11 @@ impl SledEventStore {
         let flusher = match config.durability {
             Durability::Buffered => None,
             Durability::Flushed | Durability::Synced => Some(
-                Flusher::start(db.clone(), marks.clone(), sync).map_err(|e| OpenError::Io {
-                    path: shown.clone(),
-                    source: e.into(),
+                Flusher::start(db.clone(), marks.clone(), sync, mark.clone()).map_err(|e| {
+                    OpenError::Io {
+                        path: shown.clone(),
+                        source: e.into(),
+                    }
                 })?,
             ),
         };
@@ -154,8 +162,103 @@ impl SledEventStore {
                 marks,
                 flusher,
                 notifier: LogNotifier::new(),
+                mark,
+                damage,
             }),
         })
+    }
+}
+
+/// The store's damage (with [`DamagedLog::Inspect`]) and its mark writer.
+type MarkCheck = (Option<(String, String)>, Option<Arc<MarkWriter>>);
+
+/// Compares the log as sled recovered it (ending at `last`) with the store's mark of its
+/// durable end, and acts on a difference as `choice` says.
+fn check_mark(
+    path: &Path,
+    events: &sled::Tree,
+    last: u64,
+    choice: DamagedLog,
+) -> crate::Result<MarkCheck> {
+    let shown = path.to_owned();
+    let recorded = mark::read(path).map_err(|e| OpenError::Io {
+        path: shown.clone(),
+        source: e.into(),
+    })?;
+    let written = match &recorded {
+        Some(Ok(recorded)) => recorded.position,
+        _ => 0,
+    };
+    // What is wrong, as the open error and as the (location, reason) of `Error::Corrupt`.
+    let problem: Option<(OpenError, String, String)> = match recorded {
+        // A new store, or one written before marks existed: nothing to compare with.
+        None => None,
+        Some(Err(reason)) => Some((
+            OpenError::Corrupt {
+                path: shown.clone(),
+                reason: format!("its mark of the durable end of the log is damaged: {reason}"),
+            },
+            format!("the mark file {}", mark::MARK_FILE),
+            format!("damaged ({reason}): whether the log lost events is unknown"),
+        )),
+        Some(Ok(recorded)) if last < recorded.position => Some((
+            OpenError::LostEvents {
+                path: shown.clone(),
+                durable: recorded.position,
+                found: last,
+            },
+            format!("log positions {}..={}", last + 1, recorded.position),
+            format!(
+                "lost: sled's recovery dropped the end of a damaged log                  (positions up to {} were durable)",
+                recorded.position
+            ),
+        )),
+        Some(Ok(recorded)) => {
+            let position = recorded.position;
+            let record = guard(|| {
+                events
+                    .get(log_key(position))
+                    .map_err(crate::store::store_error)
+            });
+            let differs = match record {
+                Ok(Some(bytes)) => (mark::fingerprint(&bytes) != recorded.record)
+                    .then_some("is not the record that was durable there"),
+                Ok(None) => Some("is missing"),
+                Err(_) => Some("cannot be read"),
+            };
+            differs.map(|what| {
+                (
+                    OpenError::Corrupt {
+                        path: shown.clone(),
+                        reason: format!(
+                            "the log record at position {position}, the last one recorded                              as durable, {what}"
+                        ),
+                    },
+                    format!("log position {position}"),
+                    format!("{what}: the log may have lost or replaced events"),
+                )
+            })
+        }
+    };
+    let writer = || Arc::new(MarkWriter::new(path.to_owned(), events.clone(), written));
+    let Some((error, location, reason)) = problem else {
+        return Ok((None, Some(writer())));
+    };
+    match choice {
+        DamagedLog::Refuse => Err(error),
+        DamagedLog::Inspect => {
+            tracing::warn!(%error, "opening a damaged sled event store for inspection only");
+            Ok((Some((location, reason)), None))
+        }
+        DamagedLog::Accept => {
+            tracing::warn!(%error, "accepting the log of a damaged sled event store as it is");
+            let writer = writer();
+            writer.reset(last).map_err(|e| OpenError::Io {
+                path: shown,
+                source: e.into(),
+            })?;
+            Ok((None, Some(writer)))
+        }
     }
 }
 

@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::config::Durability;
 use crate::contain::{guard, guard_chunk};
 use crate::flush::{Flusher, Watermarks};
+use crate::mark::MarkWriter;
 use crate::record::{self, be_u64, decode, log_key, stream_key};
 
 /// Records a reader takes from sled per step: reads never hold a whole stream or log.
@@ -96,12 +97,28 @@ pub(crate) struct Inner {
     pub(crate) marks: Arc<Watermarks>,
     pub(crate) flusher: Option<Flusher>,
     pub(crate) notifier: LogNotifier,
+    /// Records the durable end of the log beside sled's files (`None`: a temporary
+    /// store, or one opened to inspect a damaged log, whose mark must stay as it is).
+    pub(crate) mark: Option<Arc<MarkWriter>>,
+    /// What was found damaged when the store was opened with `DamagedLog::Inspect`: the
+    /// location and reason of the `Error::Corrupt` that writes and log reads report.
+    pub(crate) damage: Option<(String, String)>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(flusher) = &self.flusher {
             flusher.stop();
+        }
+        // Closing: flush whatever is left and record the durable end of the log, so the
+        // next open can tell a complete log from one that sled's recovery cut short.
+        if let Some(mark) = &self.mark {
+            let target = self.marks.committed.load(Ordering::Acquire);
+            let recorded =
+                guard(|| self.db.flush().map_err(store_error)).and_then(|_| mark.record(target));
+            if let Err(e) = recorded {
+                tracing::warn!(error = %e, "cannot record the durable mark of the sled event store");
+            }
         }
     }
 }
@@ -155,13 +172,32 @@ impl SledEventStore {
     /// # Errors
     /// [`Error::Store`] if sled cannot write.
     pub fn flush(&self) -> Result<()> {
-        self.inner.db.flush().map_err(store_error)?;
         let committed = self.inner.marks.committed.load(Ordering::Acquire);
+        guard(|| self.inner.db.flush().map_err(store_error))?;
         self.inner
             .marks
             .visible
             .fetch_max(committed, Ordering::AcqRel);
+        if let Some(mark) = &self.inner.mark {
+            mark.record(committed)?;
+        }
         Ok(())
+    }
+
+    /// What was found damaged when the store was opened with
+    /// [`DamagedLog::Inspect`](crate::DamagedLog::Inspect): the [`Error::Corrupt`] that
+    /// its writes, and reads of the log to its end, report. `None` for a store that
+    /// opened intact.
+    pub fn damage(&self) -> Option<Error> {
+        self.inner
+            .damage
+            .as_ref()
+            .map(|(location, reason)| Error::corrupt(location, reason))
+    }
+
+    /// Refuses a write to a store opened to inspect a damaged log.
+    fn writable(&self) -> Result<()> {
+        self.damage().map_or(Ok(()), Err)
     }
 
     pub(crate) fn db(&self) -> &sled::Db {
@@ -327,6 +363,7 @@ impl EventLog for SledEventStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         validate_batch(stream, &events)?;
+        self.writable()?;
         let (result, written) = guard(|| self.commit(stream, expected, &events))?;
         if let Some(flusher) = &self.inner.flusher {
             flusher.wait_durable(result.position.sequence).await?;
@@ -364,6 +401,9 @@ impl EventLog for SledEventStore {
         let visible = self.inner.marks.visible.load(Ordering::Acquire);
         let end = limit.map_or(visible, |l| visible.min(after.sequence.saturating_add(l)));
         let first = first.filter(|&f| f <= end && limit != Some(0));
+        // A log known to be cut short ends with the error that says so, for every reader
+        // that reads to its end.
+        let lost = self.damage().filter(|_| end == visible).map(Err);
         stream::unfold(first, move |next| {
             let step = next.map(|from| {
                 let (chunk, next) = guard_chunk(|| self.log_chunk(from, end));
@@ -372,6 +412,7 @@ impl EventLog for SledEventStore {
             ready(step.filter(|(chunk, _)| chunk.size_hint().0 > 0))
         })
         .flatten()
+        .chain(stream::iter(lost))
     }
 
     fn watch(&self) -> LogWatcher {
@@ -396,6 +437,7 @@ impl SnapshotStore for SledEventStore {
     }
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
+        self.writable()?;
         guard(|| self.save_snapshot_now(stream, &snapshot))
     }
 }
@@ -435,6 +477,7 @@ impl CheckpointStore for SledEventStore {
 
     async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
         validate_checkpoint_name(name)?;
+        self.writable()?;
         guard(|| {
             self.inner
                 .checkpoints
