@@ -6,7 +6,7 @@ use std::pin::pin;
 use std::time::Instant;
 
 use cqrs_core::{
-    Aggregate, CheckpointStrategy, Codec, EventStore, Position, Progress, Projection,
+    Aggregate, CheckpointStrategy, Codec, EventStore, Position, Problem, Progress, Projection,
     ProjectionError, ProjectionRunner, RecordedEvent, Repository, StreamId,
 };
 use futures::StreamExt;
@@ -171,8 +171,12 @@ pub struct Operations<S> {
     store: S,
     aggregates: Vec<Box<dyn SnapshotTaker>>,
     projections: Vec<Box<dyn Replayer>>,
+    checks: Vec<Check>,
     progress: ProgressStyle,
 }
+
+/// An extra check that `verify` runs after walking the log ([`Operations::check`]).
+type Check = Box<dyn Fn() -> BoxFuture<'static, cqrs_core::Result<Vec<Problem>>> + Send + Sync>;
 
 impl<S> fmt::Debug for Operations<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -204,8 +208,22 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
             store,
             aggregates: Vec::new(),
             projections: Vec::new(),
+            checks: Vec::new(),
             progress: ProgressStyle::Auto,
         }
+    }
+
+    /// Registers an extra check that `verify` runs after walking the log, for what the
+    /// log walk cannot see: a backend's read-model rows (for instance
+    /// `cqrs_sled::SledEventStore::verify_read_models`), an application's own tables.
+    /// The problems it returns are reported with the others; an error stops `verify`.
+    pub fn check<F, Fut>(mut self, check: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = cqrs_core::Result<Vec<Problem>>> + Send + 'static,
+    {
+        self.checks.push(Box::new(move || Box::pin(check())));
+        self
     }
 
     /// Registers an aggregate type: `snapshot` then covers its streams.

@@ -35,6 +35,12 @@ impl Verification {
         self.problems.len() as u64 + self.more_problems
     }
 
+    /// Records a problem found by a check of its own (kept if fewer than
+    /// [`MAX_REPORTED_PROBLEMS`] are, counted otherwise).
+    pub fn add(&mut self, problem: Problem) {
+        self.found(problem);
+    }
+
     fn found(&mut self, problem: Problem) {
         if self.problems.len() < MAX_REPORTED_PROBLEMS {
             self.problems.push(problem);

@@ -301,6 +301,10 @@ impl TransactionalCheckpoint {
     /// did (so readers keep resolving it the same way), and finishes a reset that a
     /// version before blue/green rebuilds left half done (its marker is set).
     fn prepare_live(&mut self, name: &str) -> Result<(), BoxError> {
+        if self.store.damage().is_some() {
+            // Opened to inspect a damaged log: nothing is written.
+            return Ok(());
+        }
         let checkpoints = self.store.checkpoints_tree();
         let generation = self.store.live_generation(name)?;
         let key = live_generation_key(name);
@@ -335,6 +339,7 @@ impl TransactionalCheckpoint {
         expected: Option<Position>,
         checkpoint: Position,
     ) -> Result<bool, BoxError> {
+        self.store.writable()?;
         let key = self.checkpoint_key(name);
         let Some(tx) = self.tx.as_mut() else {
             return Err(Error::corrupt(format!("projection {name:?}"), "no context").into());
@@ -445,6 +450,7 @@ impl CheckpointStrategy for TransactionalCheckpoint {
     ) -> Result<(), BoxError> {
         let name = projection.name().to_owned();
         cqrs_core::validate_checkpoint_name(&name)?;
+        self.store.writable()?;
         self.building = None;
         self.prepare_live(&name)?;
         let live = self.store.live_generation(&name)?;

@@ -8,7 +8,7 @@
 //! rows have no checksum. Every later generation seals each row with a CRC32C over its
 //! key and value, verified on every read.
 
-use cqrs_core::{Error, Result};
+use cqrs_core::{Error, Problem, Result};
 
 use crate::SledEventStore;
 use crate::contain::{guard, guard_next};
@@ -124,6 +124,24 @@ pub struct ReadModelCheck {
     pub unchecked: u64,
     /// Each damaged row ([`Error::Corrupt`]) or unreadable tree ([`Error::Store`]).
     pub damaged: Vec<Error>,
+}
+
+impl ReadModelCheck {
+    /// The damage found, as problems for a `verify` report
+    /// (`cqrs_cli::Operations::check`).
+    pub fn problems(&self) -> Vec<Problem> {
+        let problem = |e: &Error| match e {
+            Error::Corrupt { location, reason } => Problem::Unreadable {
+                location: location.clone(),
+                error: reason.clone(),
+            },
+            e => Problem::Unreadable {
+                location: "read model".to_owned(),
+                error: e.to_string(),
+            },
+        };
+        self.damaged.iter().map(problem).collect()
+    }
 }
 
 impl SledEventStore {

@@ -196,7 +196,7 @@ impl SledEventStore {
     }
 
     /// Refuses a write to a store opened to inspect a damaged log.
-    fn writable(&self) -> Result<()> {
+    pub(crate) fn writable(&self) -> Result<()> {
         self.damage().map_or(Ok(()), Err)
     }
 

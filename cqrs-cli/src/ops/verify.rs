@@ -33,6 +33,11 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
                 });
             }
         }
+        for check in &self.checks {
+            for problem in check().await? {
+                found.add(problem);
+            }
+        }
         let mut text = format!(
             "log        {} records\nstreams    {} ({} records)\n",
             found.log_records, found.streams, found.stream_records

@@ -234,8 +234,10 @@ impl ReadModel for SledAccounts {
         .boxed()
     }
 
+    /// Also registers the check of every read-model row's checksum with `verify`.
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
-        let store = self.store.clone();
+        let (store, checked) = (self.store.clone(), self.store.clone());
+        let ops = ops.check(move || ready(checked.verify_read_models().map(|c| c.problems())));
         ops.projection(move || Self::runner(&store))
     }
 }

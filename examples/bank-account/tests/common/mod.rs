@@ -2,6 +2,8 @@
 //! killing what a test started, also when it fails.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod pg;
+
 use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
