@@ -7,7 +7,7 @@ use cqrs_core::{Aggregate, BoxEventStore, CommandOptions, EventLog, Position, Pr
 use cqrs_core::{Repository, RetryPolicy, SnapshotPolicy, StoreCheckpoint, StreamId};
 use cqrs_core::{Supervisor, SupervisorStatus};
 use cqrs_postgres::{PostgresEventStore, WorkerConfig, WorkerLock};
-use cqrs_sled::SledEventStore;
+use cqrs_sled::{DamagedLog, SledConfig, SledEventStore};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
@@ -91,6 +91,12 @@ impl Bank {
     /// Opens the bank on `sled:<path>`, `postgres://…?schema=NAME` (default `bank`), or
     /// `memory:` (a temporary sled database), without starting the process manager.
     pub async fn open(url: &str, services: AccountServices) -> Result<Bank> {
+        Self::open_with(url, services, DamagedLog::Refuse).await
+    }
+
+    /// As [`open`](Self::open); a sled store whose log lost events opens as `damaged`
+    /// says (`DamagedLog::Inspect` for `verify`, which then lists what was lost).
+    pub async fn open_with(url: &str, services: AccountServices, damaged: DamagedLog) -> Result<Bank> {
         let (read_model, store, postgres): (Arc<dyn ReadModel>, _, _) = if url
             .starts_with("postgres")
         {
@@ -100,7 +106,7 @@ impl Bank {
         } else {
             let sled = match url.strip_prefix("sled:") {
                 Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
-                Some(path) => Ok(SledEventStore::open(path)),
+                Some(path) => Ok(SledConfig::new(path).on_damaged_log(damaged).open()),
                 None if url == "memory:" => Ok(SledEventStore::temporary()),
                 None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
             };

@@ -38,6 +38,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use cqrs_cli::OpsCommand;
+use cqrs_sled::DamagedLog;
 use example_bank_account::domain::{AccountCommand, AccountServices, Cents};
 use example_bank_account::{Bank, BankError, full_chain};
 use futures::FutureExt;
@@ -181,7 +182,13 @@ fn print(document: &Value) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let bank = Bank::open(&cli.store, AccountServices::new(cli.daily_limit)).await?;
+    // `verify` opens a sled store that lost events anyway, to list what was lost.
+    let damaged = match cli.command {
+        Command::Ops(OpsCommand::Verify) => DamagedLog::Inspect,
+        _ => DamagedLog::Refuse,
+    };
+    let services = AccountServices::new(cli.daily_limit);
+    let bank = Bank::open_with(&cli.store, services, damaged).await?;
     // The operations run without the projections: `stats` and `events` must work when a
     // projection is stuck (that is when they are needed), and a replay must run alone.
     if !matches!(cli.command, Command::Ops(_)) {

@@ -151,3 +151,43 @@ async fn on_postgres_a_failed_replay_leaves_the_old_read_model_answering() {
         assert_balance(&url, "bob", "20.00");
     });
 }
+
+/// Copies the files of the sled database at `from` into `to`.
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in walk(from) {
+        let target = to.join(entry.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &target).unwrap();
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path());
+    let nested = |p: std::path::PathBuf| if p.is_dir() { walk(&p) } else { vec![p] };
+    entries.flat_map(nested).collect()
+}
+
+#[test]
+fn on_sled_a_log_that_lost_events_is_refused_and_verify_lists_the_loss() {
+    let (early, late) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let early_url = format!("sled:{}", early.path().display());
+    open_two_accounts(&early_url);
+    // The same store later, with two more events; then its log is "cut" back to the
+    // early one (as sled's recovery cuts a damaged log), while its mark says more.
+    copy_dir(early.path(), late.path());
+    let late_url = format!("sled:{}", late.path().display());
+    ok(&late_url, &["deposit", "alice", "1"]);
+    ok(&late_url, &["deposit", "bob", "1"]);
+    std::fs::copy(
+        late.path().join("cqrs-sled.mark"),
+        early.path().join("cqrs-sled.mark"),
+    )
+    .unwrap();
+
+    let (code, _, stderr) = bank(&early_url, &["balance", "alice"]);
+    assert_eq!(code, 3, "never an old balance as if it were current: {stderr}");
+    assert!(stderr.contains("lost"), "{stderr}");
+    let (code, report, stderr) = bank(&early_url, &["--json", "verify"]);
+    assert_eq!(code, 4, "verify opens it to list the loss: {stderr}");
+    assert!(report["problems"].to_string().contains("log positions 5..=6"), "{report}");
+}
