@@ -96,7 +96,11 @@ impl Bank {
 
     /// As [`open`](Self::open); a sled store whose log lost events opens as `damaged`
     /// says (`DamagedLog::Inspect` for `verify`, which then lists what was lost).
-    pub async fn open_with(url: &str, services: AccountServices, damaged: DamagedLog) -> Result<Bank> {
+    pub async fn open_with(
+        url: &str,
+        services: AccountServices,
+        damaged: DamagedLog,
+    ) -> Result<Bank> {
         let (read_model, store, postgres): (Arc<dyn ReadModel>, _, _) = if url
             .starts_with("postgres")
         {

@@ -249,6 +249,12 @@ async fn command(
                 listener.map_err(|e| Failure(3, format!("cannot listen on {addr}: {e}")))?;
             let shutdown = cqrs_http::shutdown_signal();
             let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
+            // A server's log (a projection stopped and restarted, a contained panic) goes
+            // to standard error; the one-shot commands print only their answer.
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_max_level(tracing::Level::INFO)
+                .init();
             eprintln!("bank: serving on http://{addr}; Ctrl-C or SIGTERM stops");
             return Ok(example_bank_account::http::serve(bank.clone(), listener, shutdown).await?);
         }

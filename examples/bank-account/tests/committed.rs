@@ -233,3 +233,51 @@ async fn a_poisoned_event_does_not_fail_a_deposit_over_http_on_postgres() {
     server.stop().await;
     assert_eq!(deposits(&event_types(&store, "alice").await), 2);
 }
+
+/// `bank serve` logs on standard error that the process manager stopped on the poisoned
+/// event and is being restarted: the stop is visible to an operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_serve_logs_the_stopped_process_manager_and_its_restarts() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sled:{}", dir.path().display());
+    ok(&url, &["open", "alice"]);
+    {
+        let store = cqrs_sled::SledEventStore::open(dir.path()).unwrap();
+        poison(&BoxEventStore::new(store)).await;
+    }
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap();
+    let mut server = common::Killed(
+        Command::new(env!("CARGO_BIN_EXE_bank"))
+            .args(["--store", &url, "serve", "--addr", &addr.to_string()])
+            .env_remove("BANK_STORE")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start bank serve"),
+    );
+    let stderr = BufReader::new(server.0.stderr.take().unwrap());
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let logged = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = seen.recv_timeout(left).expect("a log line within 60 s");
+        if line.contains("transfers") && line.contains("restarting") {
+            break line;
+        }
+    };
+    assert!(
+        logged.contains("WARN") && logged.contains("mallory"),
+        "{logged}"
+    );
+}

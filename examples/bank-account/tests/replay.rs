@@ -185,9 +185,17 @@ fn on_sled_a_log_that_lost_events_is_refused_and_verify_lists_the_loss() {
     .unwrap();
 
     let (code, _, stderr) = bank(&early_url, &["balance", "alice"]);
-    assert_eq!(code, 3, "never an old balance as if it were current: {stderr}");
+    assert_eq!(
+        code, 3,
+        "never an old balance as if it were current: {stderr}"
+    );
     assert!(stderr.contains("lost"), "{stderr}");
     let (code, report, stderr) = bank(&early_url, &["--json", "verify"]);
     assert_eq!(code, 4, "verify opens it to list the loss: {stderr}");
-    assert!(report["problems"].to_string().contains("log positions 5..=6"), "{report}");
+    assert!(
+        report["problems"]
+            .to_string()
+            .contains("log positions 5..=6"),
+        "{report}"
+    );
 }
