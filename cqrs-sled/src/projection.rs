@@ -12,8 +12,8 @@ use sled::transaction::{
 use crate::SledEventStore;
 use crate::contain::guard;
 use crate::read_model::{
-    build_checkpoint_key, generation_prefix, generations_prefix, live_generation_key, seal,
-    tree_name, unseal, validate_tree,
+    build_checkpoint_key, encode_generation, generation_prefix, generations_prefix,
+    live_generation_key, seal, tree_name, unseal, validate_tree,
 };
 use crate::record::{decode_position, encode_position};
 use crate::store::store_error;
@@ -310,7 +310,7 @@ impl TransactionalCheckpoint {
         let key = live_generation_key(name);
         let finish = || {
             if !checkpoints.contains_key(&key)? {
-                checkpoints.insert(&key[..], &generation.to_be_bytes()[..])?;
+                checkpoints.insert(&key[..], encode_generation(name, generation))?;
             }
             if checkpoints.contains_key(Self::marker(name))? {
                 tracing::warn!(projection = %name, "finishing an interrupted reset");
@@ -483,7 +483,7 @@ impl CheckpointStrategy for TransactionalCheckpoint {
                     .get(&build)?
                     .ok_or(ConflictableTransactionError::Abort(()))?;
                 t.insert(name.as_bytes(), at)?;
-                t.insert(&live[..], &next.to_be_bytes()[..])?;
+                t.insert(&live[..], encode_generation(&name, next))?;
                 t.remove(&build[..])?;
                 Ok(())
             }))

@@ -54,6 +54,21 @@ pub(crate) fn build_checkpoint_key(projection: &str) -> Vec<u8> {
     [BUILD_CHECKPOINT, projection.as_bytes()].concat()
 }
 
+/// The stored form of a projection's live generation: 8 bytes (BE) sealed with the
+/// CRC32C of its key and value, so a damaged generation is never followed to the wrong
+/// trees.
+pub(crate) fn encode_generation(projection: &str, generation: u64) -> Vec<u8> {
+    seal(&live_generation_key(projection), &generation.to_be_bytes())
+}
+
+fn decode_generation(projection: &str, stored: &[u8]) -> Result<u64> {
+    let name = format!("generation of read model {projection:?}");
+    let value = unseal(&name, &live_generation_key(projection), stored)?;
+    let bytes = <[u8; 8]>::try_from(value)
+        .map_err(|_| Error::corrupt(&name, format!("{} bytes, not 8", value.len())))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// Tree names hold no NUL: it separates the parts of sled names.
 pub(crate) fn validate_tree(projection: &str, tree: &str) -> Result<()> {
     if tree.contains('\0') {
@@ -74,15 +89,7 @@ impl SledEventStore {
             let key = live_generation_key(projection);
             let stored = self.checkpoints_tree().get(&key).map_err(store_error)?;
             match stored {
-                Some(bytes) => {
-                    let bytes = <[u8; 8]>::try_from(&bytes[..]).map_err(|_| {
-                        Error::corrupt(
-                            format!("generation of read model {projection:?}"),
-                            format!("{} bytes, not 8", bytes.len()),
-                        )
-                    })?;
-                    Ok(u64::from_be_bytes(bytes))
-                }
+                Some(bytes) => decode_generation(projection, &bytes),
                 None => {
                     let legacy = generation_prefix(projection, 0);
                     let names = self.db().tree_names();
@@ -313,6 +320,20 @@ mod tests {
         assert!(matches!(e, Error::Corrupt { .. }), "{e}");
         assert!(e.to_string().contains("p/t"), "{e}");
         assert!(unseal("p/t", b"k1", b"abc").is_err());
+    }
+
+    #[test]
+    fn a_damaged_generation_is_an_error_never_another_generation() {
+        let stored = encode_generation("p", 7);
+        assert_eq!(decode_generation("p", &stored).unwrap(), 7);
+        assert!(decode_generation("q", &stored).is_err(), "another projection's");
+        for at in 0..stored.len() {
+            let mut damaged = stored.clone();
+            damaged[at] ^= 0x04;
+            let e = decode_generation("p", &damaged).unwrap_err();
+            assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+        }
+        assert!(decode_generation("p", &7u64.to_be_bytes()).is_err());
     }
 
     #[test]
