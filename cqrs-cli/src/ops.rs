@@ -215,7 +215,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
 
     /// Registers an extra check that `verify` runs after walking the log, for what the
     /// log walk cannot see: a backend's read-model rows (for instance
-    /// `cqrs_sled::SledEventStore::verify_read_models`), an application's own tables.
+    /// `cqrs_sled::SledEventStore::check_records`), an application's own tables.
     /// The problems it returns are reported with the others; an error stops `verify`.
     pub fn check<F, Fut>(mut self, check: F) -> Self
     where

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod append;
+mod check;
 mod config;
 mod contain;
 mod error;
@@ -12,9 +13,10 @@ mod read_model;
 mod record;
 mod store;
 
+pub use check::RecordCheck;
 pub use config::{DamagedLog, Durability, SledConfig};
 pub use contain::SledPanicked;
 pub use error::{OpenError, Result};
 pub use projection::{CheckpointMoved, ReadModelTx, TransactionalCheckpoint};
-pub use read_model::{ReadModel, ReadModelCheck};
+pub use read_model::ReadModel;
 pub use store::SledEventStore;

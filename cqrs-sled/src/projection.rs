@@ -13,7 +13,7 @@ use crate::SledEventStore;
 use crate::contain::guard;
 use crate::read_model::{
     build_checkpoint_key, encode_generation, generation_prefix, generations_prefix,
-    live_generation_key, seal, tree_name, unseal, validate_tree,
+    live_generation_key, parse_tree_name, seal, tree_name, unseal, validate_tree,
 };
 use crate::record::{decode_position, encode_position};
 use crate::store::store_error;
@@ -278,6 +278,14 @@ impl TransactionalCheckpoint {
         [RESET_MARKER, name.as_bytes()].concat()
     }
 
+    /// The newest generation that has trees of the projection `name` (0 if none).
+    fn newest_generation(&self, name: &str) -> u64 {
+        let names = guard(|| Ok::<_, Error>(self.store.db().tree_names())).unwrap_or_default();
+        let parsed = names.iter().filter_map(|tree| parse_tree_name(tree));
+        let ours = parsed.filter(|(projection, ..)| projection == name);
+        ours.map(|(_, generation, _)| generation).max().unwrap_or(0)
+    }
+
     /// Drops every tree of the projection `name` but those of generation `keep`: what
     /// an earlier rebuild left behind, finished or not.
     fn drop_generations_except(&self, name: &str, keep: u64) -> Result<(), BoxError> {
@@ -452,8 +460,19 @@ impl CheckpointStrategy for TransactionalCheckpoint {
         cqrs_core::validate_checkpoint_name(&name)?;
         self.store.writable()?;
         self.building = None;
-        self.prepare_live(&name)?;
-        let live = self.store.live_generation(&name)?;
+        let live = match self.store.live_generation(&name) {
+            Ok(live) => {
+                self.prepare_live(&name)?;
+                live
+            }
+            // A damaged generation record: the rebuild repairs it, after the newest
+            // generation found (so it never writes into trees a reader may use).
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::warn!(projection = %name, error = %e, "rebuilding past a damaged generation");
+                self.newest_generation(&name)
+            }
+            Err(e) => return Err(e.into()),
+        };
         self.drop_generations_except(&name, live)?;
         let next = live + 1;
         self.building = Some(next);

@@ -8,7 +8,7 @@
 //! rows have no checksum. Every later generation seals each row with a CRC32C over its
 //! key and value, verified on every read.
 
-use cqrs_core::{Error, Problem, Result};
+use cqrs_core::{Error, Result};
 
 use crate::SledEventStore;
 use crate::contain::{guard, guard_next};
@@ -21,9 +21,9 @@ const LEGACY_PREFIX: &str = "cqrs.rm.";
 const PREFIX: &str = "cqrs.rmg.";
 /// Prefix (in the checkpoints tree) of a projection's live generation (8 bytes, BE).
 /// Projection names hold no NUL, so these keys never clash with a checkpoint.
-const LIVE_GENERATION: &[u8] = b"\0gen\0";
+pub(crate) const LIVE_GENERATION: &[u8] = b"\0gen\0";
 /// Prefix (in the checkpoints tree) of the checkpoint of a rebuild in progress.
-const BUILD_CHECKPOINT: &[u8] = b"\0build\0";
+pub(crate) const BUILD_CHECKPOINT: &[u8] = b"\0build\0";
 
 /// The prefix of the names of a projection's trees in `generation`.
 pub(crate) fn generation_prefix(projection: &str, generation: u64) -> String {
@@ -61,7 +61,7 @@ pub(crate) fn encode_generation(projection: &str, generation: u64) -> Vec<u8> {
     seal(&live_generation_key(projection), &generation.to_be_bytes())
 }
 
-fn decode_generation(projection: &str, stored: &[u8]) -> Result<u64> {
+pub(crate) fn decode_generation(projection: &str, stored: &[u8]) -> Result<u64> {
     let name = format!("generation of read model {projection:?}");
     let value = unseal(&name, &live_generation_key(projection), stored)?;
     let bytes = <[u8; 8]>::try_from(value)
@@ -121,84 +121,8 @@ impl SledEventStore {
     }
 }
 
-/// What [`SledEventStore::verify_read_models`] found.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct ReadModelCheck {
-    /// Rows whose checksum was verified.
-    pub rows: u64,
-    /// Rows of read models written before checksums existed (generation 0), not checked.
-    pub unchecked: u64,
-    /// Each damaged row ([`Error::Corrupt`]) or unreadable tree ([`Error::Store`]).
-    pub damaged: Vec<Error>,
-}
-
-impl ReadModelCheck {
-    /// The damage found, as problems for a `verify` report
-    /// (`cqrs_cli::Operations::check`).
-    pub fn problems(&self) -> Vec<Problem> {
-        let problem = |e: &Error| match e {
-            Error::Corrupt { location, reason } => Problem::Unreadable {
-                location: location.clone(),
-                error: reason.clone(),
-            },
-            e => Problem::Unreadable {
-                location: "read model".to_owned(),
-                error: e.to_string(),
-            },
-        };
-        self.damaged.iter().map(problem).collect()
-    }
-}
-
-impl SledEventStore {
-    /// Reads every row of every projection's live read model and verifies its checksum
-    /// (a rebuild's unfinished generation is skipped: it is not served). For `verify`.
-    ///
-    /// # Errors
-    /// [`Error::Store`] if sled fails to list its trees.
-    pub fn verify_read_models(&self) -> Result<ReadModelCheck> {
-        let mut check = ReadModelCheck::default();
-        let names = guard(|| Ok::<_, Error>(self.db().tree_names()))?;
-        for name in names {
-            let Some((projection, generation, tree)) = parse_tree_name(&name) else {
-                continue;
-            };
-            if self.live_generation(&projection)? != generation {
-                continue;
-            }
-            let opened = guard(|| self.db().open_tree(&name).map_err(store_error));
-            let model = match opened {
-                Ok(opened) => ReadModel {
-                    tree: opened,
-                    checked: generation > 0,
-                    name: format!("{projection}/{tree}"),
-                },
-                Err(e) => {
-                    check.damaged.push(e);
-                    continue;
-                }
-            };
-            // Past a damaged row to the next (a sled error ends the tree's walk).
-            let mut rows = model.tree.iter();
-            while let Some(row) = guard_next(&mut rows) {
-                match row.and_then(|(k, v)| model.value(&k, &v)) {
-                    Ok(_) if generation == 0 => check.unchecked += 1,
-                    Ok(_) => check.rows += 1,
-                    Err(e @ Error::Corrupt { .. }) => check.damaged.push(e),
-                    Err(e) => {
-                        check.damaged.push(e);
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(check)
-    }
-}
-
 /// A read-model tree's projection, generation and tree name, from its sled name.
-fn parse_tree_name(name: &[u8]) -> Option<(String, u64, String)> {
+pub(crate) fn parse_tree_name(name: &[u8]) -> Option<(String, u64, String)> {
     let name = std::str::from_utf8(name).ok()?;
     if let Some(rest) = name.strip_prefix(PREFIX) {
         let mut parts = rest.splitn(3, '\0');
@@ -246,15 +170,15 @@ pub(crate) fn unseal<'a>(name: &str, key: &[u8], sealed: &'a [u8]) -> Result<&'a
 /// damaged row is an [`Error::Corrupt`] naming it, never a value.
 #[derive(Debug, Clone)]
 pub struct ReadModel {
-    tree: sled::Tree,
+    pub(crate) tree: sled::Tree,
     /// Rows carry a checksum (every generation but 0).
-    checked: bool,
+    pub(crate) checked: bool,
     /// `projection/tree`, for errors.
-    name: String,
+    pub(crate) name: String,
 }
 
 impl ReadModel {
-    fn value(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
+    pub(crate) fn value(&self, key: &[u8], stored: &[u8]) -> Result<Vec<u8>> {
         if self.checked {
             Ok(unseal(&self.name, key, stored)?.to_vec())
         } else {
@@ -326,7 +250,10 @@ mod tests {
     fn a_damaged_generation_is_an_error_never_another_generation() {
         let stored = encode_generation("p", 7);
         assert_eq!(decode_generation("p", &stored).unwrap(), 7);
-        assert!(decode_generation("q", &stored).is_err(), "another projection's");
+        assert!(
+            decode_generation("q", &stored).is_err(),
+            "another projection's"
+        );
         for at in 0..stored.len() {
             let mut damaged = stored.clone();
             damaged[at] ^= 0x04;

@@ -234,10 +234,11 @@ impl ReadModel for SledAccounts {
         .boxed()
     }
 
-    /// Also registers the check of every read-model row's checksum with `verify`.
+    /// Also registers the check of every snapshot, checkpoint and read-model row with
+    /// `verify`.
     fn register(&self, ops: Operations<BoxEventStore>) -> Operations<BoxEventStore> {
         let (store, checked) = (self.store.clone(), self.store.clone());
-        let ops = ops.check(move || ready(checked.verify_read_models().map(|c| c.problems())));
+        let ops = ops.check(move || ready(checked.check_records().map(|c| c.problems())));
         ops.projection(move || Self::runner(&store))
     }
 }
