@@ -34,19 +34,6 @@ impl Field {
     ///
     /// # Errors
     /// [`InvalidText`] naming this field and what is wrong.
-    ///
-    /// # Examples
-    /// ```
-    /// use example_bank_account::domain::Field;
-    ///
-    /// assert_eq!(Field::Account.normalize("cafe\u{301}").unwrap(), "caf\u{e9}");
-    /// let refused = Field::To.normalize("a\u{202e}b").unwrap_err().to_string();
-    /// assert_eq!(
-    ///     refused,
-    ///     "the destination account id (`to`) contains the invisible format character \
-    ///      U+202E at character 2"
-    /// );
-    /// ```
     pub fn normalize(self, text: &str) -> Result<String, InvalidText> {
         self.rules().check(text)
     }
