@@ -30,6 +30,7 @@ mod store;
 mod stream;
 mod supervise;
 pub mod testkit;
+pub mod text;
 mod upcast;
 mod verify;
 
