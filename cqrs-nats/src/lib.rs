@@ -1,1 +1,7 @@
-//! placeholder
+#![doc = include_str!("../README.md")]
+
+mod error;
+mod publisher;
+
+pub use error::{Error, Result};
+pub use publisher::{JetStreamPublisher, StreamSettings};
