@@ -27,10 +27,10 @@ use crate::{Ack, OutboundMessage, PublishError, Publisher};
 /// # };
 /// let broker = InMemoryPublisher::new();
 /// let message = OutboundMessage::from_record(&record, &SubjectScheme::new("bank")?);
-/// let first = broker.publish(std::slice::from_ref(&message)).await;
-/// let again = broker.publish(std::slice::from_ref(&message)).await;
-/// assert!(!first[0].as_ref()?.duplicate);
-/// assert!(again[0].as_ref()?.duplicate); // deduplicated by the event id
+/// let mut first = broker.publish(std::slice::from_ref(&message)).await;
+/// let mut again = broker.publish(std::slice::from_ref(&message)).await;
+/// assert!(!first.remove(0)?.duplicate);
+/// assert!(again.remove(0)?.duplicate); // deduplicated by the event id
 /// assert_eq!(broker.messages().len(), 1);
 /// # Ok(())
 /// # }
