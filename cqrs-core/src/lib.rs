@@ -21,6 +21,9 @@ mod log;
 mod memory;
 mod notify;
 mod projection;
+mod publish;
+mod publish_memory;
+mod relay;
 mod repository;
 mod retry;
 mod runner;
@@ -68,6 +71,13 @@ pub use stream::{ExpectedVersion, InvalidPosition, InvalidStreamId, Position, St
 pub use supervise::{StopSignal, Supervisor, SupervisorStatus};
 pub use upcast::{JsonEvent, Upcasters};
 pub use verify::{MAX_REPORTED_PROBLEMS, Problem, Verification, verify};
+// Events leave the service: the publishing contract and the relay.
+pub use publish::{
+    Ack, MessageError, OutboundMessage, PublishError, Publisher, SubjectScheme, decode_message,
+    escape_token, headers, unescape_token,
+};
+pub use publish_memory::InMemoryPublisher;
+pub use relay::{Relay, RelayConfig, RelayError, RelayStats};
 
 /// The workspace README's example, compiled and run as a doctest.
 #[cfg(doctest)]

@@ -62,6 +62,7 @@ mod decoding;
 pub mod dispatch;
 mod inspection;
 mod memory;
+pub mod publisher;
 mod reads;
 mod snapshot_faults;
 mod snapshots;

@@ -40,3 +40,8 @@ pub struct Page05TutorialBank;
 #[cfg(doctest)]
 #[doc = include_str!("../../06-operations.md")]
 pub struct Page06Operations;
+
+/// Page 8, Events leave the service: the relay.
+#[cfg(doctest)]
+#[doc = include_str!("../../08-relay.md")]
+pub struct Page08Relay;
