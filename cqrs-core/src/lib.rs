@@ -68,6 +68,12 @@ pub use supervise::{StopSignal, Supervisor, SupervisorStatus};
 pub use upcast::{JsonEvent, Upcasters};
 pub use verify::{MAX_REPORTED_PROBLEMS, Problem, Verification, verify};
 
+// Observability: metrics through the `metrics` facade (docs/07-observability.md).
+mod telemetry;
+pub use telemetry::{
+    EVENT_COUNT_BUCKETS, METRICS, MetricInfo, MetricKind, SECONDS_BUCKETS, describe_metrics,
+};
+
 /// The workspace README's example, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]
