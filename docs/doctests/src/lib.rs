@@ -40,3 +40,8 @@ pub struct Page05TutorialBank;
 #[cfg(doctest)]
 #[doc = include_str!("../../06-operations.md")]
 pub struct Page06Operations;
+
+/// Page 7, Observability.
+#[cfg(doctest)]
+#[doc = include_str!("../../07-observability.md")]
+pub struct Page07Observability;
