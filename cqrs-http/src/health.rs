@@ -216,7 +216,7 @@ mod tests {
             .check("projections", || async {
                 Err("accounts is stopped".to_owned())
             })
-            .check("slow", || std::future::pending());
+            .check("slow", std::future::pending);
         let ready = health.run().await;
         assert!(!ready.is_ready());
         assert_eq!(ready.status, "unavailable");
