@@ -126,7 +126,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
     }
     if args.metrics {
         // Installed for the rest of the process; its upkeep drains the histograms.
-        let _render = crate::install_metrics().map_err(|e| BankError::store(e.1))?;
+        crate::install_metrics().map_err(|e| BankError::store(e.1))?;
     }
     let events_before = bank.store().count_events(Position::START).await?;
     // Open the accounts (ids unique to the run), each with 1,000.00.

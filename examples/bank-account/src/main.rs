@@ -44,6 +44,7 @@ use cqrs_sled::DamagedLog;
 use example_bank_account::domain::{AccountCommand, AccountServices, Cents};
 use example_bank_account::{Bank, BankError, full_chain};
 use futures::FutureExt;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 
 mod demo;
@@ -201,6 +202,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ops(OpsCommand::Verify) => DamagedLog::Inspect,
         _ => DamagedLog::Refuse,
     };
+    // `serve` exports metrics: the recorder goes in before anything records.
+    let metrics = match cli.command {
+        Command::Serve { .. } => Some(install_metrics()?),
+        _ => None,
+    };
     let services = AccountServices::new(cli.daily_limit);
     let bank = Bank::open_with(&cli.store, services, damaged).await?;
     // The operations run without the projections: `stats` and `events` must work when a
@@ -209,14 +215,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         bank.start();
     }
     let (json, id, logs) = (cli.json, cli.command_id, cli.log_format);
-    let result = command(&bank, cli.command, json, id, logs).await;
+    let result = command(&bank, cli.command, json, id, (logs, metrics)).await;
     result.and(Ok(bank.stop().await?))
 }
 
 /// Installs the Prometheus recorder (true histograms for `_seconds`) with its upkeep
-/// every 5 s, and returns what renders it for `/metrics`.
-fn install_metrics() -> Result<impl Fn() -> String + Send + Sync + 'static, Failure> {
-    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+/// every 5 s, and returns its handle (which renders it for `/metrics`).
+fn install_metrics() -> Result<PrometheusHandle, Failure> {
     let seconds = Matcher::Suffix("_seconds".into());
     let builder =
         PrometheusBuilder::new().set_buckets_for_metric(seconds, cqrs_core::SECONDS_BUCKETS);
@@ -230,7 +235,7 @@ fn install_metrics() -> Result<impl Fn() -> String + Send + Sync + 'static, Fail
             upkeep.run_upkeep();
         }
     });
-    Ok(move || handle.render())
+    Ok(handle)
 }
 
 /// Prints a command's answer, and on standard error what a person should know about it.
@@ -249,7 +254,7 @@ async fn command(
     command: Command,
     json: bool,
     command_id: Option<uuid::Uuid>,
-    log_format: LogFormat,
+    (log_format, metrics): (LogFormat, Option<PrometheusHandle>),
 ) -> Result<(), Failure> {
     let (id, command) = match command {
         Command::Open { account, owner } => {
@@ -297,8 +302,11 @@ async fn command(
                 LogFormat::Text => logs.init(),
                 LogFormat::Json => logs.json().init(),
             }
-            let metrics = cqrs_http::metrics_router(install_metrics()?);
-            let app = example_bank_account::http::app(bank.clone(), ready_max_lag).merge(metrics);
+            let app = example_bank_account::http::app(bank.clone(), ready_max_lag);
+            let app = match metrics {
+                Some(handle) => app.merge(cqrs_http::metrics_router(move || handle.render())),
+                None => app,
+            };
             tracing::info!(%addr, "serving");
             eprintln!("bank: serving on http://{addr}; Ctrl-C or SIGTERM stops");
             let served =
