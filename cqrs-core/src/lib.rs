@@ -79,6 +79,12 @@ pub use publish::{
 pub use publish_memory::InMemoryPublisher;
 pub use relay::{Relay, RelayConfig, RelayError, RelayStats};
 
+// Observability: metrics through the `metrics` facade (docs/07-observability.md).
+mod telemetry;
+pub use telemetry::{
+    EVENT_COUNT_BUCKETS, METRICS, MetricInfo, MetricKind, SECONDS_BUCKETS, describe_metrics,
+};
+
 /// The workspace README's example, compiled and run as a doctest.
 #[cfg(doctest)]
 #[doc = include_str!("../../README.md")]

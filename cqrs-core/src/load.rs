@@ -49,6 +49,17 @@ where
     }
 
     pub(crate) async fn load_stream(&self, stream: &StreamId) -> Result<Loaded<A>> {
+        let loaded = self.load_stream_inner(stream).await?;
+        let snapshot = match (&loaded.snapshot_version, &loaded.snapshot_ignored) {
+            (_, Some(_)) => "ignored",
+            (Some(_), None) => "used",
+            (None, None) => "none",
+        };
+        crate::telemetry::loaded(A::TYPE, snapshot, loaded.events_replayed);
+        Ok(loaded)
+    }
+
+    async fn load_stream_inner(&self, stream: &StreamId) -> Result<Loaded<A>> {
         let mut loaded = Loaded {
             state: A::default(),
             version: 0,

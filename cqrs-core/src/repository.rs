@@ -6,6 +6,7 @@ use tracing::{Instrument, field};
 
 use crate::cache::StateCache;
 use crate::snapshot::SnapshotIo;
+use crate::telemetry;
 use crate::{
     Aggregate, Codec, CommandError, CommandOptions, DomainEvent, Error, EventData, Executed,
     ExpectedVersion, Inspect, JsonCodec, Loaded, Result, RetryPolicy, SnapshotPolicy,
@@ -236,45 +237,49 @@ where
             aggregate = A::TYPE,
             id,
             command_id = field::Empty,
+            correlation_id = field::Empty,
+            causation_id = field::Empty,
             version = field::Empty,
             events = field::Empty,
             attempts = field::Empty,
             outcome = field::Empty,
         );
-        if let Some(command_id) = options.command_id {
-            span.record("command_id", field::display(command_id));
+        // The ids its events will carry (`CommandOptions::event_metadata`).
+        let metadata = &options.metadata;
+        let correlation = options.correlation_id.or(options.command_id);
+        let ids = [
+            ("command_id", options.command_id),
+            ("correlation_id", correlation.or(metadata.correlation_id)),
+            ("causation_id", options.command_id.or(metadata.causation_id)),
+        ];
+        for (name, id) in ids {
+            if let Some(id) = id {
+                span.record(name, field::display(id));
+            }
         }
+        let started = std::time::Instant::now();
         let result = self
             .execute_inner(id, command, options)
             .instrument(span.clone())
             .await;
-        match &result {
+        let outcome = match &result {
             Ok(done) => {
                 span.record("version", done.version);
                 span.record("events", done.events);
                 span.record("attempts", done.attempts);
-                span.record(
-                    "outcome",
-                    if done.already_applied {
-                        "already_applied"
-                    } else {
-                        "ok"
-                    },
-                );
+                if done.already_applied {
+                    "already_applied"
+                } else {
+                    "ok"
+                }
             }
-            Err(CommandError::Rejected(_)) => {
-                span.record("outcome", "rejected");
-            }
-            Err(CommandError::Conflict { .. }) => {
-                span.record("outcome", "conflict");
-            }
-            Err(CommandError::Invalid(_)) => {
-                span.record("outcome", "invalid");
-            }
-            Err(CommandError::Store(_)) => {
-                span.record("outcome", "store_error");
-            }
-        }
+            Err(CommandError::Rejected(_)) => "rejected",
+            Err(CommandError::Conflict { .. }) => "conflict",
+            Err(CommandError::Invalid(_)) => "invalid",
+            Err(CommandError::Store(_)) => "store_error",
+        };
+        span.record("outcome", outcome);
+        telemetry::command(A::TYPE, outcome, started.elapsed());
         result
     }
 
@@ -347,6 +352,7 @@ where
                 })
                 .collect::<Result<Vec<_>>>()?;
             let count = batch.len();
+            let bytes = batch.iter().map(|event| event.payload.len()).sum();
             let expected = ExpectedVersion::Exact(loaded.version);
             let append_span = tracing::debug_span!(
                 "cqrs.append",
@@ -380,6 +386,7 @@ where
                 }
                 Ok(result) => {
                     append_span.record("outcome", "ok");
+                    telemetry::appended(A::TYPE, count, bytes);
                     let snapshot_due = self.snapshots.due(loaded.version, result.version);
                     if snapshot_due || self.cache.is_some() {
                         let mut state = loaded.state;
@@ -404,6 +411,7 @@ where
                 }
                 Err(conflict @ Error::Conflict { .. }) => {
                     append_span.record("outcome", "conflict");
+                    telemetry::conflict(A::TYPE);
                     if let Some(done) = self.already_applied(&stream, options, attempt).await? {
                         return Ok(done);
                     }
@@ -420,6 +428,7 @@ where
                             source: conflict,
                         });
                     }
+                    telemetry::retry(A::TYPE);
                     tokio::time::sleep(self.retry.delay(attempt)).await;
                 }
                 Err(other) => {
@@ -489,6 +498,7 @@ where
             Ok(payload) => payload,
             Err(e) => {
                 tracing::warn!(%stream, version, error = %e, "snapshot not taken: state does not encode");
+                telemetry::snapshot(A::TYPE, false);
                 return;
             }
         };
@@ -502,9 +512,11 @@ where
         };
         let store = self.store.clone();
         let save = async move {
-            if let Err(e) = (io.save)(&store, &stream, snapshot).await {
+            let saved = (io.save)(&store, &stream, snapshot).await;
+            if let Err(e) = &saved {
                 tracing::warn!(%stream, version, error = %e, "snapshot not saved");
             }
+            telemetry::snapshot(A::TYPE, saved.is_ok());
         };
         let save = save.instrument(tracing::debug_span!("cqrs.snapshot", version));
         match tokio::runtime::Handle::try_current() {
@@ -547,7 +559,9 @@ where
             schema_version: A::SNAPSHOT_VERSION,
             payload: self.codec.encode_snapshot(&loaded.state)?,
         };
-        SnapshotStore::save_snapshot(&self.store, &stream, snapshot).await?;
+        let saved = SnapshotStore::save_snapshot(&self.store, &stream, snapshot).await;
+        telemetry::snapshot(A::TYPE, saved.is_ok());
+        saved?;
         Ok(Some(loaded.version))
     }
 }

@@ -9,10 +9,15 @@ use futures::{FutureExt, StreamExt};
 use tracing::{Instrument, field};
 
 use crate::retry::retry;
+use crate::telemetry;
 use crate::{
     BoxError, CheckpointStrategy, Codec, Envelope, Error, InMemoryCheckpoint, Inspect, JsonCodec,
     Position, Projection, ProjectionError, RecordedEvent, RetryPolicy, StreamId,
 };
+
+mod progress;
+
+pub use progress::Progress;
 
 /// How a [`ProjectionRunner`] reads and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,38 +42,6 @@ impl Default for RunnerConfig {
                 max_delay: Duration::from_secs(2),
             },
         }
-    }
-}
-
-/// Progress of a rebuild, reported after each batch.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Progress {
-    /// Records read so far (wanted or not).
-    pub done: u64,
-    /// Records in the log after the starting point when the work began.
-    pub total: u64,
-    /// Time since the work began.
-    pub elapsed: Duration,
-    /// The position reached.
-    pub position: Position,
-}
-
-impl Progress {
-    /// Records per second so far.
-    pub fn rate(&self) -> f64 {
-        let secs = self.elapsed.as_secs_f64();
-        if secs > 0.0 {
-            self.done as f64 / secs
-        } else {
-            0.0
-        }
-    }
-
-    /// Estimated time left at the current rate (`None` before any progress).
-    pub fn eta(&self) -> Option<Duration> {
-        let rate = self.rate();
-        (rate > 0.0)
-            .then(|| Duration::from_secs_f64(self.total.saturating_sub(self.done) as f64 / rate))
     }
 }
 
@@ -251,7 +224,10 @@ where
             self.strategy.start(&mut self.projection).await,
             warn(&name, "cannot start")
         );
-        started.map_err(|(e, _)| strategy_error(&name, "start", e))
+        started.map_err(|(e, _)| {
+            telemetry::stopped(&name);
+            strategy_error(&name, "start", e)
+        })
     }
 
     /// Processes the log from the checkpoint to its current end; returns the records read.
@@ -370,11 +346,13 @@ where
             },
             warn(&name, "reading the log failed")
         );
-        match outcome {
-            Ok(Ok(())) => Ok(done),
-            Ok(Err(e)) => Err(e),
-            Err((source, _)) => Err(store_failed(&name, source)),
-        }
+        let outcome = match outcome {
+            Ok(Ok(())) => return Ok(done),
+            Ok(Err(e)) => e,
+            Err((source, _)) => store_failed(&name, source),
+        };
+        telemetry::stopped(&name);
+        Err(outcome)
     }
 
     /// One read of the log from `position` to its end.
@@ -398,13 +376,19 @@ where
                 .read_all(*position, None)
                 .chunks(config.batch_size.max(1))
         );
+        // Events left in the log, counted at the first full batch of a pass (a query),
+        // then counted down.
+        let mut behind = None;
         while let Some(chunk) = chunks.next().await {
             let read = chunk.len() as u64;
+            let full = chunk.len() >= config.batch_size.max(1);
+            let mut newest = None;
             let mut batch: Vec<Envelope<P::Event>> = Vec::with_capacity(chunk.len());
             let mut end = *position;
             for item in chunk {
                 let record = item.map_err(PassError::Store)?;
                 end = record.position;
+                newest = Some(record.recorded_at);
                 let id = EventRef::of(&record);
                 let undecodable = |e: Error| PassError::Projection(id.stopped(name, 1, e.into()));
                 let record = codec.upcast(record).map_err(undecodable)?;
@@ -421,11 +405,21 @@ where
                 events = batch.len(),
                 outcome = field::Empty
             );
+            let (events, started) = (batch.len(), Instant::now());
             let applied = apply_batch(strategy, projection, name, config.retry, batch, end)
                 .instrument(span.clone())
                 .await;
             span.record("outcome", if applied.is_ok() { "ok" } else { "stopped" });
             applied?;
+            telemetry::batch(name, events, started.elapsed(), newest);
+            behind = match (full, behind) {
+                (false, _) => Some(0),
+                (true, Some(left)) => Some(u64::saturating_sub(left, read)),
+                (true, None) => store.count_events(end).await.ok(),
+            };
+            if let Some(left) = behind {
+                telemetry::lag(name, left);
+            }
             *position = end;
             *done += read;
             if let Some((callback, total, started)) = report {
@@ -440,6 +434,7 @@ where
                 return Ok(());
             }
         }
+        telemetry::lag(name, 0);
         Ok(())
     }
 }
@@ -491,7 +486,10 @@ impl From<ProjectionError> for PassError {
 
 /// Logs a failure that will be retried.
 fn warn<E: fmt::Display>(name: &str, what: &'static str) -> impl FnMut(u32, &E) {
-    move |attempt, error| tracing::warn!(projection = %name, attempt, %error, "{what}, retrying")
+    move |attempt, error| {
+        telemetry::projection_error(name);
+        tracing::warn!(projection = %name, attempt, %error, "{what}, retrying");
+    }
 }
 
 fn store_failed(name: &str, source: Error) -> ProjectionError {
@@ -578,7 +576,9 @@ async fn save<K: CheckpointStrategy>(
         strategy.save(name, checkpoint).await,
         warn(name, "cannot save the checkpoint")
     );
-    saved.map_err(|(e, _)| strategy_error(name, "save_checkpoint", e))
+    saved.map_err(|(e, _)| strategy_error(name, "save_checkpoint", e))?;
+    telemetry::checkpoint(name, checkpoint);
+    Ok(())
 }
 
 fn stopped_at<E>(

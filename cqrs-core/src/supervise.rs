@@ -24,6 +24,19 @@ pub struct SupervisorStatus {
     pub last_error: Option<String>,
     /// Since when it has not been running, if it is not.
     pub stopped_since: Option<SystemTime>,
+    /// Since when its current run has been going, if it is running.
+    pub running_since: Option<SystemTime>,
+}
+
+impl SupervisorStatus {
+    /// Whether the job can be taken as working: it is running, and either it never
+    /// failed or its current run has lasted `settle` (a job that fails at once on a
+    /// poisoned event is running only briefly between its restarts: never healthy).
+    /// For a readiness check.
+    pub fn is_healthy(&self, settle: Duration) -> bool {
+        let settled = |since: SystemTime| since.elapsed().is_ok_and(|ran| ran >= settle);
+        self.running && (self.last_error.is_none() || self.running_since.is_some_and(settled))
+    }
 }
 
 /// Restarts a failing job with capped exponential backoff until shutdown, and records
@@ -110,6 +123,7 @@ impl Supervisor {
                 restarts: 0,
                 last_error: None,
                 stopped_since: Some(SystemTime::now()),
+                running_since: None,
             })),
             initial_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
@@ -135,7 +149,13 @@ impl Supervisor {
 
     fn set_running(&self, running: bool) {
         let mut status = self.lock();
+        crate::telemetry::running(&status.name, running);
         status.running = running;
+        status.running_since = match (running, status.running_since) {
+            (true, Some(since)) => Some(since),
+            (true, None) => Some(SystemTime::now()),
+            (false, _) => None,
+        };
         status.stopped_since = match (running, status.stopped_since) {
             (true, _) => None,
             (false, Some(since)) => Some(since),
@@ -187,7 +207,9 @@ impl Supervisor {
                 () = shutdown.as_mut() => return,
             }
             backoff = next_backoff(backoff, self.max_backoff);
-            self.lock().restarts += 1;
+            let mut status = self.lock();
+            status.restarts += 1;
+            crate::telemetry::restarted(&status.name);
         }
     }
 

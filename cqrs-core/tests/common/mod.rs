@@ -2,6 +2,8 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod interfering;
+
 use cqrs_core::{Aggregate, DomainEvent};
 use serde::{Deserialize, Serialize};
 

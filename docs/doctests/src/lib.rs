@@ -41,6 +41,11 @@ pub struct Page05TutorialBank;
 #[doc = include_str!("../../06-operations.md")]
 pub struct Page06Operations;
 
+/// Page 7, Observability.
+#[cfg(doctest)]
+#[doc = include_str!("../../07-observability.md")]
+pub struct Page07Observability;
+
 /// Page 8, Events leave the service: the relay.
 #[cfg(doctest)]
 #[doc = include_str!("../../08-relay.md")]

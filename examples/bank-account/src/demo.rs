@@ -25,6 +25,9 @@ pub(crate) struct DemoArgs {
     /// How many tasks run operations at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u32,
+    /// Records metrics into a Prometheus recorder, as `serve` does (to measure the cost).
+    #[arg(long)]
+    metrics: bool,
 }
 
 /// What the demo did.
@@ -121,6 +124,10 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
         let usage = "demo needs 2 accounts and 1 task or more";
         return Err(BankError::InvalidInput(usage.into()));
     }
+    if args.metrics {
+        // Installed for the rest of the process; its upkeep drains the histograms.
+        crate::install_metrics().map_err(|e| BankError::store(e.1))?;
+    }
     let events_before = bank.store().count_events(Position::START).await?;
     // Open the accounts (ids unique to the run), each with 1,000.00.
     let run = &Uuid::new_v4().simple().to_string()[..8];
@@ -170,6 +177,7 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
     let ok = mismatches.is_empty() && total == tally.net && pending == 0;
     let summary = json!({
         "accounts": args.accounts,
+        "metrics": args.metrics,
         "operations": operations,
         "rejected": tally.rejected,
         "commands_per_second": (f64::from(operations) / load_time.max(1e-9)).round(),

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
 
-use cqrs_core::CommandOptions;
+use cqrs_core::{CommandOptions, Inspect};
 use uuid::Uuid;
 
 use crate::Bank;
@@ -213,18 +213,79 @@ async fn accounts(State(bank): State<Bank>) -> ApiResult {
     reply(bank.with_status(accounts).await)
 }
 
-/// Serves the API on `listener` with the projections running in the background, until
-/// `shutdown` completes, with the framework's timeouts and limits
-/// ([`cqrs_http::ServeConfig`]'s defaults); then lets requests in flight finish and stops
-/// the projections. Fails with [`BankError::Store`] if a projection failed.
+/// The default bound of `/health/ready`'s read-model check, in events.
+pub const DEFAULT_READY_MAX_LAG: u64 = 1_000;
+
+/// How long a supervised projection that failed must have run again to count as up.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The API's routes and `/health/live`, `/health/ready`: ready while the store answers,
+/// the process manager runs ([`SupervisorStatus::is_healthy`](cqrs_core::SupervisorStatus::is_healthy))
+/// and the read model is at most `max_lag` events behind.
+pub fn app(bank: Bank, max_lag: u64) -> Router {
+    let (store, supervised, read_model) = (bank.clone(), bank.clone(), bank.clone());
+    let health = cqrs_http::HealthChecks::new()
+        .check("store", move || {
+            let store = store.store().clone();
+            async move {
+                let probe = cqrs_core::StreamId::new("health", "probe").map_err(|e| e.to_string());
+                let found = store.find_event(&probe?, Uuid::nil()).await;
+                found.map(drop).map_err(|e| full_chain(&e))
+            }
+        })
+        .check("projections", move || {
+            let down: Vec<String> = (supervised.supervision().into_iter())
+                .filter(|status| !status.is_healthy(SETTLE))
+                .map(|s| {
+                    format!(
+                        "{} is not running: {}",
+                        s.name,
+                        s.last_error.unwrap_or_default()
+                    )
+                })
+                .collect();
+            std::future::ready(if down.is_empty() {
+                Ok(())
+            } else {
+                Err(down.join("; "))
+            })
+        })
+        .check("read_model", move || {
+            let bank = read_model.clone();
+            async move {
+                match bank.read_model().lag().await.map_err(|e| full_chain(&e))? {
+                    lag if lag > max_lag => Err(format!("{lag} events behind (at most {max_lag})")),
+                    _ => Ok(()),
+                }
+            }
+        });
+    router(bank).merge(health.router())
+}
+
+/// Serves the API and the health endpoints ([`app`], default bound) on `listener`; see
+/// [`serve_app`].
 pub async fn serve(
     bank: Bank,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let app = app(bank.clone(), DEFAULT_READY_MAX_LAG);
+    serve_app(bank, app, listener, shutdown).await
+}
+
+/// Serves `app` on `listener` with the projections running in the background, until
+/// `shutdown` completes, with the framework's timeouts and limits
+/// ([`cqrs_http::ServeConfig`]'s defaults); then lets requests in flight finish and stops
+/// the projections. Fails with [`BankError::Store`] if a projection failed.
+pub async fn serve_app(
+    bank: Bank,
+    app: Router,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     bank.start();
     let config = cqrs_http::ServeConfig::default();
-    cqrs_http::serve(listener, router(bank.clone()), config, shutdown).await;
+    cqrs_http::serve(listener, app, config, shutdown).await;
     bank.stop().await
 }
 

@@ -12,10 +12,12 @@
 //!   balance <account>                    the balance, from the read model
 //!   history <account>                    the account's history, from the read model
 //!   accounts                             every account
-//!   demo [--accounts N] [--operations M] [--concurrency C]
+//!   demo [--accounts N] [--operations M] [--concurrency C] [--metrics]
 //!                                        the main job: a random workload, then a summary
 //!                                        and an invariant check
-//!   serve [--addr 127.0.0.1:8080]        the HTTP API (JSON)
+//!   serve [--addr 127.0.0.1:8080] [--ready-max-lag 1000] [--log-format text|json]
+//!                                        the HTTP API (JSON), /metrics (Prometheus),
+//!                                        /health/live and /health/ready
 //!   snapshot | replay | events | stats   the framework's operations subcommand
 //! ```
 //!
@@ -42,6 +44,7 @@ use cqrs_sled::DamagedLog;
 use example_bank_account::domain::{AccountCommand, AccountServices, Cents};
 use example_bank_account::{Bank, BankError, full_chain};
 use futures::FutureExt;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 
 mod demo;
@@ -68,8 +71,17 @@ struct Cli {
     /// applies nothing and prints the first run's answer.
     #[arg(long, global = true, value_name = "KEY", value_parser = command_id)]
     command_id: Option<uuid::Uuid>,
+    /// How `serve` writes its log on standard error: `text` or `json` (one object a line).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn command_id(key: &str) -> Result<uuid::Uuid, String> {
@@ -122,6 +134,9 @@ enum Command {
         /// The address to listen on.
         #[arg(long, default_value = "127.0.0.1:8080")]
         addr: std::net::SocketAddr,
+        /// `/health/ready` fails while the read model is more events behind than this.
+        #[arg(long, default_value_t = example_bank_account::http::DEFAULT_READY_MAX_LAG)]
+        ready_max_lag: u64,
     },
     #[command(flatten)]
     Ops(OpsCommand),
@@ -187,6 +202,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Ops(OpsCommand::Verify) => DamagedLog::Inspect,
         _ => DamagedLog::Refuse,
     };
+    // `serve` exports metrics: the recorder goes in before anything records.
+    let metrics = match cli.command {
+        Command::Serve { .. } => Some(install_metrics()?),
+        _ => None,
+    };
     let services = AccountServices::new(cli.daily_limit);
     let bank = Bank::open_with(&cli.store, services, damaged).await?;
     // The operations run without the projections: `stats` and `events` must work when a
@@ -194,8 +214,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     if !matches!(cli.command, Command::Ops(_)) {
         bank.start();
     }
-    let result = command(&bank, cli.command, cli.json, cli.command_id).await;
+    let (json, id, logs) = (cli.json, cli.command_id, cli.log_format);
+    let result = command(&bank, cli.command, json, id, (logs, metrics)).await;
     result.and(Ok(bank.stop().await?))
+}
+
+/// Installs the Prometheus recorder (true histograms for `_seconds`) with its upkeep
+/// every 5 s, and returns its handle (which renders it for `/metrics`).
+fn install_metrics() -> Result<PrometheusHandle, Failure> {
+    let seconds = Matcher::Suffix("_seconds".into());
+    let builder =
+        PrometheusBuilder::new().set_buckets_for_metric(seconds, cqrs_core::SECONDS_BUCKETS);
+    let installed = builder.and_then(PrometheusBuilder::install_recorder);
+    let handle = installed.map_err(|e| Failure(3, format!("cannot install metrics: {e}")))?;
+    cqrs_core::describe_metrics();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
 }
 
 /// Prints a command's answer, and on standard error what a person should know about it.
@@ -214,6 +254,7 @@ async fn command(
     command: Command,
     json: bool,
     command_id: Option<uuid::Uuid>,
+    (log_format, metrics): (LogFormat, Option<PrometheusHandle>),
 ) -> Result<(), Failure> {
     let (id, command) = match command {
         Command::Open { account, owner } => {
@@ -243,7 +284,10 @@ async fn command(
         }
         Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
         Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
-        Command::Serve { addr } => {
+        Command::Serve {
+            addr,
+            ready_max_lag,
+        } => {
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener =
                 listener.map_err(|e| Failure(3, format!("cannot listen on {addr}: {e}")))?;
@@ -251,12 +295,23 @@ async fn command(
             let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
             // A server's log (a projection stopped and restarted, a contained panic) goes
             // to standard error; the one-shot commands print only their answer.
-            tracing_subscriber::fmt()
+            let logs = tracing_subscriber::fmt()
                 .with_writer(std::io::stderr)
-                .with_max_level(tracing::Level::INFO)
-                .init();
+                .with_max_level(tracing::Level::INFO);
+            match log_format {
+                LogFormat::Text => logs.init(),
+                LogFormat::Json => logs.json().init(),
+            }
+            let app = example_bank_account::http::app(bank.clone(), ready_max_lag);
+            let app = match metrics {
+                Some(handle) => app.merge(cqrs_http::metrics_router(move || handle.render())),
+                None => app,
+            };
+            tracing::info!(%addr, "serving");
             eprintln!("bank: serving on http://{addr}; Ctrl-C or SIGTERM stops");
-            return Ok(example_bank_account::http::serve(bank.clone(), listener, shutdown).await?);
+            let served =
+                example_bank_account::http::serve_app(bank.clone(), app, listener, shutdown);
+            return Ok(served.await?);
         }
         Command::Ops(command) => {
             let _lock = match command {

@@ -34,11 +34,16 @@ pub type Answer = (u16, Value, String);
 
 impl Server {
     pub async fn start(bank: Bank) -> Server {
+        let app = example_bank_account::http::router(bank.clone());
+        Self::start_app(bank, app).await
+    }
+
+    /// Serves `app` (the API, and more) over `bank`.
+    pub async fn start_app(bank: Bank, app: axum::Router) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         bank.start();
-        let app = example_bank_account::http::router(bank.clone());
         let task = tokio::spawn(async move {
             let served = axum::serve(listener, app).with_graceful_shutdown(async {
                 let _ = stopped.await;
@@ -73,26 +78,38 @@ impl Server {
 
     async fn call(&self, method: &str, path: &str, body: &str, key: Option<&str>) -> Answer {
         let key = key.map_or(String::new(), |key| format!("Idempotency-Key: {key}\r\n"));
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
-             {key}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            self.addr,
-            body.len()
-        );
-        let response = within(&format!("{method} {path}"), async {
-            let mut stream = TcpStream::connect(self.addr).await.unwrap();
-            stream.write_all(request.as_bytes()).await.unwrap();
-            let mut response = Vec::new();
-            stream.read_to_end(&mut response).await.unwrap();
-            response
-        })
-        .await;
-        let response = String::from_utf8(response).unwrap();
-        let (head, body) = response.split_once("\r\n\r\n").unwrap();
-        let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-        let body = serde_json::from_str(body).unwrap_or(Value::Null);
+        let (status, head, body) = request(self.addr, method, path, &key, body).await;
+        let body = serde_json::from_str(&body).unwrap_or(Value::Null);
         (status, body, head.to_lowercase())
     }
+}
+
+/// One request to `addr` with `Connection: close` (and `headers`, each ending in CRLF):
+/// the status, the head and the body as text.
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &str,
+    body: &str,
+) -> (u16, String, String) {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let response = within(&format!("{method} {path}"), async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        response
+    })
+    .await;
+    let response = String::from_utf8(response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
 }
 
 impl Drop for Server {
