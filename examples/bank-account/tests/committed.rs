@@ -21,30 +21,9 @@ mod common;
 mod wire;
 
 use common::pg::Schema;
-use common::{COMMAND_DEADLINE, output_within};
 use wire::{Server, within};
 
-/// Runs `bank --store URL ARGS…`: the exit code and the JSON it printed.
-fn bank(url: &str, args: &[&str]) -> (i32, Value, String) {
-    let output = output_within(
-        Command::new(env!("CARGO_BIN_EXE_bank"))
-            .args(["--store", url])
-            .args(args)
-            .env_remove("BANK_STORE"),
-        COMMAND_DEADLINE,
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (output.status.code().unwrap_or(-1), json, stderr)
-}
-
-#[track_caller]
-fn ok(url: &str, args: &[&str]) -> Value {
-    let (code, json, stderr) = bank(url, args);
-    assert_eq!(code, 0, "bank {args:?} failed: {stderr}");
-    json
-}
+use common::{bank_on as bank, ok_on as ok};
 
 /// An account event that no projection can decode: `TransferDebited` (wanted by the
 /// accounts read model and by the transfer process manager) whose payload is not JSON.

@@ -7,7 +7,6 @@
 //! and passes, unless `CQRS_REQUIRE_POSTGRES=1`.
 
 use std::path::Path;
-use std::process::Command;
 
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
 use serde_json::Value;
@@ -15,29 +14,8 @@ use serde_json::Value;
 mod common;
 
 use common::pg::{Schema, database_url};
-use common::{COMMAND_DEADLINE, output_within};
 
-/// Runs `bank --store URL ARGS…`: the exit code, the JSON it printed, and its stderr.
-fn bank(url: &str, args: &[&str]) -> (i32, Value, String) {
-    let output = output_within(
-        Command::new(env!("CARGO_BIN_EXE_bank"))
-            .args(["--store", url])
-            .args(args)
-            .env_remove("BANK_STORE"),
-        COMMAND_DEADLINE,
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let json = serde_json::from_str(&stdout).unwrap_or(Value::Null);
-    (output.status.code().unwrap_or(-1), json, stderr)
-}
-
-#[track_caller]
-fn ok(url: &str, args: &[&str]) -> Value {
-    let (code, json, stderr) = bank(url, args);
-    assert_eq!(code, 0, "bank {args:?} failed: {stderr}");
-    json
-}
+use common::{bank_on as bank, ok_on as ok};
 
 #[track_caller]
 fn assert_balance(url: &str, account: &str, balance: &str) {

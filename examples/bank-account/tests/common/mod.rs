@@ -59,3 +59,27 @@ pub fn output_within(command: &mut Command, limit: Duration) -> Output {
         stderr: stderr.join().expect("read stderr"),
     }
 }
+
+/// Runs `bank --store URL ARGS…` within [`COMMAND_DEADLINE`]: its exit code, the JSON
+/// it printed (`Null` if none), and its standard error.
+pub fn bank_on(url: &str, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let output = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bank"))
+            .args(["--store", url])
+            .args(args)
+            .env_remove("BANK_STORE"),
+        COMMAND_DEADLINE,
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let json = serde_json::from_str(&stdout).unwrap_or(serde_json::Value::Null);
+    (output.status.code().unwrap_or(-1), json, stderr)
+}
+
+/// As [`bank_on`], for a command that must succeed: its JSON.
+#[track_caller]
+pub fn ok_on(url: &str, args: &[&str]) -> serde_json::Value {
+    let (code, json, stderr) = bank_on(url, args);
+    assert_eq!(code, 0, "bank {args:?} failed: {stderr}");
+    json
+}
