@@ -12,9 +12,12 @@ mod checkpoint;
 mod checkpoint_store;
 mod codec;
 mod command;
+mod consume;
+mod consumer;
 mod error;
 mod event;
 mod group;
+mod inbox_memory;
 mod inspect;
 mod load;
 mod log;
@@ -72,11 +75,20 @@ pub use supervise::{StopSignal, Supervisor, SupervisorStatus};
 pub use upcast::{JsonEvent, Upcasters};
 pub use verify::{MAX_REPORTED_PROBLEMS, Problem, Verification, verify};
 // Events leave the service: the publishing contract and the relay.
+pub use consume::{
+    DeadLetter, Delivery, Inbox, InboxStats, ReceivedMessage, StreamState, SubscribeError,
+    Subscription,
+};
+pub use consumer::{
+    Consumer, ConsumerConfig, ConsumerControl, ConsumerError, ConsumerStats, NotRunning,
+    RedriveReport,
+};
+pub use inbox_memory::{InMemoryInbox, InMemoryInboxTx};
 pub use publish::{
     Ack, MessageError, OutboundMessage, PublishError, Publisher, SubjectScheme, decode_message,
     escape_token, headers, unescape_token,
 };
-pub use publish_memory::InMemoryPublisher;
+pub use publish_memory::{InMemoryDelivery, InMemoryPublisher, InMemorySubscription};
 pub use relay::{Relay, RelayConfig, RelayError, RelayStats};
 
 // Observability: metrics through the `metrics` facade (docs/07-observability.md).

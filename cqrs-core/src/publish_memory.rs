@@ -1,10 +1,13 @@
 //! A publisher that keeps what it is sent in memory: for tests of relays and consumers.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::consume::{Delivery, ReceivedMessage, SubscribeError, Subscription};
 use crate::{Ack, OutboundMessage, PublishError, Publisher};
 
 /// A [`Publisher`] that stores messages in memory, in the order it acknowledged them,
@@ -48,6 +51,37 @@ struct State {
     refusals: HashMap<Uuid, u32>,
     unavailable: bool,
     batches: u64,
+    subscriptions: Vec<Weak<Queue>>,
+}
+
+/// What one subscription has yet to deliver.
+#[derive(Debug, Default)]
+struct Queue {
+    messages: Mutex<VecDeque<ReceivedMessage>>,
+    arrived: Notify,
+    acks: AtomicU64,
+}
+
+impl Queue {
+    fn push(&self, message: ReceivedMessage) {
+        self.messages
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(message);
+        self.arrived.notify_one();
+    }
+}
+
+fn received(message: &OutboundMessage) -> ReceivedMessage {
+    ReceivedMessage {
+        subject: message.subject.clone(),
+        headers: message
+            .headers
+            .iter()
+            .map(|(n, v)| ((*n).to_owned(), v.clone()))
+            .collect(),
+        payload: message.payload.clone(),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +126,33 @@ impl InMemoryPublisher {
         self.lock().batches
     }
 
+    /// A subscription to every message stored from now on, in order (a consumer's view
+    /// of this broker).
+    pub fn subscribe(&self) -> InMemorySubscription {
+        let queue = Arc::new(Queue::default());
+        self.lock().subscriptions.push(Arc::downgrade(&queue));
+        InMemorySubscription { queue }
+    }
+
+    /// Delivers every stored message again to every subscription, after what they have
+    /// yet to deliver: a broker that lost its acknowledgements.
+    pub fn redeliver_all(&self) {
+        let state = self.lock();
+        for queue in state.subscriptions.iter().filter_map(Weak::upgrade) {
+            for message in &state.stored {
+                queue.push(received(message));
+            }
+        }
+    }
+
+    /// Delivers `message` to every subscription, as if someone else had published it
+    /// (a foreign or damaged message).
+    pub fn inject(&self, message: ReceivedMessage) {
+        for queue in self.lock().subscriptions.iter().filter_map(Weak::upgrade) {
+            queue.push(message.clone());
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -121,6 +182,10 @@ impl InMemoryPublisher {
             return Ok(Ack { duplicate: true });
         }
         state.stored.push(message.clone());
+        state.subscriptions.retain(|q| q.strong_count() > 0);
+        for queue in state.subscriptions.iter().filter_map(Weak::upgrade) {
+            queue.push(received(message));
+        }
         Ok(Ack { duplicate: false })
     }
 }
@@ -133,5 +198,73 @@ impl Publisher for InMemoryPublisher {
             .iter()
             .map(|message| Self::publish_one(&mut state, message))
             .collect()
+    }
+}
+
+/// A [`Subscription`] to an [`InMemoryPublisher`]: every message stored after it was
+/// made, then whatever [`redeliver_all`](InMemoryPublisher::redeliver_all) and
+/// [`inject`](InMemoryPublisher::inject) add.
+#[derive(Debug)]
+pub struct InMemorySubscription {
+    queue: Arc<Queue>,
+}
+
+impl InMemorySubscription {
+    /// How many deliveries were acknowledged.
+    pub fn acks(&self) -> u64 {
+        self.queue.acks.load(Ordering::Relaxed)
+    }
+}
+
+/// A message delivered by an [`InMemorySubscription`].
+#[derive(Debug)]
+pub struct InMemoryDelivery {
+    message: ReceivedMessage,
+    queue: Arc<Queue>,
+}
+
+impl Delivery for InMemoryDelivery {
+    fn subject(&self) -> &str {
+        &self.message.subject
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.message.header(name)
+    }
+
+    fn headers(&self) -> Vec<(String, String)> {
+        self.message.headers.clone()
+    }
+
+    fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    async fn ack(&self) -> Result<(), SubscribeError> {
+        self.queue.acks.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+impl Subscription for InMemorySubscription {
+    type Delivery = InMemoryDelivery;
+
+    async fn next(&mut self) -> Result<InMemoryDelivery, SubscribeError> {
+        loop {
+            let arrived = self.queue.arrived.notified();
+            let next = self
+                .queue
+                .messages
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            if let Some(message) = next {
+                return Ok(InMemoryDelivery {
+                    message,
+                    queue: self.queue.clone(),
+                });
+            }
+            arrived.await;
+        }
     }
 }

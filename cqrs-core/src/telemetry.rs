@@ -53,6 +53,8 @@ const PROJECTION_ERRORS: &str = "cqrs_projection_errors_total";
 const STOPPED: &str = "cqrs_projection_stopped";
 const RESTARTS: &str = "cqrs_supervisor_restarts_total";
 const RUNNING: &str = "cqrs_supervisor_running";
+const CONSUMED: &str = "cqrs_consumer_messages_total";
+const CONSUMER_LAG: &str = "cqrs_consumer_lag_seconds";
 
 const fn info(
     name: &'static str,
@@ -186,6 +188,20 @@ pub const METRICS: &[MetricInfo] = &[
         &["job"],
         "1 while a supervised job runs, 0 while it waits to restart or has ended.",
     ),
+    info(
+        CONSUMED,
+        Counter,
+        &["consumer", "outcome"],
+        "Messages a consumer handled, by outcome: applied, skipped (not wanted), \
+         duplicate, dead_lettered, held (ahead of a missing event).",
+    ),
+    info(
+        CONSUMER_LAG,
+        Histogram,
+        &["consumer"],
+        "Age of an event when a consumer applied it: from its append in the publishing \
+         service to its commit in the consumer's read model.",
+    ),
 ];
 
 /// Upper bounds for the `_seconds` histograms, from 0.5 ms to 10 s, for an exporter
@@ -291,4 +307,15 @@ pub(crate) fn running(job: &str, running: bool) {
 
 pub(crate) fn restarted(job: &str) {
     counter!(RESTARTS, "job" => job.to_owned()).increment(1);
+}
+
+/// A consumer handled a message; `recorded_at`: when its event was appended, if known.
+pub(crate) fn consumed(consumer: &str, outcome: &'static str, recorded_at: Option<SystemTime>) {
+    let name = consumer.to_owned();
+    counter!(CONSUMED, "consumer" => name.clone(), "outcome" => outcome).increment(1);
+    if outcome == "applied"
+        && let Some(age) = recorded_at.and_then(|at| SystemTime::now().duration_since(at).ok())
+    {
+        histogram!(CONSUMER_LAG, "consumer" => name).record(age);
+    }
 }
