@@ -4,22 +4,21 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::pin;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::consume::{
-    DeadLetter, Delivery, Inbox, InboxStats, ReceivedMessage, StreamState, SubscribeError,
-    Subscription,
-};
+use crate::consume::{Delivery, Inbox, ReceivedMessage, SubscribeError, Subscription};
 use crate::{
-    BoxError, Codec, Envelope, JsonCodec, Projection, RecordedEvent, RetryPolicy, StreamId,
-    decode_message, telemetry,
+    BoxError, Codec, JsonCodec, Projection, RecordedEvent, RetryPolicy, StreamId, telemetry,
 };
 
-mod redrive;
+use parse::{Item, Parsed, chain, parse};
+
+use control::Request;
+pub use control::{ConsumerControl, NotRunning};
 
 /// Runs `$op` (a `Result<T, BoxError>` expression, evaluated again for each attempt)
 /// until it succeeds, with the consumer's backoff: the inbox's database is down, and
@@ -40,6 +39,11 @@ macro_rules! until_ok {
         }
     }};
 }
+
+mod apply;
+mod control;
+mod parse;
+mod redrive;
 
 pub use redrive::RedriveReport;
 
@@ -161,41 +165,6 @@ impl Outcome {
     }
 }
 
-/// A message as the consumer understands it.
-enum Parsed<E> {
-    /// Not one of ours: no valid envelope.
-    Foreign { reason: String },
-    /// Ours, but its payload cannot be upcast or decoded.
-    Undecodable {
-        record: RecordedEvent,
-        reason: String,
-    },
-    /// An event; `envelope` is `None` when the projection does not want it.
-    Event {
-        record: RecordedEvent,
-        envelope: Option<Envelope<E>>,
-    },
-}
-
-impl<E> Parsed<E> {
-    fn record(&self) -> Option<&RecordedEvent> {
-        match self {
-            Parsed::Foreign { .. } => None,
-            Parsed::Undecodable { record, .. } | Parsed::Event { record, .. } => Some(record),
-        }
-    }
-}
-
-/// A message in hand: what was received, what it means, and its delivery (none when it
-/// comes from a dead letter being redriven).
-struct Item<D, E> {
-    message: ReceivedMessage,
-    parsed: Parsed<E>,
-    delivery: Option<D>,
-    /// When it was first held ahead of a gap.
-    held_since: Option<Instant>,
-}
-
 /// An event held ahead of a gap.
 struct Held<D, E> {
     item: Item<D, E>,
@@ -208,86 +177,6 @@ struct Held<D, E> {
 enum BatchError {
     Apply { source: BoxError },
     Inbox(BoxError),
-}
-
-type Reply<T> = oneshot::Sender<Result<T, BoxError>>;
-
-enum Request {
-    Redrive {
-        stream: Option<StreamId>,
-        reply: Reply<RedriveReport>,
-    },
-    DeadLetters {
-        after: u64,
-        limit: usize,
-        reply: Reply<Vec<DeadLetter>>,
-    },
-    Stats {
-        reply: Reply<InboxStats>,
-    },
-}
-
-/// Asks a running [`Consumer`] to list or redrive its dead letters, from another task
-/// (an HTTP handler, an operations command): the request runs between two batches of
-/// the consumer's loop, so it never races the consumer on a stream. Cheap to clone.
-#[derive(Clone)]
-pub struct ConsumerControl {
-    requests: mpsc::Sender<Request>,
-}
-
-impl fmt::Debug for ConsumerControl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ConsumerControl").finish_non_exhaustive()
-    }
-}
-
-/// The consumer is not running (it stopped, or was dropped) and cannot answer.
-#[derive(Debug, thiserror::Error)]
-#[error("the consumer is not running")]
-pub struct NotRunning;
-
-impl ConsumerControl {
-    async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T, BoxError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(make(reply))
-            .await
-            .map_err(|_| NotRunning)?;
-        answer.await.map_err(|_| NotRunning)?
-    }
-
-    /// Applies the dead letters again (of one stream, or all): see [`Consumer::redrive`].
-    ///
-    /// # Errors
-    /// [`NotRunning`], or the inbox's error.
-    pub async fn redrive(&self, stream: Option<StreamId>) -> Result<RedriveReport, BoxError> {
-        self.ask(|reply| Request::Redrive { stream, reply }).await
-    }
-
-    /// Up to `limit` dead letters with ids above `after`, in id order.
-    ///
-    /// # Errors
-    /// [`NotRunning`], or the inbox's error.
-    pub async fn dead_letters(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>, BoxError> {
-        self.ask(|reply| Request::DeadLetters {
-            after,
-            limit,
-            reply,
-        })
-        .await
-    }
-
-    /// The inbox's counts.
-    ///
-    /// # Errors
-    /// [`NotRunning`], or the inbox's error.
-    pub async fn stats(&self) -> Result<InboxStats, BoxError> {
-        self.ask(|reply| Request::Stats { reply }).await
-    }
 }
 
 /// Applies the events another service published to a [`Projection`] of this service,
@@ -543,24 +432,6 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
         }
     }
 
-    async fn answer(&mut self, request: Request) {
-        match request {
-            Request::Redrive { stream, reply } => {
-                let _ = reply.send(self.redrive(stream.as_ref()).await);
-            }
-            Request::DeadLetters {
-                after,
-                limit,
-                reply,
-            } => {
-                let _ = reply.send(self.inbox.dead_letters(after, limit).await);
-            }
-            Request::Stats { reply } => {
-                let _ = reply.send(self.inbox.stats().await);
-            }
-        }
-    }
-
     /// Applies a batch of received messages, holds those ahead of a gap, applies held
     /// ones that became next, and acknowledges what is done.
     async fn handle<D: Delivery>(
@@ -574,7 +445,10 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
             let mut done = Vec::new();
             let mut advanced = Vec::new();
             for (mut item, outcome) in queue.drain(..).zip(outcomes) {
-                self.count(outcome, item.parsed.record());
+                if outcome != Outcome::Gap || item.held_since.is_none() {
+                    // Counted once, not again each time a held event is tried.
+                    self.count(outcome, item.parsed.record());
+                }
                 if let (Outcome::Gap, Some(record)) = (outcome, item.parsed.record()) {
                     let (stream, version) = (record.stream.clone(), record.version);
                     let expected = self.expected(&stream).await;
@@ -687,237 +561,6 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
             record.map(|r| r.recorded_at),
         );
     }
-
-    /// The outcome of each item: the batch in one transaction; if the projection fails
-    /// on one, the items one by one, each with its attempts.
-    async fn apply_all<D>(&mut self, items: &[Item<D, P::Event>]) -> Vec<Outcome> {
-        let mut failures = 0u32;
-        loop {
-            match self.apply_batch(items).await {
-                Ok(outcomes) => return outcomes,
-                Err(BatchError::Inbox(error)) => {
-                    failures = failures.saturating_add(1);
-                    tracing::warn!(consumer = %self.name(), %error,
-                        "the inbox's database failed; retrying");
-                    tokio::time::sleep(self.config.backoff.delay(failures)).await;
-                }
-                Err(BatchError::Apply { .. }) if items.len() > 1 => break,
-                Err(BatchError::Apply { source }) => {
-                    return vec![self.apply_with_attempts(&items[0], source).await];
-                }
-            }
-        }
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in items {
-            let one = std::slice::from_ref(item);
-            let outcome = loop {
-                match self.apply_batch(one).await {
-                    Ok(o) => break o[0],
-                    Err(BatchError::Inbox(error)) => {
-                        failures = failures.saturating_add(1);
-                        tracing::warn!(consumer = %self.name(), %error,
-                            "the inbox's database failed; retrying");
-                        tokio::time::sleep(self.config.backoff.delay(failures)).await;
-                    }
-                    Err(BatchError::Apply { source }) => {
-                        break self.apply_with_attempts(item, source).await;
-                    }
-                }
-            };
-            outcomes.push(outcome);
-        }
-        outcomes
-    }
-
-    /// Retries one item the projection failed on (once already, with `first`); after
-    /// the configured attempts, dead-letters it and parks its stream.
-    async fn apply_with_attempts<D>(
-        &mut self,
-        item: &Item<D, P::Event>,
-        first: BoxError,
-    ) -> Outcome {
-        let mut attempts = 1u32;
-        let mut last = first;
-        while attempts < self.config.attempts {
-            tracing::warn!(consumer = %self.name(), error = %last, attempts,
-                "the projection failed; retrying");
-            tokio::time::sleep(self.config.backoff.delay(attempts)).await;
-            attempts += 1;
-            match self.apply_batch(std::slice::from_ref(item)).await {
-                Ok(outcomes) => return outcomes[0],
-                Err(BatchError::Apply { source }) => last = source,
-                // The database, not the event: this attempt does not count.
-                Err(BatchError::Inbox(error)) => {
-                    attempts -= 1;
-                    last = error;
-                }
-            }
-        }
-        let reason = format!("the projection failed: {}", chain(&*last));
-        tracing::error!(consumer = %self.name(), %reason, attempts, "event dead-lettered");
-        let letter = [(item, reason.as_str(), attempts)];
-        until_ok!(self, self.bury(&letter).await);
-        Outcome::DeadLettered
-    }
-
-    /// In one transaction: dead-letters each item with its reason and attempts, and
-    /// parks its stream.
-    async fn bury<D>(
-        &mut self,
-        letters: &[(&Item<D, P::Event>, &str, u32)],
-    ) -> Result<(), BoxError> {
-        let mut tx = self.inbox.begin().await?;
-        for (item, reason, attempts) in letters {
-            self.add_letter(&mut tx, item, reason, *attempts).await?;
-        }
-        self.inbox.commit(tx).await
-    }
-
-    async fn add_letter<D>(
-        &mut self,
-        tx: &mut I::Tx,
-        item: &Item<D, P::Event>,
-        reason: &str,
-        attempts: u32,
-    ) -> Result<(), BoxError> {
-        let record = item.parsed.record();
-        let letter = DeadLetter {
-            id: 0,
-            message: item.message.clone(),
-            event_id: record.map(|r| r.event_id),
-            stream: record.map(|r| r.stream.clone()),
-            version: record.map(|r| r.version),
-            reason: reason.to_owned(),
-            attempts,
-            dead_at: SystemTime::now(),
-        };
-        self.inbox.add_dead_letter(tx, &letter).await?;
-        if let Some(record) = record {
-            let mut state = self.inbox.stream_state(tx, &record.stream).await?;
-            state.parked = true;
-            self.inbox
-                .set_stream_state(tx, &record.stream, state)
-                .await?;
-        }
-        Ok(())
-    }
-
-    /// Applies `items` in one transaction and returns the outcome of each.
-    async fn apply_batch<D>(
-        &mut self,
-        items: &[Item<D, P::Event>],
-    ) -> Result<Vec<Outcome>, BatchError> {
-        let mut tx = self.inbox.begin().await.map_err(BatchError::Inbox)?;
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in items {
-            let outcome = match &item.parsed {
-                Parsed::Foreign { reason } | Parsed::Undecodable { reason, .. } => {
-                    self.add_letter(&mut tx, item, reason, 0)
-                        .await
-                        .map_err(BatchError::Inbox)?;
-                    Outcome::DeadLettered
-                }
-                Parsed::Event { record, envelope } => {
-                    let state = self
-                        .inbox
-                        .stream_state(&mut tx, &record.stream)
-                        .await
-                        .map_err(BatchError::Inbox)?;
-                    self.decide(&mut tx, item, record, envelope.as_ref(), state)
-                        .await?
-                }
-            };
-            outcomes.push(outcome);
-        }
-        self.inbox.commit(tx).await.map_err(BatchError::Inbox)?;
-        Ok(outcomes)
-    }
-
-    /// What to do with an event, given its stream's state, in the open transaction.
-    async fn decide<D>(
-        &mut self,
-        tx: &mut I::Tx,
-        item: &Item<D, P::Event>,
-        record: &RecordedEvent,
-        envelope: Option<&Envelope<P::Event>>,
-        state: StreamState,
-    ) -> Result<Outcome, BatchError> {
-        if record.version <= state.version {
-            return Ok(Outcome::Duplicate);
-        }
-        if state.parked {
-            let reason = format!(
-                "{} is parked behind an earlier dead letter (last applied version {})",
-                record.stream, state.version
-            );
-            self.add_letter(tx, item, &reason, 0)
-                .await
-                .map_err(BatchError::Inbox)?;
-            return Ok(Outcome::DeadLettered);
-        }
-        let first_seen = state.version == 0 && self.config.start_mid_stream;
-        if record.version > state.version + 1 && !first_seen {
-            return Ok(Outcome::Gap);
-        }
-        if let Some(envelope) = envelope {
-            let cx = I::context(tx);
-            self.projection
-                .apply(cx, std::slice::from_ref(envelope))
-                .await
-                .map_err(|source| BatchError::Apply { source })?;
-        }
-        let next = StreamState {
-            version: record.version,
-            parked: false,
-        };
-        self.inbox
-            .set_stream_state(tx, &record.stream, next)
-            .await
-            .map_err(BatchError::Inbox)?;
-        Ok(match envelope {
-            Some(_) => Outcome::Applied,
-            None => Outcome::Skipped,
-        })
-    }
-}
-
-/// Reads a message's envelope and decodes its event for `projection`.
-fn parse<C: Codec, P: Projection<Cx>, Cx>(
-    codec: &C,
-    projection: &P,
-    message: &ReceivedMessage,
-) -> Parsed<P::Event> {
-    let record = match decode_message(|name| message.header(name), &message.payload) {
-        Ok(record) => record,
-        Err(error) => {
-            return Parsed::Foreign {
-                reason: error.to_string(),
-            };
-        }
-    };
-    let upcast = match codec.upcast(record.clone()) {
-        Ok(upcast) => upcast,
-        Err(error) => {
-            let reason = format!("cannot upcast: {}", chain(&error));
-            return Parsed::Undecodable { record, reason };
-        }
-    };
-    if !projection.wants(&upcast) {
-        return Parsed::Event {
-            record,
-            envelope: None,
-        };
-    }
-    match codec.decode_upcast_envelope(upcast) {
-        Ok(envelope) => Parsed::Event {
-            record,
-            envelope: Some(envelope),
-        },
-        Err(error) => {
-            let reason = format!("cannot decode: {}", chain(&error));
-            Parsed::Undecodable { record, reason }
-        }
-    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -925,16 +568,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
-}
-
-/// An error and its sources, joined with `": "`.
-fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

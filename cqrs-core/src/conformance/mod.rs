@@ -60,6 +60,7 @@ mod concurrency;
 mod decoding;
 #[doc(hidden)]
 pub mod dispatch;
+pub mod inbox;
 mod inspection;
 mod memory;
 pub mod publisher;
