@@ -165,6 +165,9 @@ impl Outcome {
     }
 }
 
+/// Events held ahead of a gap, by stream and version.
+type HeldMap<D, E> = BTreeMap<StreamId, BTreeMap<u64, Held<D, E>>>;
+
 /// An event held ahead of a gap.
 struct Held<D, E> {
     item: Item<D, E>,
@@ -345,8 +348,7 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
         S: Subscription,
     {
         let mut shutdown = pin!(shutdown);
-        let mut held: BTreeMap<StreamId, BTreeMap<u64, Held<S::Delivery, P::Event>>> =
-            BTreeMap::new();
+        let mut held: HeldMap<S::Delivery, P::Event> = BTreeMap::new();
         let mut failures = 0u32;
         loop {
             let deadline = held
@@ -437,7 +439,7 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
     async fn handle<D: Delivery>(
         &mut self,
         items: Vec<Item<D, P::Event>>,
-        held: &mut BTreeMap<StreamId, BTreeMap<u64, Held<D, P::Event>>>,
+        held: &mut HeldMap<D, P::Event>,
     ) {
         let mut queue = items;
         while !queue.is_empty() {
@@ -463,10 +465,10 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
                     held.entry(stream).or_default().insert(version, entry);
                     continue;
                 }
-                if outcome == Outcome::Applied || outcome == Outcome::Skipped {
-                    if let Some(record) = item.parsed.record() {
-                        advanced.push(record.stream.clone());
-                    }
+                if let (Outcome::Applied | Outcome::Skipped, Some(record)) =
+                    (outcome, item.parsed.record())
+                {
+                    advanced.push(record.stream.clone());
                 }
                 done.push(item);
             }
@@ -491,10 +493,7 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
 
     /// Dead-letters the held events whose wait is over, with their stream's later held
     /// events, and acknowledges them.
-    async fn expire_gaps<D: Delivery>(
-        &mut self,
-        held: &mut BTreeMap<StreamId, BTreeMap<u64, Held<D, P::Event>>>,
-    ) {
+    async fn expire_gaps<D: Delivery>(&mut self, held: &mut HeldMap<D, P::Event>) {
         let now = Instant::now();
         let expired: Vec<StreamId> = held
             .iter()

@@ -6,6 +6,9 @@ use super::{BatchError, Consumer, Item, Outcome, Parsed, chain};
 use crate::consume::{DeadLetter, Inbox, StreamState};
 use crate::{BoxError, Codec, Envelope, Projection, RecordedEvent};
 
+/// An item to dead-letter, with the reason and the attempts made.
+pub(super) type Letter<'a, D, E> = (&'a Item<D, E>, &'a str, u32);
+
 impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
     /// The outcome of each item: the batch in one transaction; if the projection fails
     /// on one, the items one by one, each with its attempts.
@@ -83,7 +86,7 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
     /// parks its stream.
     pub(super) async fn bury<D>(
         &mut self,
-        letters: &[(&Item<D, P::Event>, &str, u32)],
+        letters: &[Letter<'_, D, P::Event>],
     ) -> Result<(), BoxError> {
         let mut tx = self.inbox.begin().await?;
         for (item, reason, attempts) in letters {

@@ -23,6 +23,9 @@ pub struct RedriveReport {
     pub failures: Vec<String>,
 }
 
+/// A dead letter and what its message means.
+type Redriven<E> = (DeadLetter, Item<Stored, E>);
+
 /// How redriving one dead letter went.
 enum Done {
     Applied,
@@ -76,8 +79,7 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
             letters.extend(page);
         }
         let mut report = RedriveReport::default();
-        let mut by_stream: BTreeMap<StreamId, Vec<(DeadLetter, Item<Stored, P::Event>)>> =
-            BTreeMap::new();
+        let mut by_stream: BTreeMap<StreamId, Vec<Redriven<P::Event>>> = BTreeMap::new();
         for letter in letters {
             let item = self.item::<Stored>(letter.message.clone(), None);
             match item.parsed.record().map(|r| r.stream.clone()) {
