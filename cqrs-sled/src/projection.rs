@@ -23,6 +23,9 @@ use crate::store::store_error;
 /// clash with a checkpoint.
 const RESET_MARKER: &[u8] = b"\0reset\0";
 
+/// One tree's writes: keys and sealed values (`None`: a removal).
+pub(crate) type Writes = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 /// What a sled read model's [`Projection::apply`] gets: its trees, as of the last
 /// committed batch, plus the batch's own writes. [`TransactionalCheckpoint`] commits the
 /// writes and the checkpoint in one sled transaction after `apply` returns, or drops them
@@ -57,7 +60,7 @@ impl fmt::Debug for ReadModelTx {
 }
 
 impl ReadModelTx {
-    fn new(db: sled::Db, projection: String, generation: u64) -> Self {
+    pub(crate) fn new(db: sled::Db, projection: String, generation: u64) -> Self {
         ReadModelTx {
             db,
             projection,
@@ -67,9 +70,10 @@ impl ReadModelTx {
         }
     }
 
-    fn open(&mut self, tree: &str) -> cqrs_core::Result<&sled::Tree> {
+    /// Opens `tree`, also one of the names starting with NUL that the crate keeps for
+    /// itself (a consumer's inbox).
+    pub(crate) fn open_any(&mut self, tree: &str) -> cqrs_core::Result<&sled::Tree> {
         if !self.trees.contains_key(tree) {
-            validate_tree(&self.projection, tree)?;
             let name = tree_name(&self.projection, self.generation, tree);
             let opened = guard(|| self.db.open_tree(name).map_err(store_error))?;
             self.trees.insert(tree.to_owned(), opened);
@@ -85,12 +89,18 @@ impl ReadModelTx {
     /// [`Error::Store`] if sled fails; [`Error::Corrupt`] if the stored row is damaged
     /// (its checksum does not match).
     pub fn get(&mut self, tree: &str, key: &[u8]) -> cqrs_core::Result<Option<Vec<u8>>> {
+        validate_tree(&self.projection, tree)?;
+        self.get_any(tree, key)
+    }
+
+    /// [`get`](Self::get) on any tree, also the crate's own.
+    pub(crate) fn get_any(&mut self, tree: &str, key: &[u8]) -> cqrs_core::Result<Option<Vec<u8>>> {
         if let Some(written) = self.writes.get(tree).and_then(|w| w.get(key)) {
             return Ok(written.clone());
         }
         let checked = self.generation > 0;
         let name = format!("{}/{tree}", self.projection);
-        let opened = self.open(tree)?;
+        let opened = self.open_any(tree)?;
         let value = guard(|| opened.get(key).map_err(store_error))?;
         let value = value.map(|v| match checked {
             true => unseal(&name, key, &v).map(<[u8]>::to_vec),
@@ -109,7 +119,32 @@ impl ReadModelTx {
         self.write(tree, key, None);
     }
 
-    fn write(&mut self, tree: &str, key: &[u8], value: Option<Vec<u8>>) {
+    /// The batch's writes of `tree` (a value, or `None` for a removal), not yet committed.
+    pub(crate) fn pending(&self, tree: &str) -> Option<&BTreeMap<Vec<u8>, Option<Vec<u8>>>> {
+        self.writes.get(tree)
+    }
+
+    /// Takes the batch's writes, sealed where the generation is checksummed, with the
+    /// tree each goes to (in the same order).
+    pub(crate) fn take_writes(&mut self) -> cqrs_core::Result<(Vec<sled::Tree>, Vec<Writes>)> {
+        let checked = self.generation > 0;
+        let mut trees = Vec::with_capacity(self.writes.len());
+        let mut writes = Vec::with_capacity(self.writes.len());
+        for (tree, tree_writes) in std::mem::take(&mut self.writes) {
+            if !crate::inbox::RESERVED_TREES.contains(&tree.as_str()) {
+                validate_tree(&self.projection, &tree)?;
+            }
+            trees.push(self.open_any(&tree)?.clone());
+            let sealed = tree_writes.into_iter().map(|(k, v)| {
+                let v = v.map(|v| if checked { seal(&k, &v) } else { v });
+                (k, v)
+            });
+            writes.push(sealed.collect::<Vec<_>>());
+        }
+        Ok((trees, writes))
+    }
+
+    pub(crate) fn write(&mut self, tree: &str, key: &[u8], value: Option<Vec<u8>>) {
         self.writes
             .entry(tree.to_owned())
             .or_default()
@@ -352,17 +387,9 @@ impl TransactionalCheckpoint {
         let Some(tx) = self.tx.as_mut() else {
             return Err(Error::corrupt(format!("projection {name:?}"), "no context").into());
         };
-        let checked = tx.generation > 0;
+        let (read_model_trees, writes) = tx.take_writes()?;
         let mut trees = vec![self.store.checkpoints_tree().clone()];
-        let mut writes = Vec::with_capacity(tx.writes.len());
-        for (tree, tree_writes) in std::mem::take(&mut tx.writes) {
-            trees.push(tx.open(&tree)?.clone());
-            let sealed = tree_writes.into_iter().map(|(k, v)| {
-                let v = v.map(|v| if checked { seal(&k, &v) } else { v });
-                (k, v)
-            });
-            writes.push(sealed.collect::<Vec<_>>());
-        }
+        trees.extend(read_model_trees);
         let position = encode_position(checkpoint);
         let outcome = guard(|| {
             Ok::<_, Error>(trees[..].transaction(|views: &Vec<TransactionalTree>| {
