@@ -5,6 +5,7 @@ mod builder;
 mod checksum;
 mod conn;
 mod error;
+mod inbox;
 mod inline;
 mod listen;
 mod migrate;
@@ -16,6 +17,7 @@ mod worker;
 
 pub use builder::PostgresEventStoreBuilder;
 pub use error::{Error, Result};
+pub use inbox::PgInbox;
 pub use projection::TransactionalCheckpoint;
 pub use store::PostgresEventStore;
 pub use worker::{WorkerConfig, WorkerLock};

@@ -30,10 +30,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "record checksums",
         sql: v2_checksums,
     },
+    Migration {
+        version: 3,
+        name: "consumer inboxes: stream states and dead letters",
+        sql: v3_inbox,
+    },
 ];
 
 /// The latest migration this release knows.
-pub(crate) const LATEST: i64 = 2;
+pub(crate) const LATEST: i64 = 3;
 
 /// The advisory-lock key of a schema's migrations (and nothing else).
 pub(crate) fn lock_key(schema: &Schema, purpose: &str) -> i64 {
@@ -318,6 +323,37 @@ $fn$;
 
 /// Migration 2: a CRC32C per event and snapshot row (ADR 0015), written by the store and
 /// verified on every read. Rows written before it have none and read unchecked.
+/// What each consumer applied per stream of the publishing service, and its dead
+/// letters (see `crate::PgInbox`).
+fn v3_inbox(s: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE {s}.consumer_streams (
+    consumer    text    NOT NULL,
+    stream_type text    NOT NULL,
+    stream_id   text    NOT NULL,
+    version     bigint  NOT NULL,
+    parked      boolean NOT NULL,
+    PRIMARY KEY (consumer, stream_type, stream_id)
+);
+CREATE TABLE {s}.dead_letters (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    consumer    text        NOT NULL,
+    subject     text        NOT NULL,
+    headers     jsonb       NOT NULL,
+    payload     bytea       NOT NULL,
+    event_id    uuid,
+    stream_type text,
+    stream_id   text,
+    version     bigint,
+    reason      text        NOT NULL,
+    attempts    integer     NOT NULL,
+    dead_at     timestamptz NOT NULL
+);
+CREATE INDEX dead_letters_by_consumer ON {s}.dead_letters (consumer, id);"#
+    )
+}
+
 fn v2_checksums(s: &str) -> String {
     let append_events = append_events(s, true);
     format!(
