@@ -2,6 +2,8 @@
 
 mod error;
 mod publisher;
+mod subscription;
 
 pub use error::{Error, Result};
 pub use publisher::{JetStreamPublisher, StreamSettings};
+pub use subscription::{JetStreamDelivery, JetStreamSubscription, SubscriptionSettings};

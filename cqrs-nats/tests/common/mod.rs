@@ -1,4 +1,8 @@
-//! A JetStream stream of the test's own, deleted when the test ends, also on failure.
+//! A JetStream stream of the test's own, deleted when the test ends, also on failure;
+//! a private `nats-server` for tests that kill it.
+#![allow(dead_code)]
+
+pub(crate) mod server;
 
 use std::time::Duration;
 
@@ -16,13 +20,19 @@ pub(crate) struct TestStream {
     pub(crate) publisher: JetStreamPublisher,
     pub(crate) scheme: SubjectScheme,
     pub(crate) name: String,
+    url: String,
 }
 
 impl TestStream {
     /// `None` (after saying `skipped`) when no server answers, unless
     /// `CQRS_REQUIRE_NATS=1`, which makes that a failure.
     pub(crate) async fn new(max_message_size: Option<u32>) -> Option<Self> {
-        let url = nats_url();
+        Self::on(&nats_url(), max_message_size).await
+    }
+
+    /// As [`new`](Self::new), on the server at `url`.
+    pub(crate) async fn on(url: &str, max_message_size: Option<u32>) -> Option<Self> {
+        let url = url.to_owned();
         let connected =
             tokio::time::timeout(Duration::from_secs(10), JetStreamPublisher::connect(&url)).await;
         let publisher = match connected {
@@ -52,6 +62,7 @@ impl TestStream {
             publisher,
             scheme,
             name,
+            url,
         })
     }
 }
@@ -60,7 +71,7 @@ impl Drop for TestStream {
     fn drop(&mut self) {
         // A runtime of its own on a thread of its own: Drop may run inside the test's
         // runtime (which cannot block) or while a failed test unwinds.
-        let (url, name) = (nats_url(), self.name.clone());
+        let (url, name) = (self.url.clone(), self.name.clone());
         let done = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
