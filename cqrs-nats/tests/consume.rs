@@ -212,7 +212,7 @@ async fn a_broker_killed_mid_run_loses_nothing_and_applies_nothing_twice() {
     };
 
     // Kill the broker while events flow, keep it down a moment, start it again.
-    let total = streams * per_stream as usize;
+    let total = streams * usize::try_from(per_stream).expect("small");
     let deadline = Instant::now() + Duration::from_secs(30);
     while applied.total() < total / 4 {
         assert!(Instant::now() < deadline, "a quarter applied within 30 s");
