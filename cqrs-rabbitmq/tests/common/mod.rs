@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own part
 
+pub(crate) mod ledger;
+
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
