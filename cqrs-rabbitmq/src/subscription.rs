@@ -182,6 +182,8 @@ pub struct AmqpSubscription {
     backoff: (Duration, Duration),
     /// Connection attempts failed (or connections lost) in a row.
     failures: u32,
+    /// Connections made after the first.
+    reconnections: u64,
     state: State,
 }
 
@@ -230,6 +232,7 @@ impl AmqpSubscription {
             connect_timeout: Duration::from_secs(5),
             backoff: (Duration::from_millis(100), Duration::from_secs(5)),
             failures: 0,
+            reconnections: 0,
             state: State::Idle,
         };
         let live = open(
@@ -253,6 +256,12 @@ impl AmqpSubscription {
     /// The queue's settings.
     pub fn settings(&self) -> &QueueSettings {
         &self.settings
+    }
+
+    /// How many times it connected again (after a lost connection or a
+    /// [`disconnect`](Self::disconnect)): for health checks and tests.
+    pub fn reconnections(&self) -> u64 {
+        self.reconnections
     }
 
     /// Closes the connection: the messages delivered and not acknowledged go back to
@@ -360,7 +369,8 @@ impl Subscription for AmqpSubscription {
                 }
                 State::Connecting(task) => match task.await {
                     Ok(Ok(live)) => {
-                        tracing::info!(queue = %self.settings.name, "the RabbitMQ subscription is consuming");
+                        tracing::info!(queue = %self.settings.name, "the RabbitMQ subscription is consuming again");
+                        self.reconnections = self.reconnections.saturating_add(1);
                         self.state = State::Live(Box::new(live));
                     }
                     Ok(Err(error)) => return Err(self.unavailable(error.into())),

@@ -159,6 +159,7 @@ async fn relay_to_rabbitmq_to_consumer_applies_each_event_once() {
     .await;
 
     assert_exactly_once(&applied, &streams, ROUNDS);
+    assert_eq!(subscription.reconnections(), 2, "one per disconnect");
     let stats = consumer.stats();
     assert_eq!(
         (
