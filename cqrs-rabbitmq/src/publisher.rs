@@ -98,8 +98,8 @@ impl AmqpPublisher {
     /// percent-encoded: `%2f` for `/`) to publish to the topic exchange `exchange`.
     ///
     /// # Errors
-    /// [`Error::Connect`] if the broker cannot be reached or refuses the login (within
-    /// 5 s), [`Error::Topology`] if it refuses a channel in confirm mode or the exchange
+    /// [`Error::Connect`](crate::Error::Connect) if the broker cannot be reached or refuses the login (within
+    /// 5 s), [`Error::Topology`](crate::Error::Topology) if it refuses a channel in confirm mode or the exchange
     /// name is over 255 bytes.
     pub async fn connect(url: &str, exchange: impl Into<String>) -> Result<Self> {
         let exchange = exchange.into();
@@ -139,8 +139,8 @@ impl AmqpPublisher {
     /// so). Every later reconnection declares it again.
     ///
     /// # Errors
-    /// [`Error::Topology`] if the broker refuses (an exchange of that name with other
-    /// settings), [`Error::Connect`] if it cannot be reached.
+    /// [`Error::Topology`](crate::Error::Topology) if the broker refuses (an exchange of that name with other
+    /// settings), [`Error::Connect`](crate::Error::Connect) if it cannot be reached.
     pub async fn ensure_exchange(&self) -> Result<()> {
         let channel = self.channel().await?;
         topology::declare_exchange(&channel, &self.exchange, self.connect_timeout).await?;
@@ -155,8 +155,8 @@ impl AmqpPublisher {
     /// published before the consumer's first start is lost.
     ///
     /// # Errors
-    /// [`Error::Topology`] if the broker refuses (a queue of that name with other
-    /// arguments), [`Error::Connect`] if it cannot be reached.
+    /// [`Error::Topology`](crate::Error::Topology) if the broker refuses (a queue of that name with other
+    /// arguments), [`Error::Connect`](crate::Error::Connect) if it cannot be reached.
     pub async fn ensure_queue(&self, settings: &QueueSettings) -> Result<()> {
         let channel = self.channel().await?;
         topology::declare_queue(&channel, settings, self.connect_timeout).await
@@ -166,7 +166,7 @@ impl AmqpPublisher {
     /// Not in confirm mode; do not publish on it.
     ///
     /// # Errors
-    /// [`Error::Connect`] if the broker cannot be reached; [`Error::Topology`] if it
+    /// [`Error::Connect`](crate::Error::Connect) if the broker cannot be reached; [`Error::Topology`](crate::Error::Topology) if it
     /// refuses a channel.
     pub async fn management_channel(&self) -> Result<Channel> {
         let mut link = self.link.lock().await;
