@@ -98,9 +98,9 @@ impl AmqpPublisher {
     /// percent-encoded: `%2f` for `/`) to publish to the topic exchange `exchange`.
     ///
     /// # Errors
-    /// [`Error::Connect`](crate::Error::Connect) if the broker cannot be reached or refuses the login (within
-    /// 5 s), [`Error::Topology`](crate::Error::Topology) if it refuses a channel in confirm mode or the exchange
-    /// name is over 255 bytes.
+    /// [`Error::Connect`](crate::Error::Connect) if the broker cannot be reached or
+    /// refuses the login (within 5 s); [`Error::Topology`](crate::Error::Topology) if it
+    /// refuses a channel in confirm mode, or the exchange name is over 255 bytes.
     pub async fn connect(url: &str, exchange: impl Into<String>) -> Result<Self> {
         let exchange = exchange.into();
         topology::short("naming the exchange", &exchange)?;
@@ -139,8 +139,9 @@ impl AmqpPublisher {
     /// so). Every later reconnection declares it again.
     ///
     /// # Errors
-    /// [`Error::Topology`](crate::Error::Topology) if the broker refuses (an exchange of that name with other
-    /// settings), [`Error::Connect`](crate::Error::Connect) if it cannot be reached.
+    /// [`Error::Topology`](crate::Error::Topology) if the broker refuses (an exchange of
+    /// that name with other settings); [`Error::Connect`](crate::Error::Connect) if it
+    /// cannot be reached.
     pub async fn ensure_exchange(&self) -> Result<()> {
         let channel = self.channel().await?;
         topology::declare_exchange(&channel, &self.exchange, self.connect_timeout).await?;
@@ -155,36 +156,35 @@ impl AmqpPublisher {
     /// published before the consumer's first start is lost.
     ///
     /// # Errors
-    /// [`Error::Topology`](crate::Error::Topology) if the broker refuses (a queue of that name with other
-    /// arguments), [`Error::Connect`](crate::Error::Connect) if it cannot be reached.
+    /// [`Error::Topology`](crate::Error::Topology) if the broker refuses (a queue of that
+    /// name with other arguments); [`Error::Connect`](crate::Error::Connect) if it cannot
+    /// be reached.
     pub async fn ensure_queue(&self, settings: &QueueSettings) -> Result<()> {
         let channel = self.channel().await?;
         topology::declare_queue(&channel, settings, self.connect_timeout).await
     }
 
-    /// A channel for management (declaring, deleting), on the publisher's connection.
+    /// A channel for management (declaring, deleting, reading a queue back: the lapin
+    /// client's own, for what this crate does not wrap), on the publisher's connection.
     /// Not in confirm mode; do not publish on it.
     ///
     /// # Errors
-    /// [`Error::Connect`](crate::Error::Connect) if the broker cannot be reached; [`Error::Topology`](crate::Error::Topology) if it
-    /// refuses a channel.
+    /// [`Error::Connect`](crate::Error::Connect) if the broker cannot be reached;
+    /// [`Error::Topology`](crate::Error::Topology) if it refuses a channel.
     pub async fn management_channel(&self) -> Result<Channel> {
         let mut link = self.link.lock().await;
-        let connected = link
-            .as_ref()
-            .is_some_and(|l| l.connection.status().connected());
-        if !connected {
-            *link = Some(self.open().await?);
-        }
-        let Some(link) = link.as_ref() else {
-            unreachable!("the link was just opened");
+        let current = match link.take() {
+            Some(current) if current.connection.status().connected() => current,
+            _ => self.open().await?,
         };
-        topology::declaring(
+        let channel = topology::declaring(
             "opening a channel",
             self.connect_timeout,
-            link.connection.create_channel(),
+            current.connection.create_channel(),
         )
-        .await
+        .await;
+        *link = Some(current);
+        channel
     }
 
     /// Opens a connection and a channel in confirm mode (declaring the exchange if it

@@ -121,9 +121,9 @@ enum State {
 }
 
 /// A [`Subscription`] to a durable RabbitMQ queue: each message is delivered until it
-/// is acknowledged ([`Delivery::ack`] is `basic.ack`), with at most
-/// [`prefetch`](Self::connect_with_prefetch) messages (256 by default) delivered and not yet
-/// acknowledged at a time.
+/// is acknowledged ([`Delivery::ack`] is `basic.ack`), with at most a
+/// [prefetch](Self::connect_with_prefetch) of messages (256 by default) delivered and not
+/// yet acknowledged at a time.
 ///
 /// Each (re)connection declares the exchange, the queue and its binding
 /// ([`QueueSettings`]), sets the prefetch and starts consuming. When the connection
