@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use cqrs_core::{BoxError, Delivery, SubscribeError, Subscription};
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{Acker, Channel, Connection};
 use tokio::task::JoinHandle;
@@ -103,8 +104,8 @@ impl Delivery for AmqpDelivery {
 
 /// A live consumer: its connection, channel and stream of deliveries.
 struct Live {
-    /// Kept so the connection stays open (dropping it closes it).
-    _connection: Connection,
+    /// Dropping it closes the connection.
+    connection: Connection,
     channel: Channel,
     consumer: lapin::Consumer,
 }
@@ -133,8 +134,9 @@ enum State {
 /// [`with_backoff`](Self::with_backoff)); the messages not acknowledged on the old
 /// connection are delivered again, which the consumer's inbox recognises.
 ///
-/// When the broker cancels the consumer (the queue was deleted), `next` fails with
-/// [`SubscribeError::Closed`], and keeps failing so.
+/// When the queue is deleted (the broker cancels the consumer and a passive declaration
+/// finds no queue), `next` fails with [`SubscribeError::Closed`], and keeps failing so:
+/// declaring the queue again would hide that the messages in it were lost.
 ///
 /// `next` is cancel safe: a message is taken from the client's buffer only when `next`
 /// returns it, and a connection being made goes on in a task of its own.
@@ -271,7 +273,7 @@ impl AmqpSubscription {
         let state = std::mem::replace(&mut self.state, State::Idle);
         match state {
             State::Live(live) => {
-                let closing = live._connection.close(200, ShortString::from("disconnect"));
+                let closing = live.connection.close(200, ShortString::from("disconnect"));
                 if tokio::time::timeout(self.connect_timeout, closing)
                     .await
                     .is_err()
@@ -341,10 +343,33 @@ async fn open(
     )
     .await?;
     Ok(Live {
-        _connection: connection,
+        connection,
         channel,
         consumer,
     })
+}
+
+/// Whether the broker says the queue does not exist (a passive declaration answered
+/// with 404) on a channel that is still open.
+async fn queue_is_gone(live: &Live, queue: &str, timeout: Duration) -> bool {
+    if !(live.connection.status().connected() && live.channel.status().connected()) {
+        return false;
+    }
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declared =
+        live.channel
+            .queue_declare(ShortString::from(queue), passive, FieldTable::default());
+    match tokio::time::timeout(timeout, declared).await {
+        Ok(Err(error)) => matches!(
+            error.kind(),
+            lapin::ErrorKind::ProtocolError(amqp)
+                if *amqp.kind() == AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND)
+        ),
+        _ => false,
+    }
 }
 
 impl Subscription for AmqpSubscription {
@@ -382,13 +407,16 @@ impl Subscription for AmqpSubscription {
                         return Ok(AmqpDelivery::new(delivery));
                     }
                     Some(Err(error)) => return Err(self.unavailable(error.into())),
-                    None if live.channel.status().connected() => {
-                        self.state = State::Closed;
-                        tracing::warn!(queue = %self.settings.name,
-                            "the broker cancelled the consumer (the queue was deleted?)");
-                    }
                     None => {
-                        return Err(self.unavailable("the channel closed".into()));
+                        // The consumer ended: the channel closed, or the broker cancelled
+                        // it. Only a queue that is gone ends the subscription for good.
+                        if queue_is_gone(live, &self.settings.name, self.connect_timeout).await {
+                            self.state = State::Closed;
+                            tracing::warn!(queue = %self.settings.name,
+                                "the queue was deleted: the subscription is closed");
+                        } else {
+                            return Err(self.unavailable("the consumer ended".into()));
+                        }
                     }
                 },
             }

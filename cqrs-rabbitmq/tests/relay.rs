@@ -11,7 +11,7 @@ use common::TestBroker;
 use common::ledger::{Ledger, append_round, assert_exactly_once, consume_until, streams};
 use cqrs_core::{
     CheckpointStore, Consumer, InMemoryEventStore, InMemoryInbox, Position, Relay, RelayConfig,
-    Subscription,
+    SubscribeError, Subscription,
 };
 use cqrs_rabbitmq::AmqpSubscription;
 
@@ -176,5 +176,45 @@ async fn relay_to_rabbitmq_to_consumer_applies_each_event_once() {
         left.is_empty(),
         "{} messages left unacknowledged",
         left.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_queue_closes_the_subscription() {
+    let Some(broker) = TestBroker::new(None).await else {
+        return;
+    };
+    let mut subscription = tokio::time::timeout(
+        Duration::from_secs(20),
+        AmqpSubscription::connect(&broker.vhost.url, broker.queue.clone()),
+    )
+    .await
+    .expect("subscribing within 20 s")
+    .expect("subscribing");
+    let channel = broker
+        .publisher
+        .management_channel()
+        .await
+        .expect("a channel");
+    channel
+        .queue_delete(
+            broker.queue.name.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("deleting the queue");
+    for _ in 0..2 {
+        let next = tokio::time::timeout(Duration::from_secs(30), subscription.next())
+            .await
+            .expect("an answer within 30 s");
+        assert!(
+            matches!(next, Err(SubscribeError::Closed { .. })),
+            "a deleted queue closes the subscription for good, got {next:?}"
+        );
+    }
+    assert_eq!(
+        subscription.reconnections(),
+        0,
+        "it did not declare the queue again"
     );
 }
