@@ -330,6 +330,9 @@ pub(crate) async fn actions<S: EventStore + Clone + Send + Sync + 'static>(
             escape(&job.message)
         );
     }
+    if recent.is_empty() {
+        recent.push_str(r#"<tr><td colspan="6" class="muted">none yet</td></tr>"#);
+    }
     let body = format!(
         r#"{disabled}<p class="muted">Actions change the store. They need the console token, sent with each request (never stored in a cookie).</p>
 <label class="token">Console token <input type="password" id="token" name="token" autocomplete="off" spellcheck="false"></label>

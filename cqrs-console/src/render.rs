@@ -121,7 +121,7 @@ pub(crate) fn overview(
             .unwrap_or_default();
         let _ = writeln!(
             html,
-            r#"<tr data-projection="{name}"><td class="mono">{name}</td><td><span class="badge {class}">{label}</span></td><td class="num mono">{}</td><td class="num">{}</td><td class="detail">{restarts}{detail}</td></tr>"#,
+            r#"<tr data-projection="{name}"><td class="mono">{name}</td><td><span class="badge {class}">{label}</span></td><td class="num mono" data-label="checkpoint">{}</td><td class="num" data-label="lag">{}</td><td class="detail">{restarts}{detail}</td></tr>"#,
             escape(&checkpoint),
             p.lag,
             name = escape(&p.name),
