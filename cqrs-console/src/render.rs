@@ -69,11 +69,11 @@ pub(crate) fn state(
     if let Some(stopped) = failed {
         return State::Stopped(stopped);
     }
-    if let Some(s) = supervised.filter(|s| !s.is_healthy(SETTLE)) {
-        if s.last_error.is_some() || !s.running {
-            let error = s.last_error.clone().unwrap_or_else(|| "not running".into());
-            return State::Stopped(StoppedAt { event: None, error });
-        }
+    if let Some(s) = supervised.filter(|s| !s.is_healthy(SETTLE))
+        && (s.last_error.is_some() || !s.running)
+    {
+        let error = s.last_error.clone().unwrap_or_else(|| "not running".into());
+        return State::Stopped(StoppedAt { event: None, error });
     }
     if lag > 0 {
         State::CatchingUp

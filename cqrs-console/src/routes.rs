@@ -107,7 +107,7 @@ async fn replay<S: EventStore + Clone + Send + Sync + 'static>(
 ) -> Response {
     let form = match check(&shared, &headers, form, |f: &ReplayForm| f.token.as_deref()) {
         Ok(form) => form,
-        Err(response) => return response,
+        Err((status, message)) => return refuse(status, message),
     };
     let name = form.projection;
     if !shared.ops.projection_names().any(|n| n == name) {
@@ -169,7 +169,7 @@ async fn snapshot<S: EventStore + Clone + Send + Sync + 'static>(
         f.token.as_deref()
     }) {
         Ok(form) => form,
-        Err(response) => return response,
+        Err((status, message)) => return refuse(status, message),
     };
     let text = form.stream.trim().to_owned();
     let named = match text.as_str() {
@@ -212,14 +212,14 @@ fn check<S, T>(
     headers: &HeaderMap,
     form: Result<Form<T>, FormRejection>,
     token: impl Fn(&T) -> Option<&str>,
-) -> Result<T, Response> {
+) -> Result<T, (StatusCode, String)> {
     let given = form.as_ref().ok().and_then(|Form(f)| token(f));
     if let Err(refused) = authorize(shared.token.as_deref(), headers, given) {
-        return Err(refuse(StatusCode::FORBIDDEN, refused.to_string()));
+        return Err((StatusCode::FORBIDDEN, refused.to_string()));
     }
     match form {
         Ok(Form(form)) => Ok(form),
-        Err(rejection) => Err(refuse(StatusCode::BAD_REQUEST, rejection.body_text())),
+        Err(rejection) => Err((StatusCode::BAD_REQUEST, rejection.body_text())),
     }
 }
 

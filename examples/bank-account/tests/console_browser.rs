@@ -301,13 +301,10 @@ async fn run(client: &Client, port: u16) -> Result<(), CmdError> {
     let refusal = client.find(Locator::Id("action-error")).await?;
     let refusal = refusal.text().await?;
     assert!(refusal.contains("token is required"), "{refusal}");
+    let job = client.find(Locator::Id("job")).await?;
     assert!(
-        client
-            .find(Locator::Id("job"))
-            .await?
-            .is_displayed()
-            .await?
-            == false
+        !job.is_displayed().await?,
+        "no job started without the token"
     );
     screenshot(client, "actions-refused-1280").await;
     let token = client.find(Locator::Id("token")).await?;
