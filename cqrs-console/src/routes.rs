@@ -133,7 +133,7 @@ async fn replay<S: EventStore + Clone + Send + Sync + 'static>(
         None => None,
     };
     let task = Arc::clone(&shared);
-    tokio::spawn(async move {
+    spawn_job(&shared.jobs, id, async move {
         let jobs = task.jobs.clone();
         let mut on_progress = |p: Progress| jobs.progress(id, p.done, p.total);
         let replayed = task.ops.replay_projection(&name, &mut on_progress).await;
@@ -189,7 +189,7 @@ async fn snapshot<S: EventStore + Clone + Send + Sync + 'static>(
         );
     };
     let task = Arc::clone(&shared);
-    tokio::spawn(async move {
+    spawn_job(&shared.jobs, id, async move {
         let run = async {
             let targets = task.ops.snapshot_targets(named.as_ref()).await?;
             let total = targets.len() as u64;
@@ -204,6 +204,18 @@ async fn snapshot<S: EventStore + Clone + Send + Sync + 'static>(
         task.jobs.finish(id, outcome);
     });
     accepted(&shared.base, id)
+}
+
+/// Runs a job's task in the background; if it panics, the job fails with that (and
+/// does not block the next action forever).
+fn spawn_job(jobs: &Jobs, id: u64, task: impl Future<Output = ()> + Send + 'static) {
+    let (jobs, task) = (jobs.clone(), tokio::spawn(task));
+    tokio::spawn(async move {
+        if let Err(e) = task.await {
+            tracing::error!(job = id, error = %e, "a console job's task failed");
+            jobs.finish(id, Err(format!("the job's task failed: {e}")));
+        }
+    });
 }
 
 /// Authorizes a mutating request and returns its form.
