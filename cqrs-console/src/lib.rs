@@ -22,6 +22,8 @@ pub use escape::escape;
 /// it (to restart what was stopped, release a lock).
 pub type ReplayGuard = Box<dyn std::any::Any + Send>;
 
+/// Completes when the server begins its graceful shutdown ([`Console::closing_on`]).
+type Closing = futures::future::Shared<BoxFuture<'static, ()>>;
 type Supervision = Arc<dyn Fn() -> Vec<SupervisorStatus> + Send + Sync>;
 type BeforeReplay = Arc<dyn Fn() -> BoxFuture<'static, Result<ReplayGuard, String>> + Send + Sync>;
 
@@ -53,6 +55,7 @@ pub struct Console<S> {
     token: Option<String>,
     supervision: Option<Supervision>,
     before_replay: Option<BeforeReplay>,
+    closing: Option<Closing>,
 }
 
 impl<S> fmt::Debug for Console<S> {
@@ -74,6 +77,7 @@ impl<S: EventStore + Clone + Send + Sync + 'static> Console<S> {
             token: None,
             supervision: None,
             before_replay: None,
+            closing: None,
         }
     }
 
@@ -113,6 +117,19 @@ impl<S: EventStore + Clone + Send + Sync + 'static> Console<S> {
         self
     }
 
+    /// Ends the live tails (server-sent events) when `signal` completes: give it the
+    /// server's shutdown signal, so that a graceful shutdown does not wait for a browser
+    /// that keeps a tail open.
+    pub fn closing_on<F>(mut self, signal: F) -> Self
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        use futures::FutureExt;
+        let signal: BoxFuture<'static, ()> = Box::pin(signal);
+        self.closing = Some(signal.shared());
+        self
+    }
+
     /// The console's routes, under its base path, with its security headers (a strict
     /// Content-Security-Policy: scripts and styles only from the console itself).
     pub fn router(self) -> Router {
@@ -122,6 +139,7 @@ impl<S: EventStore + Clone + Send + Sync + 'static> Console<S> {
             token: self.token,
             supervision: self.supervision,
             before_replay: self.before_replay,
+            closing: self.closing,
             jobs: jobs::Jobs::default(),
         })
     }

@@ -18,8 +18,9 @@ use crate::jobs::chain;
 use crate::render;
 use crate::routes::Shared;
 
-/// A tail stream ends after this long; the browser reconnects from its last event id
-/// (`Last-Event-ID`), so no connection outlives a server's graceful shutdown for long.
+/// A tail stream ends after this long, or when the server shuts down
+/// ([`Console::closing_on`](crate::Console::closing_on)); the browser reconnects from
+/// its last event id (`Last-Event-ID`).
 const MAX_STREAM: Duration = Duration::from_secs(300);
 /// The longest wait between two reads when the store's notification does not come.
 const POLL: Duration = Duration::from_secs(1);
@@ -67,7 +68,12 @@ pub(crate) async fn tail<S: EventStore + Clone + Send + Sync + 'static>(
             if let Some(event) = t.pending.pop_front() {
                 return Some((Ok(event), t));
             }
-            if t.done || Instant::now() >= t.deadline {
+            let closed = t
+                .shared
+                .closing
+                .as_ref()
+                .is_some_and(|c| c.peek().is_some());
+            if t.done || closed || Instant::now() >= t.deadline {
                 return None;
             }
             t.watcher.mark_seen();
@@ -83,7 +89,16 @@ pub(crate) async fn tail<S: EventStore + Clone + Send + Sync + 'static>(
                 }
                 Ok(_) => {
                     let wait = POLL.min(t.deadline.saturating_duration_since(Instant::now()));
-                    let _ = tokio::time::timeout(wait, t.watcher.changed()).await;
+                    let changed = tokio::time::timeout(wait, t.watcher.changed());
+                    match t.shared.closing.clone() {
+                        Some(closing) => {
+                            tokio::select! {
+                                _ = changed => {}
+                                () = closing => t.done = true,
+                            }
+                        }
+                        None => drop(changed.await),
+                    }
                 }
                 Err(e) => {
                     let message = crate::escape(&chain(&e));

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use crate::auth::authorize;
 use crate::jobs::{Jobs, StoppedAt, chain};
-use crate::{BeforeReplay, Supervision, live, pages};
+use crate::{BeforeReplay, Closing, Supervision, live, pages};
 
 /// What every handler shares.
 pub(crate) struct Shared<S> {
@@ -24,6 +24,7 @@ pub(crate) struct Shared<S> {
     pub(crate) token: Option<String>,
     pub(crate) supervision: Option<Supervision>,
     pub(crate) before_replay: Option<BeforeReplay>,
+    pub(crate) closing: Option<Closing>,
     pub(crate) jobs: Jobs,
 }
 

@@ -433,3 +433,28 @@ async fn the_live_tail_streams_new_events(store: BoxEventStore) {
     }
     assert!(text.contains("event: row"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_tails_end_when_the_server_shuts_down() {
+    let store = BoxEventStore::new(cqrs_sled::SledEventStore::temporary().unwrap());
+    let (shut, closing) = tokio::sync::oneshot::channel::<()>();
+    let ops = Operations::new(store);
+    let app = Console::new(ops)
+        .closing_on(async {
+            let _ = closing.await;
+        })
+        .router();
+    let request = Request::get("/console/log/tail")
+        .body(Body::empty())
+        .unwrap();
+    let mut body = app.oneshot(request).await.unwrap().into_body();
+    shut.send(()).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let frame = tokio::time::timeout_at(deadline, body.frame()).await;
+        match frame.expect("the tail did not end before the deadline") {
+            None => break,
+            Some(frame) => drop(frame.unwrap()),
+        }
+    }
+}

@@ -266,13 +266,19 @@ pub fn app(bank: Bank, max_lag: u64) -> Router {
 /// operations as the `bank` subcommands, with the process manager's supervision as its
 /// projection state. Its actions need `token` (none: they are refused). A replay stops
 /// the process manager (and on PostgreSQL takes its worker lock, refusing while another
-/// `bank` process holds it) and restarts it when the replay ends.
-pub fn console(bank: &Bank, token: Option<String>) -> Router {
+/// `bank` process holds it) and restarts it when the replay ends. Its live tails end
+/// when `closing` completes (the server's shutdown signal).
+pub fn console(
+    bank: &Bank,
+    token: Option<String>,
+    closing: impl Future<Output = ()> + Send + 'static,
+) -> Router {
     let (supervised, replaying) = (bank.clone(), bank.clone());
     cqrs_console::Console::new(bank.operations())
         .base_path("/console")
         .token(token)
         .supervision(move || supervised.supervision())
+        .closing_on(closing)
         .before_replay(move || {
             let bank = replaying.clone();
             async move {

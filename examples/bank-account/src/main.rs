@@ -309,7 +309,10 @@ async fn command(
                 LogFormat::Json => logs.json().init(),
             }
             let app = example_bank_account::http::app(bank.clone(), ready_max_lag);
-            let app = app.merge(example_bank_account::http::console(bank, console_token));
+            // The console's live tails end when the shutdown begins (a second listener).
+            let closing = cqrs_http::shutdown_signal().map_err(|e| Failure(3, full_chain(&e)))?;
+            let console = example_bank_account::http::console(bank, console_token, closing);
+            let app = app.merge(console);
             let app = match metrics {
                 Some(handle) => app.merge(cqrs_http::metrics_router(move || handle.render())),
                 None => app,
