@@ -147,8 +147,18 @@ pub(crate) async fn streams<S: EventStore + Clone + Send + Sync + 'static>(
             html.push_str(r#"<tr><td colspan="3" class="muted">no streams match</td></tr>"#);
         }
         html.push_str("</tbody></table></div>\n");
+        let mut pager = String::new();
+        let (limit_text, t) = (limit.to_string(), kind.clone().unwrap_or_default());
+        if after.is_some() {
+            let query = [
+                ("type", t.as_str()),
+                ("prefix", &q.prefix),
+                ("limit", &limit_text),
+            ];
+            let first = href(&format!("{base}/streams"), &query);
+            let _ = write!(pager, r#"<a href="{first}">← First page</a> "#);
+        }
         if let Some(last) = page.last().filter(|_| page.len() as u64 == limit) {
-            let (limit, t) = (limit.to_string(), kind.clone().unwrap_or_default());
             let next = href(
                 &format!("{base}/streams"),
                 &[
@@ -156,13 +166,13 @@ pub(crate) async fn streams<S: EventStore + Clone + Send + Sync + 'static>(
                     ("prefix", &q.prefix),
                     ("after_type", last.stream.aggregate_type()),
                     ("after_id", last.stream.id()),
-                    ("limit", &limit),
+                    ("limit", &limit_text),
                 ],
             );
-            let _ = write!(
-                html,
-                r#"<p class="pager"><a rel="next" href="{next}">Next page →</a></p>"#
-            );
+            let _ = write!(pager, r#"<a rel="next" href="{next}">Next page →</a>"#);
+        }
+        if !pager.is_empty() {
+            let _ = write!(html, r#"<p class="pager">{pager}</p>"#);
         }
         Ok(html)
     };
