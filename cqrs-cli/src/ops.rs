@@ -2,20 +2,19 @@
 
 use std::fmt;
 use std::io::Write;
-use std::pin::pin;
-use std::time::Instant;
 
 use cqrs_core::{
     Aggregate, CheckpointStrategy, Codec, EventStore, Position, Problem, Progress, Projection,
-    ProjectionError, ProjectionRunner, RecordedEvent, Repository, StreamId,
+    ProjectionError, ProjectionRunner, Repository, StreamId,
 };
-use futures::StreamExt;
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
+mod data;
 mod progress;
 mod verify;
 
+pub use data::{ProjectionStats, Replayed, Stats, StreamFilter};
 use progress::Bar;
 pub use progress::ProgressStyle;
 
@@ -317,53 +316,15 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
     }
 
     async fn snapshot(&self, args: &SnapshotArgs) -> Result<Report> {
-        let targets: Vec<StreamId> = match &args.stream {
-            Some(stream) => vec![stream.parse::<StreamId>().map_err(cqrs_core::Error::from)?],
-            None => {
-                let mut all = Vec::new();
-                let mut streams = pin!(self.store.list_streams());
-                while let Some(info) = streams.next().await {
-                    let info = info?;
-                    if self
-                        .aggregates
-                        .iter()
-                        .any(|a| a.aggregate_type() == info.stream.aggregate_type())
-                    {
-                        all.push(info.stream);
-                    }
-                }
-                all.sort();
-                all
-            }
+        let named = match &args.stream {
+            Some(stream) => Some(stream.parse::<StreamId>().map_err(cqrs_core::Error::from)?),
+            None => None,
         };
+        let targets = self.snapshot_targets(named.as_ref()).await?;
         let mut bar = Bar::new(self.progress, "snapshot", targets.len() as u64);
         let mut taken = Vec::new();
         for (i, stream) in targets.iter().enumerate() {
-            let Some(aggregate) = self
-                .aggregates
-                .iter()
-                .find(|a| a.aggregate_type() == stream.aggregate_type())
-            else {
-                return Err(Error::Usage(format!(
-                    "no aggregate of type {:?} is registered (known: {})",
-                    stream.aggregate_type(),
-                    self.aggregates
-                        .iter()
-                        .map(|a| a.aggregate_type())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )));
-            };
-            match aggregate.snapshot(stream.id()).await? {
-                Some(version) => taken.push((stream.clone(), version)),
-                // Only a stream named with `--stream` can be empty (`--all` lists streams
-                // with events): most likely a typo, so say so instead of "0 taken".
-                None => {
-                    return Err(Error::Usage(format!(
-                        "stream {stream} has no events: nothing to snapshot"
-                    )));
-                }
-            }
+            taken.push((stream.clone(), self.snapshot_stream(stream).await?));
             bar.update(i as u64 + 1, None);
         }
         bar.finish();
@@ -384,36 +345,30 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
     }
 
     async fn replay(&self, args: &ReplayArgs) -> Result<Report> {
-        let chosen: Vec<&dyn Replayer> = match &args.projection {
-            Some(name) => match self.projections.iter().find(|p| p.name() == name) {
-                Some(p) => vec![p.as_ref()],
-                None => {
-                    return Err(Error::Usage(format!(
-                        "no projection named {name:?} (known: {})",
-                        self.projection_names().collect::<Vec<_>>().join(", ")
-                    )));
-                }
-            },
-            None => self.projections.iter().map(|p| p.as_ref()).collect(),
+        let chosen: Vec<String> = match &args.projection {
+            Some(name) => vec![name.clone()],
+            None => self.projection_names().map(str::to_owned).collect(),
         };
         let mut text = String::new();
         let mut results = Vec::new();
-        for projection in chosen {
-            let started = Instant::now();
+        for name in &chosen {
+            // An unknown name fails before anything is counted.
+            if !self.projection_names().any(|n| n == name) {
+                self.replay_projection(name, &mut |_| {}).await?;
+            }
             let total = self.store.count_events(Position::START).await?;
-            let mut bar = Bar::new(self.progress, projection.name(), total);
+            let mut bar = Bar::new(self.progress, name, total);
             let mut on_progress = |p: Progress| bar.update(p.done, Some(p.total));
-            let events = projection.rebuild(&mut on_progress).await?;
+            let replayed = self.replay_projection(name, &mut on_progress).await?;
             bar.finish();
-            let elapsed = started.elapsed();
-            let rate = events as f64 / elapsed.as_secs_f64().max(1e-9);
+            let (events, elapsed) = (replayed.events, replayed.elapsed);
+            let rate = replayed.events_per_second();
             text.push_str(&format!(
-                "replayed {}: {events} events in {:.2} s ({rate:.0} events/s)\n",
-                projection.name(),
+                "replayed {name}: {events} events in {:.2} s ({rate:.0} events/s)\n",
                 elapsed.as_secs_f64()
             ));
             results.push(json!({
-                "projection": projection.name(),
+                "projection": name,
                 "events": events,
                 "seconds": elapsed.as_secs_f64(),
                 "events_per_second": rate,
@@ -427,27 +382,19 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
     }
 
     async fn events(&self, args: &EventsArgs) -> Result<Report> {
-        let mut records: Vec<RecordedEvent> = Vec::new();
-        let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
-        match &args.stream {
+        let records = match &args.stream {
             Some(stream) => {
                 let stream = stream.parse::<StreamId>().map_err(cqrs_core::Error::from)?;
-                let mut events = pin!(self.store.read_stream(&stream, 1).take(limit));
-                while let Some(record) = events.next().await {
-                    records.push(record?);
-                }
+                self.stream_page(&stream, 1, args.limit).await?
             }
             None => {
                 let after = match &args.after {
                     Some(after) => after.parse::<Position>().map_err(cqrs_core::Error::from)?,
                     None => Position::START,
                 };
-                let mut events = pin!(self.store.read_all(after, Some(args.limit)));
-                while let Some(record) = events.next().await {
-                    records.push(record?);
-                }
+                self.log_page(after, args.limit).await?
             }
-        }
+        };
         let mut text = String::new();
         for r in &records {
             text.push_str(&format!(
@@ -491,7 +438,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
     }
 
     async fn stats(&self) -> Result<Report> {
-        let stats = self.store.stats().await?;
+        let stats = self.stats_data().await?;
         let mut text = format!(
             "streams    {}\nevents     {}\nsnapshots  {}\n",
             stats.streams,
@@ -501,26 +448,25 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
                 .map_or_else(|| "not reported".to_owned(), |n| n.to_string())
         );
         let mut projections = Vec::new();
-        for projection in &self.projections {
-            if projection.inline() {
+        for p in &stats.projections {
+            let Some(checkpoint) = p.checkpoint else {
                 text.push_str(&format!(
                     "projection {:<24} inline (updated in each append's transaction)\n",
-                    projection.name()
+                    p.name
                 ));
-                projections.push(json!({ "name": projection.name(), "inline": true, "lag": 0 }));
+                projections.push(json!({ "name": p.name, "inline": true, "lag": 0 }));
                 continue;
-            }
-            let checkpoint = projection.checkpoint().await?;
-            let lag = self.store.count_events(checkpoint).await?;
+            };
             text.push_str(&format!(
-                "projection {:<24} checkpoint {:>10}  lag {lag}\n",
-                projection.name(),
-                checkpoint.to_string()
+                "projection {:<24} checkpoint {:>10}  lag {}\n",
+                p.name,
+                checkpoint.to_string(),
+                p.lag
             ));
             projections.push(json!({
-                "name": projection.name(),
+                "name": p.name,
                 "checkpoint": checkpoint.to_string(),
-                "lag": lag,
+                "lag": p.lag,
             }));
         }
         Ok(Report {

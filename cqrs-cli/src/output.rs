@@ -4,8 +4,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-/// Formats a time as RFC 3339 in UTC with microseconds, e.g. `2026-11-26T15:04:05.123456Z`.
-pub(crate) fn rfc3339(time: SystemTime) -> String {
+/// Formats a time as RFC 3339 in UTC with microseconds, e.g. `2026-11-26T15:04:05.123456Z`
+/// (as `events` prints it).
+pub fn rfc3339(time: SystemTime) -> String {
     let (sign, since) = match time.duration_since(UNIX_EPOCH) {
         Ok(d) => (1i64, d),
         Err(e) => (-1i64, e.duration()),
@@ -39,8 +40,9 @@ fn civil_from_days(days: i128) -> (i128, i128, i128) {
     (year, month, day)
 }
 
-/// A payload as JSON when it is JSON, else as a string (lossy UTF-8).
-pub(crate) fn payload_json(payload: &[u8]) -> Value {
+/// A payload as JSON when it is JSON, else as a string (lossy UTF-8), as `events`
+/// prints it.
+pub fn payload_json(payload: &[u8]) -> Value {
     serde_json::from_slice(payload)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
 }

@@ -262,6 +262,53 @@ pub fn app(bank: Bank, max_lag: u64) -> Router {
     router(bank).merge(health.router())
 }
 
+/// The operations console ([`cqrs_console::Console`]) at `/console`, over the same
+/// operations as the `bank` subcommands, with the process manager's supervision as its
+/// projection state. Its actions need `token` (none: they are refused). A replay stops
+/// the process manager (and on PostgreSQL takes its worker lock, refusing while another
+/// `bank` process holds it) and restarts it when the replay ends. Its live tails end
+/// when `closing` completes (the server's shutdown signal).
+pub fn console(
+    bank: &Bank,
+    token: Option<String>,
+    closing: impl Future<Output = ()> + Send + 'static,
+) -> Router {
+    let (supervised, replaying) = (bank.clone(), bank.clone());
+    cqrs_console::Console::new(bank.operations())
+        .base_path("/console")
+        .token(token)
+        .supervision(move || supervised.supervision())
+        .closing_on(closing)
+        .before_replay(move || {
+            let bank = replaying.clone();
+            async move {
+                bank.stop().await.map_err(|e| full_chain(&e))?;
+                match bank.lock_out_others().await {
+                    Ok(lock) => Ok(Box::new(Replaying { bank, lock }) as cqrs_console::ReplayGuard),
+                    Err(e) => {
+                        bank.start();
+                        Err(full_chain(&e))
+                    }
+                }
+            }
+        })
+        .router()
+}
+
+/// Held while the console replays: the worker lock (PostgreSQL); dropped, it releases
+/// the lock and restarts the process manager.
+struct Replaying {
+    bank: Bank,
+    lock: Option<cqrs_postgres::WorkerLock>,
+}
+
+impl Drop for Replaying {
+    fn drop(&mut self) {
+        drop(self.lock.take());
+        self.bank.start();
+    }
+}
+
 /// Serves the API and the health endpoints ([`app`], default bound) on `listener`; see
 /// [`serve_app`].
 pub async fn serve(

@@ -16,8 +16,9 @@
 //!                                        the main job: a random workload, then a summary
 //!                                        and an invariant check
 //!   serve [--addr 127.0.0.1:8080] [--ready-max-lag 1000] [--log-format text|json]
-//!                                        the HTTP API (JSON), /metrics (Prometheus),
-//!                                        /health/live and /health/ready
+//!         [--console-token <token>]      the HTTP API (JSON), /metrics (Prometheus),
+//!                                        /health/live, /health/ready, and the
+//!                                        operations console at /console
 //!   snapshot | replay | events | stats   the framework's operations subcommand
 //! ```
 //!
@@ -137,6 +138,10 @@ enum Command {
         /// `/health/ready` fails while the read model is more events behind than this.
         #[arg(long, default_value_t = example_bank_account::http::DEFAULT_READY_MAX_LAG)]
         ready_max_lag: u64,
+        /// The token the console's actions (replay, snapshot) need, at /console/actions;
+        /// without it they are refused.
+        #[arg(long, env = "BANK_CONSOLE_TOKEN", hide_env_values = true)]
+        console_token: Option<String>,
     },
     #[command(flatten)]
     Ops(OpsCommand),
@@ -287,6 +292,7 @@ async fn command(
         Command::Serve {
             addr,
             ready_max_lag,
+            console_token,
         } => {
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener =
@@ -303,12 +309,18 @@ async fn command(
                 LogFormat::Json => logs.json().init(),
             }
             let app = example_bank_account::http::app(bank.clone(), ready_max_lag);
+            // The console's live tails end when the shutdown begins (a second listener).
+            let closing = cqrs_http::shutdown_signal().map_err(|e| Failure(3, full_chain(&e)))?;
+            let console = example_bank_account::http::console(bank, console_token, closing);
+            let app = app.merge(console);
             let app = match metrics {
                 Some(handle) => app.merge(cqrs_http::metrics_router(move || handle.render())),
                 None => app,
             };
             tracing::info!(%addr, "serving");
-            eprintln!("bank: serving on http://{addr}; Ctrl-C or SIGTERM stops");
+            eprintln!(
+                "bank: serving on http://{addr} (console: http://{addr}/console); Ctrl-C or SIGTERM stops"
+            );
             let served =
                 example_bank_account::http::serve_app(bank.clone(), app, listener, shutdown);
             return Ok(served.await?);
