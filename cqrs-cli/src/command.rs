@@ -20,6 +20,45 @@ pub enum OpsCommand {
     /// counts that disagree, checkpoints past the end of the log. Exit code 4 when
     /// anything is damaged.
     Verify,
+    /// List or redrive the dead letters of this service's consumers: the messages from
+    /// other services they could not apply.
+    #[command(subcommand)]
+    DeadLetters(DeadLettersCommand),
+}
+
+/// What `dead-letters` does.
+#[derive(Debug, Clone, PartialEq, Eq, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List dead letters, oldest first, with the reason each is there.
+    List(DeadLettersListArgs),
+    /// Apply dead letters again, in each stream's order; a stream whose letters all
+    /// apply is no longer parked.
+    Redrive(RedriveArgs),
+}
+
+/// Arguments of `dead-letters list`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct DeadLettersListArgs {
+    /// Only this consumer's (all registered consumers when absent).
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// Start after this dead letter id.
+    #[arg(long, value_name = "ID", default_value_t = 0)]
+    pub after: u64,
+    /// Show at most this many per consumer.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub limit: usize,
+}
+
+/// Arguments of `dead-letters redrive`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RedriveArgs {
+    /// Only this consumer's (all registered consumers when absent).
+    #[arg(long, value_name = "NAME")]
+    pub consumer: Option<String>,
+    /// Only this stream's letters, written `<type>/<id>`.
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: Option<String>,
 }
 
 /// Arguments of `snapshot`.

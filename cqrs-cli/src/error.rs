@@ -25,6 +25,15 @@ pub enum Error {
         /// How many problems were found.
         problems: u64,
     },
+    /// A consumer's inbox failed (listing or redriving dead letters). Exit code 3.
+    #[error("consumer {consumer:?} failed")]
+    Consumer {
+        /// The consumer's name.
+        consumer: String,
+        /// The inbox's (or the running consumer's) error.
+        #[source]
+        source: cqrs_core::BoxError,
+    },
     /// Writing the output failed.
     #[error("cannot write the output")]
     Output(#[source] std::io::Error),

@@ -5,7 +5,12 @@ mod error;
 mod ops;
 mod output;
 
-pub use command::{EventsArgs, OpsCommand, ReplayArgs, SnapshotArgs};
+pub use command::{
+    DeadLettersCommand, DeadLettersListArgs, EventsArgs, OpsCommand, RedriveArgs, ReplayArgs,
+    SnapshotArgs,
+};
 pub use error::{Error, Result};
-pub use ops::{Operations, ProgressStyle, ProjectionStats, Replayed, Stats, StreamFilter};
+pub use ops::{
+    ConsumerOps, Operations, ProgressStyle, ProjectionStats, Replayed, Stats, StreamFilter,
+};
 pub use output::{payload_json, rfc3339};

@@ -11,10 +11,12 @@ use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
 mod data;
+mod dead_letters;
 mod progress;
 mod verify;
 
 pub use data::{ProjectionStats, Replayed, Stats, StreamFilter};
+pub use dead_letters::ConsumerOps;
 use progress::Bar;
 pub use progress::ProgressStyle;
 
@@ -171,6 +173,7 @@ pub struct Operations<S> {
     aggregates: Vec<Box<dyn SnapshotTaker>>,
     projections: Vec<Box<dyn Replayer>>,
     checks: Vec<Check>,
+    consumers: Vec<(String, Box<dyn ConsumerOps>)>,
     progress: ProgressStyle,
 }
 
@@ -206,6 +209,7 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
         Operations {
             store,
             aggregates: Vec::new(),
+            consumers: Vec::new(),
             projections: Vec::new(),
             checks: Vec::new(),
             progress: ProgressStyle::Auto,
@@ -300,8 +304,13 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
             OpsCommand::Snapshot(args) => self.snapshot(args).await?,
             OpsCommand::Replay(args) => self.replay(args).await?,
             OpsCommand::Events(args) => self.events(args).await?,
-            OpsCommand::Stats => self.stats().await?,
+            OpsCommand::Stats => {
+                let mut report = self.stats().await?;
+                self.consumer_stats(&mut report).await?;
+                report
+            }
             OpsCommand::Verify => self.verify().await?,
+            OpsCommand::DeadLetters(command) => self.dead_letters(command).await?,
         };
         if json {
             serde_json::to_writer_pretty(&mut *out, &report.json).map_err(std::io::Error::from)?;
