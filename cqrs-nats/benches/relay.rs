@@ -9,7 +9,8 @@
 //! Options (after `--`): `--quick`, `--events N` (default 100,000; also
 //! `CQRS_RELAY_BENCH_EVENTS`), `--streams N` (default 1,000), `--runs N` (default 3),
 //! `--window N` (default 256, `RelayConfig::default()`'s), `--store memory|sled|both`
-//! (default both).
+//! (default both), `--only relay|raw|raw-prebuilt` (one side alone, for a
+//! profiler).
 //!
 //! The events (about 200-byte JSON payloads) are appended to the store one at a time,
 //! round robin over the streams, as many concurrent aggregates would write them. Then,
@@ -50,6 +51,8 @@ struct Options {
     runs: usize,
     window: usize,
     stores: Vec<&'static str>,
+    /// `relay`, `raw` or `raw-prebuilt`: run only that side (for a profiler).
+    only: Option<&'static str>,
 }
 
 fn options() -> Options {
@@ -62,6 +65,7 @@ fn options() -> Options {
         runs: 3,
         window: RelayConfig::default().window,
         stores: vec!["memory", "sled"],
+        only: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -98,6 +102,15 @@ fn options() -> Options {
                     Some("sled") => vec!["sled"],
                     Some("both") => vec!["memory", "sled"],
                     other => panic!("--store memory|sled|both, not {other:?}"),
+                };
+                i += 1;
+            }
+            "--only" => {
+                options.only = match args.get(i + 1).map(String::as_str) {
+                    Some("relay") => Some("relay"),
+                    Some("raw") => Some("raw"),
+                    Some("raw-prebuilt") => Some("raw-prebuilt"),
+                    other => panic!("--only relay|raw|raw-prebuilt, not {other:?}"),
                 };
                 i += 1;
             }
@@ -233,8 +246,18 @@ async fn end_of_log<S: EventLog>(store: &S) -> Position {
         .expect("read the log")
 }
 
+/// How the raw publisher gets its `async-nats` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Raw {
+    /// Built in the publishing loop from the messages' parts (subject, header names and
+    /// values, payload, id), moved, not copied: what a hand-written publisher does.
+    Built,
+    /// Built before the clock starts: only `send_publish` and the `PubAck` are timed.
+    Prebuilt,
+}
+
 /// (b) Raw `async-nats`: the same messages, `window` in flight, every `PubAck` awaited.
-async fn run_raw<S: EventLog>(store: &S, options: &Options) -> f64 {
+async fn run_raw<S: EventLog>(store: &S, options: &Options, raw: Raw) -> f64 {
     let client = async_nats::ConnectOptions::new()
         .connection_timeout(Duration::from_secs(5))
         .connect(url())
@@ -242,31 +265,37 @@ async fn run_raw<S: EventLog>(store: &S, options: &Options) -> f64 {
         .expect("connect the raw publisher");
     let context = jetstream::new(client);
     let (_guard, scheme) = fresh_stream(&JetStreamPublisher::new(context.client()), "RAW").await;
-    // The same messages the relay sends, built before the clock starts.
+    // The same messages the relay sends, read and made before the clock starts.
     let records: Vec<_> = store
         .read_all(Position::START, None)
         .try_collect()
         .await
         .expect("read the log");
-    let messages: Vec<(String, PublishMessage)> = records
+    let outbound: Vec<OutboundMessage> = records
         .iter()
-        .map(|record| {
-            let message = OutboundMessage::from_record(record, &scheme);
-            let mut publish = PublishMessage::build()
-                .payload(message.payload.into())
-                .message_id(message.message_id.to_string());
-            for (name, value) in &message.headers {
-                publish = publish.header(*name, value.as_str());
-            }
-            (message.subject, publish)
-        })
+        .map(|record| OutboundMessage::from_record(record, &scheme))
         .collect();
     drop(records);
+    let build = |message: OutboundMessage| {
+        let mut publish = PublishMessage::build()
+            .payload(message.payload.into())
+            .message_id(message.message_id.to_string());
+        for (name, value) in message.headers {
+            publish = publish.header(name, value);
+        }
+        (message.subject, publish)
+    };
+    let mut prebuilt = Vec::new();
+    let mut to_build = Vec::new();
+    match raw {
+        Raw::Prebuilt => prebuilt = outbound.into_iter().map(build).collect(),
+        Raw::Built => to_build = outbound,
+    }
+    let mut messages = prebuilt.into_iter().chain(to_build.into_iter().map(build));
     let window = options.window.max(1);
     let started = Instant::now();
     let mut in_flight = FuturesUnordered::new();
     let mut acked = 0usize;
-    let mut messages = messages.into_iter();
     loop {
         while in_flight.len() < window {
             let Some((subject, publish)) = messages.next() else {
@@ -314,37 +343,66 @@ where
         options.streams,
         started.elapsed().as_secs_f64()
     );
-    let (mut relay, mut raw) = (Vec::new(), Vec::new());
-    for run in 0..options.runs {
-        // Alternate which goes first, so neither always runs on a warmer server.
-        if run % 2 == 0 {
-            relay.push(run_relay(store, options, run).await);
-            raw.push(run_raw(store, options).await);
-        } else {
-            raw.push(run_raw(store, options).await);
-            relay.push(run_relay(store, options, run).await);
+    let sides = ["relay", "raw", "raw-prebuilt"];
+    let run_side = |side: &str, run: usize| {
+        let side = side.to_owned();
+        async move {
+            match side.as_str() {
+                "relay" => run_relay(store, options, run).await,
+                "raw" => run_raw(store, options, Raw::Built).await,
+                _ => run_raw(store, options, Raw::Prebuilt).await,
+            }
         }
-        let (a, b) = (relay[run], raw[run]);
+    };
+    if let Some(only) = options.only {
+        for run in 0..options.runs {
+            let rate = run_side(only, run).await;
+            println!("  run {}: {only} {rate:>8.0} events/s", run + 1);
+        }
+        return;
+    }
+    // rates[side][run]
+    let mut rates = vec![vec![0.0; options.runs]; sides.len()];
+    for run in 0..options.runs {
+        // Rotate which goes first, so none always runs on a warmer (or busier) server.
+        for k in 0..sides.len() {
+            let side = (run + k) % sides.len();
+            rates[side][run] = run_side(sides[side], run).await;
+        }
+        let (a, b, c) = (rates[0][run], rates[1][run], rates[2][run]);
         println!(
-            "  run {}: relay {:>8.0} events/s   raw {:>8.0} events/s   ratio {:.2}",
+            "  run {}: relay {a:>7.0}/s   raw {b:>7.0}/s   raw prebuilt {c:>7.0}/s   \
+             relay/raw {:.2}   relay/prebuilt {:.2}",
             run + 1,
-            a,
-            b,
-            a / b
+            a / b,
+            a / c
         );
     }
-    let ratios: Vec<f64> = relay.iter().zip(&raw).map(|(a, b)| a / b).collect();
-    let (a, b) = (median(&mut relay), median(&mut raw));
-    println!(
-        "RATIO relay/{label} window {}: relay {a:.0} events/s, raw async-nats {b:.0} events/s, \
-         median ratio {:.2} (runs: {})",
-        options.window,
-        a / b,
-        ratios
+    let ratios = |other: usize| -> Vec<f64> {
+        (0..options.runs)
+            .map(|run| rates[0][run] / rates[other][run])
+            .collect()
+    };
+    let show = |values: &[f64]| {
+        values
             .iter()
             .map(|r| format!("{r:.2}"))
             .collect::<Vec<_>>()
             .join(", ")
+    };
+    let (to_raw, to_prebuilt) = (ratios(1), ratios(2));
+    let medians: Vec<f64> = rates.iter_mut().map(|side| median(side)).collect();
+    println!(
+        "RATIO relay/{label} window {}: relay {:.0} events/s; raw async-nats {:.0} events/s, \
+         median ratio {:.2} (runs: {}); raw prebuilt {:.0} events/s, median ratio {:.2} (runs: {})",
+        options.window,
+        medians[0],
+        medians[1],
+        median(&mut to_raw.clone()),
+        show(&to_raw),
+        medians[2],
+        median(&mut to_prebuilt.clone()),
+        show(&to_prebuilt),
     );
 }
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use cqrs_core::{Ack, OutboundMessage, PublishError, Publisher, SubjectScheme};
 
@@ -172,25 +173,57 @@ fn publish_error(error: jetstream::context::PublishError) -> PublishError {
     }
 }
 
+/// Whether `name` may be a header name on the wire: visible ASCII, no `:`.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// The JetStream message of `message`: `Nats-Msg-Id`, the envelope headers, the payload.
+///
+/// Built for the hot path: header names from the static strings (no copy), the id
+/// encoded without the formatting machinery, values copied once.
+fn publish_message(message: &OutboundMessage) -> Result<PublishMessage, PublishError> {
+    if let Some((name, _)) = message
+        .headers
+        .iter()
+        .find(|(name, _)| !valid_header_name(name))
+    {
+        return Err(PublishError::Refused {
+            source: format!("invalid header name {name:?}").into(),
+        });
+    }
+    let mut id = [0u8; 45];
+    let id: &str = message.message_id.hyphenated().encode_lower(&mut id);
+    let headers: HeaderMap =
+        std::iter::once((async_nats::header::NATS_MESSAGE_ID, HeaderValue::from(id)))
+            .chain(message.headers.iter().map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from(value.as_str()),
+                )
+            }))
+            .collect();
+    Ok(PublishMessage::build()
+        .payload(message.payload.clone().into())
+        .headers(headers))
+}
+
 impl Publisher for JetStreamPublisher {
     async fn publish<'a>(&'a self, batch: &'a [OutboundMessage]) -> Vec<Result<Ack, PublishError>> {
         // Send all first (in order, on one connection), then await the acks together.
         let mut pending = Vec::with_capacity(batch.len());
         for message in batch {
-            let mut publish = PublishMessage::build()
-                .payload(message.payload.clone().into())
-                .message_id(message.message_id.to_string());
-            for (name, value) in &message.headers {
-                publish = publish.header(*name, value.as_str());
-            }
-            pending.push(
-                self.context
+            pending.push(match publish_message(message) {
+                Ok(publish) => self
+                    .context
                     .send_publish(message.subject.clone(), publish)
-                    .await,
-            );
+                    .await
+                    .map_err(publish_error),
+                Err(error) => Err(error),
+            });
         }
         let acks = pending.into_iter().map(|sent| async move {
-            let ack = sent.map_err(publish_error)?.await.map_err(publish_error)?;
+            let ack = sent?.await.map_err(publish_error)?;
             Ok(Ack {
                 duplicate: ack.duplicate,
             })
