@@ -1,5 +1,7 @@
 //! The relay: the global log, published to a broker, at least once, in order per stream.
 
+#[cfg(test)]
+mod tests;
 mod window;
 
 use std::future::Future;
@@ -292,10 +294,14 @@ where
                 let want = u64::try_from(room.min(read_size)).unwrap_or(u64::MAX);
                 let mut records = pin!(store.read_all(read_to, Some(want)));
                 let mut read = 0u64;
-                while let Some(record) = records.try_next().await.map_err(RelayError::Store)? {
+                while let Some(mut record) = records.try_next().await.map_err(RelayError::Store)? {
                     read_to = record.position;
                     read += 1;
-                    pending.push(OutboundMessage::from_record(&record, scheme));
+                    // The payload is moved into the message rather than copied.
+                    let payload = std::mem::take(&mut record.payload);
+                    let mut message = OutboundMessage::from_record(&record, scheme);
+                    message.payload = payload;
+                    pending.push(message);
                 }
                 more = read >= want;
                 caught_up = !live && !more;

@@ -3,6 +3,7 @@
 //! the acknowledged prefix of the log reaches.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 
 use crate::{OutboundMessage, Position, StreamId};
 
@@ -37,8 +38,9 @@ pub(super) struct Pending {
     slots: VecDeque<Slot>,
     /// Indices of the `Ready` slots, in log order.
     ready: BTreeSet<u64>,
-    /// Per stream with an unacknowledged event here, the index of its last one read.
-    tails: HashMap<StreamId, u64>,
+    /// Per stream with an unacknowledged event here (by the stream's [`StreamKey`]), the
+    /// index of its last one read.
+    tails: HashMap<u64, u64, BuildHasherDefault<Passthrough>>,
     in_flight: usize,
 }
 
@@ -67,7 +69,8 @@ impl Pending {
     /// here, otherwise behind the stream's previous event.
     pub(super) fn push(&mut self, message: OutboundMessage) {
         let index = self.base + self.slots.len() as u64;
-        let state = match self.tails.get_mut(&message.stream) {
+        let key = stream_key(&message.stream);
+        let state = match self.tails.get_mut(&key) {
             Some(tail) => {
                 let previous = *tail;
                 *tail = index;
@@ -77,7 +80,7 @@ impl Pending {
                 State::Blocked
             }
             None => {
-                self.tails.insert(message.stream.clone(), index);
+                self.tails.insert(key, index);
                 self.ready.insert(index);
                 State::Ready
             }
@@ -135,8 +138,9 @@ impl Pending {
                 }
             }
             None => {
-                if self.tails.get(&message.stream) == Some(&index) {
-                    self.tails.remove(&message.stream);
+                let key = stream_key(&message.stream);
+                if self.tails.get(&key) == Some(&index) {
+                    self.tails.remove(&key);
                 }
             }
         }
@@ -184,6 +188,35 @@ impl Pending {
     fn slot_mut(&mut self, index: u64) -> Option<&mut Slot> {
         let offset = usize::try_from(index.checked_sub(self.base)?).ok()?;
         self.slots.get_mut(offset)
+    }
+}
+
+/// A stream's key in [`Pending::tails`]: a 64-bit hash of its id, so that no id is cloned
+/// per event. Two streams whose keys collide (about one chance in 2^64 per pair) share one
+/// chain: each then also waits for the other's earlier events, which costs concurrency but
+/// never reorders a stream.
+fn stream_key(stream: &StreamId) -> u64 {
+    // Fixed keys: the value only needs to be the same within one relay run.
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(stream)
+}
+
+/// The hasher of a map whose keys are already hashes.
+#[derive(Debug, Default)]
+struct Passthrough(u64);
+
+impl Hasher for Passthrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = value;
     }
 }
 
