@@ -331,12 +331,13 @@ fn median(values: &mut [f64]) -> f64 {
     }
 }
 
-async fn compare<S>(label: &str, store: &S, options: &Options)
+async fn compare<S>(label: &str, store: &S, options: &Options, settle: impl FnOnce())
 where
     S: EventLog + CheckpointStore,
 {
     let started = Instant::now();
     populate(store, options.events, options.streams).await;
+    settle();
     println!(
         "{label}: {} events in {} streams appended in {:.1} s",
         options.events,
@@ -432,7 +433,7 @@ fn main() {
             match *store {
                 "memory" => {
                     let store = cqrs_core::InMemoryEventStore::new();
-                    compare("memory", &store, &options).await;
+                    compare("memory", &store, &options, || {}).await;
                 }
                 _ => {
                     // Appends are buffered: only the relay's reads are measured here.
@@ -440,7 +441,10 @@ fn main() {
                         .durability(Durability::Buffered)
                         .open()
                         .expect("a temporary sled store");
-                    compare("sled", &store, &options).await;
+                    // Flushed after populating, so sled's background flush does not
+                    // run during the first runs.
+                    let flush = || store.flush().expect("flush the sled store");
+                    compare("sled", &store, &options, flush).await;
                     drop::<SledEventStore>(store);
                 }
             }
