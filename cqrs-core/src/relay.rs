@@ -31,8 +31,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// How a [`Relay`] publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// Messages in flight at once (published, acknowledgement awaited): at most this
-    /// many per batch, at most one per stream. At least 1.
+    /// Messages in flight at once (published, acknowledgement awaited), at most one per
+    /// stream, over several [`Publisher::publish`] calls that overlap: as a call
+    /// completes, its room goes to the next. At least 1.
     pub window: usize,
     /// Events read ahead of the oldest unacknowledged one: the relay's memory bound.
     /// At least [`window`](Self::window).
@@ -40,8 +41,9 @@ pub struct RelayConfig {
     /// How long the relay waits for the store's notification before it reads anyway
     /// (a fallback: it wakes at once on a notified append).
     pub poll_interval: Duration,
-    /// The backoff between rounds that had failures (`max_attempts` is not used: see
-    /// [`refused_attempts`](Self::refused_attempts)).
+    /// The backoff after a publish call that had failures: no new call starts until it
+    /// has passed, and the failed messages are then sent again (`max_attempts` is not
+    /// used: see [`refused_attempts`](Self::refused_attempts)).
     pub backoff: RetryPolicy,
     /// How many times one message may be refused by the broker before the relay stops
     /// with [`RelayError::Refused`]. An unavailable broker is waited for without limit.
@@ -115,9 +117,16 @@ pub enum RelayError {
 /// `relay:<name>`), publishes each event as an [`OutboundMessage`] (message id = event
 /// id, subject from the [`SubjectScheme`]) and waits for the broker's acknowledgements.
 /// Only then does it move the checkpoint, over the longest prefix of the log that is
-/// acknowledged. So delivery is at least once: after a crash, the relay republishes what
-/// it had in flight and not yet checkpointed, and the broker drops those it already
-/// holds (deduplication by message id).
+/// acknowledged (saved after every `window` acknowledged events, at least every 100 ms
+/// while publishes are in flight, and whenever none is). So delivery is at least once:
+/// after a crash, the relay republishes what it had read and not yet checkpointed, and
+/// the broker drops those it already holds (deduplication by message id).
+///
+/// # Throughput
+/// Publish calls overlap: the window is split into calls of up to 32 messages (or
+/// `window / 8`), and each call that completes frees room for the next, so acks keep
+/// coming back while new messages go out; the log is read ahead in pieces of a window
+/// between refills.
 ///
 /// # Order
 /// Up to [`RelayConfig::window`] messages are in flight at once, but at most one per
@@ -220,9 +229,10 @@ where
     }
 
     /// Publishes the log and then every new event as it is appended (woken by
-    /// [`EventLog::watch`]), until `shutdown` completes. Shutdown is taken between
-    /// batches: a batch in flight is awaited and checkpointed first; a wait for a broker
-    /// retry or for new events ends at once.
+    /// [`EventLog::watch`]), until `shutdown` completes. On shutdown nothing new is
+    /// sent; the publish calls in flight are awaited and the acknowledged prefix is
+    /// checkpointed before it returns; a wait for a broker retry or for new events ends
+    /// at once.
     ///
     /// # Errors
     /// [`RelayError::Store`] if the store fails; [`RelayError::Refused`] if the broker
