@@ -363,14 +363,18 @@ where
         return;
     }
     // rates[side][run]
-    let mut rates = vec![vec![0.0; options.runs]; sides.len()];
+    let mut rates = vec![Vec::with_capacity(options.runs); sides.len()];
     for run in 0..options.runs {
         // Rotate which goes first, so none always runs on a warmer (or busier) server.
+        let mut row = [0.0; 3];
         for k in 0..sides.len() {
             let side = (run + k) % sides.len();
-            rates[side][run] = run_side(sides[side], run).await;
+            row[side] = run_side(sides[side], run).await;
         }
-        let (a, b, c) = (rates[0][run], rates[1][run], rates[2][run]);
+        for (side, rate) in row.iter().enumerate() {
+            rates[side].push(*rate);
+        }
+        let [a, b, c] = row;
         println!(
             "  run {}: relay {a:>7.0}/s   raw {b:>7.0}/s   raw prebuilt {c:>7.0}/s   \
              relay/raw {:.2}   relay/prebuilt {:.2}",
@@ -380,8 +384,10 @@ where
         );
     }
     let ratios = |other: usize| -> Vec<f64> {
-        (0..options.runs)
-            .map(|run| rates[0][run] / rates[other][run])
+        rates[0]
+            .iter()
+            .zip(&rates[other])
+            .map(|(a, b)| a / b)
             .collect()
     };
     let show = |values: &[f64]| {

@@ -217,7 +217,8 @@ async fn shutdown_awaits_the_calls_in_flight_and_sends_nothing_new() {
     let sent = publisher.inner.messages().len();
     assert!(in_flight > 0);
     assert_eq!(
-        stats.published as usize, sent,
+        stats.published,
+        u64::try_from(sent).expect("a count"),
         "what was in flight was awaited and counted"
     );
     assert!(sent < 600, "not everything was sent: the relay stopped");
