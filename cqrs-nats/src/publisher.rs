@@ -49,7 +49,8 @@ impl StreamSettings {
 /// A refusal in the `PubAck` (no stream for the subject, a message over the stream's
 /// size limit, a full stream) is [`PublishError::Refused`]; a timeout or a broken
 /// connection is [`PublishError::Unavailable`]. The client reconnects by itself; the
-/// relay retries.
+/// relay retries. A message with a header name that is not visible ASCII without `:` is
+/// refused without being sent.
 ///
 /// # Examples
 /// ```no_run
@@ -229,5 +230,46 @@ impl Publisher for JetStreamPublisher {
             })
         });
         futures::future::join_all(acks).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(headers: Vec<(&'static str, String)>) -> OutboundMessage {
+        OutboundMessage {
+            message_id: "0190b6b2-0000-7000-8000-000000000001"
+                .parse()
+                .expect("a uuid"),
+            subject: "bank.account.1".into(),
+            headers,
+            payload: b"{}".to_vec(),
+            stream: cqrs_core::StreamId::new("account", "1").expect("an id"),
+            version: 1,
+            position: cqrs_core::Position::new(0, 1),
+        }
+    }
+
+    #[test]
+    fn envelope_headers_are_accepted() {
+        // What goes on the wire is checked against a server by the conformance suite
+        // (`tests/conformance.rs`: the id) and `tests/relay.rs` (the version header).
+        let built = publish_message(&message(vec![
+            ("Cqrs-Version", "1".into()),
+            ("Cqrs-Event-Type", "Opened".into()),
+        ]));
+        assert!(built.is_ok());
+    }
+
+    #[test]
+    fn an_invalid_header_name_is_refused_not_a_panic() {
+        for name in ["Bad:Name", "Bad Name", ""] {
+            let refused = publish_message(&message(vec![(name, "x".into())]));
+            assert!(
+                matches!(refused, Err(PublishError::Refused { .. })),
+                "{name:?}"
+            );
+        }
     }
 }
