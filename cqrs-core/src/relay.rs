@@ -1,22 +1,39 @@
 //! The relay: the global log, published to a broker, at least once, in order per stream.
 
-use std::collections::{HashSet, VecDeque};
+#[cfg(test)]
+mod tests;
+mod window;
+
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
-use futures::{FutureExt, TryStreamExt};
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt, TryStreamExt};
+use tokio::time::Instant;
 
 use crate::{
-    CheckpointStore, EventLog, OutboundMessage, Position, PublishError, Publisher, RetryPolicy,
-    StreamId, SubjectScheme,
+    Ack, CheckpointStore, EventLog, OutboundMessage, Position, PublishError, Publisher,
+    RetryPolicy, StreamId, SubjectScheme,
 };
+use window::Pending;
+
+/// The most messages in one [`Publisher::publish`] call (or `window / 8` if larger, and
+/// never more than the window): several calls are in flight at once, and each one that
+/// completes frees room for the next.
+const CALL_SIZE: usize = 32;
+
+/// The longest the relay keeps an acknowledged prefix without saving the checkpoint
+/// while publishes are in flight (it also saves after every `window` acknowledged
+/// events, and whenever nothing is in flight).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 
 /// How a [`Relay`] publishes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RelayConfig {
-    /// Messages in flight at once (published, acknowledgement awaited): at most this
-    /// many per batch, at most one per stream. At least 1.
+    /// Messages in flight at once (published, acknowledgement awaited), at most one per
+    /// stream, over several [`Publisher::publish`] calls that overlap: as a call
+    /// completes, its room goes to the next. At least 1.
     pub window: usize,
     /// Events read ahead of the oldest unacknowledged one: the relay's memory bound.
     /// At least [`window`](Self::window).
@@ -24,8 +41,9 @@ pub struct RelayConfig {
     /// How long the relay waits for the store's notification before it reads anyway
     /// (a fallback: it wakes at once on a notified append).
     pub poll_interval: Duration,
-    /// The backoff between rounds that had failures (`max_attempts` is not used: see
-    /// [`refused_attempts`](Self::refused_attempts)).
+    /// The backoff after a publish call that had failures: no new call starts until it
+    /// has passed, and the failed messages are then sent again (`max_attempts` is not
+    /// used: see [`refused_attempts`](Self::refused_attempts)).
     pub backoff: RetryPolicy,
     /// How many times one message may be refused by the broker before the relay stops
     /// with [`RelayError::Refused`]. An unavailable broker is waited for without limit.
@@ -91,12 +109,6 @@ pub enum RelayError {
     },
 }
 
-struct Slot {
-    message: OutboundMessage,
-    acked: bool,
-    refusals: u32,
-}
-
 /// Publishes the store's global log to a broker: each event once acknowledged, in order
 /// per stream, resuming after a restart from its checkpoint.
 ///
@@ -105,9 +117,16 @@ struct Slot {
 /// `relay:<name>`), publishes each event as an [`OutboundMessage`] (message id = event
 /// id, subject from the [`SubjectScheme`]) and waits for the broker's acknowledgements.
 /// Only then does it move the checkpoint, over the longest prefix of the log that is
-/// acknowledged. So delivery is at least once: after a crash, the relay republishes what
-/// it had in flight and not yet checkpointed, and the broker drops those it already
-/// holds (deduplication by message id).
+/// acknowledged (saved after every `window` acknowledged events, at least every 100 ms
+/// while publishes are in flight, and whenever none is). So delivery is at least once:
+/// after a crash, the relay republishes what it had read and not yet checkpointed, and
+/// the broker drops those it already holds (deduplication by message id).
+///
+/// # Throughput
+/// Publish calls overlap: the window is split into calls of up to 32 messages (or
+/// `window / 8`), and each call that completes frees room for the next, so acks keep
+/// coming back while new messages go out; the log is read ahead in pieces of a window
+/// between refills.
 ///
 /// # Order
 /// Up to [`RelayConfig::window`] messages are in flight at once, but at most one per
@@ -210,9 +229,10 @@ where
     }
 
     /// Publishes the log and then every new event as it is appended (woken by
-    /// [`EventLog::watch`]), until `shutdown` completes. Shutdown is taken between
-    /// batches: a batch in flight is awaited and checkpointed first; a wait for a broker
-    /// retry or for new events ends at once.
+    /// [`EventLog::watch`]), until `shutdown` completes. On shutdown nothing new is
+    /// sent; the publish calls in flight are awaited and the acknowledged prefix is
+    /// checkpointed before it returns; a wait for a broker retry or for new events ends
+    /// at once.
     ///
     /// # Errors
     /// [`RelayError::Store`] if the store fails; [`RelayError::Refused`] if the broker
@@ -230,21 +250,40 @@ where
         shutdown: impl Future<Output = ()> + Send,
         live: bool,
     ) -> Result<RelayStats, RelayError> {
-        let window = self.config.window.max(1);
-        let read_ahead = self.config.read_ahead.max(window);
-        let checkpoint_name = self.checkpoint_name();
+        let Relay {
+            name,
+            store,
+            publisher,
+            scheme,
+            config,
+            stats,
+        } = self;
+        let publisher = &*publisher;
+        let window = config.window.max(1);
+        let read_ahead = config.read_ahead.max(window);
+        // Reads of at most a window's worth, between refills of the window: a long read
+        // would let the messages in flight drain while nothing new is sent.
+        let read_size = window;
+        let call_size = window.min(CALL_SIZE.max(window / 8));
+        let refused_limit = config.refused_attempts.max(1);
+        let checkpoint_name = format!("relay:{name}");
         let mut shutdown = pin!(shutdown.fuse());
-        let mut watcher = self.store.watch();
-        let mut checkpoint = self
-            .store
+        let mut watcher = store.watch();
+        let loaded = store
             .load_checkpoint(&checkpoint_name)
             .await
             .map_err(RelayError::Store)?
             .unwrap_or(Position::START);
-        self.stats.checkpoint = checkpoint;
-        let mut read_to = checkpoint;
-        let mut pending: VecDeque<Slot> = VecDeque::new();
+        stats.checkpoint = loaded;
+        let mut read_to = loaded;
+        let mut pending = Pending::default();
+        let mut calls = FuturesUnordered::new();
+        let mut checkpoint = Checkpoint::new(window);
         let mut failed_rounds: u32 = 0;
+        let mut paused_until: Option<Instant> = None;
+        // Set on shutdown or a refusal: nothing new is sent, the calls in flight are awaited.
+        let mut stopping = false;
+        let mut refused: Option<RelayError> = None;
         let can_wake = watcher.can_wake();
         // Whether the log may hold events after `read_to` that are not read yet.
         let mut more = true;
@@ -253,142 +292,217 @@ where
             if !more && can_wake && watcher.changed().now_or_never().is_some() {
                 more = true;
             }
-            if (more || !can_wake) && !caught_up && pending.len() < read_ahead {
+            let room = read_ahead.saturating_sub(pending.len());
+            if (more || !can_wake)
+                && !caught_up
+                && !stopping
+                && room > 0
+                && (room >= read_size || pending.is_empty())
+            {
                 // Mark before reading: an append after the read wakes the wait below.
                 watcher.mark_seen();
-                let want = u64::try_from(read_ahead - pending.len()).unwrap_or(u64::MAX);
-                let records: Vec<_> = self
-                    .store
-                    .read_all(read_to, Some(want))
-                    .try_collect()
-                    .await
-                    .map_err(RelayError::Store)?;
-                more = u64::try_from(records.len()).unwrap_or(u64::MAX) >= want;
-                caught_up = !live && !more;
-                for record in &records {
+                let want = u64::try_from(room.min(read_size)).unwrap_or(u64::MAX);
+                let mut records = pin!(store.read_all(read_to, Some(want)));
+                let mut read = 0u64;
+                while let Some(mut record) = records.try_next().await.map_err(RelayError::Store)? {
                     read_to = record.position;
-                    pending.push_back(Slot {
-                        message: OutboundMessage::from_record(record, &self.scheme),
-                        acked: false,
-                        refusals: 0,
-                    });
+                    read += 1;
+                    // The payload is moved into the message rather than copied.
+                    let payload = std::mem::take(&mut record.payload);
+                    let mut message = OutboundMessage::from_record(&record, scheme);
+                    message.payload = payload;
+                    pending.push(message);
                 }
+                more = read >= want;
+                caught_up = !live && !more;
             }
-            if pending.is_empty() {
-                if !live {
-                    return Ok(self.stats);
+            if paused_until.is_some_and(|until| Instant::now() >= until) {
+                paused_until = None;
+            }
+            if calls.is_empty() && (stopping || pending.is_empty()) {
+                checkpoint
+                    .save(&mut pending, store, &checkpoint_name, stats, true)
+                    .await?;
+                if let Some(error) = refused {
+                    return Err(error);
+                }
+                if stopping || !live {
+                    return Ok(*stats);
                 }
                 tokio::select! {
-                    () = &mut shutdown => return Ok(self.stats),
+                    () = &mut shutdown => return Ok(*stats),
                     () = watcher.changed() => {}
-                    () = tokio::time::sleep(self.config.poll_interval) => {}
+                    () = tokio::time::sleep(config.poll_interval) => {}
                 }
                 more = true;
                 continue;
             }
-
-            // One round: the oldest unacknowledged event of each stream, up to the window.
-            let mut blocked: HashSet<&StreamId> = HashSet::new();
-            let mut picked: Vec<usize> = Vec::new();
-            for (i, slot) in pending.iter().enumerate() {
-                if slot.acked || !blocked.insert(&slot.message.stream) {
-                    continue;
-                }
-                picked.push(i);
-                if picked.len() == window {
-                    break;
-                }
-            }
-            let batch: Vec<OutboundMessage> =
-                picked.iter().map(|&i| pending[i].message.clone()).collect();
-            let results = self.publisher.publish(&batch).await;
-            let mut failures = 0u32;
-            for (k, &i) in picked.iter().enumerate() {
-                let slot = &mut pending[i];
-                match results.get(k) {
-                    Some(Ok(ack)) => {
-                        slot.acked = true;
-                        if ack.duplicate {
-                            self.stats.duplicates += 1;
-                        } else {
-                            self.stats.published += 1;
-                        }
-                    }
-                    Some(Err(error)) => {
-                        failures += 1;
-                        self.stats.failures += 1;
-                        tracing::warn!(relay = %self.name, event_id = %slot.message.message_id,
-                            stream = %slot.message.stream, version = slot.message.version,
-                            %error, "publish failed; will retry");
-                        if error.is_refused() {
-                            slot.refusals += 1;
-                        }
-                    }
-                    // A publisher that answered fewer results than messages: retry those.
-                    None => failures += 1,
-                }
-            }
-            if let Some((k, i)) = picked.iter().enumerate().find_map(|(k, &i)| {
-                (pending[i].refusals >= self.config.refused_attempts.max(1)).then_some((k, i))
-            }) {
-                let (event_id, stream, version, attempts) = {
-                    let slot = &pending[i];
-                    let m = &slot.message;
-                    (m.message_id, m.stream.clone(), m.version, slot.refusals)
-                };
-                let source = match results.into_iter().nth(k) {
-                    Some(Err(error)) => error,
-                    _ => PublishError::Refused {
-                        source: "refused".into(),
-                    },
-                };
-                self.save_progress(&mut pending, &mut checkpoint, &checkpoint_name)
-                    .await?;
-                return Err(RelayError::Refused {
-                    event_id,
-                    stream,
-                    version,
-                    attempts,
-                    source,
+            // Refill the window: calls of up to `call_size` messages, `window` in all.
+            while !stopping
+                && paused_until.is_none()
+                && pending.in_flight() < window
+                && pending.has_ready()
+            {
+                let (indices, batch) = pending.take(call_size.min(window - pending.in_flight()));
+                calls.push(async move {
+                    let results = publisher.publish(&batch).await;
+                    (indices, batch, results)
                 });
             }
-            self.save_progress(&mut pending, &mut checkpoint, &checkpoint_name)
+            checkpoint
+                .save(
+                    &mut pending,
+                    store,
+                    &checkpoint_name,
+                    stats,
+                    calls.is_empty(),
+                )
                 .await?;
-            if shutdown.as_mut().now_or_never().is_some() {
-                return Ok(self.stats);
-            }
-            if failures > 0 {
-                failed_rounds = failed_rounds.saturating_add(1);
-                let delay = self.config.backoff.delay(failed_rounds);
+            if calls.is_empty() {
+                // Nothing in flight and events held: a backoff after failures.
+                let until = paused_until.unwrap_or_else(Instant::now);
                 tokio::select! {
-                    () = &mut shutdown => return Ok(self.stats),
-                    () = tokio::time::sleep(delay) => {}
+                    () = &mut shutdown, if !stopping => stopping = true,
+                    () = tokio::time::sleep_until(until) => paused_until = None,
                 }
-            } else {
-                failed_rounds = 0;
+                continue;
+            }
+            let pause = paused_until;
+            tokio::select! {
+                biased;
+                Some((indices, batch, results)) = calls.next() => {
+                    let failures = settle(
+                        &mut pending, stats, name, refused_limit, (indices, batch, results),
+                        &mut refused,
+                    );
+                    if refused.is_some() {
+                        stopping = true;
+                    }
+                    if failures == 0 {
+                        failed_rounds = 0;
+                    } else if paused_until.is_none() {
+                        failed_rounds = failed_rounds.saturating_add(1);
+                        paused_until = Some(Instant::now() + config.backoff.delay(failed_rounds));
+                    }
+                }
+                () = &mut shutdown, if !stopping => stopping = true,
+                () = tokio::time::sleep_until(pause.unwrap_or_else(Instant::now)), if pause.is_some() => {
+                    paused_until = None;
+                }
             }
         }
     }
+}
 
-    /// Drops the acknowledged prefix of `pending` and saves the checkpoint at its end.
-    async fn save_progress(
+/// One completed publish call: the slots' indices, the messages, the broker's answers.
+type Call = (
+    Vec<u64>,
+    Vec<OutboundMessage>,
+    Vec<Result<Ack, PublishError>>,
+);
+
+/// Applies a completed call's answers to `pending` and `stats`; returns how many
+/// messages failed, and records in `refused` the first one refused `refused_limit` times.
+fn settle(
+    pending: &mut Pending,
+    stats: &mut RelayStats,
+    name: &str,
+    refused_limit: u32,
+    (indices, batch, results): Call,
+    refused: &mut Option<RelayError>,
+) -> u32 {
+    let mut results = results.into_iter();
+    let mut failures = 0;
+    for (index, message) in indices.into_iter().zip(batch) {
+        match results.next() {
+            Some(Ok(ack)) => {
+                if ack.duplicate {
+                    stats.duplicates += 1;
+                } else {
+                    stats.published += 1;
+                }
+                pending.acked(index, &message);
+            }
+            Some(Err(error)) => {
+                failures += 1;
+                stats.failures += 1;
+                tracing::warn!(relay = %name, event_id = %message.message_id,
+                    stream = %message.stream, version = message.version,
+                    %error, "publish failed; will retry");
+                let is_refused = error.is_refused();
+                let (event_id, version) = (message.message_id, message.version);
+                let stream = is_refused.then(|| message.stream.clone());
+                let refusals = pending.failed(index, message, is_refused);
+                if let Some(stream) = stream
+                    && refusals >= refused_limit
+                    && refused.is_none()
+                {
+                    *refused = Some(RelayError::Refused {
+                        event_id,
+                        stream,
+                        version,
+                        attempts: refusals,
+                        source: error,
+                    });
+                }
+            }
+            // A publisher that answered fewer results than messages: retry those.
+            None => {
+                failures += 1;
+                pending.failed(index, message, false);
+            }
+        }
+    }
+    failures
+}
+
+/// The relay's checkpoint: the acknowledged prefix, saved every `every` events, every
+/// [`CHECKPOINT_EVERY`], or when asked to.
+struct Checkpoint {
+    unsaved: Option<Position>,
+    unsaved_events: u64,
+    every: u64,
+    saved_at: Instant,
+}
+
+impl Checkpoint {
+    fn new(every: usize) -> Self {
+        Checkpoint {
+            unsaved: None,
+            unsaved_events: 0,
+            every: u64::try_from(every).unwrap_or(u64::MAX),
+            saved_at: Instant::now(),
+        }
+    }
+
+    /// Drops the acknowledged prefix of `pending` and, if `now` or it is due, saves the
+    /// checkpoint at its end.
+    async fn save<S: CheckpointStore>(
         &mut self,
-        pending: &mut VecDeque<Slot>,
-        checkpoint: &mut Position,
-        checkpoint_name: &str,
+        pending: &mut Pending,
+        store: &S,
+        name: &str,
+        stats: &mut RelayStats,
+        now: bool,
     ) -> Result<(), RelayError> {
-        let mut advanced = None;
-        while pending.front().is_some_and(|slot| slot.acked) {
-            advanced = pending.pop_front().map(|slot| slot.message.position);
+        if let Some((position, events)) = pending.pop_acked_prefix() {
+            self.unsaved = Some(position);
+            self.unsaved_events += events;
         }
-        if let Some(position) = advanced {
-            self.store
-                .save_checkpoint(checkpoint_name, position)
-                .await
-                .map_err(RelayError::Store)?;
-            *checkpoint = position;
-            self.stats.checkpoint = position;
+        let Some(position) = self.unsaved else {
+            return Ok(());
+        };
+        if !now && self.unsaved_events < self.every && self.saved_at.elapsed() < CHECKPOINT_EVERY {
+            return Ok(());
         }
+        store
+            .save_checkpoint(name, position)
+            .await
+            .map_err(RelayError::Store)?;
+        self.unsaved = None;
+        self.unsaved_events = 0;
+        self.saved_at = Instant::now();
+        stats.checkpoint = position;
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use async_nats::header::{HeaderMap, HeaderName, HeaderValue};
 use async_nats::jetstream::{self, context::PublishErrorKind, message::PublishMessage};
 use cqrs_core::{Ack, OutboundMessage, PublishError, Publisher, SubjectScheme};
 
@@ -48,7 +49,8 @@ impl StreamSettings {
 /// A refusal in the `PubAck` (no stream for the subject, a message over the stream's
 /// size limit, a full stream) is [`PublishError::Refused`]; a timeout or a broken
 /// connection is [`PublishError::Unavailable`]. The client reconnects by itself; the
-/// relay retries.
+/// relay retries. A message with a header name that is not visible ASCII without `:` is
+/// refused without being sent.
 ///
 /// # Examples
 /// ```no_run
@@ -172,29 +174,102 @@ fn publish_error(error: jetstream::context::PublishError) -> PublishError {
     }
 }
 
+/// Whether `name` may be a header name on the wire: visible ASCII, no `:`.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
+}
+
+/// The JetStream message of `message`: `Nats-Msg-Id`, the envelope headers, the payload.
+///
+/// Built for the hot path: header names from the static strings (no copy), the id
+/// encoded without the formatting machinery, values copied once.
+fn publish_message(message: &OutboundMessage) -> Result<PublishMessage, PublishError> {
+    if let Some((name, _)) = message
+        .headers
+        .iter()
+        .find(|(name, _)| !valid_header_name(name))
+    {
+        return Err(PublishError::Refused {
+            source: format!("invalid header name {name:?}").into(),
+        });
+    }
+    let mut id = [0u8; 45];
+    let id: &str = message.message_id.hyphenated().encode_lower(&mut id);
+    let headers: HeaderMap =
+        std::iter::once((async_nats::header::NATS_MESSAGE_ID, HeaderValue::from(id)))
+            .chain(message.headers.iter().map(|(name, value)| {
+                (
+                    HeaderName::from_static(name),
+                    HeaderValue::from(value.as_str()),
+                )
+            }))
+            .collect();
+    Ok(PublishMessage::build()
+        .payload(message.payload.clone().into())
+        .headers(headers))
+}
+
 impl Publisher for JetStreamPublisher {
     async fn publish<'a>(&'a self, batch: &'a [OutboundMessage]) -> Vec<Result<Ack, PublishError>> {
         // Send all first (in order, on one connection), then await the acks together.
         let mut pending = Vec::with_capacity(batch.len());
         for message in batch {
-            let mut publish = PublishMessage::build()
-                .payload(message.payload.clone().into())
-                .message_id(message.message_id.to_string());
-            for (name, value) in &message.headers {
-                publish = publish.header(*name, value.as_str());
-            }
-            pending.push(
-                self.context
+            pending.push(match publish_message(message) {
+                Ok(publish) => self
+                    .context
                     .send_publish(message.subject.clone(), publish)
-                    .await,
-            );
+                    .await
+                    .map_err(publish_error),
+                Err(error) => Err(error),
+            });
         }
         let acks = pending.into_iter().map(|sent| async move {
-            let ack = sent.map_err(publish_error)?.await.map_err(publish_error)?;
+            let ack = sent?.await.map_err(publish_error)?;
             Ok(Ack {
                 duplicate: ack.duplicate,
             })
         });
         futures::future::join_all(acks).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(headers: Vec<(&'static str, String)>) -> OutboundMessage {
+        OutboundMessage {
+            message_id: "0190b6b2-0000-7000-8000-000000000001"
+                .parse()
+                .expect("a uuid"),
+            subject: "bank.account.1".into(),
+            headers,
+            payload: b"{}".to_vec(),
+            stream: cqrs_core::StreamId::new("account", "1").expect("an id"),
+            version: 1,
+            position: cqrs_core::Position::new(0, 1),
+        }
+    }
+
+    #[test]
+    fn envelope_headers_are_accepted() {
+        // What goes on the wire is checked against a server by the conformance suite
+        // (`tests/conformance.rs`: the id) and `tests/relay.rs` (the version header).
+        let built = publish_message(&message(vec![
+            ("Cqrs-Version", "1".into()),
+            ("Cqrs-Event-Type", "Opened".into()),
+        ]));
+        assert!(built.is_ok());
+    }
+
+    #[test]
+    fn an_invalid_header_name_is_refused_not_a_panic() {
+        for name in ["Bad:Name", "Bad Name", ""] {
+            let refused = publish_message(&message(vec![(name, "x".into())]));
+            assert!(
+                matches!(refused, Err(PublishError::Refused { .. })),
+                "{name:?}"
+            );
+        }
     }
 }
