@@ -16,8 +16,10 @@
 //!                                        the main job: a random workload, then a summary
 //!                                        and an invariant check
 //!   serve [--addr 127.0.0.1:8080] [--ready-max-lag 1000] [--log-format text|json]
-//!                                        the HTTP API (JSON), /metrics (Prometheus),
-//!                                        /health/live and /health/ready
+//!         [--relay-to nats://HOST:PORT]  the HTTP API (JSON), /metrics (Prometheus),
+//!                                        /health/live and /health/ready; with the relay
+//!   relay --to nats://HOST:PORT [--stream BANK_EVENTS] [--prefix bank]
+//!                                        publish the events to a broker until stopped
 //!   snapshot | replay | events | stats   the framework's operations subcommand
 //! ```
 //!
@@ -48,6 +50,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 
 mod demo;
+mod relay;
 
 /// The bank-account example of the cqrs framework.
 #[derive(Debug, Parser)]
@@ -137,7 +140,11 @@ enum Command {
         /// `/health/ready` fails while the read model is more events behind than this.
         #[arg(long, default_value_t = example_bank_account::http::DEFAULT_READY_MAX_LAG)]
         ready_max_lag: u64,
+        #[command(flatten)]
+        relay: relay::ServeRelayArgs,
     },
+    /// Publish the events to a message broker until SIGINT or SIGTERM (the relay).
+    Relay(relay::RelayArgs),
     #[command(flatten)]
     Ops(OpsCommand),
 }
@@ -205,6 +212,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     // `serve` exports metrics: the recorder goes in before anything records.
     let metrics = match cli.command {
         Command::Serve { .. } => Some(install_metrics()?),
+        Command::Relay(_) => {
+            init_logs(cli.log_format);
+            None
+        }
         _ => None,
     };
     let services = AccountServices::new(cli.daily_limit);
@@ -236,6 +247,17 @@ fn install_metrics() -> Result<PrometheusHandle, Failure> {
         }
     });
     Ok(handle)
+}
+
+/// Sends the log (`tracing`, level info) to standard error, as text or JSON lines.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
 /// Prints a command's answer, and on standard error what a person should know about it.
@@ -284,9 +306,15 @@ async fn command(
         }
         Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
         Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
+        Command::Relay(args) => {
+            let shutdown = cqrs_http::shutdown_signal();
+            let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
+            return relay::run(bank, &args, shutdown).await;
+        }
         Command::Serve {
             addr,
             ready_max_lag,
+            relay,
         } => {
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener =
@@ -295,13 +323,11 @@ async fn command(
             let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
             // A server's log (a projection stopped and restarted, a contained panic) goes
             // to standard error; the one-shot commands print only their answer.
-            let logs = tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_max_level(tracing::Level::INFO);
-            match log_format {
-                LogFormat::Text => logs.init(),
-                LogFormat::Json => logs.json().init(),
-            }
+            init_logs(log_format);
+            let relay = match relay.target() {
+                Some(target) => Some(relay::Background::start(bank, &target).await?),
+                None => None,
+            };
             let app = example_bank_account::http::app(bank.clone(), ready_max_lag);
             let app = match metrics {
                 Some(handle) => app.merge(cqrs_http::metrics_router(move || handle.render())),
@@ -311,7 +337,11 @@ async fn command(
             eprintln!("bank: serving on http://{addr}; Ctrl-C or SIGTERM stops");
             let served =
                 example_bank_account::http::serve_app(bank.clone(), app, listener, shutdown);
-            return Ok(served.await?);
+            let served = served.await;
+            if let Some(relay) = relay {
+                relay.stop().await?;
+            }
+            return Ok(served?);
         }
         Command::Ops(command) => {
             let _lock = match command {
