@@ -212,10 +212,6 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     // `serve` exports metrics: the recorder goes in before anything records.
     let metrics = match cli.command {
         Command::Serve { .. } => Some(install_metrics()?),
-        Command::Relay(_) => {
-            init_logs(cli.log_format);
-            None
-        }
         _ => None,
     };
     let services = AccountServices::new(cli.daily_limit);
@@ -307,6 +303,7 @@ async fn command(
         Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
         Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
         Command::Relay(args) => {
+            init_logs(log_format);
             let shutdown = cqrs_http::shutdown_signal();
             let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
             return relay::run(bank, &args, shutdown).await;

@@ -39,8 +39,17 @@ impl PgStatements {
                  in_cents bigint NOT NULL, out_cents bigint NOT NULL,
                  PRIMARY KEY (account, month));"
         );
-        sqlx::raw_sql(AssertSqlSafe(ddl))
-            .execute(store.pool())
+        // Under a transaction-scoped advisory lock: two processes starting at once
+        // would otherwise race on `CREATE TABLE IF NOT EXISTS`.
+        let created = async {
+            let mut tx = store.pool().begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext('example-bank-statements:ddl'))")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::raw_sql(AssertSqlSafe(ddl)).execute(&mut *tx).await?;
+            tx.commit().await
+        };
+        created
             .await
             .map_err(|e| Error::store("creating the statements tables", e))?;
         Ok(PgStatements {
