@@ -171,24 +171,25 @@ async fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Consume(from) => {
+            let source = from.source();
+            source.check()?;
             init_logs();
             let store = StatementsStore::open(&cli.store).await?;
             let shutdown = shutdown()?;
-            let service = Service::start(&store, &from.source()).await?;
-            eprintln!(
-                "statements: consuming into {}; Ctrl-C or SIGTERM stops",
-                cli.store
-            );
+            let service = Service::start(&store, &source).await?;
+            eprintln!("statements: consuming; Ctrl-C or SIGTERM stops");
             service.run_until(shutdown).await.map(drop)
         }
         Command::Serve { from, addr } => {
+            let source = from.source();
+            source.check()?;
             init_logs();
             let metrics = install_metrics()?;
             let store = StatementsStore::open(&cli.store).await?;
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener = listener.map_err(|e| Error::store(format!("listening on {addr}"), e))?;
             let shutdown = shutdown()?;
-            let service = Service::start(&store, &from.source()).await?;
+            let service = Service::start(&store, &source).await?;
             let app =
                 example_bank_statements::http::router(store, service.control(), Some(metrics));
             tracing::info!(%addr, "serving");

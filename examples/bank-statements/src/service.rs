@@ -37,6 +37,22 @@ pub struct Source {
     pub prefix: String,
 }
 
+impl Source {
+    /// Checks the broker URL's scheme (`nats://` is the one supported).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for another scheme.
+    pub fn check(&self) -> Result<()> {
+        match self.url.split_once("://") {
+            Some(("nats", _)) => Ok(()),
+            _ => Err(Error::invalid(format!(
+                "unsupported broker URL scheme in {:?}: use nats://HOST:PORT",
+                self.url
+            ))),
+        }
+    }
+}
+
 /// The service's own database.
 #[derive(Debug, Clone)]
 pub enum StatementsStore {
@@ -193,13 +209,7 @@ impl Service {
     /// [`Error::InvalidInput`] for a broker URL that is not `nats://…`;
     /// [`Error::Broker`] if the broker cannot be reached.
     pub async fn start(store: &StatementsStore, source: &Source) -> Result<Service> {
-        let (kind, _) = source.url.split_once("://").unwrap_or(("", ""));
-        if kind != "nats" {
-            return Err(Error::invalid(format!(
-                "unsupported broker URL scheme in {:?}: use nats://HOST:PORT",
-                source.url
-            )));
-        }
+        source.check()?;
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
             .connect(&source.url)
