@@ -194,9 +194,21 @@ async fn run(cli: Cli) -> Result<()> {
                 example_bank_statements::http::router(store, service.control(), Some(metrics));
             tracing::info!(%addr, "serving");
             eprintln!("statements: serving on http://{addr}; Ctrl-C or SIGTERM stops");
+            // The server stops when the consumer does: on the signal, or when its
+            // subscription is gone (then with its error, exit 3).
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let consuming = async move {
+                let ran = service.run_until(shutdown).await;
+                let _ = stop.send(());
+                ran
+            };
             let config = cqrs_http::ServeConfig::default();
-            cqrs_http::serve(listener, app, config, shutdown).await;
-            service.stop().await.map(drop)
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            let serving = cqrs_http::serve(listener, app, config, stopped);
+            let (ran, ()) = tokio::join!(consuming, serving);
+            ran.map(drop)
         }
         Command::Show { account } => {
             let store = StatementsStore::open(&cli.store).await?;
