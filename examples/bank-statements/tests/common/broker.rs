@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use cqrs_core::SubjectScheme;
+use cqrs_core::{Metadata, OutboundMessage, Position, RecordedEvent, StreamId, SubjectScheme};
 use cqrs_nats::{JetStreamPublisher, StreamSettings};
 
 use super::block_on;
@@ -65,6 +65,38 @@ impl TestStream {
             let jetstream = async_nats::jetstream::new(client);
             let ack = jetstream
                 .publish(subject, "not one of the bank's events".into())
+                .await
+                .expect("publish");
+            ack.await.expect("the stream's acknowledgement");
+        });
+    }
+
+    /// Publishes an event of the bank's shape (envelope headers as the relay writes
+    /// them) that the statements service cannot decode: a `MoneyDeposited`, version 1
+    /// of account `id`, whose amount is not a number.
+    pub fn publish_poison(&self, id: &str) {
+        let record = RecordedEvent {
+            event_id: uuid::Uuid::now_v7(),
+            stream: StreamId::new("account", id).expect("a valid stream"),
+            version: 1,
+            position: Position::new(0, 1),
+            event_type: "MoneyDeposited".into(),
+            schema_version: 1,
+            recorded_at: std::time::SystemTime::now(),
+            payload: br#"{"Deposited":{"amount":"lots"}}"#.to_vec(),
+            metadata: Metadata::new(),
+        };
+        let scheme = SubjectScheme::new(&self.prefix).expect("a valid prefix");
+        let message = OutboundMessage::from_record(&record, &scheme);
+        let mut headers = async_nats::HeaderMap::new();
+        for (name, value) in &message.headers {
+            headers.insert(*name, value.as_str());
+        }
+        block_on(async {
+            let client = async_nats::connect(nats_url()).await.expect("connect");
+            let jetstream = async_nats::jetstream::new(client);
+            let ack = jetstream
+                .publish_with_headers(message.subject, headers, message.payload.into())
                 .await
                 .expect("publish");
             ack.await.expect("the stream's acknowledgement");
