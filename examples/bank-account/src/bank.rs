@@ -146,6 +146,11 @@ impl Bank {
         &self.store
     }
 
+    /// The PostgreSQL store, when the bank is on PostgreSQL (for its worker locks).
+    pub fn postgres(&self) -> Option<&PostgresEventStore> {
+        self.postgres.as_ref()
+    }
+
     /// The accounts repository.
     pub fn accounts(&self) -> &Repository<Account, BoxEventStore> {
         &self.accounts

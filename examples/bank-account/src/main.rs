@@ -17,8 +17,10 @@
 //!                                        and an invariant check
 //!   serve [--addr 127.0.0.1:8080] [--ready-max-lag 1000] [--log-format text|json]
 //!         [--console-token <token>]      the HTTP API (JSON), /metrics (Prometheus),
-//!                                        /health/live, /health/ready, and the
-//!                                        operations console at /console
+//!         [--relay-to nats://HOST:PORT]  /health/live, /health/ready, the operations
+//!                                        console at /console; with the relay
+//!   relay --to nats://HOST:PORT [--stream BANK_EVENTS] [--prefix bank]
+//!                                        publish the events to a broker until stopped
 //!   snapshot | replay | events | stats   the framework's operations subcommand
 //! ```
 //!
@@ -49,6 +51,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 
 mod demo;
+mod relay;
 
 /// The bank-account example of the cqrs framework.
 #[derive(Debug, Parser)]
@@ -142,7 +145,11 @@ enum Command {
         /// without it they are refused.
         #[arg(long, env = "BANK_CONSOLE_TOKEN", hide_env_values = true)]
         console_token: Option<String>,
+        #[command(flatten)]
+        relay: relay::ServeRelayArgs,
     },
+    /// Publish the events to a message broker until SIGINT or SIGTERM (the relay).
+    Relay(relay::RelayArgs),
     #[command(flatten)]
     Ops(OpsCommand),
 }
@@ -243,6 +250,17 @@ fn install_metrics() -> Result<PrometheusHandle, Failure> {
     Ok(handle)
 }
 
+/// Sends the log (`tracing`, level info) to standard error, as text or JSON lines.
+fn init_logs(format: LogFormat) {
+    let logs = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing::Level::INFO);
+    match format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+}
+
 /// Prints a command's answer, and on standard error what a person should know about it.
 fn print_done(document: &Value, already_applied: bool) -> Result<(), Failure> {
     if already_applied {
@@ -289,10 +307,17 @@ async fn command(
         }
         Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),
         Command::Demo(_) => return Err(Failure(3, "the invariant check failed".into())),
+        Command::Relay(args) => {
+            init_logs(log_format);
+            let shutdown = cqrs_http::shutdown_signal();
+            let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
+            return relay::run(bank, &args, shutdown).await;
+        }
         Command::Serve {
             addr,
             ready_max_lag,
             console_token,
+            relay,
         } => {
             let listener = tokio::net::TcpListener::bind(addr).await;
             let listener =
@@ -301,13 +326,11 @@ async fn command(
             let shutdown = shutdown.map_err(|e| Failure(3, full_chain(&e)))?;
             // A server's log (a projection stopped and restarted, a contained panic) goes
             // to standard error; the one-shot commands print only their answer.
-            let logs = tracing_subscriber::fmt()
-                .with_writer(std::io::stderr)
-                .with_max_level(tracing::Level::INFO);
-            match log_format {
-                LogFormat::Text => logs.init(),
-                LogFormat::Json => logs.json().init(),
-            }
+            init_logs(log_format);
+            let relay = match relay.target() {
+                Some(target) => Some(relay::Background::start(bank, &target).await?),
+                None => None,
+            };
             let app = example_bank_account::http::app(bank.clone(), ready_max_lag);
             // The console's live tails end when the shutdown begins (a second listener).
             let closing = cqrs_http::shutdown_signal().map_err(|e| Failure(3, full_chain(&e)))?;
@@ -323,7 +346,11 @@ async fn command(
             );
             let served =
                 example_bank_account::http::serve_app(bank.clone(), app, listener, shutdown);
-            return Ok(served.await?);
+            let served = served.await;
+            if let Some(relay) = relay {
+                relay.stop().await?;
+            }
+            return Ok(served?);
         }
         Command::Ops(command) => {
             let _lock = match command {
