@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Args;
 use cqrs_core::{BoxError, Publisher, Relay, RelayStats, SubjectScheme, Supervisor};
 use cqrs_nats::{JetStreamPublisher, StreamSettings};
+use cqrs_rabbitmq::AmqpPublisher;
 use example_bank_account::{Bank, full_chain};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,10 +28,12 @@ const LOCK_INTERVAL: Duration = Duration::from_secs(1);
 /// Where `bank relay` publishes.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RelayArgs {
-    /// The broker: `nats://HOST:PORT` (NATS JetStream).
+    /// The broker: `nats://HOST:PORT` (NATS JetStream) or
+    /// `amqp://USER:PASS@HOST:PORT/VHOST` (RabbitMQ).
     #[arg(long, value_name = "URL")]
     to: String,
-    /// The broker-side stream that keeps the events (JetStream), created if missing.
+    /// The broker-side stream that keeps the events (JetStream), or the topic exchange
+    /// they are published to (RabbitMQ), created if missing.
     #[arg(long, default_value = "BANK_EVENTS")]
     stream: String,
     /// The subjects' prefix: an account's events go to `<prefix>.account.<id>`.
@@ -69,6 +72,10 @@ impl ServeRelayArgs {
 enum Broker {
     /// NATS JetStream (`nats://`).
     Nats(JetStreamPublisher),
+    /// RabbitMQ (`amqp://`): a topic exchange. Its consumers' queues must exist (a
+    /// consumer declares its own on connecting): until one is bound, the broker refuses
+    /// the messages as unroutable and the relay retries.
+    Amqp(std::sync::Arc<AmqpPublisher>),
 }
 
 impl Broker {
@@ -89,10 +96,18 @@ impl Broker {
                     "relay: connected to NATS JetStream");
                 Ok(Broker::Nats(publisher))
             }
+            "amqp" => {
+                let publisher = AmqpPublisher::connect(&args.to, &args.stream).await;
+                let publisher = publisher.map_err(|e| broker(&e))?;
+                publisher.ensure_exchange().await.map_err(|e| broker(&e))?;
+                tracing::info!(exchange = %args.stream, "relay: connected to RabbitMQ");
+                Ok(Broker::Amqp(std::sync::Arc::new(publisher)))
+            }
             _ => Err(Failure(
                 2,
                 format!(
-                    "unsupported broker URL scheme in {:?}: use nats://HOST:PORT",
+                    "unsupported broker URL scheme in {:?}: use nats://HOST:PORT or \
+                     amqp://USER:PASS@HOST:PORT/VHOST",
                     args.to
                 ),
             )),
@@ -118,6 +133,7 @@ pub(crate) async fn run(
     eprintln!("bank: relaying to {}; Ctrl-C or SIGTERM stops", args.to);
     match broker {
         Broker::Nats(publisher) => relay(bank, publisher, scheme, shutdown).await,
+        Broker::Amqp(publisher) => relay(bank, publisher, scheme, shutdown).await,
     }
     Ok(())
 }
@@ -142,6 +158,7 @@ impl Background {
         let task = tokio::spawn(async move {
             match broker {
                 Broker::Nats(publisher) => relay(&bank, publisher, scheme, stopped).await,
+                Broker::Amqp(publisher) => relay(&bank, publisher, scheme, stopped).await,
             }
         });
         Ok(Background { stop, task })

@@ -9,6 +9,7 @@ use cqrs_core::{
 };
 use cqrs_nats::{JetStreamSubscription, SubscriptionSettings};
 use cqrs_postgres::{PgInbox, PostgresEventStore};
+use cqrs_rabbitmq::{AmqpSubscription, QueueSettings};
 use cqrs_sled::{SledEventStore, SledInbox};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -27,26 +28,29 @@ const PAGE: usize = 500;
 /// Where the bank's events come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    /// The broker: `nats://HOST:PORT`.
+    /// The broker: `nats://HOST:PORT` (NATS JetStream) or `amqp://USER:PASS@HOST:PORT/VHOST`
+    /// (RabbitMQ).
     pub url: String,
-    /// The JetStream stream the bank's relay publishes to.
+    /// The JetStream stream, or the RabbitMQ topic exchange, the bank's relay publishes
+    /// to.
     pub stream: String,
-    /// The durable consumer's name on the broker.
+    /// The durable consumer's name on the broker (on RabbitMQ, the queue's).
     pub durable: String,
     /// The bank's subject prefix: account events are `<prefix>.account.<id>`.
     pub prefix: String,
 }
 
 impl Source {
-    /// Checks the broker URL's scheme (`nats://` is the one supported).
+    /// Checks the broker URL's scheme (`nats://` or `amqp://`).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for another scheme.
     pub fn check(&self) -> Result<()> {
         match self.url.split_once("://") {
-            Some(("nats", _)) => Ok(()),
+            Some(("nats" | "amqp", _)) => Ok(()),
             _ => Err(Error::invalid(format!(
-                "unsupported broker URL scheme in {:?}: use nats://HOST:PORT",
+                "unsupported broker URL scheme in {:?}: use nats://HOST:PORT or \
+                 amqp://USER:PASS@HOST:PORT/VHOST",
                 self.url
             ))),
         }
@@ -210,30 +214,19 @@ impl Service {
     /// [`Error::Broker`] if the broker cannot be reached.
     pub async fn start(store: &StatementsStore, source: &Source) -> Result<Service> {
         source.check()?;
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(&source.url)
-            .await
-            .map_err(|e| Error::broker(format!("connecting to {}", source.url), e))?;
-        let settings = SubscriptionSettings::new(&source.stream, &source.durable)
-            .with_filter(format!("{}.account.*", source.prefix));
+        let broker = Broker::connect(source).await?;
         let (stop, stopped) = oneshot::channel::<()>();
         let (control, task) = match store.clone() {
             StatementsStore::Sled(sled) => {
                 let inbox = SledInbox::new(sled, CONSUMER);
                 let inbox = inbox.map_err(|e| Error::store("opening the inbox", e))?;
-                spawn(
-                    Consumer::new(inbox, SledStatements),
-                    client,
-                    settings,
-                    stopped,
-                )
+                spawn(Consumer::new(inbox, SledStatements), broker, stopped)
             }
             StatementsStore::Postgres(pg) => {
                 let inbox = PgInbox::new(pg.clone(), CONSUMER);
                 let inbox = inbox.map_err(|e| Error::store("opening the inbox", e))?;
                 let projection = PgStatements::create(&pg).await?;
-                spawn(Consumer::new(inbox, projection), client, settings, stopped)
+                spawn(Consumer::new(inbox, projection), broker, stopped)
             }
         };
         Ok(Service {
@@ -273,10 +266,73 @@ impl Service {
     }
 }
 
+/// The broker to subscribe to, one variant per URL scheme.
+enum Broker {
+    /// NATS JetStream: a durable pull consumer on the bank's stream.
+    Nats {
+        client: async_nats::Client,
+        settings: SubscriptionSettings,
+    },
+    /// RabbitMQ: a durable queue bound to the bank's exchange.
+    Amqp { url: String, queue: QueueSettings },
+}
+
+impl Broker {
+    async fn connect(source: &Source) -> Result<Broker> {
+        if source.url.starts_with("amqp://") {
+            let scheme = cqrs_core::SubjectScheme::new(&source.prefix)
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            let mut queue = QueueSettings::new(&source.durable, &source.stream, &scheme);
+            // Account events only: `<prefix>.account.*`.
+            queue.binding_key = format!("{}.account.*", source.prefix);
+            return Ok(Broker::Amqp {
+                url: source.url.clone(),
+                queue,
+            });
+        }
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&source.url)
+            .await
+            .map_err(|e| Error::broker(format!("connecting to {}", source.url), e))?;
+        let settings = SubscriptionSettings::new(&source.stream, &source.durable)
+            .with_filter(format!("{}.account.*", source.prefix));
+        Ok(Broker::Nats { client, settings })
+    }
+
+    /// Subscribes, trying every second until it works (the bank's relay may not have
+    /// created the stream or exchange yet); `None` if `stopped` fires first.
+    async fn subscribe<T, F, Fut, E>(
+        what: &str,
+        stopped: &mut oneshot::Receiver<()>,
+        attempt: F,
+    ) -> Option<T>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = std::result::Result<T, E>>,
+        E: std::error::Error + 'static,
+    {
+        loop {
+            tokio::select! {
+                _ = &mut *stopped => return None,
+                subscribed = attempt() => match subscribed {
+                    Ok(subscription) => return Some(subscription),
+                    Err(e) => tracing::warn!(source = %what,
+                        error = %crate::error::full_chain(&e),
+                        "cannot subscribe (has the bank's relay created the stream?); retrying in 1 s"),
+                },
+            }
+            tokio::select! {
+                _ = &mut *stopped => return None,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
 fn spawn<I, P>(
     mut consumer: Consumer<I, P>,
-    client: async_nats::Client,
-    settings: SubscriptionSettings,
+    broker: Broker,
     stopped: oneshot::Receiver<()>,
 ) -> (ConsumerControl, JoinHandle<Result<ConsumerStats>>)
 where
@@ -287,38 +343,56 @@ where
     let control = consumer.control();
     let task = tokio::spawn(async move {
         let mut stopped = stopped;
-        let mut subscription = loop {
-            let subscribed = JetStreamSubscription::new(client.clone(), settings.clone());
-            tokio::select! {
-                _ = &mut stopped => return Ok(ConsumerStats::default()),
-                subscribed = subscribed => match subscribed {
-                    Ok(subscription) => break subscription,
-                    Err(e) => tracing::warn!(stream = %settings.stream,
-                        error = %crate::error::full_chain(&e),
-                        "cannot subscribe (has the bank's relay created the stream?); retrying in 1 s"),
-                },
+        match broker {
+            Broker::Nats { client, settings } => {
+                let attempt = || JetStreamSubscription::new(client.clone(), settings.clone());
+                let Some(mut subscription) =
+                    Broker::subscribe(&settings.stream, &mut stopped, attempt).await
+                else {
+                    return Ok(ConsumerStats::default());
+                };
+                tracing::info!(stream = %settings.stream, durable = %settings.durable,
+                    filter = ?settings.filter, "consuming");
+                consume(&mut consumer, &mut subscription, stopped).await
             }
-            tokio::select! {
-                _ = &mut stopped => return Ok(ConsumerStats::default()),
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            Broker::Amqp { url, queue } => {
+                let attempt = || AmqpSubscription::connect(&url, queue.clone());
+                let Some(mut subscription) =
+                    Broker::subscribe(&queue.exchange, &mut stopped, attempt).await
+                else {
+                    return Ok(ConsumerStats::default());
+                };
+                tracing::info!(exchange = %queue.exchange, queue = %queue.name,
+                    binding = %queue.binding_key, "consuming");
+                consume(&mut consumer, &mut subscription, stopped).await
             }
-        };
-        tracing::info!(stream = %settings.stream, durable = %settings.durable,
-            filter = ?settings.filter, "consuming");
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        let ran = consumer.run_until(&mut subscription, shutdown).await;
-        let stats = ran.map_err(|e| Error::broker("consuming", e))?;
-        tracing::info!(
-            applied = stats.applied,
-            skipped = stats.skipped,
-            duplicates = stats.duplicates,
-            dead_lettered = stats.dead_lettered,
-            held = stats.held,
-            "consumer stopped"
-        );
-        Ok(stats)
+        }
     });
     (control, task)
+}
+
+async fn consume<I, P, S>(
+    consumer: &mut Consumer<I, P>,
+    subscription: &mut S,
+    stopped: oneshot::Receiver<()>,
+) -> Result<ConsumerStats>
+where
+    I: Inbox,
+    P: Projection<I::Context>,
+    S: cqrs_core::Subscription,
+{
+    let shutdown = async {
+        let _ = stopped.await;
+    };
+    let ran = consumer.run_until(subscription, shutdown).await;
+    let stats = ran.map_err(|e| Error::broker("consuming", e))?;
+    tracing::info!(
+        applied = stats.applied,
+        skipped = stats.skipped,
+        duplicates = stats.duplicates,
+        dead_lettered = stats.dead_lettered,
+        held = stats.held,
+        "consumer stopped"
+    );
+    Ok(stats)
 }
