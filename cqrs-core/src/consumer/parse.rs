@@ -57,7 +57,7 @@ pub(super) fn parse<C: Codec, P: Projection<Cx>, Cx>(
     let upcast = match codec.upcast(record.clone()) {
         Ok(upcast) => upcast,
         Err(error) => {
-            let reason = format!("cannot upcast: {}", chain(&error));
+            let reason = chain(&error);
             return Parsed::Undecodable { record, reason };
         }
     };
@@ -73,7 +73,7 @@ pub(super) fn parse<C: Codec, P: Projection<Cx>, Cx>(
             envelope: Some(envelope),
         },
         Err(error) => {
-            let reason = format!("cannot decode: {}", chain(&error));
+            let reason = chain(&error);
             Parsed::Undecodable { record, reason }
         }
     }
