@@ -418,14 +418,17 @@ fn settle(
             Some(Ok(ack)) => {
                 if ack.duplicate {
                     stats.duplicates += 1;
+                    crate::telemetry::relayed(name, "duplicate");
                 } else {
                     stats.published += 1;
+                    crate::telemetry::relayed(name, "published");
                 }
                 pending.acked(index, &message);
             }
             Some(Err(error)) => {
                 failures += 1;
                 stats.failures += 1;
+                crate::telemetry::relayed(name, "failed");
                 tracing::warn!(relay = %name, event_id = %message.message_id,
                     stream = %message.stream, version = message.version,
                     %error, "publish failed; will retry");
@@ -503,6 +506,7 @@ impl Checkpoint {
         self.unsaved_events = 0;
         self.saved_at = Instant::now();
         stats.checkpoint = position;
+        crate::telemetry::relay_checkpoint(name.strip_prefix("relay:").unwrap_or(name), position);
         Ok(())
     }
 }

@@ -53,6 +53,8 @@ const PROJECTION_ERRORS: &str = "cqrs_projection_errors_total";
 const STOPPED: &str = "cqrs_projection_stopped";
 const RESTARTS: &str = "cqrs_supervisor_restarts_total";
 const RUNNING: &str = "cqrs_supervisor_running";
+const RELAYED: &str = "cqrs_relay_messages_total";
+const RELAY_CHECKPOINT: &str = "cqrs_relay_checkpoint_position";
 const CONSUMED: &str = "cqrs_consumer_messages_total";
 const CONSUMER_LAG: &str = "cqrs_consumer_lag_seconds";
 
@@ -189,6 +191,20 @@ pub const METRICS: &[MetricInfo] = &[
         "1 while a supervised job runs, 0 while it waits to restart or has ended.",
     ),
     info(
+        RELAYED,
+        Counter,
+        &["relay", "outcome"],
+        "Messages a relay sent to its broker, by the broker's answer: published, \
+         duplicate (the broker already had it), failed (retried).",
+    ),
+    info(
+        RELAY_CHECKPOINT,
+        Gauge,
+        &["relay"],
+        "The log position (its sequence) up to which a relay's broker acknowledged every \
+         event: compare with cqrs_projection_checkpoint_position for its lag.",
+    ),
+    info(
         CONSUMED,
         Counter,
         &["consumer", "outcome"],
@@ -318,4 +334,14 @@ pub(crate) fn consumed(consumer: &str, outcome: &'static str, recorded_at: Optio
     {
         histogram!(CONSUMER_LAG, "consumer" => name).record(age);
     }
+}
+
+/// A relay's broker answered one message: `published`, `duplicate` or `failed`.
+pub(crate) fn relayed(relay: &str, outcome: &'static str) {
+    counter!(RELAYED, "relay" => relay.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// A relay saved its checkpoint.
+pub(crate) fn relay_checkpoint(relay: &str, at: Position) {
+    gauge!(RELAY_CHECKPOINT, "relay" => relay.to_owned()).set(float(at.sequence));
 }
