@@ -186,7 +186,7 @@ enum BatchError {
 /// each once, through an [`Inbox`] in the projection's own database.
 ///
 /// For each message from the [`Subscription`], in order: the envelope is decoded from
-/// its headers ([`decode_message`]), and in one transaction of the inbox the event's
+/// its headers ([`decode_message`](crate::decode_message)), and in one transaction of the inbox the event's
 /// version is compared with the last one applied for its stream:
 ///
 /// | version | what happens | acknowledged |

@@ -71,7 +71,7 @@ impl ServeRelayArgs {
 /// A connected broker, one variant per supported URL scheme.
 enum Broker {
     /// NATS JetStream (`nats://`).
-    Nats(JetStreamPublisher),
+    Nats(Box<JetStreamPublisher>),
     /// RabbitMQ (`amqp://`): a topic exchange. Its consumers' queues must exist (a
     /// consumer declares its own on connecting): until one is bound, the broker refuses
     /// the messages as unroutable and the relay retries.
@@ -94,7 +94,7 @@ impl Broker {
                 ensured.map_err(|e| broker(&e))?;
                 tracing::info!(url = %args.to, stream = %args.stream, subjects = %settings.subjects,
                     "relay: connected to NATS JetStream");
-                Ok(Broker::Nats(publisher))
+                Ok(Broker::Nats(Box::new(publisher)))
             }
             "amqp" => {
                 let publisher = AmqpPublisher::connect(&args.to, &args.stream).await;
@@ -132,7 +132,7 @@ pub(crate) async fn run(
     let broker = Broker::connect(args, &scheme).await?;
     eprintln!("bank: relaying to {}; Ctrl-C or SIGTERM stops", args.to);
     match broker {
-        Broker::Nats(publisher) => relay(bank, publisher, scheme, shutdown).await,
+        Broker::Nats(publisher) => relay(bank, *publisher, scheme, shutdown).await,
         Broker::Amqp(publisher) => relay(bank, publisher, scheme, shutdown).await,
     }
     Ok(())
@@ -157,7 +157,7 @@ impl Background {
         };
         let task = tokio::spawn(async move {
             match broker {
-                Broker::Nats(publisher) => relay(&bank, publisher, scheme, stopped).await,
+                Broker::Nats(publisher) => relay(&bank, *publisher, scheme, stopped).await,
                 Broker::Amqp(publisher) => relay(&bank, publisher, scheme, stopped).await,
             }
         });
