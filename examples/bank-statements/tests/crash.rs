@@ -8,6 +8,11 @@
 //!
 //! The random choices come from a seed printed at the start; `CRASH_SEED=N` replays
 //! them (the processes' timing still varies).
+//!
+//! Known failure (found by this test): a consumer killed with messages delivered and
+//! not acknowledged gets them back only after JetStream's `ack_wait` (60 s); the next
+//! consumer holds later events of the same account for its `gap_wait` (30 s), then
+//! dead-letters them and parks the account, so the statements stop behind the bank.
 
 mod common;
 
