@@ -58,7 +58,9 @@ pub struct ConsumerConfig {
     pub backoff: RetryPolicy,
     /// How long an event that arrived ahead of a missing one (a version gap) is held,
     /// unacknowledged, waiting for the missing one to be delivered; after it, the gap is
-    /// dead-lettered and the stream parked.
+    /// dead-lettered and the stream parked. Keep it longer than the broker's delay
+    /// before it redelivers unacknowledged messages (JetStream's `ack_wait`): after a
+    /// consumer crash, the events it had in hand come back only then.
     pub gap_wait: Duration,
     /// The most messages applied in one transaction (those already received).
     pub max_batch: usize,

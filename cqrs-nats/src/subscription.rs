@@ -22,9 +22,13 @@ pub struct SubscriptionSettings {
     /// The subjects it takes, e.g. `bank.account.*`; `None` for the whole stream.
     pub filter: Option<String>,
     /// How long JetStream waits for an acknowledgement before delivering a message
-    /// again. The [`Consumer`](cqrs_core::Consumer) acknowledges after its commit and
-    /// flush, and holds events ahead of a gap unacknowledged for its `gap_wait`: keep
-    /// this longer than both. Default 60 s.
+    /// again. Keep it well under the [`Consumer`](cqrs_core::Consumer)'s `gap_wait`
+    /// (30 s by default): when a consumer dies with messages delivered and not
+    /// acknowledged, JetStream delivers them again only after `ack_wait`, and the
+    /// restarted consumer holds the later events it receives meanwhile for `gap_wait`,
+    /// waiting for them; were `ack_wait` longer, the wait would end first and the gap
+    /// be dead-lettered. (A held event is itself delivered again after `ack_wait`: the
+    /// consumer keeps the newer copy.) Default 10 s.
     pub ack_wait: Duration,
     /// The most messages delivered and not yet acknowledged. Default 10,000.
     pub max_ack_pending: i64,
@@ -37,7 +41,7 @@ impl SubscriptionSettings {
             stream: stream.into(),
             durable: durable.into(),
             filter: None,
-            ack_wait: Duration::from_secs(60),
+            ack_wait: Duration::from_secs(10),
             max_ack_pending: 10_000,
         }
     }

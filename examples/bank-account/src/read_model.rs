@@ -302,9 +302,12 @@ pub(crate) async fn open_postgres(url: &str) -> Result<PgAccounts> {
     let store = store.map_err(|e| BankError::InvalidInput(e.into()))?;
     store.migrate().await.map_err(BankError::store)?;
     // The store validated the schema name (lowercase letters, digits and `_`), so it
-    // can be quoted into the DDL.
+    // can be quoted into the DDL. One simple query is one transaction: the advisory
+    // lock makes processes starting at once on a fresh schema take turns (two
+    // concurrent `CREATE TABLE IF NOT EXISTS` can both try to create the type).
     sqlx::raw_sql(AssertSqlSafe(format!(
-        "CREATE TABLE IF NOT EXISTS \"{schema}\".bank_accounts (account text PRIMARY KEY, row jsonb NOT NULL);
+        "SELECT pg_advisory_xact_lock(hashtextextended('{schema}.bank_read_model', 0));
+         CREATE TABLE IF NOT EXISTS \"{schema}\".bank_accounts (account text PRIMARY KEY, row jsonb NOT NULL);
          CREATE TABLE IF NOT EXISTS \"{schema}\".bank_history (
              account text NOT NULL, version bigint NOT NULL, line jsonb NOT NULL,
              PRIMARY KEY (account, version));"
