@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use cqrs_cli::{DeadLettersCommand, DeadLettersListArgs, Operations, OpsCommand, RedriveArgs};
-use cqrs_core::conformance::inbox::Tick;
+use cqrs_core::conformance::inbox::{Tick, tick_message};
 use cqrs_core::{
     BoxError, Consumer, ConsumerConfig, Envelope, InMemoryEventStore, InMemoryInbox,
-    InMemoryPublisher, Metadata, OutboundMessage, Position, Projection, Publisher, RecordedEvent,
-    RetryPolicy, StreamId, SubjectScheme,
+    InMemoryPublisher, OutboundMessage, Projection, Publisher, RetryPolicy, StreamId,
 };
 use serde_json::Value;
 
@@ -36,21 +35,6 @@ impl Projection for Fussy {
         }
         Ok(())
     }
-}
-
-fn tick(stream: &StreamId, version: u64) -> OutboundMessage {
-    let record = RecordedEvent {
-        event_id: uuid::Uuid::now_v7(),
-        stream: stream.clone(),
-        version,
-        position: Position::new(0, version),
-        event_type: "Tick".into(),
-        schema_version: 1,
-        recorded_at: std::time::SystemTime::now(),
-        payload: format!("{{\"Tick\":{{\"n\":{version}}}}}").into_bytes(),
-        metadata: Metadata::new(),
-    };
-    OutboundMessage::from_record(&record, &SubjectScheme::new("bank").unwrap())
 }
 
 async fn run_json(ops: &Operations<InMemoryEventStore>, command: OpsCommand) -> Value {
@@ -132,4 +116,8 @@ async fn dead_letters_are_listed_and_redriven_from_the_operations_subcommand() {
     }));
     let error = ops.run(&unknown, false, &mut Vec::new()).await.unwrap_err();
     assert_eq!(error.exit_code(), 2, "{error}");
+}
+
+fn tick(stream: &StreamId, version: u64) -> OutboundMessage {
+    tick_message(stream, version, version)
 }

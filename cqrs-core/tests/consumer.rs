@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use cqrs_core::conformance::inbox::{CONSUMER, Tick};
+use cqrs_core::conformance::inbox::{CONSUMER, Tick, tick_message};
 use cqrs_core::{
-    BoxError, Consumer, ConsumerConfig, Envelope, InMemoryInbox, InMemoryPublisher, Metadata,
-    OutboundMessage, Position, Projection, Publisher, RecordedEvent, RetryPolicy, StreamId,
-    SubjectScheme,
+    BoxError, Consumer, ConsumerConfig, Envelope, InMemoryInbox, InMemoryPublisher,
+    OutboundMessage, Projection, Publisher, RetryPolicy, StreamId,
 };
 
 async fn fresh_inbox() -> Option<InMemoryInbox> {
@@ -30,21 +29,6 @@ impl Projection for Count {
         self.0 += batch.len() as u64;
         Ok(())
     }
-}
-
-fn tick(stream: &StreamId, version: u64) -> OutboundMessage {
-    let record = RecordedEvent {
-        event_id: uuid::Uuid::now_v7(),
-        stream: stream.clone(),
-        version,
-        position: Position::new(0, version),
-        event_type: "Tick".into(),
-        schema_version: 1,
-        recorded_at: std::time::SystemTime::now(),
-        payload: format!("{{\"Tick\":{{\"n\":{version}}}}}").into_bytes(),
-        metadata: Metadata::new(),
-    };
-    OutboundMessage::from_record(&record, &SubjectScheme::new("t").unwrap())
 }
 
 #[tokio::test]
@@ -91,4 +75,8 @@ async fn an_inbox_outage_is_waited_out_and_dead_letters_nothing() {
         10,
         "each message acknowledged after its commit"
     );
+}
+
+fn tick(stream: &StreamId, version: u64) -> OutboundMessage {
+    tick_message(stream, version, version)
 }

@@ -5,11 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use cqrs_core::conformance::inbox::{CONSUMER, Tick};
+use cqrs_core::conformance::inbox::{CONSUMER, Tick, tick_message as tick};
 use cqrs_core::{
     BoxError, Consumer, ConsumerConfig, DeadLetter, Envelope, InMemoryPublisher, Inbox, InboxStats,
-    Metadata, OutboundMessage, Position, Projection, Publisher, RecordedEvent, RetryPolicy,
-    StreamId, StreamState, SubjectScheme,
+    Projection, Publisher, RetryPolicy, StreamId, StreamState,
 };
 use cqrs_postgres::PgInbox;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection, Postgres, Transaction};
@@ -117,21 +116,6 @@ impl Projection<PgConnection> for Sums {
         }
         Ok(())
     }
-}
-
-fn tick(stream: &StreamId, version: u64, n: u64) -> OutboundMessage {
-    let record = RecordedEvent {
-        event_id: uuid::Uuid::now_v7(),
-        stream: stream.clone(),
-        version,
-        position: Position::new(0, version),
-        event_type: "Tick".into(),
-        schema_version: 1,
-        recorded_at: std::time::SystemTime::now(),
-        payload: format!("{{\"Tick\":{{\"n\":{n}}}}}").into_bytes(),
-        metadata: Metadata::new(),
-    };
-    OutboundMessage::from_record(&record, &SubjectScheme::new("t").unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use cqrs_core::conformance::inbox::{CONSUMER, Tick};
+use cqrs_core::conformance::inbox::{CONSUMER, Tick, tick_message as tick};
 use cqrs_core::{
-    BoxError, Consumer, ConsumerConfig, Envelope, InMemoryPublisher, Inbox, Metadata,
-    OutboundMessage, Position, Projection, Publisher, RecordedEvent, RetryPolicy, StreamId,
-    SubjectScheme,
+    BoxError, Consumer, ConsumerConfig, Envelope, InMemoryPublisher, Inbox, Projection, Publisher,
+    RetryPolicy, StreamId,
 };
 use cqrs_sled::{ReadModelTx, SledEventStore, SledInbox};
 
@@ -48,21 +47,6 @@ impl Projection<ReadModelTx> for Sums {
         }
         Ok(())
     }
-}
-
-fn tick(stream: &StreamId, version: u64, n: u64) -> OutboundMessage {
-    let record = RecordedEvent {
-        event_id: uuid::Uuid::now_v7(),
-        stream: stream.clone(),
-        version,
-        position: Position::new(0, version),
-        event_type: "Tick".into(),
-        schema_version: 1,
-        recorded_at: std::time::SystemTime::now(),
-        payload: format!("{{\"Tick\":{{\"n\":{n}}}}}").into_bytes(),
-        metadata: Metadata::new(),
-    };
-    OutboundMessage::from_record(&record, &SubjectScheme::new("t").unwrap())
 }
 
 fn sum(store: &SledEventStore, stream: &StreamId) -> u64 {

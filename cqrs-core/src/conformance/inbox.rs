@@ -146,10 +146,16 @@ fn message(stream: &StreamId, version: u64, payload: &[u8]) -> OutboundMessage {
 }
 
 fn tick(stream: &StreamId, version: u64) -> OutboundMessage {
+    tick_message(stream, version, version)
+}
+
+/// The message of a [`Tick`] numbered `n` at `version` of `stream`, as a relay would
+/// publish it (subject prefix `conformance`): for backends' own consumer tests.
+pub fn tick_message(stream: &StreamId, version: u64, n: u64) -> OutboundMessage {
     message(
         stream,
         version,
-        format!("{{\"Tick\":{{\"n\":{version}}}}}").as_bytes(),
+        format!("{{\"Tick\":{{\"n\":{n}}}}}").as_bytes(),
     )
 }
 
