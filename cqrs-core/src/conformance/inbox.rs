@@ -486,6 +486,16 @@ pub async fn state_survives_a_new_consumer<I: Inbox>(inbox: I) {
     })
     .await;
     let stats = running.stats().await;
+    let counts = running
+        .control
+        .counts()
+        .await
+        .expect("the consumer answers");
+    assert_eq!(counts.applied, 3, "versions 1 and 2, then 3: {counts:?}");
+    assert!(
+        counts.duplicates >= 2,
+        "the redeliveries recognised: {counts:?}"
+    );
     assert_eq!(seen.versions(&s), [1, 2, 3], "nothing applied twice");
     assert_eq!(stats.parked, 1, "still parked: {stats:?}");
     assert!(

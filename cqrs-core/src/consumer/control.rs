@@ -4,7 +4,7 @@ use std::fmt;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Consumer, RedriveReport};
+use super::{Consumer, ConsumerStats, RedriveReport};
 use crate::consume::{DeadLetter, Inbox, InboxStats};
 use crate::{BoxError, Codec, Projection, StreamId};
 
@@ -22,6 +22,9 @@ pub(super) enum Request {
     },
     Stats {
         reply: Reply<InboxStats>,
+    },
+    Counts {
+        reply: Reply<ConsumerStats>,
     },
 }
 
@@ -86,6 +89,14 @@ impl ConsumerControl {
     pub async fn stats(&self) -> Result<InboxStats, BoxError> {
         self.ask(|reply| Request::Stats { reply }).await
     }
+
+    /// What the consumer did since it was made ([`Consumer::stats`]).
+    ///
+    /// # Errors
+    /// [`NotRunning`].
+    pub async fn counts(&self) -> Result<ConsumerStats, BoxError> {
+        self.ask(|reply| Request::Counts { reply }).await
+    }
 }
 
 impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
@@ -103,6 +114,9 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
             }
             Request::Stats { reply } => {
                 let _ = reply.send(self.inbox.stats().await);
+            }
+            Request::Counts { reply } => {
+                let _ = reply.send(Ok(self.stats));
             }
         }
     }
