@@ -152,7 +152,9 @@ enum Outcome {
     Duplicate,
     DeadLettered,
     /// Ahead of a missing event: hold it.
-    Gap,
+    Gap {
+        expected: u64,
+    },
 }
 
 impl Outcome {
@@ -162,7 +164,7 @@ impl Outcome {
             Outcome::Skipped => "skipped",
             Outcome::Duplicate => "duplicate",
             Outcome::DeadLettered => "dead_lettered",
-            Outcome::Gap => "held",
+            Outcome::Gap { .. } => "held",
         }
     }
 }
@@ -449,13 +451,12 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
             let mut done = Vec::new();
             let mut advanced = Vec::new();
             for (mut item, outcome) in queue.drain(..).zip(outcomes) {
-                if outcome != Outcome::Gap || item.held_since.is_none() {
+                if !matches!(outcome, Outcome::Gap { .. }) || item.held_since.is_none() {
                     // Counted once, not again each time a held event is tried.
                     self.count(outcome, item.parsed.record());
                 }
-                if let (Outcome::Gap, Some(record)) = (outcome, item.parsed.record()) {
+                if let (Outcome::Gap { expected }, Some(record)) = (outcome, item.parsed.record()) {
                     let (stream, version) = (record.stream.clone(), record.version);
-                    let expected = self.expected(&stream).await;
                     tracing::info!(consumer = %self.name(), %stream, version, expected,
                         "event ahead of a missing one: held");
                     let since = *item.held_since.get_or_insert_with(Instant::now);
@@ -482,15 +483,6 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
                 }
             }
         }
-    }
-
-    /// The version `stream` waits for (for logs).
-    async fn expected(&mut self, stream: &StreamId) -> u64 {
-        let state = async {
-            let mut tx = self.inbox.begin().await?;
-            self.inbox.stream_state(&mut tx, stream).await
-        };
-        state.await.map_or(0, |s| s.version + 1)
     }
 
     /// Dead-letters the held events whose wait is over, with their stream's later held
@@ -554,7 +546,7 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
             Outcome::Skipped => self.stats.skipped += 1,
             Outcome::Duplicate => self.stats.duplicates += 1,
             Outcome::DeadLettered => self.stats.dead_lettered += 1,
-            Outcome::Gap => self.stats.held += 1,
+            Outcome::Gap { .. } => self.stats.held += 1,
         }
         telemetry::consumed(
             self.projection.name(),

@@ -179,7 +179,9 @@ impl<I: Inbox, P: Projection<I::Context>, C: Codec> Consumer<I, P, C> {
         }
         let first_seen = state.version == 0 && self.config.start_mid_stream;
         if record.version > state.version + 1 && !first_seen {
-            return Ok(Outcome::Gap);
+            return Ok(Outcome::Gap {
+                expected: state.version + 1,
+            });
         }
         if let Some(envelope) = envelope {
             let cx = I::context(tx);

@@ -5,7 +5,8 @@ use tokio::time::Instant;
 use crate::consume::ReceivedMessage;
 use crate::{Codec, Envelope, Projection, RecordedEvent, decode_message};
 
-/// A message as the consumer understands it.
+/// A message as the consumer understands it. Its `record` is the envelope without
+/// the payload (the received message holds that).
 pub(super) enum Parsed<E> {
     /// Not one of ours: no valid envelope.
     Foreign { reason: String },
@@ -54,7 +55,15 @@ pub(super) fn parse<C: Codec, P: Projection<Cx>, Cx>(
             };
         }
     };
-    let upcast = match codec.upcast(record.clone()) {
+    // What the inbox and the dead letters need of the record is its envelope; the
+    // payload moves on to the codec (the received message keeps its own copy).
+    let mut record = record;
+    let payload = std::mem::take(&mut record.payload);
+    let full = RecordedEvent {
+        payload,
+        ..record.clone()
+    };
+    let upcast = match codec.upcast(full) {
         Ok(upcast) => upcast,
         Err(error) => {
             let reason = chain(&error);

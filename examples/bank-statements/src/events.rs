@@ -78,6 +78,13 @@ impl AccountEvent {
     }
 }
 
+/// Whether `record` is one of the bank's account events this service reads.
+pub(crate) fn is_account_event(record: &cqrs_core::RecordedEvent) -> bool {
+    use cqrs_core::DomainEvent;
+    record.stream.aggregate_type() == ACCOUNT
+        && AccountEvent::EVENT_TYPES.contains(&record.event_type.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

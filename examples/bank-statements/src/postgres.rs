@@ -2,12 +2,12 @@
 //! account) and `statement_months` (one per account and month) in the service's
 //! schema, written in the inbox's transaction.
 
-use cqrs_core::{BoxError, DomainEvent, Envelope, Projection, RecordedEvent};
+use cqrs_core::{BoxError, Envelope, Projection, RecordedEvent};
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection, Row};
 use uuid::Uuid;
 
-use crate::events::{ACCOUNT, AccountEvent};
+use crate::events::AccountEvent;
 use crate::service::CONSUMER;
 use crate::statement::{LastEvent, MonthTotals, Statement, micros, month};
 use crate::{Error, Result};
@@ -80,8 +80,7 @@ impl Projection<PgConnection> for PgStatements {
     }
 
     fn wants(&self, record: &RecordedEvent) -> bool {
-        record.stream.aggregate_type() == ACCOUNT
-            && AccountEvent::EVENT_TYPES.contains(&record.event_type.as_str())
+        crate::events::is_account_event(record)
     }
 
     async fn apply(

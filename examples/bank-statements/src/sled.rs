@@ -1,10 +1,10 @@
 //! The statements read model in sled: one JSON document per account in the tree
 //! `accounts` of the projection `statements`, written in the inbox's transaction.
 
-use cqrs_core::{BoxError, DomainEvent, Envelope, Projection, RecordedEvent};
+use cqrs_core::{BoxError, Envelope, Projection, RecordedEvent};
 use cqrs_sled::{ReadModelTx, SledEventStore};
 
-use crate::events::{ACCOUNT, AccountEvent};
+use crate::events::AccountEvent;
 use crate::service::CONSUMER;
 use crate::statement::Statement;
 use crate::{Error, Result};
@@ -24,8 +24,7 @@ impl Projection<ReadModelTx> for SledStatements {
     }
 
     fn wants(&self, record: &RecordedEvent) -> bool {
-        record.stream.aggregate_type() == ACCOUNT
-            && AccountEvent::EVENT_TYPES.contains(&record.event_type.as_str())
+        crate::events::is_account_event(record)
     }
 
     async fn apply(
