@@ -91,6 +91,10 @@ pub use publish::{
 pub use publish_memory::{InMemoryDelivery, InMemoryPublisher, InMemorySubscription};
 pub use relay::{Relay, RelayConfig, RelayError, RelayStats};
 
+// Data lifecycle: tenants, each with a store of its own.
+mod tenant;
+pub use tenant::{InMemoryTenantStores, InvalidTenantId, TenantError, TenantId, TenantStores};
+
 // Observability: metrics through the `metrics` facade (docs/07-observability.md).
 mod telemetry;
 pub use telemetry::{

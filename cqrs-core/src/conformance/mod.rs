@@ -69,6 +69,7 @@ mod snapshot_faults;
 mod snapshots;
 mod support;
 mod tally;
+pub mod tenants;
 
 pub use append::{
     append_and_read_round_trip, atomic_multi_event_append, expected_version_any,
