@@ -13,6 +13,7 @@ mod projection;
 mod read_model;
 mod record;
 mod store;
+mod tenants;
 
 pub use check::RecordCheck;
 pub use config::{DamagedLog, Durability, SledConfig};
@@ -22,3 +23,4 @@ pub use inbox::SledInbox;
 pub use projection::{CheckpointMoved, ReadModelTx, TransactionalCheckpoint};
 pub use read_model::ReadModel;
 pub use store::SledEventStore;
+pub use tenants::SledTenantStores;
