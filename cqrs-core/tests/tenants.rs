@@ -9,8 +9,12 @@ fn tenant(name: &str) -> TenantId {
 
 #[tokio::test]
 async fn tenants_are_isolated() {
-    tenants::tenants_are_isolated(InMemoryTenantStores::new(), tenant("acme"), tenant("globex"))
-        .await;
+    tenants::tenants_are_isolated(
+        InMemoryTenantStores::new(),
+        tenant("acme"),
+        tenant("globex"),
+    )
+    .await;
 }
 
 #[tokio::test]

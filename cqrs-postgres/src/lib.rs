@@ -13,6 +13,7 @@ mod projection;
 mod row;
 mod schema;
 mod store;
+mod tenants;
 mod worker;
 
 pub use builder::PostgresEventStoreBuilder;
@@ -20,6 +21,7 @@ pub use error::{Error, Result};
 pub use inbox::PgInbox;
 pub use projection::TransactionalCheckpoint;
 pub use store::PostgresEventStore;
+pub use tenants::PostgresTenantStores;
 pub use worker::{WorkerConfig, WorkerLock};
 
 /// The `sqlx` this crate is built on: use it for read-model queries in projections

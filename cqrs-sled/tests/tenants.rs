@@ -28,7 +28,10 @@ async fn unknown_tenants_are_refused_and_nothing_is_created() {
     let root = dir.path().join("tenants");
     let stores = SledTenantStores::new(&root);
     tenants::unknown_tenants_are_refused(stores.clone(), tenant("initech")).await;
-    assert!(!root.join("initech").exists(), "no directory for an unknown tenant");
+    assert!(
+        !root.join("initech").exists(),
+        "no directory for an unknown tenant"
+    );
     // Stray entries in the root are not tenants.
     std::fs::create_dir_all(root.join("Not.A.Tenant")).expect("mkdir");
     std::fs::write(root.join("notes"), b"x").expect("write");

@@ -28,7 +28,13 @@ pub async fn tenants_are_isolated<T: TenantStores>(tenants: T, a: TenantId, b: T
     let shared = fresh_stream("tenant-shared");
     let only_a = fresh_stream("tenant-only-a");
     let a_shared = append_ok(&store_a, &shared, ExpectedVersion::NoStream, events("a", 3)).await;
-    append_ok(&store_a, &only_a, ExpectedVersion::NoStream, events("a-own", 2)).await;
+    append_ok(
+        &store_a,
+        &only_a,
+        ExpectedVersion::NoStream,
+        events("a-own", 2),
+    )
+    .await;
     append_ok(&store_b, &shared, ExpectedVersion::NoStream, events("b", 1)).await;
     let snapshot = SnapshotRecord {
         version: 3,
@@ -38,7 +44,10 @@ pub async fn tenants_are_isolated<T: TenantStores>(tenants: T, a: TenantId, b: T
     if let Err(e) = store_a.save_snapshot(&shared, snapshot).await {
         panic!("[tenants] save_snapshot in tenant {a} must succeed, got {e:?}");
     }
-    if let Err(e) = store_a.save_checkpoint("tenant-projection", a_shared.position).await {
+    if let Err(e) = store_a
+        .save_checkpoint("tenant-projection", a_shared.position)
+        .await
+    {
         panic!("[tenants] save_checkpoint in tenant {a} must succeed, got {e:?}");
     }
 
