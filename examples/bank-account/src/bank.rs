@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use cqrs_core::{Aggregate, BoxEventStore, CommandOptions, EventLog, Position, ProjectionRunner};
 use cqrs_core::{Repository, RetryPolicy, SnapshotPolicy, StoreCheckpoint, StreamId};
-use cqrs_core::{Supervisor, SupervisorStatus};
+use cqrs_core::{Supervisor, SupervisorStatus, TenantId};
 use cqrs_postgres::{PostgresEventStore, WorkerConfig, WorkerLock};
 use cqrs_sled::{DamagedLog, SledConfig, SledEventStore};
 use futures::StreamExt;
@@ -101,18 +101,34 @@ impl Bank {
         services: AccountServices,
         damaged: DamagedLog,
     ) -> Result<Bank> {
+        Self::open_tenant(url, None, services, damaged).await
+    }
+
+    /// As [`open_with`](Self::open_with), on a tenant's store when `tenant` is given
+    /// (see [`crate::tenants`]); the tenant must have been created.
+    pub async fn open_tenant(
+        url: &str,
+        tenant: Option<&TenantId>,
+        services: AccountServices,
+        damaged: DamagedLog,
+    ) -> Result<Bank> {
         let (read_model, store, postgres): (Arc<dyn ReadModel>, _, _) = if url
             .starts_with("postgres")
         {
-            let pg = crate::read_model::open_postgres(url).await?;
+            let pg = crate::read_model::open_postgres(url, tenant).await?;
             let store = pg.store().clone();
             (Arc::new(pg), BoxEventStore::new(store.clone()), Some(store))
         } else {
-            let sled = match url.strip_prefix("sled:") {
-                Some("") => Err("sled: needs a path, e.g. sled:./bank-data"),
-                Some(path) => Ok(SledConfig::new(path).on_damaged_log(damaged).open()),
-                None if url == "memory:" => Ok(SledEventStore::temporary()),
-                None => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
+            let sled = match (url.strip_prefix("sled:"), tenant) {
+                (Some(""), _) => Err("sled: needs a path, e.g. sled:./bank-data"),
+                (Some(path), None) => Ok(SledConfig::new(path).on_damaged_log(damaged).open()),
+                (None, None) if url == "memory:" => Ok(SledEventStore::temporary()),
+                (None, Some(_)) if url == "memory:" => Err("memory: has no tenants"),
+                (None, _) => Err("unknown store URL: use sled:<path>, postgres://… or memory:"),
+                (Some(path), Some(tenant)) => {
+                    let path = std::path::Path::new(path);
+                    Ok(Ok(crate::tenants::sled_store(path, tenant, damaged).await?))
+                }
             };
             let sled = sled.map_err(|e| BankError::InvalidInput(e.into()))?;
             let sled = sled.map_err(BankError::store)?;

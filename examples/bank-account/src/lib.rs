@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod read_model;
+pub mod tenants;
 pub mod transfer_process;
 
 pub use bank::{Bank, TransferOutcome};

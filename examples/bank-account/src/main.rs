@@ -1,7 +1,7 @@
 //! `bank`: the bank-account example of the cqrs framework.
 //!
 //! ```text
-//! bank [--store <url>] [--json] [--daily-limit <amount>] [--command-id <key>] <command>
+//! bank [--store <url>] [--tenant <name>] [--json] [--daily-limit <amount>] [--command-id <key>] <command>
 //!
 //!   open <account> [--owner <name>]      open an account
 //!   deposit <account> <amount>           put money in (12, 12.5, 12.50)
@@ -22,6 +22,9 @@
 //!   relay --to nats://HOST:PORT [--stream BANK_EVENTS] [--prefix bank]
 //!                                        publish the events to a broker until stopped
 //!   snapshot | replay | events | stats   the framework's operations subcommand
+//!   tenants create <name> | list | migrate
+//!                                        the store's tenants; `--tenant <name>` runs
+//!                                        any command on one (default: none)
 //! ```
 //!
 //! Stores: `sled:<path>` (the default, `sled:./bank-data`, also from `BANK_STORE`),
@@ -43,8 +46,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use cqrs_cli::OpsCommand;
+use cqrs_core::TenantId;
 use cqrs_sled::DamagedLog;
 use example_bank_account::domain::{AccountCommand, AccountServices, Cents};
+use example_bank_account::tenants::Tenants;
 use example_bank_account::{Bank, BankError, full_chain};
 use futures::FutureExt;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -65,6 +70,10 @@ struct Cli {
         global = true
     )]
     store: String,
+    /// Run the command on this tenant's store (created with `bank tenants create`);
+    /// without it, on the store itself (the default tenant).
+    #[arg(long, env = "BANK_TENANT", global = true, value_parser = tenant)]
+    tenant: Option<TenantId>,
     /// The operations subcommand prints JSON instead of text (the others always do).
     #[arg(long, global = true)]
     json: bool,
@@ -93,6 +102,11 @@ fn command_id(key: &str) -> Result<uuid::Uuid, String> {
         "" => Err("a command id must not be empty".into()),
         key => Ok(cqrs_core::CommandOptions::id_from_key(key)),
     }
+}
+
+fn tenant(name: &str) -> Result<TenantId, String> {
+    name.parse()
+        .map_err(|e: cqrs_core::InvalidTenantId| e.to_string())
 }
 
 fn amount(text: &str) -> Result<Cents, String> {
@@ -150,8 +164,25 @@ enum Command {
     },
     /// Publish the events to a message broker until SIGINT or SIGTERM (the relay).
     Relay(relay::RelayArgs),
+    /// Manage the tenants of the store.
+    #[command(subcommand)]
+    Tenants(TenantsCommand),
     #[command(flatten)]
     Ops(OpsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TenantsCommand {
+    /// Create a tenant (and migrate its store); an existing one is left as it is.
+    Create {
+        /// Lowercase letters, digits and `_`, starting with a letter; at most 40.
+        #[arg(value_parser = tenant)]
+        name: TenantId,
+    },
+    /// List the tenants.
+    List,
+    /// Migrate every tenant's store to this release.
+    Migrate,
 }
 
 #[derive(Debug, Args)]
@@ -219,8 +250,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Serve { .. } => Some(install_metrics()?),
         _ => None,
     };
+    if let Command::Tenants(command) = &cli.command {
+        return tenants(&cli.store, command).await;
+    }
     let services = AccountServices::new(cli.daily_limit);
-    let bank = Bank::open_with(&cli.store, services, damaged).await?;
+    let tenant = cli.tenant.as_ref();
+    let bank = Bank::open_tenant(&cli.store, tenant, services, damaged).await?;
     // The operations run without the projections: `stats` and `events` must work when a
     // projection is stuck (that is when they are needed), and a replay must run alone.
     if !matches!(cli.command, Command::Ops(_)) {
@@ -229,6 +264,28 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let (json, id, logs) = (cli.json, cli.command_id, cli.log_format);
     let result = command(&bank, cli.command, json, id, (logs, metrics)).await;
     result.and(Ok(bank.stop().await?))
+}
+
+/// `bank tenants …`: prints `{"tenants": [...]}` (and `created` or `migrated`).
+async fn tenants(url: &str, command: &TenantsCommand) -> Result<(), Failure> {
+    let tenants = Tenants::of(url).await?;
+    let document = match command {
+        TenantsCommand::Create { name } => {
+            tenants.create(name).await?;
+            json!({ "created": name.as_str() })
+        }
+        TenantsCommand::List => {
+            let names: Vec<String> = tenants
+                .list()
+                .await?
+                .iter()
+                .map(|t| t.to_string())
+                .collect();
+            json!({ "tenants": names })
+        }
+        TenantsCommand::Migrate => json!({ "migrated": tenants.migrate().await? }),
+    };
+    print(&document)
 }
 
 /// Installs the Prometheus recorder (true histograms for `_seconds`) with its upkeep
@@ -352,6 +409,8 @@ async fn command(
             }
             return Ok(served?);
         }
+        // Handled by `run` before a bank is opened.
+        Command::Tenants(_) => return Err(Failure(3, "tenants: run without a bank".into())),
         Command::Ops(command) => {
             let _lock = match command {
                 OpsCommand::Replay(_) => bank.lock_out_others().await?,

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use cqrs_cli::Operations;
 use cqrs_core::{BoxError, BoxEventStore, CheckpointStore, Envelope, EventLog, Inspect};
-use cqrs_core::{Position, Projection, ProjectionRunner, RecordedEvent};
+use cqrs_core::{Position, Projection, ProjectionRunner, RecordedEvent, TenantId};
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
 use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint};
 use cqrs_sled::{ReadModelTx, SledEventStore};
@@ -277,7 +277,7 @@ impl Projection<ReadModelTx> for SledProjection {
 
 /// Splits a `schema=NAME` query parameter off a PostgreSQL URL (sqlx would refuse it):
 /// the URL without it, and the schema (default `bank`).
-fn split_schema(url: &str) -> (String, String) {
+pub(crate) fn split_schema(url: &str) -> (String, String) {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let pairs = query.split('&').filter(|p| !p.is_empty());
     let (schema, kept): (Vec<&str>, Vec<&str>) = pairs.partition(|p| p.starts_with("schema="));
@@ -292,10 +292,14 @@ fn split_schema(url: &str) -> (String, String) {
 /// Connects, migrates the store, creates the read-model tables, and registers the read
 /// model's projection with the store, inline. Fails with [`BankError::Store`], or
 /// [`BankError::InvalidInput`] for a bad schema name.
-pub(crate) async fn open_postgres(url: &str) -> Result<PgAccounts> {
+pub(crate) async fn open_postgres(url: &str, tenant: Option<&TenantId>) -> Result<PgAccounts> {
     let (url, schema) = split_schema(url);
     let pool = PostgresEventStore::connect_pool(&url, 16).await;
     let pool = pool.map_err(BankError::store)?;
+    let schema = match tenant {
+        Some(tenant) => crate::tenants::postgres_schema(&pool, &schema, tenant).await?,
+        None => schema,
+    };
     let store = PostgresEventStore::builder(pool).schema(schema.clone());
     let projection = PgProjection(schema.clone());
     let store = store.inline_projection(projection).build();

@@ -50,8 +50,9 @@ impl Schema {
 }
 
 impl Drop for Schema {
+    /// Drops the schema and its tenants' schemas (`NAME_tenant`).
     fn drop(&mut self) {
-        let sql = format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.0);
+        let name = self.0.clone();
         let dropped = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -59,7 +60,16 @@ impl Drop for Schema {
             runtime.map_err(|e| e.to_string())?.block_on(async {
                 let drop_it = async {
                     let mut conn = PgConnection::connect(&database_url()).await?;
-                    sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await?;
+                    let tenants: Vec<String> = sqlx::query_scalar(
+                        "SELECT nspname::text FROM pg_namespace WHERE starts_with(nspname, $1)",
+                    )
+                    .bind(format!("{name}_"))
+                    .fetch_all(&mut conn)
+                    .await?;
+                    for schema in tenants.iter().chain([&name]) {
+                        let sql = format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE");
+                        sqlx::raw_sql(AssertSqlSafe(sql)).execute(&mut conn).await?;
+                    }
                     conn.close().await
                 };
                 let dropped = tokio::time::timeout(Duration::from_secs(30), drop_it).await;
