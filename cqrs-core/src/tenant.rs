@@ -157,7 +157,7 @@ impl TenantError {
 /// let tenants = InMemoryTenantStores::new();
 /// let acme: TenantId = "acme".parse()?;
 /// let store = tenants.create(&acme).await?;
-/// let events: Vec<_> = store.read_all(Position::START).try_collect().await?;
+/// let events: Vec<_> = store.read_all(Position::START, None).try_collect().await?;
 /// assert!(events.is_empty());
 /// assert!(tenants.store(&"globex".parse()?).await.is_err()); // never created
 /// # Ok::<(), Box<dyn std::error::Error>>(())
