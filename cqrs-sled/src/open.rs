@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use cqrs_core::LogNotifier;
 
+use crate::chunk::Chunk;
 use crate::config::{DamagedLog, Durability, SledConfig};
 use crate::contain::guard;
 use crate::error::OpenError;
@@ -20,7 +21,11 @@ const LOCK_RETRIES: u32 = 10;
 const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 /// Key (in sled's default tree) of this crate's on-disk format number.
 const FORMAT_KEY: &[u8] = b"cqrs-sled.format";
-const FORMAT: &[u8] = &[1];
+/// Format 2: log records of several events (ADR 0028). Format 1 (one event per record)
+/// reads with the same code, so a format-1 store is marked 2 when it is opened: versions
+/// that only know format 1 then refuse it instead of misreading its new records.
+const FORMAT: &[u8] = &[2];
+const FORMAT_ONE: &[u8] = &[1];
 
 impl SledConfig {
     /// Opens the store.
@@ -95,14 +100,14 @@ impl SledEventStore {
             source: crate::error::SledError(e).into(),
         };
         match db.get(FORMAT_KEY).map_err(io)? {
-            Some(format) if &*format != FORMAT => {
+            Some(format) if &*format == FORMAT => {}
+            Some(format) if &*format != FORMAT_ONE => {
                 return Err(OpenError::Corrupt {
                     path: shown,
                     reason: format!("unknown store format {:?}", &*format),
                 });
             }
-            Some(_) => {}
-            None => {
+            Some(_) | None => {
                 db.insert(FORMAT_KEY, FORMAT).map_err(io)?;
             }
         }
@@ -115,10 +120,21 @@ impl SledEventStore {
             .transpose()
             .map_err(io)?
         {
-            Some((key, _)) => be_u64(&key[1..]).ok_or_else(|| OpenError::Corrupt {
-                path: shown.clone(),
-                reason: "a log key is not 9 bytes".into(),
-            })?,
+            Some((key, value)) => {
+                let first = be_u64(&key[1..]).ok_or_else(|| OpenError::Corrupt {
+                    path: shown.clone(),
+                    reason: "a log key is not 9 bytes".into(),
+                })?;
+                match Chunk::open(&value, first, None) {
+                    Ok(chunk) => chunk.last_position(),
+                    // Reads report the damaged record; new records go after its key. (With
+                    // a mark, a damaged last record is a damaged marked one: refused below.)
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the last log record is damaged");
+                        first
+                    }
+                }
+            }
             None => 0,
         };
         let (damage, mark) = match &config.path {
@@ -215,14 +231,15 @@ fn check_mark(
         )),
         Some(Ok(recorded)) => {
             let position = recorded.position;
-            let record = guard(|| {
-                events
-                    .get(log_key(position))
-                    .map_err(crate::store::store_error)
-            });
+            let record = guard(|| crate::store::record_holding(events, position));
             let differs = match record {
-                Ok(Some(bytes)) => (mark::fingerprint(&bytes) != recorded.record)
-                    .then_some("is not the record that was durable there"),
+                // A damaged record reads as another one; a record that ends before the
+                // marked position means the marked one is missing.
+                Ok(Some((first, bytes))) => match Chunk::open(&bytes, first, None) {
+                    Ok(chunk) if chunk.last_position() < position => Some("is missing"),
+                    _ => (mark::fingerprint(&bytes) != recorded.record)
+                        .then_some("is not the record that was durable there"),
+                },
                 Ok(None) => Some("is missing"),
                 Err(_) => Some("cannot be read"),
             };
