@@ -333,3 +333,114 @@ fn open_error(path: &Path, e: sled::Error) -> OpenError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use cqrs_core::{EventData, EventLog, ExpectedVersion, Inspect, Position, StreamId};
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::chunk::encode_old;
+    use crate::record::{id_key, stream_key};
+
+    /// Writes a store in the layout of format 1 (one record, one stream-index entry and one
+    /// id-index entry per event) with sled directly, as an older version wrote it.
+    fn write_old_store(path: &Path, events: &[(StreamId, u64, EventData)]) {
+        let db = sled::open(path).unwrap();
+        db.insert(FORMAT_KEY, FORMAT_ONE).unwrap();
+        let tree = db.open_tree(EVENTS_TREE).unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for (position, (stream, version, event)) in (1u64..).zip(events) {
+            // The first record is of format 1 (before checksums), the others of format 2.
+            let record = encode_old(stream, *version, event, at, position > 1);
+            tree.insert(log_key(position), record).unwrap();
+            tree.insert(stream_key(stream, *version), &position.to_be_bytes())
+                .unwrap();
+            tree.insert(id_key(event.event_id), &position.to_be_bytes())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_one_event_layout_opens_reads_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old");
+        let a = StreamId::new("account", "a").unwrap();
+        let b = StreamId::new("account", "b").unwrap();
+        let event = |n: u32| EventData::new("Happened", n.to_string().into_bytes());
+        let old = vec![
+            (a.clone(), 1, event(1)),
+            (b.clone(), 1, event(2)),
+            (a.clone(), 2, event(3)),
+            (a.clone(), 3, event(4)),
+        ];
+        write_old_store(&path, &old);
+
+        let store = SledConfig::new(&path).open().unwrap();
+        let log: Vec<_> = store
+            .read_all(Position::START, None)
+            .try_collect()
+            .await
+            .unwrap();
+        let ids: Vec<_> = log.iter().map(|e| e.event_id).collect();
+        let want: Vec<_> = old.iter().map(|(_, _, e)| e.event_id).collect();
+        assert_eq!(ids, want);
+        let positions: Vec<_> = log.iter().map(|e| e.position.sequence).collect();
+        assert_eq!(positions, [1, 2, 3, 4]);
+        let stream_a: Vec<_> = store.read_stream(&a, 2).try_collect().await.unwrap();
+        assert_eq!(
+            stream_a.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        let found = store.find_event(&b, old[1].2.event_id).await.unwrap();
+        assert_eq!(found.map(|e| e.position.sequence), Some(2));
+        // Re-appending an old event is the idempotent no-op it always was.
+        let again = store
+            .append(&a, ExpectedVersion::Exact(2), vec![old[3].2.clone()])
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!((again.version, again.position.sequence), (3, 4));
+        // New appends go on after the old records, in the new layout.
+        let new: Vec<_> = (5..8).map(event).collect();
+        let done = store
+            .append(&a, ExpectedVersion::Exact(3), new.clone())
+            .await
+            .unwrap();
+        assert_eq!((done.version, done.position.sequence), (6, 7));
+        drop(store);
+
+        let store = SledConfig::new(&path).open().unwrap();
+        assert_eq!(
+            store.db().get(FORMAT_KEY).unwrap().as_deref(),
+            Some(FORMAT),
+            "the store is marked with the new format"
+        );
+        let stream_a: Vec<_> = store.read_stream(&a, 1).try_collect().await.unwrap();
+        assert_eq!(
+            stream_a.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+        let tail: Vec<_> = store
+            .read_all(Position::new(0, 3), None)
+            .try_collect()
+            .await
+            .unwrap();
+        let ids: Vec<_> = tail.iter().map(|e| e.event_id).collect();
+        let want: Vec<_> = std::iter::once(old[3].2.event_id)
+            .chain(new.iter().map(|e| e.event_id))
+            .collect();
+        assert_eq!(ids, want);
+        let mid: Vec<_> = store
+            .read_all(Position::new(0, 5), Some(1))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(mid.len(), 1);
+        assert_eq!(mid[0].event_id, new[1].event_id);
+        assert_eq!(store.count_events(Position::START).await.unwrap(), 7);
+    }
+}
