@@ -31,16 +31,22 @@ impl SledEventStore {
         Ok(Some((chunk.stream, version, position)))
     }
 
-    /// The idempotency check, exactly as the in-memory store does it.
+    /// The idempotency check, exactly as the in-memory store does it. `max_id` is the
+    /// greatest stored event id: a greater one is new without a lookup.
     fn check_duplicates(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: &[EventData],
+        max_id: Option<Uuid>,
     ) -> Result<Option<Result<AppendResult>>> {
         let mut found = Vec::with_capacity(events.len());
         for event in events {
-            found.push(self.locate(event.event_id)?);
+            found.push(if max_id.is_some_and(|max| event.event_id <= max) {
+                self.locate(event.event_id)?
+            } else {
+                None
+            });
         }
         if found.iter().all(Option::is_none) {
             return Ok(None);
@@ -84,10 +90,10 @@ impl SledEventStore {
     ) -> Result<(AppendResult, bool)> {
         let inner = &*self.inner;
         let mut heads = lock(&inner.writer);
-        if let Some(outcome) = self.check_duplicates(stream, expected, events)? {
+        if let Some(outcome) = self.check_duplicates(stream, expected, events, heads.max_id)? {
             return outcome.map(|result| (result, false));
         }
-        let actual = match heads.0.get(stream) {
+        let actual = match heads.streams.get(stream) {
             Some(&version) => version,
             None => self.head(stream)?,
         };
@@ -118,15 +124,20 @@ impl SledEventStore {
             batch.insert(stream_key(stream, version), &first.to_be_bytes()[..]);
         }
         // One batch on one tree: sled applies it atomically, also across a crash.
-        inner.events.apply_batch(batch).map_err(store_error)?;
+        if let Err(e) = inner.events.apply_batch(batch) {
+            // Part of the batch may be in sled's memory: look every id up from now on.
+            heads.max_id = Some(Uuid::max());
+            return Err(store_error(e));
+        }
         if large {
             inner.marks.blob_pending.store(true, Ordering::Release);
         }
         inner.marks.committed.store(position, Ordering::Release);
-        if heads.0.len() >= HEADS_CACHE {
-            heads.0.clear();
+        if heads.streams.len() >= HEADS_CACHE {
+            heads.streams.clear();
         }
-        heads.0.insert(stream.clone(), version);
+        heads.streams.insert(stream.clone(), version);
+        heads.max_id = events.iter().map(|e| e.event_id).chain(heads.max_id).max();
         if inner.flusher.is_none() {
             inner.marks.visible.store(position, Ordering::Release);
         }

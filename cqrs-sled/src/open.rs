@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use cqrs_core::LogNotifier;
+use uuid::Uuid;
 
 use crate::chunk::Chunk;
 use crate::config::{DamagedLog, Durability, SledConfig};
@@ -13,7 +14,7 @@ use crate::contain::guard;
 use crate::error::OpenError;
 use crate::flush::{Flusher, SyncFiles, Watermarks};
 use crate::mark::{self, MarkWriter};
-use crate::record::{be_u64, log_key};
+use crate::record::{be_u64, id_key, log_key};
 use crate::store::{CHECKPOINTS_TREE, EVENTS_TREE, Heads, Inner, SNAPSHOTS_TREE, SledEventStore};
 
 /// How often, and how patiently, opening retries a database that is locked.
@@ -137,6 +138,7 @@ impl SledEventStore {
             }
             None => 0,
         };
+        let max_id = greatest_id(&events).map_err(io)?;
         let (damage, mark) = match &config.path {
             Some(path) => check_mark(path, &events, last, config.damaged_log)?,
             None => (None, None),
@@ -173,7 +175,10 @@ impl SledEventStore {
                 checkpoints,
                 path: config.path,
                 durability: config.durability,
-                writer: Mutex::new(Heads::default()),
+                writer: Mutex::new(Heads {
+                    max_id,
+                    ..Heads::default()
+                }),
                 snapshot_writer: Mutex::new(()),
                 marks,
                 flusher,
@@ -183,6 +188,17 @@ impl SledEventStore {
             }),
         })
     }
+}
+
+/// The greatest event id in the id index, `None` if there is none: an append skips the
+/// index lookup of greater ids. A key of the wrong size makes every id look stored (the
+/// lookup then reports the damage).
+fn greatest_id(events: &sled::Tree) -> sled::Result<Option<Uuid>> {
+    let last = events
+        .range(id_key(Uuid::nil())..=id_key(Uuid::max()))
+        .next_back()
+        .transpose()?;
+    Ok(last.map(|(key, _)| Uuid::from_slice(&key[1..]).unwrap_or(Uuid::max())))
 }
 
 /// The store's damage (with [`DamagedLog::Inspect`]) and its mark writer.
@@ -343,7 +359,7 @@ mod tests {
 
     use super::*;
     use crate::chunk::encode_old;
-    use crate::record::{id_key, stream_key};
+    use crate::record::stream_key;
 
     /// Writes a store in the layout of format 1 (one record, one stream-index entry and one
     /// id-index entry per event) with sled directly, as an older version wrote it.

@@ -145,10 +145,16 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Stream heads recently appended to, so an append needs no index lookup for its
-/// version. Bounded: cleared when it grows past `HEADS_CACHE` streams.
+/// What the single writer knows without a lookup: stream heads recently appended to,
+/// so an append needs no index lookup for its version (bounded: cleared when it grows
+/// past `HEADS_CACHE` streams), and the greatest event id in the id index.
 #[derive(Debug, Default)]
-pub(crate) struct Heads(pub(crate) HashMap<StreamId, u64>);
+pub(crate) struct Heads {
+    pub(crate) streams: HashMap<StreamId, u64>,
+    /// No stored event id is greater (`None`: none is stored). New ids are time-ordered
+    /// (UUIDv7, ADR 0012), so most are greater, and an append skips their index lookup.
+    pub(crate) max_id: Option<Uuid>,
+}
 
 pub(crate) const HEADS_CACHE: usize = 65_536;
 
