@@ -6,7 +6,8 @@ use std::time::SystemTime;
 use cqrs_core::{AppendResult, Error, EventData, ExpectedVersion, Position, Result, StreamId};
 use uuid::Uuid;
 
-use crate::record::{be_u64, decode_header, encode, id_key, log_key, stream_key};
+use crate::chunk::{self, Chunk};
+use crate::record::{be_u64, id_key, log_key, stream_key};
 use crate::store::{BLOB_HINT, HEADS_CACHE, SledEventStore, lock, store_error};
 
 impl SledEventStore {
@@ -22,24 +23,30 @@ impl SledEventStore {
         };
         let location = || format!("event id index entry {event_id}");
         let position = be_u64(&value).ok_or_else(|| Error::corrupt(location(), "not 8 bytes"))?;
-        let bytes = self.raw_record(position)?.ok_or_else(|| {
+        let (first, bytes) = self.record_holding(position)?.ok_or_else(|| {
             Error::corrupt(location(), format!("log position {position} is missing"))
         })?;
-        let (stream, version) = decode_header(&bytes)
-            .map_err(|reason| Error::corrupt(format!("log position {position}"), reason))?;
-        Ok(Some((stream, version, position)))
+        let chunk = Chunk::open(&bytes, first, None)?;
+        let version = chunk.first_version + (position - first);
+        Ok(Some((chunk.stream, version, position)))
     }
 
-    /// The idempotency check, exactly as the in-memory store does it.
+    /// The idempotency check, exactly as the in-memory store does it. `max_id` is the
+    /// greatest stored event id: a greater one is new without a lookup.
     fn check_duplicates(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: &[EventData],
+        max_id: Option<Uuid>,
     ) -> Result<Option<Result<AppendResult>>> {
         let mut found = Vec::with_capacity(events.len());
         for event in events {
-            found.push(self.locate(event.event_id)?);
+            found.push(if max_id.is_some_and(|max| event.event_id <= max) {
+                self.locate(event.event_id)?
+            } else {
+                None
+            });
         }
         if found.iter().all(Option::is_none) {
             return Ok(None);
@@ -83,10 +90,10 @@ impl SledEventStore {
     ) -> Result<(AppendResult, bool)> {
         let inner = &*self.inner;
         let mut heads = lock(&inner.writer);
-        if let Some(outcome) = self.check_duplicates(stream, expected, events)? {
+        if let Some(outcome) = self.check_duplicates(stream, expected, events, heads.max_id)? {
             return outcome.map(|result| (result, false));
         }
-        let actual = match heads.0.get(stream) {
+        let actual = match heads.streams.get(stream) {
             Some(&version) => version,
             None => self.head(stream)?,
         };
@@ -102,26 +109,35 @@ impl SledEventStore {
         let mut version = actual;
         let mut batch = sled::Batch::default();
         let mut large = false;
-        for event in events {
-            version += 1;
-            position += 1;
-            let bytes = encode(stream, version, event, recorded_at)?;
+        // One log record and one stream-index entry per run of events, one id-index
+        // entry per event (ADR 0028).
+        for run in chunk::runs(events) {
+            let first = position + 1;
+            let bytes = chunk::encode(stream, version + 1, run, recorded_at)?;
             large |= bytes.len() >= BLOB_HINT;
-            let at = position.to_be_bytes();
-            batch.insert(&log_key(position)[..], bytes);
-            batch.insert(stream_key(stream, version), &at[..]);
-            batch.insert(&id_key(event.event_id)[..], &at[..]);
+            batch.insert(&log_key(first)[..], bytes);
+            for event in run {
+                position += 1;
+                version += 1;
+                batch.insert(&id_key(event.event_id)[..], &position.to_be_bytes()[..]);
+            }
+            batch.insert(stream_key(stream, version), &first.to_be_bytes()[..]);
         }
         // One batch on one tree: sled applies it atomically, also across a crash.
-        inner.events.apply_batch(batch).map_err(store_error)?;
+        if let Err(e) = inner.events.apply_batch(batch) {
+            // Part of the batch may be in sled's memory: look every id up from now on.
+            heads.max_id = Some(Uuid::max());
+            return Err(store_error(e));
+        }
         if large {
             inner.marks.blob_pending.store(true, Ordering::Release);
         }
         inner.marks.committed.store(position, Ordering::Release);
-        if heads.0.len() >= HEADS_CACHE {
-            heads.0.clear();
+        if heads.streams.len() >= HEADS_CACHE {
+            heads.streams.clear();
         }
-        heads.0.insert(stream.clone(), version);
+        heads.streams.insert(stream.clone(), version);
+        heads.max_id = events.iter().map(|e| e.event_id).chain(heads.max_id).max();
         if inner.flusher.is_none() {
             inner.marks.visible.store(position, Ordering::Release);
         }

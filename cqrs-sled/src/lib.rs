@@ -2,6 +2,7 @@
 
 mod append;
 mod check;
+mod chunk;
 mod config;
 mod contain;
 mod error;

@@ -4,7 +4,7 @@
 //! is how the store notices that events were dropped (ADR 0018).
 //!
 //! The file (`cqrs-sled.mark`) holds 25 bytes: a magic (8), a format (1), the last durable
-//! log position (u64), the CRC32C of the log record at that position (u32), and a CRC32C
+//! log position (u64), the CRC32C of the log record holding that position (u32), and a CRC32C
 //! of the 21 bytes before it (u32). It is replaced atomically: written to a temporary
 //! file, synced, then renamed over the old one, so it is always either the old mark or
 //! the new one, never a mix. It only ever claims positions that a flush had made durable
@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::chunk::Chunk;
 use crate::contain::guard;
-use crate::record::log_key;
-use crate::store::{lock, store_error};
+use crate::store::{lock, record_holding};
 
 /// The name of the mark file in the database directory.
 pub(crate) const MARK_FILE: &str = "cqrs-sled.mark";
@@ -37,11 +37,17 @@ static CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 pub(crate) struct Mark {
     /// Every log position up to this one was durable.
     pub(crate) position: u64,
-    /// The CRC32C of the stored bytes of the record at `position`.
+    /// The CRC32C of the stored bytes of the record holding `position`.
     pub(crate) record: u32,
 }
 
-/// The fingerprint of a stored log record, as the mark keeps it.
+/// Whether the stored log record `bytes`, keyed at `first`, holds `position`.
+pub(crate) fn holds(bytes: &[u8], first: u64, position: u64) -> bool {
+    Chunk::open(bytes, first, None).is_ok_and(|chunk| chunk.last_position() >= position)
+}
+
+/// The fingerprint of a stored log record (the one holding the marked position), as the
+/// mark keeps it.
 pub(crate) fn fingerprint(record: &[u8]) -> u32 {
     CRC32C.checksum(record)
 }
@@ -130,8 +136,11 @@ impl MarkWriter {
         if position <= *written {
             return Ok(());
         }
-        let bytes = guard(|| self.events.get(log_key(position)).map_err(store_error))?;
-        let Some(bytes) = bytes else {
+        let record = guard(|| record_holding(&self.events, position))?;
+        let Some(bytes) = record
+            .filter(|(first, bytes)| holds(bytes, *first, position))
+            .map(|(_, bytes)| bytes)
+        else {
             return Err(cqrs_core::Error::corrupt(
                 format!("log position {position}"),
                 "the record is missing although it was flushed",

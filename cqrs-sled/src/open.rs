@@ -6,13 +6,15 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use cqrs_core::LogNotifier;
+use uuid::Uuid;
 
+use crate::chunk::Chunk;
 use crate::config::{DamagedLog, Durability, SledConfig};
 use crate::contain::guard;
 use crate::error::OpenError;
 use crate::flush::{Flusher, SyncFiles, Watermarks};
 use crate::mark::{self, MarkWriter};
-use crate::record::{be_u64, log_key};
+use crate::record::{be_u64, id_key, log_key};
 use crate::store::{CHECKPOINTS_TREE, EVENTS_TREE, Heads, Inner, SNAPSHOTS_TREE, SledEventStore};
 
 /// How often, and how patiently, opening retries a database that is locked.
@@ -20,7 +22,11 @@ const LOCK_RETRIES: u32 = 10;
 const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 /// Key (in sled's default tree) of this crate's on-disk format number.
 const FORMAT_KEY: &[u8] = b"cqrs-sled.format";
-const FORMAT: &[u8] = &[1];
+/// Format 2: log records of several events (ADR 0028). Format 1 (one event per record)
+/// reads with the same code, so a format-1 store is marked 2 when it is opened: versions
+/// that only know format 1 then refuse it instead of misreading its new records.
+const FORMAT: &[u8] = &[2];
+const FORMAT_ONE: &[u8] = &[1];
 
 impl SledConfig {
     /// Opens the store.
@@ -95,14 +101,14 @@ impl SledEventStore {
             source: crate::error::SledError(e).into(),
         };
         match db.get(FORMAT_KEY).map_err(io)? {
-            Some(format) if &*format != FORMAT => {
+            Some(format) if &*format == FORMAT => {}
+            Some(format) if &*format != FORMAT_ONE => {
                 return Err(OpenError::Corrupt {
                     path: shown,
                     reason: format!("unknown store format {:?}", &*format),
                 });
             }
-            Some(_) => {}
-            None => {
+            Some(_) | None => {
                 db.insert(FORMAT_KEY, FORMAT).map_err(io)?;
             }
         }
@@ -115,12 +121,24 @@ impl SledEventStore {
             .transpose()
             .map_err(io)?
         {
-            Some((key, _)) => be_u64(&key[1..]).ok_or_else(|| OpenError::Corrupt {
-                path: shown.clone(),
-                reason: "a log key is not 9 bytes".into(),
-            })?,
+            Some((key, value)) => {
+                let first = be_u64(&key[1..]).ok_or_else(|| OpenError::Corrupt {
+                    path: shown.clone(),
+                    reason: "a log key is not 9 bytes".into(),
+                })?;
+                match Chunk::open(&value, first, None) {
+                    Ok(chunk) => chunk.last_position(),
+                    // Reads report the damaged record; new records go after its key. (With
+                    // a mark, a damaged last record is a damaged marked one: refused below.)
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the last log record is damaged");
+                        first
+                    }
+                }
+            }
             None => 0,
         };
+        let max_id = greatest_id(&events).map_err(io)?;
         let (damage, mark) = match &config.path {
             Some(path) => check_mark(path, &events, last, config.damaged_log)?,
             None => (None, None),
@@ -157,7 +175,10 @@ impl SledEventStore {
                 checkpoints,
                 path: config.path,
                 durability: config.durability,
-                writer: Mutex::new(Heads::default()),
+                writer: Mutex::new(Heads {
+                    max_id,
+                    ..Heads::default()
+                }),
                 snapshot_writer: Mutex::new(()),
                 marks,
                 flusher,
@@ -167,6 +188,17 @@ impl SledEventStore {
             }),
         })
     }
+}
+
+/// The greatest event id in the id index, `None` if there is none: an append skips the
+/// index lookup of greater ids. A key of the wrong size makes every id look stored (the
+/// lookup then reports the damage).
+fn greatest_id(events: &sled::Tree) -> sled::Result<Option<Uuid>> {
+    let last = events
+        .range(id_key(Uuid::nil())..=id_key(Uuid::max()))
+        .next_back()
+        .transpose()?;
+    Ok(last.map(|(key, _)| Uuid::from_slice(&key[1..]).unwrap_or(Uuid::max())))
 }
 
 /// The store's damage (with [`DamagedLog::Inspect`]) and its mark writer.
@@ -215,14 +247,15 @@ fn check_mark(
         )),
         Some(Ok(recorded)) => {
             let position = recorded.position;
-            let record = guard(|| {
-                events
-                    .get(log_key(position))
-                    .map_err(crate::store::store_error)
-            });
+            let record = guard(|| crate::store::record_holding(events, position));
             let differs = match record {
-                Ok(Some(bytes)) => (mark::fingerprint(&bytes) != recorded.record)
-                    .then_some("is not the record that was durable there"),
+                // A damaged record reads as another one; a record that ends before the
+                // marked position means the marked one is missing.
+                Ok(Some((first, bytes))) => match Chunk::open(&bytes, first, None) {
+                    Ok(chunk) if chunk.last_position() < position => Some("is missing"),
+                    _ => (mark::fingerprint(&bytes) != recorded.record)
+                        .then_some("is not the record that was durable there"),
+                },
                 Ok(None) => Some("is missing"),
                 Err(_) => Some("cannot be read"),
             };
@@ -314,5 +347,116 @@ fn open_error(path: &Path, e: sled::Error) -> OpenError {
             path,
             source: crate::error::SledError(other).into(),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use cqrs_core::{EventData, EventLog, ExpectedVersion, Inspect, Position, StreamId};
+    use futures::TryStreamExt;
+
+    use super::*;
+    use crate::chunk::encode_old;
+    use crate::record::stream_key;
+
+    /// Writes a store in the layout of format 1 (one record, one stream-index entry and one
+    /// id-index entry per event) with sled directly, as an older version wrote it.
+    fn write_old_store(path: &Path, events: &[(StreamId, u64, EventData)]) {
+        let db = sled::open(path).unwrap();
+        db.insert(FORMAT_KEY, FORMAT_ONE).unwrap();
+        let tree = db.open_tree(EVENTS_TREE).unwrap();
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for (position, (stream, version, event)) in (1u64..).zip(events) {
+            // The first record is of format 1 (before checksums), the others of format 2.
+            let record = encode_old(stream, *version, event, at, position > 1);
+            tree.insert(log_key(position), record).unwrap();
+            tree.insert(stream_key(stream, *version), &position.to_be_bytes())
+                .unwrap();
+            tree.insert(id_key(event.event_id), &position.to_be_bytes())
+                .unwrap();
+        }
+        db.flush().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_store_of_the_one_event_layout_opens_reads_and_grows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old");
+        let a = StreamId::new("account", "a").unwrap();
+        let b = StreamId::new("account", "b").unwrap();
+        let event = |n: u32| EventData::new("Happened", n.to_string().into_bytes());
+        let old = vec![
+            (a.clone(), 1, event(1)),
+            (b.clone(), 1, event(2)),
+            (a.clone(), 2, event(3)),
+            (a.clone(), 3, event(4)),
+        ];
+        write_old_store(&path, &old);
+
+        let store = SledConfig::new(&path).open().unwrap();
+        let log: Vec<_> = store
+            .read_all(Position::START, None)
+            .try_collect()
+            .await
+            .unwrap();
+        let ids: Vec<_> = log.iter().map(|e| e.event_id).collect();
+        let want: Vec<_> = old.iter().map(|(_, _, e)| e.event_id).collect();
+        assert_eq!(ids, want);
+        let positions: Vec<_> = log.iter().map(|e| e.position.sequence).collect();
+        assert_eq!(positions, [1, 2, 3, 4]);
+        let stream_a: Vec<_> = store.read_stream(&a, 2).try_collect().await.unwrap();
+        assert_eq!(
+            stream_a.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        let found = store.find_event(&b, old[1].2.event_id).await.unwrap();
+        assert_eq!(found.map(|e| e.position.sequence), Some(2));
+        // Re-appending an old event is the idempotent no-op it always was.
+        let again = store
+            .append(&a, ExpectedVersion::Exact(2), vec![old[3].2.clone()])
+            .await
+            .unwrap();
+        assert!(again.duplicate);
+        assert_eq!((again.version, again.position.sequence), (3, 4));
+        // New appends go on after the old records, in the new layout.
+        let new: Vec<_> = (5..8).map(event).collect();
+        let done = store
+            .append(&a, ExpectedVersion::Exact(3), new.clone())
+            .await
+            .unwrap();
+        assert_eq!((done.version, done.position.sequence), (6, 7));
+        drop(store);
+
+        let store = SledConfig::new(&path).open().unwrap();
+        assert_eq!(
+            store.db().get(FORMAT_KEY).unwrap().as_deref(),
+            Some(FORMAT),
+            "the store is marked with the new format"
+        );
+        let stream_a: Vec<_> = store.read_stream(&a, 1).try_collect().await.unwrap();
+        assert_eq!(
+            stream_a.iter().map(|e| e.version).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5, 6]
+        );
+        let tail: Vec<_> = store
+            .read_all(Position::new(0, 3), None)
+            .try_collect()
+            .await
+            .unwrap();
+        let ids: Vec<_> = tail.iter().map(|e| e.event_id).collect();
+        let want: Vec<_> = std::iter::once(old[3].2.event_id)
+            .chain(new.iter().map(|e| e.event_id))
+            .collect();
+        assert_eq!(ids, want);
+        let mid: Vec<_> = store
+            .read_all(Position::new(0, 5), Some(1))
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(mid.len(), 1);
+        assert_eq!(mid[0].event_id, new[1].event_id);
+        assert_eq!(store.count_events(Position::START).await.unwrap(), 7);
     }
 }

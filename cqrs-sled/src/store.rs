@@ -15,11 +15,12 @@ use cqrs_core::{
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use uuid::Uuid;
 
+use crate::chunk::Chunk;
 use crate::config::Durability;
 use crate::contain::{guard, guard_chunk};
 use crate::flush::{Flusher, Watermarks};
 use crate::mark::MarkWriter;
-use crate::record::{self, be_u64, decode, log_key, stream_key};
+use crate::record::{self, be_u64, log_key, stream_key};
 
 /// Records a reader takes from sled per step: reads never hold a whole stream or log.
 const READ_CHUNK: usize = 256;
@@ -144,12 +145,38 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Stream heads recently appended to, so an append needs no index lookup for its
-/// version. Bounded: cleared when it grows past `HEADS_CACHE` streams.
+/// What the single writer knows without a lookup: stream heads recently appended to,
+/// so an append needs no index lookup for its version (bounded: cleared when it grows
+/// past `HEADS_CACHE` streams), and the greatest event id in the id index.
 #[derive(Debug, Default)]
-pub(crate) struct Heads(pub(crate) HashMap<StreamId, u64>);
+pub(crate) struct Heads {
+    pub(crate) streams: HashMap<StreamId, u64>,
+    /// No stored event id is greater (`None`: none is stored). New ids are time-ordered
+    /// (UUIDv7, ADR 0012), so most are greater, and an append skips their index lookup.
+    pub(crate) max_id: Option<Uuid>,
+}
 
 pub(crate) const HEADS_CACHE: usize = 65_536;
+
+/// The log record of `events` holding `position`, undecoded, with the position of its
+/// first event: the last record keyed at or before `position` (the caller checks that it
+/// reaches `position`).
+pub(crate) fn record_holding(
+    events: &sled::Tree,
+    position: u64,
+) -> Result<Option<(u64, sled::IVec)>> {
+    let found = events
+        .range(log_key(0)..=log_key(position))
+        .next_back()
+        .transpose()
+        .map_err(store_error)?;
+    found
+        .map(|(key, value)| match be_u64(&key[1..]) {
+            Some(first) => Ok((first, value)),
+            None => Err(Error::corrupt("the log", "a log key is not 9 bytes")),
+        })
+        .transpose()
+}
 
 pub(crate) fn store_error(e: sled::Error) -> Error {
     Error::store(crate::error::SledError(e))
@@ -239,12 +266,11 @@ impl SledEventStore {
         }
     }
 
-    /// The record at `position`, undecoded.
-    pub(crate) fn raw_record(&self, position: u64) -> Result<Option<sled::IVec>> {
-        self.inner
-            .events
-            .get(log_key(position))
-            .map_err(store_error)
+    /// The log record holding `position`, undecoded, with the position of its first
+    /// event: the last record keyed at or before `position` (the caller checks that it
+    /// reaches `position`).
+    pub(crate) fn record_holding(&self, position: u64) -> Result<Option<(u64, sled::IVec)>> {
+        record_holding(&self.inner.events, position)
     }
 
     /// The first stream whose index keys are at or after `start`, its version, and the
@@ -268,19 +294,21 @@ impl SledEventStore {
         Ok(Some((StreamInfo { stream, version }, next)))
     }
 
-    /// Up to `READ_CHUNK` events of `stream` from `version` on, and where to go on.
+    /// At least `READ_CHUNK` events of `stream` from `version` on (unless the stream ends
+    /// first), and where to go on.
     fn stream_chunk(
         &self,
         stream: &StreamId,
         from: u64,
     ) -> (Vec<Result<RecordedEvent>>, Option<u64>) {
         let mut out = Vec::new();
-        let mut next = None;
+        // Each index entry names the last version of one log record, so the first entry
+        // at or after `from` is the record holding `from`.
         let range = self
             .inner
             .events
             .range(stream_key(stream, from)..=stream_key(stream, u64::MAX));
-        for item in range.take(READ_CHUNK) {
+        for item in range {
             let (key, value) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -288,47 +316,80 @@ impl SledEventStore {
                     return (out, None);
                 }
             };
-            let Some(version) = record::version_of_stream_key(&key) else {
+            let Some(last) = record::version_of_stream_key(&key) else {
                 out.push(Err(Error::corrupt(
                     format!("stream {stream}"),
                     "bad stream index key",
                 )));
                 return (out, None);
             };
-            next = version.checked_add(1);
-            out.push(self.event_at(stream, version, &value));
+            if let Err(e) = self.events_of_record(stream, last, &value, from, &mut out) {
+                out.push(Err(e));
+            }
+            if out.len() >= READ_CHUNK {
+                return (out, last.checked_add(1));
+            }
         }
-        if out.len() < READ_CHUNK {
-            next = None;
-        }
-        (out, next)
+        (out, None)
     }
 
-    fn event_at(
+    /// Pushes the events from version `from` on of the log record that the index entry
+    /// of `stream` at version `last` (with value `index_value`) names.
+    fn events_of_record(
         &self,
         stream: &StreamId,
-        version: u64,
+        last: u64,
         index_value: &[u8],
-    ) -> Result<RecordedEvent> {
-        let location = || format!("stream {stream} version {version}");
+        from: u64,
+        out: &mut Vec<Result<RecordedEvent>>,
+    ) -> Result<()> {
+        let location = || format!("stream {stream} version {last}");
         let position = be_u64(index_value)
             .ok_or_else(|| Error::corrupt(location(), "the stream index entry is not 8 bytes"))?;
-        let bytes = self.raw_record(position)?.ok_or_else(|| {
-            Error::corrupt(location(), format!("log position {position} is missing"))
-        })?;
-        decode(&bytes, position, Some((stream, version)), None)
-    }
-
-    /// Up to `READ_CHUNK` log records from position `from` to `end`, and where to go on.
-    fn log_chunk(&self, from: u64, end: u64) -> (Vec<Result<RecordedEvent>>, Option<u64>) {
-        let mut out = Vec::with_capacity(READ_CHUNK);
-        let mut next = None;
-        for item in self
+        let bytes = self
             .inner
             .events
-            .range(log_key(from)..=log_key(end))
-            .take(READ_CHUNK)
-        {
+            .get(log_key(position))
+            .map_err(store_error)?;
+        let bytes = bytes.ok_or_else(|| {
+            Error::corrupt(location(), format!("log position {position} is missing"))
+        })?;
+        let mut chunk = Chunk::open(&bytes, position, Some(stream)).map_err(|e| match e {
+            // Name the record as the index does: the damaged header may name nothing.
+            Error::Corrupt { reason, .. } => Error::corrupt(
+                format!("stream {stream} version {last} (log position {position})"),
+                reason,
+            ),
+            e => e,
+        })?;
+        chunk.expect(stream, last)?;
+        let mut version = chunk.first_version;
+        while let Some(event) = chunk.next_event(version >= from) {
+            version += 1;
+            match event {
+                Ok(Some(event)) => out.push(Ok(event)),
+                Ok(None) => {}
+                Err(e) => out.push(Err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// At least `READ_CHUNK` log events from position `from` to `end` (unless the log ends
+    /// first), and where to go on.
+    fn log_chunk(&self, from: u64, end: u64) -> (Vec<Result<RecordedEvent>>, Option<u64>) {
+        let mut out = Vec::with_capacity(READ_CHUNK);
+        // Start at the record holding `from`: the last one keyed at or before it.
+        let start = match self.record_holding(from) {
+            Ok(Some((first, _))) => first,
+            Ok(None) => from,
+            Err(e) => {
+                out.push(Err(e));
+                return (out, None);
+            }
+        };
+        let mut last_stream: Option<StreamId> = None;
+        for item in self.inner.events.range(log_key(start)..=log_key(end)) {
             let (key, value) = match item {
                 Ok(kv) => kv,
                 Err(e) => {
@@ -336,22 +397,34 @@ impl SledEventStore {
                     return (out, None);
                 }
             };
-            let Some(position) = be_u64(&key[1..]) else {
+            let Some(first) = be_u64(&key[1..]) else {
                 out.push(Err(Error::corrupt("the log", "a log key is not 9 bytes")));
                 return (out, None);
             };
-            next = position.checked_add(1);
-            let last = match out.last() {
-                Some(Ok(record)) => Some(&record.stream),
-                _ => None,
+            let mut chunk = match Chunk::open(&value, first, last_stream.as_ref()) {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    // The next record says where the log goes on.
+                    out.push(Err(e));
+                    continue;
+                }
             };
-            let record = decode(&value, position, None, last);
-            out.push(record);
+            let mut position = first;
+            while let Some(event) = chunk.next_event((from..=end).contains(&position)) {
+                position += 1;
+                match event {
+                    Ok(Some(event)) => out.push(Ok(event)),
+                    Ok(None) => {}
+                    Err(e) => out.push(Err(e)),
+                }
+            }
+            let next = chunk.last_position().checked_add(1).filter(|&n| n <= end);
+            last_stream = Some(chunk.stream);
+            if out.len() >= READ_CHUNK {
+                return (out, next);
+            }
         }
-        if out.len() < READ_CHUNK {
-            next = None;
-        }
-        (out, next)
+        (out, None)
     }
 }
 
@@ -497,10 +570,27 @@ impl Inspect for SledEventStore {
             if found != *stream {
                 return Ok(None);
             }
-            let bytes = self.raw_record(position)?.ok_or_else(|| {
+            let (first, bytes) = self.record_holding(position)?.ok_or_else(|| {
                 Error::corrupt(format!("log position {position}"), "the record is missing")
             })?;
-            decode(&bytes, position, None, None).map(Some)
+            let mut chunk = Chunk::open(&bytes, first, Some(stream))?;
+            let mut at = first;
+            while let Some(event) = chunk.next_event(at == position) {
+                at += 1;
+                if let Some(event) = event? {
+                    if event.event_id != event_id {
+                        return Err(Error::corrupt(
+                            format!("event id index entry {event_id}"),
+                            format!("log position {position} holds event {}", event.event_id),
+                        ));
+                    }
+                    return Ok(Some(event));
+                }
+            }
+            Err(Error::corrupt(
+                format!("event id index entry {event_id}"),
+                format!("log position {position} is missing"),
+            ))
         })
     }
 

@@ -89,10 +89,13 @@ async fn a_corrupt_record_is_a_typed_error_and_the_rest_stays_readable() {
             .append(&b, ExpectedVersion::Any, vec![event(2)])
             .await
             .unwrap(); // 2
-        store
-            .append(&a, ExpectedVersion::Any, vec![event(3), event(4)])
-            .await
-            .unwrap(); // 3, 4
+        // One event per append, so that each is a log record of its own.
+        for n in [3, 4] {
+            store
+                .append(&a, ExpectedVersion::Any, vec![event(n)])
+                .await
+                .unwrap(); // 3, 4
+        }
         store
             .append(&b, ExpectedVersion::Any, vec![event(5)])
             .await

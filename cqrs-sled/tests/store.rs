@@ -407,3 +407,49 @@ async fn streams_are_listed_with_their_versions_and_counted() {
         (4, 10, Some(1))
     );
 }
+
+/// An append skips the id-index lookup of ids above the greatest stored one; after a
+/// reopen (the greatest id read back from the index), stored ids, the greatest
+/// included, are still found, in their own stream and in another one.
+#[tokio::test]
+async fn stored_ids_are_found_after_a_reopen_whatever_their_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = StreamId::new("account", "a").unwrap();
+    let b = StreamId::new("account", "b").unwrap();
+    let with_id = |id: Uuid| EventData::new("Happened", b"{}".to_vec()).with_id(id);
+    // A time-ordered id, then a random one and the greatest possible one (v5 and
+    // caller-made ids need not be greater than the ids before them).
+    let ids = [Uuid::now_v7(), Uuid::new_v4(), Uuid::max()];
+    let batch: Vec<_> = ids.iter().map(|&id| with_id(id)).collect();
+    {
+        let store = SledEventStore::open(dir.path()).unwrap();
+        store
+            .append(&a, ExpectedVersion::NoStream, batch.clone())
+            .await
+            .unwrap();
+    }
+    let store = SledEventStore::open(dir.path()).unwrap();
+    let again = store
+        .append(&a, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.version, 3);
+    for id in ids {
+        match store
+            .append(&b, ExpectedVersion::Any, vec![with_id(id)])
+            .await
+        {
+            Err(Error::DuplicateEventId {
+                event_id,
+                existing_stream,
+            }) => assert_eq!((event_id, existing_stream), (id, a.clone())),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    let fresh = store
+        .append(&b, ExpectedVersion::NoStream, vec![with_id(Uuid::now_v7())])
+        .await
+        .unwrap();
+    assert!(!fresh.duplicate);
+}

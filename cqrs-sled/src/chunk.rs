@@ -1,0 +1,611 @@
+//! Log records: the events of one append (or a run of them) in one sled value.
+//!
+//! A log record (format 3) holds consecutive events of one stream, which are consecutive
+//! in the log too: `FORMAT (u8) + stream key + first version (u64) + count (u32) +
+//! recorded_at (u64 ns since the epoch)`, then for each event `event id (16) + event type
+//! (u16 length + bytes) + schema version (u32) + metadata + payload (u32 length + bytes)`,
+//! then a CRC32C (u32) of every byte before it. All integers are big-endian. Metadata is a
+//! flags byte (bit 0: correlation id follows, bit 1: causation id follows) then a u32
+//! count of key/value pairs, each as two u32-length-prefixed strings. The record is keyed
+//! by the log position of its first event (see `record.rs`); event `i` of the record is at
+//! that position plus `i`, with the first version plus `i`.
+//!
+//! Stores written before this format hold one event per record: format 2 (checksummed)
+//! and format 1 (older, unchecked) are `FORMAT + stream key + version (u64) + event id +
+//! event type + schema version + recorded_at + metadata + payload` (+ CRC32C in format 2).
+//! They read as records of one event.
+//!
+//! The checksum is verified before anything is decoded, and a record decodes only if every
+//! length fits exactly; anything else is reported as corrupt, never a panic and never a
+//! decoded value.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cqrs_core::{Error, EventData, Metadata, Position, RecordedEvent, Result, StreamId};
+use uuid::Uuid;
+
+use crate::record::{CRC32C, be_u64, put_stream_key};
+
+/// The record format written: several events of one stream, checksummed.
+const FORMAT: u8 = 3;
+/// One event, checksummed (stores written before format 3).
+const FORMAT_ONE: u8 = 2;
+/// One event, without a checksum (stores written before checksums).
+const FORMAT_UNCHECKED: u8 = 1;
+
+/// A log record is cut after the event that takes it past this many bytes: small enough
+/// to stay inline in sled's pages (sled moves values above ~128 KiB to blob files), large
+/// enough that a replay reads a few sled entries per hundred events.
+pub(crate) const CHUNK_BYTES: usize = 16 * 1024;
+
+/// The encoded size of `event` in a record, near enough to cut records.
+fn size_of(event: &EventData) -> usize {
+    let meta = &event.metadata;
+    let values: usize = meta.values.iter().map(|(k, v)| 8 + k.len() + v.len()).sum();
+    16 + 2 + event.event_type.len() + 4 + 1 + 32 + 4 + values + 4 + event.payload.len()
+}
+
+/// Splits a batch into runs that each make one log record of about [`CHUNK_BYTES`] or
+/// less (a run of one event may be larger).
+pub(crate) fn runs(events: &[EventData]) -> impl Iterator<Item = &[EventData]> {
+    let mut rest = events;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut size = 0;
+        let mut len = 0;
+        for event in rest {
+            size += size_of(event);
+            len += 1;
+            if size >= CHUNK_BYTES {
+                break;
+            }
+        }
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
+    })
+}
+
+/// Encodes a run of events of `stream`, the first at `first_version`, as one log record.
+pub(crate) fn encode(
+    stream: &StreamId,
+    first_version: u64,
+    events: &[EventData],
+    recorded_at: SystemTime,
+) -> Result<Vec<u8>> {
+    let too_big =
+        |what: &str| Error::invalid_input(format!("{what} of an event in {stream} is too large"));
+    let size: usize = events.iter().map(size_of).sum();
+    let mut out = Vec::with_capacity(32 + stream.aggregate_type().len() + stream.id().len() + size);
+    out.push(FORMAT);
+    put_stream_key(&mut out, stream);
+    out.extend_from_slice(&first_version.to_be_bytes());
+    let count = u32::try_from(events.len()).map_err(|_| too_big("the batch"))?;
+    out.extend_from_slice(&count.to_be_bytes());
+    let nanos = recorded_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+    out.extend_from_slice(&nanos.to_be_bytes());
+    for event in events {
+        out.extend_from_slice(event.event_id.as_bytes());
+        let event_type = event.event_type.as_bytes();
+        out.extend_from_slice(
+            &u16::try_from(event_type.len())
+                .map_err(|_| too_big("the type"))?
+                .to_be_bytes(),
+        );
+        out.extend_from_slice(event_type);
+        out.extend_from_slice(&event.schema_version.to_be_bytes());
+        let meta = &event.metadata;
+        let flags =
+            u8::from(meta.correlation_id.is_some()) | (u8::from(meta.causation_id.is_some()) << 1);
+        out.push(flags);
+        for id in [meta.correlation_id, meta.causation_id]
+            .into_iter()
+            .flatten()
+        {
+            out.extend_from_slice(id.as_bytes());
+        }
+        let pairs = u32::try_from(meta.values.len()).map_err(|_| too_big("the metadata"))?;
+        out.extend_from_slice(&pairs.to_be_bytes());
+        for (k, v) in &meta.values {
+            for s in [k, v] {
+                let len = u32::try_from(s.len()).map_err(|_| too_big("a metadata value"))?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+        }
+        let len = u32::try_from(event.payload.len()).map_err(|_| too_big("the payload"))?;
+        out.extend_from_slice(&len.to_be_bytes());
+        out.extend_from_slice(&event.payload);
+    }
+    let sum = CRC32C.checksum(&out);
+    out.extend_from_slice(&sum.to_be_bytes());
+    Ok(out)
+}
+
+/// `sealed` without its trailing CRC32C, if that checksum matches.
+fn unseal(sealed: &[u8]) -> std::result::Result<&[u8], String> {
+    let Some(split) = sealed.len().checked_sub(4) else {
+        return Err("record truncated: shorter than its checksum".to_owned());
+    };
+    let (body, sum) = sealed.split_at(split);
+    let stored = u32::from_be_bytes([sum[0], sum[1], sum[2], sum[3]]);
+    let actual = CRC32C.checksum(body);
+    if stored == actual {
+        Ok(body)
+    } else {
+        Err(format!(
+            "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+        ))
+    }
+}
+
+/// The bytes of `record` to decode: after its checksum is verified, everything before it;
+/// a format-1 record as it is.
+fn verified(record: &[u8]) -> std::result::Result<&[u8], String> {
+    match record.first() {
+        Some(&FORMAT | &FORMAT_ONE) => unseal(record),
+        Some(&FORMAT_UNCHECKED) => Ok(record),
+        Some(format) => Err(format!("unknown record format {format}")),
+        None => Err("empty record".to_owned()),
+    }
+}
+
+/// A cursor over a record's bytes; every read fails cleanly past the end.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        if self.bytes.len() < n {
+            return Err(format!(
+                "record truncated: needed {n} more bytes, {} left",
+                self.bytes.len()
+            ));
+        }
+        let (head, tail) = self.bytes.split_at(n);
+        self.bytes = tail;
+        Ok(head)
+    }
+
+    fn u8(&mut self) -> std::result::Result<u8, String> {
+        Ok(self.take(1)?[0])
+    }
+
+    fn u16(&mut self) -> std::result::Result<u16, String> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        let b = self.take(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        be_u64(self.take(8)?).ok_or_else(|| "short integer".to_owned())
+    }
+
+    fn uuid(&mut self) -> std::result::Result<Uuid, String> {
+        Uuid::from_slice(self.take(16)?).map_err(|e| e.to_string())
+    }
+
+    fn str(&mut self, len: usize, what: &str) -> std::result::Result<&'a str, String> {
+        std::str::from_utf8(self.take(len)?).map_err(|e| format!("{what} is not UTF-8: {e}"))
+    }
+
+    fn len32(&mut self) -> std::result::Result<usize, String> {
+        usize::try_from(self.u32()?).map_err(|e| e.to_string())
+    }
+
+    fn time(&mut self) -> std::result::Result<SystemTime, String> {
+        Ok(UNIX_EPOCH + Duration::from_nanos(self.u64()?))
+    }
+}
+
+/// The header of any format: the format byte, the stream, the first version, the count
+/// and (format 3) the time shared by the record's events. `last` is a stream to reuse (a
+/// cheap clone) when the record names the same one.
+type Header = (u8, StreamId, u64, u64, Option<SystemTime>);
+
+fn header(r: &mut Reader<'_>, last: Option<&StreamId>) -> std::result::Result<Header, String> {
+    let format = r.u8()?;
+    let ty_len = usize::from(r.u8()?);
+    let ty = r.str(ty_len, "the aggregate type")?;
+    let id_len = usize::from(r.u16()?);
+    let id = r.str(id_len, "the aggregate id")?;
+    let stream = match last {
+        Some(last) if last.aggregate_type() == ty && last.id() == id => last.clone(),
+        _ => StreamId::new(ty, id).map_err(|e| e.to_string())?,
+    };
+    let first_version = r.u64()?;
+    let (count, at) = if format == FORMAT {
+        (u64::from(r.u32()?), Some(r.time()?))
+    } else {
+        (1, None)
+    };
+    if count == 0 {
+        return Err("a record of no events".to_owned());
+    }
+    if first_version == 0 || first_version.checked_add(count - 1).is_none() {
+        return Err(format!("impossible versions {first_version} (+{count})"));
+    }
+    Ok((format, stream, first_version, count, at))
+}
+
+/// One decoded log record: its header, then its events one at a time.
+pub(crate) struct Chunk<'a> {
+    /// The stream every event of the record belongs to.
+    pub(crate) stream: StreamId,
+    /// The version of the first event.
+    pub(crate) first_version: u64,
+    /// How many events the record holds (at least 1).
+    pub(crate) count: u64,
+    /// The log position of the first event (the record's key).
+    pub(crate) first_position: u64,
+    recorded_at: Option<SystemTime>,
+    rest: Reader<'a>,
+    taken: u64,
+}
+
+impl<'a> Chunk<'a> {
+    /// Verifies the record stored at log key `first_position` and reads its header.
+    /// `last` is the stream of the record read just before, if any (reused when equal).
+    pub(crate) fn open(
+        bytes: &'a [u8],
+        first_position: u64,
+        last: Option<&StreamId>,
+    ) -> Result<Self> {
+        let body = verified(bytes).map_err(|reason| {
+            // Name the stream and version the damaged record claims, if its header still
+            // reads: a hint to find it, never data.
+            let claimed = header(&mut Reader { bytes }, None).ok();
+            let location = match claimed {
+                Some((_, stream, version, _, _)) => {
+                    format!("stream {stream} version {version} (log position {first_position})")
+                }
+                None => format!("log position {first_position}"),
+            };
+            Error::corrupt(location, reason)
+        })?;
+        let mut rest = Reader { bytes: body };
+        let (_, stream, first_version, count, recorded_at) = header(&mut rest, last)
+            .map_err(|reason| Error::corrupt(format!("log position {first_position}"), reason))?;
+        if first_position.checked_add(count - 1).is_none() {
+            return Err(Error::corrupt(
+                format!("log position {first_position}"),
+                format!("{count} events do not fit in the log"),
+            ));
+        }
+        Ok(Chunk {
+            stream,
+            first_version,
+            count,
+            first_position,
+            recorded_at,
+            rest,
+            taken: 0,
+        })
+    }
+
+    /// The version of the record's last event.
+    pub(crate) fn last_version(&self) -> u64 {
+        self.first_version + (self.count - 1)
+    }
+
+    /// The log position of the record's last event.
+    pub(crate) fn last_position(&self) -> u64 {
+        self.first_position + (self.count - 1)
+    }
+
+    /// Checks that the record is where `stream` and its index entry say it is: in that
+    /// stream, ending at `last_version`.
+    pub(crate) fn expect(&self, stream: &StreamId, last_version: u64) -> Result<()> {
+        if self.stream == *stream && self.last_version() == last_version {
+            return Ok(());
+        }
+        Err(Error::corrupt(
+            format!(
+                "stream {stream} version {last_version} (log position {})",
+                self.first_position
+            ),
+            format!(
+                "the record names stream {} versions {}..={}",
+                self.stream,
+                self.first_version,
+                self.last_version()
+            ),
+        ))
+    }
+
+    /// Decodes the next event, or skips it (`keep` false: `Ok(None)`), or `None` after
+    /// the last one. After an error the record yields nothing more.
+    pub(crate) fn next_event(&mut self, keep: bool) -> Option<Result<Option<RecordedEvent>>> {
+        if self.taken == self.count {
+            return None;
+        }
+        let version = self.first_version + self.taken;
+        let position = self.first_position + self.taken;
+        self.taken += 1;
+        let decoded = self.body(version, position, keep).and_then(|event| {
+            if self.taken == self.count && !self.rest.bytes.is_empty() {
+                return Err(format!(
+                    "{} unexpected bytes after the last payload",
+                    self.rest.bytes.len()
+                ));
+            }
+            Ok(event)
+        });
+        Some(decoded.map_err(|reason| {
+            self.taken = self.count;
+            Error::corrupt(
+                format!(
+                    "stream {} version {version} (log position {position})",
+                    self.stream
+                ),
+                reason,
+            )
+        }))
+    }
+
+    fn body(
+        &mut self,
+        version: u64,
+        position: u64,
+        keep: bool,
+    ) -> std::result::Result<Option<RecordedEvent>, String> {
+        let r = &mut self.rest;
+        let event_id = r.uuid()?;
+        let type_len = usize::from(r.u16()?);
+        let event_type = r.str(type_len, "the event type")?;
+        let schema_version = r.u32()?;
+        let recorded_at = match self.recorded_at {
+            Some(at) => at,
+            None => r.time()?,
+        };
+        let flags = r.u8()?;
+        if flags > 0b11 {
+            return Err(format!("unknown metadata flags {flags:#x}"));
+        }
+        let mut metadata = Metadata::new();
+        if flags & 1 != 0 {
+            metadata.correlation_id = Some(r.uuid()?);
+        }
+        if flags & 2 != 0 {
+            metadata.causation_id = Some(r.uuid()?);
+        }
+        let pairs = r.u32()?;
+        let mut values = BTreeMap::new();
+        for _ in 0..pairs {
+            let len = r.len32()?;
+            let key = r.str(len, "a metadata key")?;
+            let len = r.len32()?;
+            let value = r.str(len, "a metadata value")?;
+            if keep {
+                values.insert(key.to_owned(), value.to_owned());
+            }
+        }
+        metadata.values = values;
+        let len = r.len32()?;
+        let payload = r.take(len)?;
+        if !keep {
+            return Ok(None);
+        }
+        Ok(Some(RecordedEvent {
+            event_id,
+            stream: self.stream.clone(),
+            version,
+            position: Position::new(0, position),
+            event_type: event_type.to_owned(),
+            schema_version,
+            recorded_at,
+            payload: payload.to_vec(),
+            metadata,
+        }))
+    }
+}
+
+/// Encodes one event in the format of stores written before format 3 (format 2, or
+/// format 1 without the checksum), for tests that build such a store.
+#[cfg(test)]
+pub(crate) fn encode_old(
+    stream: &StreamId,
+    version: u64,
+    event: &EventData,
+    recorded_at: SystemTime,
+    checksum: bool,
+) -> Vec<u8> {
+    let mut out = vec![if checksum {
+        FORMAT_ONE
+    } else {
+        FORMAT_UNCHECKED
+    }];
+    put_stream_key(&mut out, stream);
+    out.extend_from_slice(&version.to_be_bytes());
+    out.extend_from_slice(event.event_id.as_bytes());
+    let ty = event.event_type.as_bytes();
+    out.extend_from_slice(&u16::try_from(ty.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(ty);
+    out.extend_from_slice(&event.schema_version.to_be_bytes());
+    let nanos = recorded_at.duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    out.extend_from_slice(&u64::try_from(nanos).unwrap().to_be_bytes());
+    let meta = &event.metadata;
+    out.push(
+        u8::from(meta.correlation_id.is_some()) | (u8::from(meta.causation_id.is_some()) << 1),
+    );
+    for id in [meta.correlation_id, meta.causation_id]
+        .into_iter()
+        .flatten()
+    {
+        out.extend_from_slice(id.as_bytes());
+    }
+    out.extend_from_slice(&u32::try_from(meta.values.len()).unwrap().to_be_bytes());
+    for (k, v) in &meta.values {
+        for s in [k, v] {
+            out.extend_from_slice(&u32::try_from(s.len()).unwrap().to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+    }
+    out.extend_from_slice(&u32::try_from(event.payload.len()).unwrap().to_be_bytes());
+    out.extend_from_slice(&event.payload);
+    if checksum {
+        let sum = CRC32C.checksum(&out);
+        out.extend_from_slice(&sum.to_be_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> (StreamId, Vec<EventData>) {
+        let stream = StreamId::new("account", "o'neil / ünï 🦀").unwrap();
+        let events = (0..n)
+            .map(|i| {
+                EventData::new(format!("Opened{i}"), format!(r#"{{"a":{i}}}"#).into_bytes())
+                    .with_metadata(
+                        Metadata::new()
+                            .with_correlation_id(Uuid::new_v4())
+                            .with_value("user", "ada")
+                            .with_value("", ""),
+                    )
+            })
+            .collect();
+        (stream, events)
+    }
+
+    /// Every event of the record at `position`, or the first error.
+    fn decode_all(bytes: &[u8], position: u64) -> Result<Vec<RecordedEvent>> {
+        let mut chunk = Chunk::open(bytes, position, None)?;
+        let mut out = Vec::new();
+        while let Some(event) = chunk.next_event(true) {
+            out.extend(event?);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn records_round_trip() {
+        let (stream, events) = sample(3);
+        let at = UNIX_EPOCH + Duration::from_nanos(1_700_000_000_123_456_789);
+        let bytes = encode(&stream, 7, &events, at).unwrap();
+        let back = decode_all(&bytes, 42).unwrap();
+        assert_eq!(back.len(), 3);
+        for (i, (back, event)) in back.iter().zip(&events).enumerate() {
+            let i = u64::try_from(i).unwrap();
+            assert_eq!(back.stream, stream);
+            assert_eq!(
+                (back.version, back.position),
+                (7 + i, Position::new(0, 42 + i))
+            );
+            assert_eq!(back.event_id, event.event_id);
+            assert_eq!(back.event_type, event.event_type);
+            assert_eq!(back.payload, event.payload);
+            assert_eq!(back.metadata, event.metadata);
+            assert_eq!(back.recorded_at, at);
+        }
+        let chunk = Chunk::open(&bytes, 42, None).unwrap();
+        assert_eq!((chunk.last_version(), chunk.last_position()), (9, 44));
+        assert!(chunk.expect(&stream, 9).is_ok());
+        assert!(chunk.expect(&stream, 8).is_err());
+        // Skipping decodes nothing but still walks the record.
+        let mut chunk = Chunk::open(&bytes, 42, None).unwrap();
+        assert!(matches!(chunk.next_event(false), Some(Ok(None))));
+        let second = chunk.next_event(true).unwrap().unwrap().unwrap();
+        assert_eq!(second.event_id, events[1].event_id);
+    }
+
+    #[test]
+    fn batches_are_cut_into_records_of_bounded_size() {
+        let big = vec![b'x'; CHUNK_BYTES / 3];
+        let events: Vec<_> = (0..10)
+            .map(|_| EventData::new("Big", big.clone()))
+            .collect();
+        let runs: Vec<_> = runs(&events).map(<[_]>::len).collect();
+        assert_eq!(runs, [3, 3, 3, 1]);
+        let huge = [EventData::new("Huge", vec![0; CHUNK_BYTES * 2])];
+        assert_eq!(runs_of(&huge), [1]);
+        assert_eq!(runs_of(&[]), Vec::<usize>::new());
+    }
+
+    fn runs_of(events: &[EventData]) -> Vec<usize> {
+        runs(events).map(<[_]>::len).collect()
+    }
+
+    #[test]
+    fn every_truncation_and_garbage_is_an_error() {
+        let (stream, events) = sample(2);
+        let bytes = encode(&stream, 1, &events, SystemTime::now()).unwrap();
+        for len in 0..bytes.len() {
+            assert!(matches!(
+                decode_all(&bytes[..len], 1),
+                Err(Error::Corrupt { .. })
+            ));
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(decode_all(&longer, 1).is_err());
+        for seed in 0..200u8 {
+            let garbage: Vec<u8> = (0..64u8)
+                .map(|i| i.wrapping_mul(seed).wrapping_add(seed))
+                .collect();
+            let _ = decode_all(&garbage, 1);
+        }
+    }
+
+    #[test]
+    fn every_flipped_bit_and_byte_is_corrupt_never_a_value() {
+        let (stream, events) = sample(2);
+        let bytes = encode(&stream, 3, &events, SystemTime::now()).unwrap();
+        for i in 0..bytes.len() {
+            for flip in (0..8).map(|b| 1u8 << b).chain([0xff, 0x5a]) {
+                let mut damaged = bytes.clone();
+                damaged[i] ^= flip;
+                let got = decode_all(&damaged, 9);
+                assert!(
+                    matches!(got, Err(Error::Corrupt { .. })),
+                    "byte {i} ^ {flip:#x} decoded as {got:?}"
+                );
+            }
+        }
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 10;
+        damaged[last] ^= 1;
+        let err = decode_all(&damaged, 9).unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+        assert!(err.to_string().contains("version 3"), "{err}");
+    }
+
+    #[test]
+    fn records_of_older_formats_still_decode() {
+        let (stream, events) = sample(1);
+        let at = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        for checksum in [true, false] {
+            let old = encode_old(&stream, 4, &events[0], at, checksum);
+            let back = decode_all(&old, 5).unwrap();
+            assert_eq!(back.len(), 1);
+            assert_eq!(
+                (back[0].event_id, back[0].version, back[0].position.sequence),
+                (events[0].event_id, 4, 5)
+            );
+            assert_eq!(
+                (&back[0].payload, back[0].recorded_at),
+                (&events[0].payload, at)
+            );
+            assert_eq!(back[0].metadata, events[0].metadata);
+        }
+        let mut old = encode_old(&stream, 4, &events[0], at, true);
+        let last = old.len() - 1;
+        old[last] ^= 1;
+        assert!(decode_all(&old, 5).is_err());
+        old[0] = 4;
+        let err = decode_all(&old, 5).unwrap_err();
+        assert!(err.to_string().contains("unknown record format 4"), "{err}");
+    }
+}
