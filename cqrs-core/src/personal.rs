@@ -144,6 +144,13 @@ impl<T> Personal<T> {
     }
 }
 
+/// An empty [`Unmarked`](Personal::Unmarked) value (for states that derive `Default`).
+impl<T: Default> Default for Personal<T> {
+    fn default() -> Self {
+        Personal::Unmarked(T::default())
+    }
+}
+
 /// Shows the subject and the form, never the value: personal data stays out of logs.
 impl<T> fmt::Debug for Personal<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
