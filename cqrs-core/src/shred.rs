@@ -202,9 +202,9 @@ impl<K: KeyStore> Shredder<K> {
             return Ok((payload, false));
         }
         for subject in subjects {
-            if !looked.contains_key(&subject) {
-                let state = self.keys.load_key(&subject).await?;
-                looked.insert(subject, state);
+            if let std::collections::hash_map::Entry::Vacant(slot) = looked.entry(subject) {
+                let state = self.keys.load_key(slot.key()).await?;
+                slot.insert(state);
             }
         }
         let mut erased = false;
@@ -267,11 +267,11 @@ fn parse(payload: &[u8]) -> Option<Value> {
     serde_json::from_slice(payload).ok()
 }
 
+/// What [`visit`] calls on each marker's body.
+type MarkerVisitor<'a> = dyn FnMut(&mut Map<String, Value>) -> Result<(), String> + 'a;
+
 /// Calls `f` on the body of every personal marker in `json` (not inside one).
-fn visit(
-    json: &mut Value,
-    f: &mut dyn FnMut(&mut Map<String, Value>) -> Result<(), String>,
-) -> Result<(), String> {
+fn visit(json: &mut Value, f: &mut MarkerVisitor<'_>) -> Result<(), String> {
     match json {
         Value::Object(object) => {
             if object.len() == 1
