@@ -429,6 +429,8 @@ impl<S: EventLog, K: KeyStore> EventLog for Shredded<S, K> {
         expected: ExpectedVersion,
         mut events: Vec<EventData>,
     ) -> Result<AppendResult> {
+        // A batch the store would refuse creates no key.
+        crate::validate_batch(stream, &events)?;
         let mut looked = Looked::new();
         for event in &mut events {
             let payload = std::mem::take(&mut event.payload);
