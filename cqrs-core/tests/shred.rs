@@ -206,6 +206,12 @@ async fn bad_subjects_are_refused_and_nothing_is_written() {
         read(&inner, &s).await.unwrap().is_empty(),
         "nothing written"
     );
+    // A batch the store refuses (an empty type name) makes no key for its subject.
+    let refused = EventData::new("", registered("carol", "Carol").payload);
+    let appended = store.append(&s, ExpectedVersion::Any, vec![refused]);
+    assert!(matches!(appended.await, Err(Error::InvalidInput { .. })));
+    let keys = store.shredder().keys();
+    assert_eq!(keys.load_key("carol").await.unwrap(), KeyState::Missing);
 
     // A batch with a forgotten subject writes none of its events.
     store
