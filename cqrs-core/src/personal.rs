@@ -39,7 +39,8 @@ pub(crate) const MARKER: &str = "$personal";
 /// before storing; `Erased` is `{"$personal":{"subject":"…","erased":true}}`; `Unmarked`
 /// is the bare value, and a bare value deserialises as `Unmarked`, so events stored
 /// before a field became `Personal` still decode. Only JSON payloads are encrypted: the
-/// wrapper cannot see a `Personal` inside another codec's bytes.
+/// wrapper cannot see a `Personal` inside another codec's bytes. The marker must be an
+/// object of its own: do not `#[serde(flatten)]` a `Personal` into its parent.
 ///
 /// # Examples
 /// ```
