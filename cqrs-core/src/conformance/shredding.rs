@@ -1,4 +1,4 @@
-//! Crypto-shredding over a backend: what [`Shredded`](crate::Shredded) promises, checked
+//! Crypto-shredding over a backend: what [`Shredded`] promises, checked
 //! against the bytes the backend keeps.
 //!
 //! Backends run [`forget_erases_personal_data`] with a function that returns every byte
