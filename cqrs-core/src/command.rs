@@ -149,7 +149,8 @@ pub enum CommandError<E> {
         #[source]
         source: Error,
     },
-    /// The input could not be used (bad aggregate id, an event that does not encode).
+    /// The input could not be used (bad aggregate id, an event that does not encode,
+    /// personal data of a forgotten subject).
     /// Nothing was written. Handling: fix the input (400).
     #[error("invalid command input")]
     Invalid(#[source] Error),
@@ -192,9 +193,11 @@ impl<E> CommandError<E> {
 impl<E> From<Error> for CommandError<E> {
     fn from(error: Error) -> Self {
         match error {
-            Error::InvalidStreamId { .. } | Error::InvalidInput { .. } | Error::Encode { .. } => {
-                CommandError::Invalid(error)
-            }
+            Error::InvalidStreamId { .. }
+            | Error::InvalidInput { .. }
+            | Error::Encode { .. }
+            | Error::SubjectForgotten { .. }
+            | Error::UnknownSubject { .. } => CommandError::Invalid(error),
             other => CommandError::Store(other),
         }
     }

@@ -127,6 +127,26 @@ pub enum Error {
         reason: String,
     },
 
+    /// [`forget`](crate::Shredded::forget) of a data subject that the key store knows
+    /// nothing of (it never had personal data stored).
+    ///
+    /// Handling: bad input (a wrong subject id); nothing was written. Maps to HTTP 404.
+    #[error("unknown data subject {subject:?}: it has no key")]
+    UnknownSubject {
+        /// The subject id.
+        subject: String,
+    },
+
+    /// An append (or a snapshot) holds personal data of a subject that was forgotten:
+    /// it would be readable again, so it is refused.
+    ///
+    /// Handling: bad input; nothing was written. Maps to HTTP 409 or 422.
+    #[error("data subject {subject:?} was forgotten: no new personal data is stored for it")]
+    SubjectForgotten {
+        /// The subject id.
+        subject: String,
+    },
+
     /// The backend failed: I/O error, lost connection, full disk, ...
     ///
     /// Handling: retry later or report the store as unavailable (HTTP 503).
@@ -169,7 +189,8 @@ impl Error {
 
     /// Whether the caller's input was refused and nothing was written
     /// ([`Error::InvalidInput`], [`Error::InvalidStreamId`], [`Error::Encode`],
-    /// [`Error::DuplicateEventId`]): fix the input (HTTP 400).
+    /// [`Error::DuplicateEventId`], [`Error::UnknownSubject`], [`Error::SubjectForgotten`]):
+    /// fix the input (HTTP 400).
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
@@ -177,6 +198,8 @@ impl Error {
                 | Error::InvalidStreamId { .. }
                 | Error::Encode { .. }
                 | Error::DuplicateEventId { .. }
+                | Error::UnknownSubject { .. }
+                | Error::SubjectForgotten { .. }
         )
     }
 

@@ -19,10 +19,12 @@ mod event;
 mod group;
 mod inbox_memory;
 mod inspect;
+mod keys;
 mod load;
 mod log;
 mod memory;
 mod notify;
+mod personal;
 mod projection;
 mod publish;
 mod publish_memory;
@@ -30,6 +32,7 @@ mod relay;
 mod repository;
 mod retry;
 mod runner;
+mod shred;
 mod snapshot;
 mod snapshot_store;
 mod store;
@@ -58,13 +61,19 @@ pub use error::{BoxError, Error, Result};
 pub use event::{DomainEvent, Envelope, EventData, Metadata, RecordedEvent};
 pub use group::ProjectionGroup;
 pub use inspect::{DynInspect, Inspect, StoreStats, StreamInfo};
+pub use keys::{
+    BoxKeyStore, DynKeyStore, ForgetOutcome, InMemoryKeyStore, KeyState, KeyStore, SubjectKey,
+    validate_subject,
+};
 pub use log::{AppendResult, DynEventLog, EventLog, validate_batch};
 pub use memory::InMemoryEventStore;
 pub use notify::{LogNotifier, LogWatcher};
+pub use personal::{Personal, SealedValue};
 pub use projection::{Projection, ProjectionError};
 pub use repository::Repository;
 pub use retry::RetryPolicy;
 pub use runner::{Progress, ProjectionRunner, RunnerConfig};
+pub use shred::{Forgotten, Shredded, Shredder};
 pub use snapshot::SnapshotPolicy;
 pub use snapshot_store::{
     DynSnapshotStore, SnapshotIgnored, SnapshotRecord, SnapshotStore, StreamItem,

@@ -183,6 +183,21 @@ where
         self
     }
 
+    /// Drops the cached state of the aggregate with this id, if the repository caches
+    /// states ([`with_cache`](Self::with_cache)): the next command loads it from the
+    /// store. For a change the stream's version does not show, such as a
+    /// [`forget`](crate::Shredded::forget) of personal data the state holds.
+    ///
+    /// # Errors
+    /// [`Error::InvalidStreamId`] for a bad id.
+    pub fn evict(&self, id: &str) -> Result<()> {
+        let stream = A::stream_id(id)?;
+        if let Some(cache) = &self.cache {
+            cache.take(&stream);
+        }
+        Ok(())
+    }
+
     /// The store.
     pub fn store(&self) -> &S {
         &self.store

@@ -35,10 +35,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "consumer inboxes: stream states and dead letters",
         sql: v3_inbox,
     },
+    Migration {
+        version: 4,
+        name: "subject keys for crypto-shredding",
+        sql: v4_subject_keys,
+    },
 ];
 
 /// The latest migration this release knows.
-pub(crate) const LATEST: i64 = 3;
+pub(crate) const LATEST: i64 = 4;
 
 /// The advisory-lock key of a schema's migrations (and nothing else).
 pub(crate) fn lock_key(schema: &Schema, purpose: &str) -> i64 {
@@ -325,6 +330,21 @@ $fn$;
 /// verified on every read. Rows written before it have none and read unchecked.
 /// What each consumer applied per stream of the publishing service, and its dead
 /// letters (see `crate::PgInbox`).
+/// The keys of data subjects (`crate::PostgresKeyStore`): a NULL key is a forgotten
+/// subject, kept so that new personal data for it is refused.
+fn v4_subject_keys(s: &str) -> String {
+    format!(
+        r#"
+CREATE TABLE {s}.subject_keys (
+    subject      text        PRIMARY KEY,
+    key_bytes    bytea       CHECK (octet_length(key_bytes) = 32),
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    forgotten_at timestamptz,
+    CHECK ((key_bytes IS NULL) = (forgotten_at IS NOT NULL))
+);"#
+    )
+}
+
 fn v3_inbox(s: &str) -> String {
     format!(
         r#"

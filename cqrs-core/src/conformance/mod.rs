@@ -50,6 +50,7 @@
 //! | snapshots are an optimisation only | `SnapshotStore` + `Inspect` | [`snapshots_round_trip`], [`read_stream_from_snapshot_yields_snapshot_then_tail`], [`stale_or_undecodable_snapshot_replays`], [`snapshot_ahead_of_stream_is_ignored`], [`damaged_snapshot_is_ignored`] |
 //! | checkpoints are stored per name | `CheckpointStore` | [`checkpoints_round_trip`] |
 //! | upcasting | every trait | [`upcasters_apply_on_load_and_read_all`] |
+//! | crypto-shredding | every trait, a [`KeyStore`](crate::KeyStore) | [`shredding::forget_erases_personal_data`] (run by hand: it needs the backend's bytes) |
 //!
 //! [`EventLog`]: crate::EventLog
 
@@ -65,6 +66,7 @@ mod inspection;
 mod memory;
 pub mod publisher;
 mod reads;
+pub mod shredding;
 mod snapshot_faults;
 mod snapshots;
 mod support;

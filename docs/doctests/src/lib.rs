@@ -50,3 +50,8 @@ pub struct Page07Observability;
 #[cfg(doctest)]
 #[doc = include_str!("../../08-relay.md")]
 pub struct Page08Relay;
+
+/// Page 10, Data lifecycle.
+#[cfg(doctest)]
+#[doc = include_str!("../../10-data-lifecycle.md")]
+pub struct Page10DataLifecycle;

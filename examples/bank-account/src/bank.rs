@@ -4,10 +4,11 @@
 use std::sync::{Arc, Mutex, PoisonError};
 
 use cqrs_core::{Aggregate, BoxEventStore, CommandOptions, EventLog, Position, ProjectionRunner};
+use cqrs_core::{BoxKeyStore, Forgotten, Shredded, Shredder, Supervisor, SupervisorStatus};
 use cqrs_core::{Repository, RetryPolicy, SnapshotPolicy, StoreCheckpoint, StreamId};
-use cqrs_core::{Supervisor, SupervisorStatus, TenantId};
-use cqrs_postgres::{PostgresEventStore, WorkerConfig, WorkerLock};
-use cqrs_sled::{DamagedLog, SledConfig, SledEventStore};
+use cqrs_core::TenantId;
+use cqrs_postgres::{PostgresEventStore, PostgresKeyStore, WorkerConfig, WorkerLock};
+use cqrs_sled::{DamagedLog, SledConfig, SledEventStore, SledKeyStore};
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::Value;
@@ -19,7 +20,7 @@ use crate::domain::format_cents;
 use crate::domain::{Account, AccountCommand, AccountError, AccountServices, AccountStatus, Cents};
 use crate::domain::{Field, Transfer, TransferCommand, TransferError, TransferStatus};
 use crate::error::{BankError, Result};
-use crate::read_model::{AccountRow, HistoryRow, ReadModel, WAIT};
+use crate::read_model::{AccountRow, HistoryRow, ReadModel, StoredRow, WAIT, owner_text};
 use crate::transfer_process::{TRANSFERS, TransferProcess};
 
 /// Whether the read model shows a write yet: part of every answer, since a committed
@@ -50,6 +51,17 @@ pub struct Receipt {
     pub already_applied: bool,
 }
 
+/// What `forget` did: the account whose owner's name is erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ForgetReceipt {
+    /// The account.
+    pub account: String,
+    /// What the answers show for its owner now: `(erased)`.
+    pub owner: String,
+    /// `true` if the account had been forgotten before (nothing changed).
+    pub already_forgotten: bool,
+}
+
 /// How a transfer ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct TransferOutcome {
@@ -73,7 +85,10 @@ pub struct TransferOutcome {
 /// [`start`](Self::start) it in the background.
 #[derive(Debug, Clone)]
 pub struct Bank {
+    /// The store, through the crypto-shredding wrapper: owners' names are sealed.
     store: BoxEventStore,
+    /// Forgets accounts, and opens the sealed names the read model keeps.
+    shredder: Shredder<BoxKeyStore>,
     accounts: Repository<Account, BoxEventStore>,
     transfers: Repository<Transfer, BoxEventStore>,
     read_model: Arc<dyn ReadModel>,
@@ -112,12 +127,17 @@ impl Bank {
         services: AccountServices,
         damaged: DamagedLog,
     ) -> Result<Bank> {
-        let (read_model, store, postgres): (Arc<dyn ReadModel>, _, _) = if url
+        // The keys of the owners' names live with the events (a table, a tree); every
+        // path to the events goes through the wrapper, but the read models read the
+        // store as it is and keep the names sealed.
+        let (read_model, store, keys, postgres): (Arc<dyn ReadModel>, _, _, _) = if url
             .starts_with("postgres")
         {
             let pg = crate::read_model::open_postgres(url, tenant).await?;
             let store = pg.store().clone();
-            (Arc::new(pg), BoxEventStore::new(store.clone()), Some(store))
+            let keys = BoxKeyStore::new(PostgresKeyStore::new(&store));
+            let shredded = BoxEventStore::new(Shredded::new(store.clone(), keys.clone()));
+            (Arc::new(pg), shredded, keys, Some(store))
         } else {
             let sled = match (url.strip_prefix("sled:"), tenant) {
                 (Some(""), _) => Err("sled: needs a path, e.g. sled:./bank-data"),
@@ -138,7 +158,9 @@ impl Bank {
             if let Err(e) = read_model.catch_up().await {
                 tracing::warn!(error = %crate::full_chain(&e), "the accounts read model is behind");
             }
-            (read_model, BoxEventStore::new(sled), None)
+            let keys = BoxKeyStore::new(SledKeyStore::new(&sled).map_err(BankError::store)?);
+            let shredded = BoxEventStore::new(Shredded::new(sled, keys.clone()));
+            (read_model, shredded, keys, None)
         };
         // Accounts: a snapshot every 50 events, and the states of the 10,000 most recently
         // used accounts in memory (a command on one of them skips its load).
@@ -150,6 +172,7 @@ impl Bank {
             accounts: accounts.with_retry(retry),
             transfers: Repository::new(store.clone(), ()).with_retry(retry),
             store,
+            shredder: Shredder::new(keys),
             read_model,
             postgres,
             background: Arc::default(),
@@ -282,10 +305,14 @@ impl Bank {
     pub async fn execute_with(
         &self,
         id: &str,
-        command: AccountCommand,
+        mut command: AccountCommand,
         command_id: Option<Uuid>,
     ) -> Result<Receipt> {
         let id = &Field::Account.normalize(id)?;
+        // The owner's name is personal data of the account it opens.
+        if let AccountCommand::Open { account, .. } = &mut command {
+            id.clone_into(account);
+        }
         let options = CommandOptions {
             command_id,
             ..CommandOptions::default()
@@ -305,7 +332,7 @@ impl Bank {
             })?;
         let account = AccountRow {
             account: id.to_owned(),
-            owner,
+            owner: owner_text(&owner),
             status,
             balance_cents: balance,
             balance: format_cents(balance),
@@ -460,7 +487,57 @@ impl Bank {
     pub async fn balance(&self, id: &str) -> Result<AccountRow> {
         let id = &Field::Account.normalize(id)?;
         let row = self.read_model.account(id).await?;
-        row.ok_or(BankError::Account(AccountError::Unknown))
+        let row = row.ok_or(BankError::Account(AccountError::Unknown))?;
+        self.open_row(row).await
+    }
+
+    /// Every account in the read model, by id, with the owners' names opened.
+    pub async fn list_accounts(&self) -> Result<Vec<AccountRow>> {
+        let rows = self.read_model.accounts().await?;
+        let mut opened = Vec::with_capacity(rows.len());
+        for row in rows {
+            opened.push(self.open_row(row).await?);
+        }
+        Ok(opened)
+    }
+
+    /// A stored row with its owner's name opened (or `(erased)`).
+    async fn open_row(&self, mut row: StoredRow) -> Result<AccountRow> {
+        row.owner = self.shredder.unseal(row.owner).await?;
+        Ok(row.with_owner_text())
+    }
+
+    /// Forgets an account's owner (GDPR article 17): deletes the key that seals the
+    /// owner's name, so every read (the account, the read model, the log, `events`, a
+    /// replay) shows `(erased)` from now on, in every process; the account and its money
+    /// stay. Forgetting twice is not an error. Fails with [`BankError::is_not_found`] for
+    /// an account that was never opened, and [`BankError::is_invalid_input`] for a bad
+    /// id or an account opened before owners' names were sealed (its name is stored in
+    /// clear and cannot be erased this way); nothing is written then.
+    pub async fn forget(&self, id: &str) -> Result<ForgetReceipt> {
+        let id = &Field::Account.normalize(id)?;
+        StreamId::new(Account::TYPE, id).map_err(|e| BankError::InvalidInput(e.into()))?;
+        if self.accounts.load(id).await?.state.status == AccountStatus::Unknown {
+            return Err(AccountError::Unknown.into());
+        }
+        let forgotten = match self.shredder.forget(id).await {
+            Ok(forgotten) => forgotten,
+            Err(e @ cqrs_core::Error::UnknownSubject { .. }) => {
+                let legacy = format!(
+                    "account {id} was opened before owners' names were sealed: \
+                     its owner's name is stored in clear and cannot be forgotten"
+                );
+                return Err(BankError::InvalidInput(format!("{legacy} ({e})").into()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        // This process's cached state still holds the name.
+        self.accounts.evict(id)?;
+        Ok(ForgetReceipt {
+            account: id.to_owned(),
+            owner: crate::read_model::ERASED.to_owned(),
+            already_forgotten: forgotten == Forgotten::Already,
+        })
     }
 
     /// An account's history, oldest first; fails with [`BankError::is_not_found`].

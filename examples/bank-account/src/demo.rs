@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use cqrs_core::{Inspect, Position};
-use example_bank_account::domain::AccountCommand::{self, Deposit, Open, Withdraw};
+use example_bank_account::domain::AccountCommand::{self, Deposit, Withdraw};
 use example_bank_account::domain::{Cents, TransferStatus};
 use example_bank_account::{Bank, BankError};
 use serde_json::json;
@@ -135,7 +135,11 @@ pub(crate) async fn run(bank: &Bank, args: &DemoArgs) -> Result<bool, BankError>
     let (ids, tally, bank) = (Arc::new(ids.collect()), Arc::default(), bank.clone());
     let demo = Demo { bank, ids, tally };
     for id in demo.ids.iter() {
-        demo.account(id, Open(format!("owner of {id}"))).await?;
+        demo.account(
+            id,
+            AccountCommand::open(id.as_str(), format!("owner of {id}")),
+        )
+        .await?;
         demo.account(id, Deposit(cents(100_000))).await?;
     }
     let bank = &demo.bank;

@@ -149,13 +149,13 @@ async fn open(
     let account = Body::field(body.account, "account")?;
     let owner = body.owner.unwrap_or_else(|| account.clone());
     let id = command_id(&headers)?;
-    let done = bank
-        .execute_with(&account, AccountCommand::Open(owner), id)
-        .await?;
+    let open = AccountCommand::open(account.as_str(), owner);
+    let done = bank.execute_with(&account, open, id).await?;
     Ok(receipt(StatusCode::CREATED, done))
 }
 
-/// `deposits`, `withdrawals` and `close`.
+/// `deposits`, `withdrawals`, `close` and `forget` (the owner's name is erased for
+/// good: 200 with `{"account", "owner": "(erased)", "already_forgotten"}`).
 async fn account(
     State(bank): State<Bank>,
     Path((id, action)): Path<(String, String)>,
@@ -166,6 +166,9 @@ async fn account(
         "deposits" => AccountCommand::Deposit(body?.amount()?),
         "withdrawals" => AccountCommand::Withdraw(body?.amount()?),
         "close" => AccountCommand::Close,
+        "forget" => {
+            return Ok((StatusCode::OK, Json(json!(bank.forget(&id).await?))).into_response());
+        }
         _ => return Err(ApiError(StatusCode::NOT_FOUND, action)),
     };
     let done = bank
@@ -209,7 +212,7 @@ async fn history(State(bank): State<Bank>, Path(id): Path<String>) -> ApiResult 
 }
 
 async fn accounts(State(bank): State<Bank>) -> ApiResult {
-    let accounts = json!({ "accounts": bank.read_model().accounts().await? });
+    let accounts = json!({ "accounts": bank.list_accounts().await? });
     reply(bank.with_status(accounts).await)
 }
 

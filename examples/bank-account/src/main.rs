@@ -7,6 +7,8 @@
 //!   deposit <account> <amount>           put money in (12, 12.5, 12.50)
 //!   withdraw <account> <amount>          take money out (at most --daily-limit a day)
 //!   close <account>                      close an account (balance must be zero)
+//!   forget <account>                     erase the owner's name for good (GDPR article
+//!                                        17): it reads "(erased)" everywhere after
 //!   transfer <from> <to> <amount>        move money; a process manager debits, credits,
 //!                                        and refunds the source if the credit fails
 //!   balance <account>                    the balance, from the read model
@@ -129,6 +131,9 @@ enum Command {
     Withdraw(Money),
     /// Close an account (its balance must be zero).
     Close(Id),
+    /// Forget an account's owner (GDPR erasure): the owner's name reads `(erased)` from
+    /// now on, everywhere; the account and its money stay.
+    Forget(Id),
     /// Transfer money between two accounts.
     Transfer {
         /// The source account.
@@ -339,11 +344,18 @@ async fn command(
     let (id, command) = match command {
         Command::Open { account, owner } => {
             let owner = owner.unwrap_or_else(|| account.clone());
-            (account, AccountCommand::Open(owner))
+            (account.clone(), AccountCommand::open(account, owner))
         }
         Command::Deposit(Money { account, amount }) => (account, AccountCommand::Deposit(amount)),
         Command::Withdraw(Money { account, amount }) => (account, AccountCommand::Withdraw(amount)),
         Command::Close(Id { account }) => (account, AccountCommand::Close),
+        Command::Forget(Id { account }) => {
+            let forgotten = bank.forget(&account).await?;
+            if forgotten.already_forgotten {
+                eprintln!("bank: already forgotten: nothing changed");
+            }
+            return print(&json!(forgotten));
+        }
         Command::Balance(Id { account }) => {
             return print(&bank.with_status(json!(bank.balance(&account).await?)).await);
         }
@@ -359,7 +371,7 @@ async fn command(
             return print(&bank.with_status(history).await);
         }
         Command::Accounts => {
-            let accounts = json!({ "accounts": bank.read_model().accounts().await? });
+            let accounts = json!({ "accounts": bank.list_accounts().await? });
             return print(&bank.with_status(accounts).await);
         }
         Command::Demo(args) if demo::run(bank, &args).await? => return Ok(()),

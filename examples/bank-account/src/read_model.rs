@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use cqrs_cli::Operations;
 use cqrs_core::{BoxError, BoxEventStore, CheckpointStore, Envelope, EventLog, Inspect};
-use cqrs_core::{Position, Projection, ProjectionRunner, RecordedEvent, TenantId};
+use cqrs_core::{Personal, Position, Projection, ProjectionRunner, RecordedEvent, TenantId};
 use cqrs_postgres::sqlx::{self, AssertSqlSafe, PgConnection};
 use cqrs_postgres::{PostgresEventStore, TransactionalCheckpoint};
 use cqrs_sled::{ReadModelTx, SledEventStore};
@@ -26,13 +26,14 @@ pub const ACCOUNTS: &str = "accounts";
 /// or a transfer's end) before it answers that they are behind.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// One account in the read model.
+/// One account: as the read model stores it ([`StoredRow`], the owner's name sealed),
+/// and as the bank answers it (the name as text, `(erased)` once forgotten).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AccountRow {
+pub struct AccountRow<O = String> {
     /// The account id.
     pub account: String,
     /// The owner's name.
-    pub owner: String,
+    pub owner: O,
     /// Open or closed.
     pub status: AccountStatus,
     /// The balance in cents.
@@ -41,6 +42,47 @@ pub struct AccountRow {
     pub balance: String,
     /// The account stream's version this row reflects.
     pub version: u64,
+}
+
+/// An account row as the read models store it: the owner's name as the events carry it
+/// in the store, sealed with the account's key (or a bare legacy string), so a read
+/// model holds no plaintext of it and needs no rewrite when the account is forgotten.
+/// [`Bank`](crate::Bank) opens it for its answers.
+pub type StoredRow = AccountRow<Personal<String>>;
+
+/// The text of an owner's name in answers: the name, or `(erased)` once the account is
+/// forgotten.
+pub fn owner_text(owner: &Personal<String>) -> String {
+    match owner {
+        Personal::Value { value, .. } | Personal::Unmarked(value) => value.clone(),
+        Personal::Erased { .. } => ERASED.to_owned(),
+        Personal::Sealed { .. } => "(sealed)".to_owned(),
+    }
+}
+
+/// What answers show for the owner of a forgotten account.
+pub const ERASED: &str = "(erased)";
+
+impl StoredRow {
+    /// The row with the owner's name as text.
+    pub fn with_owner_text(self) -> AccountRow {
+        let AccountRow {
+            account,
+            owner,
+            status,
+            balance_cents,
+            balance,
+            version,
+        } = self;
+        AccountRow {
+            account,
+            owner: owner_text(&owner),
+            status,
+            balance_cents,
+            balance,
+            version,
+        }
+    }
 }
 
 /// One line of an account's history.
@@ -61,8 +103,9 @@ pub struct HistoryRow {
 }
 
 /// Folds one account event into its row (`None` before the first) and history line: the
-/// one piece of read-model logic, shared by every store.
-pub fn fold(row: Option<AccountRow>, e: &Envelope<AccountEvent>) -> (AccountRow, HistoryRow) {
+/// one piece of read-model logic, shared by every store. The projections read the log
+/// as stored, so the owner's name arrives sealed and stays so in the row.
+pub fn fold(row: Option<StoredRow>, e: &Envelope<AccountEvent>) -> (StoredRow, HistoryRow) {
     let mut row = row.unwrap_or_default();
     let change = e.event.balance_change();
     (row.account, row.version) = (e.stream.id().to_owned(), e.version);
@@ -106,13 +149,13 @@ pub fn is_account_event(record: &RecordedEvent) -> bool {
 /// methods fail with [`BankError::Store`] when the store does.
 pub trait ReadModel: Send + Sync + std::fmt::Debug {
     /// One account's row, `None` if there is none.
-    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>>;
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredRow>>>;
 
     /// One account's history, oldest first.
     fn history<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Vec<HistoryRow>>>;
 
     /// Every account, by id.
-    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>>;
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<StoredRow>>>;
 
     /// Waits until the read model has applied the log up to `position` (a write's), so a
     /// read shows that write; after [`WAIT`], fails with
@@ -160,6 +203,8 @@ impl SledAccounts {
         Ok(())
     }
 
+    /// Over the store as it is (not through the bank's [`Shredded`](cqrs_core::Shredded)
+    /// wrapper): the rows keep the owner's name sealed.
     fn runner(store: &SledEventStore) -> Runner {
         let checkpoint = cqrs_sled::TransactionalCheckpoint::new(store.clone());
         ProjectionRunner::with_strategy(
@@ -178,7 +223,7 @@ impl SledAccounts {
 }
 
 impl ReadModel for SledAccounts {
-    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredRow>>> {
         let row = || {
             let row = self.store.read_model(ACCOUNTS, ROWS)?.get(id.as_bytes())?;
             row.map(|row| serde_json::from_slice(&row).map_err(BankError::store))
@@ -191,7 +236,7 @@ impl ReadModel for SledAccounts {
         ready(self.scan(HISTORY, &[id.as_bytes(), b"\0"].concat())).boxed()
     }
 
-    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>> {
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<StoredRow>>> {
         ready(self.scan(ROWS, b"")).boxed()
     }
 
@@ -348,6 +393,7 @@ impl PgAccounts {
         values.into_iter().map(decode).collect()
     }
 
+    /// Over the store as it is, like the inline projection: the owner's name stays sealed.
     fn runner(&self) -> ProjectionRunner<BoxEventStore, PgProjection, TransactionalCheckpoint> {
         let projection = PgProjection(self.store.schema().to_owned());
         let checkpoint = TransactionalCheckpoint::new(self.store.clone());
@@ -357,7 +403,7 @@ impl PgAccounts {
 }
 
 impl ReadModel for PgAccounts {
-    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AccountRow>>> {
+    fn account<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<StoredRow>>> {
         let sql = "SELECT row FROM \"{s}\".bank_accounts WHERE account = $1";
         let rows = self.query(sql, Some(id));
         rows.map(|rows| Ok(rows?.pop())).boxed()
@@ -368,7 +414,7 @@ impl ReadModel for PgAccounts {
         self.query(sql, Some(id)).boxed()
     }
 
-    fn accounts(&self) -> BoxFuture<'_, Result<Vec<AccountRow>>> {
+    fn accounts(&self) -> BoxFuture<'_, Result<Vec<StoredRow>>> {
         let sql = "SELECT row FROM \"{s}\".bank_accounts ORDER BY account";
         self.query(sql, None).boxed()
     }

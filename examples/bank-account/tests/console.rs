@@ -39,7 +39,7 @@ async fn check(url: &str, inline: bool) {
     let services = AccountServices::new(Cents::new(1_000_000).unwrap());
     let bank = Bank::open(url, services).await.unwrap();
     bank.start();
-    let open = AccountCommand::Open(SCRIPT.to_owned());
+    let open = AccountCommand::open("acc-1", SCRIPT);
     bank.execute("acc-1", open).await.unwrap();
     let deposit = AccountCommand::Deposit(Cents::new(500).unwrap());
     bank.execute("acc-1", deposit).await.unwrap();

@@ -11,7 +11,7 @@ async fn a_restart_applies_what_the_read_model_missed() {
     let services = AccountServices::new(Cents::new(1_000_000).unwrap());
     {
         let bank = Bank::open(&url, services).await.unwrap();
-        let opened = bank.execute("a", AccountCommand::Open("Ada".into()));
+        let opened = bank.execute("a", AccountCommand::open("a", "Ada"));
         assert_eq!(opened.await.unwrap().account.balance_cents, 0);
         // Appended, never applied: through the repository, past the bank's wait.
         let deposit = AccountCommand::Deposit(Cents::new(1_250).unwrap());

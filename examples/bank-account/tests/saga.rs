@@ -31,7 +31,9 @@ async fn bank_with(accounts: &[(&str, i64)]) -> Bank {
     bank.start();
     for (id, balance) in accounts {
         let owner = id.to_string();
-        bank.execute(id, AccountCommand::Open(owner)).await.unwrap();
+        bank.execute(id, AccountCommand::open(*id, owner))
+            .await
+            .unwrap();
         if *balance > 0 {
             let amount = cents(*balance);
             bank.execute(id, AccountCommand::Deposit(amount))
@@ -167,7 +169,7 @@ async fn redelivery_after_the_world_changed_still_changes_nothing() {
         .await
         .unwrap();
     let owner = "later".to_owned();
-    bank.execute("later", AccountCommand::Open(owner))
+    bank.execute("later", AccountCommand::open("later", owner))
         .await
         .unwrap();
     let events = event_count(&bank).await;

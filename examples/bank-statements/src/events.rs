@@ -2,7 +2,7 @@
 //! shape as the bank's own `AccountEvent`, declared here so that the two services share
 //! a wire format, not code.
 
-use cqrs_core::DomainEvent;
+use cqrs_core::{DomainEvent, Personal};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -17,8 +17,10 @@ pub enum AccountEvent {
     /// The account was opened.
     #[event(name = "AccountOpened")]
     Opened {
-        /// The owner's name.
-        owner: String,
+        /// The owner's name: personal data of the account, as the bank's relay publishes
+        /// it (opened; erased once the bank forgot the account; a bare string in events
+        /// written before it was personal).
+        owner: Personal<String>,
     },
     /// Money was deposited.
     #[event(name = "MoneyDeposited")]

@@ -91,7 +91,7 @@ impl Projection<PgConnection> for PgStatements {
         for event in batch {
             let account = event.stream.id();
             let owner = match &event.event {
-                AccountEvent::Opened { owner } => Some(owner.as_str()),
+                AccountEvent::Opened { owner } => owner.value().map(String::as_str),
                 _ => None,
             };
             let (money_in, money_out) = event.event.money();

@@ -65,7 +65,7 @@ impl Statement {
             last_event: last_event.clone(),
         });
         match &event.event {
-            AccountEvent::Opened { owner } => statement.owner = Some(owner.clone()),
+            AccountEvent::Opened { owner } => statement.owner = owner.value().cloned(),
             AccountEvent::Closed => statement.closed = true,
             _ => {}
         }

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use cqrs_core::Aggregate;
+use cqrs_core::{Aggregate, Personal};
 use serde::{Deserialize, Serialize};
 
 use super::{AccountCommand, AccountEvent, Cents, TransferCommand, TransferEvent, format_cents};
@@ -26,8 +26,8 @@ pub enum AccountStatus {
 pub struct Account {
     /// Open, closed, or never opened.
     pub status: AccountStatus,
-    /// The owner's name.
-    pub owner: String,
+    /// The owner's name (erased once the account is forgotten).
+    pub owner: Personal<String>,
     /// The balance in cents (never negative).
     pub balance: i64,
     /// The day of the last withdrawal (days since 1970-01-01, UTC).
@@ -102,12 +102,12 @@ impl Aggregate for Account {
     ) -> Result<Vec<AccountEvent>, AccountError> {
         use {AccountCommand as C, AccountError as Error, AccountEvent as E, AccountStatus as S};
         // Bad input is refused before the state is looked at, as for a bad account id.
-        if let C::Open(owner) = command {
+        if let C::Open { owner, .. } = command {
             Field::Owner.normalize(owner)?;
         }
         match (command, self.status) {
-            (C::Open(_), S::Unknown) => {}
-            (C::Open(_), _) => return Err(Error::AlreadyExists),
+            (C::Open { .. }, S::Unknown) => {}
+            (C::Open { .. }, _) => return Err(Error::AlreadyExists),
             // Money that left for a failed transfer always comes back, even to an account
             // closed in the meantime: it is never lost.
             (C::RefundTransfer(..), S::Closed) => {}
@@ -116,8 +116,8 @@ impl Aggregate for Account {
             (_, S::Open) => {}
         }
         let event = match command.clone() {
-            C::Open(owner) => E::Opened {
-                owner: Field::Owner.normalize(&owner)?,
+            C::Open { account, owner } => E::Opened {
+                owner: Personal::new(account, Field::Owner.normalize(&owner)?),
             },
             C::Deposit(amount) => E::Deposited { amount },
             C::Withdraw(amount) | C::DebitForTransfer(_, _, amount)
@@ -273,7 +273,7 @@ mod tests {
 
     fn opened() -> AccountEvent {
         AccountEvent::Opened {
-            owner: "ada".into(),
+            owner: Personal::new("a", "ada".to_owned()),
         }
     }
 
@@ -339,7 +339,7 @@ mod tests {
     fn open_deposit_withdraw() {
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Open("ada".into()))
+            .when(AccountCommand::open("a", "ada"))
             .then_expect_events([opened()]);
         account()
             .given([opened()])
@@ -357,7 +357,7 @@ mod tests {
     fn rejections() {
         account()
             .given([opened()])
-            .when(AccountCommand::Open("bob".into()))
+            .when(AccountCommand::open("a", "bob"))
             .then_expect_error_message("account already exists");
         account()
             .given_no_previous_events()
@@ -377,20 +377,20 @@ mod tests {
             .then_expect_error_message("account is closed");
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Open("  ".into()))
+            .when(AccountCommand::open("a", "  "))
             .then_expect_error_message("the owner name is empty");
         account()
             .given([opened()])
-            .when(AccountCommand::Open("a\u{202e}b".into()))
+            .when(AccountCommand::open("a", "a\u{202e}b"))
             .then_expect_error_message(
                 "the owner name contains the invisible format character U+202E at character 2",
             );
         // The owner is kept in Normalization Form C.
         account()
             .given_no_previous_events()
-            .when(AccountCommand::Open("Zoe\u{308}".into()))
+            .when(AccountCommand::open("a", "Zoe\u{308}"))
             .then_expect_events([AccountEvent::Opened {
-                owner: "Zo\u{eb}".into(),
+                owner: Personal::new("a", "Zo\u{eb}".to_owned()),
             }]);
     }
 

@@ -100,8 +100,15 @@ pub fn format_cents(cents: i64) -> String {
 /// What an account can be asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AccountCommand {
-    /// Open the account for an owner (a name).
-    Open(String),
+    /// Open the account for an owner (a name). The owner's name is personal data of
+    /// the data subject `account` (the account id: [`Bank`](crate::Bank) sets it to the
+    /// normalized id of the account the command is for); `bank forget` erases it.
+    Open {
+        /// The account id, the data subject of the owner's name.
+        account: String,
+        /// The owner's name.
+        owner: String,
+    },
     /// Put money in.
     Deposit(Cents),
     /// Take money out (at most the daily limit in a day).
@@ -116,6 +123,16 @@ pub enum AccountCommand {
     /// Give back a transfer's debit after the credit failed (compensation): the
     /// transfer's id, the amount, and why it failed.
     RefundTransfer(Uuid, Cents, String),
+}
+
+impl AccountCommand {
+    /// Opens `account` for `owner`.
+    pub fn open(account: impl Into<String>, owner: impl Into<String>) -> Self {
+        AccountCommand::Open {
+            account: account.into(),
+            owner: owner.into(),
+        }
+    }
 }
 
 /// What a transfer can be asked to do.

@@ -1,6 +1,6 @@
 //! What happened to accounts and transfers.
 
-use cqrs_core::DomainEvent;
+use cqrs_core::{DomainEvent, Personal};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -15,8 +15,11 @@ pub enum AccountEvent {
     /// The account was opened.
     #[event(name = "AccountOpened")]
     Opened {
-        /// The owner's name.
-        owner: String,
+        /// The owner's name: personal data of the account (its subject is the account
+        /// id), sealed in the store and erased by `bank forget`. Events stored before it
+        /// was personal hold a bare string ([`Personal::Unmarked`]), which a forget
+        /// cannot erase.
+        owner: Personal<String>,
     },
     /// Money was deposited.
     #[event(name = "MoneyDeposited")]
@@ -115,6 +118,14 @@ mod tests {
         assert_eq!(old, AccountEvent::Withdrawn { amount, day: 0 });
     }
 
+    /// An owner stored before it was personal data still decodes, as an unmarked value.
+    #[test]
+    fn an_owner_stored_as_a_bare_string_decodes_unmarked() {
+        let old: AccountEvent = serde_json::from_str(r#"{"Opened":{"owner":"Ada"}}"#).unwrap();
+        let owner = Personal::Unmarked("Ada".to_owned());
+        assert_eq!(old, AccountEvent::Opened { owner });
+    }
+
     /// The stored type names, as they were written by hand before the derive: events in
     /// existing stores carry them, so they must never change.
     #[test]
@@ -124,7 +135,7 @@ mod tests {
         let accounts = [
             (
                 AccountEvent::Opened {
-                    owner: "Ada".into(),
+                    owner: Personal::new("ada", "Ada".to_owned()),
                 },
                 "AccountOpened",
             ),
