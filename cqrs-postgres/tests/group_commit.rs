@@ -145,7 +145,7 @@ async fn in_log(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_batch_settles_each_append_on_its_own() {
-    let Some(store) = common::store_guarded().await else {
+    let Some(store) = common::store_guarded_with(|b| b.group_commit(true)).await else {
         return;
     };
     let ok = stream("ok");
@@ -249,7 +249,7 @@ async fn one_batch_settles_each_append_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_whose_statement_fails_settles_each_append_alone() {
-    let Some(store) = common::store_guarded().await else {
+    let Some(store) = common::store_guarded_with(|b| b.group_commit(true)).await else {
         return;
     };
     let holder = stream("holder");
@@ -305,7 +305,7 @@ async fn a_batch_whose_statement_fails_settles_each_append_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_appends_keep_every_stream_whole_and_in_order() {
-    let Some(store) = common::store_guarded().await else {
+    let Some(store) = common::store_guarded_with(|b| b.group_commit(true)).await else {
         return;
     };
     let streams: Vec<StreamId> = (0..8).map(|i| stream(&format!("s{i}"))).collect();

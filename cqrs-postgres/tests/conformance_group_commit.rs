@@ -1,6 +1,6 @@
-//! The store conformance suite of `cqrs-core`, against PostgreSQL with group commit
-//! off (appends always alone; `conformance.rs` runs it with the default, on): each case
-//! in a fresh schema, dropped after the case (also when it fails).
+//! The store conformance suite of `cqrs-core`, against PostgreSQL with group commit on
+//! (ADR 0027; `conformance.rs` runs it with the default, off): each case in a fresh
+//! schema, dropped after the case (also when it fails).
 
 mod common;
 
@@ -8,7 +8,7 @@ use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe};
 
 async fn fresh_store() -> Option<PostgresEventStore> {
-    common::store_with(|b| b.group_commit(false)).await
+    common::store_with(|b| b.group_commit(true)).await
 }
 
 async fn drop_schema(store: PostgresEventStore) {
