@@ -124,6 +124,11 @@ impl PostgresEventStore {
         let Some(batcher) = self.batcher() else {
             return self.append_direct(&args, true).await;
         };
+        if let Some(_slot) = batcher.idle() {
+            // Nothing in flight: write at once, alone; appends made meanwhile queue
+            // for the batch after this.
+            return self.append_direct(&args, true).await;
+        }
         let args = Arc::new(args);
         match batcher.submit(Arc::clone(&args)).await {
             Outcome::Written(result) => Ok(result),

@@ -1,10 +1,12 @@
 //! Group commit (ADR 0027): the appends that wait while a batch of this store is being
 //! written go out together in the next one, as one statement and one commit.
 //!
-//! A task of the store owns the queue. It writes a batch at once when none is in
-//! flight, so a lone append waits for nothing but the hand-over to the task; while a
-//! batch is in flight, new appends queue, and the next batch takes all of them (one
-//! append per stream: a second append to a stream waits for the batch after).
+//! One write is in flight at a time: it holds the store's one write slot. An append
+//! that finds the slot free takes it and writes alone, at once, on the caller's own
+//! task (a lone append costs exactly what it costs without group commit). An append
+//! that finds it taken queues for the store's task, which takes the slot when it is
+//! free and writes everything queued as one batch (one append per stream: a second
+//! append to a stream waits for the batch after).
 //!
 //! The task only settles the plain case: the expected version matched and every row
 //! went in. Everything else goes back to the caller, which appends alone on the path
@@ -23,22 +25,15 @@ use std::fmt;
 use std::sync::Arc;
 
 use cqrs_core::{AppendResult, Position, StreamId};
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::append::{AppendArgs, decode_append};
 use crate::conn::is_broken_connection;
 use crate::row::stored_u64;
-
-/// Batches written at the same time. One: the next batch gathers everything that
-/// queued while the previous one was in flight (the widest batches, the fewest
-/// commits).
-const MAX_IN_FLIGHT: usize = 1;
 
 /// The most appends in one batch.
 const MAX_APPENDS: usize = 512;
@@ -74,6 +69,10 @@ struct Shared {
 /// The handle on a store's group-commit task; aborts the task when dropped.
 pub(crate) struct Batcher {
     requests: mpsc::UnboundedSender<Request>,
+    /// The write slot: one permit, held by the write in flight (a lone append or a
+    /// batch). Tokio's semaphore is fair: once the task waits for it, a released
+    /// permit goes to the task, not to a caller's `try_acquire`.
+    slot: Arc<Semaphore>,
     task: JoinHandle<()>,
 }
 
@@ -103,9 +102,20 @@ impl Batcher {
             append_fast,
             append_many,
         };
+        let slot = Arc::new(Semaphore::new(1));
         Batcher {
             requests,
-            task: runtime.spawn(run(shared, queue)),
+            task: runtime.spawn(run(shared, queue, Arc::clone(&slot))),
+            slot,
+        }
+    }
+
+    /// The write slot when nothing is in flight: the caller then writes alone, at once,
+    /// and frees the slot by dropping the permit (also when it is cancelled).
+    pub(crate) fn idle(&self) -> Option<OwnedSemaphorePermit> {
+        match Arc::clone(&self.slot).try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
         }
     }
 
@@ -124,34 +134,27 @@ impl Batcher {
     }
 }
 
-/// The task: writes a batch whenever fewer than [`MAX_IN_FLIGHT`] are in flight and
-/// appends wait. Ends when the store (the only sender) is gone and the queue is done.
-async fn run(shared: Shared, mut incoming: mpsc::UnboundedReceiver<Request>) {
+/// The task: waits for queued appends, takes the write slot, and writes everything
+/// queued by then as one batch. Ends when the store (the only sender) is gone.
+async fn run(shared: Shared, mut incoming: mpsc::UnboundedReceiver<Request>, slot: Arc<Semaphore>) {
     let mut queue: VecDeque<Request> = VecDeque::new();
-    let mut in_flight = FuturesUnordered::new();
-    let mut open = true;
     loop {
-        while in_flight.len() < MAX_IN_FLIGHT && !queue.is_empty() {
-            in_flight.push(write(shared.clone(), take_batch(&mut queue)));
-        }
-        if in_flight.is_empty() {
-            // Nothing in flight, so nothing queued: wait for the next append.
+        if queue.is_empty() {
             match incoming.recv().await {
                 Some(request) => queue.push_back(request),
                 None => return,
             }
-        } else {
-            tokio::select! {
-                request = incoming.recv(), if open => match request {
-                    Some(request) => queue.push_back(request),
-                    None => open = false,
-                },
-                Some(()) = in_flight.next() => {}
-            }
         }
+        // The slot is taken (that is why these appends queued): wait for it. Appends
+        // keep queueing meanwhile and go in this batch.
+        let Ok(permit) = Arc::clone(&slot).acquire_owned().await else {
+            return;
+        };
         while let Ok(request) = incoming.try_recv() {
             queue.push_back(request);
         }
+        write(&shared, take_batch(&mut queue)).await;
+        drop(permit);
     }
 }
 
@@ -184,11 +187,11 @@ fn take_batch(queue: &mut VecDeque<Request>) -> Vec<Request> {
 }
 
 /// Writes one batch and answers each of its callers.
-async fn write(shared: Shared, batch: Vec<Request>) {
+async fn write(shared: &Shared, batch: Vec<Request>) {
     let outcomes = if let [one] = batch.as_slice() {
-        vec![write_one(&shared, &one.args).await]
+        vec![write_one(shared, &one.args).await]
     } else {
-        write_many(&shared, &batch).await
+        write_many(shared, &batch).await
     };
     for (request, outcome) in batch.into_iter().zip(outcomes) {
         // A caller that stopped waiting does not need its answer.
