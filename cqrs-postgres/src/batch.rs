@@ -27,7 +27,7 @@ use std::sync::Arc;
 use cqrs_core::{AppendResult, Position, StreamId};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
@@ -113,10 +113,7 @@ impl Batcher {
     /// The write slot when nothing is in flight: the caller then writes alone, at once,
     /// and frees the slot by dropping the permit (also when it is cancelled).
     pub(crate) fn idle(&self) -> Option<OwnedSemaphorePermit> {
-        match Arc::clone(&self.slot).try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
-        }
+        Arc::clone(&self.slot).try_acquire_owned().ok()
     }
 
     /// Hands an append to the task and waits for its outcome. If the task is gone
