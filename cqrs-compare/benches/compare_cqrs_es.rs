@@ -8,7 +8,8 @@
 //! ```
 //!
 //! For diagnosis: `--only concurrent|sequential|round-trips` runs one group of rows, and
-//! `--no-notify` builds our store without its coalesced `NOTIFY`.
+//! `--no-notify` builds our store without its coalesced `NOTIFY`, `--group-commit` with
+//! group commit on (ADR 0027).
 //!
 //! It reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! works in fresh schemas (postgres-es's tables too, named through `with_tables`) that it
@@ -240,10 +241,14 @@ const CACHE: usize = 10_000;
 /// Whether our stores send `NOTIFY` after appends (`--no-notify` turns it off).
 static NOTIFY: AtomicBool = AtomicBool::new(true);
 
+/// Whether our stores use group commit (`--group-commit` turns it on; ADR 0027).
+static GROUP_COMMIT: AtomicBool = AtomicBool::new(false);
+
 async fn store(options: PgConnectOptions, max: u32, notify: bool) -> PostgresEventStore {
     let store = PostgresEventStore::builder(pool(options, max).await)
         .schema(schema())
         .notify(notify)
+        .group_commit(GROUP_COMMIT.load(Ordering::Relaxed))
         .build()
         .unwrap();
     store.migrate().await.unwrap();
@@ -806,6 +811,9 @@ async fn main() {
     if args.iter().any(|a| a == "--no-notify") {
         NOTIFY.store(false, Ordering::Relaxed);
     }
+    if args.iter().any(|a| a == "--group-commit") {
+        GROUP_COMMIT.store(true, Ordering::Relaxed);
+    }
     let only = args
         .iter()
         .position(|a| a == "--only")
@@ -815,9 +823,14 @@ async fn main() {
     let admin = pool(options.clone(), 2).await;
 
     println!(
-        "cqrs-es comparison ({}): ours = cqrs_core::Repository over PostgresEventStore, \
+        "cqrs-es comparison ({}{}): ours = cqrs_core::Repository over PostgresEventStore, \
          cqrs-es = cqrs-es 0.5 + postgres-es 0.5",
-        if quick { "quick" } else { "full" }
+        if quick { "quick" } else { "full" },
+        if GROUP_COMMIT.load(Ordering::Relaxed) {
+            ", ours with group commit"
+        } else {
+            ""
+        }
     );
     println!("| measurement | ours | cqrs-es | raw sqlx | ours / cqrs-es | ours / raw |");
     println!("|---|---|---|---|---|---|");

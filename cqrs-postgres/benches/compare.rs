@@ -206,9 +206,19 @@ async fn pool(options: PgConnectOptions, max: u32) -> PgPool {
 }
 
 async fn store(options: PgConnectOptions, max: u32, notify: bool) -> PostgresEventStore {
+    store_with(options, max, notify, true).await
+}
+
+async fn store_with(
+    options: PgConnectOptions,
+    max: u32,
+    notify: bool,
+    group_commit: bool,
+) -> PostgresEventStore {
     let store = PostgresEventStore::builder(pool(options, max).await)
         .schema(schema())
         .notify(notify)
+        .group_commit(group_commit)
         .build()
         .unwrap();
     store.migrate().await.unwrap();
@@ -365,24 +375,42 @@ async fn proxy(server: SocketAddr, trips: Arc<Trips>) -> SocketAddr {
 
 // ---- the measurements -------------------------------------------------------------
 
+/// (ours with group commit, ours without, raw).
 async fn concurrent_commands(
     options: &PgConnectOptions,
     tasks: usize,
     commands: u64,
     raw_first: bool,
-) -> (f64, f64) {
+) -> (f64, f64, f64) {
     if raw_first {
         let raw = concurrent_raw(options, tasks, commands).await;
-        return (concurrent_ours(options, tasks, commands).await, raw);
+        let alone = concurrent_ours(options, tasks, commands, false).await;
+        return (
+            concurrent_ours(options, tasks, commands, true).await,
+            alone,
+            raw,
+        );
     }
-    let ours = concurrent_ours(options, tasks, commands).await;
-    (ours, concurrent_raw(options, tasks, commands).await)
+    let ours = concurrent_ours(options, tasks, commands, true).await;
+    let alone = concurrent_ours(options, tasks, commands, false).await;
+    (ours, alone, concurrent_raw(options, tasks, commands).await)
 }
 
 const ACCOUNTS: u64 = 1_000;
 
-async fn concurrent_ours(options: &PgConnectOptions, tasks: usize, commands: u64) -> f64 {
-    let store = store(options.clone(), u32::try_from(tasks).unwrap(), true).await;
+async fn concurrent_ours(
+    options: &PgConnectOptions,
+    tasks: usize,
+    commands: u64,
+    group_commit: bool,
+) -> f64 {
+    let store = store_with(
+        options.clone(),
+        u32::try_from(tasks).unwrap(),
+        true,
+        group_commit,
+    )
+    .await;
     let repo = Arc::new(Repository::<Account, _>::new(store.clone(), ()));
     for a in 0..ACCOUNTS {
         repo.execute(&format!("acc-{a}"), &AccountCommand::Open)
@@ -720,6 +748,124 @@ async fn notify_overhead(options: &PgConnectOptions, tasks: usize, appends: u64)
     (rates[0], rates[1])
 }
 
+/// The median time of a lone command (load + decide + append, one at a time, nothing
+/// else in flight), group commit on and off: (on, off). Two stores, the commands
+/// alternating between them, so drift in the machine's load hits both alike.
+async fn lone_latency(options: &PgConnectOptions, commands: usize) -> (Duration, Duration) {
+    let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    let on = store_with(options.clone(), 2, true, true).await;
+    let off = store_with(options.clone(), 2, true, false).await;
+    let repos = [
+        Repository::<Account, _>::new(on.clone(), ()),
+        Repository::<Account, _>::new(off.clone(), ()),
+    ];
+    for repo in &repos {
+        repo.execute("lone", &AccountCommand::Open).await.unwrap();
+    }
+    for i in 0..commands * 2 {
+        let side = i % 2;
+        let started = Instant::now();
+        repos[side]
+            .execute("lone", &AccountCommand::Deposit(1))
+            .await
+            .unwrap();
+        samples[side].push(started.elapsed());
+    }
+    drop_schema(on.pool(), on.schema()).await;
+    drop_schema(off.pool(), off.schema()).await;
+    let p50 = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let [mut on, mut off] = samples;
+    (p50(&mut on), p50(&mut off))
+}
+
+/// One append of 1,000 events against one raw multi-row INSERT of the same rows
+/// (`INSERT … SELECT FROM unnest(…)`), `rounds` each, alternating: events/s (ours, raw).
+async fn big_append(options: &PgConnectOptions, rounds: u64) -> (f64, f64) {
+    let store = store(options.clone(), 2, true).await;
+    let pool = pool(options.clone(), 2).await;
+    let s = raw_table(&pool).await;
+    let sql = format!(
+        "INSERT INTO \"{s}\".raw (stream, version, payload) \
+         SELECT $1, v, p FROM unnest($2::bigint[], $3::bytea[]) AS t(v, p)"
+    );
+    let payloads: Vec<Vec<u8>> = (0..1_000).map(deposit).collect();
+    let versions: Vec<i64> = (1..=1_000).collect();
+    let (mut ours, mut raw) = (Duration::ZERO, Duration::ZERO);
+    for r in 0..rounds {
+        for side in [r % 2 == 0, r % 2 != 0] {
+            if side {
+                let events: Vec<EventData> = payloads
+                    .iter()
+                    .map(|p| EventData::new("MoneyDeposited", p.clone()))
+                    .collect();
+                let stream = StreamId::new("account", format!("big-{r}")).unwrap();
+                let started = Instant::now();
+                store
+                    .append(&stream, ExpectedVersion::NoStream, events)
+                    .await
+                    .unwrap();
+                ours += started.elapsed();
+            } else {
+                let started = Instant::now();
+                sqlx::query(AssertSqlSafe(sql.as_str()))
+                    .bind(format!("big-{r}"))
+                    .bind(&versions)
+                    .bind(&payloads)
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                raw += started.elapsed();
+            }
+        }
+    }
+    drop_schema(&pool, &s).await;
+    drop_schema(store.pool(), store.schema()).await;
+    let events = rounds * 1_000;
+    (rate(events, ours), rate(events, raw))
+}
+
+/// 16 tasks appending one event at a time, each to its own stream (the store alone),
+/// group commit on and off, alternating twice: appends/s (on, off).
+async fn group_commit_appends(
+    options: &PgConnectOptions,
+    tasks: usize,
+    appends: u64,
+) -> (f64, f64) {
+    let mut rates = [0.0; 2];
+    for on in [true, false, false, true] {
+        let store = store_with(options.clone(), u32::try_from(tasks).unwrap(), true, on).await;
+        let next = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let workers: Vec<_> = (0..tasks)
+            .map(|t| {
+                let (store, next) = (store.clone(), Arc::clone(&next));
+                tokio::spawn(async move {
+                    let stream = StreamId::new("account", format!("t{t}")).unwrap();
+                    while next.fetch_add(1, Ordering::Relaxed) < appends {
+                        store
+                            .append(
+                                &stream,
+                                ExpectedVersion::Any,
+                                vec![EventData::new("MoneyDeposited", deposit(1))],
+                            )
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        rates[usize::from(!on)] += rate(appends, started.elapsed()) / 2.0;
+        drop_schema(store.pool(), store.schema()).await;
+    }
+    (rates[0], rates[1])
+}
+
 // ---- peak RSS in child processes --------------------------------------------------
 
 fn peak_rss_kib() -> u64 {
@@ -831,11 +977,37 @@ async fn main() {
     // raw, ours), so drift in the shared machine's load (disk flushes above all) does
     // not favour one side; the rates are averaged.
     let n = if quick { 2_000 } else { 10_000 };
-    let (ours1, raw1) = concurrent_commands(&options, 16, n, false).await;
-    let (ours2, raw2) = concurrent_commands(&options, 16, n, true).await;
-    let (ours, raw) = ((ours1 + ours2) / 2.0, (raw1 + raw2) / 2.0);
+    let (ours1, alone1, raw1) = concurrent_commands(&options, 16, n, false).await;
+    let (ours2, alone2, raw2) = concurrent_commands(&options, 16, n, true).await;
+    let (ours, alone, raw) = (
+        (ours1 + ours2) / 2.0,
+        (alone1 + alone2) / 2.0,
+        (raw1 + raw2) / 2.0,
+    );
     println!(
         "| 16 tasks, 1,000 accounts, full command path | {ours:.0} cmd/s | raw single-row INSERT, 16 conns: {raw:.0}/s | {:.2} |",
+        ours / raw
+    );
+    println!(
+        "| the same, group commit off | {alone:.0} cmd/s | raw single-row INSERT, 16 conns: {raw:.0}/s | {:.2} (on / off: {:.2}) |",
+        alone / raw,
+        ours / alone
+    );
+    let (on, off) = group_commit_appends(&options, 16, if quick { 4_000 } else { 20_000 }).await;
+    println!(
+        "| 16 concurrent appenders (store only), group commit on vs off | {on:.0} appends/s | off: {off:.0}/s | {:.2} |",
+        on / off
+    );
+    let (on, off) = lone_latency(&options, if quick { 200 } else { 1_000 }).await;
+    println!(
+        "| lone command latency (p50, one at a time), group commit on vs off | {:.3} ms | off: {:.3} ms | {:.2} |",
+        on.as_secs_f64() * 1e3,
+        off.as_secs_f64() * 1e3,
+        on.as_secs_f64() / off.as_secs_f64()
+    );
+    let (ours, raw) = big_append(&options, if quick { 20 } else { 100 }).await;
+    println!(
+        "| one 1,000-event append | {ours:.0} events/s | raw multi-row INSERT (unnest) of the same rows: {raw:.0}/s | {:.2} |",
         ours / raw
     );
     let (ours, appends, raw) =

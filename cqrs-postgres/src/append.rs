@@ -5,12 +5,15 @@ use cqrs_core::{
     AppendResult, Error, EventData, ExpectedVersion, Position, RecordedEvent, Result, StreamId,
     validate_batch,
 };
+use std::sync::Arc;
+
 use futures::{StreamExt, TryStreamExt};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 use uuid::Uuid;
 
 use crate::PostgresEventStore;
+use crate::batch::Outcome;
 use crate::checksum;
 use crate::conn::{is_broken_connection, is_unique_violation};
 use crate::row::{decode_event, saturating_i64, store_error, stored_u64};
@@ -22,23 +25,24 @@ use crate::row::{decode_event, saturating_i64, store_error, stored_u64};
 /// one.
 const MAX_APPEND_ATTEMPTS: u32 = 64;
 
-/// The bound arguments of one append.
-struct AppendArgs<'a> {
-    stream: &'a StreamId,
-    expected: ExpectedVersion,
-    expected_kind: i16,
-    expected_version: i64,
-    ids: Vec<Uuid>,
-    types: Vec<&'a str>,
-    schema_versions: Vec<i64>,
-    payloads: Vec<&'a [u8]>,
-    metadata: Vec<String>,
-    checksums: Vec<i32>,
+/// The bound arguments of one append, owning its events' columns (the group-commit
+/// task writes them after the caller handed them over).
+pub(crate) struct AppendArgs {
+    pub(crate) stream: StreamId,
+    pub(crate) expected: ExpectedVersion,
+    pub(crate) expected_kind: i16,
+    pub(crate) expected_version: i64,
+    pub(crate) ids: Vec<Uuid>,
+    pub(crate) types: Vec<String>,
+    pub(crate) schema_versions: Vec<i64>,
+    pub(crate) payloads: Vec<Vec<u8>>,
+    pub(crate) metadata: Vec<String>,
+    pub(crate) checksums: Vec<i32>,
 }
 
-impl<'a> AppendArgs<'a> {
+impl AppendArgs {
     /// Binds `$1` to `$10`, which the fast statement and `append_events` share.
-    fn bind<'q>(
+    pub(crate) fn bind<'q>(
         &'q self,
         query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
@@ -55,10 +59,11 @@ impl<'a> AppendArgs<'a> {
             .bind(&self.checksums)
     }
 
-    fn new(
-        stream: &'a StreamId,
+    /// Takes the events' columns without copying their payloads.
+    pub(crate) fn new(
+        stream: &StreamId,
         expected: ExpectedVersion,
-        events: &'a [EventData],
+        events: Vec<EventData>,
     ) -> Result<Self> {
         let (expected_kind, expected_version) = match expected {
             ExpectedVersion::Any => (0, 0),
@@ -67,47 +72,67 @@ impl<'a> AppendArgs<'a> {
             // A version beyond BIGINT is never a stream's version: -1 never matches.
             ExpectedVersion::Exact(v) => (3, i64::try_from(v).unwrap_or(-1)),
         };
-        let metadata = events
-            .iter()
-            .map(|e| {
-                serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
-                    what: format!("metadata of {}", e.event_type),
-                    source: source.into(),
-                })
-            })
-            .collect::<Result<_>>()?;
-        Ok(AppendArgs {
-            stream,
+        let n = events.len();
+        let mut args = AppendArgs {
+            stream: stream.clone(),
             expected,
             expected_kind,
             expected_version,
-            ids: events.iter().map(|e| e.event_id).collect(),
-            types: events.iter().map(|e| e.event_type.as_str()).collect(),
-            schema_versions: events.iter().map(|e| i64::from(e.schema_version)).collect(),
-            payloads: events.iter().map(|e| e.payload.as_slice()).collect(),
-            metadata,
-            checksums: events
-                .iter()
-                .map(|e| checksum::event(e.event_id, &e.event_type, e.schema_version, &e.payload))
-                .collect(),
-        })
+            ids: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            schema_versions: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            metadata: Vec::with_capacity(n),
+            checksums: Vec::with_capacity(n),
+        };
+        for e in events {
+            let metadata = serde_json::to_string(&e.metadata).map_err(|source| Error::Encode {
+                what: format!("metadata of {}", e.event_type),
+                source: source.into(),
+            })?;
+            args.checksums.push(checksum::event(
+                e.event_id,
+                &e.event_type,
+                e.schema_version,
+                &e.payload,
+            ));
+            args.metadata.push(metadata);
+            args.ids.push(e.event_id);
+            args.schema_versions.push(i64::from(e.schema_version));
+            args.types.push(e.event_type);
+            args.payloads.push(e.payload);
+        }
+        Ok(args)
     }
 }
 
 impl PostgresEventStore {
-    /// An append in a transaction of its own (with the inline projections, if any).
+    /// An append in a transaction of its own (with the inline projections, if any),
+    /// through the group-commit task when it is on and no inline projection is
+    /// registered (ADR 0027).
     pub(crate) async fn append_batch(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: &[EventData],
+        events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        validate_batch(stream, events)?;
+        validate_batch(stream, &events)?;
         let args = AppendArgs::new(stream, expected, events)?;
-        if self.inner.inline.is_empty() {
-            self.append_direct(&args).await
-        } else {
-            self.append_with_inline(&args).await
+        if !self.inner.inline.is_empty() {
+            return self.append_with_inline(&args).await;
+        }
+        let Some(batcher) = self.batcher() else {
+            return self.append_direct(&args, true).await;
+        };
+        if let Some(_slot) = batcher.idle() {
+            // Nothing in flight: write at once, alone; appends made meanwhile queue
+            // for the batch after this.
+            return self.append_direct(&args, true).await;
+        }
+        let args = Arc::new(args);
+        match batcher.submit(Arc::clone(&args)).await {
+            Outcome::Written(result) => Ok(result),
+            Outcome::Alone { mismatch } => self.append_direct(&args, !mismatch).await,
         }
     }
 
@@ -128,7 +153,7 @@ impl PostgresEventStore {
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
         validate_batch(stream, &events)?;
-        let args = AppendArgs::new(stream, expected, &events)?;
+        let args = AppendArgs::new(stream, expected, events)?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -139,6 +164,7 @@ impl PostgresEventStore {
                     &args,
                     self.inner.channel.as_deref(),
                     attempt > 1,
+                    true,
                 )
                 .await
             {
@@ -156,15 +182,17 @@ impl PostgresEventStore {
     }
 
     /// Runs the append function once: `Err` is the driver's error (maybe a unique
-    /// violation to retry), `Ok(Err)` the typed refusal.
+    /// violation to retry), `Ok(Err)` the typed refusal. Without `try_fast` (the
+    /// expected version is known not to match) it goes straight to the function.
     async fn call_append(
         &self,
         conn: &mut PgConnection,
-        args: &AppendArgs<'_>,
+        args: &AppendArgs,
         notify_in_transaction: Option<&str>,
         check_ids: bool,
+        try_fast: bool,
     ) -> std::result::Result<Result<AppendResult>, sqlx::Error> {
-        if !check_ids && notify_in_transaction.is_none() {
+        if try_fast && !check_ids && notify_in_transaction.is_none() {
             let fast = args
                 .bind(sqlx::query(AssertSqlSafe(
                     self.inner.sql.append_fast.clone(),
@@ -186,7 +214,7 @@ impl PostgresEventStore {
     }
 
     /// A driver error from an append that will not be retried.
-    async fn append_error(&self, error: sqlx::Error, args: &AppendArgs<'_>) -> Error {
+    async fn append_error(&self, error: sqlx::Error, args: &AppendArgs) -> Error {
         if !is_unique_violation(&error) {
             return store_error(error);
         }
@@ -214,14 +242,20 @@ impl PostgresEventStore {
         }
     }
 
-    /// The hot path: one statement on a pooled connection, autocommit.
-    async fn append_direct(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
+    /// The hot path without group commit: one statement on a pooled connection,
+    /// autocommit. Without `try_fast` (a batch found the expected version not matching)
+    /// the first attempt goes straight to the function that tells a conflict from an
+    /// idempotent re-append.
+    async fn append_direct(&self, args: &AppendArgs, try_fast: bool) -> Result<AppendResult> {
         let mut attempt = 0;
         let mut broken = 0;
         loop {
             attempt += 1;
             let mut conn = self.inner.pool.acquire().await.map_err(store_error)?;
-            match self.call_append(&mut conn, args, None, attempt > 1).await {
+            match self
+                .call_append(&mut conn, args, None, attempt > 1, try_fast)
+                .await
+            {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}
                 Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
                     // Whether it committed is unknown; running it again is safe because
@@ -237,13 +271,16 @@ impl PostgresEventStore {
 
     /// With inline projections: the append, the read-back of its records and every inline
     /// projection in one transaction.
-    async fn append_with_inline(&self, args: &AppendArgs<'_>) -> Result<AppendResult> {
+    async fn append_with_inline(&self, args: &AppendArgs) -> Result<AppendResult> {
         let mut attempt = 0;
         let mut broken = 0;
         loop {
             attempt += 1;
             let mut tx = self.inner.pool.begin().await.map_err(store_error)?;
-            let outcome = match self.call_append(&mut tx, args, None, attempt > 1).await {
+            let outcome = match self
+                .call_append(&mut tx, args, None, attempt > 1, true)
+                .await
+            {
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => continue,
                 Err(e) if is_broken_connection(&e) && broken < self.broken_connection_budget() => {
                     broken += 1;
@@ -295,7 +332,7 @@ impl PostgresEventStore {
     }
 }
 
-fn decode_append(row: &PgRow, args: &AppendArgs<'_>) -> Result<AppendResult> {
+pub(crate) fn decode_append(row: &PgRow, args: &AppendArgs) -> Result<AppendResult> {
     let location = || format!("append to {}", args.stream);
     let outcome: i16 = row.try_get(0).map_err(store_error)?;
     let version = |row: &PgRow| -> Result<u64> {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 mod append;
+mod batch;
 mod builder;
 mod checksum;
 mod conn;

@@ -70,6 +70,7 @@ const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_typ
 pub(crate) struct Statements {
     pub(crate) append: Arc<str>,
     pub(crate) append_fast: Arc<str>,
+    pub(crate) append_many: Arc<str>,
     pub(crate) read_stream: Arc<str>,
     pub(crate) read_from_snapshot: Arc<str>,
     pub(crate) read_all: Arc<str>,
@@ -130,6 +131,47 @@ impl Statements {
                  RETURNING id, version, transaction_id) \
                  SELECT 0::smallint, max(i.version), max(i.transaction_id), max(i.id), \
                  NULL::uuid, NULL::text, NULL::text FROM inserted i HAVING count(*) > 0"
+            )),
+            // Group commit (ADR 0027): the appends of many callers, each to another
+            // stream, in one statement. `$1`-`$4` have one element per append (stream
+            // type, stream id, expected kind and version as in `append_fast`); `$5`-`$12`
+            // one per event: the append it belongs to (1-based), its place in that
+            // append (1-based), then the columns. Each append's head and expected-version
+            // check are those of `append_fast`; only the appends whose check passes are
+            // inserted. One row back per append: its number, then the last version,
+            // transaction id and log id it wrote, all NULL when its check failed (the
+            // caller then sorts it out alone). A stored id or a lost race is a unique
+            // violation that fails the whole statement.
+            append_many: sql(format!(
+                "WITH req AS MATERIALIZED (SELECT r.n, r.t, r.i, r.kind, r.exp, \
+                 coalesce(h.version, 0) AS v, coalesce(h.transaction_id, 0) AS tx \
+                 FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[]) \
+                 WITH ORDINALITY AS r(t, i, kind, exp, n) \
+                 LEFT JOIN LATERAL (SELECT e.version, e.transaction_id FROM {s}.events e \
+                 WHERE e.aggregate_type = r.t AND e.aggregate_id = r.i \
+                 ORDER BY e.version DESC LIMIT 1) h ON true), \
+                 ok AS (SELECT req.n, req.t, req.i, req.v FROM req \
+                 WHERE (req.kind = 0 OR (req.kind = 1 AND req.v = 0) \
+                 OR (req.kind = 2 AND req.v > 0) OR (req.kind = 3 AND req.v = req.exp)) \
+                 AND req.tx <= pg_current_xact_id()::text::bigint), \
+                 inserted AS (INSERT INTO {s}.events (transaction_id, event_id, \
+                 aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
+                 metadata, checksum) \
+                 SELECT pg_current_xact_id()::text::bigint, b.event_id, ok.t, ok.i, \
+                 ok.v + b.ord, b.event_type, b.schema_version, b.payload, b.metadata::json, \
+                 b.checksum \
+                 FROM unnest($5::bigint[], $6::bigint[], $7::uuid[], $8::text[], \
+                 $9::bigint[], $10::bytea[], $11::text[], $12::integer[]) WITH ORDINALITY \
+                 AS b(n, ord, event_id, event_type, schema_version, payload, metadata, \
+                 checksum, k) \
+                 JOIN ok ON ok.n = b.n \
+                 ORDER BY b.k \
+                 RETURNING aggregate_type, aggregate_id, version, transaction_id, id) \
+                 SELECT req.n, w.version, w.tx, w.id FROM req LEFT JOIN \
+                 (SELECT i.aggregate_type, i.aggregate_id, max(i.version) AS version, \
+                 max(i.transaction_id) AS tx, max(i.id) AS id FROM inserted i \
+                 GROUP BY i.aggregate_type, i.aggregate_id) w \
+                 ON w.aggregate_type = req.t AND w.aggregate_id = req.i ORDER BY req.n"
             )),
             read_stream: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events e \

@@ -16,6 +16,7 @@ use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::batch::Batcher;
 use crate::checksum;
 use crate::inline::InlineProjection;
 use crate::row::{
@@ -80,6 +81,10 @@ pub(crate) struct Inner {
     pub(crate) notify_wanted: Arc<tokio::sync::Notify>,
     pub(crate) notify_task: OnceLock<JoinHandle<()>>,
     pub(crate) inline: Vec<Arc<dyn InlineProjection>>,
+    /// Whether appends go through the group-commit task (ADR 0027).
+    pub(crate) group_commit: bool,
+    /// The group-commit task, started with the first append that uses it.
+    pub(crate) batcher: OnceLock<Batcher>,
 }
 
 impl Drop for Inner {
@@ -103,6 +108,7 @@ impl fmt::Debug for PostgresEventStore {
             .field("schema", &self.inner.schema)
             .field("notify", &self.inner.channel.is_some())
             .field("read_settle", &self.inner.settle)
+            .field("group_commit", &self.inner.group_commit)
             .field(
                 "inline_projections",
                 &self
@@ -224,6 +230,27 @@ impl PostgresEventStore {
         Ok(horizon)
     }
 
+    /// The group-commit task, started on the current Tokio runtime with the first
+    /// append; `None` when group commit is off or there is no runtime (then appends
+    /// go alone).
+    pub(crate) fn batcher(&self) -> Option<&Batcher> {
+        if !self.inner.group_commit {
+            return None;
+        }
+        if let Some(batcher) = self.inner.batcher.get() {
+            return Some(batcher);
+        }
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        Some(self.inner.batcher.get_or_init(|| {
+            Batcher::start(
+                &runtime,
+                self.inner.pool.clone(),
+                Arc::clone(&self.inner.sql.append_fast),
+                Arc::clone(&self.inner.sql.append_many),
+            )
+        }))
+    }
+
     /// Wakes this process's watchers now, and other processes' through the coalesced
     /// `NOTIFY` task (started with the first append).
     fn notify_appended(&self) {
@@ -253,7 +280,7 @@ impl EventLog for PostgresEventStore {
         expected: ExpectedVersion,
         events: Vec<EventData>,
     ) -> Result<AppendResult> {
-        let result = self.append_batch(stream, expected, &events).await?;
+        let result = self.append_batch(stream, expected, events).await?;
         self.notify_appended();
         Ok(result)
     }

@@ -263,7 +263,14 @@ async fn of_concurrent_appends_expecting_one_version_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_global_log_resumes_from_any_position_without_gaps_or_repeats() {
-    let Some(store) = common::store_guarded().await else {
+    // With and without group commit (ADR 0027).
+    for group_commit in [false, true] {
+        log_resumes_without_gaps_or_repeats(group_commit).await;
+    }
+}
+
+async fn log_resumes_without_gaps_or_repeats(group_commit: bool) {
+    let Some(store) = common::store_guarded_with(|b| b.group_commit(group_commit)).await else {
         return;
     };
     // Concurrent writers over a few streams, batches of 1 to 3.

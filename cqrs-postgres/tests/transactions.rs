@@ -67,9 +67,19 @@ async fn read_when(
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reader_never_passes_a_transaction_that_is_still_open() {
     let _serial = serial().await;
+    // With and without group commit (ADR 0027): the store's own appends go through it.
+    for group_commit in [false, true] {
+        reader_never_passes_an_open_transaction(group_commit).await;
+    }
+}
+
+async fn reader_never_passes_an_open_transaction(group_commit: bool) {
     // A short settle wait: the open transaction below is never going to end on its own.
-    let Some(store) =
-        common::store_guarded_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+    let Some(store) = common::store_guarded_with(|b| {
+        b.read_settle_timeout(Duration::from_millis(50))
+            .group_commit(group_commit)
+    })
+    .await
     else {
         return;
     };
@@ -122,8 +132,18 @@ async fn a_reader_never_passes_a_transaction_that_is_still_open() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rolled_back_transaction_leaves_no_gap_and_no_event() {
     let _serial = serial().await;
-    let Some(store) =
-        common::store_guarded_with(|b| b.read_settle_timeout(Duration::from_millis(50))).await
+    // With and without group commit (ADR 0027): the store's own appends go through it.
+    for group_commit in [false, true] {
+        rolled_back_transaction_leaves_no_gap(group_commit).await;
+    }
+}
+
+async fn rolled_back_transaction_leaves_no_gap(group_commit: bool) {
+    let Some(store) = common::store_guarded_with(|b| {
+        b.read_settle_timeout(Duration::from_millis(50))
+            .group_commit(group_commit)
+    })
+    .await
     else {
         return;
     };
