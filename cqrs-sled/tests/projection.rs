@@ -200,7 +200,7 @@ async fn an_interrupted_reset_is_finished_before_resuming() {
     }
     {
         // A crash in the middle of a reset: marker written, one tree already cleared.
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_open(dir.path());
         db.open_tree("cqrs.checkpoints")
             .unwrap()
             .insert(b"\0reset\0totals", &[1u8][..])
@@ -297,4 +297,20 @@ async fn a_stale_runner_cannot_apply_a_batch_twice() {
         store.load_checkpoint("totals").await.unwrap(),
         Some(log[9].position)
     );
+}
+
+/// Opens the sled database in `dir` directly, once the dropped store has let go of it:
+/// its file lock can outlive the drop for a moment (sled's background threads end on
+/// their own), so try again within a deadline.
+fn raw_open(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled::open after the store was dropped: {e}"),
+        }
+    }
 }

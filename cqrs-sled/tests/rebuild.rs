@@ -90,7 +90,7 @@ fn sum(store: &SledEventStore, counter: &str) -> u64 {
 
 /// The names of the sled trees in `dir` (the store must be closed).
 fn tree_names(dir: &Path) -> Vec<String> {
-    let db = sled::open(dir).unwrap();
+    let db = raw_open(dir);
     let names = db.tree_names();
     let names = names
         .iter()
@@ -176,7 +176,7 @@ async fn a_store_of_the_old_layout_is_read_then_rebuilt_into_checksummed_rows() 
         store.flush().unwrap();
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_open(dir.path());
         let tree = db.open_tree("cqrs.rm.sums\0sums").unwrap();
         tree.insert("c0", &7u64.to_be_bytes()).unwrap();
         db.flush().unwrap();
@@ -205,7 +205,7 @@ async fn a_damaged_row_is_an_error_naming_it_never_a_value() {
     }
     {
         // One bit of c0's row flips (as a damaged page would).
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_open(dir.path());
         let tree = db.open_tree("cqrs.rmg.sums\u{0}1\u{0}sums").unwrap();
         let mut row = tree.get("c0").unwrap().unwrap().to_vec();
         row[7] ^= 0x01;
@@ -255,7 +255,7 @@ async fn check_records_finds_the_damaged_row() {
         store.flush().unwrap();
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_open(dir.path());
         let tree = db.open_tree("cqrs.rmg.sums\u{0}1\u{0}sums").unwrap();
         let mut row = tree.get("c4").unwrap().unwrap().to_vec();
         row[0] ^= 0x80;
@@ -283,7 +283,7 @@ async fn check_records_finds_a_damaged_checkpoint_and_generation_and_goes_on() {
         store.flush().unwrap();
     }
     {
-        let db = sled::open(dir.path()).unwrap();
+        let db = raw_open(dir.path());
         let checkpoints = db.open_tree("cqrs.checkpoints").unwrap();
         for key in [&b"sums"[..], b"\0gen\0sums"] {
             let mut value = checkpoints.get(key).unwrap().unwrap().to_vec();
@@ -306,4 +306,20 @@ async fn check_records_finds_a_damaged_checkpoint_and_generation_and_goes_on() {
     runner(&store).rebuild(|_| {}).await.unwrap();
     assert_eq!(sum(&store, "c0"), 1);
     assert!(store.check_records().unwrap().damaged.is_empty());
+}
+
+/// Opens the sled database in `dir` directly, once the dropped store has let go of it:
+/// its file lock can outlive the drop for a moment (sled's background threads end on
+/// their own), so try again within a deadline.
+fn raw_open(dir: &std::path::Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return db,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("sled::open after the store was dropped: {e}"),
+        }
+    }
 }

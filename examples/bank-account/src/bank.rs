@@ -3,10 +3,10 @@
 
 use std::sync::{Arc, Mutex, PoisonError};
 
+use cqrs_core::TenantId;
 use cqrs_core::{Aggregate, BoxEventStore, CommandOptions, EventLog, Position, ProjectionRunner};
 use cqrs_core::{BoxKeyStore, Forgotten, Shredded, Shredder, Supervisor, SupervisorStatus};
 use cqrs_core::{Repository, RetryPolicy, SnapshotPolicy, StoreCheckpoint, StreamId};
-use cqrs_core::TenantId;
 use cqrs_postgres::{PostgresEventStore, PostgresKeyStore, WorkerConfig, WorkerLock};
 use cqrs_sled::{DamagedLog, SledConfig, SledEventStore, SledKeyStore};
 use futures::StreamExt;
