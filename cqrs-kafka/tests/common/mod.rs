@@ -83,7 +83,13 @@ impl PrivateKafka {
             dir: tempfile::tempdir().expect("a directory for the broker"),
             child: None,
         };
-        broker.restart();
+        if let Err(why) = broker.try_start() {
+            if required() {
+                panic!("CQRS_REQUIRE_KAFKA=1 but tansu cannot run here: {why}");
+            }
+            eprintln!("skipped: tansu cannot run here ({why})");
+            return None;
+        }
         Some(broker)
     }
 
@@ -108,14 +114,26 @@ impl PrivateKafka {
     /// Starts it again on the same port (and, with [`Storage::File`], the same data),
     /// and waits (at most 30 s) until it accepts connections.
     pub(crate) fn restart(&mut self) {
+        if let Err(why) = self.try_start() {
+            panic!("restarting tansu: {why}");
+        }
+    }
+
+    /// Starts it (killing it first if it runs); why not, if it exits at once (a
+    /// `tansu` built without the `libsql` feature refuses `sqlite://`) or does not
+    /// listen within 30 s.
+    fn try_start(&mut self) -> Result<(), String> {
         self.kill();
         let listener = format!("tcp://127.0.0.1:{}", self.port);
         let engine = match self.storage {
             Storage::Memory => "memory://tansu/",
             Storage::File => "sqlite://tansu.db",
         };
-        let log = std::fs::File::create(self.dir.path().join("broker.log"))
-            .expect("the broker's log file");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("broker.log"))
+            .map_err(|e| format!("the broker's log file: {e}"))?;
         let child = Command::new(&self.binary)
             .current_dir(self.dir.path())
             .args(["broker", "--listener-url", &listener])
@@ -125,18 +143,23 @@ impl PrivateKafka {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start tansu");
+            .map_err(|e| format!("cannot start tansu: {e}"))?;
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    panic!("tansu exited at start ({status}): {}", self.log_tail());
-                }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Err(format!(
+                    "tansu exited at start ({status}): {}",
+                    self.log_tail()
+                ));
             }
-            assert!(Instant::now() < deadline, "tansu did not start within 30 s");
+            if Instant::now() > deadline {
+                return Err("tansu did not listen within 30 s".to_owned());
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
     }
 
     /// The end of the broker's log, for a failing test's message.
@@ -176,24 +199,23 @@ fn read_back(brokers: &str, topic: &str) -> Result<Vec<StoredMessage>, BoxError>
         .collect();
     let mut stored = Vec::new();
     for partition in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, partition, timeout)?;
-        if high <= low {
-            continue;
-        }
+        // Read until nothing comes for 2 s: tansu 0.6 reports a high watermark
+        // (ListOffsets "latest") that counts record batches, not records.
         let mut list = TopicPartitionList::new();
-        list.add_partition_offset(topic, partition, Offset::Offset(low))?;
+        list.add_partition_offset(topic, partition, Offset::Beginning)?;
         consumer.assign(&list)?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut next = low;
-        while next < high {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut quiet = 0;
+        while quiet < 10 {
             if Instant::now() > deadline {
-                return Err(format!("partition {partition}: read {next} of {high} in 30 s").into());
+                return Err(format!("partition {partition}: still reading after 60 s").into());
             }
             let Some(message) = consumer.poll(Duration::from_millis(200)) else {
+                quiet += 1;
                 continue;
             };
             let message = message?;
-            next = message.offset() + 1;
+            quiet = 0;
             let headers: Vec<(String, String)> = message.headers().map_or_else(Vec::new, |hs| {
                 hs.iter()
                     .map(|h| {
