@@ -456,11 +456,11 @@ impl Subscription for KafkaSubscription {
                 .key()
                 .map(|key| String::from_utf8_lossy(key).into_owned())
                 .unwrap_or_default();
-            if let Some(filter) = &self.settings.filter {
-                if !matches(filter, &subject) {
-                    self.shared.acknowledged(partition, offset, generation)?;
-                    continue;
-                }
+            if let Some(filter) = &self.settings.filter
+                && !matches(filter, &subject)
+            {
+                self.shared.acknowledged(partition, offset, generation)?;
+                continue;
             }
             let headers = message.headers().map_or_else(Vec::new, |headers| {
                 headers

@@ -4,7 +4,7 @@
 //! model must equal what the bank's event store says, account by account: the balance,
 //! the totals in and out per month, the last version and event applied (so no event
 //! lost, none applied twice, the last one last), no dead letter, no parked stream; and
-//! the broker's stream holds each event once.
+//! the broker holds each event (JetStream exactly once, Kafka at least once).
 //!
 //! It runs on NATS JetStream (the shared server) and on Kafka (a private tansu broker
 //! with its data in a file, also killed and restarted in some rounds).
