@@ -370,7 +370,8 @@ impl KafkaSubscription {
     /// Joins the group of `settings` on the brokers of `url`
     /// (`kafka://HOST:PORT[,HOST:PORT...]`) and subscribes to its topic. The client
     /// connects in the background: an unreachable broker shows in
-    /// [`next`](Subscription::next).
+    /// [`next`](Subscription::next). Call it inside a Tokio runtime: the client
+    /// spawns its wake-ups there (rdkafka panics without one).
     ///
     /// # Errors
     /// [`Error::Url`] for a URL that is not `kafka://…`; [`Error::Connect`] if

@@ -120,8 +120,10 @@ impl PrivateKafka {
     pub fn held(&self, events: u64) -> (u64, u64) {
         let group = format!("count-{}", uuid::Uuid::new_v4().simple());
         let settings = GroupSettings::new(&self.topic, group);
-        let mut subscription = KafkaSubscription::connect(&self.url(), settings).expect("a reader");
         block_on(async {
+            // In the runtime: the client spawns its wake-ups on it.
+            let mut subscription =
+                KafkaSubscription::connect(&self.url(), settings).expect("a reader");
             let (mut ids, mut messages) = (HashSet::new(), 0u64);
             let (mut quiet_since, deadline) =
                 (Instant::now(), Instant::now() + Duration::from_secs(120));
