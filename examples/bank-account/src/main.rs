@@ -21,7 +21,7 @@
 //!         [--console-token <token>]      the HTTP API (JSON), /metrics (Prometheus),
 //!         [--relay-to nats://HOST:PORT]  /health/live, /health/ready, the operations
 //!                                        console at /console; with the relay
-//!   relay --to nats://HOST:PORT [--stream BANK_EVENTS] [--prefix bank]
+//!   relay --to nats://…|amqp://…|kafka://… [--stream BANK_EVENTS] [--prefix bank]
 //!                                        publish the events to a broker until stopped
 //!   snapshot | replay | events | stats   the framework's operations subcommand
 //!   tenants create <name> | list | migrate

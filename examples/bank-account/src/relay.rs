@@ -2,13 +2,14 @@
 //! the framework's relay, as a process of its own or inside `serve`.
 //!
 //! The broker is chosen by the URL's scheme ([`Broker::connect`]); each broker's arm
-//! hands its publisher to the one generic [`relay`], so adding one (`amqp://`, when a
-//! RabbitMQ publisher exists) is a new arm there, nothing else.
+//! hands its publisher to the one generic [`relay`], so adding one (as `amqp://` and
+//! `kafka://` were) is a new arm there, nothing else.
 
 use std::time::Duration;
 
 use clap::Args;
 use cqrs_core::{BoxError, Publisher, Relay, RelayStats, SubjectScheme, Supervisor};
+use cqrs_kafka::KafkaPublisher;
 use cqrs_nats::{JetStreamPublisher, StreamSettings};
 use cqrs_rabbitmq::AmqpPublisher;
 use example_bank_account::{Bank, full_chain};
@@ -25,15 +26,21 @@ const NAME: &str = "bank";
 /// the holder checks that it still holds it.
 const LOCK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The partitions of the Kafka topic when the relay creates it: an account's events
+/// stay in one partition (the key is the account's subject), so up to three members of
+/// a consumer group share the work.
+const KAFKA_PARTITIONS: u16 = 3;
+
 /// Where `bank relay` publishes.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct RelayArgs {
-    /// The broker: `nats://HOST:PORT` (NATS JetStream) or
-    /// `amqp://USER:PASS@HOST:PORT/VHOST` (RabbitMQ).
+    /// The broker: `nats://HOST:PORT` (NATS JetStream),
+    /// `amqp://USER:PASS@HOST:PORT/VHOST` (RabbitMQ) or `kafka://HOST:PORT` (Kafka).
     #[arg(long, value_name = "URL")]
     to: String,
-    /// The broker-side stream that keeps the events (JetStream), or the topic exchange
-    /// they are published to (RabbitMQ), created if missing.
+    /// The broker-side stream that keeps the events (JetStream), the topic exchange
+    /// they are published to (RabbitMQ), or the topic (Kafka; 3 partitions), created if
+    /// missing.
     #[arg(long, default_value = "BANK_EVENTS")]
     stream: String,
     /// The subjects' prefix: an account's events go to `<prefix>.account.<id>`.
@@ -44,7 +51,8 @@ pub(crate) struct RelayArgs {
 /// `serve`'s options for a relay running inside it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ServeRelayArgs {
-    /// Also run the relay in this process, publishing to this broker (`nats://HOST:PORT`).
+    /// Also run the relay in this process, publishing to this broker (`nats://HOST:PORT`,
+    /// `amqp://…` or `kafka://HOST:PORT`).
     /// On sled, the way to run the relay while serving: one process opens the database.
     #[arg(long, value_name = "URL")]
     relay_to: Option<String>,
@@ -76,6 +84,8 @@ enum Broker {
     /// consumer declares its own on connecting): until one is bound, the broker refuses
     /// the messages as unroutable and the relay retries.
     Amqp(std::sync::Arc<AmqpPublisher>),
+    /// Kafka (`kafka://`): a topic, keyed by the account's subject.
+    Kafka(std::sync::Arc<KafkaPublisher>),
 }
 
 impl Broker {
@@ -103,11 +113,22 @@ impl Broker {
                 tracing::info!(exchange = %args.stream, "relay: connected to RabbitMQ");
                 Ok(Broker::Amqp(std::sync::Arc::new(publisher)))
             }
+            "kafka" => {
+                let publisher = KafkaPublisher::connect(&args.to, &args.stream);
+                let publisher = publisher.map_err(|e| match e {
+                    cqrs_kafka::Error::Url { .. } => Failure(2, full_chain(&e)),
+                    e => broker(&e),
+                })?;
+                let ensured = publisher.ensure_topic(KAFKA_PARTITIONS).await;
+                ensured.map_err(|e| broker(&e))?;
+                tracing::info!(topic = %args.stream, "relay: connected to Kafka");
+                Ok(Broker::Kafka(std::sync::Arc::new(publisher)))
+            }
             _ => Err(Failure(
                 2,
                 format!(
-                    "unsupported broker URL scheme in {:?}: use nats://HOST:PORT or \
-                     amqp://USER:PASS@HOST:PORT/VHOST",
+                    "unsupported broker URL scheme in {:?}: use nats://HOST:PORT, \
+                     amqp://USER:PASS@HOST:PORT/VHOST or kafka://HOST:PORT",
                     args.to
                 ),
             )),
@@ -134,6 +155,7 @@ pub(crate) async fn run(
     match broker {
         Broker::Nats(publisher) => relay(bank, *publisher, scheme, shutdown).await,
         Broker::Amqp(publisher) => relay(bank, publisher, scheme, shutdown).await,
+        Broker::Kafka(publisher) => relay(bank, publisher, scheme, shutdown).await,
     }
     Ok(())
 }
@@ -159,6 +181,7 @@ impl Background {
             match broker {
                 Broker::Nats(publisher) => relay(&bank, *publisher, scheme, stopped).await,
                 Broker::Amqp(publisher) => relay(&bank, publisher, scheme, stopped).await,
+                Broker::Kafka(publisher) => relay(&bank, publisher, scheme, stopped).await,
             }
         });
         Ok(Background { stop, task })

@@ -18,7 +18,7 @@ use cqrs_nats::{JetStreamPublisher, StreamSettings};
 fn an_unsupported_broker_scheme_is_bad_usage() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let store = format!("sled:{}", dir.path().join("bank").display());
-    for url in ["kafka://127.0.0.1:9092", "127.0.0.1:4222", "http://x"] {
+    for url in ["mqtt://127.0.0.1:1883", "127.0.0.1:4222", "http://x"] {
         let (code, _, stderr) = bank_on(&store, &["relay", "--to", url]);
         assert_eq!(code, 2, "{url}: {stderr}");
         assert!(stderr.contains("unsupported broker URL scheme"), "{stderr}");

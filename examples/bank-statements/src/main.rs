@@ -1,12 +1,13 @@
 //! `statements`: the statements service, a second service of the cqrs framework's
 //! examples. It keeps per account of the bank monthly totals in and out, the running
 //! balance and the last event applied, in a database of its own, from the bank's events
-//! published to NATS JetStream by `bank relay` (or `bank serve --relay-to`).
+//! published to NATS JetStream, RabbitMQ or Kafka by `bank relay` (or
+//! `bank serve --relay-to`).
 //!
 //! ```text
 //! statements [--store <url>] [--json] [--server http://HOST:PORT] <command>
 //!
-//!   consume --from nats://HOST:PORT [--stream BANK_EVENTS] [--durable statements]
+//!   consume --from nats://…|amqp://…|kafka://… [--stream BANK_EVENTS] [--durable statements]
 //!           [--prefix bank]              apply the bank's events until SIGINT/SIGTERM
 //!   serve --from nats://… [--addr 127.0.0.1:8090] [same options as consume]
 //!                                        consume, and answer reads over HTTP (JSON)
@@ -98,13 +99,16 @@ enum DeadLetters {
 /// Where the bank's events come from.
 #[derive(Debug, Args)]
 struct From {
-    /// The broker: `nats://HOST:PORT`.
+    /// The broker: `nats://HOST:PORT`, `amqp://USER:PASS@HOST:PORT/VHOST` or
+    /// `kafka://HOST:PORT`.
     #[arg(long, value_name = "URL")]
     from: String,
-    /// The JetStream stream the bank's relay publishes to.
+    /// The JetStream stream, RabbitMQ exchange or Kafka topic the bank's relay
+    /// publishes to.
     #[arg(long, default_value = "BANK_EVENTS")]
     stream: String,
-    /// The durable consumer's name on the broker.
+    /// The durable consumer's name on the broker (the RabbitMQ queue's, the Kafka
+    /// consumer group's).
     #[arg(long, default_value = "statements")]
     durable: String,
     /// The bank's subject prefix (its `bank relay --prefix`).

@@ -7,6 +7,7 @@ use cqrs_core::{
     Consumer, ConsumerControl, ConsumerStats, DeadLetter, Inbox, InboxStats, Projection,
     RedriveReport,
 };
+use cqrs_kafka::{GroupSettings, KafkaSubscription};
 use cqrs_nats::{JetStreamSubscription, SubscriptionSettings};
 use cqrs_postgres::{PgInbox, PostgresEventStore};
 use cqrs_rabbitmq::{AmqpSubscription, QueueSettings};
@@ -28,29 +29,30 @@ const PAGE: usize = 500;
 /// Where the bank's events come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    /// The broker: `nats://HOST:PORT` (NATS JetStream) or `amqp://USER:PASS@HOST:PORT/VHOST`
-    /// (RabbitMQ).
+    /// The broker: `nats://HOST:PORT` (NATS JetStream), `amqp://USER:PASS@HOST:PORT/VHOST`
+    /// (RabbitMQ) or `kafka://HOST:PORT` (Kafka).
     pub url: String,
-    /// The JetStream stream, or the RabbitMQ topic exchange, the bank's relay publishes
-    /// to.
+    /// The JetStream stream, the RabbitMQ topic exchange, or the Kafka topic, the bank's
+    /// relay publishes to.
     pub stream: String,
-    /// The durable consumer's name on the broker (on RabbitMQ, the queue's).
+    /// The durable consumer's name on the broker (on RabbitMQ, the queue's; on Kafka,
+    /// the consumer group's).
     pub durable: String,
     /// The bank's subject prefix: account events are `<prefix>.account.<id>`.
     pub prefix: String,
 }
 
 impl Source {
-    /// Checks the broker URL's scheme (`nats://` or `amqp://`).
+    /// Checks the broker URL's scheme (`nats://`, `amqp://` or `kafka://`).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for another scheme.
     pub fn check(&self) -> Result<()> {
         match self.url.split_once("://") {
-            Some(("nats" | "amqp", _)) => Ok(()),
+            Some(("nats" | "amqp" | "kafka", _)) => Ok(()),
             _ => Err(Error::invalid(format!(
-                "unsupported broker URL scheme in {:?}: use nats://HOST:PORT or \
-                 amqp://USER:PASS@HOST:PORT/VHOST",
+                "unsupported broker URL scheme in {:?}: use nats://HOST:PORT, \
+                 amqp://USER:PASS@HOST:PORT/VHOST or kafka://HOST:PORT",
                 self.url
             ))),
         }
@@ -210,7 +212,8 @@ impl Service {
     /// bank's stream does not exist yet, the task waits for it (trying every second).
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a broker URL that is not `nats://…`;
+    /// [`Error::InvalidInput`] for a broker URL that is not `nats://…`, `amqp://…` or a
+    /// valid `kafka://…`;
     /// [`Error::Broker`] if the broker cannot be reached.
     pub async fn start(store: &StatementsStore, source: &Source) -> Result<Service> {
         source.check()?;
@@ -275,6 +278,9 @@ enum Broker {
     },
     /// RabbitMQ: a durable queue bound to the bank's exchange.
     Amqp { url: String, queue: QueueSettings },
+    /// Kafka: a member of the consumer group `durable` on the bank's topic (it joins
+    /// the group when first asked for a message, and waits while the topic is missing).
+    Kafka(Box<KafkaSubscription>),
 }
 
 impl Broker {
@@ -289,6 +295,16 @@ impl Broker {
                 url: source.url.clone(),
                 queue,
             });
+        }
+        if source.url.starts_with("kafka://") {
+            let settings = GroupSettings::new(&source.stream, &source.durable)
+                .with_filter(format!("{}.account.*", source.prefix));
+            let subscription = KafkaSubscription::connect(&source.url, settings);
+            let subscription = subscription.map_err(|e| match e {
+                cqrs_kafka::Error::Url { .. } => Error::invalid(e.to_string()),
+                e => Error::broker(format!("connecting to {}", source.url), e),
+            })?;
+            return Ok(Broker::Kafka(Box::new(subscription)));
         }
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
@@ -365,6 +381,12 @@ where
                 tracing::info!(exchange = %queue.exchange, queue = %queue.name,
                     binding = %queue.binding_key, "consuming");
                 consume(&mut consumer, &mut subscription, stopped).await
+            }
+            Broker::Kafka(mut subscription) => {
+                let settings = subscription.settings();
+                tracing::info!(topic = %settings.topic, group = %settings.group,
+                    filter = ?settings.filter, "consuming");
+                consume(&mut consumer, &mut *subscription, stopped).await
             }
         }
     });
