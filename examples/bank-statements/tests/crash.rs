@@ -168,7 +168,9 @@ impl Appender {
                     let mut tally = Tally::default();
                     while !stop.load(Ordering::Relaxed) {
                         let a = account(rng.range(0, ACCOUNTS));
-                        let amount = format!("{}.{:02}", rng.range(0, 120), rng.range(0, 100));
+                        // 0.01 to 119.99: the bank refuses a zero amount (bad input).
+                        let cents = rng.range(1, 12_000);
+                        let amount = format!("{}.{:02}", cents / 100, cents % 100);
                         let args = match rng.range(0, 10) {
                             0..4 => vec!["deposit".to_owned(), a, amount],
                             4..6 => vec!["withdraw".to_owned(), a, amount],
