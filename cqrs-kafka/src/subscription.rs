@@ -37,6 +37,11 @@ pub struct GroupSettings {
     /// of commits: the events after the last commit are delivered again, and the
     /// inbox drops them.
     pub commit_interval: Duration,
+    /// The member's static identity in the group (`group.instance.id`, KIP-345), or
+    /// `None` for a dynamic member. A member that restarts with the same id takes its
+    /// former self's place and partitions at once, instead of waiting for the group to
+    /// notice the dead member; give each process of a service its own stable id.
+    pub instance: Option<String>,
 }
 
 impl GroupSettings {
@@ -48,6 +53,7 @@ impl GroupSettings {
             filter: None,
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_millis(500),
+            instance: None,
         }
     }
 
@@ -60,6 +66,12 @@ impl GroupSettings {
     /// Sets [`session_timeout`](Self::session_timeout).
     pub fn with_session_timeout(mut self, timeout: Duration) -> Self {
         self.session_timeout = timeout;
+        self
+    }
+
+    /// Sets [`instance`](Self::instance): a static member of the group.
+    pub fn with_instance(mut self, id: impl Into<String>) -> Self {
+        self.instance = Some(id.into());
         self
     }
 
@@ -385,7 +397,11 @@ impl KafkaSubscription {
         let context = GroupContext {
             tracker: Mutex::new(Tracker::default()),
         };
-        let consumer: StreamConsumer<GroupContext> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        if let Some(instance) = &settings.instance {
+            config.set("group.instance.id", instance);
+        }
+        let consumer: StreamConsumer<GroupContext> = config
             .set("bootstrap.servers", &brokers)
             .set("group.id", &settings.group)
             .set("client.id", "cqrs-kafka-consumer")

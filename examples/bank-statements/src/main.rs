@@ -8,7 +8,8 @@
 //! statements [--store <url>] [--json] [--server http://HOST:PORT] <command>
 //!
 //!   consume --from nats://…|amqp://…|kafka://… [--stream BANK_EVENTS] [--durable statements]
-//!           [--prefix bank]              apply the bank's events until SIGINT/SIGTERM
+//!           [--prefix bank] [--instance ID]
+//!                                        apply the bank's events until SIGINT/SIGTERM
 //!   serve --from nats://… [--addr 127.0.0.1:8090] [same options as consume]
 //!                                        consume, and answer reads over HTTP (JSON)
 //!   show <account>                       an account's statement
@@ -114,6 +115,10 @@ struct From {
     /// The bank's subject prefix (its `bank relay --prefix`).
     #[arg(long, default_value = "bank")]
     prefix: String,
+    /// Kafka only: this process's static member id in the consumer group, stable
+    /// across its restarts and unique among the group's processes.
+    #[arg(long, env = "STATEMENTS_INSTANCE")]
+    instance: Option<String>,
 }
 
 impl From {
@@ -123,6 +128,7 @@ impl From {
             stream: self.stream,
             durable: self.durable,
             prefix: self.prefix,
+            instance: self.instance,
         }
     }
 }

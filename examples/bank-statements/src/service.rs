@@ -40,6 +40,9 @@ pub struct Source {
     pub durable: String,
     /// The bank's subject prefix: account events are `<prefix>.account.<id>`.
     pub prefix: String,
+    /// On Kafka, this process's static member id in the group (`group.instance.id`):
+    /// a restarted process takes its partitions back at once. `None`: a dynamic member.
+    pub instance: Option<String>,
 }
 
 impl Source {
@@ -297,8 +300,11 @@ impl Broker {
             });
         }
         if source.url.starts_with("kafka://") {
-            let settings = GroupSettings::new(&source.stream, &source.durable)
+            let mut settings = GroupSettings::new(&source.stream, &source.durable)
                 .with_filter(format!("{}.account.*", source.prefix));
+            if let Some(instance) = &source.instance {
+                settings = settings.with_instance(instance);
+            }
             let subscription = KafkaSubscription::connect(&source.url, settings);
             let subscription = subscription.map_err(|e| match e {
                 cqrs_kafka::Error::Url { .. } => Error::invalid(e.to_string()),

@@ -4,7 +4,10 @@
 //! model must equal what the bank's event store says, account by account: the balance,
 //! the totals in and out per month, the last version and event applied (so no event
 //! lost, none applied twice, the last one last), no dead letter, no parked stream; and
-//! the broker's stream holds each event once.
+//! the broker holds each event (JetStream exactly once, Kafka at least once).
+//!
+//! It runs on NATS JetStream (the shared server) and on Kafka (a private tansu broker
+//! with its data in a file, also killed and restarted in some rounds).
 //!
 //! The random choices come from a seed printed at the start; `CRASH_SEED=N` replays
 //! them (the processes' timing still varies).
@@ -25,6 +28,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::broker::{TestStream, nats_url};
+use common::kafka::PrivateKafka;
 use common::pg::{Schema, database_url};
 use common::{Killed, bank, bank_bin, block_on, statements, statements_bin};
 use cqrs_postgres::sqlx::postgres::PgRow;
@@ -345,22 +349,88 @@ fn stream_messages(name: &str) -> u64 {
     })
 }
 
+/// The broker of one run of the crash test.
+enum Broker {
+    /// A stream of the test's own on the shared NATS server.
+    Nats(TestStream),
+    /// A private Kafka broker, restarted in some rounds.
+    Kafka(PrivateKafka),
+}
+
+impl Broker {
+    /// `--to` / `--from`, `--stream` and `--prefix`.
+    fn args(&self) -> [String; 5] {
+        let (url, stream, prefix) = match self {
+            Broker::Nats(stream) => (nats_url(), &stream.name, &stream.prefix),
+            Broker::Kafka(kafka) => (kafka.url(), &kafka.topic, &kafka.prefix),
+        };
+        let flag = |f: &str| f.to_owned();
+        [
+            url,
+            flag("--stream"),
+            stream.clone(),
+            flag("--prefix"),
+            prefix.clone(),
+        ]
+    }
+
+    /// Whether to restart the broker in this round (never the shared NATS server).
+    fn restarts(&self, rng: &mut Rng) -> bool {
+        matches!(self, Broker::Kafka(_)) && rng.range(0, 4) == 0
+    }
+
+    /// Kills the broker and starts it again on the same data.
+    fn restart(&mut self) {
+        if let Broker::Kafka(kafka) = self {
+            kafka.restart();
+        }
+    }
+
+    /// Checks what the broker holds against the bank's `events`: JetStream keeps each
+    /// event once (it deduplicates the relay's republished messages by id); Kafka
+    /// keeps each at least once (republished messages are stored again, and the
+    /// consumer's inbox drops them). Says how many messages it holds.
+    fn check_held(&self, events: u64, seed: u64) -> u64 {
+        match self {
+            Broker::Nats(stream) => {
+                let held = stream_messages(&stream.name);
+                assert_eq!(
+                    held, events,
+                    "seed {seed}: the broker's stream and the bank's events"
+                );
+                held
+            }
+            Broker::Kafka(kafka) => {
+                let (distinct, held) = kafka.held(events);
+                assert_eq!(
+                    distinct, events,
+                    "seed {seed}: the topic holds every event of the bank"
+                );
+                held
+            }
+        }
+    }
+}
+
 /// Starts `bank relay` (incarnation `n`, logging to its own file).
-fn start_relay(store: &str, stream: &TestStream, logs: &Path, n: u32) -> Killed {
+fn start_relay(store: &str, broker: &Broker, logs: &Path, n: u32) -> Killed {
     Killed::start(
         Command::new(bank_bin())
-            .args(["--store", store, "relay", "--to", &nats_url()])
-            .args(["--stream", &stream.name, "--prefix", &stream.prefix]),
+            .args(["--store", store, "relay", "--to"])
+            .args(broker.args()),
         &logs.join(format!("relay-{n}.log")),
     )
 }
 
 /// Starts `statements consume` (incarnation `n`, logging to its own file).
-fn start_consumer(store: &str, stream: &TestStream, logs: &Path, n: u32) -> Killed {
+fn start_consumer(store: &str, broker: &Broker, logs: &Path, n: u32) -> Killed {
     Killed::start(
         Command::new(statements_bin())
-            .args(["--store", store, "consume", "--from", &nats_url()])
-            .args(["--stream", &stream.name, "--prefix", &stream.prefix]),
+            .args(["--store", store, "consume", "--from"])
+            .args(broker.args())
+            // On Kafka, one static member of the group: each restarted consumer takes
+            // its predecessor's place (tansu does not evict a dead dynamic member).
+            .env("STATEMENTS_INSTANCE", "crash-consumer"),
         &logs.join(format!("consume-{n}.log")),
     )
 }
@@ -381,13 +451,25 @@ fn statements_survive_the_relay_and_the_consumer_killed_at_random() {
     let Some(stream) = TestStream::new() else {
         return;
     };
+    crash_test(Broker::Nats(stream), "nats");
+}
+
+#[test]
+fn statements_survive_kills_and_broker_restarts_on_kafka() {
+    let Some(kafka) = PrivateKafka::start() else {
+        return;
+    };
+    crash_test(Broker::Kafka(kafka), "kafka");
+}
+
+fn crash_test(mut broker: Broker, label: &str) {
     let (Some(bank_schema), Some(schema)) = (Schema::fresh("bank"), Schema::fresh("st")) else {
         return;
     };
     bank_bin(); // built before the clock starts
     let started = Instant::now();
     let seed = Rng::seed();
-    eprintln!("crash test: seed {seed} (CRASH_SEED={seed} replays the random choices)");
+    eprintln!("crash test ({label}): seed {seed} (CRASH_SEED={seed} replays the random choices)");
     let mut rng = Rng::new(seed);
     let (bank_store, store) = (bank_schema.url(), schema.url());
     let dir = tempfile::tempdir().expect("a temporary directory for the logs");
@@ -399,15 +481,15 @@ fn statements_survive_the_relay_and_the_consumer_killed_at_random() {
     // workload, throughout the rounds.
     bank(&bank_store, &["accounts"]);
     let (mut relays, mut consumers) = (1, 1);
-    let mut relay = Some(start_relay(&bank_store, &stream, logs, relays));
-    let mut consumer = Some(start_consumer(&store, &stream, logs, consumers));
+    let mut relay = Some(start_relay(&bank_store, &broker, logs, relays));
+    let mut consumer = Some(start_consumer(&store, &broker, logs, consumers));
     for i in 0..ACCOUNTS {
         bank(&bank_store, &["open", &account(i)]);
         bank(&bank_store, &["deposit", &account(i), "500"]);
     }
     let appender = Appender::start(&bank_store, APPENDERS, &mut rng, logs);
 
-    let (mut relay_kills, mut consumer_kills) = (0, 0);
+    let (mut relay_kills, mut consumer_kills, mut broker_restarts) = (0, 0, 0);
     for _ in 0..ROUNDS {
         std::thread::sleep(rng.millis(100, 900));
         let (kill_relay, kill_consumer) = match rng.range(0, 3) {
@@ -415,6 +497,12 @@ fn statements_survive_the_relay_and_the_consumer_killed_at_random() {
             1 => (false, true),
             _ => (true, true),
         };
+        // The broker, killed with SIGKILL and restarted under whichever of the two
+        // processes is not killed this round.
+        if broker.restarts(&mut rng) {
+            broker.restart();
+            broker_restarts += 1;
+        }
         if kill_relay {
             kill(&mut relay, "relay");
             relay_kills += 1;
@@ -426,11 +514,11 @@ fn statements_survive_the_relay_and_the_consumer_killed_at_random() {
         std::thread::sleep(rng.millis(10, 300));
         if kill_relay {
             relays += 1;
-            relay = Some(start_relay(&bank_store, &stream, logs, relays));
+            relay = Some(start_relay(&bank_store, &broker, logs, relays));
         }
         if kill_consumer {
             consumers += 1;
-            consumer = Some(start_consumer(&store, &stream, logs, consumers));
+            consumer = Some(start_consumer(&store, &broker, logs, consumers));
         }
     }
     let tally = appender.finish();
@@ -473,7 +561,8 @@ fn statements_survive_the_relay_and_the_consumer_killed_at_random() {
                     .collect();
                 panic!(
                     "seed {seed}: the statements did not catch up within {CATCH_UP:?} \
-                     ({relay_kills} relay kills, {consumer_kills} consumer kills); {last}; \
+                     ({relay_kills} relay kills, {consumer_kills} consumer kills, \
+                     {broker_restarts} broker restarts); {last}; \
                      dead letters: {letters:#?}\nthe last consumer's log: {}",
                     consumer.as_ref().map(Killed::log).unwrap_or_default()
                 );
@@ -518,17 +607,14 @@ fn statements_survive_the_relay_and_the_consumer_killed_at_random() {
         (&0.into(), &0.into()),
         "seed {seed}: {stats}"
     );
-    // The relay's restarts republished what was in flight; JetStream kept it once.
-    assert_eq!(
-        stream_messages(&stream.name),
-        events,
-        "seed {seed}: the broker's stream and the bank's events"
-    );
+    // The relay's restarts republished what was in flight.
+    let held = broker.check_held(events, seed);
 
     let account_events: u64 = bank_accounts.values().map(|a| a.version).sum();
     eprintln!(
-        "crash test: seed {seed}, rounds {ROUNDS}, relay kills {relay_kills}, consumer kills \
-         {consumer_kills}, events {events} ({account_events} of {} accounts), bank commands {} \
+        "crash test ({label}): seed {seed}, rounds {ROUNDS}, relay kills {relay_kills}, consumer kills \
+         {consumer_kills}, broker restarts {broker_restarts}, events {events} ({account_events} of {} accounts), \
+         messages on the broker {held}, bank commands {} \
          ({} rejected, {} interrupted at the end), lost 0, applied twice 0, catch-up {:.1} s, duration {:.1} s",
         bank_accounts.len(),
         tally.commands,

@@ -4,6 +4,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod broker;
+pub mod kafka;
 pub mod pg;
 
 use std::fs::File;
