@@ -14,6 +14,7 @@ mod open;
 mod projection;
 mod read_model;
 mod record;
+mod snapshots;
 mod store;
 mod tenants;
 
