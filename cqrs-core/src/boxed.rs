@@ -5,12 +5,14 @@ use std::sync::Arc;
 
 use crate::checkpoint_store::checkpoint_store_table;
 use crate::inspect::inspect_table;
+use crate::lifecycle::lifecycle_table;
 use crate::log::event_log_table;
 use crate::snapshot_store::snapshot_store_table;
 use crate::{
     AppendResult, CheckpointStore, DynCheckpointStore, DynEventLog, DynInspect, DynSnapshotStore,
-    EventData, EventLog, EventStore, ExpectedVersion, Inspect, LogWatcher, Position, RecordedEvent,
-    Result, SnapshotRecord, SnapshotStore, StoreStats, StreamId, StreamInfo, StreamItem,
+    DynStreamLifecycle, EventData, EventLog, EventStore, ExpectedVersion, Inspect, LogWatcher,
+    Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore, StoreStats, StreamId,
+    StreamInfo, StreamItem, StreamLifecycle,
 };
 use uuid::Uuid;
 
@@ -20,7 +22,10 @@ use uuid::Uuid;
 /// to hold a store whose type is only known at run time (picked from a URL at start-up,
 /// say). Each call then costs one allocation and a virtual call; code that knows its
 /// store type stays statically dispatched.
-pub trait DynEventStore: DynSnapshotStore + DynCheckpointStore + DynInspect {}
+pub trait DynEventStore:
+    DynSnapshotStore + DynCheckpointStore + DynInspect + DynStreamLifecycle
+{
+}
 
 impl<S: EventStore + 'static> DynEventStore for S {}
 
@@ -64,3 +69,4 @@ event_log_table!(forward_to_dyn!(BoxEventStore, dyn DynEventStore));
 snapshot_store_table!(forward_to_dyn!(BoxEventStore, dyn DynEventStore));
 checkpoint_store_table!(forward_to_dyn!(BoxEventStore, dyn DynEventStore));
 inspect_table!(forward_to_dyn!(BoxEventStore, dyn DynEventStore));
+lifecycle_table!(forward_to_dyn!(BoxEventStore, dyn DynEventStore));

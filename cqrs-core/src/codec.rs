@@ -166,6 +166,16 @@ impl Codec for JsonCodec {
                 schema_version: record.schema_version,
             });
         }
+        if crate::StreamDeleted::is_tombstone(record) {
+            let deleted =
+                serde_json::from_slice(&record.payload).map_err(|e| decode_error(record, e))?;
+            return E::from_stream_deleted(deleted).ok_or_else(|| {
+                decode_error(
+                    record,
+                    "the event type lists \"$stream-deleted\" but from_stream_deleted gives nothing",
+                )
+            });
+        }
         serde_json::from_slice(&record.payload).map_err(|e| decode_error(record, e))
     }
 

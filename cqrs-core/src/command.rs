@@ -197,7 +197,10 @@ impl<E> From<Error> for CommandError<E> {
             | Error::InvalidInput { .. }
             | Error::Encode { .. }
             | Error::SubjectForgotten { .. }
-            | Error::UnknownSubject { .. } => CommandError::Invalid(error),
+            | Error::UnknownSubject { .. }
+            | Error::StreamDeleted { .. }
+            | Error::StreamNotFound { .. }
+            | Error::Unsupported { .. } => CommandError::Invalid(error),
             other => CommandError::Store(other),
         }
     }

@@ -147,6 +147,40 @@ pub enum Error {
         subject: String,
     },
 
+    /// The stream was deleted ([`delete_stream`](crate::StreamLifecycle::delete_stream)):
+    /// it holds only its tombstone, at `version`, and takes no more events.
+    ///
+    /// Handling: the aggregate is gone for good; report it (HTTP 410). Nothing was
+    /// written.
+    #[error("stream {stream} was deleted (its tombstone is version {version})")]
+    StreamDeleted {
+        /// The deleted stream.
+        stream: StreamId,
+        /// The tombstone's version.
+        version: u64,
+    },
+
+    /// An operation on a whole stream (delete, truncate) found no such stream.
+    ///
+    /// Handling: bad input; nothing was written. Maps to HTTP 404.
+    #[error("stream {stream} has no events")]
+    StreamNotFound {
+        /// The stream asked for.
+        stream: StreamId,
+    },
+
+    /// The store does not implement this operation (a provided body of an optional
+    /// capability, such as [`StreamLifecycle`](crate::StreamLifecycle)).
+    ///
+    /// Handling: use a store that has it; nothing was written.
+    #[error("this event store does not support {operation} (asked for stream {stream})")]
+    Unsupported {
+        /// The operation.
+        operation: &'static str,
+        /// The stream it was asked for.
+        stream: StreamId,
+    },
+
     /// The backend failed: I/O error, lost connection, full disk, ...
     ///
     /// Handling: retry later or report the store as unavailable (HTTP 503).
@@ -163,6 +197,14 @@ impl Error {
     pub fn store(source: impl Into<BoxError>) -> Self {
         Error::Store {
             source: source.into(),
+        }
+    }
+
+    /// Builds an [`Error::Unsupported`].
+    pub fn unsupported(operation: &'static str, stream: &StreamId) -> Self {
+        Error::Unsupported {
+            operation,
+            stream: stream.clone(),
         }
     }
 

@@ -108,6 +108,18 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn schema_version(&self) -> u32 {
         1
     }
+
+    /// This type's value for a tombstone (the record a
+    /// [`delete_stream`](crate::StreamLifecycle::delete_stream) leaves), when
+    /// [`Self::EVENT_TYPES`] lists [`STREAM_DELETED`](crate::STREAM_DELETED): how a
+    /// projection is told that a stream was deleted. The default has none.
+    ///
+    /// The derive writes it for the variant named `"$stream-deleted"`, which must hold
+    /// one [`StreamDeleted`](crate::StreamDeleted) (see there).
+    fn from_stream_deleted(deleted: crate::StreamDeleted) -> Option<Self> {
+        let _ = deleted;
+        None
+    }
 }
 
 /// Metadata recorded with every event: correlation and causation ids, plus free

@@ -20,6 +20,7 @@ mod group;
 mod inbox_memory;
 mod inspect;
 mod keys;
+mod lifecycle;
 mod load;
 mod log;
 mod memory;
@@ -65,8 +66,11 @@ pub use keys::{
     BoxKeyStore, DynKeyStore, ForgetOutcome, InMemoryKeyStore, KeyState, KeyStore, SubjectKey,
     validate_subject,
 };
+pub use lifecycle::{
+    DynStreamLifecycle, STREAM_DELETED, StreamDeleted, StreamLifecycle, validate_restore,
+};
 pub use log::{AppendResult, DynEventLog, EventLog, validate_batch};
-pub use memory::InMemoryEventStore;
+pub use memory::{InMemoryEventStore, check_truncation};
 pub use notify::{LogNotifier, LogWatcher};
 pub use personal::{Personal, SealedValue};
 pub use projection::{Projection, ProjectionError};

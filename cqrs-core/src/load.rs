@@ -166,12 +166,26 @@ where
     ) -> Result<()> {
         let mut events = pin!(events);
         while let Some(record) = events.next().await {
-            let record = self.codec.upcast(record?)?;
+            let record = record?;
+            if crate::StreamDeleted::is_tombstone(&record) {
+                return Err(Error::StreamDeleted {
+                    stream: stream.clone(),
+                    version: record.version,
+                });
+            }
+            let record = self.codec.upcast(record)?;
             if record.version != loaded.version + 1 {
+                // A stream truncated before this version, read without the snapshot that
+                // covers what was cut (none, or one this code cannot use).
+                let hint = if loaded.version == 0 {
+                    " (the stream was truncated and no usable snapshot covers the events removed)"
+                } else {
+                    ""
+                };
                 return Err(Error::corrupt(
                     format!("stream {stream}"),
                     format!(
-                        "expected version {}, found {}",
+                        "expected version {}, found {}{hint}",
                         loaded.version + 1,
                         record.version
                     ),

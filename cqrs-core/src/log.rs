@@ -160,7 +160,8 @@ pub(crate) use event_log_table;
 event_log_table!(define_store_trait!());
 
 /// Checks an append batch: not empty, no event id twice, every event type 1 to 256
-/// bytes without NUL.
+/// bytes without NUL and not starting with `$` (the store's own types, such as the
+/// tombstone [`STREAM_DELETED`](crate::STREAM_DELETED)).
 ///
 /// Backends call this before writing so they all refuse the same batches.
 ///
@@ -181,15 +182,24 @@ pub fn validate_batch(stream: &StreamId, events: &[EventData]) -> Result<()> {
                 event.event_id
             )));
         }
-        if event.event_type.is_empty()
-            || event.event_type.len() > 256
-            || event.event_type.contains('\0')
-        {
+        validate_event_type(&event.event_type)?;
+        if event.event_type.starts_with('$') {
             return Err(crate::Error::invalid_input(format!(
-                "event type must be 1 to 256 bytes without NUL, got {:?}",
+                "event types starting with '$' are the store's own (such as {:?}), got {:?}",
+                crate::STREAM_DELETED,
                 event.event_type
             )));
         }
+    }
+    Ok(())
+}
+
+/// An event type is 1 to 256 bytes without NUL.
+pub(crate) fn validate_event_type(event_type: &str) -> Result<()> {
+    if event_type.is_empty() || event_type.len() > 256 || event_type.contains('\0') {
+        return Err(crate::Error::invalid_input(format!(
+            "event type must be 1 to 256 bytes without NUL, got {event_type:?}"
+        )));
     }
     Ok(())
 }

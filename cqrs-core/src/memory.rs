@@ -10,9 +10,9 @@ use uuid::Uuid;
 use crate::{
     AppendResult, CheckpointStore, Error, EventData, EventLog, ExpectedVersion, Inspect,
     LogNotifier, LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore,
-    StoreStats, StreamId, StreamInfo,
+    StoreStats, StreamDeleted, StreamId, StreamInfo, StreamLifecycle,
 };
-use crate::{validate_batch, validate_checkpoint_name};
+use crate::{validate_batch, validate_checkpoint_name, validate_restore};
 
 /// How many records a reader copies per lock: reads never hold the lock for long and
 /// never copy a whole stream at once.
@@ -23,7 +23,8 @@ const READ_CHUNK: usize = 256;
 /// It implements every contract of the conformance suite and is the reference the other
 /// backends are compared with. Clones share the same data. Nothing survives the process.
 ///
-/// Positions are `Position::new(0, n)` with `n` counting events from 1, gap-free.
+/// Positions are `Position::new(0, n)` with `n` counting events from 1, gap-free until
+/// a stream is deleted or truncated ([`StreamLifecycle`]).
 ///
 /// # Examples
 /// ```
@@ -53,14 +54,44 @@ struct Inner {
 
 #[derive(Debug, Default)]
 struct State {
-    /// The global log; the event at index `i` has sequence `i + 1`.
-    log: Vec<Arc<RecordedEvent>>,
-    /// Per stream, the log index of each version (version `v` at `[v - 1]`).
-    streams: HashMap<StreamId, Vec<usize>>,
+    /// The global log; the event at index `i` has sequence `i + 1`. `None`: removed (a
+    /// deleted or truncated stream's event).
+    log: Vec<Option<Arc<RecordedEvent>>>,
+    /// Events in `log` that are not removed.
+    live: usize,
+    /// Per stream, where its events are.
+    streams: HashMap<StreamId, StreamEntry>,
     /// Event id → log index.
     ids: HashMap<Uuid, usize>,
     snapshots: HashMap<StreamId, SnapshotRecord>,
     checkpoints: HashMap<String, Position>,
+}
+
+/// A stream's events in the log.
+#[derive(Debug)]
+struct StreamEntry {
+    /// The version of `indexes[0]` (1 unless the stream was truncated).
+    first: u64,
+    /// The log index of each version from `first` on.
+    indexes: Vec<usize>,
+    /// The last index is a tombstone.
+    deleted: bool,
+}
+
+impl Default for StreamEntry {
+    fn default() -> Self {
+        StreamEntry {
+            first: 1,
+            indexes: Vec::new(),
+            deleted: false,
+        }
+    }
+}
+
+impl StreamEntry {
+    fn version(&self) -> u64 {
+        self.first - 1 + self.indexes.len() as u64
+    }
 }
 
 impl InMemoryEventStore {
@@ -81,7 +112,32 @@ impl InMemoryEventStore {
 
 impl State {
     fn version_of(&self, stream: &StreamId) -> u64 {
-        self.streams.get(stream).map_or(0, |v| v.len() as u64)
+        self.streams.get(stream).map_or(0, StreamEntry::version)
+    }
+
+    fn record(&self, index: usize) -> Option<&Arc<RecordedEvent>> {
+        self.log.get(index).and_then(Option::as_ref)
+    }
+
+    /// Refuses appends and deletes to a deleted stream.
+    fn check_not_deleted(&self, stream: &StreamId) -> Result<()> {
+        match self.streams.get(stream) {
+            Some(entry) if entry.deleted => Err(Error::StreamDeleted {
+                stream: stream.clone(),
+                version: entry.version(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Removes the events at `indexes` from the log and the id index.
+    fn remove(&mut self, indexes: &[usize]) {
+        for &i in indexes {
+            if let Some(record) = self.log.get_mut(i).and_then(Option::take) {
+                self.ids.remove(&record.event_id);
+                self.live -= 1;
+            }
+        }
     }
 
     /// The outcome of the idempotency check: `None` if no id of the batch is stored yet.
@@ -93,7 +149,7 @@ impl State {
     ) -> Option<Result<AppendResult>> {
         let found: Vec<Option<&Arc<RecordedEvent>>> = events
             .iter()
-            .map(|e| self.ids.get(&e.event_id).map(|&i| &self.log[i]))
+            .map(|e| self.ids.get(&e.event_id).and_then(|&i| self.record(i)))
             .collect();
         if found.iter().all(Option::is_none) {
             return None;
@@ -134,6 +190,7 @@ impl EventLog for InMemoryEventStore {
         validate_batch(stream, &events)?;
         let result = {
             let mut state = self.lock();
+            state.check_not_deleted(stream)?;
             if let Some(outcome) = state.check_duplicates(stream, expected, &events) {
                 return outcome;
             }
@@ -147,7 +204,7 @@ impl EventLog for InMemoryEventStore {
             }
             let recorded_at = SystemTime::now();
             let state = &mut *state;
-            let indexes = state.streams.entry(stream.clone()).or_default();
+            let entry = state.streams.entry(stream.clone()).or_default();
             let mut result = AppendResult {
                 version: actual,
                 position: Position::START,
@@ -158,8 +215,9 @@ impl EventLog for InMemoryEventStore {
                 result.version += 1;
                 result.position = Position::new(0, index as u64 + 1);
                 state.ids.insert(event.event_id, index);
-                indexes.push(index);
-                state.log.push(Arc::new(RecordedEvent {
+                entry.indexes.push(index);
+                state.live += 1;
+                state.log.push(Some(Arc::new(RecordedEvent {
                     event_id: event.event_id,
                     stream: stream.clone(),
                     version: result.version,
@@ -169,7 +227,7 @@ impl EventLog for InMemoryEventStore {
                     recorded_at,
                     payload: event.payload,
                     metadata: event.metadata,
-                }));
+                })));
             }
             result
         };
@@ -184,20 +242,31 @@ impl EventLog for InMemoryEventStore {
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
         let store = self.clone();
         let stream = stream.clone();
-        let first = usize::try_from(from_version.max(1) - 1).unwrap_or(usize::MAX);
-        stream::unfold(first, move |next| {
+        stream::unfold(from_version.max(1), move |next| {
             let chunk: Vec<Result<RecordedEvent>> = {
                 let state = store.lock();
-                let indexes = state.streams.get(&stream).map_or(&[][..], Vec::as_slice);
-                indexes
-                    .iter()
-                    .skip(next)
-                    .take(READ_CHUNK)
-                    .map(|&i| Ok(RecordedEvent::clone(&state.log[i])))
-                    .collect()
+                match state.streams.get(&stream) {
+                    None => Vec::new(),
+                    Some(entry) => {
+                        let skip = next.saturating_sub(entry.first);
+                        let skip = usize::try_from(skip).unwrap_or(usize::MAX);
+                        entry
+                            .indexes
+                            .iter()
+                            .skip(skip)
+                            .take(READ_CHUNK)
+                            .filter_map(|&i| state.record(i))
+                            .map(|r| Ok(RecordedEvent::clone(r)))
+                            .collect()
+                    }
+                }
             };
+            let next = chunk
+                .last()
+                .and_then(|r| r.as_ref().ok())
+                .map_or(next, |r| r.version + 1);
             let len = chunk.len();
-            async move { (len > 0).then(|| (stream::iter(chunk), next + len)) }
+            async move { (len > 0).then(|| (stream::iter(chunk), next)) }
         })
         .flatten()
     }
@@ -216,20 +285,23 @@ impl EventLog for InMemoryEventStore {
         };
         let limit = limit.map_or(usize::MAX, |l| usize::try_from(l).unwrap_or(usize::MAX));
         // End at the end of the log as it is now, so a reader under constant writes ends.
-        let limit = limit.min(self.lock().log.len().saturating_sub(first));
-        stream::unfold((first, limit), move |(next, remaining)| {
+        let limit = limit.min(self.lock().live);
+        let end = self.lock().log.len();
+        stream::unfold((first, limit), move |(mut next, remaining)| {
             let chunk: Vec<Result<RecordedEvent>> = {
                 let state = store.lock();
-                state
-                    .log
-                    .iter()
-                    .skip(next)
-                    .take(READ_CHUNK.min(remaining))
-                    .map(|r| Ok(RecordedEvent::clone(r)))
-                    .collect()
+                let mut chunk = Vec::new();
+                // Removed events are holes: skip them, within the end of the log as it was.
+                while next < end && chunk.len() < READ_CHUNK.min(remaining) {
+                    if let Some(record) = state.record(next) {
+                        chunk.push(Ok(RecordedEvent::clone(record)));
+                    }
+                    next += 1;
+                }
+                chunk
             };
             let len = chunk.len();
-            async move { (len > 0).then(|| (stream::iter(chunk), (next + len, remaining - len))) }
+            async move { (len > 0).then(|| (stream::iter(chunk), (next, remaining - len))) }
         })
         .flatten()
     }
@@ -278,17 +350,18 @@ impl Inspect for InMemoryEventStore {
         Ok(state
             .ids
             .get(&event_id)
-            .map(|&i| &state.log[i])
+            .and_then(|&i| state.record(i))
             .filter(|r| r.stream == *stream)
             .map(|r| RecordedEvent::clone(r)))
     }
 
     async fn count_events(&self, after: Position) -> Result<u64> {
-        let len = self.lock().log.len() as u64;
+        let state = self.lock();
         Ok(if after.commit > 0 {
             0
         } else {
-            len.saturating_sub(after.sequence)
+            let first = usize::try_from(after.sequence).unwrap_or(usize::MAX);
+            state.log.iter().skip(first).flatten().count() as u64
         })
     }
 
@@ -297,10 +370,10 @@ impl Inspect for InMemoryEventStore {
             .lock()
             .streams
             .iter()
-            .map(|(stream, versions)| {
+            .map(|(stream, entry)| {
                 Ok(StreamInfo {
                     stream: stream.clone(),
-                    version: versions.len() as u64,
+                    version: entry.version(),
                 })
             })
             .collect();
@@ -311,10 +384,191 @@ impl Inspect for InMemoryEventStore {
         let state = self.lock();
         Ok(StoreStats {
             streams: state.streams.len() as u64,
-            events: state.log.len() as u64,
+            events: state.live as u64,
             snapshots: Some(state.snapshots.len() as u64),
         })
     }
+}
+
+impl StreamLifecycle for InMemoryEventStore {
+    async fn delete_stream(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
+        let result = {
+            let mut state = self.lock();
+            state.check_not_deleted(stream)?;
+            let actual = state.version_of(stream);
+            if actual == 0 {
+                return Err(Error::StreamNotFound {
+                    stream: stream.clone(),
+                });
+            }
+            if !expected.matches(actual) {
+                return Err(Error::Conflict {
+                    stream: stream.clone(),
+                    expected,
+                    actual,
+                });
+            }
+            let tombstone = StreamDeleted::new(actual).event_data();
+            let state = &mut *state;
+            let index = state.log.len();
+            let result = AppendResult {
+                version: actual + 1,
+                position: Position::new(0, index as u64 + 1),
+                duplicate: false,
+            };
+            let entry = state.streams.entry(stream.clone()).or_default();
+            let removed = std::mem::take(&mut entry.indexes);
+            *entry = StreamEntry {
+                first: actual + 1,
+                indexes: vec![index],
+                deleted: true,
+            };
+            state.remove(&removed);
+            state.snapshots.remove(stream);
+            state.ids.insert(tombstone.event_id, index);
+            state.live += 1;
+            state.log.push(Some(Arc::new(RecordedEvent {
+                event_id: tombstone.event_id,
+                stream: stream.clone(),
+                version: result.version,
+                position: result.position,
+                event_type: tombstone.event_type,
+                schema_version: tombstone.schema_version,
+                recorded_at: SystemTime::now(),
+                payload: tombstone.payload,
+                metadata: tombstone.metadata,
+            })));
+            result
+        };
+        self.inner.notifier.notify();
+        Ok(result)
+    }
+
+    async fn truncate_stream(&self, stream: &StreamId, before: u64) -> Result<u64> {
+        let mut state = self.lock();
+        state.check_not_deleted(stream)?;
+        let version = state.version_of(stream);
+        if version == 0 {
+            return Err(Error::StreamNotFound {
+                stream: stream.clone(),
+            });
+        }
+        check_truncation(stream, before, version, state.snapshots.get(stream))?;
+        let state = &mut *state;
+        let Some(entry) = state.streams.get_mut(stream) else {
+            return Ok(0);
+        };
+        let cut = usize::try_from(before.saturating_sub(entry.first))
+            .unwrap_or(usize::MAX)
+            .min(entry.indexes.len());
+        let removed: Vec<usize> = entry.indexes.drain(..cut).collect();
+        entry.first += cut as u64;
+        state.remove(&removed);
+        Ok(cut as u64)
+    }
+
+    async fn restore_stream(&self, stream: &StreamId, records: Vec<RecordedEvent>) -> Result<u64> {
+        validate_restore(stream, &records)?;
+        let count = records.len() as u64;
+        {
+            let mut state = self.lock();
+            let (first, last) = match (records.first(), records.last()) {
+                (Some(first), Some(last)) => (first.version, last.version),
+                _ => return Ok(0),
+            };
+            let tombstone = match state.streams.get(stream) {
+                None => None,
+                Some(entry) if entry.deleted && entry.version() == last + 1 => {
+                    entry.indexes.last().copied()
+                }
+                Some(entry) => {
+                    return Err(Error::Conflict {
+                        stream: stream.clone(),
+                        expected: ExpectedVersion::Exact(last + 1),
+                        actual: entry.version(),
+                    });
+                }
+            };
+            for record in &records {
+                if let Some(&i) = state.ids.get(&record.event_id) {
+                    let existing = state.record(i).map_or(stream, |r| &r.stream);
+                    return Err(Error::DuplicateEventId {
+                        event_id: record.event_id,
+                        existing_stream: existing.clone(),
+                    });
+                }
+                let free = record.position.commit == 0
+                    && usize::try_from(record.position.sequence)
+                        .ok()
+                        .and_then(|n| n.checked_sub(1))
+                        .is_some_and(|i| i < state.log.len() && state.log[i].is_none());
+                if !free {
+                    return Err(Error::invalid_input(format!(
+                        "restore to {stream}: position {} of version {} is taken or not this store's",
+                        record.position, record.version
+                    )));
+                }
+            }
+            let state = &mut *state;
+            if let Some(tombstone) = tombstone {
+                state.remove(&[tombstone]);
+            }
+            let mut indexes = Vec::with_capacity(records.len());
+            for record in records {
+                // Checked above: a free slot of the log.
+                let index = (record.position.sequence - 1) as usize;
+                state.ids.insert(record.event_id, index);
+                state.live += 1;
+                indexes.push(index);
+                state.log[index] = Some(Arc::new(record));
+            }
+            state.streams.insert(
+                stream.clone(),
+                StreamEntry {
+                    first,
+                    indexes,
+                    deleted: false,
+                },
+            );
+        }
+        self.inner.notifier.notify();
+        Ok(count)
+    }
+}
+
+/// Checks a truncation of a stream at `version` before `before`: `before` within the
+/// stream, and a snapshot at `before` or later (its own event is kept: loads check that
+/// the event at the snapshot's version exists, which shows it is not ahead).
+///
+/// Backends call this so they all refuse the same truncations.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the problem.
+pub fn check_truncation(
+    stream: &StreamId,
+    before: u64,
+    version: u64,
+    snapshot: Option<&SnapshotRecord>,
+) -> Result<()> {
+    if before == 0 || before > version + 1 {
+        return Err(Error::invalid_input(format!(
+            "truncate {stream} before version {before}: the stream is at version {version}, \
+             so the version must be 1 to {}",
+            version + 1
+        )));
+    }
+    let covered = snapshot.map_or(0, |s| s.version);
+    if before > 1 && (covered < before || covered > version) {
+        return Err(Error::invalid_input(format!(
+            "truncate {stream} before version {before}: no snapshot at version {before} or \
+             later (the latest is at {covered}), so a load could not rebuild the state"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

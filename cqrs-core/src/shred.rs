@@ -17,7 +17,7 @@ use crate::personal::MARKER;
 use crate::{
     AppendResult, CheckpointStore, Error, EventData, EventLog, ExpectedVersion, ForgetOutcome,
     Inspect, KeyState, KeyStore, LogWatcher, Personal, Position, RecordedEvent, Result,
-    SnapshotRecord, SnapshotStore, StoreStats, StreamId, StreamInfo, SubjectKey,
+    SnapshotRecord, SnapshotStore, StoreStats, StreamId, StreamInfo, StreamLifecycle, SubjectKey,
 };
 
 /// Associated data of every ciphertext, before the subject id: a ciphertext opens only
@@ -506,6 +506,44 @@ impl<S: CheckpointStore, K: KeyStore> CheckpointStore for Shredded<S, K> {
         position: Position,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         self.inner.save_checkpoint(name, position)
+    }
+}
+
+/// Archives keep the sealed values: [`read_stored`](StreamLifecycle::read_stored) reads
+/// the inner store, and [`restore_stream`](StreamLifecycle::restore_stream) puts the
+/// sealed records back as they were. A subject forgotten since the archive was made
+/// stays forgotten: its values come back erased.
+impl<S: StreamLifecycle, K: KeyStore> StreamLifecycle for Shredded<S, K> {
+    fn delete_stream<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        expected: ExpectedVersion,
+    ) -> impl Future<Output = Result<AppendResult>> + Send + 'a {
+        self.inner.delete_stream(stream, expected)
+    }
+
+    fn truncate_stream<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        before: u64,
+    ) -> impl Future<Output = Result<u64>> + Send + 'a {
+        self.inner.truncate_stream(stream, before)
+    }
+
+    fn restore_stream<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        records: Vec<RecordedEvent>,
+    ) -> impl Future<Output = Result<u64>> + Send + 'a {
+        self.inner.restore_stream(stream, records)
+    }
+
+    fn read_stored<'a>(
+        &'a self,
+        stream: &'a StreamId,
+        from_version: u64,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
+        self.inner.read_stored(stream, from_version)
     }
 }
 

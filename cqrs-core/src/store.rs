@@ -1,9 +1,10 @@
 //! The umbrella of the store traits.
 
-use crate::{CheckpointStore, Inspect, SnapshotStore};
+use crate::{CheckpointStore, Inspect, SnapshotStore, StreamLifecycle};
 
 /// A store with every capability: [`EventLog`](crate::EventLog) (the one trait a backend
-/// must implement), [`SnapshotStore`], [`CheckpointStore`] and [`Inspect`].
+/// must implement), [`SnapshotStore`], [`CheckpointStore`], [`Inspect`] and
+/// [`StreamLifecycle`].
 ///
 /// Implemented for every type that has the four; never implement it yourself. Bound on
 /// it where you need everything (the operations tools do); bound on the narrow traits
@@ -15,6 +16,7 @@ use crate::{CheckpointStore, Inspect, SnapshotStore};
 /// | [`SnapshotStore`] | `load_snapshot`, `save_snapshot` | `read_stream_from_snapshot` |
 /// | [`CheckpointStore`] | `load_checkpoint`, `save_checkpoint` | |
 /// | [`Inspect`] | | `find_event`, `count_events`, `list_streams`, `stats` |
-pub trait EventStore: SnapshotStore + CheckpointStore + Inspect {}
+/// | [`StreamLifecycle`] | | `delete_stream`, `truncate_stream`, `restore_stream`, `read_stored` |
+pub trait EventStore: SnapshotStore + CheckpointStore + Inspect + StreamLifecycle {}
 
-impl<S: SnapshotStore + CheckpointStore + Inspect + ?Sized> EventStore for S {}
+impl<S: SnapshotStore + CheckpointStore + Inspect + StreamLifecycle + ?Sized> EventStore for S {}

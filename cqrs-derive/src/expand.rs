@@ -79,6 +79,18 @@ fn enum_events(input: &DeriveInput, data: &DataEnum) -> syn::Result<Vec<EventTyp
         } else {
             taken.insert(name.value(), variant.ident.clone());
         }
+        if name.value() == TOMBSTONE
+            && !matches!(&variant.fields, syn::Fields::Unnamed(f) if f.unnamed.len() == 1)
+        {
+            errors.at(
+                name.span(),
+                format!(
+                    "the {TOMBSTONE:?} variant holds one field, a cqrs_core::StreamDeleted: \
+                     `{}(StreamDeleted)`",
+                    variant.ident
+                ),
+            );
+        }
         events.push(EventType {
             variant: Some(variant.ident.clone()),
             name,
@@ -88,6 +100,9 @@ fn enum_events(input: &DeriveInput, data: &DataEnum) -> syn::Result<Vec<EventTyp
     errors.finish()?;
     Ok(events)
 }
+
+/// The name of the tombstone's event type (`cqrs_core::STREAM_DELETED`).
+const TOMBSTONE: &str = "$stream-deleted";
 
 /// The name of a type or variant without `#[event(name = "...")]`: its identifier, as
 /// written (without `r#`), spanned there so a duplicate points at it.
@@ -119,6 +134,17 @@ fn implementation(input: &DeriveInput, events: &[EventType]) -> TokenStream {
                 }
             }
         });
+    let from_stream_deleted = events
+        .iter()
+        .filter(|event| event.name.value() == TOMBSTONE)
+        .find_map(|event| event.variant.as_ref())
+        .map(|variant| {
+            quote! {
+                fn from_stream_deleted(deleted: ::cqrs_core::StreamDeleted) -> Option<Self> {
+                    Some(Self::#variant(deleted))
+                }
+            }
+        });
     quote! {
         #[automatically_derived]
         impl #impl_generics ::cqrs_core::DomainEvent for #ty #ty_generics #where_clause {
@@ -129,6 +155,8 @@ fn implementation(input: &DeriveInput, events: &[EventType]) -> TokenStream {
             }
 
             #schema_version
+
+            #from_stream_deleted
         }
     }
 }

@@ -63,6 +63,7 @@ mod decoding;
 pub mod dispatch;
 pub mod inbox;
 mod inspection;
+mod lifecycle;
 mod memory;
 pub mod publisher;
 mod reads;
@@ -89,6 +90,10 @@ pub use decoding::{
     unknown_event_type_and_bad_payload_are_typed_errors, upcasters_apply_on_load_and_read_all,
 };
 pub use inspection::{count_events_and_find_event, list_streams_and_stats};
+pub use lifecycle::{
+    deleted_stream_is_a_tombstone, deleted_stream_restores_exactly,
+    rebuild_after_delete_forgets_the_stream, truncated_stream_loads_from_its_snapshot,
+};
 pub use memory::stream_large_in_bounded_memory;
 pub use reads::{read_empty_stream, stream_ids_do_not_collide, watch_wakes_on_append};
 pub use snapshot_faults::{damaged_snapshot_is_ignored, snapshot_ahead_of_stream_is_ignored};
@@ -280,6 +285,10 @@ macro_rules! store_conformance_tests {
         );
         $crate::store_conformance_tests!(@$mode $args FullCase, run_full_case, [$crate::EventStore]:
             upcasters_apply_on_load_and_read_all,
+            deleted_stream_is_a_tombstone,
+            truncated_stream_loads_from_its_snapshot,
+            deleted_stream_restores_exactly,
+            rebuild_after_delete_forgets_the_stream,
         );
     };
     // The unit type of each case, implementing its group's case trait.
