@@ -493,6 +493,7 @@ impl StreamLifecycle for InMemoryEventStore {
                     });
                 }
             };
+            let mut slots = Vec::with_capacity(records.len());
             for record in &records {
                 if let Some(&i) = state.ids.get(&record.event_id) {
                     let existing = state.record(i).map_or(stream, |r| &r.stream);
@@ -501,26 +502,25 @@ impl StreamLifecycle for InMemoryEventStore {
                         existing_stream: existing.clone(),
                     });
                 }
-                let free = record.position.commit == 0
-                    && usize::try_from(record.position.sequence)
-                        .ok()
-                        .and_then(|n| n.checked_sub(1))
-                        .is_some_and(|i| i < state.log.len() && state.log[i].is_none());
-                if !free {
+                let slot = usize::try_from(record.position.sequence)
+                    .ok()
+                    .and_then(|n| n.checked_sub(1))
+                    .filter(|&i| record.position.commit == 0 && i < state.log.len())
+                    .filter(|&i| state.log[i].is_none());
+                let Some(slot) = slot else {
                     return Err(Error::invalid_input(format!(
                         "restore to {stream}: position {} of version {} is taken or not this store's",
                         record.position, record.version
                     )));
-                }
+                };
+                slots.push(slot);
             }
             let state = &mut *state;
             if let Some(tombstone) = tombstone {
                 state.remove(&[tombstone]);
             }
             let mut indexes = Vec::with_capacity(records.len());
-            for record in records {
-                // Checked above: a free slot of the log.
-                let index = (record.position.sequence - 1) as usize;
+            for (record, index) in records.into_iter().zip(slots) {
                 state.ids.insert(record.event_id, index);
                 state.live += 1;
                 indexes.push(index);

@@ -101,6 +101,9 @@ impl CheckpointStore for Marked {
     }
 }
 
+/// Deleting, truncating and restoring: the provided bodies (unsupported).
+impl cqrs_core::StreamLifecycle for Marked {}
+
 impl Inspect for Marked {
     fn find_event<'a>(
         &'a self,

@@ -269,6 +269,9 @@ async fn live_runner_polls_when_the_store_cannot_notify() {
             self.0.save_checkpoint(n, p)
         }
     }
+    /// Deleting, truncating and restoring: the provided bodies (unsupported).
+    impl cqrs_core::StreamLifecycle for Silent {}
+
     impl Inspect for Silent {
         fn find_event<'a>(
             &'a self,

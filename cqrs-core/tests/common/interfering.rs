@@ -91,6 +91,9 @@ impl CheckpointStore for InterferingStore {
         self.inner.save_checkpoint(name, position).await
     }
 }
+/// Deleting, truncating and restoring: the provided bodies (unsupported).
+impl cqrs_core::StreamLifecycle for InterferingStore {}
+
 impl Inspect for InterferingStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
         self.inner.find_event(stream, event_id).await
