@@ -498,6 +498,9 @@ impl CheckpointStore for PostgresEventStore {
     }
 }
 
+/// Deleting, truncating and restoring streams: not yet (the provided bodies refuse).
+impl cqrs_core::StreamLifecycle for PostgresEventStore {}
+
 impl Inspect for PostgresEventStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
         let row = self

@@ -492,6 +492,9 @@ impl EventLog for SledEventStore {
     }
 }
 
+/// Deleting, truncating and restoring streams: not yet (the provided bodies refuse).
+impl cqrs_core::StreamLifecycle for SledEventStore {}
+
 impl Inspect for SledEventStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
         guard(|| {
