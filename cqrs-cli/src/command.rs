@@ -24,6 +24,92 @@ pub enum OpsCommand {
     /// other services they could not apply.
     #[command(subcommand)]
     DeadLetters(DeadLettersCommand),
+    /// Export streams to an archive file (JSON lines with every event's full envelope,
+    /// checksummed), then delete them from the store (a tombstone stays in each).
+    Archive(ArchiveArgs),
+    /// Put the streams of an archive file back, exactly as they were (same ids,
+    /// versions and log positions). The whole file is checked first: a damaged or
+    /// truncated archive restores nothing (exit code 4).
+    Restore(RestoreArgs),
+    /// Delete a stream for good: its events and snapshot go, a tombstone stays, and
+    /// appends to it fail from then on. Projections get the tombstone.
+    Delete(DeleteArgs),
+    /// Remove a stream's old events, keeping the snapshot loads start from.
+    Truncate(TruncateArgs),
+}
+
+/// Arguments of `archive`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).multiple(false).args(["stream", "before"])))]
+pub struct ArchiveArgs {
+    /// Archive this stream, written `<type>/<id>` (repeat it for several).
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: Vec<String>,
+    /// Archive every stream whose last event was recorded before this instant
+    /// (`YYYY-MM-DD`, midnight UTC, or `YYYY-MM-DDTHH:MM:SSZ`).
+    #[arg(long, value_name = "DATE")]
+    pub before: Option<String>,
+    /// With `--before`: only streams of this aggregate type.
+    #[arg(long = "type", value_name = "TYPE", requires = "before")]
+    pub aggregate_type: Option<String>,
+    /// The archive file to write; it must not exist.
+    #[arg(long, value_name = "FILE")]
+    pub to: std::path::PathBuf,
+    /// Write the archive but delete nothing.
+    #[arg(long)]
+    pub keep: bool,
+    /// Say what would be archived; write and delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `restore`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct RestoreArgs {
+    /// The archive file to read.
+    #[arg(long, value_name = "FILE")]
+    pub from: std::path::PathBuf,
+    /// Restore only this stream of the archive, written `<type>/<id>`.
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: Option<String>,
+    /// Check the archive and say what would be restored; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+pub struct DeleteArgs {
+    /// The stream, written `<type>/<id>`.
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: String,
+    /// Delete only if the stream is at this version (its last event's).
+    #[arg(long, value_name = "N")]
+    pub expected_version: Option<u64>,
+    /// Say what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Arguments of `truncate`.
+#[derive(Debug, Clone, PartialEq, Eq, Args)]
+#[command(group(clap::ArgGroup::new("cut").required(true).multiple(false).args(["before", "at_snapshot"])))]
+pub struct TruncateArgs {
+    /// The stream, written `<type>/<id>`.
+    #[arg(long, value_name = "TYPE/ID")]
+    pub stream: String,
+    /// Remove the events before this version (a snapshot at this version or later
+    /// must exist).
+    #[arg(long, value_name = "N")]
+    pub before: Option<u64>,
+    /// Take a snapshot now (the stream's aggregate must be registered) and remove the
+    /// events before it.
+    #[arg(long)]
+    pub at_snapshot: bool,
+    /// Say what would be removed; remove nothing (with `--at-snapshot`, take no
+    /// snapshot).
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// What `dead-letters` does.

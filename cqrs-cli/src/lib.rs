@@ -1,13 +1,14 @@
 #![doc = include_str!("../README.md")]
 
+mod archive;
 mod command;
 mod error;
 mod ops;
 mod output;
 
 pub use command::{
-    DeadLettersCommand, DeadLettersListArgs, EventsArgs, OpsCommand, RedriveArgs, ReplayArgs,
-    SnapshotArgs,
+    ArchiveArgs, DeadLettersCommand, DeadLettersListArgs, DeleteArgs, EventsArgs, OpsCommand,
+    RedriveArgs, ReplayArgs, RestoreArgs, SnapshotArgs, TruncateArgs,
 };
 pub use error::{Error, Result};
 pub use ops::{

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 
 mod data;
 mod dead_letters;
+mod lifecycle;
 mod progress;
 mod verify;
 
@@ -311,6 +312,10 @@ impl<S: EventStore + Clone + 'static> Operations<S> {
             }
             OpsCommand::Verify => self.verify().await?,
             OpsCommand::DeadLetters(command) => self.dead_letters(command).await?,
+            OpsCommand::Archive(args) => self.archive(args).await?,
+            OpsCommand::Restore(args) => self.restore(args).await?,
+            OpsCommand::Delete(args) => self.delete(args).await?,
+            OpsCommand::Truncate(args) => self.truncate(args).await?,
         };
         if json {
             serde_json::to_writer_pretty(&mut *out, &report.json).map_err(std::io::Error::from)?;
@@ -497,4 +502,15 @@ struct Report {
     json: Value,
     /// `verify` found this many problems: the command fails after its report.
     damaged: Option<u64>,
+}
+
+impl Report {
+    /// A report of an operation that went well.
+    fn ok(text: String, json: Value) -> Self {
+        Report {
+            text,
+            json,
+            damaged: None,
+        }
+    }
 }
