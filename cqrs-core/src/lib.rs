@@ -73,7 +73,7 @@ pub use log::{AppendResult, DynEventLog, EventLog, validate_batch};
 pub use memory::{InMemoryEventStore, check_truncation};
 pub use notify::{LogNotifier, LogWatcher};
 pub use personal::{Personal, SealedValue};
-pub use projection::{Projection, ProjectionError};
+pub use projection::{Projection, ProjectionError, projection_takes};
 pub use repository::Repository;
 pub use retry::RetryPolicy;
 pub use runner::{Progress, ProjectionRunner, RunnerConfig};

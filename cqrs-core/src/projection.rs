@@ -111,6 +111,21 @@ pub trait Projection<Cx = ()>: Send + 'static {
     }
 }
 
+/// Whether `projection` takes `record`: what runners and consumers ask before decoding.
+///
+/// It is [`Projection::wants`], except for a tombstone ([`STREAM_DELETED`](crate::STREAM_DELETED)):
+/// only a projection whose event type lists that type gets it, whatever its `wants`
+/// says. So a `wants` that takes every record of a stream type does not make a
+/// projection stop on a tombstone it cannot decode.
+pub fn projection_takes<P: Projection<Cx>, Cx>(projection: &P, record: &RecordedEvent) -> bool {
+    if crate::StreamDeleted::is_tombstone(record)
+        && !P::Event::EVENT_TYPES.contains(&crate::STREAM_DELETED)
+    {
+        return false;
+    }
+    projection.wants(record)
+}
+
 /// Why a projection runner stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

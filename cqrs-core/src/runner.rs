@@ -392,7 +392,7 @@ where
                 let id = EventRef::of(&record);
                 let undecodable = |e: Error| PassError::Projection(id.stopped(name, 1, e.into()));
                 let record = codec.upcast(record).map_err(undecodable)?;
-                if !projection.wants(&record) {
+                if !crate::projection_takes(projection, &record) {
                     continue;
                 }
                 batch.push(codec.decode_upcast_envelope(record).map_err(undecodable)?);

@@ -449,4 +449,36 @@ pub async fn rebuild_after_delete_forgets_the_stream<S: EventStore + Clone + 'st
         "no tally event of the deleted stream: {:?}",
         log.seen
     );
+    // Even one whose `wants` takes every record of the stream, tombstone included.
+    let mut greedy = ProjectionRunner::new(store.clone(), Greedy(gone_stream, 0));
+    greedy
+        .catch_up()
+        .await
+        .expect("a wants that takes the tombstone must not stop the projection");
+    assert_eq!(
+        greedy.projection().1,
+        0,
+        "the greedy projection got nothing"
+    );
+}
+
+/// Wants every record of one stream, tombstone included, but cannot decode it.
+#[derive(Debug)]
+struct Greedy(StreamId, usize);
+
+impl Projection for Greedy {
+    type Event = TallyEvent;
+
+    fn name(&self) -> &str {
+        "conformance-greedy"
+    }
+
+    fn wants(&self, record: &RecordedEvent) -> bool {
+        record.stream == self.0
+    }
+
+    async fn apply(&mut self, _: &mut (), batch: &[Envelope<TallyEvent>]) -> Result<(), BoxError> {
+        self.1 += batch.len();
+        Ok(())
+    }
 }

@@ -70,7 +70,7 @@ pub(super) fn parse<C: Codec, P: Projection<Cx>, Cx>(
             return Parsed::Undecodable { record, reason };
         }
     };
-    if !projection.wants(&upcast) {
+    if !crate::projection_takes(projection, &upcast) {
         return Parsed::Event {
             record,
             envelope: None,
