@@ -29,6 +29,10 @@ pub enum BankError {
     /// written: [`is_invalid_input`](Self::is_invalid_input).
     #[error("invalid input")]
     InvalidInput(#[source] BoxError),
+    /// The account's stream was deleted (`bank delete`, `bank archive`):
+    /// [`is_gone`](Self::is_gone).
+    #[error("the account was deleted")]
+    Deleted(#[source] BoxError),
     /// Concurrent writers kept winning: [`is_conflict`](Self::is_conflict); try again.
     #[error("too many concurrent changes, try again")]
     Conflict(#[source] BoxError),
@@ -65,6 +69,11 @@ impl BankError {
         )
     }
 
+    /// The account was deleted or archived (HTTP 410, exit 1).
+    pub fn is_gone(&self) -> bool {
+        matches!(self, BankError::Deleted(_))
+    }
+
     /// Concurrent writers kept winning (HTTP 409, exit 3).
     pub fn is_conflict(&self) -> bool {
         matches!(self, BankError::Conflict(_))
@@ -85,6 +94,9 @@ impl<E: Into<BankError> + StdError + Send + Sync + 'static> From<CommandError<E>
     fn from(e: CommandError<E>) -> Self {
         match e {
             CommandError::Rejected(reason) => reason.into(),
+            CommandError::Invalid(e @ cqrs_core::Error::StreamDeleted { .. }) => {
+                BankError::Deleted(e.into())
+            }
             CommandError::Invalid(e) => BankError::InvalidInput(e.into()),
             e if e.is_conflict() => BankError::Conflict(e.into()),
             e => BankError::Store(e.into()),

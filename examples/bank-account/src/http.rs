@@ -49,6 +49,7 @@ impl From<BankError> for ApiError {
         let status = match () {
             () if e.is_invalid_input() => StatusCode::BAD_REQUEST,
             () if e.is_not_found() => StatusCode::NOT_FOUND,
+            () if e.is_gone() => StatusCode::GONE,
             () if e.is_rejected() => StatusCode::UNPROCESSABLE_ENTITY,
             () if e.is_conflict() => StatusCode::CONFLICT,
             () => StatusCode::SERVICE_UNAVAILABLE,
@@ -351,6 +352,7 @@ mod tests {
         let cases = [
             (BankError::InvalidInput("x".into()), StatusCode::BAD_REQUEST),
             (AccountError::Unknown.into(), StatusCode::NOT_FOUND),
+            (BankError::Deleted("x".into()), StatusCode::GONE),
             (TransferError::Unknown.into(), StatusCode::NOT_FOUND),
             (
                 AccountError::Closed.into(),

@@ -213,7 +213,7 @@ impl From<BankError> for Failure {
     /// The exit code is chosen by the error's predicates.
     fn from(e: BankError) -> Self {
         let code = match () {
-            () if e.is_rejected() => 1,
+            () if e.is_rejected() || e.is_gone() => 1,
             () if e.is_invalid_input() => 2,
             () => 3,
         };

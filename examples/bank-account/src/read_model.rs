@@ -125,6 +125,8 @@ pub fn fold(row: Option<StoredRow>, e: &Envelope<AccountEvent>) -> (StoredRow, H
         AccountEvent::TransferDebited { to, .. } => ("transfer_out", Some(to.clone())),
         AccountEvent::TransferCredited { from, .. } => ("transfer_in", Some(from.clone())),
         AccountEvent::TransferRefunded { .. } => ("refund", None),
+        // The projections drop the account instead (see `apply`).
+        AccountEvent::Deleted(_) => ("deleted", None),
     };
     let recorded_at = e.recorded_at.duration_since(UNIX_EPOCH).unwrap_or_default();
     let history = HistoryRow {
@@ -310,6 +312,13 @@ impl Projection<ReadModelTx> for SledProjection {
     ) -> Result<(), BoxError> {
         for e in batch {
             let id = e.stream.id().as_bytes();
+            if let AccountEvent::Deleted(deleted) = e.event {
+                tx.remove(ROWS, id);
+                for version in 1..=deleted.last_version {
+                    tx.remove(HISTORY, &[id, b"\0", &version.to_be_bytes()].concat());
+                }
+                continue;
+            }
             let row = tx.get(ROWS, id)?.map(|row| serde_json::from_slice(&row));
             let (row, line) = fold(row.transpose()?, e);
             tx.insert(ROWS, id, &serde_json::to_vec(&row)?);
@@ -466,8 +475,17 @@ impl Projection<PgConnection> for PgProjection {
              INSERT INTO \"{s}\".bank_accounts VALUES ($1, $4)
              ON CONFLICT (account) DO UPDATE SET row = EXCLUDED.row"
         );
+        let drop = format!(
+            "WITH rows AS (DELETE FROM \"{s}\".bank_accounts WHERE account = $1)
+             DELETE FROM \"{s}\".bank_history WHERE account = $1"
+        );
         for e in batch {
             let id = e.stream.id();
+            if let AccountEvent::Deleted(_) = e.event {
+                let query = sqlx::query(AssertSqlSafe(drop.as_str())).bind(id);
+                query.execute(&mut *conn).await?;
+                continue;
+            }
             let query = sqlx::query_scalar(AssertSqlSafe(select.as_str())).bind(id);
             let row: Option<serde_json::Value> = query.fetch_optional(&mut *conn).await?;
             let (row, line) = fold(row.map(serde_json::from_value).transpose()?, e);

@@ -166,6 +166,8 @@ impl Aggregate for Account {
                 self.owner = owner;
             }
             AccountEvent::Closed => self.status = AccountStatus::Closed,
+            // A load of a deleted stream stops at its tombstone (`Error::StreamDeleted`).
+            AccountEvent::Deleted(_) => {}
             AccountEvent::Withdrawn { amount, day } => {
                 if day != self.withdrawal_day {
                     (self.withdrawal_day, self.withdrawn_that_day) = (day, 0);

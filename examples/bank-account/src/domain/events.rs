@@ -1,6 +1,6 @@
 //! What happened to accounts and transfers.
 
-use cqrs_core::{DomainEvent, Personal};
+use cqrs_core::{DomainEvent, Personal, StreamDeleted};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -67,6 +67,10 @@ pub enum AccountEvent {
         /// Why the transfer failed.
         reason: String,
     },
+    /// The account's stream was deleted (`bank delete` or `bank archive`): its tombstone,
+    /// written by the store, never by a command. The read model drops the account.
+    #[event(name = "$stream-deleted")]
+    Deleted(StreamDeleted),
 }
 
 impl AccountEvent {
@@ -78,7 +82,7 @@ impl AccountEvent {
             | AccountEvent::TransferRefunded { amount, .. } => amount.get(),
             AccountEvent::Withdrawn { amount, .. }
             | AccountEvent::TransferDebited { amount, .. } => -amount.get(),
-            AccountEvent::Opened { .. } | AccountEvent::Closed => 0,
+            AccountEvent::Opened { .. } | AccountEvent::Closed | AccountEvent::Deleted(_) => 0,
         }
     }
 }
@@ -165,6 +169,10 @@ mod tests {
                     reason: "no such account".into(),
                 },
                 "TransferRefunded",
+            ),
+            (
+                AccountEvent::Deleted(StreamDeleted::new(3)),
+                cqrs_core::STREAM_DELETED,
             ),
         ];
         let names: Vec<_> = accounts.iter().map(|(_, name)| *name).collect();
