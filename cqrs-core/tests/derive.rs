@@ -248,3 +248,42 @@ async fn the_store_keeps_the_derived_names_and_versions() {
     );
     assert_eq!(accounts.load("a1").await.unwrap().state.balance, 6);
 }
+
+/// A row projection's events: the tally's and the tombstone, in one derived enum.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, DomainEvent)]
+enum RowEvent {
+    #[event(name = "MoneyDeposited")]
+    Deposited { cents: u64 },
+    #[event(name = "$stream-deleted")]
+    Deleted(cqrs_core::StreamDeleted),
+}
+
+/// The derive writes `from_stream_deleted` for the `"$stream-deleted"` variant, so the
+/// codec decodes a tombstone into it; a type without that variant has none.
+#[tokio::test]
+async fn a_derived_tombstone_variant_decodes_the_tombstone() {
+    use cqrs_core::{Codec, JsonCodec, StreamLifecycle};
+
+    assert_eq!(
+        RowEvent::EVENT_TYPES,
+        ["MoneyDeposited", cqrs_core::STREAM_DELETED]
+    );
+    let store = InMemoryEventStore::new();
+    let accounts = Repository::<Account, _>::new(store.clone(), ());
+    accounts.execute("a2", &every_variant()).await.unwrap();
+    let stream = Account::stream_id("a2").unwrap();
+    let expected = cqrs_core::ExpectedVersion::Exact(5);
+    store.delete_stream(&stream, expected).await.unwrap();
+    let records: Vec<_> = store.read_stream(&stream, 1).try_collect().await.unwrap();
+    let decoded: RowEvent = JsonCodec::new().decode(&records[0]).unwrap();
+    assert_eq!(decoded, RowEvent::Deleted(cqrs_core::StreamDeleted::new(5)));
+    assert_eq!(decoded.event_type(), cqrs_core::STREAM_DELETED);
+    assert!(matches!(
+        JsonCodec::new().decode::<AccountEvent>(&records[0]),
+        Err(cqrs_core::Error::UnknownEventType { .. })
+    ));
+    assert!(matches!(
+        accounts.load("a2").await,
+        Err(cqrs_core::Error::StreamDeleted { version: 6, .. })
+    ));
+}

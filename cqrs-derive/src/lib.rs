@@ -73,12 +73,20 @@ mod expand;
 /// Both keys may be written in one attribute or in several. On an enum they go on the
 /// variants, not on the enum.
 ///
+/// # The tombstone variant
+///
+/// A variant named `"$stream-deleted"` (`cqrs_core::STREAM_DELETED`) holding one
+/// `cqrs_core::StreamDeleted` receives the tombstone a deleted stream leaves: the derive
+/// writes `from_stream_deleted` for it, so a projection over this type is told which
+/// stream was deleted. Commands cannot append it (`$` names are the store's own).
+///
 /// # Compile errors
 ///
 /// The derive refuses, pointing at the offending tokens: two variants with one name, an
 /// empty name, a key other than `name` and `schema_version`, a key given twice, a
 /// `schema_version` that is not an integer from 1 to `u32::MAX`, `#[event]` on the enum
-/// itself or on a field, and a union. Every mistake of one type is reported in one build.
+/// itself or on a field, a `"$stream-deleted"` variant not holding exactly one field,
+/// and a union. Every mistake of one type is reported in one build.
 #[proc_macro_derive(DomainEvent, attributes(event))]
 pub fn derive_domain_event(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);
