@@ -388,6 +388,14 @@ async fn delete_and_truncate<S: EventStore + Clone + 'static>(store: S) {
     );
     let loaded = f.counters.load("b").await.unwrap();
     assert_eq!((loaded.state.value, loaded.version), (10, 5));
+    let verified = run(&f.ops, &["verify"])
+        .await
+        .expect("deleted and truncated streams are intact");
+    assert_eq!(
+        verified["problems"].as_array().map(Vec::len),
+        Some(0),
+        "{verified}"
+    );
 
     // A truncated stream archives with its snapshot, and restores loadable.
     let path = f.dir.path().join("b.jsonl");

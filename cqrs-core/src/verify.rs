@@ -4,7 +4,7 @@ use std::pin::pin;
 
 use futures::StreamExt;
 
-use crate::{Error, Inspect, Position, Result, StreamId};
+use crate::{Error, Inspect, Position, RecordedEvent, Result, SnapshotStore, StreamId};
 
 /// At most this many problems are kept in a [`Verification`]; the rest are counted.
 pub const MAX_REPORTED_PROBLEMS: usize = 1000;
@@ -124,7 +124,8 @@ impl std::fmt::Display for Problem {
 
 /// Reads the whole store and reports what is damaged: every record of the global log
 /// (each must be readable; positions must increase), every stream (versions `1..=n`
-/// without a gap, each record readable), and the counts (the log, the store's
+/// without a gap, each record readable; a deleted stream starts at its tombstone, a
+/// truncated one at the first event its snapshot does not cover), and the counts (the log, the store's
 /// `count_events` and the streams must agree). Memory stays bounded: records are
 /// streamed, and at most [`MAX_REPORTED_PROBLEMS`] problems are kept.
 ///
@@ -155,7 +156,7 @@ impl std::fmt::Display for Problem {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn verify<S: Inspect>(
+pub async fn verify<S: Inspect + SnapshotStore>(
     store: &S,
     mut on_progress: impl FnMut(u64),
 ) -> Result<Verification> {
@@ -190,7 +191,14 @@ pub async fn verify<S: Inspect>(
             found.stream_records += 1;
             match item {
                 Ok(record) => {
-                    if record.version != expected {
+                    let first = found_first(&mut expected, &record);
+                    if first && record.version > 1 && !retired(store, &record).await? {
+                        found.found(Problem::StreamGap {
+                            stream: info.stream.clone(),
+                            expected: 1,
+                            found: Some(record.version),
+                        });
+                    } else if !first && record.version != expected {
                         found.found(Problem::StreamGap {
                             stream: info.stream.clone(),
                             expected,
@@ -226,6 +234,27 @@ pub async fn verify<S: Inspect>(
     Ok(found)
 }
 
+/// Whether `record` is the first one read of its stream (`expected` is still 1, and
+/// becomes the record's version: a retired stream starts later).
+fn found_first(expected: &mut u64, record: &RecordedEvent) -> bool {
+    let first = *expected == 1;
+    if first {
+        *expected = record.version;
+    }
+    first
+}
+
+/// Whether a stream whose first record is `first` (at a version above 1) was retired on
+/// purpose: deleted (the record is its tombstone) or truncated (a snapshot covers the
+/// events before it, ADR 0031). Otherwise its first events are missing.
+async fn retired<S: SnapshotStore>(store: &S, first: &RecordedEvent) -> Result<bool> {
+    if crate::StreamDeleted::is_tombstone(first) {
+        return Ok(true);
+    }
+    let snapshot = store.load_snapshot(&first.stream).await?;
+    Ok(snapshot.is_some_and(|s| s.version >= first.version))
+}
+
 /// A record error as a problem; any other error stops verification.
 fn unreadable(e: Error) -> Result<Problem> {
     match &e {
@@ -243,5 +272,84 @@ fn unreadable(e: Error) -> Result<Problem> {
             error: e.to_string(),
         }),
         _ => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{
+        EventData, EventLog, ExpectedVersion, InMemoryEventStore, SnapshotRecord, SnapshotStore,
+        StreamId, StreamLifecycle, verify,
+    };
+
+    fn events(n: usize) -> Vec<EventData> {
+        (0..n)
+            .map(|_| EventData::new("E", b"{}".to_vec()))
+            .collect()
+    }
+
+    /// A deleted stream (its tombstone alone) and a truncated one (from its snapshot's
+    /// event on) are intact; a stream restored without the snapshot that covered its
+    /// start is a gap.
+    #[tokio::test]
+    async fn retired_streams_are_intact_and_a_start_without_snapshot_is_a_gap() {
+        let store = InMemoryEventStore::new();
+        let (deleted, cut) = (
+            StreamId::new("t", "deleted").unwrap(),
+            StreamId::new("t", "cut").unwrap(),
+        );
+        store
+            .append(&deleted, ExpectedVersion::NoStream, events(3))
+            .await
+            .unwrap();
+        store
+            .append(&cut, ExpectedVersion::NoStream, events(5))
+            .await
+            .unwrap();
+        store
+            .delete_stream(&deleted, ExpectedVersion::Exact(3))
+            .await
+            .unwrap();
+        let snapshot = SnapshotRecord {
+            version: 4,
+            schema_version: 1,
+            payload: b"{}".to_vec(),
+        };
+        store.save_snapshot(&cut, snapshot).await.unwrap();
+        assert_eq!(store.truncate_stream(&cut, 4).await.unwrap(), 3);
+        let found = verify(&store, |_| {}).await.unwrap();
+        assert!(found.is_intact(), "{:?}", found.problems);
+
+        // Records restored from version 3 on, with no snapshot: the start is missing.
+        let (gone, orphan) = (
+            StreamId::new("t", "gone").unwrap(),
+            StreamId::new("t", "orphan").unwrap(),
+        );
+        store
+            .append(&gone, ExpectedVersion::NoStream, events(4))
+            .await
+            .unwrap();
+        let records: Vec<_> = {
+            use futures::TryStreamExt;
+            store.read_stream(&gone, 3).try_collect().await.unwrap()
+        };
+        store
+            .delete_stream(&gone, ExpectedVersion::Exact(4))
+            .await
+            .unwrap();
+        let moved = records.into_iter().map(|mut r| {
+            r.stream = orphan.clone();
+            r
+        });
+        store
+            .restore_stream(&orphan, moved.collect())
+            .await
+            .unwrap();
+        let found = verify(&store, |_| {}).await.unwrap();
+        assert_eq!(found.problems.len(), 1, "{:?}", found.problems);
+        assert!(matches!(
+            &found.problems[0],
+            crate::Problem::StreamGap { stream, expected: 1, found: Some(3) } if *stream == orphan
+        ));
     }
 }
