@@ -76,7 +76,7 @@ pub use personal::{Personal, SealedValue};
 pub use projection::{Projection, ProjectionError, projection_takes};
 pub use repository::Repository;
 pub use retry::RetryPolicy;
-pub use runner::{Progress, ProjectionRunner, RunnerConfig};
+pub use runner::{CheckpointCadence, Progress, ProjectionRunner, RunnerConfig};
 pub use shred::{Forgotten, Shredded, Shredder};
 pub use snapshot::SnapshotPolicy;
 pub use snapshot_store::{

@@ -45,11 +45,40 @@ impl Default for RunnerConfig {
     }
 }
 
+/// When a runner saves a checkpoint that is written apart from its batch
+/// ([`StoreCheckpoint`](crate::StoreCheckpoint), [`InMemoryCheckpoint`]): after `events`
+/// records were read since the last save, or `interval` passed since it, whichever
+/// comes first, and always when a pass reaches the end of the log or stops. Set with
+/// [`ProjectionRunner::with_checkpoint_cadence`].
+///
+/// The default saves after every batch. Saving less often saves a store write per
+/// batch; after a crash, an at-least-once projection then gets again what was applied
+/// since the last save. Transactional strategies write the checkpoint in each batch's
+/// transaction whatever the cadence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointCadence {
+    /// Records read since the last save that call for a save (1: every batch).
+    pub events: u64,
+    /// Time since the last save that calls for a save.
+    pub interval: Duration,
+}
+
+impl Default for CheckpointCadence {
+    /// After every batch.
+    fn default() -> Self {
+        CheckpointCadence {
+            events: 1,
+            interval: Duration::ZERO,
+        }
+    }
+}
+
 /// Runs one [`Projection`] over an event log's global log ([`Inspect`]: it reads the log and counts it for progress), keeping its checkpoint
 /// as its [`CheckpointStrategy`] `K` says.
 ///
 /// - [`catch_up`](Self::catch_up) reads from the checkpoint to the end of the log in
-///   batches, applying and checkpointing each;
+///   batches, applying and checkpointing each (or as the [`CheckpointCadence`] says);
+///   the next batch is read while the current one is applied;
 /// - [`run_until`](Self::run_until) catches up, then follows the log live: woken by the
 ///   store's notifications, polling every [`RunnerConfig::poll_interval`] as a fallback;
 /// - [`rebuild`](Self::rebuild) resets the read model and its checkpoint and replays the
@@ -109,6 +138,7 @@ pub struct ProjectionRunner<S, P, K = InMemoryCheckpoint, C = JsonCodec> {
     strategy: K,
     codec: C,
     config: RunnerConfig,
+    cadence: CheckpointCadence,
 }
 
 impl<S, P, K, C> fmt::Debug for ProjectionRunner<S, P, K, C>
@@ -121,6 +151,7 @@ where
             .field("projection", &self.projection.name())
             .field("strategy", &self.strategy)
             .field("config", &self.config)
+            .field("cadence", &self.cadence)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +180,7 @@ where
             strategy,
             codec: JsonCodec::new(),
             config: RunnerConfig::default(),
+            cadence: CheckpointCadence::default(),
         }
     }
 }
@@ -168,12 +200,20 @@ where
             strategy: self.strategy,
             codec,
             config: self.config,
+            cadence: self.cadence,
         }
     }
 
     /// Sets the configuration.
     pub fn with_config(mut self, config: RunnerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Sets when a checkpoint written apart from its batch is saved (the default: after
+    /// every batch).
+    pub fn with_checkpoint_cadence(mut self, cadence: CheckpointCadence) -> Self {
+        self.cadence = cadence;
         self
     }
 
@@ -370,6 +410,7 @@ where
             strategy,
             codec,
             config,
+            cadence,
         } = self;
         let mut chunks = pin!(
             store
@@ -379,23 +420,47 @@ where
         // Events left in the log, counted at the first full batch of a pass (a query),
         // then counted down.
         let mut behind = None;
-        while let Some(chunk) = chunks.next().await {
+        // The checkpoint applied but not saved yet, and what was read since the last save.
+        let mut unsaved: Option<Position> = None;
+        let (mut read_since_save, mut saved_at) = (0u64, Instant::now());
+        // On a failure, the checkpoint applied but not saved yet is saved first, so the
+        // checkpoint is where the read model is (just before the failing batch).
+        macro_rules! fail {
+            ($error:expr) => {{
+                let error = $error;
+                if let Some(checkpoint) = unsaved {
+                    save(strategy, name, config.retry, checkpoint).await?;
+                }
+                return Err(error);
+            }};
+        }
+        let mut pending = chunks.next().await;
+        while let Some(chunk) = pending.take() {
             let read = chunk.len() as u64;
             let full = chunk.len() >= config.batch_size.max(1);
             let mut newest = None;
             let mut batch: Vec<Envelope<P::Event>> = Vec::with_capacity(chunk.len());
             let mut end = *position;
             for item in chunk {
-                let record = item.map_err(PassError::Store)?;
+                let record = match item {
+                    Ok(record) => record,
+                    Err(e) => fail!(PassError::Store(e)),
+                };
                 end = record.position;
                 newest = Some(record.recorded_at);
                 let id = EventRef::of(&record);
                 let undecodable = |e: Error| PassError::Projection(id.stopped(name, 1, e.into()));
-                let record = codec.upcast(record).map_err(undecodable)?;
+                let record = match codec.upcast(record) {
+                    Ok(record) => record,
+                    Err(e) => fail!(undecodable(e)),
+                };
                 if !crate::projection_takes(projection, &record) {
                     continue;
                 }
-                batch.push(codec.decode_upcast_envelope(record).map_err(undecodable)?);
+                match codec.decode_upcast_envelope(record) {
+                    Ok(envelope) => batch.push(envelope),
+                    Err(e) => fail!(undecodable(e)),
+                }
             }
             let span = tracing::debug_span!(
                 "cqrs.projection.batch",
@@ -406,11 +471,22 @@ where
                 outcome = field::Empty
             );
             let (events, started) = (batch.len(), Instant::now());
-            let applied = apply_batch(strategy, projection, name, config.retry, batch, end)
-                .instrument(span.clone())
-                .await;
+            // The next batch is read while this one is applied (at most two in memory).
+            let batch = Batch {
+                events: batch,
+                end,
+                unsaved,
+            };
+            let applying = apply_batch(strategy, projection, name, config.retry, batch)
+                .instrument(span.clone());
+            let (applied, next) = if full {
+                futures::join!(applying, chunks.next())
+            } else {
+                (applying.await, None)
+            };
             span.record("outcome", if applied.is_ok() { "ok" } else { "stopped" });
-            applied?;
+            // A failed batch saved the earlier checkpoint itself, before isolating.
+            let saved = applied?;
             telemetry::batch(name, events, started.elapsed(), newest);
             behind = match (full, behind) {
                 (false, _) => Some(0),
@@ -422,6 +498,14 @@ where
             }
             *position = end;
             *done += read;
+            read_since_save += read;
+            unsaved = if saved { None } else { Some(end) };
+            let stopping = should_stop();
+            let due = read_since_save >= cadence.events || saved_at.elapsed() >= cadence.interval;
+            if let Some(checkpoint) = unsaved.filter(|_| due || stopping || next.is_none()) {
+                save(strategy, name, config.retry, checkpoint).await?;
+                (unsaved, read_since_save, saved_at) = (None, 0, Instant::now());
+            }
             if let Some((callback, total, started)) = report {
                 callback(Progress {
                     done: *done,
@@ -430,9 +514,10 @@ where
                     position: end,
                 });
             }
-            if should_stop() {
+            if stopping {
                 return Ok(());
             }
+            pending = next;
         }
         telemetry::lag(name, 0);
         Ok(())
@@ -511,29 +596,45 @@ fn strategy_error(name: &str, operation: &'static str, source: BoxError) -> Proj
     }
 }
 
-/// Applies one batch and records its checkpoint: retries, then isolates the failing
-/// event.
+/// A batch to apply: its events, the position it ends at, and the checkpoint of the
+/// batches before it that is applied but not saved yet.
+struct Batch<E> {
+    events: Vec<Envelope<E>>,
+    end: Position,
+    unsaved: Option<Position>,
+}
+
+/// Applies one batch: retries, then isolates the failing event. Returns whether the
+/// checkpoint was saved (isolating saves the earlier checkpoint, then after each
+/// event; otherwise the caller saves as the cadence says).
 async fn apply_batch<K, P>(
     strategy: &mut K,
     projection: &mut P,
     name: &str,
     retry: RetryPolicy,
-    batch: Vec<Envelope<P::Event>>,
-    end: Position,
-) -> Result<(), ProjectionError>
+    batch: Batch<P::Event>,
+) -> Result<bool, ProjectionError>
 where
     K: CheckpointStrategy,
     P: Projection<K::Context>,
 {
+    let Batch {
+        events: batch,
+        end,
+        unsaved,
+    } = batch;
     let applied = retry!(
         retry,
         strategy.apply(projection, &batch, end).await,
         warn(name, "batch failed")
     );
     let (batch_error, attempts) = match applied {
-        Ok(()) => return save(strategy, name, retry, end).await,
+        Ok(()) => return Ok(false),
         Err(failed) => failed,
     };
+    if let Some(checkpoint) = unsaved {
+        save(strategy, name, retry, checkpoint).await?;
+    }
     // Narrow the failure down to one event: apply them one at a time, each with its own
     // checkpoint, so everything before the culprit is kept.
     if batch.len() <= 1 {
@@ -561,7 +662,7 @@ where
         applied.map_err(|(e, attempts)| stopped_at(name, envelope, attempts, e))?;
         save(strategy, name, retry, checkpoint).await?;
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Records a checkpoint after its batch was applied.

@@ -481,3 +481,117 @@ async fn shutdown_is_honoured_between_batches_of_a_long_catch_up() {
     // The next catch-up resumes from there.
     assert_eq!(runner.catch_up().await.unwrap(), 17);
 }
+
+/// Records, at each batch, the checkpoint the store holds for it.
+#[derive(Clone)]
+struct CheckpointWatcher {
+    store: InMemoryEventStore,
+    seen: Arc<Mutex<Vec<Option<Position>>>>,
+    poison: Option<i64>,
+}
+
+impl Projection for CheckpointWatcher {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "cadence"
+    }
+
+    async fn apply(
+        &mut self,
+        _: &mut (),
+        batch: &[Envelope<AccountEvent>],
+    ) -> Result<(), BoxError> {
+        let poisoned = |e: &Envelope<AccountEvent>| matches!((&e.event, self.poison), (AccountEvent::Deposited { amount }, Some(p)) if *amount == p);
+        if batch.iter().any(poisoned) {
+            return Err("poisoned deposit".into());
+        }
+        let saved = self.store.load_checkpoint("cadence").await?;
+        self.seen.lock().unwrap().push(saved);
+        Ok(())
+    }
+}
+
+/// With a cadence of 20 records, batches of 5 save every fourth batch and at the end of
+/// the log; the default saves after every batch.
+#[tokio::test]
+async fn the_checkpoint_cadence_saves_every_n_records_and_at_the_end() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 1, 29).await; // 30 events: positions 1..=30
+    let at = |n: u64| Some(Position::new(0, n));
+    for (cadence, expected) in [
+        (None, vec![None, at(5), at(10), at(15), at(20), at(25)]),
+        (Some(20), vec![None, None, None, None, at(20), at(20)]),
+    ] {
+        store
+            .save_checkpoint("cadence", Position::START)
+            .await
+            .unwrap();
+        let watcher = CheckpointWatcher {
+            store: store.clone(),
+            seen: Arc::default(),
+            poison: None,
+        };
+        let mut runner = ProjectionRunner::with_strategy(
+            store.clone(),
+            watcher.clone(),
+            StoreCheckpoint::new(store.clone()),
+        )
+        .with_config(fast_config(5));
+        if let Some(events) = cadence {
+            runner = runner.with_checkpoint_cadence(cqrs_core::CheckpointCadence {
+                events,
+                interval: Duration::from_secs(3_600),
+            });
+        }
+        assert_eq!(runner.catch_up().await.unwrap(), 30);
+        let seen: Vec<_> = watcher.seen.lock().unwrap().clone();
+        let expected: Vec<_> = expected
+            .into_iter()
+            .map(|p| p.filter(|p| *p != Position::START))
+            .collect();
+        let seen: Vec<_> = seen
+            .into_iter()
+            .map(|p| p.filter(|p| *p != Position::START))
+            .collect();
+        assert_eq!(seen, expected, "cadence {cadence:?}");
+        assert_eq!(
+            store.load_checkpoint("cadence").await.unwrap(),
+            at(30),
+            "saved at the end"
+        );
+    }
+}
+
+/// A projection that stops saves where it is first: its checkpoint is just before the
+/// failing event, whatever the cadence.
+#[tokio::test]
+async fn a_stopped_projection_saves_its_checkpoint_just_before_the_failing_event() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 1, 29).await; // deposit 16 is the event at position 17
+    let watcher = CheckpointWatcher {
+        store: store.clone(),
+        seen: Arc::default(),
+        poison: Some(16),
+    };
+    let mut runner = ProjectionRunner::with_strategy(
+        store.clone(),
+        watcher,
+        StoreCheckpoint::new(store.clone()),
+    )
+    .with_config(fast_config(5))
+    .with_checkpoint_cadence(cqrs_core::CheckpointCadence {
+        events: 1_000,
+        interval: Duration::from_secs(3_600),
+    });
+    match runner.catch_up().await {
+        Err(ProjectionError::Stopped { position, .. }) => {
+            assert_eq!(position, Position::new(0, 17))
+        }
+        other => panic!("the poisoned deposit stops the runner, got {other:?}"),
+    }
+    assert_eq!(
+        store.load_checkpoint("cadence").await.unwrap(),
+        Some(Position::new(0, 16))
+    );
+}
