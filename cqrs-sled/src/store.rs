@@ -18,6 +18,7 @@ use crate::chunk::Chunk;
 use crate::config::Durability;
 use crate::contain::{guard, guard_chunk};
 use crate::flush::{Flusher, Watermarks};
+use crate::holes;
 use crate::mark::MarkWriter;
 use crate::record::{self, be_u64, log_key, stream_key};
 
@@ -149,13 +150,20 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// past `HEADS_CACHE` streams), and the greatest event id in the id index.
 #[derive(Debug, Default)]
 pub(crate) struct Heads {
-    pub(crate) streams: HashMap<StreamId, u64>,
+    pub(crate) streams: HashMap<StreamId, Head>,
     /// No stored event id is greater (`None`: none is stored). New ids are time-ordered
     /// (UUIDv7, ADR 0012), so most are greater, and an append skips their index lookup.
     pub(crate) max_id: Option<Uuid>,
 }
 
 pub(crate) const HEADS_CACHE: usize = 65_536;
+
+/// A stream's head: its version, and whether that version is its tombstone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) version: u64,
+    pub(crate) deleted: bool,
+}
 
 /// The log record of `events` holding `position`, undecoded, with the position of its
 /// first event: the last record keyed at or before `position` (the caller checks that it
@@ -251,6 +259,12 @@ impl SledEventStore {
 
     /// The version of `stream`: the version in its last stream-index key.
     pub(crate) fn head(&self, stream: &StreamId) -> Result<u64> {
+        Ok(self.head_entry(stream)?.version)
+    }
+
+    /// The head of `stream` from its last stream-index entry: the version in the key,
+    /// and the tombstone mark in the value (one lookup either way).
+    pub(crate) fn head_entry(&self, stream: &StreamId) -> Result<Head> {
         let last = self
             .inner
             .events
@@ -258,11 +272,15 @@ impl SledEventStore {
             .next_back()
             .transpose()
             .map_err(store_error)?;
-        match last {
-            None => Ok(0),
-            Some((key, _)) => record::version_of_stream_key(&key)
-                .ok_or_else(|| Error::corrupt(format!("stream {stream}"), "bad stream index key")),
-        }
+        let Some((key, value)) = last else {
+            return Ok(Head::default());
+        };
+        let corrupt = |what| Error::corrupt(format!("stream {stream}"), what);
+        let version =
+            record::version_of_stream_key(&key).ok_or_else(|| corrupt("bad stream index key"))?;
+        let (_, deleted) =
+            record::decode_index_value(&value).ok_or_else(|| corrupt("bad stream index entry"))?;
+        Ok(Head { version, deleted })
     }
 
     /// The log record holding `position`, undecoded, with the position of its first
@@ -343,16 +361,39 @@ impl SledEventStore {
         out: &mut Vec<Result<RecordedEvent>>,
     ) -> Result<()> {
         let location = || format!("stream {stream} version {last}");
-        let position = be_u64(index_value)
-            .ok_or_else(|| Error::corrupt(location(), "the stream index entry is not 8 bytes"))?;
-        let bytes = self
-            .inner
-            .events
-            .get(log_key(position))
-            .map_err(store_error)?;
-        let bytes = bytes.ok_or_else(|| {
-            Error::corrupt(location(), format!("log position {position} is missing"))
-        })?;
+        let entry = |value: &[u8]| {
+            record::decode_index_value(value)
+                .map(|(position, _)| position)
+                .ok_or_else(|| Error::corrupt(location(), "the stream index entry is not 8 bytes"))
+        };
+        let mut position = entry(index_value)?;
+        let bytes = loop {
+            let bytes = self
+                .inner
+                .events
+                .get(log_key(position))
+                .map_err(store_error)?;
+            if let Some(bytes) = bytes {
+                break bytes;
+            }
+            // A truncation or a delete may have moved or removed the record since the
+            // index entry was read: read the entry again.
+            let again = self
+                .inner
+                .events
+                .get(stream_key(stream, last))
+                .map_err(store_error)?;
+            match again.map(|value| entry(&value)).transpose()? {
+                None => return Ok(()),
+                Some(moved) if moved != position => position = moved,
+                Some(_) => {
+                    return Err(Error::corrupt(
+                        location(),
+                        format!("log position {position} is missing"),
+                    ));
+                }
+            }
+        };
         let mut chunk = Chunk::open(&bytes, position, Some(stream)).map_err(|e| match e {
             // Name the record as the index does: the damaged header may name nothing.
             Error::Corrupt { reason, .. } => Error::corrupt(
@@ -388,6 +429,7 @@ impl SledEventStore {
             }
         };
         let mut last_stream: Option<StreamId> = None;
+        let mut low = from;
         for item in self.inner.events.range(log_key(start)..=log_key(end)) {
             let (key, value) = match item {
                 Ok(kv) => kv,
@@ -409,10 +451,15 @@ impl SledEventStore {
                 }
             };
             let mut position = first;
-            while let Some(event) = chunk.next_event((from..=end).contains(&position)) {
+            while let Some(event) = chunk.next_event((low..=end).contains(&position)) {
                 position += 1;
                 match event {
-                    Ok(Some(event)) => out.push(Ok(event)),
+                    Ok(Some(event)) => {
+                        // A truncation that rewrote a record while this read went past it
+                        // shows its kept events again, under a later key: skip them.
+                        low = position;
+                        out.push(Ok(event));
+                    }
                     Ok(None) => {}
                     Err(e) => out.push(Err(e)),
                 }
@@ -492,49 +539,20 @@ impl EventLog for SledEventStore {
     }
 }
 
-/// Deleting, truncating and restoring streams: not yet (the provided bodies refuse).
-impl cqrs_core::StreamLifecycle for SledEventStore {}
-
 impl Inspect for SledEventStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        guard(|| {
-            let Some((found, _, position)) = self.locate(event_id)? else {
-                return Ok(None);
-            };
-            if found != *stream {
-                return Ok(None);
-            }
-            let (first, bytes) = self.record_holding(position)?.ok_or_else(|| {
-                Error::corrupt(format!("log position {position}"), "the record is missing")
-            })?;
-            let mut chunk = Chunk::open(&bytes, first, Some(stream))?;
-            let mut at = first;
-            while let Some(event) = chunk.next_event(at == position) {
-                at += 1;
-                if let Some(event) = event? {
-                    if event.event_id != event_id {
-                        return Err(Error::corrupt(
-                            format!("event id index entry {event_id}"),
-                            format!("log position {position} holds event {}", event.event_id),
-                        ));
-                    }
-                    return Ok(Some(event));
-                }
-            }
-            Err(Error::corrupt(
-                format!("event id index entry {event_id}"),
-                format!("log position {position} is missing"),
-            ))
-        })
+        guard(|| self.find(stream, event_id))
     }
 
     async fn count_events(&self, after: Position) -> Result<u64> {
         let visible = self.inner.marks.visible.load(Ordering::Acquire);
-        Ok(if after.commit > 0 {
-            0
-        } else {
-            visible.saturating_sub(after.sequence)
-        })
+        if after.commit > 0 || after.sequence >= visible {
+            return Ok(0);
+        }
+        // Every visible position holds an event, except the holes of removed events.
+        let first = after.sequence + 1;
+        let holes = guard(|| holes::holes_between(&self.inner.events, first, visible))?;
+        Ok((visible - after.sequence).saturating_sub(holes))
     }
 
     fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
