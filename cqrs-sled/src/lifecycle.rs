@@ -523,3 +523,6 @@ impl StreamLifecycle for SledEventStore {
         Ok(restored)
     }
 }
+
+#[cfg(test)]
+mod tests;

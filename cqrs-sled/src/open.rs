@@ -219,7 +219,7 @@ type MarkCheck = (Option<(String, String)>, Option<Arc<MarkWriter>>);
 
 /// Compares the log as sled recovered it (ending at `last`) with the store's mark of its
 /// durable end, and acts on a difference as `choice` says.
-fn check_mark(
+pub(crate) fn check_mark(
     path: &Path,
     events: &sled::Tree,
     last: u64,
@@ -364,7 +364,7 @@ fn open_error(path: &Path, e: sled::Error) -> OpenError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use cqrs_core::{EventData, EventLog, ExpectedVersion, Inspect, Position, StreamId};
@@ -376,7 +376,7 @@ mod tests {
 
     /// Writes a store in the layout of format 1 (one record, one stream-index entry and one
     /// id-index entry per event) with sled directly, as an older version wrote it.
-    fn write_old_store(path: &Path, events: &[(StreamId, u64, EventData)]) {
+    pub(crate) fn write_old_store(path: &Path, events: &[(StreamId, u64, EventData)]) {
         let db = sled::open(path).unwrap();
         db.insert(FORMAT_KEY, FORMAT_ONE).unwrap();
         let tree = db.open_tree(EVENTS_TREE).unwrap();
