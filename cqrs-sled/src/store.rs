@@ -39,6 +39,8 @@ pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
 /// [`SledEventStore::temporary`] in tests). Clones share the same database. Appends are
 /// serialised by one writer that hands out gap-free global positions
 /// (`Position::new(0, n)`, `n` from 1), so the log is in commit order by construction.
+/// Events removed by [`StreamLifecycle`](cqrs_core::StreamLifecycle) leave holes that
+/// readers skip; positions never move and are never handed out twice.
 ///
 /// Reads run on the calling task (sled reads are memory or page-cache reads); an append
 /// with a flushing [`Durability`] waits for the flusher thread without blocking the
