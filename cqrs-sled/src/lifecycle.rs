@@ -24,7 +24,11 @@
 //!
 //! All three follow the store's [`Durability`](crate::Durability) like appends, and hold
 //! the durable mark (`mark.rs`) so that a crash never finds it fingerprinting a record
-//! they removed or rewrote.
+//! they removed or rewrote. They run one at a time (an async lock held until each is
+//! durable); appends only wait for the writer while an operation commits.
+//!
+//! Cancel safety: as for appends. Dropped while it waits for its turn, an operation did
+//! nothing; once it committed (before it waits for the flush) it stays committed.
 
 use std::collections::BTreeSet;
 use std::sync::MutexGuard;
@@ -478,13 +482,21 @@ impl SledEventStore {
             // the next flush or the close.
             return Ok(());
         };
-        let committed = self.inner.marks.committed.load(Ordering::Acquire);
-        match position {
-            Some(position) => flusher.wait_durable(position).await?,
-            None => flusher.wait_flushed(&self.inner.marks).await?,
-        }
+        // What the wait makes durable: the delete's own position (appends committed
+        // since may not be), or everything committed before a flush that starts later.
+        let durable = match position {
+            Some(position) => {
+                flusher.wait_durable(position).await?;
+                position
+            }
+            None => {
+                let committed = self.inner.marks.committed.load(Ordering::Acquire);
+                flusher.wait_flushed(&self.inner.marks).await?;
+                committed
+            }
+        };
         if let Some(hold) = hold
-            && let Err(e) = hold.durable(committed)
+            && let Err(e) = hold.durable(durable)
         {
             tracing::warn!(error = %e, "cannot record the durable mark of the sled event store");
         }
@@ -499,6 +511,7 @@ impl StreamLifecycle for SledEventStore {
         expected: ExpectedVersion,
     ) -> Result<AppendResult> {
         self.writable()?;
+        let _one_at_a_time = self.inner.lifecycle.lock().await;
         let (result, hold) = guard(|| self.delete_now(stream, expected))?;
         self.settle(hold, Some(result.position.sequence)).await?;
         self.inner.notifier.notify();
@@ -507,6 +520,7 @@ impl StreamLifecycle for SledEventStore {
 
     async fn truncate_stream(&self, stream: &StreamId, before: u64) -> Result<u64> {
         self.writable()?;
+        let _one_at_a_time = self.inner.lifecycle.lock().await;
         let (removed, hold) = guard(|| self.truncate_now(stream, before))?;
         if removed > 0 {
             self.settle(hold, None).await?;
@@ -517,6 +531,7 @@ impl StreamLifecycle for SledEventStore {
     async fn restore_stream(&self, stream: &StreamId, records: Vec<RecordedEvent>) -> Result<u64> {
         validate_restore(stream, &records)?;
         self.writable()?;
+        let _one_at_a_time = self.inner.lifecycle.lock().await;
         let (restored, hold) = guard(|| self.restore_now(stream, &records))?;
         self.settle(hold, None).await?;
         self.inner.notifier.notify();

@@ -217,6 +217,15 @@ impl MarkWriter {
         }
         let events = &self.events;
         // Walk back from the mark's record to the first record the operation leaves.
+        // Records at or before the mark that an operation wrote (a restore, a rewritten
+        // truncation) may be younger than the mark: flush first if the mark must move, so
+        // whichever record it lands on is on disk. (Operations run one at a time and wait
+        // for their own flush unless the durability is `Buffered`.)
+        let must_move = guard(|| record_holding(events, position))?
+            .is_some_and(|(first, _)| touched.contains(&first));
+        if must_move {
+            guard(|| events.flush().map_err(store_error))?;
+        }
         let safe = guard(|| {
             let keys = events.range(log_key(0)..=log_key(position)).keys().rev();
             for (i, key) in keys.enumerate() {

@@ -193,6 +193,7 @@ impl SledEventStore {
                     ..Heads::default()
                 }),
                 snapshot_writer: Mutex::new(()),
+                lifecycle: tokio::sync::Mutex::new(()),
                 marks,
                 flusher,
                 notifier: LogNotifier::new(),

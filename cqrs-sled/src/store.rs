@@ -97,6 +97,9 @@ pub(crate) struct Inner {
     /// cache of stream heads (only this writer changes them, so a cached head is exact).
     pub(crate) writer: Mutex<Heads>,
     pub(crate) snapshot_writer: Mutex<()>,
+    /// Held by a delete, truncation or restore from its start until it is durable, so
+    /// the next one only builds on what is on disk (see `mark.rs`).
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
     pub(crate) marks: Arc<Watermarks>,
     pub(crate) flusher: Option<Flusher>,
     pub(crate) notifier: LogNotifier,
