@@ -51,6 +51,9 @@ pub(crate) struct Watermarks {
     /// reads `committed`, so a flush numbered above the count read after a commit covers
     /// that commit (a truncation or restore, which hands out no position).
     pub(crate) flushes: AtomicU64,
+    /// Lifecycle operations as a sequence lock: odd while one applies its transaction,
+    /// bumped again when it is done. A stream reader that saw it move reads again.
+    pub(crate) lifecycle: AtomicU64,
 }
 
 /// What the flusher does after sled's flush.

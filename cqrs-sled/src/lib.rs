@@ -19,6 +19,7 @@ mod read_model;
 mod record;
 mod snapshots;
 mod store;
+mod stream_read;
 mod tenants;
 
 pub use check::RecordCheck;

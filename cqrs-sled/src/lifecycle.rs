@@ -197,6 +197,8 @@ impl SledEventStore {
     fn apply(&self, writes: &Writes, heads: &mut MutexGuard<'_, Heads>) -> Result<()> {
         let inner = &*self.inner;
         let meta: &sled::Tree = &inner.db;
+        // Odd while the transaction applies: stream readers that see it move read again.
+        inner.marks.lifecycle.fetch_add(1, Ordering::AcqRel);
         let applied =
             (meta, &inner.events, &inner.snapshots).transaction(|(meta, events, snapshots)| {
                 meta.insert(FORMAT_KEY, FORMAT_HOLES)?;
@@ -211,6 +213,7 @@ impl SledEventStore {
                 }
                 Ok::<_, ConflictableTransactionError<()>>(())
             });
+        inner.marks.lifecycle.fetch_add(1, Ordering::AcqRel);
         match applied {
             Ok(()) => {
                 if writes.large {
