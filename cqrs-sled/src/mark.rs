@@ -166,10 +166,15 @@ impl MarkWriter {
         }
         let record = guard(|| record_holding(&self.events, position))?;
         let Some((first, bytes)) = record else {
-            if lower {
-                self.remove()?;
-                written.position = 0;
+            if !lower {
+                // Something was flushed up to `position`: at least a tombstone stays.
+                return Err(cqrs_core::Error::corrupt(
+                    format!("log position {position}"),
+                    "the record is missing although it was flushed",
+                ));
             }
+            self.remove()?;
+            written.position = 0;
             return Ok(());
         };
         let at = match Chunk::open(&bytes, first, None) {
