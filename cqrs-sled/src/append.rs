@@ -6,31 +6,11 @@ use std::time::SystemTime;
 use cqrs_core::{AppendResult, Error, EventData, ExpectedVersion, Position, Result, StreamId};
 use uuid::Uuid;
 
-use crate::chunk::{self, Chunk};
-use crate::record::{be_u64, id_key, log_key, stream_key};
-use crate::store::{BLOB_HINT, HEADS_CACHE, SledEventStore, lock, store_error};
+use crate::chunk;
+use crate::record::{id_key, log_key, stream_key};
+use crate::store::{BLOB_HINT, HEADS_CACHE, Head, SledEventStore, lock, store_error};
 
 impl SledEventStore {
-    /// Where an already stored event id is: its stream, version and position.
-    pub(crate) fn locate(&self, event_id: Uuid) -> Result<Option<(StreamId, u64, u64)>> {
-        let Some(value) = self
-            .inner
-            .events
-            .get(id_key(event_id))
-            .map_err(store_error)?
-        else {
-            return Ok(None);
-        };
-        let location = || format!("event id index entry {event_id}");
-        let position = be_u64(&value).ok_or_else(|| Error::corrupt(location(), "not 8 bytes"))?;
-        let (first, bytes) = self.record_holding(position)?.ok_or_else(|| {
-            Error::corrupt(location(), format!("log position {position} is missing"))
-        })?;
-        let chunk = Chunk::open(&bytes, first, None)?;
-        let version = chunk.first_version + (position - first);
-        Ok(Some((chunk.stream, version, position)))
-    }
-
     /// The idempotency check, exactly as the in-memory store does it. `max_id` is the
     /// greatest stored event id: a greater one is new without a lookup.
     fn check_duplicates(
@@ -90,13 +70,22 @@ impl SledEventStore {
     ) -> Result<(AppendResult, bool)> {
         let inner = &*self.inner;
         let mut heads = lock(&inner.writer);
+        // The deleted check costs nothing more: the cached head carries the tombstone
+        // mark, and on a miss the lookup of the version reads it from the same entry.
+        let head = match heads.streams.get(stream) {
+            Some(&head) => head,
+            None => self.head_entry(stream)?,
+        };
+        if head.deleted {
+            return Err(Error::StreamDeleted {
+                stream: stream.clone(),
+                version: head.version,
+            });
+        }
         if let Some(outcome) = self.check_duplicates(stream, expected, events, heads.max_id)? {
             return outcome.map(|result| (result, false));
         }
-        let actual = match heads.streams.get(stream) {
-            Some(&version) => version,
-            None => self.head(stream)?,
-        };
+        let actual = head.version;
         if !expected.matches(actual) {
             return Err(Error::Conflict {
                 stream: stream.clone(),
@@ -136,7 +125,13 @@ impl SledEventStore {
         if heads.streams.len() >= HEADS_CACHE {
             heads.streams.clear();
         }
-        heads.streams.insert(stream.clone(), version);
+        heads.streams.insert(
+            stream.clone(),
+            Head {
+                version,
+                deleted: false,
+            },
+        );
         heads.max_id = events.iter().map(|e| e.event_id).chain(heads.max_id).max();
         if inner.flusher.is_none() {
             inner.marks.visible.store(position, Ordering::Release);

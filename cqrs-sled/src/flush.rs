@@ -29,6 +29,8 @@ use crate::mark::{MARK_EVERY, MarkWriter};
 pub(crate) struct FlushState {
     /// Every position up to this one is durable.
     pub(crate) durable: u64,
+    /// The number of the last successful flush (see [`Watermarks::flushes`]).
+    pub(crate) flushed: u64,
     /// How many flushes failed so far, and the last failure.
     pub(crate) failures: u64,
     pub(crate) last_error: Option<String>,
@@ -45,6 +47,13 @@ pub(crate) struct Watermarks {
     /// A record large enough to become a sled blob file was committed since the last
     /// sync (only tracked in `Synced` mode).
     pub(crate) blob_pending: AtomicBool,
+    /// How many flushes the flusher started: each takes the next number before it
+    /// reads `committed`, so a flush numbered above the count read after a commit covers
+    /// that commit (a truncation or restore, which hands out no position).
+    pub(crate) flushes: AtomicU64,
+    /// Lifecycle operations as a sequence lock: odd while one applies its transaction,
+    /// bumped again when it is done. A stream reader that saw it move reads again.
+    pub(crate) lifecycle: AtomicU64,
 }
 
 /// What the flusher does after sled's flush.
@@ -117,6 +126,33 @@ impl Flusher {
         }
     }
 
+    /// Waits until a flush that started after this call made everything committed
+    /// before it durable (for writes that hand out no position).
+    pub(crate) async fn wait_flushed(&self, marks: &Watermarks) -> Result<()> {
+        let mut state = self.state.clone();
+        let failures_before = state.borrow_and_update().failures;
+        let started = marks.flushes.load(Ordering::Acquire);
+        {
+            let requests = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+            match requests.as_ref().map(|tx| tx.send(())) {
+                Some(Ok(())) => {}
+                _ => return Err(Error::store("the sled flusher thread has stopped")),
+            }
+        }
+        let outcome = state
+            .wait_for(|s| s.flushed > started || s.failures > failures_before)
+            .await
+            .map_err(|_| Error::store("the sled flusher thread has stopped"))?;
+        if outcome.flushed > started {
+            Ok(())
+        } else {
+            Err(Error::store(format!(
+                "flushing to disk failed; the change may or may not be durable: {}",
+                outcome.last_error.as_deref().unwrap_or("unknown error")
+            )))
+        }
+    }
+
     /// Stops the thread and waits for it (it holds the database open).
     pub(crate) fn stop(&self) {
         self.requests
@@ -165,11 +201,15 @@ fn run(
         }
         // Coalesce every request that is already queued: one flush serves them all.
         while requests.try_recv().is_ok() {}
+        let number = marks.flushes.fetch_add(1, Ordering::AcqRel) + 1;
         let target = marks.committed.load(Ordering::Acquire);
         match flush(db, marks, sync) {
             Ok(()) => {
                 marks.visible.fetch_max(target, Ordering::AcqRel);
-                state.send_modify(|s| s.durable = s.durable.max(target));
+                state.send_modify(|s| {
+                    s.durable = s.durable.max(target);
+                    s.flushed = s.flushed.max(number);
+                });
                 if mark.is_some() {
                     unmarked = Some(unmarked.map_or(target, |u| u.max(target)));
                 }

@@ -11,15 +11,17 @@
 //! before it was written, and it may lag behind them (it is written at most every
 //! [`MARK_EVERY`] under load): it is a lower bound, which is all the check needs.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::chunk::Chunk;
 use crate::contain::guard;
-use crate::store::{lock, record_holding};
+use crate::record::{be_u64, log_key};
+use crate::store::{lock, record_holding, store_error};
 
 /// The name of the mark file in the database directory.
 pub(crate) const MARK_FILE: &str = "cqrs-sled.mark";
@@ -39,11 +41,6 @@ pub(crate) struct Mark {
     pub(crate) position: u64,
     /// The CRC32C of the stored bytes of the record holding `position`.
     pub(crate) record: u32,
-}
-
-/// Whether the stored log record `bytes`, keyed at `first`, holds `position`.
-pub(crate) fn holds(bytes: &[u8], first: u64, position: u64) -> bool {
-    Chunk::open(bytes, first, None).is_ok_and(|chunk| chunk.last_position() >= position)
 }
 
 /// The fingerprint of a stored log record (the one holding the marked position), as the
@@ -110,13 +107,26 @@ fn write(dir: &Path, mark: Mark) -> std::io::Result<()> {
 
 /// Writes the mark of one open store. Shared by the flusher thread and the store (which
 /// writes it after an explicit flush and when it closes); writes are serialised and the
-/// mark only moves forward.
+/// mark only moves forward, except when a lifecycle operation moves it back (below).
+///
+/// A delete, truncation or restore removes or rewrites log records, maybe the one the
+/// mark fingerprints. It first [holds](MarkWriter::hold) the mark: moves it back to a
+/// record it does not touch (or removes it if there is none), and keeps every other
+/// writer from moving it until the operation is durable. A crash at any moment then
+/// finds a mark whose record is there, as it was.
 #[derive(Debug)]
 pub(crate) struct MarkWriter {
     dir: PathBuf,
     events: sled::Tree,
-    /// The position the mark file holds now.
-    written: Mutex<u64>,
+    written: Mutex<Written>,
+}
+
+#[derive(Debug)]
+struct Written {
+    /// The position the mark file holds now (0: none).
+    position: u64,
+    /// Lifecycle operations in flight: while there is one, only they move the mark.
+    holds: u32,
 }
 
 impl MarkWriter {
@@ -125,34 +135,153 @@ impl MarkWriter {
         MarkWriter {
             dir,
             events,
-            written: Mutex::new(written),
+            written: Mutex::new(Written {
+                position: written,
+                holds: 0,
+            }),
         }
     }
 
     /// Records that the log is durable up to `position` (which a flush has made durable).
-    /// Nothing happens if the mark already says so.
+    /// Nothing happens if the mark already says so, or while a lifecycle operation holds
+    /// the mark.
     pub(crate) fn record(&self, position: u64) -> cqrs_core::Result<()> {
         let mut written = lock(&self.written);
-        if position <= *written {
+        if written.holds > 0 {
+            return Ok(());
+        }
+        self.write_locked(&mut written, position, false)
+    }
+
+    /// Writes the mark at the last event at or before `position` (removed events leave
+    /// holes, even at the end of the log); a lower one only if `lower` allows it.
+    fn write_locked(
+        &self,
+        written: &mut Written,
+        position: u64,
+        lower: bool,
+    ) -> cqrs_core::Result<()> {
+        if position <= written.position && !lower {
             return Ok(());
         }
         let record = guard(|| record_holding(&self.events, position))?;
-        let Some(bytes) = record
-            .filter(|(first, bytes)| holds(bytes, *first, position))
-            .map(|(_, bytes)| bytes)
-        else {
-            return Err(cqrs_core::Error::corrupt(
-                format!("log position {position}"),
-                "the record is missing although it was flushed",
-            ));
+        let Some((first, bytes)) = record else {
+            if !lower {
+                // Something was flushed up to `position`: at least a tombstone stays.
+                return Err(cqrs_core::Error::corrupt(
+                    format!("log position {position}"),
+                    "the record is missing although it was flushed",
+                ));
+            }
+            self.remove()?;
+            written.position = 0;
+            return Ok(());
         };
+        let at = match Chunk::open(&bytes, first, None) {
+            Ok(chunk) => chunk.last_position().min(position),
+            Err(_) => {
+                return Err(cqrs_core::Error::corrupt(
+                    format!("log position {position}"),
+                    "the record is damaged although it was flushed",
+                ));
+            }
+        };
+        if at <= written.position && !lower {
+            return Ok(());
+        }
         let mark = Mark {
-            position,
+            position: at,
             record: fingerprint(&bytes),
         };
         write(&self.dir, mark).map_err(cqrs_core::Error::store)?;
-        *written = position;
+        written.position = at;
         Ok(())
+    }
+
+    fn remove(&self) -> cqrs_core::Result<()> {
+        match std::fs::remove_file(self.dir.join(MARK_FILE)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(cqrs_core::Error::store(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Holds the mark for a lifecycle operation that removes or rewrites the log records
+    /// keyed at `touched`: if the mark's record is one of them, moves the mark back to
+    /// the last position of the last record before it that is not (a lower bound that a
+    /// flush made durable), or removes the mark if there is none. Until the hold is
+    /// released, only the operation writes the mark.
+    pub(crate) fn hold(self: &Arc<Self>, touched: &BTreeSet<u64>) -> cqrs_core::Result<MarkHold> {
+        let mut written = lock(&self.written);
+        written.holds += 1;
+        let hold = MarkHold {
+            writer: Some(self.clone()),
+        };
+        let position = written.position;
+        if position == 0 {
+            return Ok(hold);
+        }
+        let events = &self.events;
+        // Walk back from the mark's record to the first record the operation leaves.
+        // Records at or before the mark that an operation wrote (a restore, a rewritten
+        // truncation) may be younger than the mark: flush first if the mark must move, so
+        // whichever record it lands on is on disk. (Operations run one at a time and wait
+        // for their own flush unless the durability is `Buffered`.)
+        let must_move = guard(|| record_holding(events, position))?
+            .is_some_and(|(first, _)| touched.contains(&first));
+        if must_move {
+            guard(|| events.flush().map_err(store_error))?;
+        }
+        let safe = guard(|| {
+            let keys = events.range(log_key(0)..=log_key(position)).keys().rev();
+            for (i, key) in keys.enumerate() {
+                let key = key.map_err(store_error)?;
+                let first = be_u64(&key[1..]).ok_or_else(|| {
+                    cqrs_core::Error::corrupt("the log", "a log key is not 9 bytes")
+                })?;
+                if !touched.contains(&first) {
+                    return Ok::<_, cqrs_core::Error>(Some((i == 0, first)));
+                }
+            }
+            Ok(None)
+        })?;
+        match safe {
+            // The mark's own record is untouched: it stays.
+            Some((true, _)) => {}
+            Some((false, first)) => {
+                let last = self.last_of(first)?.min(position);
+                self.write_locked(&mut written, last, true)?;
+            }
+            None => {
+                self.remove()?;
+                written.position = 0;
+            }
+        }
+        Ok(hold)
+    }
+
+    /// The last position of the record keyed at `first`.
+    fn last_of(&self, first: u64) -> cqrs_core::Result<u64> {
+        let bytes = guard(|| self.events.get(log_key(first)).map_err(store_error))?;
+        Ok(bytes
+            .and_then(|bytes| {
+                Chunk::open(&bytes, first, None)
+                    .ok()
+                    .map(|c| c.last_position())
+            })
+            .unwrap_or(first))
+    }
+
+    /// Releases a hold; the last one out marks `durable` if given (the operation made
+    /// everything up to it durable).
+    fn release(&self, durable: Option<u64>) -> cqrs_core::Result<()> {
+        let mut written = lock(&self.written);
+        written.holds = written.holds.saturating_sub(1);
+        match durable {
+            Some(position) if written.holds == 0 => {
+                self.write_locked(&mut written, position, false)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Replaces the mark with `position` even if it is lower (the operator accepted a
@@ -160,18 +289,39 @@ impl MarkWriter {
     pub(crate) fn reset(&self, position: u64) -> cqrs_core::Result<()> {
         let mut written = lock(&self.written);
         if position == 0 {
-            match std::fs::remove_file(self.dir.join(MARK_FILE)) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(cqrs_core::Error::store(e));
-                }
-                _ => {}
-            }
-            *written = 0;
+            self.remove()?;
+            written.position = 0;
             return Ok(());
         }
-        *written = 0;
-        drop(written);
-        self.record(position)
+        self.write_locked(&mut written, position, true)
+    }
+}
+
+/// A lifecycle operation's hold on the mark (see [`MarkWriter::hold`]); dropping it
+/// releases the hold without writing.
+#[derive(Debug)]
+pub(crate) struct MarkHold {
+    writer: Option<Arc<MarkWriter>>,
+}
+
+impl MarkHold {
+    /// Releases the hold after the operation became durable up to `position`, marking
+    /// it if no other operation holds the mark.
+    pub(crate) fn durable(mut self, position: u64) -> cqrs_core::Result<()> {
+        match self.writer.take() {
+            Some(writer) => writer.release(Some(position)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MarkHold {
+    fn drop(&mut self) {
+        if let Some(writer) = self.writer.take()
+            && let Err(e) = writer.release(None)
+        {
+            tracing::warn!(error = %e, "cannot release the durable mark of the sled event store");
+        }
     }
 }
 

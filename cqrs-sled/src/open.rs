@@ -21,12 +21,17 @@ use crate::store::{CHECKPOINTS_TREE, EVENTS_TREE, Heads, Inner, SNAPSHOTS_TREE, 
 const LOCK_RETRIES: u32 = 10;
 const LOCK_RETRY_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 /// Key (in sled's default tree) of this crate's on-disk format number.
-const FORMAT_KEY: &[u8] = b"cqrs-sled.format";
+pub(crate) const FORMAT_KEY: &[u8] = b"cqrs-sled.format";
 /// Format 2: log records of several events (ADR 0028). Format 1 (one event per record)
 /// reads with the same code, so a format-1 store is marked 2 when it is opened: versions
 /// that only know format 1 then refuse it instead of misreading its new records.
 const FORMAT: &[u8] = &[2];
 const FORMAT_ONE: &[u8] = &[1];
+/// Format 3: format 2 whose log may have holes and tombstones (a stream was deleted,
+/// truncated or restored; `lifecycle.rs`). The first such operation marks the store, in
+/// its own transaction: versions that know only format 2 would count the holes as
+/// events and read a tombstone's index entry as damage, so they refuse it instead.
+pub(crate) const FORMAT_HOLES: &[u8] = &[3];
 
 impl SledConfig {
     /// Opens the store.
@@ -101,7 +106,7 @@ impl SledEventStore {
             source: crate::error::SledError(e).into(),
         };
         match db.get(FORMAT_KEY).map_err(io)? {
-            Some(format) if &*format == FORMAT => {}
+            Some(format) if &*format == FORMAT || &*format == FORMAT_HOLES => {}
             Some(format) if &*format != FORMAT_ONE => {
                 return Err(OpenError::Corrupt {
                     path: shown,
@@ -143,6 +148,14 @@ impl SledEventStore {
             Some(path) => check_mark(path, &events, last, config.damaged_log)?,
             None => (None, None),
         };
+        // The log's end is its last record or its last hole, whichever is later: a
+        // restore may have removed the last record (a tombstone), and its position must
+        // not be handed out again.
+        let holes_end = guard(|| crate::holes::last_hole(&events)).map_err(|e| OpenError::Io {
+            path: shown.clone(),
+            source: e.into(),
+        })?;
+        let last = last.max(holes_end);
         let marks = Arc::new(Watermarks::default());
         marks.committed.store(last, Ordering::Release);
         marks.visible.store(last, Ordering::Release);
@@ -180,6 +193,7 @@ impl SledEventStore {
                     ..Heads::default()
                 }),
                 snapshot_writer: Mutex::new(()),
+                lifecycle: tokio::sync::Mutex::new(()),
                 marks,
                 flusher,
                 notifier: LogNotifier::new(),
@@ -206,7 +220,7 @@ type MarkCheck = (Option<(String, String)>, Option<Arc<MarkWriter>>);
 
 /// Compares the log as sled recovered it (ending at `last`) with the store's mark of its
 /// durable end, and acts on a difference as `choice` says.
-fn check_mark(
+pub(crate) fn check_mark(
     path: &Path,
     events: &sled::Tree,
     last: u64,
@@ -351,7 +365,7 @@ fn open_error(path: &Path, e: sled::Error) -> OpenError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::time::{Duration, UNIX_EPOCH};
 
     use cqrs_core::{EventData, EventLog, ExpectedVersion, Inspect, Position, StreamId};
@@ -363,7 +377,7 @@ mod tests {
 
     /// Writes a store in the layout of format 1 (one record, one stream-index entry and one
     /// id-index entry per event) with sled directly, as an older version wrote it.
-    fn write_old_store(path: &Path, events: &[(StreamId, u64, EventData)]) {
+    pub(crate) fn write_old_store(path: &Path, events: &[(StreamId, u64, EventData)]) {
         let db = sled::open(path).unwrap();
         db.insert(FORMAT_KEY, FORMAT_ONE).unwrap();
         let tree = db.open_tree(EVENTS_TREE).unwrap();

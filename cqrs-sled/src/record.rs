@@ -8,6 +8,15 @@
 //! | `L` log  | `L` + position of the record's first event (u64 BE) | a log record: the events of one append, or a run of them (`chunk.rs`) |
 //! | `S` stream index | `S` + stream key + version of the record's last event (u64 BE) | position of the record's first event (u64 BE) |
 //! | `I` id index | `I` + event id (16 bytes)         | position of the event (u64 BE) |
+//! | `H` holes | `H` + first position of a run of removed events (u64 BE) | its last position (u64 BE) |
+//!
+//! The stream-index entry of a tombstone (the last record of a deleted stream) holds the
+//! position followed by [`DELETED`], so the writer learns that a stream is deleted from
+//! the same lookup that gives its version. Removed events (a deleted or truncated
+//! stream) leave holes in the log: their positions are recorded in the `H` keyspace, in
+//! maximal runs, so `count_events` can subtract them, a restore can check that the
+//! positions it fills are free, and an open knows the log's end even when its last
+//! record was removed (positions are never handed out twice). See `lifecycle.rs`.
 //!
 //! An append of n events writes one log record and one stream-index entry per run of
 //! about 16 KiB of events, and n id-index entries (ADR 0028). Stores written before
@@ -31,6 +40,9 @@ use uuid::Uuid;
 pub(crate) const LOG: u8 = b'L';
 pub(crate) const STREAM: u8 = b'S';
 pub(crate) const ID: u8 = b'I';
+pub(crate) const HOLE: u8 = b'H';
+/// The byte after the position in the stream-index entry of a tombstone.
+pub(crate) const DELETED: u8 = b'D';
 
 /// CRC32C (Castagnoli), the checksum of records; slice-by-16 tables (16 KiB), several
 /// times faster than the one-table default on event-sized records.
@@ -151,6 +163,32 @@ pub(crate) fn id_key(event_id: Uuid) -> [u8; 17] {
     key
 }
 
+pub(crate) fn hole_key(first: u64) -> [u8; 9] {
+    let mut key = [HOLE; 9];
+    key[1..].copy_from_slice(&first.to_be_bytes());
+    key
+}
+
+/// The value of a stream-index entry: the position of the record's first event, and
+/// the [`DELETED`] mark if the record is the stream's tombstone.
+pub(crate) fn index_value(position: u64, deleted: bool) -> Vec<u8> {
+    let mut value = Vec::with_capacity(9);
+    value.extend_from_slice(&position.to_be_bytes());
+    if deleted {
+        value.push(DELETED);
+    }
+    value
+}
+
+/// A stream-index value: the position, and whether it is a tombstone's entry.
+pub(crate) fn decode_index_value(value: &[u8]) -> Option<(u64, bool)> {
+    match value.len() {
+        8 => Some((be_u64(value)?, false)),
+        9 if value[8] == DELETED => Some((be_u64(&value[..8])?, true)),
+        _ => None,
+    }
+}
+
 /// Reads a big-endian u64 from exactly 8 bytes.
 pub(crate) fn be_u64(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
@@ -233,5 +271,14 @@ mod tests {
         assert_eq!(version_of_stream_key(&stream_key(&ab, 9)), Some(9));
         assert_eq!(stream_of_index_key(&stream_key(&ab, 9)), Some(ab));
         assert_eq!(stream_of_index_key(b"S\x01t"), None);
+    }
+
+    #[test]
+    fn index_values_carry_the_deleted_mark() {
+        assert_eq!(decode_index_value(&index_value(7, false)), Some((7, false)));
+        assert_eq!(decode_index_value(&index_value(7, true)), Some((7, true)));
+        assert_eq!(decode_index_value(&[0; 7]), None);
+        assert_eq!(decode_index_value(&[0, 0, 0, 0, 0, 0, 0, 7, b'X']), None);
+        assert!(hole_key(1) < hole_key(2) && hole_key(u64::MAX)[..] < id_key(Uuid::nil())[..]);
     }
 }

@@ -36,6 +36,11 @@ impl SledEventStore {
     fn save_snapshot_now(&self, stream: &StreamId, snapshot: &SnapshotRecord) -> Result<()> {
         let key = record::bare_stream_key(stream);
         let _writer = lock(&self.inner.snapshot_writer);
+        // A deleted stream has no snapshot (a delete holds this lock while it removes it):
+        // a late save of one, from a load before the delete, is dropped.
+        if self.head_entry(stream)?.deleted {
+            return Ok(());
+        }
         // A later snapshot stays, unless it is ahead of the stream (then it is junk).
         if let Some(existing) = self.inner.snapshots.get(&key).map_err(store_error)?
             && let Ok(existing) = record::decode_snapshot(&existing).map(|s| s.version)

@@ -18,11 +18,12 @@ use crate::chunk::Chunk;
 use crate::config::Durability;
 use crate::contain::{guard, guard_chunk};
 use crate::flush::{Flusher, Watermarks};
+use crate::holes;
 use crate::mark::MarkWriter;
 use crate::record::{self, be_u64, log_key, stream_key};
 
 /// Records a reader takes from sled per step: reads never hold a whole stream or log.
-const READ_CHUNK: usize = 256;
+pub(crate) const READ_CHUNK: usize = 256;
 /// Records at least this large may become sled blob files (sled's threshold is a quarter
 /// of its 512 KiB segment, minus headers), which `Synced` must fsync separately.
 pub(crate) const BLOB_HINT: usize = 96 * 1024;
@@ -38,6 +39,8 @@ pub(crate) const CHECKPOINTS_TREE: &str = "cqrs.checkpoints";
 /// [`SledEventStore::temporary`] in tests). Clones share the same database. Appends are
 /// serialised by one writer that hands out gap-free global positions
 /// (`Position::new(0, n)`, `n` from 1), so the log is in commit order by construction.
+/// Events removed by [`StreamLifecycle`](cqrs_core::StreamLifecycle) leave holes that
+/// readers skip; positions never move and are never handed out twice.
 ///
 /// Reads run on the calling task (sled reads are memory or page-cache reads); an append
 /// with a flushing [`Durability`] waits for the flusher thread without blocking the
@@ -94,6 +97,9 @@ pub(crate) struct Inner {
     /// cache of stream heads (only this writer changes them, so a cached head is exact).
     pub(crate) writer: Mutex<Heads>,
     pub(crate) snapshot_writer: Mutex<()>,
+    /// Held by a delete, truncation or restore from its start until it is durable, so
+    /// the next one only builds on what is on disk (see `mark.rs`).
+    pub(crate) lifecycle: tokio::sync::Mutex<()>,
     pub(crate) marks: Arc<Watermarks>,
     pub(crate) flusher: Option<Flusher>,
     pub(crate) notifier: LogNotifier,
@@ -149,13 +155,20 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// past `HEADS_CACHE` streams), and the greatest event id in the id index.
 #[derive(Debug, Default)]
 pub(crate) struct Heads {
-    pub(crate) streams: HashMap<StreamId, u64>,
+    pub(crate) streams: HashMap<StreamId, Head>,
     /// No stored event id is greater (`None`: none is stored). New ids are time-ordered
     /// (UUIDv7, ADR 0012), so most are greater, and an append skips their index lookup.
     pub(crate) max_id: Option<Uuid>,
 }
 
 pub(crate) const HEADS_CACHE: usize = 65_536;
+
+/// A stream's head: its version, and whether that version is its tombstone.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub(crate) version: u64,
+    pub(crate) deleted: bool,
+}
 
 /// The log record of `events` holding `position`, undecoded, with the position of its
 /// first event: the last record keyed at or before `position` (the caller checks that it
@@ -251,6 +264,12 @@ impl SledEventStore {
 
     /// The version of `stream`: the version in its last stream-index key.
     pub(crate) fn head(&self, stream: &StreamId) -> Result<u64> {
+        Ok(self.head_entry(stream)?.version)
+    }
+
+    /// The head of `stream` from its last stream-index entry: the version in the key,
+    /// and the tombstone mark in the value (one lookup either way).
+    pub(crate) fn head_entry(&self, stream: &StreamId) -> Result<Head> {
         let last = self
             .inner
             .events
@@ -258,11 +277,15 @@ impl SledEventStore {
             .next_back()
             .transpose()
             .map_err(store_error)?;
-        match last {
-            None => Ok(0),
-            Some((key, _)) => record::version_of_stream_key(&key)
-                .ok_or_else(|| Error::corrupt(format!("stream {stream}"), "bad stream index key")),
-        }
+        let Some((key, value)) = last else {
+            return Ok(Head::default());
+        };
+        let corrupt = |what| Error::corrupt(format!("stream {stream}"), what);
+        let version =
+            record::version_of_stream_key(&key).ok_or_else(|| corrupt("bad stream index key"))?;
+        let (_, deleted) =
+            record::decode_index_value(&value).ok_or_else(|| corrupt("bad stream index entry"))?;
+        Ok(Head { version, deleted })
     }
 
     /// The log record holding `position`, undecoded, with the position of its first
@@ -293,87 +316,6 @@ impl SledEventStore {
         Ok(Some((StreamInfo { stream, version }, next)))
     }
 
-    /// At least `READ_CHUNK` events of `stream` from `version` on (unless the stream ends
-    /// first), and where to go on.
-    fn stream_chunk(
-        &self,
-        stream: &StreamId,
-        from: u64,
-    ) -> (Vec<Result<RecordedEvent>>, Option<u64>) {
-        let mut out = Vec::new();
-        // Each index entry names the last version of one log record, so the first entry
-        // at or after `from` is the record holding `from`.
-        let range = self
-            .inner
-            .events
-            .range(stream_key(stream, from)..=stream_key(stream, u64::MAX));
-        for item in range {
-            let (key, value) = match item {
-                Ok(kv) => kv,
-                Err(e) => {
-                    out.push(Err(store_error(e)));
-                    return (out, None);
-                }
-            };
-            let Some(last) = record::version_of_stream_key(&key) else {
-                out.push(Err(Error::corrupt(
-                    format!("stream {stream}"),
-                    "bad stream index key",
-                )));
-                return (out, None);
-            };
-            if let Err(e) = self.events_of_record(stream, last, &value, from, &mut out) {
-                out.push(Err(e));
-            }
-            if out.len() >= READ_CHUNK {
-                return (out, last.checked_add(1));
-            }
-        }
-        (out, None)
-    }
-
-    /// Pushes the events from version `from` on of the log record that the index entry
-    /// of `stream` at version `last` (with value `index_value`) names.
-    fn events_of_record(
-        &self,
-        stream: &StreamId,
-        last: u64,
-        index_value: &[u8],
-        from: u64,
-        out: &mut Vec<Result<RecordedEvent>>,
-    ) -> Result<()> {
-        let location = || format!("stream {stream} version {last}");
-        let position = be_u64(index_value)
-            .ok_or_else(|| Error::corrupt(location(), "the stream index entry is not 8 bytes"))?;
-        let bytes = self
-            .inner
-            .events
-            .get(log_key(position))
-            .map_err(store_error)?;
-        let bytes = bytes.ok_or_else(|| {
-            Error::corrupt(location(), format!("log position {position} is missing"))
-        })?;
-        let mut chunk = Chunk::open(&bytes, position, Some(stream)).map_err(|e| match e {
-            // Name the record as the index does: the damaged header may name nothing.
-            Error::Corrupt { reason, .. } => Error::corrupt(
-                format!("stream {stream} version {last} (log position {position})"),
-                reason,
-            ),
-            e => e,
-        })?;
-        chunk.expect(stream, last)?;
-        let mut version = chunk.first_version;
-        while let Some(event) = chunk.next_event(version >= from) {
-            version += 1;
-            match event {
-                Ok(Some(event)) => out.push(Ok(event)),
-                Ok(None) => {}
-                Err(e) => out.push(Err(e)),
-            }
-        }
-        Ok(())
-    }
-
     /// At least `READ_CHUNK` log events from position `from` to `end` (unless the log ends
     /// first), and where to go on.
     fn log_chunk(&self, from: u64, end: u64) -> (Vec<Result<RecordedEvent>>, Option<u64>) {
@@ -388,6 +330,7 @@ impl SledEventStore {
             }
         };
         let mut last_stream: Option<StreamId> = None;
+        let mut low = from;
         for item in self.inner.events.range(log_key(start)..=log_key(end)) {
             let (key, value) = match item {
                 Ok(kv) => kv,
@@ -409,10 +352,15 @@ impl SledEventStore {
                 }
             };
             let mut position = first;
-            while let Some(event) = chunk.next_event((from..=end).contains(&position)) {
+            while let Some(event) = chunk.next_event((low..=end).contains(&position)) {
                 position += 1;
                 match event {
-                    Ok(Some(event)) => out.push(Ok(event)),
+                    Ok(Some(event)) => {
+                        // A truncation that rewrote a record while this read went past it
+                        // shows its kept events again, under a later key: skip them.
+                        low = position;
+                        out.push(Ok(event));
+                    }
                     Ok(None) => {}
                     Err(e) => out.push(Err(e)),
                 }
@@ -492,49 +440,20 @@ impl EventLog for SledEventStore {
     }
 }
 
-/// Deleting, truncating and restoring streams: not yet (the provided bodies refuse).
-impl cqrs_core::StreamLifecycle for SledEventStore {}
-
 impl Inspect for SledEventStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
-        guard(|| {
-            let Some((found, _, position)) = self.locate(event_id)? else {
-                return Ok(None);
-            };
-            if found != *stream {
-                return Ok(None);
-            }
-            let (first, bytes) = self.record_holding(position)?.ok_or_else(|| {
-                Error::corrupt(format!("log position {position}"), "the record is missing")
-            })?;
-            let mut chunk = Chunk::open(&bytes, first, Some(stream))?;
-            let mut at = first;
-            while let Some(event) = chunk.next_event(at == position) {
-                at += 1;
-                if let Some(event) = event? {
-                    if event.event_id != event_id {
-                        return Err(Error::corrupt(
-                            format!("event id index entry {event_id}"),
-                            format!("log position {position} holds event {}", event.event_id),
-                        ));
-                    }
-                    return Ok(Some(event));
-                }
-            }
-            Err(Error::corrupt(
-                format!("event id index entry {event_id}"),
-                format!("log position {position} is missing"),
-            ))
-        })
+        guard(|| self.find(stream, event_id))
     }
 
     async fn count_events(&self, after: Position) -> Result<u64> {
         let visible = self.inner.marks.visible.load(Ordering::Acquire);
-        Ok(if after.commit > 0 {
-            0
-        } else {
-            visible.saturating_sub(after.sequence)
-        })
+        if after.commit > 0 || after.sequence >= visible {
+            return Ok(0);
+        }
+        // Every visible position holds an event, except the holes of removed events.
+        let first = after.sequence + 1;
+        let holes = guard(|| holes::holes_between(&self.inner.events, first, visible))?;
+        Ok((visible - after.sequence).saturating_sub(holes))
     }
 
     fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {

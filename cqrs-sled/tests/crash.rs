@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 const WRITER_ENV: &str = "CQRS_SLED_CRASH_DIR";
 const HOLDER_ENV: &str = "CQRS_SLED_LOCK_HOLDER_DIR";
+const LIFECYCLE_ENV: &str = "CQRS_SLED_LIFECYCLE_DIR";
 const BATCH: u64 = 3;
 const STREAMS: u64 = 4;
 const ROUNDS: u32 = 24;
@@ -41,6 +42,10 @@ const TESTS: &[(&str, fn())] = &[
         "a_store_open_in_another_process_is_locked",
         a_store_open_in_another_process_is_locked,
     ),
+    (
+        "killed_lifecycle_writer_keeps_every_acknowledged_change",
+        killed_lifecycle_writer_keeps_every_acknowledged_change,
+    ),
 ];
 
 fn main() -> ExitCode {
@@ -50,6 +55,10 @@ fn main() -> ExitCode {
     }
     if let Ok(dir) = std::env::var(HOLDER_ENV) {
         lock_holder(&dir);
+        return ExitCode::SUCCESS;
+    }
+    if let Ok(dir) = std::env::var(LIFECYCLE_ENV) {
+        lifecycle_writer(&dir);
         return ExitCode::SUCCESS;
     }
     run_tests(std::env::args().skip(1).collect())
@@ -233,6 +242,144 @@ fn a_store_open_in_another_process_is_locked() {
 // ---- the child roles --------------------------------------------------------------
 
 /// Ends this process once the parent closes its standard input (or dies).
+/// What the lifecycle writer acknowledged last for one stream.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Acked {
+    Truncated,
+    Deleted { position: u64 },
+    Restored,
+}
+
+/// A writer that truncates, deletes and restores streams (while another task appends)
+/// is SIGKILLed at random moments: every acknowledged change is there after a reopen,
+/// and the store opens (the durable mark never names a record the changes removed).
+fn killed_lifecycle_writer_keeps_every_acknowledged_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: BTreeMap<String, Acked> = BTreeMap::new();
+    for round in 0..8u32 {
+        let mut child = ChildProcess::start(LIFECYCLE_ENV, dir.path());
+        let random = Uuid::new_v4().as_u128();
+        let kill_after = u64::try_from(random % 30).unwrap();
+        let pause = Duration::from_micros(u64::try_from((random >> 8) % 3000).unwrap());
+        let mut record = |line: &str| {
+            let parts: Vec<&str> = line.split_whitespace().collect();
+            match parts[..] {
+                ["truncated", id] => acked.insert(id.to_owned(), Acked::Truncated),
+                ["deleted", id, position] => acked.insert(
+                    id.to_owned(),
+                    Acked::Deleted {
+                        position: position.parse().unwrap(),
+                    },
+                ),
+                ["restored", id] => acked.insert(id.to_owned(), Acked::Restored),
+                _ => panic!("unexpected line from the lifecycle writer: {line:?}"),
+            };
+        };
+        for _ in 0..kill_after {
+            let Some(line) = child.next_line() else { break };
+            record(&line);
+        }
+        std::thread::sleep(pause);
+        child.kill();
+        while let Some(line) = child.next_line() {
+            record(&line);
+        }
+        drop(child);
+        let store = SledEventStore::open(dir.path())
+            .unwrap_or_else(|e| panic!("round {round}: the store does not open: {e}"));
+        runtime().block_on(check_lifecycle(&store, &acked, round));
+    }
+    assert!(!acked.is_empty(), "the child never acknowledged anything");
+}
+
+async fn check_lifecycle(store: &SledEventStore, acked: &BTreeMap<String, Acked>, round: u32) {
+    use cqrs_core::Inspect;
+    for (id, state) in acked {
+        let s = StreamId::new("cycle", id.as_str()).unwrap();
+        let read: Vec<_> = store.read_stream(&s, 1).try_collect().await.unwrap();
+        let versions: Vec<_> = read.iter().map(|e| e.version).collect();
+        let tombstone = read
+            .first()
+            .filter(|e| e.event_type == cqrs_core::STREAM_DELETED);
+        let ok = match state {
+            // The delete (and the restore) after it may have happened unacknowledged.
+            Acked::Truncated => versions == [3, 4] || versions == [5],
+            Acked::Deleted { position } => {
+                versions == [3, 4]
+                    || (versions == [5]
+                        && tombstone.is_some_and(|t| t.position.sequence == *position))
+            }
+            Acked::Restored => versions == [3, 4] && tombstone.is_none(),
+        };
+        assert!(
+            ok,
+            "round {round}: stream {id} acknowledged {state:?}, reads {versions:?}"
+        );
+    }
+    let log: Vec<_> = store
+        .read_all(Position::START, None)
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(log.windows(2).all(|w| w[0].position < w[1].position));
+    let counted = store.count_events(Position::START).await.unwrap();
+    assert_eq!(counted, log.len() as u64, "round {round}: count_events");
+}
+
+/// Truncates, deletes and restores streams in a loop while another task appends,
+/// printing each acknowledged change, until killed.
+fn lifecycle_writer(dir: &str) {
+    use cqrs_core::{SnapshotRecord, SnapshotStore, StreamLifecycle};
+    exit_when_stdin_closes();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = SledConfig::new(dir)
+            .durability(Durability::Flushed)
+            .open()
+            .unwrap();
+        let noise = store.clone();
+        tokio::spawn(async move {
+            let s = StreamId::new("noise", Uuid::new_v4().to_string()).unwrap();
+            loop {
+                let batch = batch_of(Uuid::new_v4());
+                noise.append(&s, ExpectedVersion::Any, batch).await.unwrap();
+            }
+        });
+        for n in 0u64.. {
+            let id = Uuid::new_v4().to_string();
+            let s = StreamId::new("cycle", id.as_str()).unwrap();
+            let mut batch = batch_of(Uuid::new_v4());
+            batch.push(EventData::new("Written", b"{}".to_vec()));
+            store
+                .append(&s, ExpectedVersion::NoStream, batch)
+                .await
+                .unwrap();
+            let snapshot = SnapshotRecord {
+                version: 3,
+                schema_version: 1,
+                payload: b"{}".to_vec(),
+            };
+            store.save_snapshot(&s, snapshot).await.unwrap();
+            store.truncate_stream(&s, 3).await.unwrap();
+            println!("truncated {id}");
+            let archive: Vec<_> = store.read_stored(&s, 1).try_collect().await.unwrap();
+            let done = store
+                .delete_stream(&s, ExpectedVersion::Exact(4))
+                .await
+                .unwrap();
+            println!("deleted {id} {}", done.position.sequence);
+            if n % 2 == 0 {
+                store.restore_stream(&s, archive).await.unwrap();
+                println!("restored {id}");
+            }
+        }
+    });
+}
+
 fn exit_when_stdin_closes() {
     std::thread::spawn(|| {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
