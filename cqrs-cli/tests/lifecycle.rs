@@ -1,4 +1,5 @@
-//! `archive`, `restore`, `delete` and `truncate`, on the in-memory and sled stores.
+//! `archive`, `restore`, `delete` and `truncate`, on the in-memory and sled stores (and
+//! over a crypto-shredding store).
 
 use clap::Parser;
 use cqrs_cli::{Error, Operations, OpsCommand, ProgressStyle};
@@ -547,4 +548,35 @@ async fn archives_of_a_shredded_store_hold_no_plaintext() {
         "a forgotten subject stays forgotten: {:?}",
         loaded.state.owner
     );
+}
+
+/// A sled store in a temporary directory, kept alive with it.
+fn sled_store() -> (cqrs_sled::SledEventStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = cqrs_sled::SledEventStore::open(dir.path().join("events")).unwrap();
+    (store, dir)
+}
+
+#[tokio::test]
+async fn archive_and_restore_round_trip_on_sled() {
+    let (store, _dir) = sled_store();
+    archive_and_restore_round_trip(store).await;
+}
+
+#[tokio::test]
+async fn damaged_archives_restore_nothing_on_sled() {
+    let (store, _dir) = sled_store();
+    damaged_archives_restore_nothing(store).await;
+}
+
+#[tokio::test]
+async fn delete_and_truncate_on_sled() {
+    let (store, _dir) = sled_store();
+    delete_and_truncate(store).await;
+}
+
+#[tokio::test]
+async fn archive_by_date_on_sled() {
+    let (store, _dir) = sled_store();
+    archive_by_date(store).await;
 }

@@ -318,6 +318,10 @@ impl SnapshotStore for InMemoryEventStore {
 
     async fn save_snapshot(&self, stream: &StreamId, snapshot: SnapshotRecord) -> Result<()> {
         let mut state = self.lock();
+        if state.streams.get(stream).is_some_and(|entry| entry.deleted) {
+            // A late save (a background snapshot) must not bring one back after a delete.
+            return Ok(());
+        }
         match state.snapshots.get(stream) {
             // A later snapshot stays, unless it is ahead of the stream (then it is junk).
             Some(existing)

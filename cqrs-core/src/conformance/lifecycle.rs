@@ -124,6 +124,20 @@ pub async fn deleted_stream_is_a_tombstone<S: EventStore + Clone + 'static>(stor
         None,
         "the snapshot went with the stream"
     );
+    let late = crate::SnapshotRecord {
+        version: 4,
+        schema_version: 1,
+        payload: br#"{"n":4}"#.to_vec(),
+    };
+    store
+        .save_snapshot(&doomed, late)
+        .await
+        .expect("a late save is no error");
+    assert_eq!(
+        store.load_snapshot(&doomed).await.expect("load snapshot"),
+        None,
+        "a late snapshot save does not bring one back"
+    );
 
     // The log: the kept stream untouched, the doomed one only as its tombstone.
     assert_eq!(read_stream(&store, &kept, 1).await, kept_before);
