@@ -2,7 +2,7 @@
 //! shape as the bank's own `AccountEvent`, declared here so that the two services share
 //! a wire format, not code.
 
-use cqrs_core::{DomainEvent, Personal};
+use cqrs_core::{DomainEvent, Personal, StreamDeleted};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -62,6 +62,10 @@ pub enum AccountEvent {
         /// How much, in cents.
         amount: i64,
     },
+    /// The bank deleted or archived the account's stream (its tombstone): the service
+    /// drops the account's statement.
+    #[event(name = "$stream-deleted")]
+    Deleted(StreamDeleted),
 }
 
 impl AccountEvent {
@@ -75,7 +79,7 @@ impl AccountEvent {
             AccountEvent::Withdrawn { amount } | AccountEvent::TransferDebited { amount, .. } => {
                 (0, *amount)
             }
-            AccountEvent::Opened { .. } | AccountEvent::Closed => (0, 0),
+            AccountEvent::Opened { .. } | AccountEvent::Closed | AccountEvent::Deleted(_) => (0, 0),
         }
     }
 }
@@ -129,7 +133,8 @@ mod tests {
                 "AccountClosed",
                 "TransferDebited",
                 "TransferCredited",
-                "TransferRefunded"
+                "TransferRefunded",
+                cqrs_core::STREAM_DELETED,
             ]
         );
     }

@@ -17,6 +17,7 @@ use crate::{Error, Result};
 pub struct PgStatements {
     upsert_account: String,
     upsert_month: String,
+    drop_account: String,
 }
 
 impl PgStatements {
@@ -63,6 +64,10 @@ impl PgStatements {
                  last_version = EXCLUDED.last_version, last_event_id = EXCLUDED.last_event_id, \
                  last_recorded_at_micros = EXCLUDED.last_recorded_at_micros"
             ),
+            drop_account: format!(
+                "WITH months AS (DELETE FROM {s}.statement_months WHERE account = $1) \
+                 DELETE FROM {s}.statement_accounts WHERE account = $1"
+            ),
             upsert_month: format!(
                 "INSERT INTO {s}.statement_months AS m (account, month, in_cents, out_cents) \
                  VALUES ($1, $2, $3, $4) ON CONFLICT (account, month) DO UPDATE SET \
@@ -90,6 +95,13 @@ impl Projection<PgConnection> for PgStatements {
     ) -> Result<(), BoxError> {
         for event in batch {
             let account = event.stream.id();
+            if let AccountEvent::Deleted(_) = event.event {
+                sqlx::query(AssertSqlSafe(self.drop_account.as_str()))
+                    .bind(account)
+                    .execute(&mut *conn)
+                    .await?;
+                continue;
+            }
             let owner = match &event.event {
                 AccountEvent::Opened { owner } => owner.value().map(String::as_str),
                 _ => None,

@@ -34,6 +34,10 @@ impl Projection<ReadModelTx> for SledStatements {
     ) -> Result<(), BoxError> {
         for event in batch {
             let key = event.stream.id().as_bytes();
+            if let AccountEvent::Deleted(_) = event.event {
+                tx.remove(ACCOUNTS, key);
+                continue;
+            }
             let old = match tx.get(ACCOUNTS, key)? {
                 Some(bytes) => Some(serde_json::from_slice(&bytes)?),
                 None => None,

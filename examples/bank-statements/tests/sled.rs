@@ -1,6 +1,7 @@
 //! Two services on sled, as real processes: the bank appends, `bank relay` (then
 //! `bank serve --relay-to`) publishes to JetStream, `statements serve` consumes, and
-//! `statements show --server` shows what `bank balance` and `bank history` say.
+//! `statements show --server` shows what `bank balance` and `bank history` say; a
+//! stream the bank deletes leaves this service too.
 
 mod common;
 
@@ -101,11 +102,35 @@ fn statements_follow_the_bank_through_jetstream_on_sled() {
         "each event applied once: {stats}"
     );
 
+    // The bank deletes ada's stream (issue 15): its tombstone crosses over, and this
+    // service drops her statement.
+    drop(serving);
+    bank(&bank_store, &["delete", "--stream", "account/ada"]);
+    let mut serving = Killed::start(
+        Command::new(bank_bin())
+            .args(["--store", &bank_store, "serve"])
+            .args(["--addr", &format!("127.0.0.1:{bank_port}")])
+            .args(["--relay-to", &url, "--relay-stream", &stream.name])
+            .args(["--relay-prefix", &stream.prefix]),
+        &dir.path().join("bank-serve-again.log"),
+    );
+    common::wait_for(
+        "ada's statement to go",
+        common::ARRIVAL_DEADLINE,
+        || match statements(&store, &["show", "ada", "--server", &server]) {
+            (1, _, _) => Ok(()),
+            (code, json, stderr) => Err(format!("exit {code}: {json} {stderr}")),
+        },
+    );
+    serving.assert_running();
+
     // With no server running, `show` reads the sled database directly.
     drop(serving);
     drop(consumer);
-    let (code, direct, stderr) = statements(&store, &["show", "ada", "--json"]);
+    let (code, direct, stderr) = statements(&store, &["show", "bo", "--json"]);
     assert_eq!(code, 0, "{stderr}");
-    assert_eq!(direct, ada);
+    assert_eq!(direct, bo);
+    let (code, _, stderr) = statements(&store, &["show", "ada", "--json"]);
+    assert_eq!(code, 1, "ada's statement is gone: {stderr}");
     drop(stream);
 }
