@@ -139,6 +139,7 @@ pub struct ProjectionRunner<S, P, K = InMemoryCheckpoint, C = JsonCodec> {
     codec: C,
     config: RunnerConfig,
     cadence: CheckpointCadence,
+    read_ahead: bool,
 }
 
 impl<S, P, K, C> fmt::Debug for ProjectionRunner<S, P, K, C>
@@ -152,6 +153,7 @@ where
             .field("strategy", &self.strategy)
             .field("config", &self.config)
             .field("cadence", &self.cadence)
+            .field("read_ahead", &self.read_ahead)
             .finish_non_exhaustive()
     }
 }
@@ -181,6 +183,7 @@ where
             codec: JsonCodec::new(),
             config: RunnerConfig::default(),
             cadence: CheckpointCadence::default(),
+            read_ahead: true,
         }
     }
 }
@@ -201,12 +204,21 @@ where
             codec,
             config: self.config,
             cadence: self.cadence,
+            read_ahead: self.read_ahead,
         }
     }
 
     /// Sets the configuration.
     pub fn with_config(mut self, config: RunnerConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Whether the next batch is read while the current one is applied (the default:
+    /// yes). Turn it off when reading and applying share a single connection, or to
+    /// measure what it gains.
+    pub fn with_read_ahead(mut self, read_ahead: bool) -> Self {
+        self.read_ahead = read_ahead;
         self
     }
 
@@ -411,6 +423,7 @@ where
             codec,
             config,
             cadence,
+            read_ahead,
         } = self;
         let mut chunks = pin!(
             store
@@ -479,10 +492,13 @@ where
             };
             let applying = apply_batch(strategy, projection, name, config.retry, batch)
                 .instrument(span.clone());
-            let (applied, next) = if full {
-                futures::join!(applying, chunks.next())
-            } else {
-                (applying.await, None)
+            let (applied, next) = match (full, *read_ahead) {
+                (false, _) => (applying.await, None),
+                (true, true) => futures::join!(applying, chunks.next()),
+                (true, false) => {
+                    let applied = applying.await;
+                    (applied, chunks.next().await)
+                }
             };
             span.record("outcome", if applied.is_ok() { "ok" } else { "stopped" });
             // A failed batch saved the earlier checkpoint itself, before isolating.
