@@ -359,6 +359,10 @@ pub(crate) fn decode_append(row: &PgRow, args: &AppendArgs) -> Result<AppendResu
             expected: args.expected,
             actual: version(row)?,
         }),
+        4 => Err(Error::StreamDeleted {
+            stream: args.stream.clone(),
+            version: version(row)?,
+        }),
         2 => {
             let event_id: Uuid = row.try_get(4).map_err(store_error)?;
             let aggregate_type: String = row.try_get(5).map_err(store_error)?;

@@ -253,7 +253,7 @@ impl PostgresEventStore {
 
     /// Wakes this process's watchers now, and other processes' through the coalesced
     /// `NOTIFY` task (started with the first append).
-    fn notify_appended(&self) {
+    pub(crate) fn notify_appended(&self) {
         self.inner.notifier.notify();
         // Outside a Tokio runtime (never the case under sqlx's tokio runtime, but no
         // reason to panic) other nodes' readers poll.
@@ -497,9 +497,6 @@ impl CheckpointStore for PostgresEventStore {
         Ok(())
     }
 }
-
-/// Deleting, truncating and restoring streams: not yet (the provided bodies refuse).
-impl cqrs_core::StreamLifecycle for PostgresEventStore {}
 
 impl Inspect for PostgresEventStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {
