@@ -1,11 +1,13 @@
 //! Deleting, truncating and restoring streams ([`StreamLifecycle`]).
 //!
 //! Each operation is one transaction that first takes the `events` table in `SHARE ROW
-//! EXCLUSIVE` mode. That lock conflicts with the `ROW EXCLUSIVE` lock every insert takes
-//! (before its statement's snapshot) and with itself, so while a delete, truncation or
-//! restore runs, no append is in flight anywhere in the schema: the operation waits for
-//! the appends that started before it to commit, and the appends that start after it
-//! wait, then read the stream as it left it. Without the lock an append whose snapshot
+//! EXCLUSIVE` mode. That lock conflicts with itself and with the `ROW EXCLUSIVE` lock
+//! every append takes before it reads the stream's head (the one-statement appends take
+//! it before their snapshot; `append_events` takes it in its first statement, since
+//! migration 5), so while a delete, truncation or restore runs, no append is in flight
+//! anywhere in the schema: the operation waits for the appends that started before it
+//! to commit, and the appends that start after it wait, then read the stream as it
+//! left it. Without the lock an append whose snapshot
 //! predates the last event could insert at a version whose row the delete just removed
 //! (a unique index does not see a committed delete as a conflict) and land below the
 //! tombstone. Appends pay nothing for it; the cost is that appends stall while one of

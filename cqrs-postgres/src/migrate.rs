@@ -221,10 +221,18 @@ fn append_events(s: &str, checksums: bool, tombstones: bool) -> String {
             ("", "", "", "", "")
         };
     // Migration 5: the head's event type, and outcome 4 when it is a tombstone.
-    let (create, declare, head_type, head_into, deleted) = if tombstones {
+    let (create, declare, lock, head_type, head_into, deleted) = if tombstones {
         (
             "CREATE OR REPLACE FUNCTION",
             "\n    v_head_type text;",
+            format!(
+                r#"
+    -- The insert's lock, taken before the head is read: a delete or truncation
+    -- (`crate::lifecycle`) locks the table against it, so it cannot run between this
+    -- function's read of the head and its insert (each statement here reads its own
+    -- snapshot); the head read below sees any that committed before.
+    LOCK TABLE {s}.events IN ROW EXCLUSIVE MODE;"#
+            ),
             ", e.event_type",
             ", v_head_type",
             format!(
@@ -239,7 +247,7 @@ fn append_events(s: &str, checksums: bool, tombstones: bool) -> String {
             ),
         )
     } else {
-        ("CREATE FUNCTION", "", "", "", String::new())
+        ("CREATE FUNCTION", "", String::new(), "", "", String::new())
     };
     format!(
         r#"-- Outcome 0: appended: r_version, r_commit, r_sequence of the last event.
@@ -269,7 +277,7 @@ DECLARE
     v_head_xid bigint;
     v_version bigint;
     v_last bigint;{declare}
-BEGIN
+BEGIN{lock}
     -- The stream's head by a backward index scan: O(log n) whatever the table's
     -- statistics say (a plain max() was planned as a scan of the whole stream).
     SELECT e.version, e.transaction_id{head_type} INTO v_actual, v_head_xid{head_into} FROM {s}.events e

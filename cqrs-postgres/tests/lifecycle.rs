@@ -141,6 +141,7 @@ async fn appends_race_a_delete(store: &PostgresEventStore) {
     .await
     .expect("delete while appends run");
     let mut succeeded = 0;
+    let mut written = Vec::new();
     for task in tasks {
         let outcomes = within("an appender", task).await.expect("an appender task");
         assert!(
@@ -152,6 +153,7 @@ async fn appends_race_a_delete(store: &PostgresEventStore) {
             match outcome {
                 Ok(appended) => {
                     succeeded += 1;
+                    written.push(appended);
                     assert!(appended.version < tombstone.version, "{appended:?}");
                     assert!(appended.position < tombstone.position, "{appended:?}");
                 }
@@ -163,6 +165,12 @@ async fn appends_race_a_delete(store: &PostgresEventStore) {
             }
         }
     }
+    written.sort_by_key(|a| a.version);
+    assert_eq!(
+        tombstone.version,
+        succeeded + 2,
+        "{written:?} {tombstone:?}"
+    );
     assert_eq!(
         tombstone.version,
         succeeded + 2,
