@@ -40,6 +40,9 @@ use crate::{listen, migrate};
 ///   [`read_all`](cqrs_core::EventLog::read_all) reads in `(transaction id, id)` order and only
 ///   below the oldest transaction still running, so a reader never passes an append that
 ///   may still commit. Positions are `Position { commit: transaction id, sequence: id }`.
+/// - **Stream lifecycle** ([`StreamLifecycle`](cqrs_core::StreamLifecycle)): delete (a
+///   tombstone at a new position), truncate and restore, each one transaction that holds
+///   appends off the schema's `events` table while it runs; removed events leave holes.
 /// - **Live readers** are woken by `LISTEN`/`NOTIFY` (see [`watch`](cqrs_core::EventLog::watch)),
 ///   with the runner's polling as a fallback.
 ///

@@ -99,11 +99,12 @@ async fn appends_race_a_delete(store: &PostgresEventStore) {
         .append(&doomed, ExpectedVersion::NoStream, vec![event("first")])
         .await
         .expect("the first event");
-    let mut tasks = Vec::new();
+    // A `JoinSet` aborts the appenders if the test fails, before the schema is dropped.
+    let mut tasks = tokio::task::JoinSet::new();
     for n in 0..APPENDERS {
         let (store, doomed) = (store.clone(), doomed.clone());
         let kept = stream(&format!("kept-{n}"));
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut outcomes = Vec::new();
             for i in 0..MAX_APPENDS {
                 // Half of them expect the version they saw last, so some conflict.
@@ -125,7 +126,7 @@ async fn appends_race_a_delete(store: &PostgresEventStore) {
                 }
             }
             outcomes
-        }));
+        });
     }
     // Delete once the stream is busy.
     within("the appends before the delete", async {
@@ -142,8 +143,8 @@ async fn appends_race_a_delete(store: &PostgresEventStore) {
     .expect("delete while appends run");
     let mut succeeded = 0;
     let mut written = Vec::new();
-    for task in tasks {
-        let outcomes = within("an appender", task).await.expect("an appender task");
+    while let Some(task) = within("an appender", tasks.join_next()).await {
+        let outcomes = task.expect("an appender task");
         assert!(
             matches!(outcomes.last(), Some(Err(Error::StreamDeleted { .. }))),
             "every appender ends on the tombstone: {:?}",
