@@ -366,3 +366,42 @@ async fn migration_5_upgrades_in_place_and_runs_again() -> Result<()> {
     assert_eq!(versions(&read(&store, &s).await), vec![1, 2, 3]);
     Ok(())
 }
+
+/// `append_events` takes the insert's lock before it reads the stream's head, also when
+/// it then refuses the append: a delete or truncation (which locks the table against
+/// it) can never run between its read and its insert.
+#[tokio::test(flavor = "multi_thread")]
+async fn append_events_locks_the_table_before_it_reads() -> Result<()> {
+    let Some(store) = common::store_guarded().await else {
+        return Ok(());
+    };
+    let s = stream("locked");
+    let mut conn = connect().await;
+    let mut tx = conn.begin().await.map_err(Error::store)?;
+    let schema = store.schema().to_owned();
+    // A refused call (the stream is not at version 9): nothing to insert.
+    let outcome: i16 = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT r_outcome FROM \"{schema}\".append_events($1, $2, 3::smallint, 9, \
+         '{{}}'::uuid[], '{{}}'::text[], '{{}}'::bigint[], '{{}}'::bytea[], '{{}}'::text[], \
+         '{{}}'::integer[], NULL, false)"
+    )))
+    .bind(s.aggregate_type())
+    .bind(s.id())
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(Error::store)?;
+    assert_eq!(outcome, 1, "a conflict");
+    let held: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT mode FROM pg_locks WHERE pid = pg_backend_pid() AND locktype = 'relation' \
+         AND relation = '\"{schema}\".events'::regclass ORDER BY mode"
+    )))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(Error::store)?;
+    assert!(
+        held.iter().any(|m| m == "RowExclusiveLock"),
+        "the function holds the insert's lock: {held:?}"
+    );
+    tx.rollback().await.map_err(Error::store)?;
+    Ok(())
+}
