@@ -7,11 +7,14 @@
 //! migration 5), so while a delete, truncation or restore runs, no append is in flight
 //! anywhere in the schema: the operation waits for the appends that started before it
 //! to commit, and the appends that start after it wait, then read the stream as it
-//! left it. Without the lock an append whose snapshot
-//! predates the last event could insert at a version whose row the delete just removed
-//! (a unique index does not see a committed delete as a conflict) and land below the
-//! tombstone. Appends pay nothing for it; the cost is that appends stall while one of
-//! these rare operations runs ([`LOCK_TIMEOUT`] bounds the wait for the lock).
+//! left it.
+//!
+//! Without the lock, an append that read the head before the stream's last event
+//! committed could insert at a version whose row a delete or truncation had just
+//! removed (a unique index does not count a row deleted by a committed transaction as
+//! a conflict) and land below the tombstone, or among the truncated versions. Appends
+//! pay nothing for the lock; the cost is that appends stall while one of these rare
+//! operations runs ([`LOCK_TIMEOUT`] bounds its wait for the lock).
 //!
 //! A deleted stream's last row is its tombstone: the append statements already read
 //! the stream's head row, so they refuse a deleted stream by its event type, with no
