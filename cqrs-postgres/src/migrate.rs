@@ -432,3 +432,38 @@ DROP FUNCTION {s}.append_events(text, text, smallint, bigint, uuid[], text[], bi
 {append_events}"#
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text between `from` and `to` in `sql`.
+    fn between<'a>(sql: &'a str, from: &str, to: &str) -> &'a str {
+        let start = sql.find(from).map_or(0, |i| i + from.len());
+        let end = sql[start..].find(to).map_or(sql.len(), |i| start + i);
+        &sql[start..end]
+    }
+
+    /// Migration 5 replaces the function of migration 2 in place: `CREATE OR REPLACE`
+    /// with the same parameters and result columns (PostgreSQL refuses a replacement
+    /// that changes them), so a schema at version 4 upgrades without dropping anything.
+    #[test]
+    fn migration_5_replaces_append_events_with_the_same_signature() {
+        // The function as migration 2 created it, and migration 5.
+        let (v2, v5) = (append_events("\"s\"", true, false), v5_tombstones("\"s\""));
+        assert!(v2_checksums("\"s\"").contains(&v2));
+        assert!(v5.contains("CREATE OR REPLACE FUNCTION \"s\".append_events("));
+        assert!(!v5.contains("DROP") && !v5.contains("ALTER"), "{v5}");
+        for (from, to) in [("append_events(", "RETURNS"), ("RETURNS TABLE", "LANGUAGE")] {
+            assert_eq!(between(&v2, from, to), between(&v5, from, to));
+        }
+        assert_eq!(LATEST, 5);
+        assert!(MIGRATIONS.iter().map(|m| m.version).eq(1..=LATEST));
+        // The function's first statement is the insert's lock (see `crate::lifecycle`).
+        let body = between(&v5, "BEGIN", "SELECT");
+        assert!(
+            body.contains("LOCK TABLE \"s\".events IN ROW EXCLUSIVE MODE"),
+            "{body}"
+        );
+    }
+}
