@@ -143,6 +143,13 @@ impl PostgresEventStore {
     /// The append runs in a savepoint, so a lost race on the stream's version is
     /// retried without aborting the caller's transaction.
     ///
+    /// Run it in a `READ COMMITTED` transaction (PostgreSQL's default). In `REPEATABLE
+    /// READ` or `SERIALIZABLE` the append reads the stream as of the transaction's
+    /// snapshot: if a [`delete_stream`](cqrs_core::StreamLifecycle::delete_stream) or
+    /// [`truncate_stream`](cqrs_core::StreamLifecycle::truncate_stream) of the stream
+    /// committed after that snapshot was taken, the append can write at a version the
+    /// operation removed (below the tombstone or the truncation) instead of failing.
+    ///
     /// # Errors
     /// As for [`EventLog::append`](cqrs_core::EventLog::append).
     pub async fn append_in(
@@ -358,6 +365,10 @@ pub(crate) fn decode_append(row: &PgRow, args: &AppendArgs) -> Result<AppendResu
             stream: args.stream.clone(),
             expected: args.expected,
             actual: version(row)?,
+        }),
+        4 => Err(Error::StreamDeleted {
+            stream: args.stream.clone(),
+            version: version(row)?,
         }),
         2 => {
             let event_id: Uuid = row.try_get(4).map_err(store_error)?;

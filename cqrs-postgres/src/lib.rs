@@ -9,6 +9,7 @@ mod error;
 mod inbox;
 mod inline;
 mod keys;
+mod lifecycle;
 mod listen;
 mod migrate;
 mod projection;

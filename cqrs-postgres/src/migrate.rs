@@ -9,6 +9,8 @@
 
 use sqlx::{AssertSqlSafe, Connection, PgPool};
 
+use cqrs_core::STREAM_DELETED;
+
 use crate::error::{Error, Result};
 use crate::schema::Schema;
 
@@ -40,10 +42,15 @@ const MIGRATIONS: &[Migration] = &[
         name: "subject keys for crypto-shredding",
         sql: v4_subject_keys,
     },
+    Migration {
+        version: 5,
+        name: "append_events() refuses deleted streams",
+        sql: v5_tombstones,
+    },
 ];
 
 /// The latest migration this release knows.
-pub(crate) const LATEST: i64 = 4;
+pub(crate) const LATEST: i64 = 5;
 
 /// The advisory-lock key of a schema's migrations (and nothing else).
 pub(crate) fn lock_key(schema: &Schema, purpose: &str) -> i64 {
@@ -155,7 +162,7 @@ pub(crate) async fn run(pool: &PgPool, schema: &Schema) -> Result<i64> {
 ///   (`Statements::append_fast`); the function takes the cases that statement leaves:
 ///   a version mismatch, a unique violation, an append inside a caller's transaction.
 fn v1_initial(s: &str) -> String {
-    let append_events = append_events(s, false);
+    let append_events = append_events(s, false, false);
     format!(
         r#"
 CREATE TABLE {s}.events (
@@ -197,8 +204,10 @@ CREATE TABLE {s}.checkpoints (
 }
 
 /// The `append_events` function (see [`v1_initial`]); with `checksums` (migration 2) it
-/// takes the records' checksums too, after `p_metadata`.
-fn append_events(s: &str, checksums: bool) -> String {
+/// takes the records' checksums too, after `p_metadata`; with `tombstones` (migration 5)
+/// it refuses an append to a deleted stream (outcome 4) and replaces the function in
+/// place (same signature and result columns).
+fn append_events(s: &str, checksums: bool, tombstones: bool) -> String {
     let (checksum_param, checksum_column, checksum_value, checksum_array, checksum_column_b) =
         if checksums {
             (
@@ -211,18 +220,48 @@ fn append_events(s: &str, checksums: bool) -> String {
         } else {
             ("", "", "", "", "")
         };
+    // Migration 5: the head's event type, and outcome 4 when it is a tombstone.
+    let (create, declare, lock, head_type, head_into, deleted) = if tombstones {
+        (
+            "CREATE OR REPLACE FUNCTION",
+            "\n    v_head_type text;",
+            format!(
+                r#"
+    -- The insert's lock, taken before the head is read: a delete or truncation
+    -- (`crate::lifecycle`) locks the table against it, so it cannot run between this
+    -- function's read of the head and its insert (each statement here reads its own
+    -- snapshot); the head read below sees any that committed before.
+    LOCK TABLE {s}.events IN ROW EXCLUSIVE MODE;"#
+            ),
+            ", e.event_type",
+            ", v_head_type",
+            format!(
+                r#";
+    -- A deleted stream ends with its tombstone: nothing goes after it, whatever the
+    -- expected version or the ids (an idempotent re-append of removed events included).
+    IF v_head_type = '{STREAM_DELETED}' THEN
+        RETURN QUERY SELECT 4::smallint, v_actual, NULL::bigint, NULL::bigint,
+                            NULL::uuid, NULL::text, NULL::text;
+        RETURN;
+    END IF"#
+            ),
+        )
+    } else {
+        ("CREATE FUNCTION", "", String::new(), "", "", String::new())
+    };
     format!(
         r#"-- Outcome 0: appended: r_version, r_commit, r_sequence of the last event.
 -- Outcome 3: every id already appended (idempotent): the same, of the original append.
 -- Outcome 1: version conflict: r_version is the stream's version.
 -- Outcome 2: an event id is used in another stream: r_event_id, r_type, r_id.
+-- Outcome 4 (from migration 5): the stream is deleted: r_version is its tombstone's.
 -- p_expected_kind: 0 any, 1 no stream, 2 stream exists, 3 exactly p_expected.
 --
 -- The hot path (new ids, right version) does not look the ids up: the unique index on
 -- event_id refuses a stored one, and the caller then calls again with p_check_ids, which
 -- gives the idempotent result, the conflict or the duplicate-id error. A version
 -- mismatch always checks the ids first: a full re-append succeeds whatever the version.
-CREATE FUNCTION {s}.append_events(
+{create} {s}.append_events(
     p_type text, p_id text, p_expected_kind smallint, p_expected bigint,
     p_event_ids uuid[], p_event_types text[], p_schema_versions bigint[],
     p_payloads bytea[], p_metadata text[],{checksum_param} p_notify text, p_check_ids boolean)
@@ -237,14 +276,14 @@ DECLARE
     v_xid bigint;
     v_head_xid bigint;
     v_version bigint;
-    v_last bigint;
-BEGIN
+    v_last bigint;{declare}
+BEGIN{lock}
     -- The stream's head by a backward index scan: O(log n) whatever the table's
     -- statistics say (a plain max() was planned as a scan of the whole stream).
-    SELECT e.version, e.transaction_id INTO v_actual, v_head_xid FROM {s}.events e
+    SELECT e.version, e.transaction_id{head_type} INTO v_actual, v_head_xid{head_into} FROM {s}.events e
         WHERE e.aggregate_type = p_type AND e.aggregate_id = p_id
         ORDER BY e.version DESC LIMIT 1;
-    v_actual := coalesce(v_actual, 0);
+    v_actual := coalesce(v_actual, 0){deleted};
     v_head_xid := coalesce(v_head_xid, 0);
     v_matches := p_expected_kind = 0
         OR (p_expected_kind = 1 AND v_actual = 0)
@@ -345,6 +384,14 @@ CREATE TABLE {s}.subject_keys (
     )
 }
 
+/// Migration 5: `append_events` refuses appends to a deleted stream (outcome 4). A
+/// deleted stream's last row is its tombstone (`cqrs_core::STREAM_DELETED`), which the
+/// append already reads as the stream's head: the check costs no extra lookup. No table
+/// changes, so existing databases upgrade in place; replacing the function is idempotent.
+fn v5_tombstones(s: &str) -> String {
+    append_events(s, true, true)
+}
+
 fn v3_inbox(s: &str) -> String {
     format!(
         r#"
@@ -375,7 +422,7 @@ CREATE INDEX dead_letters_by_consumer ON {s}.dead_letters (consumer, id);"#
 }
 
 fn v2_checksums(s: &str) -> String {
-    let append_events = append_events(s, true);
+    let append_events = append_events(s, true, false);
     format!(
         r#"
 ALTER TABLE {s}.events ADD COLUMN checksum integer;
@@ -384,4 +431,39 @@ DROP FUNCTION {s}.append_events(text, text, smallint, bigint, uuid[], text[], bi
     bytea[], text[], text, boolean);
 {append_events}"#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text between `from` and `to` in `sql`.
+    fn between<'a>(sql: &'a str, from: &str, to: &str) -> &'a str {
+        let start = sql.find(from).map_or(0, |i| i + from.len());
+        let end = sql[start..].find(to).map_or(sql.len(), |i| start + i);
+        &sql[start..end]
+    }
+
+    /// Migration 5 replaces the function of migration 2 in place: `CREATE OR REPLACE`
+    /// with the same parameters and result columns (PostgreSQL refuses a replacement
+    /// that changes them), so a schema at version 4 upgrades without dropping anything.
+    #[test]
+    fn migration_5_replaces_append_events_with_the_same_signature() {
+        // The function as migration 2 created it, and migration 5.
+        let (v2, v5) = (append_events("\"s\"", true, false), v5_tombstones("\"s\""));
+        assert!(v2_checksums("\"s\"").contains(&v2));
+        assert!(v5.contains("CREATE OR REPLACE FUNCTION \"s\".append_events("));
+        assert!(!v5.contains("DROP") && !v5.contains("ALTER"), "{v5}");
+        for (from, to) in [("append_events(", "RETURNS"), ("RETURNS TABLE", "LANGUAGE")] {
+            assert_eq!(between(&v2, from, to), between(&v5, from, to));
+        }
+        assert_eq!(LATEST, 5);
+        assert!(MIGRATIONS.iter().map(|m| m.version).eq(1..=LATEST));
+        // The function's first statement is the insert's lock (see `crate::lifecycle`).
+        let body = between(&v5, "BEGIN", "SELECT");
+        assert!(
+            body.contains("LOCK TABLE \"s\".events IN ROW EXCLUSIVE MODE"),
+            "{body}"
+        );
+    }
 }

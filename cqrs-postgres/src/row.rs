@@ -5,10 +5,13 @@ use std::time::{Duration, SystemTime};
 use cqrs_core::{
     Error, Metadata, Position, RecordedEvent, Result, SnapshotIgnored, SnapshotRecord, StreamId,
 };
+use sqlx::encode::IsNull;
 use sqlx::postgres::types::Oid;
-use sqlx::postgres::{PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
+use sqlx::postgres::{
+    PgArgumentBuffer, PgHasArrayType, PgRow, PgTypeInfo, PgValueFormat, PgValueRef,
+};
 use sqlx::types::Json;
-use sqlx::{Decode, Postgres, Row, Type, ValueRef};
+use sqlx::{Decode, Encode, Postgres, Row, Type, ValueRef};
 use uuid::Uuid;
 
 use crate::checksum;
@@ -16,10 +19,33 @@ use crate::checksum;
 /// A `timestamptz` as microseconds since the Unix epoch, decoded from the binary wire
 /// format (so the build needs neither `chrono` nor `time`, and the server does no
 /// numeric conversion per row).
-struct UnixMicros(i64);
+pub(crate) struct UnixMicros(i64);
+
+impl UnixMicros {
+    /// `time` to the microsecond (rounded down), as PostgreSQL keeps it; `None` past
+    /// `timestamptz`'s range of this encoding.
+    pub(crate) fn from_system_time(time: SystemTime) -> Option<Self> {
+        let micros = match time.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_micros()).ok()?,
+            Err(before) => {
+                let before = before.duration();
+                // Rounded down: a time between two microseconds goes to the earlier one.
+                let mut micros = i64::try_from(before.as_micros()).ok()?;
+                if before.subsec_nanos() % 1_000 != 0 {
+                    micros = micros.checked_add(1)?;
+                }
+                micros.checked_neg()?
+            }
+        };
+        micros.checked_sub(PG_EPOCH_MICROS)?;
+        Some(UnixMicros(micros))
+    }
+}
 
 /// `timestamptz`'s type oid.
 const TIMESTAMPTZ: Oid = Oid(1184);
+/// `timestamptz[]`'s type oid.
+const TIMESTAMPTZ_ARRAY: Oid = Oid(1185);
 /// Microseconds from the Unix epoch to PostgreSQL's (2000-01-01).
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
@@ -30,6 +56,26 @@ impl Type<Postgres> for UnixMicros {
 
     fn compatible(ty: &PgTypeInfo) -> bool {
         ty.oid() == Some(TIMESTAMPTZ)
+    }
+}
+
+impl PgHasArrayType for UnixMicros {
+    fn array_type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(TIMESTAMPTZ_ARRAY)
+    }
+}
+
+impl Encode<'_, Postgres> for UnixMicros {
+    fn encode_by_ref(
+        &self,
+        buf: &mut PgArgumentBuffer,
+    ) -> std::result::Result<IsNull, sqlx::error::BoxDynError> {
+        let since_pg_epoch = self
+            .0
+            .checked_sub(PG_EPOCH_MICROS)
+            .ok_or("timestamptz out of range")?;
+        buf.extend(&since_pg_epoch.to_be_bytes());
+        Ok(IsNull::No)
     }
 }
 

@@ -7,7 +7,10 @@
 use std::fmt;
 use std::sync::Arc;
 
+use cqrs_core::STREAM_DELETED;
+
 use crate::error::{Error, Result};
+use crate::lifecycle::LifecycleStatements;
 
 /// A validated PostgreSQL schema name: `^[a-z_][a-z0-9_]{0,62}$`, none of PostgreSQL's
 /// own schemas (`pg_*`, `information_schema`), and `public` only when allowed.
@@ -61,7 +64,7 @@ impl fmt::Display for Schema {
 }
 
 /// The columns every event read selects, in the order [`crate::row`] decodes them.
-const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_type, \
+pub(crate) const EVENT_COLUMNS: &str = "e.id, e.transaction_id, e.event_id, e.aggregate_type, \
     e.aggregate_id, e.version, e.event_type, e.schema_version, \
     e.recorded_at, e.payload, e.metadata, e.checksum";
 
@@ -87,6 +90,7 @@ pub(crate) struct Statements {
     pub(crate) load_checkpoint: Arc<str>,
     pub(crate) save_checkpoint: Arc<str>,
     pub(crate) lock_checkpoint: Arc<str>,
+    pub(crate) lifecycle: LifecycleStatements,
 }
 
 impl Statements {
@@ -110,10 +114,17 @@ impl Statements {
             // `(transaction_id, id)` order. Only an append inside an older, still open
             // transaction (`append_in`) can fail that; `append_events` reports it as a
             // conflict.
+            //
+            // A deleted stream's head is its tombstone (`gone`): no row back, and
+            // `append_events` reports `StreamDeleted`. The check reads a column of the
+            // head row the statement fetches anyway: no extra lookup.
             append_fast: sql(format!(
                 "WITH head AS (SELECT coalesce(h.version, 0) AS v, \
-                 coalesce(h.transaction_id, 0) AS tx FROM (SELECT) AS one \
-                 LEFT JOIN LATERAL (SELECT e.version, e.transaction_id FROM {s}.events e \
+                 coalesce(h.transaction_id, 0) AS tx, \
+                 coalesce(h.event_type = '{STREAM_DELETED}', false) AS gone \
+                 FROM (SELECT) AS one \
+                 LEFT JOIN LATERAL (SELECT e.version, e.transaction_id, e.event_type \
+                 FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 \
                  ORDER BY e.version DESC LIMIT 1) h ON true), \
                  inserted AS (INSERT INTO {s}.events (transaction_id, event_id, \
@@ -126,7 +137,7 @@ impl Statements {
                  AS b(event_id, event_type, schema_version, payload, metadata, checksum, ord) \
                  WHERE ($3::smallint = 0 OR ($3 = 1 AND head.v = 0) \
                  OR ($3 = 2 AND head.v > 0) OR ($3 = 3 AND head.v = $4::bigint)) \
-                 AND head.tx <= pg_current_xact_id()::text::bigint \
+                 AND head.tx <= pg_current_xact_id()::text::bigint AND NOT head.gone \
                  ORDER BY b.ord \
                  RETURNING id, version, transaction_id) \
                  SELECT 0::smallint, max(i.version), max(i.transaction_id), max(i.id), \
@@ -141,19 +152,23 @@ impl Statements {
             // inserted. One row back per append: its number, then the last version,
             // transaction id and log id it wrote, all NULL when its check failed (the
             // caller then sorts it out alone). A stored id or a lost race is a unique
-            // violation that fails the whole statement.
+            // violation that fails the whole statement. An append to a deleted stream
+            // fails its check (`gone`), so only its caller goes alone and gets
+            // `StreamDeleted` from `append_events`.
             append_many: sql(format!(
                 "WITH req AS MATERIALIZED (SELECT r.n, r.t, r.i, r.kind, r.exp, \
-                 coalesce(h.version, 0) AS v, coalesce(h.transaction_id, 0) AS tx \
+                 coalesce(h.version, 0) AS v, coalesce(h.transaction_id, 0) AS tx, \
+                 coalesce(h.event_type = '{STREAM_DELETED}', false) AS gone \
                  FROM unnest($1::text[], $2::text[], $3::smallint[], $4::bigint[]) \
                  WITH ORDINALITY AS r(t, i, kind, exp, n) \
-                 LEFT JOIN LATERAL (SELECT e.version, e.transaction_id FROM {s}.events e \
+                 LEFT JOIN LATERAL (SELECT e.version, e.transaction_id, e.event_type \
+                 FROM {s}.events e \
                  WHERE e.aggregate_type = r.t AND e.aggregate_id = r.i \
                  ORDER BY e.version DESC LIMIT 1) h ON true), \
                  ok AS (SELECT req.n, req.t, req.i, req.v FROM req \
                  WHERE (req.kind = 0 OR (req.kind = 1 AND req.v = 0) \
                  OR (req.kind = 2 AND req.v > 0) OR (req.kind = 3 AND req.v = req.exp)) \
-                 AND req.tx <= pg_current_xact_id()::text::bigint), \
+                 AND req.tx <= pg_current_xact_id()::text::bigint AND NOT req.gone), \
                  inserted AS (INSERT INTO {s}.events (transaction_id, event_id, \
                  aggregate_type, aggregate_id, version, event_type, schema_version, payload, \
                  metadata, checksum) \
@@ -261,6 +276,7 @@ impl Statements {
                  ON CONFLICT (name) DO UPDATE SET name = t.name \
                  RETURNING t.commit_id, t.sequence"
             )),
+            lifecycle: LifecycleStatements::new(&s),
         }
     }
 }

@@ -40,6 +40,9 @@ use crate::{listen, migrate};
 ///   [`read_all`](cqrs_core::EventLog::read_all) reads in `(transaction id, id)` order and only
 ///   below the oldest transaction still running, so a reader never passes an append that
 ///   may still commit. Positions are `Position { commit: transaction id, sequence: id }`.
+/// - **Stream lifecycle** ([`StreamLifecycle`](cqrs_core::StreamLifecycle)): delete (a
+///   tombstone at a new position), truncate and restore, each one transaction that holds
+///   appends off the schema's `events` table while it runs; removed events leave holes.
 /// - **Live readers** are woken by `LISTEN`/`NOTIFY` (see [`watch`](cqrs_core::EventLog::watch)),
 ///   with the runner's polling as a fallback.
 ///
@@ -253,7 +256,7 @@ impl PostgresEventStore {
 
     /// Wakes this process's watchers now, and other processes' through the coalesced
     /// `NOTIFY` task (started with the first append).
-    fn notify_appended(&self) {
+    pub(crate) fn notify_appended(&self) {
         self.inner.notifier.notify();
         // Outside a Tokio runtime (never the case under sqlx's tokio runtime, but no
         // reason to panic) other nodes' readers poll.
@@ -497,9 +500,6 @@ impl CheckpointStore for PostgresEventStore {
         Ok(())
     }
 }
-
-/// Deleting, truncating and restoring streams: not yet (the provided bodies refuse).
-impl cqrs_core::StreamLifecycle for PostgresEventStore {}
 
 impl Inspect for PostgresEventStore {
     async fn find_event(&self, stream: &StreamId, event_id: Uuid) -> Result<Option<RecordedEvent>> {

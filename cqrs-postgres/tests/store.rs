@@ -595,7 +595,7 @@ async fn schema_names_are_validated_and_migrations_rerun_safely() {
         })
         .collect();
     for task in tasks {
-        assert_eq!(join(task).await.unwrap(), 4, "the latest migration");
+        assert_eq!(join(task).await.unwrap(), 5, "the latest migration");
     }
 }
 

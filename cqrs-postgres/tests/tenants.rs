@@ -150,3 +150,50 @@ async fn a_prefix_that_makes_a_bad_schema_name_is_refused_before_any_sql() {
         .expect("query");
     assert!(!exists, "not even the registry");
 }
+
+/// A tenant's store deletes and restores streams in its own schema: the same stream of
+/// another tenant is untouched, and the tenant's appends see the tombstone.
+#[tokio::test]
+async fn tenant_stores_delete_and_restore_streams_apart() {
+    use cqrs_core::{Error, EventData, EventLog, ExpectedVersion, StreamId, StreamLifecycle};
+    use futures::TryStreamExt;
+
+    let Some(schemas) = Schemas::new().await else {
+        return;
+    };
+    let tenants = schemas.tenants();
+    let acme = tenants.create(&tenant("acme")).await.expect("create");
+    let globex = tenants.create(&tenant("globex")).await.expect("create");
+    let s = StreamId::new("account", "1").expect("a stream id");
+    let opened = || EventData::new("Opened", b"{}".to_vec());
+    for store in [&acme, &globex] {
+        store
+            .append(&s, ExpectedVersion::NoStream, vec![opened(), opened()])
+            .await
+            .expect("append");
+    }
+    let archive: Vec<_> = acme.read_stream(&s, 1).try_collect().await.expect("read");
+    let tombstone = acme
+        .delete_stream(&s, ExpectedVersion::Exact(2))
+        .await
+        .expect("delete");
+    assert_eq!(tombstone.version, 3);
+    // The registry hands out the same schema: the stream is deleted there too.
+    let again = tenants.store(&tenant("acme")).await.expect("the tenant");
+    match again.append(&s, ExpectedVersion::Any, vec![opened()]).await {
+        Err(Error::StreamDeleted { version: 3, .. }) => {}
+        other => panic!("the tenant's stream is deleted, got {other:?}"),
+    }
+    globex
+        .append(&s, ExpectedVersion::Exact(2), vec![opened()])
+        .await
+        .expect("the other tenant's stream lives on");
+    assert_eq!(
+        acme.restore_stream(&s, archive.clone())
+            .await
+            .expect("restore"),
+        2
+    );
+    let restored: Vec<_> = acme.read_stream(&s, 1).try_collect().await.expect("read");
+    assert_eq!(restored, archive);
+}

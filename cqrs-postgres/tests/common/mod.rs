@@ -1,6 +1,8 @@
 //! Shared test fixtures: a store in a fresh schema of the test server, or a skip.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod life;
+
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
