@@ -59,7 +59,7 @@ where
             let mut batch: Vec<Envelope<P::Event>> = Vec::with_capacity(records.len());
             for record in records {
                 let record = self.codec.upcast(record.clone())?;
-                if self.projection.wants(&record) {
+                if cqrs_core::projection_takes(&self.projection, &record) {
                     batch.push(self.codec.decode_upcast_envelope(record)?);
                 }
             }

@@ -87,6 +87,7 @@ pub(crate) struct Statements {
     pub(crate) stats: Arc<str>,
     pub(crate) load_snapshot: Arc<str>,
     pub(crate) save_snapshot: Arc<str>,
+    pub(crate) lock_for_snapshot: Arc<str>,
     pub(crate) load_checkpoint: Arc<str>,
     pub(crate) save_checkpoint: Arc<str>,
     pub(crate) lock_checkpoint: Arc<str>,
@@ -252,16 +253,25 @@ impl Statements {
                 "SELECT version, schema_version, payload, checksum FROM {s}.snapshots \
                  WHERE aggregate_type = $1 AND aggregate_id = $2"
             )),
+            // Not for a deleted stream (its last row is the tombstone): a late snapshot
+            // must not bring data back. Run after `lock_for_snapshot`, so a delete in
+            // flight has committed (or not started) when this statement looks.
             save_snapshot: sql(format!(
                 "INSERT INTO {s}.snapshots AS t \
                  (aggregate_type, aggregate_id, version, schema_version, payload, checksum) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
+                 SELECT $1, $2, $3, $4, $5, $6 \
+                 WHERE (SELECT h.event_type FROM {s}.events h \
+                 WHERE h.aggregate_type = $1 AND h.aggregate_id = $2 \
+                 ORDER BY h.version DESC LIMIT 1) IS DISTINCT FROM '{STREAM_DELETED}' \
                  ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE \
                  SET version = EXCLUDED.version, schema_version = EXCLUDED.schema_version, \
                  payload = EXCLUDED.payload, checksum = EXCLUDED.checksum, taken_at = now() \
                  WHERE t.version <= EXCLUDED.version OR NOT EXISTS (SELECT 1 FROM {s}.events e \
                  WHERE e.aggregate_type = $1 AND e.aggregate_id = $2 AND e.version = t.version)"
             )),
+            // Waits for a delete or truncation in flight (they hold SHARE ROW EXCLUSIVE);
+            // appends (ROW EXCLUSIVE too) do not wait for it.
+            lock_for_snapshot: sql(format!("LOCK TABLE {s}.events IN ROW EXCLUSIVE MODE")),
             load_checkpoint: sql(format!(
                 "SELECT commit_id, sequence FROM {s}.checkpoints WHERE name = $1"
             )),

@@ -450,16 +450,25 @@ impl SnapshotStore for PostgresEventStore {
         let version = exact_i64(snapshot.version, "snapshot version")?;
         let checksum =
             checksum::snapshot(snapshot.version, snapshot.schema_version, &snapshot.payload);
-        // An upsert: safe to run again after a broken connection.
-        self.retrying(|| {
-            sqlx::query(AssertSqlSafe(self.inner.sql.save_snapshot.clone()))
+        // An upsert: safe to run again after a broken connection. In a transaction that
+        // first waits for a delete in flight, so a late save never revives a snapshot of
+        // a deleted stream.
+        let (sql, payload) = (&self.inner.sql, &snapshot.payload);
+        let schema_version = i64::from(snapshot.schema_version);
+        self.retrying(|| async move {
+            let mut tx = self.inner.pool.begin().await?;
+            let lock = AssertSqlSafe(sql.lock_for_snapshot.clone());
+            sqlx::query(lock).execute(&mut *tx).await?;
+            sqlx::query(AssertSqlSafe(sql.save_snapshot.clone()))
                 .bind(stream.aggregate_type())
                 .bind(stream.id())
                 .bind(version)
-                .bind(i64::from(snapshot.schema_version))
-                .bind(&snapshot.payload)
+                .bind(schema_version)
+                .bind(payload)
                 .bind(checksum)
-                .execute(&self.inner.pool)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await
         })
         .await
         .map_err(store_error)?;
