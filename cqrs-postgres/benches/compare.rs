@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo bench -p cqrs-postgres --bench compare            # 1,000,000-event rebuild
 //! cargo bench -p cqrs-postgres --bench compare -- --quick # 100,000
+//! cargo bench -p cqrs-postgres --bench compare -- --rebuild-only [--quick]
 //! ```
 //!
 //! It reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), works
@@ -634,7 +635,15 @@ async fn fill(store: &PostgresEventStore, events: u64) {
     }
 }
 
-async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64, f64, f64) {
+/// The runner's rebuild rates in one run: as shipped (read-ahead on, a checkpoint save
+/// per batch), without the read-ahead, and with a checkpoint saved every 10,000 events.
+struct Rebuilds {
+    ours: f64,
+    sequential: f64,
+    cadence: f64,
+}
+
+async fn rebuild(options: &PgConnectOptions, events: u64) -> (Rebuilds, f64, f64, f64) {
     let store = store(options.clone(), 2, false).await;
     fill(&store, events).await;
     sqlx::raw_sql(AssertSqlSafe(format!(
@@ -645,16 +654,43 @@ async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64, f64, f64
     .await
     .unwrap();
     // The checkpoint in the store, as an external read model's: one save per batch.
-    let checkpoint = StoreCheckpoint::new(store.clone());
-    let mut runner = ProjectionRunner::with_strategy(store.clone(), Totals::default(), checkpoint)
-        .with_config(RunnerConfig {
-            batch_size: 1_000,
-            ..RunnerConfig::default()
-        });
-    let started = Instant::now();
-    let read = runner.rebuild(|_| {}).await.unwrap();
-    let ours = rate(read, started.elapsed());
-    assert_eq!(runner.projection().events, events);
+    let runner = |read_ahead: bool, cadence: Option<u64>| {
+        let checkpoint = StoreCheckpoint::new(store.clone());
+        let runner = ProjectionRunner::with_strategy(store.clone(), Totals::default(), checkpoint)
+            .with_config(RunnerConfig {
+                batch_size: 1_000,
+                ..RunnerConfig::default()
+            })
+            .with_read_ahead(read_ahead);
+        match cadence {
+            Some(events) => runner.with_checkpoint_cadence(cqrs_core::CheckpointCadence {
+                events,
+                interval: Duration::from_secs(1),
+            }),
+            None => runner,
+        }
+    };
+    // Sequential, shipped, cadence, then shipped again: the shipped rate is the mean of
+    // its two runs, around the others, so drift does not favour it.
+    let (mut rates, mut ours_cents) = (Vec::new(), 0);
+    for (read_ahead, cadence) in [
+        (false, None),
+        (true, None),
+        (true, Some(10_000)),
+        (true, None),
+    ] {
+        let mut runner = runner(read_ahead, cadence);
+        let started = Instant::now();
+        let read = runner.rebuild(|_| {}).await.unwrap();
+        rates.push(rate(read, started.elapsed()));
+        assert_eq!(runner.projection().events, events);
+        ours_cents = runner.projection().cents;
+    }
+    let rebuilds = Rebuilds {
+        ours: (rates[1] + rates[3]) / 2.0,
+        sequential: rates[0],
+        cadence: rates[2],
+    };
 
     // The store's read_all alone, with the same decode (no runner).
     let started = Instant::now();
@@ -684,7 +720,7 @@ async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64, f64, f64
     }
     drop(rows);
     let raw = rate(n, started.elapsed());
-    assert_eq!(cents, runner.projection().cents);
+    assert_eq!(cents, ours_cents);
 
     // Raw, fetching the whole envelope as the store does (same columns, same decode).
     let started = Instant::now();
@@ -710,7 +746,7 @@ async fn rebuild(options: &PgConnectOptions, events: u64) -> (f64, f64, f64, f64
     drop(rows);
     let raw_envelope = rate(m, started.elapsed());
     drop_schema(store.pool(), store.schema()).await;
-    (ours, read_all, raw, raw_envelope)
+    (rebuilds, read_all, raw, raw_envelope)
 }
 
 async fn notify_overhead(options: &PgConnectOptions, tasks: usize, appends: u64) -> (f64, f64) {
@@ -973,6 +1009,10 @@ async fn main() {
         "PostgreSQL comparison ({}), ratios are ours / raw sqlx",
         if quick { "quick" } else { "full" }
     );
+    if args.iter().any(|a| a == "--rebuild-only") {
+        report_rebuild(&options, replay_events).await;
+        return;
+    }
     // Each measurement runs twice, the second time with the sides swapped (ours, raw,
     // raw, ours), so drift in the shared machine's load (disk flushes above all) does
     // not favour one side; the rates are averaged.
@@ -1025,19 +1065,7 @@ async fn main() {
         "| round trips per command (queries + pool pings after release) | {:.2} + {:.2} without snapshots, {:.2} + {:.2} with | one append: {:.2} + {:.2} | |",
         plain.0, plain.1, snapshots.0, snapshots.1, append.0, append.1
     );
-    let (ours, read_all, raw, raw_envelope) = rebuild(&options, replay_events).await;
-    println!(
-        "| read_all alone (no runner), {replay_events} events | {read_all:.0} events/s | raw streamed SELECT id, payload + same decode: {raw:.0}/s | {:.2} |",
-        read_all / raw
-    );
-    println!(
-        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT id, payload + same decode: {raw:.0}/s | {:.2} |",
-        ours / raw
-    );
-    println!(
-        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT of the whole envelope + same decode: {raw_envelope:.0}/s | {:.2} |",
-        ours / raw_envelope
-    );
+    report_rebuild(&options, replay_events).await;
     let (on, off) = notify_overhead(&options, 16, if quick { 4_000 } else { 20_000 }).await;
     println!(
         "| 16 concurrent appenders, NOTIFY on vs off | {on:.0} appends/s | off: {off:.0}/s | {:.2} |",
@@ -1054,5 +1082,33 @@ async fn main() {
         "| peak RSS replaying {replay_events} events | {} MiB (process peak; {} MiB before the replay) | | |",
         peak / 1024,
         before / 1024
+    );
+}
+
+/// Prints the rebuild rows.
+async fn report_rebuild(options: &PgConnectOptions, replay_events: u64) {
+    let (rebuilds, read_all, raw, raw_envelope) = rebuild(options, replay_events).await;
+    let ours = rebuilds.ours;
+    println!(
+        "| projection rebuild, {replay_events} events, read-ahead on / off | {ours:.0} events/s | off: {:.0}/s | {:.2} |",
+        rebuilds.sequential,
+        ours / rebuilds.sequential
+    );
+    println!(
+        "| the same, checkpoint every 10,000 events / every batch | {:.0} events/s | every batch: {ours:.0}/s | {:.2} |",
+        rebuilds.cadence,
+        rebuilds.cadence / ours
+    );
+    println!(
+        "| read_all alone (no runner), {replay_events} events | {read_all:.0} events/s | raw streamed SELECT id, payload + same decode: {raw:.0}/s | {:.2} |",
+        read_all / raw
+    );
+    println!(
+        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT id, payload + same decode: {raw:.0}/s | {:.2} |",
+        ours / raw
+    );
+    println!(
+        "| projection rebuild, {replay_events} events | {ours:.0} events/s | raw streamed SELECT of the whole envelope + same decode: {raw_envelope:.0}/s | {:.2} |",
+        ours / raw_envelope
     );
 }
