@@ -313,17 +313,7 @@ impl PostgresEventStore {
                     .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
                     .try_collect()
                     .await?;
-            for projection in &self.inner.inline {
-                projection
-                    .apply(&mut tx, &records)
-                    .await
-                    .map_err(|source| {
-                        Error::store(crate::Error::InlineProjection {
-                            projection: projection.name().to_owned(),
-                            source,
-                        })
-                    })?;
-            }
+            self.run_inline(&mut tx, &records).await?;
             match tx.commit().await {
                 Ok(()) => return Ok(result),
                 Err(e) if is_unique_violation(&e) && attempt < MAX_APPEND_ATTEMPTS => {}

@@ -71,3 +71,26 @@ where
         })
     }
 }
+
+impl crate::PostgresEventStore {
+    /// Runs every inline projection over `records`, in the transaction that writes them
+    /// (an append's events, a delete's tombstone); the first refusal fails it.
+    pub(crate) async fn run_inline(
+        &self,
+        conn: &mut PgConnection,
+        records: &[RecordedEvent],
+    ) -> cqrs_core::Result<()> {
+        for projection in &self.inner.inline {
+            projection
+                .apply(&mut *conn, records)
+                .await
+                .map_err(|source| {
+                    cqrs_core::Error::store(crate::Error::InlineProjection {
+                        projection: projection.name().to_owned(),
+                        source,
+                    })
+                })?;
+        }
+        Ok(())
+    }
+}

@@ -235,26 +235,6 @@ impl PostgresEventStore {
         decode_event(&row)
     }
 
-    /// Runs the inline projections over the tombstone, in the delete's transaction.
-    async fn project_tombstone(
-        &self,
-        conn: &mut PgConnection,
-        tombstone: &RecordedEvent,
-    ) -> Result<()> {
-        for projection in &self.inner.inline {
-            projection
-                .apply(&mut *conn, std::slice::from_ref(tombstone))
-                .await
-                .map_err(|source| {
-                    Error::store(crate::Error::InlineProjection {
-                        projection: projection.name().to_owned(),
-                        source,
-                    })
-                })?;
-        }
-        Ok(())
-    }
-
     /// The stream's snapshot, locked until the transaction ends; a damaged one counts
     /// as none (it could not be loaded either).
     async fn snapshot_for_update(
@@ -456,7 +436,8 @@ impl StreamLifecycle for PostgresEventStore {
             .ok_or_else(|| Error::invalid_input(format!("{stream} is at the last version")))?;
         self.delete_events(&mut tx, stream, version).await?;
         let tombstone = self.insert_tombstone(&mut tx, stream, version).await?;
-        self.project_tombstone(&mut tx, &tombstone).await?;
+        self.run_inline(&mut tx, std::slice::from_ref(&tombstone))
+            .await?;
         tx.commit().await.map_err(store_error)?;
         self.notify_appended();
         Ok(AppendResult {
