@@ -484,11 +484,15 @@ where
                 outcome = field::Empty
             );
             let (events, started) = (batch.len(), Instant::now());
-            // The next batch is read while this one is applied (at most two in memory).
+            read_since_save += read;
+            let due = read_since_save >= cadence.events || saved_at.elapsed() >= cadence.interval;
+            // The next batch is read while this one is applied and its checkpoint saved
+            // (at most two batches in memory).
             let batch = Batch {
                 events: batch,
                 end,
                 unsaved,
+                save: due,
             };
             let applying = apply_batch(strategy, projection, name, config.retry, batch)
                 .instrument(span.clone());
@@ -514,13 +518,14 @@ where
             }
             *position = end;
             *done += read;
-            read_since_save += read;
             unsaved = if saved { None } else { Some(end) };
             let stopping = should_stop();
-            let due = read_since_save >= cadence.events || saved_at.elapsed() >= cadence.interval;
-            if let Some(checkpoint) = unsaved.filter(|_| due || stopping || next.is_none()) {
+            if let Some(checkpoint) = unsaved.filter(|_| stopping || next.is_none()) {
                 save(strategy, name, config.retry, checkpoint).await?;
-                (unsaved, read_since_save, saved_at) = (None, 0, Instant::now());
+                unsaved = None;
+            }
+            if unsaved.is_none() {
+                (read_since_save, saved_at) = (0, Instant::now());
             }
             if let Some((callback, total, started)) = report {
                 callback(Progress {
@@ -612,17 +617,19 @@ fn strategy_error(name: &str, operation: &'static str, source: BoxError) -> Proj
     }
 }
 
-/// A batch to apply: its events, the position it ends at, and the checkpoint of the
-/// batches before it that is applied but not saved yet.
+/// A batch to apply: its events, the position it ends at, the checkpoint of the
+/// batches before it that is applied but not saved yet, and whether to save its own
+/// checkpoint once it is applied (the cadence says it is due).
 struct Batch<E> {
     events: Vec<Envelope<E>>,
     end: Position,
     unsaved: Option<Position>,
+    save: bool,
 }
 
-/// Applies one batch: retries, then isolates the failing event. Returns whether the
-/// checkpoint was saved (isolating saves the earlier checkpoint, then after each
-/// event; otherwise the caller saves as the cadence says).
+/// Applies one batch, then saves its checkpoint if asked: retries, then isolates the
+/// failing event. Returns whether the checkpoint was saved (isolating saves the earlier
+/// checkpoint, then after each event).
 async fn apply_batch<K, P>(
     strategy: &mut K,
     projection: &mut P,
@@ -638,6 +645,7 @@ where
         events: batch,
         end,
         unsaved,
+        save: save_now,
     } = batch;
     let applied = retry!(
         retry,
@@ -645,6 +653,7 @@ where
         warn(name, "batch failed")
     );
     let (batch_error, attempts) = match applied {
+        Ok(()) if save_now => return save(strategy, name, retry, end).await.map(|()| true),
         Ok(()) => return Ok(false),
         Err(failed) => failed,
     };
