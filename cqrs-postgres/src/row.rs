@@ -113,19 +113,50 @@ pub(crate) fn store_error(error: sqlx::Error) -> Error {
     Error::store(error)
 }
 
-/// Decodes a row selected with `schema::EVENT_COLUMNS`.
-///
-/// A row that does not decode is [`Error::Corrupt`] naming its stream and version (or its
-/// log id when even those are unreadable); a database failure is [`Error::Store`].
+/// Decodes a row selected with `schema::EVENT_COLUMNS` (one row: see [`EventDecoder`]
+/// for a read of many).
 pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
-    let id: i64 = row.try_get(0).map_err(store_error)?;
-    // Locations are formatted only when something is wrong: this runs once per row.
-    let log_location = || format!("event with log id {id}");
-    let at_log = |e: sqlx::Error| Error::corrupt(log_location(), e.to_string());
-    let aggregate_type: String = row.try_get(3).map_err(at_log)?;
-    let aggregate_id: String = row.try_get(4).map_err(at_log)?;
-    let stream = StreamId::new(&aggregate_type, &aggregate_id)
-        .map_err(|e| Error::corrupt(log_location(), e.to_string()))?;
+    EventDecoder::default().decode(row)
+}
+
+/// Decodes the rows of one read. It keeps the last stream id, so the rows of a run of
+/// one stream share its strings instead of allocating and checking them again.
+#[derive(Debug, Default)]
+pub(crate) struct EventDecoder {
+    last: Option<StreamId>,
+}
+
+impl EventDecoder {
+    /// Decodes a row selected with `schema::EVENT_COLUMNS`.
+    ///
+    /// A row that does not decode is [`Error::Corrupt`] naming its stream and version (or
+    /// its log id when even those are unreadable); a database failure is
+    /// [`Error::Store`].
+    pub(crate) fn decode(&mut self, row: &PgRow) -> Result<RecordedEvent> {
+        let id: i64 = row.try_get(0).map_err(store_error)?;
+        // Locations are formatted only when something is wrong: this runs once per row.
+        let log_location = || format!("event with log id {id}");
+        let at_log = |e: sqlx::Error| Error::corrupt(log_location(), e.to_string());
+        let aggregate_type: &str = row.try_get(3).map_err(at_log)?;
+        let aggregate_id: &str = row.try_get(4).map_err(at_log)?;
+        let stream = match &self.last {
+            Some(last) if last.id() == aggregate_id && last.aggregate_type() == aggregate_type => {
+                last.clone()
+            }
+            _ => {
+                let stream = StreamId::new(aggregate_type, aggregate_id)
+                    .map_err(|e| Error::corrupt(log_location(), e.to_string()))?;
+                self.last = Some(stream.clone());
+                stream
+            }
+        };
+        decode_rest(row, id, stream)
+    }
+}
+
+/// The columns of an event row after its stream.
+fn decode_rest(row: &PgRow, id: i64, stream: StreamId) -> Result<RecordedEvent> {
+    let at_log = |e: sqlx::Error| Error::corrupt(format!("event with log id {id}"), e.to_string());
     let raw_version: i64 = row.try_get(5).map_err(at_log)?;
     let location = || format!("stream {stream} version {raw_version}");
     let at = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
@@ -148,8 +179,7 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
     let recorded_at = system_time(micros)
         .ok_or_else(|| Error::corrupt(location(), format!("timestamp {micros} out of range")))?;
     let payload: Vec<u8> = row.try_get(9).map_err(at)?;
-    let Json(metadata): Json<Metadata> = row
-        .try_get(10)
+    let metadata = decode_metadata(row, 10)
         .map_err(|e| Error::corrupt(location(), format!("metadata does not decode: {e}")))?;
     let stored: Option<i32> = row.try_get(11).map_err(at)?;
     let computed = checksum::event(event_id, &event_type, schema_version, &payload);
@@ -165,6 +195,19 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
         payload,
         metadata,
     })
+}
+
+/// Decodes a `jsonb` metadata column. Most events have none (`{}`): that one is
+/// recognised from its bytes, without a JSON parse.
+fn decode_metadata(row: &PgRow, column: usize) -> std::result::Result<Metadata, sqlx::Error> {
+    // `jsonb` in the binary format is a version byte (1) and the JSON text.
+    const EMPTY: &[u8] = b"\x01{}";
+    let raw = row.try_get_raw(column)?;
+    if raw.format() == PgValueFormat::Binary && raw.as_bytes().ok() == Some(EMPTY) {
+        return Ok(Metadata::default());
+    }
+    let Json(metadata): Json<Metadata> = row.try_get(column)?;
+    Ok(metadata)
 }
 
 /// Decodes a snapshot from four columns of `row` starting at `first`: version, schema

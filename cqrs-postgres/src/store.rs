@@ -20,8 +20,8 @@ use crate::batch::Batcher;
 use crate::checksum;
 use crate::inline::InlineProjection;
 use crate::row::{
-    SnapshotRow, decode_checkpoint, decode_event, decode_snapshot, event_version, exact_i64,
-    saturating_i64, snapshot_of_row, store_error, stored_u64,
+    EventDecoder, SnapshotRow, decode_checkpoint, decode_event, decode_snapshot, event_version,
+    exact_i64, saturating_i64, snapshot_of_row, store_error, stored_u64,
 };
 use crate::schema::{Schema, Statements};
 use crate::{listen, migrate};
@@ -300,7 +300,12 @@ impl EventLog for PostgresEventStore {
                 .bind(saturating_i64(from_version))
                 .fetch(&self.inner.pool)
         })
-        .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+        .scan(EventDecoder::default(), |decoder, row| {
+            let decoded = row
+                .map_err(store_error)
+                .and_then(|row| decoder.decode(&row));
+            std::future::ready(Some(decoded))
+        })
     }
 
     fn read_all(
@@ -319,7 +324,12 @@ impl EventLog for PostgresEventStore {
                         .bind(limit)
                         .fetch(&self.inner.pool)
                 })
-                .map(|row| row.map_err(store_error).and_then(|row| decode_event(&row)))
+                .scan(EventDecoder::default(), |decoder, row| {
+                    let decoded = row
+                        .map_err(store_error)
+                        .and_then(|row| decoder.decode(&row));
+                    std::future::ready(Some(decoded))
+                })
             })
             .try_flatten()
     }
