@@ -139,6 +139,18 @@ pub async fn deleted_stream_is_a_tombstone<S: EventStore + Clone + 'static>(stor
         "a late snapshot save does not bring one back"
     );
 
+    // Listed at its tombstone's version.
+    let listed: Vec<crate::StreamInfo> = match store.list_streams().try_collect().await {
+        Ok(listed) => listed,
+        Err(e) => panic!("list_streams must not fail, got {e:?}"),
+    };
+    let doomed_info = listed.iter().find(|info| info.stream == doomed);
+    assert_eq!(
+        doomed_info.map(|info| info.version),
+        Some(5),
+        "a deleted stream is listed at its tombstone's version"
+    );
+
     // The log: the kept stream untouched, the doomed one only as its tombstone.
     assert_eq!(read_stream(&store, &kept, 1).await, kept_before);
     assert_eq!(
