@@ -6,33 +6,36 @@
 use cqrs_core::{Error, Result};
 use uuid::Uuid;
 
-static CRC32C: crc::Crc<u32, crc::Table<16>> =
-    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+/// CRC-32C over the parts, in order (the `crc32c` crate: the CPU's instruction where
+/// there is one; the same values as `crc`'s `CRC_32_ISCSI`, which a test pins).
+fn crc32c(parts: &[&[u8]]) -> i32 {
+    let crc = parts
+        .iter()
+        .fold(0, |crc, part| crc32c::crc32c_append(crc, part));
+    i32::from_be_bytes(crc.to_be_bytes())
+}
 
 /// The checksum of an event row: its id, type, schema version and payload (the fields a
 /// reader decodes into a value; the stream and version are checked by the unique index
 /// and by `verify`).
 pub(crate) fn event(event_id: Uuid, event_type: &str, schema_version: u32, payload: &[u8]) -> i32 {
-    let mut digest = CRC32C.digest();
-    digest.update(event_id.as_bytes());
-    digest.update(
-        &u64::try_from(event_type.len())
-            .unwrap_or(u64::MAX)
-            .to_be_bytes(),
-    );
-    digest.update(event_type.as_bytes());
-    digest.update(&schema_version.to_be_bytes());
-    digest.update(payload);
-    i32::from_be_bytes(digest.finalize().to_be_bytes())
+    let type_len = u64::try_from(event_type.len()).unwrap_or(u64::MAX);
+    crc32c(&[
+        event_id.as_bytes(),
+        &type_len.to_be_bytes(),
+        event_type.as_bytes(),
+        &schema_version.to_be_bytes(),
+        payload,
+    ])
 }
 
 /// The checksum of a snapshot row: its version, schema version and payload.
 pub(crate) fn snapshot(version: u64, schema_version: u32, payload: &[u8]) -> i32 {
-    let mut digest = CRC32C.digest();
-    digest.update(&version.to_be_bytes());
-    digest.update(&schema_version.to_be_bytes());
-    digest.update(payload);
-    i32::from_be_bytes(digest.finalize().to_be_bytes())
+    crc32c(&[
+        &version.to_be_bytes(),
+        &schema_version.to_be_bytes(),
+        payload,
+    ])
 }
 
 /// `Ok` if `stored` is absent (a row from before checksums) or equals `computed`.
@@ -79,5 +82,29 @@ mod tests {
             matches!(&err, Error::Corrupt { location, .. } if location == "stream a/b version 3")
         );
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    /// Rows written with the `crc` crate's table-driven CRC-32C (before 2026-12-01)
+    /// check against the same values: the two implementations agree.
+    #[test]
+    fn the_checksums_are_the_table_driven_crc32c() {
+        static TABLE: crc::Crc<u32, crc::Table<16>> =
+            crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+        let id = Uuid::from_u128(0x0192_a0c4_7e4e_7000_8000_0000_0000_0001);
+        let payload = br#"{"Deposited":{"amount":1250}}"#.repeat(7);
+        let mut digest = TABLE.digest();
+        digest.update(id.as_bytes());
+        digest.update(&9u64.to_be_bytes());
+        digest.update(b"Deposited");
+        digest.update(&2u32.to_be_bytes());
+        digest.update(&payload);
+        let table = i32::from_be_bytes(digest.finalize().to_be_bytes());
+        assert_eq!(event(id, "Deposited", 2, &payload), table);
+        let mut digest = TABLE.digest();
+        digest.update(&41u64.to_be_bytes());
+        digest.update(&1u32.to_be_bytes());
+        digest.update(&payload);
+        let table = i32::from_be_bytes(digest.finalize().to_be_bytes());
+        assert_eq!(snapshot(41, 1, &payload), table);
     }
 }

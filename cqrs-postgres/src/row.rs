@@ -133,12 +133,12 @@ impl EventDecoder {
     /// its log id when even those are unreadable); a database failure is
     /// [`Error::Store`].
     pub(crate) fn decode(&mut self, row: &PgRow) -> Result<RecordedEvent> {
-        let id: i64 = row.try_get(0).map_err(store_error)?;
+        let id: i64 = row.try_get_unchecked(0).map_err(store_error)?;
         // Locations are formatted only when something is wrong: this runs once per row.
         let log_location = || format!("event with log id {id}");
         let at_log = |e: sqlx::Error| Error::corrupt(log_location(), e.to_string());
-        let aggregate_type: &str = row.try_get(3).map_err(at_log)?;
-        let aggregate_id: &str = row.try_get(4).map_err(at_log)?;
+        let aggregate_type: &str = row.try_get_unchecked(3).map_err(at_log)?;
+        let aggregate_id: &str = row.try_get_unchecked(4).map_err(at_log)?;
         let stream = match &self.last {
             Some(last) if last.id() == aggregate_id && last.aggregate_type() == aggregate_type => {
                 last.clone()
@@ -157,31 +157,31 @@ impl EventDecoder {
 /// The columns of an event row after its stream.
 fn decode_rest(row: &PgRow, id: i64, stream: StreamId) -> Result<RecordedEvent> {
     let at_log = |e: sqlx::Error| Error::corrupt(format!("event with log id {id}"), e.to_string());
-    let raw_version: i64 = row.try_get(5).map_err(at_log)?;
+    let raw_version: i64 = row.try_get_unchecked(5).map_err(at_log)?;
     let location = || format!("stream {stream} version {raw_version}");
     let at = |e: sqlx::Error| Error::corrupt(location(), e.to_string());
     let version = stored_u64(raw_version, location, "version")?;
-    let transaction_id: i64 = row.try_get(1).map_err(at)?;
+    let transaction_id: i64 = row.try_get_unchecked(1).map_err(at)?;
     let position = Position::new(
         stored_u64(transaction_id, location, "transaction id")?,
         stored_u64(id, location, "log id")?,
     );
-    let event_id: Uuid = row.try_get(2).map_err(at)?;
-    let event_type: String = row.try_get(6).map_err(at)?;
-    let schema_version: i64 = row.try_get(7).map_err(at)?;
+    let event_id: Uuid = row.try_get_unchecked(2).map_err(at)?;
+    let event_type: String = row.try_get_unchecked(6).map_err(at)?;
+    let schema_version: i64 = row.try_get_unchecked(7).map_err(at)?;
     let schema_version = u32::try_from(schema_version).map_err(|_| {
         Error::corrupt(
             location(),
             format!("schema version {schema_version} out of range"),
         )
     })?;
-    let UnixMicros(micros) = row.try_get(8).map_err(at)?;
+    let UnixMicros(micros) = row.try_get_unchecked(8).map_err(at)?;
     let recorded_at = system_time(micros)
         .ok_or_else(|| Error::corrupt(location(), format!("timestamp {micros} out of range")))?;
-    let payload: Vec<u8> = row.try_get(9).map_err(at)?;
+    let payload: Vec<u8> = row.try_get_unchecked(9).map_err(at)?;
     let metadata = decode_metadata(row, 10)
         .map_err(|e| Error::corrupt(location(), format!("metadata does not decode: {e}")))?;
-    let stored: Option<i32> = row.try_get(11).map_err(at)?;
+    let stored: Option<i32> = row.try_get_unchecked(11).map_err(at)?;
     let computed = checksum::event(event_id, &event_type, schema_version, &payload);
     checksum::verify(stored, computed, location)?;
     Ok(RecordedEvent {
