@@ -461,24 +461,28 @@ impl<S: EventLog, K: KeyStore> EventLog for Shredded<S, K> {
 }
 
 /// Snapshots are sealed like events. A snapshot that holds an erased value is not used:
-/// [`load_snapshot`](SnapshotStore::load_snapshot) answers `None`, so a load replays the
-/// stream (the default [`read_stream_from_snapshot`](SnapshotStore::read_stream_from_snapshot)
-/// asks `load_snapshot`), and the next snapshot replaces it.
+/// [`load_snapshot`](SnapshotStore::load_snapshot) answers `None`, and
+/// [`read_stream_from_snapshot`](SnapshotStore::read_stream_from_snapshot) says
+/// [`SnapshotIgnored::Erased`](crate::SnapshotIgnored::Erased), so a load replays the
+/// stream and a repository that takes snapshots replaces the snapshot at once with one
+/// holding the erased value: the forgotten subject's sealed data leaves the snapshot.
 impl<S: SnapshotStore, K: KeyStore> SnapshotStore for Shredded<S, K> {
     async fn load_snapshot<'a>(&'a self, stream: &'a StreamId) -> Result<Option<SnapshotRecord>> {
-        let Some(mut snapshot) = self.inner.load_snapshot(stream).await? else {
-            return Ok(None);
+        Ok(self.open_snapshot(stream).await?.ok())
+    }
+
+    fn read_stream_from_snapshot<'a>(
+        &'a self,
+        stream: &'a StreamId,
+    ) -> impl Stream<Item = Result<crate::StreamItem>> + Send + 'a {
+        let snapshot = async move {
+            match self.open_snapshot(stream).await? {
+                Ok(snapshot) => Ok(Ok(Some(snapshot))),
+                Err(Some(ignored)) => Ok(Err(ignored)),
+                Err(None) => Ok(Ok(None)),
+            }
         };
-        let location = || format!("snapshot of {stream}");
-        let payload = std::mem::take(&mut snapshot.payload);
-        let looked = &mut Looked::new();
-        let (payload, erased) = self.shredder.reveal(payload, &location, looked).await?;
-        if erased {
-            tracing::info!(%stream, "not using a snapshot that holds erased personal data");
-            return Ok(None);
-        }
-        snapshot.payload = payload;
-        Ok(Some(snapshot))
+        crate::snapshot_store::snapshot_then_tail(self, stream, snapshot)
     }
 
     async fn save_snapshot<'a>(
@@ -489,6 +493,29 @@ impl<S: SnapshotStore, K: KeyStore> SnapshotStore for Shredded<S, K> {
         let payload = std::mem::take(&mut snapshot.payload);
         snapshot.payload = self.shredder.seal(payload, &mut Looked::new()).await?;
         self.inner.save_snapshot(stream, snapshot).await
+    }
+}
+
+impl<S: SnapshotStore, K: KeyStore> Shredded<S, K> {
+    /// The stream's snapshot, opened; `Err(None)` if there is none, `Err(Some(why))` if
+    /// it holds an erased value.
+    async fn open_snapshot(
+        &self,
+        stream: &StreamId,
+    ) -> Result<Result<SnapshotRecord, Option<crate::SnapshotIgnored>>> {
+        let Some(mut snapshot) = self.inner.load_snapshot(stream).await? else {
+            return Ok(Err(None));
+        };
+        let location = || format!("snapshot of {stream}");
+        let payload = std::mem::take(&mut snapshot.payload);
+        let looked = &mut Looked::new();
+        let (payload, erased) = self.shredder.reveal(payload, &location, looked).await?;
+        if erased {
+            let version = snapshot.version;
+            return Ok(Err(Some(crate::SnapshotIgnored::Erased { version })));
+        }
+        snapshot.payload = payload;
+        Ok(Ok(snapshot))
     }
 }
 

@@ -1,6 +1,8 @@
 //! Snapshots: the optional capability that keeps aggregate loads short.
 
-use futures::StreamExt;
+use std::future::Future;
+
+use futures::{Stream, StreamExt};
 
 use crate::{EventLog, RecordedEvent, Result, StreamId};
 
@@ -61,6 +63,13 @@ pub enum SnapshotIgnored {
         /// The aggregate's current snapshot schema version.
         current: u32,
     },
+    /// The snapshot holds personal data of a data subject that was forgotten
+    /// ([`Shredded::forget`](crate::Shredded::forget)): a load replays the stream, and a
+    /// repository that takes snapshots replaces it with one holding the erased value.
+    Erased {
+        /// The stream version the snapshot covers.
+        version: u64,
+    },
     /// The snapshot's payload does not decode as the aggregate's state.
     Undecodable {
         /// The stream version the snapshot covers.
@@ -85,6 +94,10 @@ impl std::fmt::Display for SnapshotIgnored {
             } => write!(
                 f,
                 "snapshot (version {version}) has schema version {found}, not the current {current}"
+            ),
+            SnapshotIgnored::Erased { version } => write!(
+                f,
+                "snapshot (version {version}) holds personal data of a forgotten subject"
             ),
             SnapshotIgnored::Undecodable { version, reason } => {
                 write!(f, "snapshot (version {version}) does not decode: {reason}")
@@ -155,41 +168,9 @@ macro_rules! snapshot_store_table {
                     &'a self,
                     stream: &'a StreamId,
                 ) -> stream<'a> Result<StreamItem> {
-        let from_start = move || {
-            self.read_stream(stream, 1)
-                .map(|e| e.map(StreamItem::Event))
-        };
-        futures::stream::once(async move {
-            let snapshot = match self.load_snapshot(stream).await {
-                Err(e) => return futures::stream::iter([Err(e)]).boxed(),
-                Ok(None) => return from_start().boxed(),
-                Ok(Some(snapshot)) => snapshot,
-            };
-            let ignored = if snapshot.version == 0 {
-                SnapshotIgnored::Damaged {
-                    reason: "it covers version 0".to_owned(),
-                }
-            } else {
-                // The event at the snapshot's own version shows it is not ahead.
-                let mut tail = Box::pin(self.read_stream(stream, snapshot.version));
-                match tail.next().await {
-                    Some(Err(e)) => return futures::stream::iter([Err(e)]).boxed(),
-                    Some(Ok(event)) if event.version == snapshot.version => {
-                        return futures::stream::iter([Ok(StreamItem::Snapshot(snapshot))])
-                            .chain(tail.map(|e| e.map(StreamItem::Event)))
-                            .boxed();
-                    }
-                    _ => SnapshotIgnored::AheadOfStream {
-                        version: snapshot.version,
-                    },
-                }
-            };
-            tracing::warn!(%stream, reason = %ignored, "ignoring snapshot");
-            futures::stream::iter([Ok(StreamItem::SnapshotIgnored(ignored))])
-                .chain(from_start())
-                .boxed()
+        crate::snapshot_store::snapshot_then_tail(self, stream, async move {
+            self.load_snapshot(stream).await.map(Ok)
         })
-        .flatten()
     }
             }
         }
@@ -198,3 +179,55 @@ macro_rules! snapshot_store_table {
 pub(crate) use snapshot_store_table;
 
 snapshot_store_table!(define_store_trait!());
+
+/// What [`SnapshotStore::read_stream_from_snapshot`] yields, for a store whose snapshot
+/// comes from `snapshot`: `Ok(Ok(None))` none, `Ok(Ok(Some))` one to check against the
+/// stream, `Ok(Err(why))` one not to use (the stream is then read from its start).
+pub(crate) fn snapshot_then_tail<'a, S: EventLog + ?Sized>(
+    store: &'a S,
+    stream: &'a StreamId,
+    snapshot: impl Future<Output = Result<Result<Option<SnapshotRecord>, SnapshotIgnored>>> + Send + 'a,
+) -> impl Stream<Item = Result<StreamItem>> + Send + 'a {
+    let from_start = move || {
+        store
+            .read_stream(stream, 1)
+            .map(|e| e.map(StreamItem::Event))
+    };
+    futures::stream::once(async move {
+        let snapshot = match snapshot.await {
+            Err(e) => return futures::stream::iter([Err(e)]).boxed(),
+            Ok(Ok(None)) => return from_start().boxed(),
+            Ok(Ok(Some(snapshot))) => snapshot,
+            Ok(Err(ignored)) => {
+                tracing::info!(%stream, reason = %ignored, "ignoring snapshot");
+                return futures::stream::iter([Ok(StreamItem::SnapshotIgnored(ignored))])
+                    .chain(from_start())
+                    .boxed();
+            }
+        };
+        let ignored = if snapshot.version == 0 {
+            SnapshotIgnored::Damaged {
+                reason: "it covers version 0".to_owned(),
+            }
+        } else {
+            // The event at the snapshot's own version shows it is not ahead.
+            let mut tail = Box::pin(store.read_stream(stream, snapshot.version));
+            match tail.next().await {
+                Some(Err(e)) => return futures::stream::iter([Err(e)]).boxed(),
+                Some(Ok(event)) if event.version == snapshot.version => {
+                    return futures::stream::iter([Ok(StreamItem::Snapshot(snapshot))])
+                        .chain(tail.map(|e| e.map(StreamItem::Event)))
+                        .boxed();
+                }
+                _ => SnapshotIgnored::AheadOfStream {
+                    version: snapshot.version,
+                },
+            }
+        };
+        tracing::warn!(%stream, reason = %ignored, "ignoring snapshot");
+        futures::stream::iter([Ok(StreamItem::SnapshotIgnored(ignored))])
+            .chain(from_start())
+            .boxed()
+    })
+    .flatten()
+}

@@ -175,7 +175,8 @@ where
         customers.snapshot_now(id).await.expect("snapshot");
     }
     let snapshots = Repository::<Customer, _>::new(store.clone(), ())
-        .with_snapshots(crate::SnapshotPolicy::EveryEvents(1000));
+        .with_snapshots(crate::SnapshotPolicy::EveryEvents(1000))
+        .with_background_snapshots(false);
 
     // Plaintext never reaches the backend.
     let bytes = dump().await;
@@ -224,6 +225,20 @@ where
         loaded.snapshot_version, None,
         "the snapshot holding ada is not used"
     );
+    assert_eq!(
+        loaded.snapshot_ignored,
+        Some(crate::SnapshotIgnored::Erased { version: 2 }),
+        "the load says why"
+    );
+    // That load replaced the snapshot (the repository takes snapshots): the next one
+    // uses a snapshot without ada's sealed name.
+    let loaded = snapshots.load(&ada).await.expect("load after the repair");
+    assert_eq!(
+        loaded.snapshot_version,
+        Some(2),
+        "a new snapshot replaced it"
+    );
+    assert_eq!(loaded.state.name, erased);
     let loaded = snapshots.load(&bob).await.expect("load bob");
     assert_eq!(
         loaded.snapshot_version,
