@@ -1,7 +1,8 @@
 //! Two services on PostgreSQL, each in a schema of its own, as separate processes: the
 //! bank appends while `bank relay` publishes; `statements consume` applies; `statements
 //! show`, `stats` and `dead-letters` read the tables directly meanwhile. A foreign
-//! message on the bank's subjects goes to the dead letters.
+//! message on the bank's subjects goes to the dead letters; an account the bank deletes
+//! leaves this service too.
 
 mod common;
 
@@ -83,4 +84,21 @@ fn statements_follow_the_bank_through_jetstream_on_postgres() {
         (&report["applied"], &report["remaining"]),
         (&0.into(), &1.into())
     );
+
+    // The bank deletes bo's stream (issue 15) while both run: the tombstone crosses
+    // over, and this service drops bo's statement (its months too).
+    bank(&bank_store, &["delete", "--stream", "account/bo"]);
+    wait_for(
+        "bo's statement to go",
+        common::ARRIVAL_DEADLINE,
+        || match statements(&store, &["show", "bo", "--json"]) {
+            (1, _, _) => Ok(()),
+            (code, json, stderr) => Err(format!("exit {code}: {json} {stderr}")),
+        },
+    );
+    let (code, ada, stderr) = statements(&store, &["show", "ada", "--json"]);
+    assert_eq!(code, 0, "ada's statement stays: {stderr}");
+    assert_eq!(ada["account"], "ada");
+    relay.assert_running();
+    consumer.assert_running();
 }
