@@ -32,7 +32,7 @@ const LEN: usize = 25;
 /// Under a steady load, the mark is rewritten at most this often.
 pub(crate) const MARK_EVERY: Duration = Duration::from_millis(100);
 
-static CRC32C: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
+use crate::record::CRC32C;
 
 /// What the mark file records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -44,10 +44,41 @@ pub(crate) const HOLE: u8 = b'H';
 /// The byte after the position in the stream-index entry of a tombstone.
 pub(crate) const DELETED: u8 = b'D';
 
-/// CRC32C (Castagnoli), the checksum of records; slice-by-16 tables (16 KiB), several
-/// times faster than the one-table default on event-sized records.
-pub(crate) static CRC32C: crc::Crc<u32, crc::Table<16>> =
-    crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+/// CRC32C (Castagnoli), the checksum of records, marks and read-model rows: the
+/// `crc32c` crate, with the CPU's `crc32` instruction where there is one (the same
+/// values as the `crc` crate's `CRC_32_ISCSI` used before 2026-12-01, which a test
+/// pins).
+pub(crate) static CRC32C: Crc32c = Crc32c;
+
+/// See [`CRC32C`].
+pub(crate) struct Crc32c;
+
+impl Crc32c {
+    /// The checksum of `bytes`.
+    pub(crate) fn checksum(&self, bytes: &[u8]) -> u32 {
+        crc32c::crc32c(bytes)
+    }
+
+    /// A checksum over several parts.
+    pub(crate) fn digest(&self) -> Crc32cDigest {
+        Crc32cDigest(0)
+    }
+}
+
+/// A CRC32C over parts fed in order.
+pub(crate) struct Crc32cDigest(u32);
+
+impl Crc32cDigest {
+    /// Feeds the next part.
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
+        self.0 = crc32c::crc32c_append(self.0, bytes);
+    }
+
+    /// The checksum of every part fed.
+    pub(crate) fn finalize(self) -> u32 {
+        self.0
+    }
+}
 
 /// Appends the CRC32C of everything in `out` to it.
 fn seal(out: &mut Vec<u8>) {
@@ -216,6 +247,30 @@ pub(crate) fn stream_of_index_key(key: &[u8]) -> Option<StreamId> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stores written with the `crc` crate's tables (before 2026-12-01) verify with the
+    /// `crc32c` crate: both compute the same CRC-32C, whole or in parts.
+    #[test]
+    fn the_checksum_is_the_table_driven_crc32c() {
+        static TABLE: crc::Crc<u32, crc::Table<16>> =
+            crc::Crc::<u32, crc::Table<16>>::new(&crc::CRC_32_ISCSI);
+        let bytes: Vec<u8> = (0..40_000u32)
+            .map(|i| (i * 7 + i / 251).to_le_bytes()[0])
+            .collect();
+        for len in [0, 1, 7, 64, 1_000, 16_384, 40_000] {
+            assert_eq!(
+                CRC32C.checksum(&bytes[..len]),
+                TABLE.checksum(&bytes[..len])
+            );
+        }
+        let mut ours = CRC32C.digest();
+        let mut table = TABLE.digest();
+        for part in bytes.chunks(333) {
+            ours.update(part);
+            table.update(part);
+        }
+        assert_eq!(ours.finalize(), table.finalize());
+    }
 
     #[test]
     fn snapshots_and_checkpoints_are_checksummed() {
