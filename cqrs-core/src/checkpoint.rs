@@ -232,6 +232,10 @@ impl CheckpointStrategy for InMemoryCheckpoint {
 /// [`Envelope::event_id`]. Do not use it for a read model in memory: after a restart the
 /// model would be empty while the checkpoint says it is up to date.
 ///
+/// Progress is saved with [`CheckpointStore::advance_checkpoint`] (a crash of the
+/// database may take the last saves back: more of the same redelivery); a reset saves
+/// the start durably before it resets the read model.
+///
 /// # Examples
 /// ```
 /// # use cqrs_core::{BoxError, DomainEvent, Envelope, Projection};
@@ -304,15 +308,19 @@ impl<S: CheckpointStore + 'static> CheckpointStrategy for StoreCheckpoint<S> {
         projection.apply(&mut (), batch).await
     }
 
+    /// Saves progress with [`advance_checkpoint`](CheckpointStore::advance_checkpoint):
+    /// at least once allows a database crash to take the last ones back.
     async fn save(&mut self, name: &str, checkpoint: Position) -> Result<(), BoxError> {
-        Ok(self.store.save_checkpoint(name, checkpoint).await?)
+        Ok(self.store.advance_checkpoint(name, checkpoint).await?)
     }
 
+    /// Moves the checkpoint back to the start first (durably), then resets the read
+    /// model: a crash in between replays everything onto the old model (at least once),
+    /// never resumes the cleared model from the old checkpoint.
     async fn reset<P: Projection>(&mut self, projection: &mut P) -> Result<(), BoxError> {
-        projection.reset(&mut ()).await?;
-        Ok(self
-            .store
+        self.store
             .save_checkpoint(projection.name(), Position::START)
-            .await?)
+            .await?;
+        Ok(projection.reset(&mut ()).await?)
     }
 }

@@ -36,7 +36,33 @@ macro_rules! checkpoint_store_table {
                     position: Position,
                 ) -> future<'a> Result<()>;
             }
-            provided {}
+            provided {
+                /// Moves the checkpoint of the projection `name` forward to `position`,
+                /// as its progress: like [`save_checkpoint`](CheckpointStore::save_checkpoint),
+                /// and visible to loads at once, but the backend may make it durable
+                /// lazily. After a crash of the backend's database (not of the caller),
+                /// the checkpoint may be back at a position it held in the last moments
+                /// before it; an at-least-once projection then gets those events again,
+                /// which it already has to accept after its own crashes. A later write
+                /// of the backend that is durable makes the earlier ones durable too.
+                ///
+                /// [`StoreCheckpoint`](crate::StoreCheckpoint) saves a projection's
+                /// progress with it, and the relay its position after the broker's
+                /// acknowledgements; a checkpoint that must not come back (a reset to
+                /// the start) is saved with `save_checkpoint`. The default calls
+                /// `save_checkpoint`; PostgreSQL commits it without waiting for the WAL
+                /// flush (`synchronous_commit = off` for that transaction alone).
+                ///
+                /// # Errors
+                /// As for [`save_checkpoint`](CheckpointStore::save_checkpoint).
+                fn advance_checkpoint<'a>(
+                    &'a self,
+                    name: &'a str,
+                    position: Position,
+                ) -> future<'a> Result<()> {
+                    self.save_checkpoint(name, position)
+                }
+            }
         }
     };
 }

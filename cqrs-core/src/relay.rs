@@ -498,8 +498,10 @@ impl Checkpoint {
         if !now && self.unsaved_events < self.every && self.saved_at.elapsed() < CHECKPOINT_EVERY {
             return Ok(());
         }
+        // Progress after acknowledgements: lost with the database's last moments, it only
+        // sends those events again (consumers deduplicate by event id).
         store
-            .save_checkpoint(name, position)
+            .advance_checkpoint(name, position)
             .await
             .map_err(RelayError::Store)?;
         self.unsaved = None;

@@ -17,10 +17,12 @@ use crate::{
 
 mod batch;
 mod progress;
+mod tally;
 
 pub use progress::Progress;
 
 use batch::{Batch, EventRef, PassError, apply_batch, save, store_failed, strategy_error, warn};
+use tally::Tally;
 
 /// How a [`ProjectionRunner`] reads and retries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,7 +330,8 @@ where
     }
 
     /// Resets the read model and its checkpoint, then replays the whole log, calling
-    /// `progress` after each batch. Returns the records read.
+    /// `progress` after each batch once the log is counted (the count runs beside the
+    /// first batches, not before them) and after the last one. Returns the records read.
     ///
     /// With a blue/green strategy (both transactional ones), the new read model is built
     /// beside the old one, which readers keep seeing until the whole log is applied; a
@@ -374,19 +377,9 @@ where
     ) -> Result<u64, ProjectionError> {
         let name = self.projection.name().to_owned();
         let retry = self.config.retry;
-        let mut report = match progress {
-            // Counting costs a query: only when someone is watching.
-            Some(callback) => {
-                let total: Result<u64, _> = retry!(
-                    retry,
-                    self.store.count_events(*position).await,
-                    warn(&name, "cannot count the log")
-                );
-                let total = total.map_err(|(source, _)| store_failed(&name, source))?;
-                Some((callback, total, Instant::now()))
-            }
-            None => None,
-        };
+        // The total is counted beside the first pass's reads (a query: only when someone
+        // is watching).
+        let mut report = progress.map(|callback| (callback, None, Instant::now()));
         let mut done = 0u64;
         // A failed read is retried from the last checkpoint; a projection error is final.
         let outcome = retry!(
@@ -433,9 +426,13 @@ where
                 .read_all(*position, None)
                 .chunks(config.batch_size.max(1))
         );
-        // Events left in the log, counted at the first full batch of a pass (a query),
-        // then counted down.
-        let mut behind = None;
+        // The log's length after `position`: for progress, counted from the start of the
+        // pass; for the lag alone, from the first full batch (a query, run beside the
+        // reads and applies, not before them).
+        let mut tally = Tally::default();
+        if report.as_ref().is_some_and(|(_, total, _)| total.is_none()) {
+            tally.start(store.count_events(*position), *done);
+        }
         // The checkpoint applied but not saved yet, and what was read since the last save.
         let mut unsaved: Option<Position> = None;
         let (mut read_since_save, mut saved_at) = (0u64, Instant::now());
@@ -450,7 +447,7 @@ where
                 return Err(error);
             }};
         }
-        let mut pending = chunks.next().await;
+        let mut pending = tally.beside(chunks.next()).await;
         while let Some(chunk) = pending.take() {
             let read = chunk.len() as u64;
             let full = chunk.len() >= config.batch_size.max(1);
@@ -499,38 +496,56 @@ where
             };
             let applying = apply_batch(strategy, projection, name, config.retry, batch)
                 .instrument(span.clone());
-            let (applied, next) = match (full, *read_ahead) {
-                (false, _) => (applying.await, None),
-                (true, true) => futures::join!(applying, chunks.next()),
-                (true, false) => {
-                    let applied = applying.await;
-                    (applied, chunks.next().await)
-                }
-            };
+            let (applied, next) = tally
+                .beside(async {
+                    match (full, *read_ahead) {
+                        (false, _) => (applying.await, None),
+                        (true, true) => futures::join!(applying, chunks.next()),
+                        (true, false) => {
+                            let applied = applying.await;
+                            (applied, chunks.next().await)
+                        }
+                    }
+                })
+                .await;
             span.record("outcome", if applied.is_ok() { "ok" } else { "stopped" });
             // A failed batch saved the earlier checkpoint itself, before isolating.
             let saved = applied?;
             telemetry::batch(name, events, started.elapsed(), newest);
-            behind = match (full, behind) {
-                (false, _) => Some(0),
-                (true, Some(left)) => Some(u64::saturating_sub(left, read)),
-                (true, None) => store.count_events(end).await.ok(),
-            };
-            if let Some(left) = behind {
-                telemetry::lag(name, left);
-            }
             *position = end;
             *done += read;
             unsaved = if saved { None } else { Some(end) };
             let stopping = should_stop();
-            if let Some(checkpoint) = unsaved.filter(|_| stopping || next.is_none()) {
-                save(strategy, name, config.retry, checkpoint).await?;
+            let last = stopping || next.is_none();
+            if let Some(checkpoint) = unsaved.filter(|_| last) {
+                tally
+                    .beside(save(strategy, name, config.retry, checkpoint))
+                    .await?;
                 unsaved = None;
             }
             if unsaved.is_none() {
                 (read_since_save, saved_at) = (0, Instant::now());
             }
-            if let Some((callback, total, started)) = report {
+            // The count, once it is in: the progress total (awaited for the last report
+            // if it is not in yet) and the lag.
+            if last && report.is_some() {
+                tally.finish().await;
+            }
+            let total = match (tally.total(), report.as_mut()) {
+                (Some(Ok(counted)), Some((_, total, _))) => Some(*total.insert(counted)),
+                (Some(Ok(counted)), None) => Some(counted),
+                (Some(Err(e)), Some(_)) => fail!(PassError::Store(e)),
+                (_, report) => report.and_then(|(_, total, _)| *total),
+            };
+            match (full, total) {
+                (false, _) => telemetry::lag(name, 0),
+                (true, Some(total)) => telemetry::lag(name, total.saturating_sub(*done)),
+                (true, None) if report.is_none() && !tally.started() => {
+                    tally.start(store.count_events(end), *done);
+                }
+                (true, None) => {}
+            }
+            if let Some((callback, Some(total), started)) = report {
                 callback(Progress {
                     done: *done,
                     total: *total,
@@ -548,5 +563,6 @@ where
     }
 }
 
-/// A progress callback, the total to report against, and when the work began.
-type Report<'a> = (&'a mut (dyn FnMut(Progress) + Send), u64, Instant);
+/// A progress callback, the total to report against (once counted), and when the work
+/// began.
+type Report<'a> = (&'a mut (dyn FnMut(Progress) + Send), Option<u64>, Instant);

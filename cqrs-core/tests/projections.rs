@@ -13,6 +13,7 @@ use cqrs_core::{
     ProjectionRunner, Repository, RetryPolicy, RunnerConfig, SnapshotStore, StoreCheckpoint,
     StreamId,
 };
+use futures::StreamExt;
 
 type Balances = Arc<Mutex<HashMap<String, i64>>>;
 
@@ -136,6 +137,114 @@ async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("not done within {DEADLINE:?}: {what}"))
 }
 
+/// A store around the in-memory one whose watcher never wakes (it keeps the trait's
+/// default `watch`), and whose `count_events` can wait for a gate or fail.
+#[derive(Clone)]
+struct Wrapped {
+    inner: InMemoryEventStore,
+    /// `count_events` waits for it; `read_all` opens it with its first record.
+    count_gate: Option<Arc<tokio::sync::Notify>>,
+    /// `count_events` fails.
+    count_fails: bool,
+}
+
+impl Wrapped {
+    fn new(inner: &InMemoryEventStore) -> Self {
+        Wrapped {
+            inner: inner.clone(),
+            count_gate: None,
+            count_fails: false,
+        }
+    }
+}
+
+impl EventLog for Wrapped {
+    fn append<'a>(
+        &'a self,
+        s: &'a StreamId,
+        e: ExpectedVersion,
+        v: Vec<EventData>,
+    ) -> impl Future<Output = cqrs_core::Result<cqrs_core::AppendResult>> + Send + 'a {
+        self.inner.append(s, e, v)
+    }
+    fn read_stream<'a>(
+        &'a self,
+        s: &'a StreamId,
+        f: u64,
+    ) -> impl futures::Stream<Item = cqrs_core::Result<cqrs_core::RecordedEvent>> + Send + 'a {
+        self.inner.read_stream(s, f)
+    }
+    fn read_all(
+        &self,
+        a: Position,
+        l: Option<u64>,
+    ) -> impl futures::Stream<Item = cqrs_core::Result<cqrs_core::RecordedEvent>> + Send + '_ {
+        let gate = self.count_gate.clone();
+        self.inner.read_all(a, l).inspect(move |_| {
+            if let Some(gate) = &gate {
+                gate.notify_one();
+            }
+        })
+    }
+}
+impl SnapshotStore for Wrapped {
+    fn load_snapshot<'a>(
+        &'a self,
+        s: &'a StreamId,
+    ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::SnapshotRecord>>> + Send + 'a
+    {
+        self.inner.load_snapshot(s)
+    }
+    fn save_snapshot<'a>(
+        &'a self,
+        s: &'a StreamId,
+        r: cqrs_core::SnapshotRecord,
+    ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
+        self.inner.save_snapshot(s, r)
+    }
+}
+impl CheckpointStore for Wrapped {
+    fn load_checkpoint<'a>(
+        &'a self,
+        n: &'a str,
+    ) -> impl Future<Output = cqrs_core::Result<Option<Position>>> + Send + 'a {
+        self.inner.load_checkpoint(n)
+    }
+    fn save_checkpoint<'a>(
+        &'a self,
+        n: &'a str,
+        p: Position,
+    ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
+        self.inner.save_checkpoint(n, p)
+    }
+}
+/// Deleting, truncating and restoring: the provided bodies (unsupported).
+impl cqrs_core::StreamLifecycle for Wrapped {}
+
+impl Inspect for Wrapped {
+    fn find_event<'a>(
+        &'a self,
+        s: &'a StreamId,
+        id: uuid::Uuid,
+    ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::RecordedEvent>>> + Send + 'a {
+        self.inner.find_event(s, id)
+    }
+    fn count_events(
+        &self,
+        a: Position,
+    ) -> impl Future<Output = cqrs_core::Result<u64>> + Send + '_ {
+        async move {
+            if let Some(gate) = &self.count_gate {
+                gate.notified().await;
+            }
+            if self.count_fails {
+                return Err(Error::store(std::io::Error::other("count failed")));
+            }
+            self.inner.count_events(a).await
+        }
+    }
+}
+
 #[tokio::test]
 async fn catch_up_applies_everything_once_and_checkpoints() {
     let store = InMemoryEventStore::new();
@@ -209,86 +318,7 @@ async fn live_runner_follows_new_events_and_stops_on_shutdown() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_runner_polls_when_the_store_cannot_notify() {
     let store = InMemoryEventStore::new();
-    // A boxed store whose watcher never wakes.
-    #[derive(Clone)]
-    struct Silent(InMemoryEventStore);
-    impl EventLog for Silent {
-        fn append<'a>(
-            &'a self,
-            s: &'a StreamId,
-            e: ExpectedVersion,
-            v: Vec<EventData>,
-        ) -> impl Future<Output = cqrs_core::Result<cqrs_core::AppendResult>> + Send + 'a {
-            self.0.append(s, e, v)
-        }
-        fn read_stream<'a>(
-            &'a self,
-            s: &'a StreamId,
-            f: u64,
-        ) -> impl futures::Stream<Item = cqrs_core::Result<cqrs_core::RecordedEvent>> + Send + 'a
-        {
-            self.0.read_stream(s, f)
-        }
-        fn read_all(
-            &self,
-            a: Position,
-            l: Option<u64>,
-        ) -> impl futures::Stream<Item = cqrs_core::Result<cqrs_core::RecordedEvent>> + Send + '_
-        {
-            self.0.read_all(a, l)
-        }
-    }
-    impl SnapshotStore for Silent {
-        fn load_snapshot<'a>(
-            &'a self,
-            s: &'a StreamId,
-        ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::SnapshotRecord>>> + Send + 'a
-        {
-            self.0.load_snapshot(s)
-        }
-        fn save_snapshot<'a>(
-            &'a self,
-            s: &'a StreamId,
-            r: cqrs_core::SnapshotRecord,
-        ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
-            self.0.save_snapshot(s, r)
-        }
-    }
-    impl CheckpointStore for Silent {
-        fn load_checkpoint<'a>(
-            &'a self,
-            n: &'a str,
-        ) -> impl Future<Output = cqrs_core::Result<Option<Position>>> + Send + 'a {
-            self.0.load_checkpoint(n)
-        }
-        fn save_checkpoint<'a>(
-            &'a self,
-            n: &'a str,
-            p: Position,
-        ) -> impl Future<Output = cqrs_core::Result<()>> + Send + 'a {
-            self.0.save_checkpoint(n, p)
-        }
-    }
-    /// Deleting, truncating and restoring: the provided bodies (unsupported).
-    impl cqrs_core::StreamLifecycle for Silent {}
-
-    impl Inspect for Silent {
-        fn find_event<'a>(
-            &'a self,
-            s: &'a StreamId,
-            id: uuid::Uuid,
-        ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::RecordedEvent>>> + Send + 'a
-        {
-            self.0.find_event(s, id)
-        }
-        fn count_events(
-            &self,
-            a: Position,
-        ) -> impl Future<Output = cqrs_core::Result<u64>> + Send + '_ {
-            self.0.count_events(a)
-        }
-    }
-    let silent = Silent(store.clone());
+    let silent = Wrapped::new(&store);
     assert!(!silent.watch().can_wake());
     let p = projection("polled");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -336,6 +366,57 @@ async fn rebuild_resets_and_replays_with_progress() {
         store.load_checkpoint("rebuilt").await.unwrap(),
         Some(Position::new(0, 24))
     );
+}
+
+#[tokio::test]
+async fn the_rebuild_counts_the_log_beside_its_reads() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 4, 5).await; // 24 events
+    // The count waits until the log's first record was read: a count awaited before the
+    // first read would never end.
+    let gated = Wrapped {
+        count_gate: Some(Arc::new(tokio::sync::Notify::new())),
+        ..Wrapped::new(&store)
+    };
+    let p = projection("counted beside");
+    let mut runner = ProjectionRunner::new(gated, p.clone()).with_config(fast_config(5));
+    let mut reports = Vec::new();
+    let read = within(
+        "a rebuild whose count waits for its reads",
+        runner.rebuild(|progress| reports.push(progress)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read, 24);
+    assert_eq!(p.balances.lock().unwrap()["acc-2"], 15);
+    assert!(!reports.is_empty());
+    assert!(reports.iter().all(|r| r.total == 24 && r.done <= 24));
+    let last = reports.last().unwrap();
+    assert_eq!((last.done, last.total), (24, 24));
+}
+
+#[tokio::test]
+async fn a_rebuild_whose_count_fails_stops_with_the_store_error() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 2, 5).await;
+    let failing = Wrapped {
+        count_fails: true,
+        ..Wrapped::new(&store)
+    };
+    let mut runner =
+        ProjectionRunner::new(failing, projection("uncounted")).with_config(fast_config(5));
+    let mut reports = 0;
+    let error = within(
+        "a rebuild whose count fails",
+        runner.rebuild(|_| reports += 1),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(error, ProjectionError::Store { .. }),
+        "got {error:?}"
+    );
+    assert_eq!(reports, 0, "no progress without a total");
 }
 
 #[tokio::test]

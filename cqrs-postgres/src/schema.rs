@@ -90,6 +90,8 @@ pub(crate) struct Statements {
     pub(crate) lock_for_snapshot: Arc<str>,
     pub(crate) load_checkpoint: Arc<str>,
     pub(crate) save_checkpoint: Arc<str>,
+    /// `save_checkpoint` without waiting for the WAL flush.
+    pub(crate) advance_checkpoint: Arc<str>,
     pub(crate) lock_checkpoint: Arc<str>,
     pub(crate) lifecycle: LifecycleStatements,
 }
@@ -280,6 +282,15 @@ impl Statements {
                  ON CONFLICT (name) DO UPDATE SET commit_id = EXCLUDED.commit_id, \
                  sequence = EXCLUDED.sequence, updated_at = now()"
             )),
+            // The same, with `synchronous_commit = off` for its own transaction (the
+            // setting in force when the statement's implicit transaction commits).
+            advance_checkpoint: sql(format!(
+                "INSERT INTO {s}.checkpoints (name, commit_id, sequence) \
+                 SELECT $1, $2, $3 FROM (SELECT set_config('synchronous_commit', 'off', true)) \
+                 AS lazily \
+                 ON CONFLICT (name) DO UPDATE SET commit_id = EXCLUDED.commit_id, \
+                 sequence = EXCLUDED.sequence, updated_at = now()"
+            )),
             // Creates the row at the start if it is missing, and locks it either way.
             lock_checkpoint: sql(format!(
                 "INSERT INTO {s}.checkpoints AS t (name, commit_id, sequence) VALUES ($1, 0, 0) \
@@ -294,6 +305,21 @@ impl Statements {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The advance is the save's upsert with the setting in a `FROM` (evaluated, unlike an
+    /// unreferenced CTE), local to the statement's own transaction.
+    #[test]
+    fn the_advance_is_the_save_without_waiting_for_the_flush() {
+        let sql = Statements::new(&Schema::new("s", false).unwrap());
+        let (save, advance) = (&*sql.save_checkpoint, &*sql.advance_checkpoint);
+        assert!(
+            advance.contains("FROM (SELECT set_config('synchronous_commit', 'off', true))"),
+            "{advance}"
+        );
+        assert!(!save.contains("synchronous_commit"), "{save}");
+        let tail = |s: &str| s[s.find("ON CONFLICT").unwrap()..].to_owned();
+        assert_eq!(tail(save), tail(advance));
+    }
 
     #[test]
     fn accepts_plain_lower_case_identifiers() {

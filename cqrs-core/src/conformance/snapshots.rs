@@ -322,8 +322,10 @@ pub async fn stale_or_undecodable_snapshot_replays<S: SnapshotStore + Inspect + 
 /// **Contract 8 (checkpoints).** A name without a checkpoint loads `None`; a saved
 /// checkpoint loads back; saving again replaces it (even with an earlier position);
 /// names are independent (including names that are prefixes of one another, unicode
-/// names, and a 256-byte name); an empty name, a name over 256 bytes or one with NUL is
-/// [`Error::InvalidInput`](crate::Error::InvalidInput) for both load and save.
+/// names, and a 256-byte name); an advanced checkpoint
+/// ([`advance_checkpoint`](CheckpointStore::advance_checkpoint)) loads back at once and a
+/// save replaces it; an empty name, a name over 256 bytes or one with NUL is
+/// [`Error::InvalidInput`](crate::Error::InvalidInput) for load, save and advance.
 pub async fn checkpoints_round_trip<S: EventLog + CheckpointStore + Clone + 'static>(store: S) {
     // Checkpoints hold positions the store handed out.
     let stream = fresh_stream("checkpoints");
@@ -380,6 +382,25 @@ pub async fn checkpoints_round_trip<S: EventLog + CheckpointStore + Clone + 'sta
         Some(positions[0]),
         "[contract 8, checkpoints] saving an earlier position replaces it too (rebuilds rewind)"
     );
+    for position in [positions[1], positions[2]] {
+        if let Err(e) = store.advance_checkpoint(&names[0], position).await {
+            panic!(
+                "advance_checkpoint({:?}, {position}) must not fail, got {e:?}",
+                names[0]
+            );
+        }
+        assert_eq!(
+            load_checkpoint(&store, &names[0]).await,
+            Some(position),
+            "[contract 8, checkpoints] an advanced checkpoint loads back at once"
+        );
+    }
+    save_checkpoint(&store, &names[0], positions[0]).await;
+    assert_eq!(
+        load_checkpoint(&store, &names[0]).await,
+        Some(positions[0]),
+        "[contract 8, checkpoints] a save after an advance replaces it"
+    );
 
     for (i, name) in names.iter().enumerate().skip(1) {
         let position = if i % 2 == 0 {
@@ -413,6 +434,10 @@ pub async fn checkpoints_round_trip<S: EventLog + CheckpointStore + Clone + 'sta
         assert_invalid_input(
             store.save_checkpoint(&name, positions[0]).await,
             &format!("saving {what}"),
+        );
+        assert_invalid_input(
+            store.advance_checkpoint(&name, positions[0]).await,
+            &format!("advancing {what}"),
         );
     }
 }

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use crate::Position;
 
-/// Progress of a rebuild, reported after each batch.
+/// Progress of a rebuild, reported after each batch once the log is counted, and after
+/// the last one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
     /// Records read so far (wanted or not).

@@ -218,6 +218,14 @@ impl<S: CheckpointStore, K: KeyStore> CheckpointStore for Shredded<S, K> {
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         self.inner.save_checkpoint(name, position)
     }
+
+    fn advance_checkpoint<'a>(
+        &'a self,
+        name: &'a str,
+        position: Position,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        self.inner.advance_checkpoint(name, position)
+    }
 }
 
 /// Archives keep the sealed values: [`read_stored`](StreamLifecycle::read_stored) reads
