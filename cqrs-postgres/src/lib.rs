@@ -13,6 +13,7 @@ mod lifecycle;
 mod listen;
 mod migrate;
 mod projection;
+mod reader;
 mod row;
 mod schema;
 mod store;

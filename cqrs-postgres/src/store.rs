@@ -9,6 +9,7 @@ use cqrs_core::{
     LogNotifier, LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore,
     StoreStats, StreamId, StreamInfo, StreamItem, validate_checkpoint_name,
 };
+use futures::future::Either;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt, stream};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
@@ -24,7 +25,7 @@ use crate::row::{
     exact_i64, saturating_i64, snapshot_of_row, store_error, stored_u64,
 };
 use crate::schema::{Schema, Statements};
-use crate::{listen, migrate};
+use crate::{listen, migrate, reader};
 
 /// A PostgreSQL [`EventStore`](cqrs_core::EventStore): events, snapshots and checkpoints in tables of one schema,
 /// written through a [`PgPool`].
@@ -78,6 +79,8 @@ pub(crate) struct Inner {
     pub(crate) channel: Option<String>,
     pub(crate) notify_interval: Duration,
     pub(crate) settle: Duration,
+    /// Whether `read_all` decodes on a task of its own (on a multi-threaded runtime).
+    pub(crate) read_on_task: bool,
     pub(crate) notifier: Arc<LogNotifier>,
     pub(crate) listener: Mutex<Option<JoinHandle<()>>>,
     /// Wakes the task that sends this store's coalesced `NOTIFY`s.
@@ -111,6 +114,7 @@ impl fmt::Debug for PostgresEventStore {
             .field("schema", &self.inner.schema)
             .field("notify", &self.inner.channel.is_some())
             .field("read_settle", &self.inner.settle)
+            .field("read_on_task", &self.inner.read_on_task)
             .field("group_commit", &self.inner.group_commit)
             .field(
                 "inline_projections",
@@ -308,30 +312,21 @@ impl EventLog for PostgresEventStore {
         })
     }
 
+    /// On a multi-threaded runtime the rows are received and decoded on a task of their
+    /// own, a few hundred records ahead of the caller, so decoding runs beside the
+    /// caller's work on the records; on a current-thread runtime, or with
+    /// [`read_on_task(false)`](crate::PostgresEventStoreBuilder::read_on_task), in the
+    /// caller's polls.
     fn read_all(
         &self,
         after: Position,
         limit: Option<u64>,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
-        let limit = limit.map(saturating_i64);
-        stream::once(self.horizon())
-            .map_ok(move |horizon| {
-                self.restarting(move || {
-                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
-                        .bind(saturating_i64(after.commit))
-                        .bind(saturating_i64(after.sequence))
-                        .bind(horizon)
-                        .bind(limit)
-                        .fetch(&self.inner.pool)
-                })
-                .scan(EventDecoder::default(), |decoder, row| {
-                    let decoded = row
-                        .map_err(store_error)
-                        .and_then(|row| decoder.decode(&row));
-                    std::future::ready(Some(decoded))
-                })
-            })
-            .try_flatten()
+        if self.inner.read_on_task && reader::can_read_beside() {
+            Either::Left(reader::read_all_beside(self.clone(), after, limit))
+        } else {
+            Either::Right(self.read_all_here(after, limit))
+        }
     }
 
     /// A watcher woken by appends through this store at once, and by appends of other
@@ -518,6 +513,33 @@ impl CheckpointStore for PostgresEventStore {
 }
 
 impl PostgresEventStore {
+    /// The read of [`read_all`](EventLog::read_all), decoded in the caller's polls.
+    pub(crate) fn read_all_here(
+        &self,
+        after: Position,
+        limit: Option<u64>,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
+        let limit = limit.map(saturating_i64);
+        stream::once(self.horizon())
+            .map_ok(move |horizon| {
+                self.restarting(move || {
+                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+                        .bind(saturating_i64(after.commit))
+                        .bind(saturating_i64(after.sequence))
+                        .bind(horizon)
+                        .bind(limit)
+                        .fetch(&self.inner.pool)
+                })
+                .scan(EventDecoder::default(), |decoder, row| {
+                    let decoded = row
+                        .map_err(store_error)
+                        .and_then(|row| decoder.decode(&row));
+                    std::future::ready(Some(decoded))
+                })
+            })
+            .try_flatten()
+    }
+
     /// Runs a checkpoint upsert (`sql` binds name, commit, sequence).
     async fn upsert_checkpoint(
         &self,

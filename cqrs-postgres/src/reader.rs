@@ -1,0 +1,229 @@
+//! Reading the global log on a task of its own: the rows are received and decoded there,
+//! beside the caller's work on the records, on a multi-threaded runtime.
+
+use std::future::Future;
+
+use cqrs_core::{Error, Position, RecordedEvent, Result};
+use futures::{FutureExt, Stream, StreamExt, stream};
+use tokio::runtime::{Handle, RuntimeFlavor};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::PostgresEventStore;
+
+/// Records per message from the reading task: large enough that the hand-over costs
+/// little per record, small enough that the first records of a long read arrive at
+/// once (a chunk also goes as soon as the next row is not ready yet).
+const CHUNK: usize = 256;
+
+/// Chunks in flight between the task and the caller: with the one each side holds,
+/// at most four chunks of records in memory.
+const IN_FLIGHT: usize = 2;
+
+/// Whether records can be decoded beside their caller: on a multi-threaded Tokio
+/// runtime (on a current-thread runtime the task would only take turns with its caller).
+pub(crate) fn can_read_beside() -> bool {
+    Handle::try_current().is_ok_and(|h| h.runtime_flavor() == RuntimeFlavor::MultiThread)
+}
+
+/// Runs `store`'s read of the log after `after` (at most `limit` records) on a task of
+/// its own and yields its records in order.
+pub(crate) fn read_all_beside(
+    store: PostgresEventStore,
+    after: Position,
+    limit: Option<u64>,
+) -> BesideStream {
+    beside(move |chunks| async move { chunks.forward(store.read_all_here(after, limit)).await })
+}
+
+/// Runs `read` on a task of its own, handing it the sending end, and yields the records
+/// it forwards, in order.
+///
+/// The task sends chunks of records through a bounded channel, so it reads ahead of
+/// the caller by at most [`IN_FLIGHT`] chunks. Dropping the returned stream stops the
+/// task (its read is dropped, as an unfinished read of the caller's own would be). A
+/// task that ends without finishing its read (it panicked, or the runtime is shutting
+/// down) ends the stream with [`Error::Store`], never as if the log ended there.
+fn beside<F, Fut>(read: F) -> BesideStream
+where
+    F: FnOnce(Chunks) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel::<Vec<Result<RecordedEvent>>>(IN_FLIGHT);
+    let task = tokio::spawn(read(Chunks { tx }));
+    let state = Beside {
+        rx,
+        task: Some(AbortOnDrop(task)),
+    };
+    stream::unfold(state, |mut state| async move {
+        if let Some(chunk) = state.rx.recv().await {
+            return Some((stream::iter(chunk), state));
+        }
+        // The channel closed: the task ended. Only a task that finished its read ends
+        // the log here.
+        let mut task = state.task.take()?;
+        let failed = match (&mut task.0).await {
+            Ok(()) => return None,
+            Err(e) => e,
+        };
+        let error = Error::store(std::io::Error::other(format!(
+            "the task reading the log ended before the end of its read: {failed}"
+        )));
+        Some((stream::iter(vec![Err(error)]), state))
+    })
+    .flatten()
+    .boxed()
+}
+
+/// The reading task's end of the channel.
+struct Chunks {
+    tx: mpsc::Sender<Vec<Result<RecordedEvent>>>,
+}
+
+impl Chunks {
+    /// Sends `records` in chunks of up to [`CHUNK`]; returns early when the caller is
+    /// gone.
+    async fn forward(self, records: impl Stream<Item = Result<RecordedEvent>>) {
+        let mut records = std::pin::pin!(records);
+        let mut chunk = Vec::with_capacity(CHUNK);
+        loop {
+            // A partial chunk goes when the next record is not there yet: the caller
+            // never waits for rows that the server has not sent.
+            let next = match records.next().now_or_never() {
+                Some(next) => next,
+                None if chunk.is_empty() => records.next().await,
+                None => {
+                    let ready = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                    if self.tx.send(ready).await.is_err() {
+                        return;
+                    }
+                    records.next().await
+                }
+            };
+            let Some(record) = next else { break };
+            chunk.push(record);
+            if chunk.len() == CHUNK {
+                let full = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
+                if self.tx.send(full).await.is_err() {
+                    return;
+                }
+            }
+        }
+        if !chunk.is_empty() {
+            // The caller may have gone: nothing to tell it then.
+            let _ = self.tx.send(chunk).await;
+        }
+    }
+}
+
+/// The records of [`read_all_beside`].
+pub(crate) type BesideStream = futures::stream::BoxStream<'static, Result<RecordedEvent>>;
+
+/// The caller's end: the channel and the task, which is stopped when the stream is
+/// dropped.
+struct Beside {
+    rx: mpsc::Receiver<Vec<Result<RecordedEvent>>>,
+    task: Option<AbortOnDrop>,
+}
+
+/// A task handle that aborts its task when dropped.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::{Duration, SystemTime};
+
+    use cqrs_core::{Metadata, StreamId};
+    use futures::TryStreamExt;
+
+    use super::*;
+
+    fn record(n: u64) -> RecordedEvent {
+        RecordedEvent {
+            event_id: uuid::Uuid::from_u128(u128::from(n)),
+            stream: StreamId::new("t", "s").unwrap(),
+            version: n,
+            position: Position::new(1, n),
+            event_type: "E".into(),
+            schema_version: 1,
+            recorded_at: SystemTime::UNIX_EPOCH,
+            payload: b"{}".to_vec(),
+            metadata: Metadata::default(),
+        }
+    }
+
+    /// How long a test waits for the task: a guard against a hang, not a timing check.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_long_read_arrives_whole_and_in_order() {
+        let n = u64::try_from(CHUNK * (IN_FLIGHT + 3) + 17).unwrap();
+        let read = beside(move |chunks| async move {
+            chunks
+                .forward(stream::iter((1..=n).map(|i| Ok(record(i)))))
+                .await;
+        });
+        let records: Vec<_> = tokio::time::timeout(DEADLINE, read.try_collect::<Vec<_>>())
+            .await
+            .expect("the read ends")
+            .unwrap();
+        let versions: Vec<u64> = records.iter().map(|r| r.version).collect();
+        assert_eq!(versions, (1..=n).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn a_task_that_dies_mid_read_ends_the_stream_with_an_error() {
+        let read = beside(|chunks| async move {
+            let records = stream::iter((1..=3).map(|i| Ok(record(i))))
+                .chain(stream::once(async { panic!("the reading task dies") }));
+            chunks.forward(records).await;
+        });
+        let items: Vec<_> = tokio::time::timeout(DEADLINE, read.collect::<Vec<_>>())
+            .await
+            .expect("the read ends");
+        // The records the task had sent (here none: they were still in its chunk), in
+        // order, then the error.
+        let (last, before) = items.split_last().expect("at least the error");
+        let versions: Vec<u64> = before.iter().map(|r| r.as_ref().unwrap().version).collect();
+        assert!(versions.len() <= 3);
+        assert_eq!(versions, (1..=versions.len() as u64).collect::<Vec<_>>());
+        let error = last.as_ref().unwrap_err();
+        assert!(matches!(error, Error::Store { .. }), "{error:?}");
+        assert!(error.to_string().contains("store"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_stream_stops_the_task() {
+        let alive = Arc::new(());
+        let held = Arc::clone(&alive);
+        let mut read = beside(move |chunks| async move {
+            let _held = held;
+            // An endless log: only the caller's drop ends this task.
+            chunks
+                .forward(stream::iter((1..).map(|i| Ok(record(i)))))
+                .await;
+        });
+        let first = tokio::time::timeout(DEADLINE, read.next())
+            .await
+            .expect("a first record")
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.version, 1);
+        drop(read);
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while Arc::strong_count(&alive) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the task still runs after its stream was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+}
