@@ -494,5 +494,12 @@ fn aggregate_load(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, group_commit, buffered, batch, replay, aggregate_load);
+criterion_group!(
+    benches,
+    group_commit,
+    buffered,
+    batch,
+    replay,
+    aggregate_load
+);
 criterion_main!(benches);

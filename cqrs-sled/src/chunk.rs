@@ -151,10 +151,11 @@ pub(crate) fn encode(
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&event.payload);
     }
-    if compress && out.len() - header >= PACK_MIN_BYTES {
-        if let Some(packed) = pack(&out, header) {
-            out = packed;
-        }
+    if compress
+        && out.len() - header >= PACK_MIN_BYTES
+        && let Some(packed) = pack(&out, header)
+    {
+        out = packed;
     }
     let sum = CRC32C.checksum(&out);
     out.extend_from_slice(&sum.to_be_bytes());
