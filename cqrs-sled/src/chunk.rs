@@ -167,13 +167,14 @@ pub(crate) fn encode(
 fn pack(record: &[u8], header: usize) -> Option<Vec<u8>> {
     let (head, events) = record.split_at(header);
     let len = u32::try_from(events.len()).ok()?;
-    let mut out =
-        Vec::with_capacity(header + 4 + lz4_flex::block::get_maximum_output_size(events.len()) + 4);
+    let most = lz4_flex::block::get_maximum_output_size(events.len());
+    // Room for the checksum too, which the caller appends.
+    let mut out = Vec::with_capacity(header + 4 + most + 4);
     out.extend_from_slice(head);
     out[0] = FORMAT_PACKED;
     out.extend_from_slice(&len.to_be_bytes());
     let block = out.len();
-    out.resize(out.capacity() - 4, 0);
+    out.resize(block + most, 0);
     let written = lz4_flex::block::compress_into(events, &mut out[block..]).ok()?;
     out.truncate(block + written);
     (out.len() < record.len()).then_some(out)
