@@ -277,6 +277,60 @@ fn buffered(c: &mut Criterion) {
     );
 }
 
+/// Appends of 100 events (one log record of ~11 KiB), `Buffered`, to a store that
+/// compresses its log records (the default) and to one that does not: the cost of
+/// compressing, as a ratio measured in the same run.
+fn batch(c: &mut Criterion) {
+    let rt = runtime();
+    let tally = Tally::default();
+    let dir = tempfile::tempdir().unwrap();
+    let open = |name: &str, compress: bool| {
+        SledConfig::new(dir.path().join(name))
+            .durability(Durability::Buffered)
+            .compress_records(compress)
+            .open()
+            .unwrap()
+    };
+    let stores = [
+        ("store_compressed", open("compressed", true)),
+        ("store_uncompressed", open("uncompressed", false)),
+    ];
+    let mut group = c.benchmark_group("append_100_events_buffered");
+    group
+        .throughput(Throughput::Elements(100))
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for (name, store) in &stores {
+        let name: &'static str = name;
+        let stream = StreamId::new("account", "batches").unwrap();
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let batches: Vec<Vec<EventData>> = (0..iters)
+                    .map(|i| (i * 100..(i + 1) * 100).map(event).collect())
+                    .collect();
+                let start = Instant::now();
+                rt.block_on(async {
+                    for batch in batches {
+                        store
+                            .append(&stream, ExpectedVersion::Any, batch)
+                            .await
+                            .unwrap();
+                    }
+                });
+                tally.add(name, start.elapsed(), iters)
+            });
+        });
+    }
+    group.finish();
+    tally.ratio(
+        "append_100_events_buffered",
+        "store_compressed",
+        "store_uncompressed",
+        100.0,
+    );
+}
+
 fn replay_events() -> u64 {
     std::env::var("CQRS_SLED_BENCH_EVENTS")
         .ok()
@@ -440,5 +494,12 @@ fn aggregate_load(c: &mut Criterion) {
     );
 }
 
-criterion_group!(benches, group_commit, buffered, replay, aggregate_load);
+criterion_group!(
+    benches,
+    group_commit,
+    buffered,
+    batch,
+    replay,
+    aggregate_load
+);
 criterion_main!(benches);

@@ -6,6 +6,9 @@
 //! /usr/bin/time -v cargo run --release -p cqrs-sled --example replay -- raw /tmp/replay
 //! ```
 //!
+//! `CQRS_SLED_CACHE_MB` sets sled's cache (default: the store's, 32 MiB), and
+//! `CQRS_SLED_COMPRESS=0` populates without compressed log records (format 3).
+//!
 //! `populate DIR N` writes N events to a store in `DIR/store` and the same payloads to a
 //! plain sled tree in `DIR/raw`; `store DIR [LIMIT]` replays the store (or its first LIMIT
 //! events) with `read_all` and JSON decoding; `raw DIR` iterates the plain tree with the same decoding. Each prints
@@ -57,9 +60,16 @@ fn raw_db(dir: &Path) -> sled::Db {
         .expect("open raw sled")
 }
 
+/// Whether the store writes compressed log records: `CQRS_SLED_COMPRESS=0` turns it off
+/// (the default is the store's: on).
+fn compress() -> bool {
+    std::env::var("CQRS_SLED_COMPRESS").map_or(true, |v| v != "0")
+}
+
 fn open_store(dir: &Path) -> cqrs_sled::SledEventStore {
     SledConfig::new(dir.join("store"))
         .cache_capacity(cache())
+        .compress_records(compress())
         .durability(Durability::Buffered)
         .open()
         .expect("open store")

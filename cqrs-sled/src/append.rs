@@ -102,7 +102,7 @@ impl SledEventStore {
         // entry per event (ADR 0028).
         for run in chunk::runs(events) {
             let first = position + 1;
-            let bytes = chunk::encode(stream, version + 1, run, recorded_at)?;
+            let bytes = chunk::encode(stream, version + 1, run, recorded_at, inner.compress)?;
             large |= bytes.len() >= BLOB_HINT;
             batch.insert(&log_key(first)[..], bytes);
             for event in run {

@@ -10,7 +10,17 @@
 //! by the log position of its first event (see `record.rs`); event `i` of the record is at
 //! that position plus `i`, with the first version plus `i`.
 //!
-//! Stores written before this format hold one event per record: format 2 (checksummed)
+//! Format 4 is format 3 with its events compressed: the same header (format byte 4), then
+//! the byte length of the events uncompressed (u32), then those bytes as one LZ4 block,
+//! then the CRC32C of every byte before it (the compressed bytes, so the checksum is
+//! verified before anything is decompressed). A record is written in format 4 only when
+//! compression is on ([`SledConfig::compress_records`](crate::SledConfig::compress_records)),
+//! its events take at least [`PACK_MIN_BYTES`], and the result is smaller; otherwise in
+//! format 3. An uncompressed length that the block cannot hold (LZ4 expands at most
+//! ~255 times) is corrupt before anything is allocated; the block is decompressed on the
+//! first event read, so a reader of the header alone (a lookup) does not pay for it.
+//!
+//! Stores written before format 3 hold one event per record: format 2 (checksummed)
 //! and format 1 (older, unchecked) are `FORMAT + stream key + version (u64) + event id +
 //! event type + schema version + recorded_at + metadata + payload` (+ CRC32C in format 2).
 //! They read as records of one event.
@@ -19,6 +29,7 @@
 //! length fits exactly; anything else is reported as corrupt, never a panic and never a
 //! decoded value.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,6 +40,8 @@ use crate::record::{CRC32C, be_u64, put_stream_key};
 
 /// The record format written: several events of one stream, checksummed.
 const FORMAT: u8 = 3;
+/// Format 3 with its events compressed (one LZ4 block).
+const FORMAT_PACKED: u8 = 4;
 /// One event, checksummed (stores written before format 3).
 const FORMAT_ONE: u8 = 2;
 /// One event, without a checksum (stores written before checksums).
@@ -38,6 +51,19 @@ const FORMAT_UNCHECKED: u8 = 1;
 /// to stay inline in sled's pages (sled moves values above ~128 KiB to blob files), large
 /// enough that a replay reads a few sled entries per hundred events.
 pub(crate) const CHUNK_BYTES: usize = 16 * 1024;
+
+/// Records whose events take fewer bytes than this are not compressed: a single small
+/// event (the usual command) gains little and would pay for the attempt on every append.
+pub(crate) const PACK_MIN_BYTES: usize = 512;
+
+/// LZ4 writes at most one byte per 255 bytes of output (a match length continues in
+/// bytes of 255): a block claiming more than this many times its own size is corrupt.
+const MAX_RATIO: usize = 255;
+
+/// The fewest bytes one event takes in a record of format 3 or 4 (id, type length,
+/// schema version, flags, metadata count, payload length): bounds the count a record may
+/// claim by its size.
+const MIN_EVENT_BYTES: usize = 16 + 2 + 4 + 1 + 4 + 4;
 
 /// The encoded size of `event` in a record, near enough to cut records.
 fn size_of(event: &EventData) -> usize {
@@ -69,12 +95,14 @@ pub(crate) fn runs(events: &[EventData]) -> impl Iterator<Item = &[EventData]> {
     })
 }
 
-/// Encodes a run of events of `stream`, the first at `first_version`, as one log record.
+/// Encodes a run of events of `stream`, the first at `first_version`, as one log record:
+/// format 4 if `compress` and that is smaller, else format 3.
 pub(crate) fn encode(
     stream: &StreamId,
     first_version: u64,
     events: &[EventData],
     recorded_at: SystemTime,
+    compress: bool,
 ) -> Result<Vec<u8>> {
     let too_big =
         |what: &str| Error::invalid_input(format!("{what} of an event in {stream} is too large"));
@@ -89,6 +117,7 @@ pub(crate) fn encode(
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
     out.extend_from_slice(&nanos.to_be_bytes());
+    let header = out.len();
     for event in events {
         out.extend_from_slice(event.event_id.as_bytes());
         let event_type = event.event_type.as_bytes();
@@ -122,9 +151,56 @@ pub(crate) fn encode(
         out.extend_from_slice(&len.to_be_bytes());
         out.extend_from_slice(&event.payload);
     }
+    if compress
+        && out.len() - header >= PACK_MIN_BYTES
+        && let Some(packed) = pack(&out, header)
+    {
+        out = packed;
+    }
     let sum = CRC32C.checksum(&out);
     out.extend_from_slice(&sum.to_be_bytes());
     Ok(out)
+}
+
+/// `record` (format 3, without its checksum, events from byte `header` on) as format 4
+/// without its checksum, if that is smaller.
+fn pack(record: &[u8], header: usize) -> Option<Vec<u8>> {
+    let (head, events) = record.split_at(header);
+    let len = u32::try_from(events.len()).ok()?;
+    let most = lz4_flex::block::get_maximum_output_size(events.len());
+    // Room for the checksum too, which the caller appends.
+    let mut out = Vec::with_capacity(header + 4 + most + 4);
+    out.extend_from_slice(head);
+    out[0] = FORMAT_PACKED;
+    out.extend_from_slice(&len.to_be_bytes());
+    let block = out.len();
+    out.resize(block + most, 0);
+    let written = lz4_flex::block::compress_into(events, &mut out[block..]).ok()?;
+    out.truncate(block + written);
+    (out.len() < record.len()).then_some(out)
+}
+
+/// The events of a format-4 record: `block` decompressed to exactly `len` bytes.
+fn unpack(block: &[u8], len: usize) -> std::result::Result<Vec<u8>, String> {
+    check_ratio(block.len(), len)?;
+    let mut out = vec![0; len];
+    match lz4_flex::block::decompress_into(block, &mut out) {
+        Ok(written) if written == len => Ok(out),
+        Ok(written) => Err(format!(
+            "the compressed events are {written} bytes, the record says {len}"
+        )),
+        Err(e) => Err(format!("the compressed events do not decompress: {e}")),
+    }
+}
+
+/// Refuses an uncompressed length that a block of `block` bytes cannot hold.
+fn check_ratio(block: usize, len: usize) -> std::result::Result<(), String> {
+    if len > block.saturating_mul(MAX_RATIO).saturating_add(16) {
+        return Err(format!(
+            "a compressed block of {block} bytes claims {len} bytes uncompressed"
+        ));
+    }
+    Ok(())
 }
 
 /// `sealed` without its trailing CRC32C, if that checksum matches.
@@ -148,7 +224,7 @@ fn unseal(sealed: &[u8]) -> std::result::Result<&[u8], String> {
 /// a format-1 record as it is.
 fn verified(record: &[u8]) -> std::result::Result<&[u8], String> {
     match record.first() {
-        Some(&FORMAT | &FORMAT_ONE) => unseal(record),
+        Some(&FORMAT | &FORMAT_PACKED | &FORMAT_ONE) => unseal(record),
         Some(&FORMAT_UNCHECKED) => Ok(record),
         Some(format) => Err(format!("unknown record format {format}")),
         None => Err("empty record".to_owned()),
@@ -209,7 +285,7 @@ impl<'a> Reader<'a> {
 }
 
 /// The header of any format: the format byte, the stream, the first version, the count
-/// and (format 3) the time shared by the record's events. `last` is a stream to reuse (a
+/// and (formats 3 and 4) the time shared by the record's events. `last` is a stream to reuse (a
 /// cheap clone) when the record names the same one.
 type Header = (u8, StreamId, u64, u64, Option<SystemTime>);
 
@@ -224,7 +300,7 @@ fn header(r: &mut Reader<'_>, last: Option<&StreamId>) -> std::result::Result<He
         _ => StreamId::new(ty, id).map_err(|e| e.to_string())?,
     };
     let first_version = r.u64()?;
-    let (count, at) = if format == FORMAT {
+    let (count, at) = if format == FORMAT || format == FORMAT_PACKED {
         (u64::from(r.u32()?), Some(r.time()?))
     } else {
         (1, None)
@@ -249,7 +325,13 @@ pub(crate) struct Chunk<'a> {
     /// The log position of the first event (the record's key).
     pub(crate) first_position: u64,
     recorded_at: Option<SystemTime>,
-    rest: Reader<'a>,
+    /// The events' bytes: borrowed from the record, or decompressed (format 4).
+    events: Cow<'a, [u8]>,
+    /// How many bytes of `events` the events taken so far used.
+    read: usize,
+    /// A format-4 record's compressed block and its uncompressed length, until the first
+    /// event is read.
+    packed: Option<(&'a [u8], usize)>,
     taken: u64,
 }
 
@@ -273,14 +355,33 @@ impl<'a> Chunk<'a> {
             };
             Error::corrupt(location, reason)
         })?;
+        let at = || format!("log position {first_position}");
         let mut rest = Reader { bytes: body };
-        let (_, stream, first_version, count, recorded_at) = header(&mut rest, last)
-            .map_err(|reason| Error::corrupt(format!("log position {first_position}"), reason))?;
+        let (format, stream, first_version, count, recorded_at) =
+            header(&mut rest, last).map_err(|reason| Error::corrupt(at(), reason))?;
         if first_position.checked_add(count - 1).is_none() {
             return Err(Error::corrupt(
-                format!("log position {first_position}"),
+                at(),
                 format!("{count} events do not fit in the log"),
             ));
+        }
+        let (events, packed) = if format == FORMAT_PACKED {
+            let len = rest
+                .len32()
+                .map_err(|reason| Error::corrupt(at(), reason))?;
+            check_ratio(rest.bytes.len(), len).map_err(|reason| Error::corrupt(at(), reason))?;
+            (len, Some((rest.bytes, len)))
+        } else {
+            (rest.bytes.len(), None)
+        };
+        if format != FORMAT_ONE && format != FORMAT_UNCHECKED {
+            let most = events / MIN_EVENT_BYTES;
+            if usize::try_from(count).map_or(true, |count| count > most) {
+                return Err(Error::corrupt(
+                    at(),
+                    format!("{count} events cannot fit in {events} bytes"),
+                ));
+            }
         }
         Ok(Chunk {
             stream,
@@ -288,9 +389,17 @@ impl<'a> Chunk<'a> {
             count,
             first_position,
             recorded_at,
-            rest,
+            events: Cow::Borrowed(if packed.is_some() { &[] } else { rest.bytes }),
+            read: 0,
+            packed,
             taken: 0,
         })
+    }
+
+    /// Whether the record was stored compressed (format 4).
+    #[cfg(test)]
+    pub(crate) fn compressed(&self) -> bool {
+        self.packed.is_some() || matches!(self.events, Cow::Owned(_))
     }
 
     /// The version of the record's last event.
@@ -333,11 +442,9 @@ impl<'a> Chunk<'a> {
         let position = self.first_position + self.taken;
         self.taken += 1;
         let decoded = self.body(version, position, keep).and_then(|event| {
-            if self.taken == self.count && !self.rest.bytes.is_empty() {
-                return Err(format!(
-                    "{} unexpected bytes after the last payload",
-                    self.rest.bytes.len()
-                ));
+            let left = self.events.len() - self.read;
+            if self.taken == self.count && left != 0 {
+                return Err(format!("{left} unexpected bytes after the last payload"));
             }
             Ok(event)
         });
@@ -359,55 +466,79 @@ impl<'a> Chunk<'a> {
         position: u64,
         keep: bool,
     ) -> std::result::Result<Option<RecordedEvent>, String> {
-        let r = &mut self.rest;
-        let event_id = r.uuid()?;
-        let type_len = usize::from(r.u16()?);
-        let event_type = r.str(type_len, "the event type")?;
-        let schema_version = r.u32()?;
-        let recorded_at = match self.recorded_at {
-            Some(at) => at,
-            None => r.time()?,
-        };
-        let flags = r.u8()?;
-        if flags > 0b11 {
-            return Err(format!("unknown metadata flags {flags:#x}"));
+        if let Some((block, len)) = self.packed.take() {
+            self.events = Cow::Owned(unpack(block, len)?);
         }
-        let mut metadata = Metadata::new();
-        if flags & 1 != 0 {
-            metadata.correlation_id = Some(r.uuid()?);
-        }
-        if flags & 2 != 0 {
-            metadata.causation_id = Some(r.uuid()?);
-        }
-        let pairs = r.u32()?;
-        let mut values = BTreeMap::new();
-        for _ in 0..pairs {
-            let len = r.len32()?;
-            let key = r.str(len, "a metadata key")?;
-            let len = r.len32()?;
-            let value = r.str(len, "a metadata value")?;
-            if keep {
-                values.insert(key.to_owned(), value.to_owned());
-            }
-        }
-        metadata.values = values;
-        let len = r.len32()?;
-        let payload = r.take(len)?;
-        if !keep {
-            return Ok(None);
-        }
-        Ok(Some(RecordedEvent {
-            event_id,
-            stream: self.stream.clone(),
-            version,
-            position: Position::new(0, position),
-            event_type: event_type.to_owned(),
-            schema_version,
-            recorded_at,
-            payload: payload.to_vec(),
-            metadata,
-        }))
+        let bytes = &self.events[self.read..];
+        let mut r = Reader { bytes };
+        let event = decode_event(&mut r, &self.stream, self.recorded_at, keep).map(|event| {
+            event.map(|mut event| {
+                event.version = version;
+                event.position = Position::new(0, position);
+                event
+            })
+        });
+        self.read += bytes.len() - r.bytes.len();
+        event
     }
+}
+
+/// Decodes (or with `keep` false, walks over) one event of a record of `stream`; its
+/// version and position are left at 0 for the caller to set. `recorded_at` is the time
+/// shared by the record's events (formats 3 and 4), else read from the event.
+fn decode_event(
+    r: &mut Reader<'_>,
+    stream: &StreamId,
+    recorded_at: Option<SystemTime>,
+    keep: bool,
+) -> std::result::Result<Option<RecordedEvent>, String> {
+    let event_id = r.uuid()?;
+    let type_len = usize::from(r.u16()?);
+    let event_type = r.str(type_len, "the event type")?;
+    let schema_version = r.u32()?;
+    let recorded_at = match recorded_at {
+        Some(at) => at,
+        None => r.time()?,
+    };
+    let flags = r.u8()?;
+    if flags > 0b11 {
+        return Err(format!("unknown metadata flags {flags:#x}"));
+    }
+    let mut metadata = Metadata::new();
+    if flags & 1 != 0 {
+        metadata.correlation_id = Some(r.uuid()?);
+    }
+    if flags & 2 != 0 {
+        metadata.causation_id = Some(r.uuid()?);
+    }
+    let pairs = r.u32()?;
+    let mut values = BTreeMap::new();
+    for _ in 0..pairs {
+        let len = r.len32()?;
+        let key = r.str(len, "a metadata key")?;
+        let len = r.len32()?;
+        let value = r.str(len, "a metadata value")?;
+        if keep {
+            values.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    metadata.values = values;
+    let len = r.len32()?;
+    let payload = r.take(len)?;
+    if !keep {
+        return Ok(None);
+    }
+    Ok(Some(RecordedEvent {
+        event_id,
+        stream: stream.clone(),
+        version: 0,
+        position: Position::new(0, 0),
+        event_type: event_type.to_owned(),
+        schema_version,
+        recorded_at,
+        payload: payload.to_vec(),
+        metadata,
+    }))
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ pub struct SledConfig {
     pub(crate) create_if_missing: bool,
     pub(crate) flush_every_ms: Option<u64>,
     pub(crate) damaged_log: DamagedLog,
+    pub(crate) compress_records: bool,
 }
 
 impl SledConfig {
@@ -105,6 +106,7 @@ impl SledConfig {
             create_if_missing: true,
             flush_every_ms: Some(500),
             damaged_log: DamagedLog::Refuse,
+            compress_records: true,
         }
     }
 
@@ -133,6 +135,22 @@ impl SledConfig {
     /// many recent appends a crash can lose.
     pub fn flush_every_ms(mut self, every: Option<u64>) -> Self {
         self.flush_every_ms = every;
+        self
+    }
+
+    /// Whether log records are written compressed (LZ4, record format 4; the default) or
+    /// not (format 3). A record is compressed only when its events take at least 512
+    /// bytes and compressing makes it smaller, so a single small event is written as it
+    /// is either way. Compressed records take fewer bytes in sled's pages, on disk and in
+    /// memory while a replay reads them (ADR 0032, docs/performance.md); reading them
+    /// costs the decompression, a fraction of the decoding.
+    ///
+    /// Reads accept every format whatever this says. Opening with compression on marks
+    /// the store with format 4, which versions that cannot read compressed records refuse
+    /// to open; a store opened with it off keeps its mark (so a store never marked 4 can
+    /// still be opened by them).
+    pub fn compress_records(mut self, compress: bool) -> Self {
+        self.compress_records = compress;
         self
     }
 

@@ -46,7 +46,7 @@ use crate::chunk::{self, Chunk};
 use crate::contain::guard;
 use crate::holes::HoleEdit;
 use crate::mark::MarkHold;
-use crate::open::{FORMAT_HOLES, FORMAT_KEY};
+use crate::open::FORMAT_KEY;
 use crate::record::{
     bare_stream_key, decode_index_value, decode_snapshot, id_key, index_value, log_key, stream_key,
     version_of_stream_key,
@@ -201,7 +201,7 @@ impl SledEventStore {
         inner.marks.lifecycle.fetch_add(1, Ordering::AcqRel);
         let applied =
             (meta, &inner.events, &inner.snapshots).transaction(|(meta, events, snapshots)| {
-                meta.insert(FORMAT_KEY, FORMAT_HOLES)?;
+                meta.insert(FORMAT_KEY, inner.holes_format)?;
                 for (key, value) in &writes.events {
                     match value {
                         Some(value) => events.insert(&key[..], &value[..])?,
@@ -267,6 +267,7 @@ impl SledEventStore {
             version,
             std::slice::from_ref(&tombstone),
             SystemTime::now(),
+            inner.compress,
         )?;
         writes.put(&log_key(position), bytes);
         writes.put(&stream_key(stream, version), index_value(position, true));
@@ -329,7 +330,8 @@ impl SledEventStore {
                 let (gone, kept) = record.events.split_at(cut);
                 let first = record.first + cut as u64;
                 let data: Vec<EventData> = kept.iter().map(data_of).collect();
-                let bytes = chunk::encode(stream, before, &data, kept[0].recorded_at)?;
+                let bytes =
+                    chunk::encode(stream, before, &data, kept[0].recorded_at, inner.compress)?;
                 writes.remove_record(&mut holes, &record, gone, false)?;
                 writes.put(&log_key(first), bytes);
                 writes.put(&record.index_key, index_value(first, false));
@@ -412,7 +414,8 @@ impl SledEventStore {
                 if !holes.fill(start.position.sequence, end.position.sequence)? {
                     return Err(taken(start));
                 }
-                let bytes = chunk::encode(stream, start.version, run, head.recorded_at)?;
+                let bytes =
+                    chunk::encode(stream, start.version, run, head.recorded_at, inner.compress)?;
                 let position = start.position.sequence;
                 writes.put(&log_key(position), bytes);
                 writes.put(

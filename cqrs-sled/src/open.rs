@@ -32,6 +32,11 @@ const FORMAT_ONE: &[u8] = &[1];
 /// its own transaction: versions that know only format 2 would count the holes as
 /// events and read a tombstone's index entry as damage, so they refuse it instead.
 pub(crate) const FORMAT_HOLES: &[u8] = &[3];
+/// Format 4: format 3 whose log records may be compressed (record format 4, ADR 0032).
+/// A store is marked when it is opened with compression on (before it writes such a
+/// record): versions that cannot decompress would report every compressed record as
+/// damaged, so they refuse it instead. Lifecycle operations keep this mark.
+pub(crate) const FORMAT_PACKED: &[u8] = &[4];
 
 impl SledConfig {
     /// Opens the store.
@@ -105,17 +110,23 @@ impl SledEventStore {
             path: shown.clone(),
             source: crate::error::SledError(e).into(),
         };
-        match db.get(FORMAT_KEY).map_err(io)? {
-            Some(format) if &*format == FORMAT || &*format == FORMAT_HOLES => {}
+        let marked = match db.get(FORMAT_KEY).map_err(io)? {
+            Some(format) if [FORMAT, FORMAT_HOLES, FORMAT_PACKED].contains(&&*format) => {
+                Some(format)
+            }
             Some(format) if &*format != FORMAT_ONE => {
                 return Err(OpenError::Corrupt {
                     path: shown,
                     reason: format!("unknown store format {:?}", &*format),
                 });
             }
-            Some(_) | None => {
-                db.insert(FORMAT_KEY, FORMAT).map_err(io)?;
-            }
+            Some(_) | None => None,
+        };
+        let packed = marked.as_deref() == Some(FORMAT_PACKED) || config.compress_records;
+        if packed && marked.as_deref() != Some(FORMAT_PACKED) {
+            db.insert(FORMAT_KEY, FORMAT_PACKED).map_err(io)?;
+        } else if marked.is_none() {
+            db.insert(FORMAT_KEY, FORMAT).map_err(io)?;
         }
         let events = db.open_tree(EVENTS_TREE).map_err(io)?;
         let snapshots = db.open_tree(SNAPSHOTS_TREE).map_err(io)?;
@@ -199,6 +210,8 @@ impl SledEventStore {
                 notifier: LogNotifier::new(),
                 mark,
                 damage,
+                compress: config.compress_records,
+                holes_format: if packed { FORMAT_PACKED } else { FORMAT_HOLES },
             }),
         })
     }
@@ -446,8 +459,8 @@ pub(crate) mod tests {
         let store = SledConfig::new(&path).open().unwrap();
         assert_eq!(
             store.db().get(FORMAT_KEY).unwrap().as_deref(),
-            Some(FORMAT),
-            "the store is marked with the new format"
+            Some(FORMAT_PACKED),
+            "the store is marked with the new format (compressed records, the default)"
         );
         let stream_a: Vec<_> = store.read_stream(&a, 1).try_collect().await.unwrap();
         assert_eq!(
@@ -472,5 +485,92 @@ pub(crate) mod tests {
         assert_eq!(mid.len(), 1);
         assert_eq!(mid[0].event_id, new[1].event_id);
         assert_eq!(store.count_events(Position::START).await.unwrap(), 7);
+    }
+
+    /// The log records of `store`, as stored: (position of the first event, bytes).
+    fn records(store: &SledEventStore) -> Vec<(u64, sled::IVec)> {
+        store
+            .inner
+            .events
+            .range(log_key(0)..=log_key(u64::MAX))
+            .map(|kv| {
+                let (key, value) = kv.unwrap();
+                (be_u64(&key[1..]).unwrap(), value)
+            })
+            .collect()
+    }
+
+    /// A store written without compression holds format-3 records and keeps the mark of
+    /// format 2, which versions before compressed records open; opened with compression
+    /// on, it reads as before, is marked 4, and new records are compressed.
+    #[tokio::test]
+    async fn records_written_uncompressed_read_the_same_with_compression_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plain");
+        let a = StreamId::new("account", "a").unwrap();
+        let batch = |from: u32| -> Vec<EventData> {
+            (from..from + 100)
+                .map(|n| {
+                    let payload = format!(r#"{{"amount_cents":{n},"note":"monthly salary"}}"#);
+                    EventData::new("Deposited", payload.into_bytes())
+                })
+                .collect()
+        };
+        let first = batch(0);
+        {
+            let store = SledConfig::new(&path)
+                .compress_records(false)
+                .open()
+                .unwrap();
+            store
+                .append(&a, ExpectedVersion::NoStream, first.clone())
+                .await
+                .unwrap();
+            let formats: Vec<u8> = records(&store).iter().map(|(_, r)| r[0]).collect();
+            assert!(!formats.is_empty());
+            assert!(formats.iter().all(|&f| f == 3), "{formats:?}");
+            assert_eq!(store.db().get(FORMAT_KEY).unwrap().as_deref(), Some(FORMAT));
+        }
+        let store = SledConfig::new(&path).open().unwrap();
+        assert_eq!(
+            store.db().get(FORMAT_KEY).unwrap().as_deref(),
+            Some(FORMAT_PACKED)
+        );
+        let second = batch(100);
+        store
+            .append(&a, ExpectedVersion::Exact(100), second.clone())
+            .await
+            .unwrap();
+        let formats: Vec<u8> = records(&store).iter().map(|(_, r)| r[0]).collect();
+        assert_eq!(formats.first(), Some(&3));
+        assert_eq!(formats.last(), Some(&4), "{formats:?}");
+        let want: Vec<_> = first.iter().chain(&second).map(|e| e.event_id).collect();
+        let log: Vec<_> = store
+            .read_all(Position::START, None)
+            .try_collect()
+            .await
+            .unwrap();
+        assert_eq!(log.iter().map(|e| e.event_id).collect::<Vec<_>>(), want);
+        for (event, data) in log.iter().zip(first.iter().chain(&second)) {
+            assert_eq!(event.payload, data.payload);
+        }
+        let stream: Vec<_> = store.read_stream(&a, 95).try_collect().await.unwrap();
+        assert_eq!(
+            stream.iter().map(|e| e.version).collect::<Vec<_>>(),
+            (95..=200).collect::<Vec<_>>()
+        );
+        let found = store.find_event(&a, second[50].event_id).await.unwrap();
+        assert_eq!(found.map(|e| e.version), Some(151));
+        drop(store);
+        // Opened without compression again, the mark stays 4: records of format 4 exist.
+        let store = SledConfig::new(&path)
+            .compress_records(false)
+            .open()
+            .unwrap();
+        assert_eq!(
+            store.db().get(FORMAT_KEY).unwrap().as_deref(),
+            Some(FORMAT_PACKED)
+        );
+        assert_eq!(store.count_events(Position::START).await.unwrap(), 200);
     }
 }

@@ -109,6 +109,11 @@ pub(crate) struct Inner {
     /// What was found damaged when the store was opened with `DamagedLog::Inspect`: the
     /// location and reason of the `Error::Corrupt` that writes and log reads report.
     pub(crate) damage: Option<(String, String)>,
+    /// Whether log records are written compressed (`SledConfig::compress_records`).
+    pub(crate) compress: bool,
+    /// The store format a lifecycle operation marks the store with: 3 (holes), or 4 when
+    /// the store is marked 4 already (which implies 3; `open.rs`).
+    pub(crate) holes_format: &'static [u8],
 }
 
 impl Drop for Inner {

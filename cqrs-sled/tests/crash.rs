@@ -70,13 +70,17 @@ fn stream(n: u64) -> StreamId {
     StreamId::new("crash", format!("s{n}")).unwrap()
 }
 
-/// A payload that says which batch the event belongs to: `{"batch":"<id>","i":k,"of":n}`.
+/// A payload that says which batch the event belongs to:
+/// `{"batch":"<id>","i":k,"of":n,"note":"..."}`. The note makes a batch large enough
+/// (over 512 bytes) to be written as one compressed log record (format 4), the store's
+/// default, so the crashes hit compressed records too.
 fn batch_of(id: Uuid) -> Vec<EventData> {
+    let note = "monthly salary, paid on the first working day; ".repeat(4);
     (0..BATCH)
         .map(|i| {
             EventData::new(
                 "Written",
-                format!(r#"{{"batch":"{id}","i":{i},"of":{BATCH}}}"#).into_bytes(),
+                format!(r#"{{"batch":"{id}","i":{i},"of":{BATCH},"note":"{note}"}}"#).into_bytes(),
             )
         })
         .collect()

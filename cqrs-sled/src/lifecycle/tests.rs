@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use crate::config::{DamagedLog, Durability, SledConfig};
 use crate::mark;
 use crate::open::tests::write_old_store;
-use crate::open::{FORMAT_HOLES, FORMAT_KEY, check_mark};
+use crate::open::{FORMAT_HOLES, FORMAT_KEY, FORMAT_PACKED, check_mark};
 use crate::store::SledEventStore;
 
 fn event(n: u32) -> EventData {
@@ -147,7 +147,11 @@ async fn records_of_the_one_event_layout_truncate_and_delete() {
     ];
     write_old_store(&path, &old);
     {
-        let store = SledConfig::new(&path).open().unwrap();
+        // Without compression, so that the store keeps the mark of format 3 (holes).
+        let store = SledConfig::new(&path)
+            .compress_records(false)
+            .open()
+            .unwrap();
         store.save_snapshot(&a, snapshot(2)).await.unwrap();
         assert_eq!(store.truncate_stream(&a, 2).await.unwrap(), 1);
         let tombstone = store
@@ -156,7 +160,10 @@ async fn records_of_the_one_event_layout_truncate_and_delete() {
             .unwrap();
         assert_eq!((tombstone.version, tombstone.position.sequence), (3, 6));
     }
-    let store = SledConfig::new(&path).open().unwrap();
+    let store = SledConfig::new(&path)
+        .compress_records(false)
+        .open()
+        .unwrap();
     assert_eq!(
         store.db().get(FORMAT_KEY).unwrap().as_deref(),
         Some(FORMAT_HOLES)
@@ -184,4 +191,34 @@ async fn records_of_the_one_event_layout_truncate_and_delete() {
         .await
         .unwrap();
     assert_eq!((next.version, next.position.sequence), (4, 7));
+}
+
+/// A store marked for compressed records (format 4) keeps that mark through a lifecycle
+/// operation, which would otherwise mark it 3 (holes): format 4 implies holes.
+#[tokio::test]
+async fn a_lifecycle_operation_keeps_the_mark_of_compressed_records() {
+    let store = SledConfig::temporary().open().unwrap();
+    let marked = || store.db().get(FORMAT_KEY).unwrap();
+    assert_eq!(marked().as_deref(), Some(FORMAT_PACKED));
+    let a = StreamId::new("account", "a").unwrap();
+    let events: Vec<_> = (0..50u32)
+        .map(|n| {
+            EventData::new(
+                "Happened",
+                format!(r#"{{"n":{n},"note":"monthly"}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    store
+        .append(&a, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    store.save_snapshot(&a, snapshot(20)).await.unwrap();
+    assert_eq!(store.truncate_stream(&a, 20).await.unwrap(), 19);
+    assert_eq!(marked().as_deref(), Some(FORMAT_PACKED));
+    let kept = read(&store, &a).await;
+    assert_eq!(
+        kept.iter().map(|e| e.version).collect::<Vec<_>>(),
+        (20..=50).collect::<Vec<_>>()
+    );
 }
