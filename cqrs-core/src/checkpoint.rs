@@ -321,6 +321,6 @@ impl<S: CheckpointStore + 'static> CheckpointStrategy for StoreCheckpoint<S> {
         self.store
             .save_checkpoint(projection.name(), Position::START)
             .await?;
-        Ok(projection.reset(&mut ()).await?)
+        projection.reset(&mut ()).await
     }
 }

@@ -229,19 +229,14 @@ impl Inspect for Wrapped {
     ) -> impl Future<Output = cqrs_core::Result<Option<cqrs_core::RecordedEvent>>> + Send + 'a {
         self.inner.find_event(s, id)
     }
-    fn count_events(
-        &self,
-        a: Position,
-    ) -> impl Future<Output = cqrs_core::Result<u64>> + Send + '_ {
-        async move {
-            if let Some(gate) = &self.count_gate {
-                gate.notified().await;
-            }
-            if self.count_fails {
-                return Err(Error::store(std::io::Error::other("count failed")));
-            }
-            self.inner.count_events(a).await
+    async fn count_events(&self, a: Position) -> cqrs_core::Result<u64> {
+        if let Some(gate) = &self.count_gate {
+            gate.notified().await;
         }
+        if self.count_fails {
+            return Err(Error::store(std::io::Error::other("count failed")));
+        }
+        self.inner.count_events(a).await
     }
 }
 

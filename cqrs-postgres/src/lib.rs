@@ -3,6 +3,7 @@
 mod append;
 mod batch;
 mod builder;
+mod checkpoints;
 mod checksum;
 mod conn;
 mod error;

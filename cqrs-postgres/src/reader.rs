@@ -4,12 +4,15 @@
 use std::future::Future;
 
 use cqrs_core::{Error, Position, RecordedEvent, Result};
-use futures::{FutureExt, Stream, StreamExt, stream};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
+use sqlx::AssertSqlSafe;
 use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::PostgresEventStore;
+use crate::row::{EventDecoder, saturating_i64, store_error};
 
 /// Records per message from the reading task: large enough that the hand-over costs
 /// little per record, small enough that the first records of a long read arrive at
@@ -50,7 +53,8 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<Vec<Result<RecordedEvent>>>(IN_FLIGHT);
-    let task = tokio::spawn(read(Chunks { tx }));
+    // The task runs in the caller's span, so what the read logs is the caller's.
+    let task = tokio::spawn(read(Chunks { tx }).instrument(tracing::Span::current()));
     let state = Beside {
         rx,
         task: Some(AbortOnDrop(task)),
@@ -87,11 +91,14 @@ impl Chunks {
         let mut records = std::pin::pin!(records);
         let mut chunk = Vec::with_capacity(CHUNK);
         loop {
-            // A partial chunk goes when the next record is not there yet: the caller
-            // never waits for rows that the server has not sent.
+            // A partial chunk goes when the next record is not there yet and the caller
+            // has nothing queued: it never waits for rows that the server has not sent,
+            // and a caller that is behind gets full chunks (fewer hand-overs).
             let next = match records.next().now_or_never() {
                 Some(next) => next,
-                None if chunk.is_empty() => records.next().await,
+                None if chunk.is_empty() || self.tx.capacity() < self.tx.max_capacity() => {
+                    records.next().await
+                }
                 None => {
                     let ready = std::mem::replace(&mut chunk, Vec::with_capacity(CHUNK));
                     if self.tx.send(ready).await.is_err() {
@@ -132,6 +139,35 @@ struct AbortOnDrop(JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+impl PostgresEventStore {
+    /// The read of [`read_all`](EventLog::read_all), decoded in the caller's polls.
+    pub(crate) fn read_all_here(
+        &self,
+        after: Position,
+        limit: Option<u64>,
+    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
+        let limit = limit.map(saturating_i64);
+        stream::once(self.horizon())
+            .map_ok(move |horizon| {
+                self.restarting(move || {
+                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
+                        .bind(saturating_i64(after.commit))
+                        .bind(saturating_i64(after.sequence))
+                        .bind(horizon)
+                        .bind(limit)
+                        .fetch(&self.inner.pool)
+                })
+                .scan(EventDecoder::default(), |decoder, row| {
+                    let decoded = row
+                        .map_err(store_error)
+                        .and_then(|row| decoder.decode(&row));
+                    std::future::ready(Some(decoded))
+                })
+            })
+            .try_flatten()
     }
 }
 

@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use cqrs_core::{
-    AppendResult, CheckpointStore, Error, EventData, EventLog, ExpectedVersion, Inspect,
-    LogNotifier, LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore,
-    StoreStats, StreamId, StreamInfo, StreamItem, validate_checkpoint_name,
+    AppendResult, Error, EventData, EventLog, ExpectedVersion, Inspect, LogNotifier, LogWatcher,
+    Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore, StoreStats, StreamId,
+    StreamInfo, StreamItem,
 };
 use futures::future::Either;
 use futures::stream::BoxStream;
-use futures::{Stream, StreamExt, TryStreamExt, stream};
+use futures::{Stream, StreamExt, stream};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{AssertSqlSafe, PgPool, Row};
 use tokio::task::JoinHandle;
@@ -21,8 +21,8 @@ use crate::batch::Batcher;
 use crate::checksum;
 use crate::inline::InlineProjection;
 use crate::row::{
-    EventDecoder, SnapshotRow, decode_checkpoint, decode_event, decode_snapshot, event_version,
-    exact_i64, saturating_i64, snapshot_of_row, store_error, stored_u64,
+    EventDecoder, SnapshotRow, decode_event, decode_snapshot, event_version, exact_i64,
+    saturating_i64, snapshot_of_row, store_error, stored_u64,
 };
 use crate::schema::{Schema, Statements};
 use crate::{listen, migrate, reader};
@@ -209,7 +209,7 @@ impl PostgresEventStore {
 
     /// The highest transaction id below which every transaction has ended, waiting up to
     /// the settle timeout for older transactions when committed events sit above it.
-    async fn horizon(&self) -> Result<i64> {
+    pub(crate) async fn horizon(&self) -> Result<i64> {
         let row = self
             .retrying(|| {
                 sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
@@ -474,89 +474,6 @@ impl SnapshotStore for PostgresEventStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await
-        })
-        .await
-        .map_err(store_error)?;
-        Ok(())
-    }
-}
-
-impl CheckpointStore for PostgresEventStore {
-    async fn load_checkpoint(&self, name: &str) -> Result<Option<Position>> {
-        validate_checkpoint_name(name)?;
-        let row = self
-            .retrying(|| {
-                sqlx::query(AssertSqlSafe(self.inner.sql.load_checkpoint.clone()))
-                    .bind(name)
-                    .fetch_optional(&self.inner.pool)
-            })
-            .await
-            .map_err(store_error)?;
-        row.as_ref()
-            .map(|row| decode_checkpoint(row, name))
-            .transpose()
-    }
-
-    async fn save_checkpoint(&self, name: &str, position: Position) -> Result<()> {
-        self.upsert_checkpoint(&self.inner.sql.save_checkpoint, name, position)
-            .await
-    }
-
-    /// The same upsert, committed with `synchronous_commit = off` for its own
-    /// transaction: it does not wait for the WAL flush (a few milliseconds on a disk
-    /// that flushes for real), and a database crash can lose the last ~600 ms of them
-    /// (three `wal_writer_delay`s), never one that a later synchronous commit followed.
-    async fn advance_checkpoint(&self, name: &str, position: Position) -> Result<()> {
-        self.upsert_checkpoint(&self.inner.sql.advance_checkpoint, name, position)
-            .await
-    }
-}
-
-impl PostgresEventStore {
-    /// The read of [`read_all`](EventLog::read_all), decoded in the caller's polls.
-    pub(crate) fn read_all_here(
-        &self,
-        after: Position,
-        limit: Option<u64>,
-    ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
-        let limit = limit.map(saturating_i64);
-        stream::once(self.horizon())
-            .map_ok(move |horizon| {
-                self.restarting(move || {
-                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
-                        .bind(saturating_i64(after.commit))
-                        .bind(saturating_i64(after.sequence))
-                        .bind(horizon)
-                        .bind(limit)
-                        .fetch(&self.inner.pool)
-                })
-                .scan(EventDecoder::default(), |decoder, row| {
-                    let decoded = row
-                        .map_err(store_error)
-                        .and_then(|row| decoder.decode(&row));
-                    std::future::ready(Some(decoded))
-                })
-            })
-            .try_flatten()
-    }
-
-    /// Runs a checkpoint upsert (`sql` binds name, commit, sequence).
-    async fn upsert_checkpoint(
-        &self,
-        sql: &Arc<str>,
-        name: &str,
-        position: Position,
-    ) -> Result<()> {
-        validate_checkpoint_name(name)?;
-        let commit = exact_i64(position.commit, "checkpoint commit")?;
-        let sequence = exact_i64(position.sequence, "checkpoint sequence")?;
-        // An upsert: safe to run again after a broken connection.
-        self.retrying(|| {
-            sqlx::query(AssertSqlSafe(sql.clone()))
-                .bind(name)
-                .bind(commit)
-                .bind(sequence)
-                .execute(&self.inner.pool)
         })
         .await
         .map_err(store_error)?;
