@@ -7,6 +7,7 @@ use std::time::Duration;
 use cqrs_core::{Codec, JsonCodec, LogNotifier, Projection};
 use sqlx::{PgConnection, PgPool};
 
+use crate::batch::{Batcher, DEFAULT_PIPELINE};
 use crate::inline::{Inline, InlineProjection};
 use crate::schema::{Schema, Statements};
 use crate::store::{Inner, PostgresEventStore};
@@ -40,6 +41,7 @@ pub struct PostgresEventStoreBuilder {
     inline: Vec<Arc<dyn InlineProjection>>,
     allow_public: bool,
     group_commit: bool,
+    pipeline: usize,
 }
 
 impl fmt::Debug for PostgresEventStoreBuilder {
@@ -49,6 +51,7 @@ impl fmt::Debug for PostgresEventStoreBuilder {
             .field("notify", &self.notify)
             .field("read_settle", &self.settle)
             .field("group_commit", &self.group_commit)
+            .field("group_commit_pipeline", &self.pipeline)
             .finish_non_exhaustive()
     }
 }
@@ -130,6 +133,36 @@ impl PostgresEventStoreBuilder {
     /// would wait.
     pub fn group_commit(mut self, on: bool) -> Self {
         self.group_commit = on;
+        self
+    }
+
+    /// With [group commit](Self::group_commit) on, how many writes of this store may be
+    /// in flight at once (default 2; 0 counts as 1). Each lone append and each batch
+    /// takes one: while one batch waits for its commit (the WAL flush), the next one's
+    /// statement already runs. An append is written alone, at once, while fewer writes
+    /// than this are in flight and nothing is queued; otherwise it queues for the next
+    /// batch. Two writes of one stream are never in flight together: an append to a
+    /// stream being written waits for that write to end. Without group commit it does
+    /// nothing.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// use cqrs_postgres::PostgresEventStore;
+    /// use sqlx::postgres::PgPoolOptions;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = PgPoolOptions::new().max_connections(16).connect("postgres://localhost/app").await?;
+    /// let store = PostgresEventStore::builder(pool)
+    ///     .group_commit(true)
+    ///     .group_commit_pipeline(4)
+    ///     .build()?;
+    /// store.migrate().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn group_commit_pipeline(mut self, writes_in_flight: usize) -> Self {
+        self.pipeline = writes_in_flight.max(1);
         self
     }
 
@@ -226,9 +259,21 @@ impl PostgresEventStoreBuilder {
     /// [`allow_public_schema`](Self::allow_public_schema).
     pub fn build(self) -> crate::Result<PostgresEventStore> {
         let schema = Schema::new(&self.schema, self.allow_public)?;
+        let sql = Statements::new(&schema);
+        // The group-commit task starts with the first append that queues, on that
+        // append's runtime.
+        let batcher = OnceLock::new();
+        if self.group_commit {
+            let _ = batcher.set(Batcher::new(
+                self.pool.clone(),
+                Arc::clone(&sql.append_fast),
+                Arc::clone(&sql.append_many),
+                self.pipeline,
+            ));
+        }
         Ok(PostgresEventStore {
             inner: Arc::new(Inner {
-                sql: Statements::new(&schema),
+                sql,
                 channel: self.notify.then(|| schema.name().to_owned()),
                 schema,
                 pool: self.pool,
@@ -240,7 +285,7 @@ impl PostgresEventStoreBuilder {
                 notify_task: OnceLock::new(),
                 inline: self.inline,
                 group_commit: self.group_commit,
-                batcher: OnceLock::new(),
+                batcher,
             }),
         })
     }
@@ -258,6 +303,7 @@ impl PostgresEventStore {
             settle: Duration::from_millis(500),
             inline: Vec::new(),
             group_commit: false,
+            pipeline: DEFAULT_PIPELINE,
         }
     }
 }
