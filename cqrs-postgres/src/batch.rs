@@ -1,25 +1,3 @@
-//! Group commit (ADR 0027): the appends that wait while a batch of this store is being
-//! written go out together in the next one, as one statement and one commit.
-//!
-//! One write is in flight at a time: it holds the store's one write slot. An append
-//! that finds the slot free takes it and writes alone, at once, on the caller's own
-//! task (a lone append costs exactly what it costs without group commit). An append
-//! that finds it taken queues for the store's task, which takes the slot when it is
-//! free and writes everything queued as one batch (one append per stream: a second
-//! append to a stream waits for the batch after).
-//!
-//! The task only settles the plain case: the expected version matched and every row
-//! went in. Everything else goes back to the caller, which appends alone on the path
-//! without group commit, where conflicts, idempotent re-appends, duplicate ids, lost
-//! races and broken connections are sorted out as they always were:
-//! - an append whose expected version did not match (the rest of the batch is written);
-//! - every append of a batch whose statement failed (a stored event id, a lost race on
-//!   a version, a broken connection, any driver error): nothing of it was committed, or,
-//!   after a broken connection, its commit is unknown and the re-run finds the events
-//!   by their ids;
-//! - an append whose result row is missing or does not decode (committed or not, the
-//!   re-run finds out, so a committed append is never reported as failed: ADR 0017).
-
 //! Group commit (ADR 0027): the appends that wait while the writes of this store are
 //! in flight go out together in the next batch, as one statement and one commit.
 //!
@@ -31,7 +9,7 @@
 //! everything queued whenever a slot is free. So batch k+1's statement runs while batch
 //! k waits for its WAL flush.
 //!
-//! One append per stream in flight: a queued append whose stream is in a batch being
+//! One write per stream in flight: a queued append whose stream is in a batch being
 //! formed, or in any write in flight (lone or batch), stays queued, ahead of those
 //! behind it, until that write has ended. Two writes of one stream are never in flight
 //! at once, so a batch never reads a head that an uncommitted write is about to move.
