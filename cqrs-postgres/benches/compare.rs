@@ -8,7 +8,8 @@
 //! cargo bench -p cqrs-postgres --bench compare -- --quick --commands-only [--pipeline N]
 //! ```
 //!
-//! `--commands-only` stops after the command-path rows (concurrent, group commit, lone
+//! `--lone-only` runs only the lone-latency row, five times. `--commands-only` stops
+//! after the command-path rows (concurrent, group commit, lone
 //! latency, 1,000-event append, sequential). `--pipeline N` sets the group-commit
 //! pipeline depth of the stores with group commit on (default: the builder's). The
 //! concurrent and sequential rows come with a WAL account per command: the deltas of
@@ -1300,6 +1301,19 @@ async fn main() {
     // Each measurement runs twice, the second time with the sides swapped (ours, raw,
     // raw, ours), so drift in the shared machine's load (disk flushes above all) does
     // not favour one side; the rates are averaged.
+    if args.iter().any(|a| a == "--lone-only") {
+        // The lone-latency row alone, five times.
+        for _ in 0..5 {
+            let (on, off) = lone_latency(&options, if quick { 200 } else { 1_000 }).await;
+            println!(
+                "| lone command latency (p50, one at a time), group commit on vs off | {:.3} ms | off: {:.3} ms | {:.2} |",
+                on.as_secs_f64() * 1e3,
+                off.as_secs_f64() * 1e3,
+                on.as_secs_f64() / off.as_secs_f64()
+            );
+        }
+        return;
+    }
     let stats = pool(options.clone(), 1).await;
     let n = if quick { 2_000 } else { 10_000 };
     let (ours1, raw1, wide1) = concurrent_commands(&options, &stats, 16, n, false).await;

@@ -125,7 +125,7 @@ impl PostgresEventStoreBuilder {
     ///
     /// It is on by default because it won or tied in every row of the project's
     /// measurements (`docs/performance-postgres.md`): whole commands from 16 tasks ran at
-    /// 1.02 to 1.38 of the same without it, 1.40 to 1.89 with the repository's state
+    /// 1.02 to 1.38 of the same without it, 1.16 to 1.89 with the repository's state
     /// cache, 16 tasks appending alone at 1.10 to 1.66, and a lone command takes the same
     /// path. Turn it off when an application holds long transactions that write to
     /// streams this store also appends to: a batch that waits for such a transaction's
