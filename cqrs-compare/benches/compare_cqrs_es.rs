@@ -8,8 +8,10 @@
 //! ```
 //!
 //! For diagnosis: `--only concurrent|sequential|round-trips` runs one group of rows, and
-//! `--no-notify` builds our store without its coalesced `NOTIFY`, `--group-commit` with
-//! group commit on (ADR 0027).
+//! `--no-notify` builds our store without its coalesced `NOTIFY`, `--no-group-commit`
+//! without group commit (ADR 0027; on by default, `--group-commit` is accepted and
+//! changes nothing), `--pipeline N` with N group-commit writes in flight (default: the
+//! builder's).
 //!
 //! It reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`) and
 //! works in fresh schemas (postgres-es's tables too, named through `with_tables`) that it
@@ -22,7 +24,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use cqrs_core::{DomainEvent, Repository, SnapshotPolicy};
@@ -241,16 +243,23 @@ const CACHE: usize = 10_000;
 /// Whether our stores send `NOTIFY` after appends (`--no-notify` turns it off).
 static NOTIFY: AtomicBool = AtomicBool::new(true);
 
-/// Whether our stores use group commit (`--group-commit` turns it on; ADR 0027).
-static GROUP_COMMIT: AtomicBool = AtomicBool::new(false);
+/// Whether our stores use group commit (the default; `--no-group-commit` turns it off;
+/// ADR 0027).
+static GROUP_COMMIT: AtomicBool = AtomicBool::new(true);
+
+/// The group-commit pipeline depth (`--pipeline N`; 0: the builder's default).
+static PIPELINE: AtomicUsize = AtomicUsize::new(0);
 
 async fn store(options: PgConnectOptions, max: u32, notify: bool) -> PostgresEventStore {
-    let store = PostgresEventStore::builder(pool(options, max).await)
+    let mut builder = PostgresEventStore::builder(pool(options, max).await)
         .schema(schema())
         .notify(notify)
-        .group_commit(GROUP_COMMIT.load(Ordering::Relaxed))
-        .build()
-        .unwrap();
+        .group_commit(GROUP_COMMIT.load(Ordering::Relaxed));
+    let pipeline = PIPELINE.load(Ordering::Relaxed);
+    if pipeline > 0 {
+        builder = builder.group_commit_pipeline(pipeline);
+    }
+    let store = builder.build().unwrap();
     store.migrate().await.unwrap();
     store
 }
@@ -811,8 +820,16 @@ async fn main() {
     if args.iter().any(|a| a == "--no-notify") {
         NOTIFY.store(false, Ordering::Relaxed);
     }
-    if args.iter().any(|a| a == "--group-commit") {
-        GROUP_COMMIT.store(true, Ordering::Relaxed);
+    if args.iter().any(|a| a == "--no-group-commit") {
+        GROUP_COMMIT.store(false, Ordering::Relaxed);
+    }
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--pipeline")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+    {
+        PIPELINE.store(n, Ordering::Relaxed);
     }
     let only = args
         .iter()
@@ -826,10 +843,13 @@ async fn main() {
         "cqrs-es comparison ({}{}): ours = cqrs_core::Repository over PostgresEventStore, \
          cqrs-es = cqrs-es 0.5 + postgres-es 0.5",
         if quick { "quick" } else { "full" },
-        if GROUP_COMMIT.load(Ordering::Relaxed) {
-            ", ours with group commit"
-        } else {
-            ""
+        match (
+            GROUP_COMMIT.load(Ordering::Relaxed),
+            PIPELINE.load(Ordering::Relaxed),
+        ) {
+            (false, _) => ", ours without group commit".to_owned(),
+            (true, 0) => ", ours with group commit".to_owned(),
+            (true, n) => format!(", ours with group commit, pipeline {n}"),
         }
     );
     println!("| measurement | ours | cqrs-es | raw sqlx | ours / cqrs-es | ours / raw |");

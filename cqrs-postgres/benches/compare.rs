@@ -5,7 +5,16 @@
 //! cargo bench -p cqrs-postgres --bench compare            # 1,000,000-event rebuild
 //! cargo bench -p cqrs-postgres --bench compare -- --quick # 100,000
 //! cargo bench -p cqrs-postgres --bench compare -- --rebuild-only [--quick]
+//! cargo bench -p cqrs-postgres --bench compare -- --quick --commands-only [--pipeline N]
 //! ```
+//!
+//! `--lone-only` runs only the lone-latency row, five times. `--commands-only` stops
+//! after the command-path rows (concurrent, group commit, lone
+//! latency, 1,000-event append, sequential). `--pipeline N` sets the group-commit
+//! pipeline depth of the stores with group commit on (default: the builder's). The
+//! concurrent and sequential rows come with a WAL account per command: the deltas of
+//! `pg_stat_wal` and of the database's commits over the measurement. `pg_stat_wal` is
+//! cluster-wide: anything else writing meanwhile is counted too.
 //!
 //! It reads `DATABASE_URL` (default `postgres://postgres@127.0.0.1:5432/postgres`), works
 //! in fresh schemas and drops them. Without a server it prints a skip line and exits 0.
@@ -26,7 +35,7 @@ use cqrs_core::{
 };
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use cqrs_postgres::sqlx::{self, AssertSqlSafe, ConnectOptions, Connection, PgPool};
+use cqrs_postgres::sqlx::{self, AssertSqlSafe, ConnectOptions, Connection, PgPool, Row};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -216,12 +225,10 @@ async fn store_with(
     notify: bool,
     group_commit: bool,
 ) -> PostgresEventStore {
-    let store = PostgresEventStore::builder(pool(options, max).await)
+    let builder = PostgresEventStore::builder(pool(options, max).await)
         .schema(schema())
-        .notify(notify)
-        .group_commit(group_commit)
-        .build()
-        .unwrap();
+        .notify(notify);
+    let store = configure(builder, group_commit, 0).build().unwrap();
     store.migrate().await.unwrap();
     store
 }
@@ -374,172 +381,442 @@ async fn proxy(server: SocketAddr, trips: Arc<Trips>) -> SocketAddr {
     addr
 }
 
+// ---- the WAL account --------------------------------------------------------------
+
+/// The cluster's WAL counters (`pg_stat_wal`, PostgreSQL 15), the database's commits
+/// (`pg_stat_database.xact_commit`, read-only transactions included) and the transaction
+/// ids handed out (write transactions). `pg_stat_wal` is cluster-wide: whatever else
+/// writes while a measurement runs (other processes' tests, autovacuum, checkpoints)
+/// counts too.
+#[derive(Clone, Copy, Default)]
+struct Wal {
+    commits: f64,
+    xids: f64,
+    records: f64,
+    fpi: f64,
+    bytes: f64,
+    writes: f64,
+    syncs: f64,
+}
+
+impl Wal {
+    async fn now(stats: &PgPool) -> Wal {
+        let row = sqlx::query(
+            "SELECT (SELECT xact_commit FROM pg_stat_database \
+             WHERE datname = current_database()), \
+             pg_snapshot_xmax(pg_current_snapshot())::text::bigint, \
+             w.wal_records, w.wal_fpi, w.wal_bytes::bigint, w.wal_write, w.wal_sync \
+             FROM pg_stat_wal w",
+        )
+        .fetch_one(stats)
+        .await
+        .expect("read pg_stat_wal");
+        let f = |i: usize| row.get::<i64, _>(i) as f64;
+        Wal {
+            commits: f(0),
+            xids: f(1),
+            records: f(2),
+            fpi: f(3),
+            bytes: f(4),
+            writes: f(5),
+            syncs: f(6),
+        }
+    }
+
+    fn zip(self, other: Wal, op: impl Fn(f64, f64) -> f64) -> Wal {
+        Wal {
+            commits: op(self.commits, other.commits),
+            xids: op(self.xids, other.xids),
+            records: op(self.records, other.records),
+            fpi: op(self.fpi, other.fpi),
+            bytes: op(self.bytes, other.bytes),
+            writes: op(self.writes, other.writes),
+            syncs: op(self.syncs, other.syncs),
+        }
+    }
+
+    /// Per unit of work, from `before` to `self`.
+    fn per(self, before: Wal, n: u64) -> Wal {
+        self.zip(before, |a, b| (a - b) / n as f64)
+    }
+
+    fn mean(self, other: Wal) -> Wal {
+        self.zip(other, |a, b| (a + b) / 2.0)
+    }
+
+    fn row(&self, what: &str) -> String {
+        format!(
+            "| WAL per command: {what} | {:.2} commits, {:.2} write xacts, {:.1} records ({:.2} FPI), {:.0} bytes | {:.3} WAL writes, {:.3} WAL syncs (flushes) | {:.1} commands per flush |",
+            self.commits,
+            self.xids,
+            self.records,
+            self.fpi,
+            self.bytes,
+            self.writes,
+            self.syncs,
+            if self.syncs > 0.0 {
+                1.0 / self.syncs
+            } else {
+                f64::NAN
+            }
+        )
+    }
+}
+
+/// Makes every connection of `pool` flush its pending statistics now (PostgreSQL 15
+/// holds a backend's counters for up to 10 s): each runs `pg_stat_force_next_flush()`
+/// and flushes as it goes idle after it.
+async fn flush_stats(pool: &PgPool) {
+    let mut held = Vec::new();
+    for _ in 0..pool.size() {
+        match tokio::time::timeout(Duration::from_secs(10), pool.acquire()).await {
+            Ok(Ok(conn)) => held.push(conn),
+            _ => break,
+        }
+    }
+    for conn in &mut held {
+        sqlx::query("SELECT pg_stat_force_next_flush()")
+            .execute(&mut **conn)
+            .await
+            .expect("pg_stat_force_next_flush");
+    }
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Runs `work` (`n` commands) between two readings of the counters: (commands/s, WAL
+/// per command).
+async fn accounted<F: std::future::Future<Output = ()>>(
+    stats: &PgPool,
+    pool: &PgPool,
+    n: u64,
+    work: F,
+) -> (f64, Wal) {
+    flush_stats(pool).await;
+    let before = Wal::now(stats).await;
+    let started = Instant::now();
+    work.await;
+    let rate = rate(n, started.elapsed());
+    flush_stats(pool).await;
+    (rate, Wal::now(stats).await.per(before, n))
+}
+
 // ---- the measurements -------------------------------------------------------------
 
-/// (ours with group commit, ours without, raw).
+/// The group-commit pipeline depth of the benchmark's stores with group commit on
+/// (`--pipeline N`; 0: the builder's default).
+static PIPELINE: AtomicU64 = AtomicU64::new(0);
+
+/// One configuration of our side of the command-path rows.
+#[derive(Clone, Copy)]
+struct Ours {
+    group_commit: bool,
+    /// Pipeline depth with group commit (0: the default, or `--pipeline`).
+    pipeline: usize,
+    /// `Repository::with_cache` capacity (0: no cache).
+    cache: usize,
+}
+
+impl Ours {
+    fn label(&self) -> String {
+        let mut label = if self.group_commit {
+            match self.pipeline {
+                0 => "group commit on".to_owned(),
+                n => format!("group commit on, pipeline {n}"),
+            }
+        } else {
+            "group commit off".to_owned()
+        };
+        if self.cache > 0 {
+            label.push_str(", state cache");
+        }
+        label
+    }
+}
+
+fn configure(
+    builder: cqrs_postgres::PostgresEventStoreBuilder,
+    group_commit: bool,
+    pipeline: usize,
+) -> cqrs_postgres::PostgresEventStoreBuilder {
+    let builder = builder.group_commit(group_commit);
+    let pipeline = match pipeline {
+        0 => usize::try_from(PIPELINE.load(Ordering::Relaxed)).unwrap(),
+        n => n,
+    };
+    if pipeline > 0 {
+        builder.group_commit_pipeline(pipeline)
+    } else {
+        builder
+    }
+}
+
+/// The command-path variants measured: ours without group commit, with it at pipeline
+/// depths 1, 2 and 4, and with the state cache (`--pipeline` does not change these).
+fn command_variants() -> Vec<Ours> {
+    let ours = |group_commit, pipeline, cache| Ours {
+        group_commit,
+        pipeline,
+        cache,
+    };
+    vec![
+        ours(false, 0, 0),
+        ours(true, 1, 0),
+        ours(true, 2, 0),
+        ours(true, 4, 0),
+        ours(false, 0, CACHE),
+        ours(true, 2, CACHE),
+        ours(true, 4, CACHE),
+    ]
+}
+
+/// The state cache capacity of the rows that use it (all accounts fit).
+const CACHE: usize = 2_000;
+
+/// One round of the concurrent rows: (ours per variant, raw, raw wide), each (cmd/s,
+/// WAL per command); `reversed` runs them in the opposite order.
 async fn concurrent_commands(
     options: &PgConnectOptions,
+    stats: &PgPool,
     tasks: usize,
     commands: u64,
-    raw_first: bool,
-) -> (f64, f64, f64) {
-    if raw_first {
-        let raw = concurrent_raw(options, tasks, commands).await;
-        let alone = concurrent_ours(options, tasks, commands, false).await;
-        return (
-            concurrent_ours(options, tasks, commands, true).await,
-            alone,
-            raw,
-        );
+    reversed: bool,
+) -> (Vec<(f64, Wal)>, (f64, Wal), (f64, Wal)) {
+    let variants = command_variants();
+    let mut ours = vec![(0.0, Wal::default()); variants.len()];
+    let (mut raw, mut wide) = Default::default();
+    let mut order: Vec<usize> = (0..variants.len() + 2).collect();
+    if reversed {
+        order.reverse();
     }
-    let ours = concurrent_ours(options, tasks, commands, true).await;
-    let alone = concurrent_ours(options, tasks, commands, false).await;
-    (ours, alone, concurrent_raw(options, tasks, commands).await)
+    for i in order {
+        if i < variants.len() {
+            ours[i] = concurrent_ours(options, stats, tasks, commands, variants[i]).await;
+        } else if i == variants.len() {
+            raw = concurrent_raw(options, stats, tasks, commands, false).await;
+        } else {
+            wide = concurrent_raw(options, stats, tasks, commands, true).await;
+        }
+    }
+    (ours, raw, wide)
 }
 
 const ACCOUNTS: u64 = 1_000;
 
 async fn concurrent_ours(
     options: &PgConnectOptions,
+    stats: &PgPool,
     tasks: usize,
     commands: u64,
-    group_commit: bool,
-) -> f64 {
-    let store = store_with(
-        options.clone(),
-        u32::try_from(tasks).unwrap(),
-        true,
-        group_commit,
-    )
-    .await;
-    let repo = Arc::new(Repository::<Account, _>::new(store.clone(), ()));
+    config: Ours,
+) -> (f64, Wal) {
+    let builder =
+        PostgresEventStore::builder(pool(options.clone(), u32::try_from(tasks).unwrap()).await)
+            .schema(schema())
+            .notify(true);
+    let store = configure(builder, config.group_commit, config.pipeline)
+        .build()
+        .unwrap();
+    store.migrate().await.unwrap();
+    let repo = Arc::new(Repository::<Account, _>::new(store.clone(), ()).with_cache(config.cache));
     for a in 0..ACCOUNTS {
         repo.execute(&format!("acc-{a}"), &AccountCommand::Open)
             .await
             .unwrap();
     }
     let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..tasks)
-        .map(|_| {
-            let (repo, next) = (Arc::clone(&repo), Arc::clone(&next));
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= commands {
-                        break;
+    let work = async {
+        let workers: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (repo, next) = (Arc::clone(&repo), Arc::clone(&next));
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= commands {
+                            break;
+                        }
+                        // A spread-out walk over the accounts (some collide: retried).
+                        let account = (i * 7919) % ACCOUNTS;
+                        repo.execute(&format!("acc-{account}"), &AccountCommand::Deposit(1))
+                            .await
+                            .unwrap();
                     }
-                    // A spread-out walk over the accounts (some collide: retried).
-                    let account = (i * 7919) % ACCOUNTS;
-                    repo.execute(&format!("acc-{account}"), &AccountCommand::Deposit(1))
-                        .await
-                        .unwrap();
-                }
+                })
             })
-        })
-        .collect();
-    for w in workers {
-        w.await.unwrap();
-    }
-    let ours = rate(commands, started.elapsed());
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+    };
+    let measured = accounted(stats, store.pool(), commands, work).await;
     drop_schema(store.pool(), store.schema()).await;
-    ours
+    measured
 }
 
-async fn concurrent_raw(options: &PgConnectOptions, tasks: usize, commands: u64) -> f64 {
-    let pool = pool(options.clone(), u32::try_from(tasks).unwrap()).await;
-    let s = raw_table(&pool).await;
-    let sql: Arc<str> =
-        format!("INSERT INTO \"{s}\".raw (stream, version, payload) VALUES ($1, $2, $3)").into();
-    let next = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..tasks)
-        .map(|_| {
-            let (pool, next, sql) = (pool.clone(), Arc::clone(&next), Arc::clone(&sql));
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= commands {
-                        break;
-                    }
-                    sqlx::query(AssertSqlSafe(Arc::clone(&sql)))
-                        .bind(format!("acc-{}", (i * 7919) % ACCOUNTS))
-                        .bind(i64::try_from(i).unwrap())
-                        .bind(deposit(1))
-                        .execute(&pool)
-                        .await
-                        .unwrap();
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.await.unwrap();
+/// A raw table for the baselines with our events table's columns and indexes (the
+/// primary key, the unique event id, the unique stream version, the log order).
+async fn raw_wide_table(pool: &PgPool) -> String {
+    let s = schema();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA \"{s}\"; CREATE TABLE \"{s}\".raw (id bigint GENERATED ALWAYS AS \
+         IDENTITY PRIMARY KEY, transaction_id bigint NOT NULL, event_id uuid NOT NULL, \
+         aggregate_type text NOT NULL, aggregate_id text NOT NULL, version bigint NOT NULL, \
+         event_type text NOT NULL, schema_version bigint NOT NULL, \
+         recorded_at timestamptz NOT NULL DEFAULT now(), payload bytea NOT NULL, \
+         metadata json NOT NULL, checksum integer, UNIQUE (event_id), \
+         UNIQUE (aggregate_type, aggregate_id, version)); \
+         CREATE INDEX ON \"{s}\".raw (transaction_id, id)"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+    s
+}
+
+/// The single-row INSERT of the raw baseline into `s`: narrow (stream, version,
+/// payload) or wide (our columns); binds `stream`, `version`, `payload` either way.
+fn raw_insert(s: &str, wide: bool) -> String {
+    if wide {
+        format!(
+            "INSERT INTO \"{s}\".raw (transaction_id, event_id, aggregate_type, aggregate_id, \
+             version, event_type, schema_version, payload, metadata, checksum) \
+             VALUES (pg_current_xact_id()::text::bigint, gen_random_uuid(), 'account', $1, $2, \
+             'MoneyDeposited', 1, $3, '{{}}', 12345)"
+        )
+    } else {
+        format!("INSERT INTO \"{s}\".raw (stream, version, payload) VALUES ($1, $2, $3)")
     }
-    let raw = rate(commands, started.elapsed());
-    drop_schema(&pool, &s).await;
-    raw
 }
 
-async fn sequential_commands(options: &PgConnectOptions, commands: u64) -> (f64, f64, f64) {
-    let (ours1, appends1) = sequential_ours(options, commands).await;
-    let raw1 = sequential_raw(options, commands).await;
-    let raw2 = sequential_raw(options, commands).await;
-    let (ours2, appends2) = sequential_ours(options, commands).await;
+async fn concurrent_raw(
+    options: &PgConnectOptions,
+    stats: &PgPool,
+    tasks: usize,
+    commands: u64,
+    wide: bool,
+) -> (f64, Wal) {
+    let pool = pool(options.clone(), u32::try_from(tasks).unwrap()).await;
+    let s = if wide {
+        raw_wide_table(&pool).await
+    } else {
+        raw_table(&pool).await
+    };
+    let sql: Arc<str> = raw_insert(&s, wide).into();
+    let next = Arc::new(AtomicU64::new(0));
+    let work = async {
+        let workers: Vec<_> = (0..tasks)
+            .map(|_| {
+                let (pool, next, sql) = (pool.clone(), Arc::clone(&next), Arc::clone(&sql));
+                tokio::spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= commands {
+                            break;
+                        }
+                        sqlx::query(AssertSqlSafe(Arc::clone(&sql)))
+                            .bind(format!("acc-{}", (i * 7919) % ACCOUNTS))
+                            .bind(i64::try_from(i).unwrap())
+                            .bind(deposit(1))
+                            .execute(&pool)
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+    };
+    let measured = accounted(stats, &pool, commands, work).await;
+    drop_schema(&pool, &s).await;
+    measured
+}
+
+/// The sequential rows, ours first then raw, raw wide, and the other way round:
+/// ((appends, commands) of ours, raw, raw wide), each (per second, WAL per command).
+async fn sequential_commands(
+    options: &PgConnectOptions,
+    stats: &PgPool,
+    commands: u64,
+) -> (((f64, Wal), (f64, Wal)), (f64, Wal), (f64, Wal)) {
+    let ours1 = sequential_ours(options, stats, commands).await;
+    let raw1 = sequential_raw(options, stats, commands, false).await;
+    let wide1 = sequential_raw(options, stats, commands, true).await;
+    let wide2 = sequential_raw(options, stats, commands, true).await;
+    let raw2 = sequential_raw(options, stats, commands, false).await;
+    let ours2 = sequential_ours(options, stats, commands).await;
+    let mean = |a: (f64, Wal), b: (f64, Wal)| ((a.0 + b.0) / 2.0, a.1.mean(b.1));
     (
-        (ours1 + ours2) / 2.0,
-        (appends1 + appends2) / 2.0,
-        (raw1 + raw2) / 2.0,
+        (mean(ours1.0, ours2.0), mean(ours1.1, ours2.1)),
+        mean(raw1, raw2),
+        mean(wide1, wide2),
     )
 }
 
-async fn sequential_ours(options: &PgConnectOptions, commands: u64) -> (f64, f64) {
+async fn sequential_ours(
+    options: &PgConnectOptions,
+    stats: &PgPool,
+    commands: u64,
+) -> ((f64, Wal), (f64, Wal)) {
     let store = store(options.clone(), 2, true).await;
     // The store alone: sequential one-event appends to one stream.
     let s = StreamId::new("account", "appends").unwrap();
-    let started = Instant::now();
-    for i in 0..commands {
-        store
-            .append(
-                &s,
-                ExpectedVersion::Exact(i),
-                vec![EventData::new("MoneyDeposited", deposit(1))],
-            )
-            .await
-            .unwrap();
-    }
-    let appends = rate(commands, started.elapsed());
+    let appends = accounted(stats, store.pool(), commands, async {
+        for i in 0..commands {
+            store
+                .append(
+                    &s,
+                    ExpectedVersion::Exact(i),
+                    vec![EventData::new("MoneyDeposited", deposit(1))],
+                )
+                .await
+                .unwrap();
+        }
+    })
+    .await;
     let repo = Repository::<Account, _>::new(store.clone(), ())
         .with_snapshots(SnapshotPolicy::EveryEvents(100));
     repo.execute("one", &AccountCommand::Open).await.unwrap();
-    let started = Instant::now();
-    for _ in 0..commands {
-        repo.execute("one", &AccountCommand::Deposit(1))
-            .await
-            .unwrap();
-    }
-    let ours = rate(commands, started.elapsed());
+    let ours = accounted(stats, store.pool(), commands, async {
+        for _ in 0..commands {
+            repo.execute("one", &AccountCommand::Deposit(1))
+                .await
+                .unwrap();
+        }
+    })
+    .await;
     drop_schema(store.pool(), store.schema()).await;
-    (ours, appends)
+    (appends, ours)
 }
 
-async fn sequential_raw(options: &PgConnectOptions, commands: u64) -> f64 {
+async fn sequential_raw(
+    options: &PgConnectOptions,
+    stats: &PgPool,
+    commands: u64,
+    wide: bool,
+) -> (f64, Wal) {
     let pool = pool(options.clone(), 1).await;
-    let s = raw_table(&pool).await;
-    let sql = format!("INSERT INTO \"{s}\".raw (stream, version, payload) VALUES ($1, $2, $3)");
-    let started = Instant::now();
-    for i in 0..commands {
-        sqlx::query(AssertSqlSafe(sql.as_str()))
-            .bind("one")
-            .bind(i64::try_from(i).unwrap())
-            .bind(deposit(1))
-            .execute(&pool)
-            .await
-            .unwrap();
-    }
-    let raw = rate(commands, started.elapsed());
+    let s = if wide {
+        raw_wide_table(&pool).await
+    } else {
+        raw_table(&pool).await
+    };
+    let sql = raw_insert(&s, wide);
+    let measured = accounted(stats, &pool, commands, async {
+        for i in 0..commands {
+            sqlx::query(AssertSqlSafe(sql.as_str()))
+                .bind("one")
+                .bind(i64::try_from(i).unwrap())
+                .bind(deposit(1))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+    })
+    .await;
     drop_schema(&pool, &s).await;
-    raw
+    measured
 }
 
 /// Round trips per command and per append: (queries, pings) each.
@@ -1025,6 +1302,14 @@ async fn main() {
     }
     let _schemas = DropSchemasOnExit;
     let quick = args.iter().any(|a| a == "--quick");
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--pipeline")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+    {
+        PIPELINE.store(n, Ordering::Relaxed);
+    }
     let replay_events = if quick { 100_000 } else { 1_000_000 };
     let load_events = if quick { 50_000 } else { 200_000 };
 
@@ -1039,23 +1324,63 @@ async fn main() {
     // Each measurement runs twice, the second time with the sides swapped (ours, raw,
     // raw, ours), so drift in the shared machine's load (disk flushes above all) does
     // not favour one side; the rates are averaged.
+    if args.iter().any(|a| a == "--lone-only") {
+        // The lone-latency row alone, five times.
+        for _ in 0..5 {
+            let (on, off) = lone_latency(&options, if quick { 200 } else { 1_000 }).await;
+            println!(
+                "| lone command latency (p50, one at a time), group commit on vs off | {:.3} ms | off: {:.3} ms | {:.2} |",
+                on.as_secs_f64() * 1e3,
+                off.as_secs_f64() * 1e3,
+                on.as_secs_f64() / off.as_secs_f64()
+            );
+        }
+        return;
+    }
+    let stats = pool(options.clone(), 1).await;
     let n = if quick { 2_000 } else { 10_000 };
-    let (ours1, alone1, raw1) = concurrent_commands(&options, 16, n, false).await;
-    let (ours2, alone2, raw2) = concurrent_commands(&options, 16, n, true).await;
-    let (ours, alone, raw) = (
-        (ours1 + ours2) / 2.0,
-        (alone1 + alone2) / 2.0,
-        (raw1 + raw2) / 2.0,
-    );
+    let (ours1, raw1, wide1) = concurrent_commands(&options, &stats, 16, n, false).await;
+    let (ours2, raw2, wide2) = concurrent_commands(&options, &stats, 16, n, true).await;
+    let mean = |a: (f64, Wal), b: (f64, Wal)| ((a.0 + b.0) / 2.0, a.1.mean(b.1));
+    let (raw, raw_wal) = mean(raw1, raw2);
+    let (wide, wide_wal) = mean(wide1, wide2);
+    let variants = command_variants();
+    let ours: Vec<(f64, Wal)> = ours1
+        .into_iter()
+        .zip(ours2)
+        .map(|(a, b)| mean(a, b))
+        .collect();
+    for (config, (rate, _)) in variants.iter().zip(&ours) {
+        // The same configuration without group commit, in this run.
+        let off = variants
+            .iter()
+            .zip(&ours)
+            .find(|(c, _)| !c.group_commit && c.cache == config.cache)
+            .map_or(f64::NAN, |(_, (off, _))| *off);
+        println!(
+            "| 16 tasks, 1,000 accounts, full command path, {} | {rate:.0} cmd/s | raw single-row INSERT, 16 conns: {raw:.0}/s | {:.2} (vs raw with our columns and indexes, {wide:.0}/s: {:.2}; vs the same with group commit off: {:.2}) |",
+            config.label(),
+            rate / raw,
+            rate / wide,
+            rate / off
+        );
+    }
     println!(
-        "| 16 tasks, 1,000 accounts, full command path | {ours:.0} cmd/s | raw single-row INSERT, 16 conns: {raw:.0}/s | {:.2} |",
-        ours / raw
+        "| raw single-row INSERT with our columns and four indexes, 16 conns | {wide:.0}/s | raw: {raw:.0}/s | {:.2} |",
+        wide / raw
     );
+    for (config, (_, wal)) in variants.iter().zip(&ours) {
+        println!(
+            "{}",
+            wal.row(&format!("ours, 16 tasks, {}", config.label()))
+        );
+    }
+    println!("{}", raw_wal.row("raw single-row INSERT, 16 conns"));
     println!(
-        "| the same, group commit off | {alone:.0} cmd/s | raw single-row INSERT, 16 conns: {raw:.0}/s | {:.2} (on / off: {:.2}) |",
-        alone / raw,
-        ours / alone
+        "{}",
+        wide_wal.row("raw INSERT with our columns and indexes, 16 conns")
     );
+    let commands_only = args.iter().any(|a| a == "--commands-only");
     let (on, off) = group_commit_appends(&options, 16, if quick { 4_000 } else { 20_000 }).await;
     println!(
         "| 16 concurrent appenders (store only), group commit on vs off | {on:.0} appends/s | off: {off:.0}/s | {:.2} |",
@@ -1073,16 +1398,29 @@ async fn main() {
         "| one 1,000-event append | {ours:.0} events/s | raw multi-row INSERT (unnest) of the same rows: {raw:.0}/s | {:.2} |",
         ours / raw
     );
-    let (ours, appends, raw) =
-        sequential_commands(&options, if quick { 1_000 } else { 5_000 }).await;
+    let ((appends, ours), (raw, raw_wal), (wide, wide_wal)) =
+        sequential_commands(&options, &stats, if quick { 1_000 } else { 5_000 }).await;
+    let ((appends, appends_wal), (ours, ours_wal)) = (appends, ours);
     println!(
-        "| sequential one-event appends to one stream (store only) | {appends:.0} appends/s | raw sequential autocommit INSERT: {raw:.0}/s | {:.2} |",
-        appends / raw
+        "| sequential one-event appends to one stream (store only) | {appends:.0} appends/s | raw sequential autocommit INSERT: {raw:.0}/s | {:.2} (vs raw with our columns and indexes, {wide:.0}/s: {:.2}) |",
+        appends / raw,
+        appends / wide
     );
     println!(
-        "| sequential commands on one aggregate (snapshot every 100) | {ours:.0} cmd/s | raw sequential autocommit INSERT: {raw:.0}/s | {:.2} |",
-        ours / raw
+        "| sequential commands on one aggregate (snapshot every 100) | {ours:.0} cmd/s | raw sequential autocommit INSERT: {raw:.0}/s | {:.2} (vs raw wide: {:.2}) |",
+        ours / raw,
+        ours / wide
     );
+    println!("{}", appends_wal.row("ours, sequential appends"));
+    println!("{}", ours_wal.row("ours, sequential commands"));
+    println!("{}", raw_wal.row("raw sequential autocommit INSERT"));
+    println!(
+        "{}",
+        wide_wal.row("raw sequential INSERT with our columns and indexes")
+    );
+    if commands_only {
+        return;
+    }
     let [plain, snapshots, append] = round_trips(&options).await;
     println!(
         "| round trips per command (queries + pool pings after release) | {:.2} + {:.2} without snapshots, {:.2} + {:.2} with | one append: {:.2} + {:.2} | |",

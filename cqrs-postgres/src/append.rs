@@ -124,9 +124,9 @@ impl PostgresEventStore {
         let Some(batcher) = self.batcher() else {
             return self.append_direct(&args, true).await;
         };
-        if let Some(_slot) = batcher.idle() {
-            // Nothing in flight: write at once, alone; appends made meanwhile queue
-            // for the batch after this.
+        if let Some(_slot) = batcher.idle(stream) {
+            // A slot free, nothing queued, no write of this stream in flight: write at
+            // once, alone; appends made meanwhile queue for the next batch.
             return self.append_direct(&args, true).await;
         }
         let args = Arc::new(args);

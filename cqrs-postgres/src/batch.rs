@@ -1,12 +1,18 @@
-//! Group commit (ADR 0027): the appends that wait while a batch of this store is being
-//! written go out together in the next one, as one statement and one commit.
+//! Group commit (ADR 0027): the appends that wait while the writes of this store are
+//! in flight go out together in the next batch, as one statement and one commit.
 //!
-//! One write is in flight at a time: it holds the store's one write slot. An append
-//! that finds the slot free takes it and writes alone, at once, on the caller's own
-//! task (a lone append costs exactly what it costs without group commit). An append
-//! that finds it taken queues for the store's task, which takes the slot when it is
-//! free and writes everything queued as one batch (one append per stream: a second
-//! append to a stream waits for the batch after).
+//! A store has a few write slots (the pipeline depth, 2 by default): each write in
+//! flight, a lone append or a batch, holds one. An append that finds a slot free,
+//! nothing queued and no write of its stream in flight takes the slot and writes alone,
+//! at once, on the caller's own task (a lone append costs exactly what it costs without
+//! group commit). Any other append queues for the store's task, which starts a batch of
+//! everything queued whenever a slot is free. So batch k+1's statement runs while batch
+//! k waits for its WAL flush.
+//!
+//! One write per stream in flight: a queued append whose stream is in a batch being
+//! formed, or in any write in flight (lone or batch), stays queued, ahead of those
+//! behind it, until that write has ended. Two writes of one stream are never in flight
+//! at once, so a batch never reads a head that an uncommitted write is about to move.
 //!
 //! The task only settles the plain case: the expected version matched and every row
 //! went in. Everything else goes back to the caller, which appends alone on the path
@@ -22,13 +28,13 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use cqrs_core::{AppendResult, Position, StreamId};
 use sqlx::postgres::PgRow;
 use sqlx::{AssertSqlSafe, PgPool, Row};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::task::{JoinHandle, JoinSet};
 use uuid::Uuid;
 
 use crate::append::{AppendArgs, decode_append};
@@ -40,6 +46,9 @@ const MAX_APPENDS: usize = 512;
 
 /// The most events in one batch, unless its first append alone has more.
 const MAX_EVENTS: usize = 8_192;
+
+/// Writes in flight at once when the builder does not say (ADR 0027).
+pub(crate) const DEFAULT_PIPELINE: usize = 2;
 
 /// What the task did with an append.
 #[derive(Debug)]
@@ -53,48 +62,140 @@ pub(crate) enum Outcome {
 
 const ALONE: Outcome = Outcome::Alone { mismatch: false };
 
+/// A queued append.
 struct Request {
     args: Arc<AppendArgs>,
     reply: oneshot::Sender<Outcome>,
+    waiting: Waiting,
+}
+
+/// Counts its append as waiting (see [`State::waiting`]) until a batch takes it or it
+/// is dropped unanswered (the task gone).
+struct Waiting(Option<Arc<Slots>>);
+
+impl Waiting {
+    /// Taken into a batch: no longer waiting. Called with the state locked.
+    fn taken(&mut self, state: &mut State) {
+        if self.0.take().is_some() {
+            state.waiting = state.waiting.saturating_sub(1);
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0.take() {
+            let mut state = slots.lock();
+            state.waiting = state.waiting.saturating_sub(1);
+        }
+    }
 }
 
 /// What the task needs of its store (not the store itself: the store owns the task).
-#[derive(Clone)]
 struct Shared {
     pool: PgPool,
     append_fast: Arc<str>,
     append_many: Arc<str>,
 }
 
-/// The handle on a store's group-commit task; aborts the task when dropped.
+/// The write slots and the streams of the writes in flight.
+struct Slots {
+    /// The most writes in flight at once (at least 1).
+    depth: usize,
+    state: Mutex<State>,
+    /// Signalled when a write ends (a slot and its streams are free again).
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Writes in flight (lone appends and batches).
+    in_flight: usize,
+    /// The streams of the writes in flight: one write per stream at a time.
+    streams: HashSet<StreamId>,
+    /// Appends handed to the task and not yet in a batch. While there are any, a new
+    /// append queues behind them instead of overtaking them on a free slot.
+    waiting: usize,
+}
+
+impl Slots {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Nothing panics while holding the lock; a poisoned lock still holds a
+        // consistent state.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One write in flight: frees its slot and its streams when dropped (also when the
+/// write is cancelled).
+pub(crate) struct Slot {
+    slots: Arc<Slots>,
+    streams: Vec<StreamId>,
+}
+
+impl fmt::Debug for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Slot")
+            .field("streams", &self.streams)
+            .finish()
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        {
+            let mut state = self.slots.lock();
+            state.in_flight = state.in_flight.saturating_sub(1);
+            for stream in &self.streams {
+                state.streams.remove(stream);
+            }
+        }
+        self.slots.freed.notify_one();
+    }
+}
+
+/// The handle on a store's group-commit task; aborts the task (and the batches it has
+/// in flight) when dropped.
 pub(crate) struct Batcher {
     requests: mpsc::UnboundedSender<Request>,
-    /// The write slot: one permit, held by the write in flight (a lone append or a
-    /// batch). Tokio's semaphore is fair: once the task waits for it, a released
-    /// permit goes to the task, not to a caller's `try_acquire`.
-    slot: Arc<Semaphore>,
-    task: JoinHandle<()>,
+    slots: Arc<Slots>,
+    /// The task's inputs until it starts (with the first queued append, on the runtime
+    /// of that append), then its handle.
+    task: Mutex<Task>,
+}
+
+enum Task {
+    NotStarted(Shared, mpsc::UnboundedReceiver<Request>),
+    Running(JoinHandle<()>),
+    /// No runtime to start it on (appends then go alone), or being started.
+    None,
 }
 
 impl fmt::Debug for Batcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Batcher").finish_non_exhaustive()
+        f.debug_struct("Batcher")
+            .field("depth", &self.slots.depth)
+            .finish_non_exhaustive()
     }
 }
 
 impl Drop for Batcher {
     fn drop(&mut self) {
-        self.task.abort();
+        let task = self.task.get_mut().unwrap_or_else(PoisonError::into_inner);
+        if let Task::Running(handle) = task {
+            handle.abort();
+        }
     }
 }
 
 impl Batcher {
-    /// Starts the task on `runtime`.
-    pub(crate) fn start(
-        runtime: &tokio::runtime::Handle,
+    /// A batcher with up to `depth` writes in flight (at least 1). Its task starts
+    /// with the first append that queues.
+    pub(crate) fn new(
         pool: PgPool,
         append_fast: Arc<str>,
         append_many: Arc<str>,
+        depth: usize,
     ) -> Self {
         let (requests, queue) = mpsc::unbounded_channel();
         let shared = Shared {
@@ -102,78 +203,173 @@ impl Batcher {
             append_fast,
             append_many,
         };
-        let slot = Arc::new(Semaphore::new(1));
         Batcher {
             requests,
-            task: runtime.spawn(run(shared, queue, Arc::clone(&slot))),
-            slot,
+            slots: Arc::new(Slots {
+                depth: depth.max(1),
+                state: Mutex::new(State::default()),
+                freed: Notify::new(),
+            }),
+            task: Mutex::new(Task::NotStarted(shared, queue)),
         }
     }
 
-    /// The write slot when nothing is in flight: the caller then writes alone, at once,
-    /// and frees the slot by dropping the permit (also when it is cancelled).
-    pub(crate) fn idle(&self) -> Option<OwnedSemaphorePermit> {
-        Arc::clone(&self.slot).try_acquire_owned().ok()
+    /// A batcher with the default depth, its task started on `runtime`.
+    pub(crate) fn start(
+        runtime: &tokio::runtime::Handle,
+        pool: PgPool,
+        append_fast: Arc<str>,
+        append_many: Arc<str>,
+    ) -> Self {
+        let batcher = Self::new(pool, append_fast, append_many, DEFAULT_PIPELINE);
+        batcher.ensure_task(Some(runtime));
+        batcher
+    }
+
+    /// Starts the task if it has not started; `false` if it cannot run.
+    fn ensure_task(&self, runtime: Option<&tokio::runtime::Handle>) -> bool {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*task {
+            Task::Running(_) => return true,
+            Task::None => return false,
+            Task::NotStarted(..) => {}
+        }
+        let current = tokio::runtime::Handle::try_current().ok();
+        let Some(runtime) = runtime.or(current.as_ref()) else {
+            return false;
+        };
+        let Task::NotStarted(shared, queue) = std::mem::replace(&mut *task, Task::None) else {
+            return false;
+        };
+        *task = Task::Running(runtime.spawn(run(Arc::new(shared), Arc::clone(&self.slots), queue)));
+        true
+    }
+
+    /// A write slot for an append to `stream`, if it can be written alone at once: a
+    /// slot is free, nothing is queued, and no write of the stream is in flight. The
+    /// caller then writes alone and frees the slot by dropping it (also when it is
+    /// cancelled).
+    pub(crate) fn idle(&self, stream: &StreamId) -> Option<Slot> {
+        let mut state = self.slots.lock();
+        if state.waiting > 0
+            || state.in_flight >= self.slots.depth
+            || state.streams.contains(stream)
+        {
+            return None;
+        }
+        state.in_flight += 1;
+        state.streams.insert(stream.clone());
+        drop(state);
+        Some(Slot {
+            slots: Arc::clone(&self.slots),
+            streams: vec![stream.clone()],
+        })
     }
 
     /// Hands an append to the task and waits for its outcome. If the task is gone
-    /// (it never panics by design, but a runtime shutting down stops it), the caller
-    /// appends alone.
+    /// (it never panics by design, but a runtime shutting down stops it) or cannot
+    /// start, the caller appends alone.
     ///
     /// Cancel safety: as for a plain append, an append whose caller stops waiting may
     /// or may not be written.
     pub(crate) async fn submit(&self, args: Arc<AppendArgs>) -> Outcome {
+        if !self.ensure_task(None) {
+            return ALONE;
+        }
         let (reply, outcome) = oneshot::channel();
-        if self.requests.send(Request { args, reply }).is_err() {
+        self.slots.lock().waiting += 1;
+        let request = Request {
+            args,
+            reply,
+            waiting: Waiting(Some(Arc::clone(&self.slots))),
+        };
+        // A failed send hands the request back; dropping it stops it waiting.
+        if self.requests.send(request).is_err() {
             return ALONE;
         }
         outcome.await.unwrap_or(ALONE)
     }
 }
 
-/// The task: waits for queued appends, takes the write slot, and writes everything
-/// queued by then as one batch. Ends when the store (the only sender) is gone.
-async fn run(shared: Shared, mut incoming: mpsc::UnboundedReceiver<Request>, slot: Arc<Semaphore>) {
+/// The task: whenever appends are queued and a slot is free, takes the next batch and
+/// writes it on a task of its own, keeping up to the depth in flight. Ends when the
+/// store (the only sender) is gone.
+async fn run(
+    shared: Arc<Shared>,
+    slots: Arc<Slots>,
+    mut incoming: mpsc::UnboundedReceiver<Request>,
+) {
     let mut queue: VecDeque<Request> = VecDeque::new();
+    let mut writes: JoinSet<()> = JoinSet::new();
     loop {
-        if queue.is_empty() {
-            match incoming.recv().await {
-                Some(request) => queue.push_back(request),
-                None => return,
-            }
-        }
-        // The slot is taken (that is why these appends queued): wait for it. Appends
-        // keep queueing meanwhile and go in this batch.
-        let Ok(permit) = Arc::clone(&slot).acquire_owned().await else {
-            return;
-        };
+        while writes.try_join_next().is_some() {}
         while let Ok(request) = incoming.try_recv() {
             queue.push_back(request);
         }
-        write(&shared, take_batch(&mut queue)).await;
-        drop(permit);
+        if let Some((batch, slot)) = start_batch(&slots, &mut queue) {
+            writes.spawn(write(Arc::clone(&shared), batch, slot));
+            continue;
+        }
+        tokio::select! {
+            request = incoming.recv() => match request {
+                Some(request) => queue.push_back(request),
+                None => {
+                    // The store is gone: let the writes in flight finish.
+                    writes.detach_all();
+                    return;
+                }
+            },
+            () = slots.freed.notified() => {}
+        }
     }
 }
 
+/// The next batch, if a slot is free and the queue holds an append whose stream has no
+/// write in flight; takes the slot for it.
+fn start_batch(slots: &Arc<Slots>, queue: &mut VecDeque<Request>) -> Option<(Vec<Request>, Slot)> {
+    if queue.is_empty() {
+        return None;
+    }
+    let mut state = slots.lock();
+    if state.in_flight >= slots.depth {
+        return None;
+    }
+    let batch = take_batch(queue, &mut state);
+    if batch.is_empty() {
+        return None;
+    }
+    let streams: Vec<StreamId> = batch.iter().map(|r| r.args.stream.clone()).collect();
+    state.in_flight += 1;
+    state.streams.extend(streams.iter().cloned());
+    drop(state);
+    let slot = Slot {
+        slots: Arc::clone(slots),
+        streams,
+    };
+    Some((batch, slot))
+}
+
 /// The next batch from the front of the queue: appends in queue order, at most one per
-/// stream (a later append to a stream in the batch stays queued, ahead of the appends
-/// behind it), within [`MAX_APPENDS`] and [`MAX_EVENTS`].
-fn take_batch(queue: &mut VecDeque<Request>) -> Vec<Request> {
+/// stream and none of a stream with a write in flight (such an append stays queued,
+/// ahead of the appends behind it), within [`MAX_APPENDS`] and [`MAX_EVENTS`].
+fn take_batch(queue: &mut VecDeque<Request>, state: &mut State) -> Vec<Request> {
     let mut batch: Vec<Request> = Vec::new();
     let mut streams: HashSet<StreamId> = HashSet::new();
     let mut deferred: Vec<Request> = Vec::new();
     let mut events = 0;
-    while let Some(request) = queue.pop_front() {
+    while let Some(mut request) = queue.pop_front() {
         let n = request.args.ids.len();
         if batch.len() == MAX_APPENDS || (!batch.is_empty() && events + n > MAX_EVENTS) {
             queue.push_front(request);
             break;
         }
-        if streams.contains(&request.args.stream) {
+        let stream = &request.args.stream;
+        if state.streams.contains(stream) || streams.contains(stream) {
             deferred.push(request);
             continue;
         }
-        streams.insert(request.args.stream.clone());
+        streams.insert(stream.clone());
+        request.waiting.taken(state);
         events += n;
         batch.push(request);
     }
@@ -183,13 +379,15 @@ fn take_batch(queue: &mut VecDeque<Request>) -> Vec<Request> {
     batch
 }
 
-/// Writes one batch and answers each of its callers.
-async fn write(shared: &Shared, batch: Vec<Request>) {
+/// Writes one batch, frees its slot and answers each of its callers.
+async fn write(shared: Arc<Shared>, batch: Vec<Request>, slot: Slot) {
     let outcomes = if let [one] = batch.as_slice() {
-        vec![write_one(shared, &one.args).await]
+        vec![write_one(&shared, &one.args).await]
     } else {
-        write_many(shared, &batch).await
+        write_many(&shared, &batch).await
     };
+    // The batch has committed (or failed): its streams may be written again.
+    drop(slot);
     for (request, outcome) in batch.into_iter().zip(outcomes) {
         // A caller that stopped waiting does not need its answer.
         let _ = request.reply.send(outcome);

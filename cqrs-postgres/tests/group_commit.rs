@@ -4,7 +4,8 @@
 //! Deterministic: a second connection locks the events table, so the store's first
 //! append (a batch of one) waits on the lock; the appends handed to the store while it
 //! waits queue up and go out as the next batch once the lock is released. Appends of
-//! one batch share a transaction id.
+//! one batch share a transaction id. The tests of one batch at a time set the pipeline
+//! depth to 1; the pipelined ones (more than one write in flight) set it to 2 or 4.
 
 mod common;
 
@@ -145,7 +146,9 @@ async fn in_log(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_batch_settles_each_append_on_its_own() {
-    let Some(store) = common::store_guarded_with(|b| b.group_commit(true)).await else {
+    let Some(store) =
+        common::store_guarded_with(|b| b.group_commit(true).group_commit_pipeline(1)).await
+    else {
         return;
     };
     let ok = stream("ok");
@@ -249,7 +252,9 @@ async fn one_batch_settles_each_append_on_its_own() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_batch_whose_statement_fails_settles_each_append_alone() {
-    let Some(store) = common::store_guarded_with(|b| b.group_commit(true)).await else {
+    let Some(store) =
+        common::store_guarded_with(|b| b.group_commit(true).group_commit_pipeline(1)).await
+    else {
         return;
     };
     let holder = stream("holder");
@@ -305,7 +310,15 @@ async fn a_batch_whose_statement_fails_settles_each_append_alone() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_appends_keep_every_stream_whole_and_in_order() {
-    let Some(store) = common::store_guarded_with(|b| b.group_commit(true)).await else {
+    for depth in [1, 2, 4] {
+        contended_streams_stay_whole_and_in_order(depth).await;
+    }
+}
+
+async fn contended_streams_stay_whole_and_in_order(depth: usize) {
+    let Some(store) =
+        common::store_guarded_with(|b| b.group_commit(true).group_commit_pipeline(depth)).await
+    else {
         return;
     };
     let streams: Vec<StreamId> = (0..8).map(|i| stream(&format!("s{i}"))).collect();
@@ -369,4 +382,84 @@ async fn concurrent_appends_keep_every_stream_whole_and_in_order() {
         let expected: Vec<u64> = (1..=u64::try_from(versions.len()).unwrap()).collect();
         assert_eq!(versions, expected, "{s} in log order");
     }
+}
+
+/// Two writes in flight at once, never two of one stream: while a lone append to `x`
+/// waits on the table lock, a batch of an append to `y` starts on the second slot (it
+/// waits on the lock too: pipelined), and the second append to `x` stays queued until
+/// the first has committed, then sees its event.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_batches_never_hold_one_stream_twice() {
+    let Some(store) =
+        common::store_guarded_with(|b| b.group_commit(true).group_commit_pipeline(2)).await
+    else {
+        return;
+    };
+    let x = stream("x");
+    let y = stream("y");
+    let z = stream("z");
+    let mut lock = lock_events(&store).await;
+    let first = {
+        let (store, x) = (store.clone(), x.clone());
+        tokio::spawn(async move {
+            store
+                .append(&x, ExpectedVersion::NoStream, vec![event("x 1")])
+                .await
+        })
+    };
+    lock_waiters(&store, 1).await;
+    // `x` is in flight: its second append queues although a slot is free. `y` queues
+    // behind it and goes out at once as a batch on the free slot.
+    let x_2 = {
+        let (store, x) = (store.clone(), x.clone());
+        tokio::spawn(async move {
+            store
+                .append(&x, ExpectedVersion::Exact(1), vec![event("x 2")])
+                .await
+        })
+    };
+    let y_1 = {
+        let (store, y) = (store.clone(), y.clone());
+        tokio::spawn(async move {
+            store
+                .append(&y, ExpectedVersion::NoStream, vec![event("y 1")])
+                .await
+        })
+    };
+    lock_waiters(&store, 2).await;
+    // Both slots taken: `z` queues too.
+    let z_1 = {
+        let (store, z) = (store.clone(), z.clone());
+        tokio::spawn(async move {
+            store
+                .append(&z, ExpectedVersion::NoStream, vec![event("z 1")])
+                .await
+        })
+    };
+    sqlx::raw_sql("ROLLBACK")
+        .execute(&mut lock)
+        .await
+        .expect("release the lock");
+    let mut results = Vec::new();
+    for task in [first, x_2, y_1, z_1] {
+        let result = tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("the appends end within 60 s")
+            .expect("the append's task");
+        results.push(result.expect("every append is written"));
+    }
+    let [x_1, x_2, y_1, z_1] = <[AppendResult; 4]>::try_from(results).expect("four results");
+    assert_eq!((x_1.version, x_2.version), (1, 2));
+    assert_eq!((y_1.version, z_1.version), (1, 1));
+    assert!(!x_2.duplicate && !y_1.duplicate && !z_1.duplicate);
+    // The second append to `x` was written in a transaction after the first's.
+    assert!(x_2.position.commit > x_1.position.commit, "{x_1:?} {x_2:?}");
+    let log = in_log(&store, &[&x, &y, &z], 4).await;
+    assert_eq!(log.len(), 4, "each event once: {log:?}");
+    let versions: Vec<u64> = log
+        .iter()
+        .filter(|r| r.stream == x)
+        .map(|r| r.version)
+        .collect();
+    assert_eq!(versions, vec![1, 2], "x in log order");
 }

@@ -119,7 +119,7 @@ async fn appends_race_a_delete(store: &PostgresEventStore) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn appends_race_a_delete_without_group_commit() {
-    let Some(store) = common::store_guarded().await else {
+    let Some(store) = common::store_guarded_with(|b| b.group_commit(false)).await else {
         return;
     };
     appends_race_a_delete(&store).await;
