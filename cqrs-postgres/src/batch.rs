@@ -214,28 +214,16 @@ impl Batcher {
         }
     }
 
-    /// A batcher with the default depth, its task started on `runtime`.
-    pub(crate) fn start(
-        runtime: &tokio::runtime::Handle,
-        pool: PgPool,
-        append_fast: Arc<str>,
-        append_many: Arc<str>,
-    ) -> Self {
-        let batcher = Self::new(pool, append_fast, append_many, DEFAULT_PIPELINE);
-        batcher.ensure_task(Some(runtime));
-        batcher
-    }
-
-    /// Starts the task if it has not started; `false` if it cannot run.
-    fn ensure_task(&self, runtime: Option<&tokio::runtime::Handle>) -> bool {
+    /// Starts the task on the current runtime if it has not started; `false` if it
+    /// cannot run (no runtime).
+    fn ensure_task(&self) -> bool {
         let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
         match &*task {
             Task::Running(_) => return true,
             Task::None => return false,
             Task::NotStarted(..) => {}
         }
-        let current = tokio::runtime::Handle::try_current().ok();
-        let Some(runtime) = runtime.or(current.as_ref()) else {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return false;
         };
         let Task::NotStarted(shared, queue) = std::mem::replace(&mut *task, Task::None) else {
@@ -273,7 +261,7 @@ impl Batcher {
     /// Cancel safety: as for a plain append, an append whose caller stops waiting may
     /// or may not be written.
     pub(crate) async fn submit(&self, args: Arc<AppendArgs>) -> Outcome {
-        if !self.ensure_task(None) {
+        if !self.ensure_task() {
             return ALONE;
         }
         let (reply, outcome) = oneshot::channel();

@@ -278,15 +278,14 @@ impl PostgresEventStoreBuilder {
         let sql = Statements::new(&schema);
         // The group-commit task starts with the first append that queues, on that
         // append's runtime.
-        let batcher = OnceLock::new();
-        if self.group_commit {
-            let _ = batcher.set(Batcher::new(
+        let batcher = self.group_commit.then(|| {
+            Batcher::new(
                 self.pool.clone(),
                 Arc::clone(&sql.append_fast),
                 Arc::clone(&sql.append_many),
                 self.pipeline,
-            ));
-        }
+            )
+        });
         Ok(PostgresEventStore {
             inner: Arc::new(Inner {
                 sql,

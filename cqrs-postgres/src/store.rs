@@ -90,7 +90,7 @@ pub(crate) struct Inner {
     /// Whether appends go through the group-commit task (ADR 0027).
     pub(crate) group_commit: bool,
     /// The group-commit task, started with the first append that uses it.
-    pub(crate) batcher: OnceLock<Batcher>,
+    pub(crate) batcher: Option<Batcher>,
 }
 
 impl Drop for Inner {
@@ -237,25 +237,10 @@ impl PostgresEventStore {
         Ok(horizon)
     }
 
-    /// The group-commit task, started on the current Tokio runtime with the first
-    /// append; `None` when group commit is off or there is no runtime (then appends
-    /// go alone).
+    /// The group-commit batcher (its task starts with the first append that queues);
+    /// `None` when group commit is off.
     pub(crate) fn batcher(&self) -> Option<&Batcher> {
-        if !self.inner.group_commit {
-            return None;
-        }
-        if let Some(batcher) = self.inner.batcher.get() {
-            return Some(batcher);
-        }
-        let runtime = tokio::runtime::Handle::try_current().ok()?;
-        Some(self.inner.batcher.get_or_init(|| {
-            Batcher::start(
-                &runtime,
-                self.inner.pool.clone(),
-                Arc::clone(&self.inner.sql.append_fast),
-                Arc::clone(&self.inner.sql.append_many),
-            )
-        }))
+        self.inner.batcher.as_ref()
     }
 
     /// Wakes this process's watchers now, and other processes' through the coalesced
