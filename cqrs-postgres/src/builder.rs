@@ -109,13 +109,18 @@ impl PostgresEventStoreBuilder {
     }
 
     /// Whether [`read_all`](cqrs_core::EventLog::read_all) receives and decodes its rows
-    /// on a task of its own (default `true`).
+    /// on a task of its own (default `false`; ADR 0034).
     ///
     /// On a multi-threaded Tokio runtime, the task reads a few hundred records ahead of
     /// the caller (at most four chunks of 256 in memory), so decoding rows runs beside
-    /// the caller's work on the records: a projection rebuild uses two cores instead of
-    /// one. Dropping the stream stops the task. On a current-thread runtime, and with
-    /// `false`, the rows are decoded in the caller's polls.
+    /// the caller's work on the records: a projection rebuild can use two client cores
+    /// instead of one. Dropping the stream stops the task. On a current-thread runtime
+    /// the rows are always decoded in the caller's polls.
+    ///
+    /// It is off by default because it did not win in the project's measurements, on a
+    /// 2-core machine that also runs the database server: rebuilds ran at 0.83 to 0.92
+    /// of the same without it (`docs/performance-postgres.md`). It is meant for clients
+    /// with cores to spare beside a database on another machine; measure it there.
     pub fn read_on_task(mut self, on: bool) -> Self {
         self.read_on_task = on;
         self
@@ -317,7 +322,7 @@ impl PostgresEventStore {
             notify: true,
             notify_interval: Duration::from_millis(5),
             settle: Duration::from_millis(500),
-            read_on_task: true,
+            read_on_task: false,
             inline: Vec::new(),
             group_commit: true,
             pipeline: DEFAULT_PIPELINE,

@@ -297,11 +297,10 @@ impl EventLog for PostgresEventStore {
         })
     }
 
-    /// On a multi-threaded runtime the rows are received and decoded on a task of their
-    /// own, a few hundred records ahead of the caller, so decoding runs beside the
-    /// caller's work on the records; on a current-thread runtime, or with
-    /// [`read_on_task(false)`](crate::PostgresEventStoreBuilder::read_on_task), in the
-    /// caller's polls.
+    /// The rows are decoded in the caller's polls; with
+    /// [`read_on_task(true)`](crate::PostgresEventStoreBuilder::read_on_task), on a
+    /// multi-threaded runtime, on a task of their own, a few hundred records ahead of
+    /// the caller.
     fn read_all(
         &self,
         after: Position,

@@ -1,6 +1,8 @@
-//! The store conformance suite of `cqrs-core`, against PostgreSQL with group commit on
-//! (ADR 0027; `conformance.rs` runs it with the default, off): each case in a fresh
-//! schema, dropped after the case (also when it fails).
+//! The store conformance suite of `cqrs-core`, against PostgreSQL with the options that
+//! are not the default: group commit off (ADR 0027) and the global log decoded on a task
+//! of its own (ADR 0034; the suite runs on a multi-threaded runtime, where the task is
+//! used). `conformance.rs` runs it with the defaults. Each case in a fresh schema,
+//! dropped after the case (also when it fails).
 
 mod common;
 
@@ -8,7 +10,7 @@ use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, AssertSqlSafe};
 
 async fn fresh_store() -> Option<PostgresEventStore> {
-    common::store_with(|b| b.group_commit(true)).await
+    common::store_with(|b| b.group_commit(false).read_on_task(true)).await
 }
 
 async fn drop_schema(store: PostgresEventStore) {
