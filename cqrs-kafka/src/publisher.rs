@@ -169,7 +169,8 @@ impl KafkaPublisher {
     }
 
     /// Creates the topic with `partitions` partitions (at least 1) and a replication
-    /// factor of 1, unless it exists (then it is left as it is). Waits at most 30 s.
+    /// factor of 1, unless it exists (then it is left as it is). Waits at most 30 s,
+    /// asking again while the broker is away or not ready (a restart, say).
     ///
     /// More partitions let more consumers of a group share the work; each stream stays
     /// in one partition, so its order holds with any number.
@@ -224,6 +225,10 @@ impl KafkaPublisher {
 }
 
 /// Creates `topic` unless it exists (see [`KafkaPublisher::ensure_topic`]).
+///
+/// A broker that drops the connection or is not ready yet (restarting, electing a
+/// controller) is asked again, with backoff, until 30 s have passed: a relay started
+/// while its broker restarts waits for it rather than exiting.
 pub(crate) async fn ensure_topic(brokers: &str, topic: &str, partitions: u16) -> Result<()> {
     let failed = |operation: &'static str, source: cqrs_core::BoxError| Error::Topic {
         operation,
@@ -242,23 +247,52 @@ pub(crate) async fn ensure_topic(brokers: &str, topic: &str, partitions: u16) ->
         i32::from(partitions.max(1)),
         TopicReplication::Fixed(1),
     );
-    let options = AdminOptions::new()
-        .request_timeout(Some(Duration::from_secs(30)))
-        .operation_timeout(Some(Duration::from_secs(30)));
-    let created = tokio::time::timeout(
-        Duration::from_secs(35),
-        admin.create_topics(std::slice::from_ref(&new), &options),
-    )
-    .await
-    .map_err(|_| failed("creating", "no answer within 35 s".into()))?
-    .map_err(|e| failed("creating", e.into()))?;
-    for result in created {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((_, code)) => return Err(failed("creating", KafkaError::AdminOp(code).into())),
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let options = AdminOptions::new()
+            .request_timeout(Some(left.max(Duration::from_secs(1))))
+            .operation_timeout(Some(left.max(Duration::from_secs(1))));
+        let asked = tokio::time::timeout(
+            left + Duration::from_secs(5),
+            admin.create_topics(std::slice::from_ref(&new), &options),
+        )
+        .await
+        .map_err(|_| failed("creating", "no answer within 35 s".into()))?;
+        let code = match asked {
+            Ok(results) => match results.into_iter().find_map(Result::err) {
+                None | Some((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(()),
+                Some((_, code)) => code,
+            },
+            Err(e) => match e.rdkafka_error_code() {
+                Some(code) if transient(code) => code,
+                _ => return Err(failed("creating", e.into())),
+            },
+        };
+        if !transient(code) || tokio::time::Instant::now() + backoff > deadline {
+            return Err(failed("creating", KafkaError::AdminOp(code).into()));
         }
+        tracing::debug!(%topic, ?code, "the broker could not create the topic yet; asking again");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
     }
-    Ok(())
+}
+
+/// Whether an admin request failed because the broker was away or not ready (worth
+/// asking again), not because it refused.
+fn transient(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::BrokerTransportFailure
+            | RDKafkaErrorCode::AllBrokersDown
+            | RDKafkaErrorCode::OperationTimedOut
+            | RDKafkaErrorCode::RequestTimedOut
+            | RDKafkaErrorCode::NetworkException
+            | RDKafkaErrorCode::LeaderNotAvailable
+            | RDKafkaErrorCode::BrokerNotAvailable
+            | RDKafkaErrorCode::NotController
+    )
 }
 
 /// Whether the client's error is the broker's (or the client's own, final) refusal of

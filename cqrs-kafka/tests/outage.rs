@@ -108,3 +108,34 @@ async fn nothing_is_lost_or_applied_twice_across_a_broker_restart() {
     assert!(relay_stats.published >= all, "{relay_stats:?}");
     assert_exactly_once(&applied, &streams, 8);
 }
+
+/// A topic asked for while the broker is down (restarting) is created once it is back:
+/// `ensure_topic` asks again instead of failing at the first dropped connection (a
+/// relay started during a broker restart used to exit with "Broker transport failure").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_topic_waits_for_a_broker_that_is_restarting() {
+    let Some(mut broker) = PrivateKafka::start(Storage::Memory) else {
+        return;
+    };
+    broker.kill();
+    let publisher =
+        KafkaPublisher::connect(&broker.url(), "made-after-restart").expect("a publisher");
+    let ensured = tokio::spawn(async move { publisher.ensure_topic(2).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !ensured.is_finished(),
+        "ensure_topic gave up while the broker was down"
+    );
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.restart();
+        broker
+    })
+    .await
+    .expect("restarting the broker");
+    let ensured = tokio::time::timeout(Duration::from_secs(60), ensured)
+        .await
+        .expect("ensure_topic answers within its 30 s (and the 60 s of this test)")
+        .expect("the task ran");
+    ensured.expect("the topic is created once the broker is back");
+    drop(broker);
+}
