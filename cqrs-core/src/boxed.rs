@@ -10,9 +10,9 @@ use crate::log::event_log_table;
 use crate::snapshot_store::snapshot_store_table;
 use crate::{
     AppendResult, CheckpointStore, DynCheckpointStore, DynEventLog, DynInspect, DynSnapshotStore,
-    DynStreamLifecycle, EventData, EventLog, EventStore, ExpectedVersion, Inspect, LogWatcher,
-    Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore, StoreStats, StreamId,
-    StreamInfo, StreamItem, StreamLifecycle,
+    DynStreamLifecycle, EventData, EventLog, EventStore, ExpectedVersion, Inspect, LogItem,
+    LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore, StoreStats,
+    StreamId, StreamInfo, StreamItem, StreamLifecycle,
 };
 use uuid::Uuid;
 

@@ -48,6 +48,15 @@ pub trait Codec: Clone + Send + Sync + 'static {
     /// The decoder's error; a snapshot that does not decode is ignored by the loader.
     fn decode_snapshot<T: DeserializeOwned>(&self, payload: &[u8]) -> Result<T, BoxError>;
 
+    /// The stored type names whose records [`upcast`](Codec::upcast) may turn into one
+    /// of `current`: the types a reader of `current` must ask the store for. `None` when
+    /// the codec cannot tell, and readers then read every record (the default: a codec
+    /// whose `upcast` renames types must say which).
+    fn stored_types(&self, current: &[&str]) -> Option<Vec<String>> {
+        let _ = current;
+        None
+    }
+
     /// Upcasts and decodes a record into an [`Envelope`].
     ///
     /// # Errors
@@ -129,6 +138,18 @@ impl Codec for JsonCodec {
             what: event.event_type().to_owned(),
             source: e.into(),
         })
+    }
+
+    /// `current`, and every type that has an upcaster (an upcaster may rename a type to
+    /// any other, so each is asked for).
+    fn stored_types(&self, current: &[&str]) -> Option<Vec<String>> {
+        let mut types: Vec<String> = current.iter().map(|&t| t.to_owned()).collect();
+        for from in self.upcasters.source_types() {
+            if !types.iter().any(|t| t == from) {
+                types.push(from.to_owned());
+            }
+        }
+        Some(types)
     }
 
     fn upcast(&self, mut record: RecordedEvent) -> Result<RecordedEvent> {

@@ -86,6 +86,32 @@ macro_rules! inspect_table {
                     }
                 }
 
+                /// Counts the events in the global log after `after` whose stored type
+                /// is one of `types`: the total of a
+                /// [`read_all_of_types`](EventLog::read_all_of_types) (for the progress
+                /// and lag of projections that read only their types).
+                ///
+                /// The default reads the log.
+                ///
+                /// # Errors
+                /// [`Error::Store`](crate::Error::Store) if the backend fails.
+                fn count_events_of_types<'a>(
+                    &'a self,
+                    after: Position,
+                    types: &'a [String],
+                ) -> future<'a> Result<u64> {
+                    async move {
+                        let mut log = std::pin::pin!(self.read_all_of_types(after, None, types));
+                        let mut count = 0;
+                        while let Some(item) = log.next().await {
+                            if let crate::LogItem::Event(_) = item? {
+                                count += 1;
+                            }
+                        }
+                        Ok(count)
+                    }
+                }
+
                 /// Every stream with events, with its current version, in no particular
                 /// order (for operations tools: snapshot everything, inspect).
                 ///

@@ -69,7 +69,7 @@ pub use keys::{
 pub use lifecycle::{
     DynStreamLifecycle, STREAM_DELETED, StreamDeleted, StreamLifecycle, validate_restore,
 };
-pub use log::{AppendResult, DynEventLog, EventLog, validate_batch};
+pub use log::{AppendResult, DynEventLog, EventLog, LogItem, validate_batch};
 pub use memory::{InMemoryEventStore, check_truncation};
 pub use notify::{LogNotifier, LogWatcher};
 pub use personal::{Personal, SealedValue};

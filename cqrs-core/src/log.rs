@@ -1,5 +1,7 @@
 //! The event log: the one trait every backend implements.
 
+use futures::{Stream, StreamExt};
+
 use crate::{EventData, ExpectedVersion, LogWatcher, Position, RecordedEvent, Result, StreamId};
 
 /// What a successful append reports.
@@ -14,6 +16,80 @@ pub struct AppendResult {
     /// those of the original append. The events stored are the original's, which may
     /// differ from the re-appended ones in everything but their ids.
     pub duplicate: bool,
+}
+
+/// An item of [`EventLog::read_all_of_types`]: a record of one of the types asked for,
+/// or the position the read has passed without one.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogItem {
+    /// A record of one of the types asked for.
+    Event(RecordedEvent),
+    /// Every record up to and including this position that was not handed out is of
+    /// another type: a cursor to resume after (and to save as a checkpoint).
+    Passed(Position),
+}
+
+impl LogItem {
+    /// The item's position: the record's, or the one passed.
+    pub fn position(&self) -> Position {
+        match self {
+            LogItem::Event(record) => record.position,
+            LogItem::Passed(position) => *position,
+        }
+    }
+}
+
+/// How many records of other types in a row the default
+/// [`read_all_of_types`](EventLog::read_all_of_types) passes over before it says so.
+const PASSED_EVERY: u64 = 1_024;
+
+/// The default [`EventLog::read_all_of_types`]: `records` (the whole log after a
+/// position) with the records of other `types` left out, [`LogItem::Passed`] said every
+/// [`PASSED_EVERY`] of them in a row and after the last, and at most `limit` records.
+fn keep_types<'a>(
+    records: impl Stream<Item = Result<RecordedEvent>> + Send + 'a,
+    limit: Option<u64>,
+    types: &'a [String],
+) -> impl Stream<Item = Result<LogItem>> + Send + 'a {
+    struct State<S> {
+        records: std::pin::Pin<Box<futures::stream::Fuse<S>>>,
+        /// Records handed out.
+        kept: u64,
+        /// The last record passed over since the last item, and how many in a row.
+        passed: Option<(Position, u64)>,
+    }
+    let state = State {
+        records: Box::pin(records.fuse()),
+        kept: 0,
+        passed: None,
+    };
+    futures::stream::unfold(state, move |mut state| async move {
+        loop {
+            if limit.is_some_and(|limit| state.kept >= limit) {
+                return None;
+            }
+            let Some(next) = state.records.next().await else {
+                // The end of the read: say how far it went, if records were passed.
+                let (position, _) = state.passed.take()?;
+                return Some((Ok(LogItem::Passed(position)), state));
+            };
+            let record = match next {
+                Ok(record) => record,
+                Err(e) => return Some((Err(e), state)),
+            };
+            if types.contains(&record.event_type) {
+                state.kept += 1;
+                state.passed = None;
+                return Some((Ok(LogItem::Event(record)), state));
+            }
+            let run = state.passed.map_or(0, |(_, run)| run) + 1;
+            if run >= PASSED_EVERY {
+                state.passed = None;
+                return Some((Ok(LogItem::Passed(record.position)), state));
+            }
+            state.passed = Some((record.position, run));
+        }
+    })
 }
 
 /// The table of [`EventLog`], read by the macros of `crate::forward`.
@@ -144,6 +220,43 @@ macro_rules! event_log_table {
                 ) -> stream<'_> Result<RecordedEvent>;
             }
             provided {
+                /// Reads the global log as [`read_all`](EventLog::read_all) does, but
+                /// hands out only the records whose stored type is one of `types`:
+                /// [`LogItem::Event`] for each, in the same order, and
+                /// [`LogItem::Passed`] where records of other types were passed over, so
+                /// that a reader can move its cursor past them without receiving them.
+                ///
+                /// `limit` counts the records handed out. Every position in the items
+                /// is a valid cursor for either read; after the last item there is no
+                /// record of `types` up to the end of what the read saw. A passed
+                /// position may not belong to a record (a backend may name the end of
+                /// what it scanned).
+                ///
+                /// The default reads the whole log and filters it here, saying
+                /// `Passed` after every 1,024 records of other types in a row and at the
+                /// end of the read; a backend that can skip records without sending
+                /// them overrides it, and says so with
+                /// [`filters_types`](EventLog::filters_types).
+                ///
+                /// # Errors
+                /// As for [`read_stream`](EventLog::read_stream).
+                fn read_all_of_types<'a>(
+                    &'a self,
+                    after: Position,
+                    limit: Option<u64>,
+                    types: &'a [String],
+                ) -> stream<'a> Result<LogItem> {
+                    keep_types(self.read_all(after, None), limit, types)
+                }
+
+                /// Whether [`read_all_of_types`](EventLog::read_all_of_types) skips
+                /// records in the backend, so that asking for fewer types costs less
+                /// than reading everything. Projection runners filter by type only on
+                /// such stores. The default is `false`.
+                fn filters_types(&self) -> value<'_> bool {
+                    false
+                }
+
                 /// A watcher that wakes when events are appended, for live readers.
                 ///
                 /// The default never wakes: readers fall back to polling. Backends that

@@ -11,8 +11,8 @@ use tracing::{Instrument, field};
 use crate::retry::retry;
 use crate::telemetry;
 use crate::{
-    CheckpointStrategy, Codec, Envelope, Error, InMemoryCheckpoint, Inspect, JsonCodec, Position,
-    Projection, ProjectionError, RetryPolicy,
+    CheckpointStrategy, Codec, DomainEvent, Envelope, Error, InMemoryCheckpoint, Inspect,
+    JsonCodec, LogItem, Position, Projection, ProjectionError, RetryPolicy,
 };
 
 mod batch;
@@ -145,6 +145,7 @@ pub struct ProjectionRunner<S, P, K = InMemoryCheckpoint, C = JsonCodec> {
     config: RunnerConfig,
     cadence: CheckpointCadence,
     read_ahead: bool,
+    by_type: bool,
 }
 
 impl<S, P, K, C> fmt::Debug for ProjectionRunner<S, P, K, C>
@@ -159,6 +160,7 @@ where
             .field("config", &self.config)
             .field("cadence", &self.cadence)
             .field("read_ahead", &self.read_ahead)
+            .field("by_type", &self.by_type)
             .finish_non_exhaustive()
     }
 }
@@ -189,6 +191,7 @@ where
             config: RunnerConfig::default(),
             cadence: CheckpointCadence::default(),
             read_ahead: true,
+            by_type: true,
         }
     }
 }
@@ -210,6 +213,7 @@ where
             config: self.config,
             cadence: self.cadence,
             read_ahead: self.read_ahead,
+            by_type: self.by_type,
         }
     }
 
@@ -224,6 +228,20 @@ where
     /// measure what it gains.
     pub fn with_read_ahead(mut self, read_ahead: bool) -> Self {
         self.read_ahead = read_ahead;
+        self
+    }
+
+    /// Whether the runner asks the store only for the records its projection can take
+    /// (the default: yes, on a store that [filters by type](crate::EventLog::filters_types)
+    /// with a codec that [names the stored types](Codec::stored_types)).
+    ///
+    /// The types asked for are `P::Event::EVENT_TYPES` and the stored types the codec
+    /// may upcast into them; [`Projection::wants`] then narrows. Records of other types
+    /// are passed over in the store: they never reach `wants`, whatever it says, as a
+    /// projection cannot decode them. Progress then counts the records of those types.
+    /// Turn it off to read every record (or to measure what it gains).
+    pub fn with_type_filter(mut self, by_type: bool) -> Self {
+        self.by_type = by_type;
         self
     }
 
@@ -420,18 +438,32 @@ where
             config,
             cadence,
             read_ahead,
+            by_type,
         } = self;
-        let mut chunks = pin!(
-            store
+        // The stored types to ask for, when the store can skip the others.
+        let types = (*by_type && store.filters_types())
+            .then(|| codec.stored_types(P::Event::EVENT_TYPES))
+            .flatten();
+        let items = match &types {
+            Some(types) => store
+                .read_all_of_types(*position, None, types)
+                .left_stream(),
+            None => store
                 .read_all(*position, None)
-                .chunks(config.batch_size.max(1))
-        );
-        // The log's length after `position`: for progress, counted from the start of the
-        // pass; for the lag alone, from the first full batch (a query, run beside the
-        // reads and applies, not before them).
+                .map(|read| read.map(LogItem::Event))
+                .right_stream(),
+        };
+        let mut chunks = pin!(items.chunks(config.batch_size.max(1)));
+        // The log's length after `position` (the records of those types): for progress,
+        // counted from the start of the pass; for the lag alone, from the first full
+        // batch (a query, run beside the reads and applies, not before them).
+        let count = |after: Position| match &types {
+            Some(types) => store.count_events_of_types(after, types).left_future(),
+            None => store.count_events(after).right_future(),
+        };
         let mut tally = Tally::default();
         if report.as_ref().is_some_and(|(_, total, _)| total.is_none()) {
-            tally.start(store.count_events(*position), *done);
+            tally.start(count(*position), *done);
         }
         // The checkpoint applied but not saved yet, and what was read since the last save.
         let mut unsaved: Option<Position> = None;
@@ -449,16 +481,21 @@ where
         }
         let mut pending = tally.beside(chunks.next()).await;
         while let Some(chunk) = pending.take() {
-            let read = chunk.len() as u64;
             let full = chunk.len() >= config.batch_size.max(1);
+            let mut read = 0u64;
             let mut newest = None;
             let mut batch: Vec<Envelope<P::Event>> = Vec::with_capacity(chunk.len());
             let mut end = *position;
             for item in chunk {
                 let record = match item {
-                    Ok(record) => record,
+                    Ok(LogItem::Event(record)) => record,
+                    Ok(LogItem::Passed(passed)) => {
+                        end = passed;
+                        continue;
+                    }
                     Err(e) => fail!(PassError::Store(e)),
                 };
+                read += 1;
                 end = record.position;
                 newest = Some(record.recorded_at);
                 let id = EventRef::of(&record);
@@ -541,7 +578,7 @@ where
                 (false, _) => telemetry::lag(name, 0),
                 (true, Some(total)) => telemetry::lag(name, total.saturating_sub(*done)),
                 (true, None) if report.is_none() && !tally.started() => {
-                    tally.start(store.count_events(end), *done);
+                    tally.start(count(end), *done);
                 }
                 (true, None) => {}
             }

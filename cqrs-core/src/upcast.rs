@@ -101,6 +101,12 @@ impl Upcasters {
         self.by_type.is_empty()
     }
 
+    /// The type names that have an upcaster (for some schema version), in no particular
+    /// order.
+    pub fn source_types(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_type.keys().map(String::as_str)
+    }
+
     /// Whether an upcaster is registered for this type and version.
     pub fn applies_to(&self, event_type: &str, schema_version: u32) -> bool {
         self.by_type

@@ -146,6 +146,8 @@ struct Wrapped {
     count_gate: Option<Arc<tokio::sync::Notify>>,
     /// `count_events` fails.
     count_fails: bool,
+    /// What `filters_types` says (its `read_all_of_types` is the trait's default).
+    filters: bool,
 }
 
 impl Wrapped {
@@ -154,6 +156,7 @@ impl Wrapped {
             inner: inner.clone(),
             count_gate: None,
             count_fails: false,
+            filters: false,
         }
     }
 }
@@ -185,6 +188,9 @@ impl EventLog for Wrapped {
                 gate.notify_one();
             }
         })
+    }
+    fn filters_types(&self) -> bool {
+        self.filters
     }
 }
 impl SnapshotStore for Wrapped {
@@ -670,4 +676,88 @@ async fn a_stopped_projection_saves_its_checkpoint_just_before_the_failing_event
         store.load_checkpoint("cadence").await.unwrap(),
         Some(Position::new(0, 16))
     );
+}
+
+/// Counts what it applies and records every type its `wants` is asked about.
+#[derive(Clone, Default)]
+struct Asked {
+    types: Arc<Mutex<Vec<String>>>,
+    applied: Arc<Mutex<usize>>,
+}
+
+impl Projection for Asked {
+    type Event = AccountEvent;
+
+    fn name(&self) -> &str {
+        "asked"
+    }
+
+    fn wants(&self, record: &cqrs_core::RecordedEvent) -> bool {
+        self.types.lock().unwrap().push(record.event_type.clone());
+        <AccountEvent as cqrs_core::DomainEvent>::EVENT_TYPES.contains(&record.event_type.as_str())
+    }
+
+    async fn apply(
+        &mut self,
+        _: &mut (),
+        batch: &[Envelope<AccountEvent>],
+    ) -> Result<(), BoxError> {
+        *self.applied.lock().unwrap() += batch.len();
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn on_a_store_that_filters_types_the_runner_asks_only_for_its_own() {
+    let store = InMemoryEventStore::new();
+    seed(&store, 5, 10).await; // 55 account events
+    // Then 2,000 records of a type no projection here knows, in a row (past the 1,024
+    // after which the default filtered read says how far it passed).
+    let noise = StreamId::new("noise", "1").unwrap();
+    for _ in 0..20 {
+        let batch = (0..100)
+            .map(|_| EventData::new("Noise", b"{}".to_vec()))
+            .collect();
+        store
+            .append(&noise, ExpectedVersion::Any, batch)
+            .await
+            .unwrap();
+    }
+    for filter in [true, false] {
+        let filtering = Wrapped {
+            filters: true,
+            ..Wrapped::new(&store)
+        };
+        let p = Asked::default();
+        let checkpoints = StoreCheckpoint::new(filtering.clone());
+        let mut runner = ProjectionRunner::with_strategy(filtering.clone(), p.clone(), checkpoints)
+            .with_config(fast_config(100))
+            .with_type_filter(filter);
+        let mut reports = Vec::new();
+        let read = within(
+            "a rebuild over a log that ends with other types",
+            runner.rebuild(|progress| reports.push(progress)),
+        )
+        .await
+        .unwrap();
+        assert_eq!(*p.applied.lock().unwrap(), 55, "filter {filter}");
+        let asked_noise = p.types.lock().unwrap().iter().any(|t| t == "Noise");
+        assert_eq!(
+            asked_noise, !filter,
+            "wants sees other types only unfiltered"
+        );
+        let (records, total) = if filter { (55, 55) } else { (2_055, 2_055) };
+        assert_eq!(read, records, "filter {filter}: records read");
+        let last = reports.last().unwrap();
+        assert_eq!((last.done, last.total), (records, total), "filter {filter}");
+        // The checkpoint is at the end of the log, past the 2,000 records of the other
+        // type: the next catch-up reads nothing.
+        let checkpoint = filtering.load_checkpoint("asked").await.unwrap().unwrap();
+        assert_eq!(
+            store.count_events(checkpoint).await.unwrap(),
+            0,
+            "filter {filter}"
+        );
+        assert_eq!(runner.catch_up().await.unwrap(), 0);
+    }
 }

@@ -2,8 +2,9 @@
 //! beside the caller's work on the records, on a multi-threaded runtime.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use cqrs_core::{Error, Position, RecordedEvent, Result};
+use cqrs_core::{Error, LogItem, Position, RecordedEvent, Result};
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
 use sqlx::AssertSqlSafe;
 use tokio::runtime::{Handle, RuntimeFlavor};
@@ -169,6 +170,70 @@ impl PostgresEventStore {
             })
             .try_flatten()
     }
+}
+
+impl PostgresEventStore {
+    /// The read of [`read_all_of_types`](EventLog::read_all_of_types): the server leaves
+    /// the records of other types out, and a read that ends before `limit` says that it
+    /// passed everything below its horizon.
+    pub(crate) fn read_all_of_types_here<'a>(
+        &'a self,
+        after: Position,
+        limit: Option<u64>,
+        types: &'a [String],
+    ) -> impl Stream<Item = Result<LogItem>> + Send + 'a {
+        let bound = limit.map(saturating_i64);
+        stream::once(self.horizon())
+            .map_ok(move |horizon| {
+                // Rows received, and whether one failed (then the read says nothing
+                // of what it passed).
+                let tally = std::sync::Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
+                let counted = tally.clone();
+                let records = self
+                    .restarting(move || {
+                        sqlx::query(AssertSqlSafe(self.inner.sql.read_all_of_types.clone()))
+                            .bind(saturating_i64(after.commit))
+                            .bind(saturating_i64(after.sequence))
+                            .bind(horizon)
+                            .bind(bound)
+                            .bind(types)
+                            .fetch(&self.inner.pool)
+                    })
+                    .scan(EventDecoder::default(), move |decoder, row| {
+                        let decoded = row
+                            .map_err(store_error)
+                            .and_then(|row| decoder.decode(&row))
+                            .map(LogItem::Event);
+                        match &decoded {
+                            Ok(_) => counted.0.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => u64::from(counted.1.swap(true, Ordering::Relaxed)),
+                        };
+                        std::future::ready(Some(decoded))
+                    });
+                // Read to the end (not stopped by the limit, nor by a failure): every
+                // record below the horizon that was not handed out is of another type.
+                let end = stream::once(async move {
+                    let (read, failed) = (
+                        tally.0.load(Ordering::Relaxed),
+                        tally.1.load(Ordering::Relaxed),
+                    );
+                    let whole = !failed && limit.is_none_or(|limit| read < limit);
+                    let passed = passed_below(horizon).filter(|&passed| whole && passed > after);
+                    passed.map(|passed| Ok(LogItem::Passed(passed)))
+                })
+                .filter_map(std::future::ready);
+                records.chain(end)
+            })
+            .try_flatten()
+    }
+}
+
+/// The last position below `horizon`: every transaction under it has ended, so a read
+/// that resumes after this position misses nothing (`None` when nothing is below it).
+fn passed_below(horizon: i64) -> Option<Position> {
+    let commit = u64::try_from(horizon.checked_sub(1)?).ok()?;
+    // The largest sequence a `BIGINT` column keeps (checkpoints store it).
+    Some(Position::new(commit, i64::MAX.unsigned_abs()))
 }
 
 #[cfg(test)]

@@ -77,9 +77,11 @@ pub(crate) struct Statements {
     pub(crate) read_stream: Arc<str>,
     pub(crate) read_from_snapshot: Arc<str>,
     pub(crate) read_all: Arc<str>,
+    pub(crate) read_all_of_types: Arc<str>,
     pub(crate) horizon: Arc<str>,
     pub(crate) horizon_now: Arc<str>,
     pub(crate) count_events: Arc<str>,
+    pub(crate) count_events_of_types: Arc<str>,
     pub(crate) find_event: Arc<str>,
     pub(crate) events_of_transaction: Arc<str>,
     pub(crate) stream_version: Arc<str>,
@@ -219,6 +221,14 @@ impl Statements {
                  WHERE (e.transaction_id, e.id) > ($1, $2) AND e.transaction_id < $3 \
                  ORDER BY e.transaction_id, e.id LIMIT $4"
             )),
+            // The same, with the records of other types left in the table (`$5`: the
+            // types, a `text[]`).
+            read_all_of_types: sql(format!(
+                "SELECT {EVENT_COLUMNS} FROM {s}.events e \
+                 WHERE (e.transaction_id, e.id) > ($1, $2) AND e.transaction_id < $3 \
+                 AND e.event_type = ANY($5) \
+                 ORDER BY e.transaction_id, e.id LIMIT $4"
+            )),
             horizon: sql(format!(
                 "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint, \
                  (SELECT max(transaction_id) FROM {s}.events)"
@@ -227,6 +237,11 @@ impl Statements {
             count_events: sql(format!(
                 "SELECT count(*) FROM {s}.events e \
                  WHERE (e.transaction_id, e.id) > ($1, $2) AND e.transaction_id < $3"
+            )),
+            count_events_of_types: sql(format!(
+                "SELECT count(*) FROM {s}.events e \
+                 WHERE (e.transaction_id, e.id) > ($1, $2) AND e.transaction_id < $3 \
+                 AND e.event_type = ANY($4)"
             )),
             find_event: sql(format!(
                 "SELECT {EVENT_COLUMNS} FROM {s}.events e \

@@ -29,7 +29,7 @@
 //!   even if a backend hands several cases the same database.
 //! - The cases that count the whole log ([`read_all_concurrent_writers`],
 //!   [`stream_large_in_bounded_memory`], [`count_events_and_find_event`],
-//!   [`list_streams_and_stats`]) assume the store
+//!   [`list_streams_and_stats`], [`read_all_of_types_passes_other_types`]) assume the store
 //!   they get is fresh and empty.
 //! - Cases spawn tasks: run them on a multi-thread Tokio runtime (the macro does).
 //! - Outcomes are deterministic: concurrency cases assert invariants, never speeds, and
@@ -47,6 +47,7 @@
 //! | 7. bad data gives errors | `EventLog` | [`invalid_event_types_are_refused`] (and the invalid batches of [`idempotent_reappend`]); [`unknown_event_type_and_bad_payload_are_typed_errors`] (`Inspect`) |
 //! | live reads | `EventLog` | [`watch_wakes_on_append`] |
 //! | inspection | `Inspect` | [`count_events_and_find_event`]; [`list_streams_and_stats`] (with snapshots) |
+//! | reading by type | `Inspect` | [`read_all_of_types_passes_other_types`] |
 //! | snapshots are an optimisation only | `SnapshotStore` + `Inspect` | [`snapshots_round_trip`], [`read_stream_from_snapshot_yields_snapshot_then_tail`], [`stale_or_undecodable_snapshot_replays`], [`snapshot_ahead_of_stream_is_ignored`], [`damaged_snapshot_is_ignored`] |
 //! | checkpoints are stored per name | `CheckpointStore` | [`checkpoints_round_trip`] |
 //! | upcasting | every trait | [`upcasters_apply_on_load_and_read_all`] |
@@ -73,6 +74,7 @@ mod snapshots;
 mod support;
 mod tally;
 pub mod tenants;
+mod types;
 
 pub use append::{
     append_and_read_round_trip, atomic_multi_event_append, expected_version_any,
@@ -101,6 +103,7 @@ pub use snapshots::{
     checkpoints_round_trip, read_stream_from_snapshot_yields_snapshot_then_tail,
     snapshots_round_trip, stale_or_undecodable_snapshot_replays,
 };
+pub use types::read_all_of_types_passes_other_types;
 
 tokio::task_local! {
     // The test path (`crate::module::case`) of the case running on this task, set by
@@ -267,6 +270,7 @@ macro_rules! store_conformance_tests {
             concurrent_commands_apply_once_each,
             unknown_event_type_and_bad_payload_are_typed_errors,
             count_events_and_find_event,
+            read_all_of_types_passes_other_types,
         );
         $crate::store_conformance_tests!(@$mode $args SnapshotCase, run_snapshot_case,
             [$crate::SnapshotStore + $crate::Inspect]:

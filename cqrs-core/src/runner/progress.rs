@@ -8,9 +8,12 @@ use crate::Position;
 /// the last one.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Progress {
-    /// Records read so far (wanted or not).
+    /// Records read so far (wanted or not; where the runner
+    /// [reads by type](crate::ProjectionRunner::with_type_filter), the records of the
+    /// types it asks for).
     pub done: u64,
-    /// Records in the log after the starting point when the work began.
+    /// Records in the log after the starting point when the work began (counted as
+    /// `done` is).
     pub total: u64,
     /// Time since the work began.
     pub elapsed: Duration,

@@ -7,8 +7,8 @@ use uuid::Uuid;
 use super::{Forgotten, Looked, Shredder};
 use crate::{
     AppendResult, CheckpointStore, EventData, EventLog, ExpectedVersion, Inspect, KeyStore,
-    LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore, StoreStats,
-    StreamId, StreamInfo, StreamLifecycle,
+    LogItem, LogWatcher, Position, RecordedEvent, Result, SnapshotRecord, SnapshotStore,
+    StoreStats, StreamId, StreamInfo, StreamLifecycle,
 };
 
 /// A store that crypto-shreds: it seals every [`Personal`](crate::Personal) value of a payload (events and
@@ -137,6 +137,31 @@ impl<S: EventLog, K: KeyStore> EventLog for Shredded<S, K> {
         limit: Option<u64>,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + '_ {
         self.reveal_stream(self.inner.read_all(after, limit))
+    }
+
+    /// The inner store's read by type (its filter runs where its records are), the
+    /// records revealed as [`read_all`](EventLog::read_all) reveals them.
+    fn read_all_of_types<'a>(
+        &'a self,
+        after: Position,
+        limit: Option<u64>,
+        types: &'a [String],
+    ) -> impl Stream<Item = Result<LogItem>> + Send + 'a {
+        let items = self.inner.read_all_of_types(after, limit, types);
+        let state = (Box::pin(items), Looked::new());
+        futures::stream::unfold(state, move |(mut items, mut looked)| async move {
+            let revealed = match items.next().await? {
+                Ok(LogItem::Event(record)) => (self.shredder.reveal_record(record, &mut looked))
+                    .await
+                    .map(LogItem::Event),
+                other => other,
+            };
+            Some((revealed, (items, looked)))
+        })
+    }
+
+    fn filters_types(&self) -> bool {
+        self.inner.filters_types()
     }
 
     fn watch(&self) -> LogWatcher {
@@ -284,6 +309,14 @@ impl<S: Inspect, K: KeyStore> Inspect for Shredded<S, K> {
 
     fn count_events(&self, after: Position) -> impl Future<Output = Result<u64>> + Send + '_ {
         self.inner.count_events(after)
+    }
+
+    fn count_events_of_types<'a>(
+        &'a self,
+        after: Position,
+        types: &'a [String],
+    ) -> impl Future<Output = Result<u64>> + Send + 'a {
+        self.inner.count_events_of_types(after, types)
     }
 
     fn list_streams(&self) -> impl Stream<Item = Result<StreamInfo>> + Send + '_ {
