@@ -265,10 +265,9 @@ pub(crate) async fn ensure_topic(brokers: &str, topic: &str, partitions: u16) ->
                 None | Some((_, RDKafkaErrorCode::TopicAlreadyExists)) => return Ok(()),
                 Some((_, code)) => code,
             },
-            Err(e) => match e.rdkafka_error_code() {
-                Some(code) if transient(code) => code,
-                _ => return Err(failed("creating", e.into())),
-            },
+            // (`rdkafka_error_code` says nothing of an admin operation's code.)
+            Err(KafkaError::AdminOp(code)) if transient(code) => code,
+            Err(e) => return Err(failed("creating", e.into())),
         };
         if !transient(code) || tokio::time::Instant::now() + backoff > deadline {
             return Err(failed("creating", KafkaError::AdminOp(code).into()));

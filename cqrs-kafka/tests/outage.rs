@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use common::ledger::{
@@ -109,33 +111,132 @@ async fn nothing_is_lost_or_applied_twice_across_a_broker_restart() {
     assert_exactly_once(&applied, &streams, 8);
 }
 
-/// A topic asked for while the broker is down (restarting) is created once it is back:
-/// `ensure_topic` asks again instead of failing at the first dropped connection (a
-/// relay started during a broker restart used to exit with "Broker transport failure").
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ensure_topic_waits_for_a_broker_that_is_restarting() {
-    let Some(mut broker) = PrivateKafka::start(Storage::Memory) else {
+/// A TCP proxy in front of a broker that cuts the connection carrying each of the first
+/// `cuts` CreateTopics requests (Kafka API key 19) instead of forwarding it: a broker
+/// that dies while a request is in flight, at a chosen moment.
+struct CuttingProxy {
+    port: u16,
+    /// The broker's port, once it runs (the proxy starts first: the broker advertises
+    /// the proxy's port); connections before that are dropped.
+    target: Arc<std::sync::OnceLock<u16>>,
+    cut: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CuttingProxy {
+    fn start(cuts: u64) -> CuttingProxy {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("its address").port();
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let (cut, stop) = (
+            Arc::new(AtomicU64::new(0)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let target = Arc::new(std::sync::OnceLock::<u16>::new());
+        let thread = {
+            let (cut, stop, target) = (cut.clone(), stop.clone(), target.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let Ok((client, _)) = listener.accept() else {
+                        std::thread::sleep(Duration::from_millis(5));
+                        continue;
+                    };
+                    let Some(&target) = target.get() else {
+                        continue;
+                    };
+                    let _ = client.set_nonblocking(false);
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                        continue;
+                    };
+                    let cut = cut.clone();
+                    std::thread::spawn(move || forward(client, server, &cut, cuts));
+                }
+            })
+        };
+        CuttingProxy {
+            port,
+            target,
+            cut,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// Copies `client`'s requests to `server` frame by frame (and the answers back), cutting
+/// both connections at a CreateTopics request while fewer than `cuts` were cut.
+fn forward(client: std::net::TcpStream, server: std::net::TcpStream, cut: &AtomicU64, cuts: u64) {
+    use std::io::{Read, Write};
+    let (Ok(mut from_server), Ok(mut to_client)) = (server.try_clone(), client.try_clone()) else {
         return;
     };
-    broker.kill();
-    let publisher =
-        KafkaPublisher::connect(&broker.url(), "made-after-restart").expect("a publisher");
-    let ensured = tokio::spawn(async move { publisher.ensure_topic(2).await });
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(
-        !ensured.is_finished(),
-        "ensure_topic gave up while the broker was down"
-    );
-    let broker = tokio::task::spawn_blocking(move || {
-        broker.restart();
-        broker
-    })
-    .await
-    .expect("restarting the broker");
-    let ensured = tokio::time::timeout(Duration::from_secs(60), ensured)
+    let answers = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from_server, &mut to_client);
+    });
+    let (mut client, mut server) = (client, server);
+    loop {
+        let mut length = [0u8; 4];
+        if client.read_exact(&mut length).is_err() {
+            break;
+        }
+        let mut body = vec![0u8; usize::try_from(u32::from_be_bytes(length)).unwrap_or(0)];
+        if client.read_exact(&mut body).is_err() {
+            break;
+        }
+        let api_key = body.get(..2).map(|k| i16::from_be_bytes([k[0], k[1]]));
+        if api_key == Some(19) && cut.fetch_add(1, Ordering::SeqCst) < cuts {
+            break;
+        }
+        if server.write_all(&length).is_err() || server.write_all(&body).is_err() {
+            break;
+        }
+    }
+    let _ = client.shutdown(std::net::Shutdown::Both);
+    let _ = server.shutdown(std::net::Shutdown::Both);
+    let _ = answers.join();
+}
+
+impl Drop for CuttingProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A broker that hangs up while the topic's creation is in flight (twice) is asked
+/// again: `ensure_topic` creates the topic instead of failing at the first dropped
+/// connection (a relay started during a broker restart used to exit with "Broker
+/// transport failure").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_topic_asks_again_when_the_broker_hangs_up() {
+    let proxy = CuttingProxy::start(2);
+    let Some(broker) = PrivateKafka::start_advertising(Storage::Memory, Some(proxy.port)) else {
+        return;
+    };
+    let target = broker.brokers();
+    let target = target
+        .rsplit_once(':')
+        .and_then(|(_, p)| p.parse().ok())
+        .expect("a port");
+    proxy
+        .target
+        .set(target)
+        .expect("the broker's port, set once");
+    let url = format!("kafka://127.0.0.1:{}", proxy.port);
+    let publisher = KafkaPublisher::connect(&url, "made-after-hang-ups").expect("a publisher");
+    let ensured = tokio::time::timeout(Duration::from_secs(60), publisher.ensure_topic(2))
         .await
-        .expect("ensure_topic answers within its 30 s (and the 60 s of this test)")
-        .expect("the task ran");
-    ensured.expect("the topic is created once the broker is back");
+        .expect("ensure_topic answers within its 30 s (and the 60 s of this test)");
+    let cut = proxy.cut.load(Ordering::SeqCst);
+    ensured.unwrap_or_else(|e| panic!("the topic is created after {cut} hang-up(s): {e}"));
+    assert!(
+        cut >= 3,
+        "two creations were cut, the third went through: {cut}"
+    );
     drop(broker);
 }

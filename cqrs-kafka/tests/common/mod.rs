@@ -59,12 +59,20 @@ pub(crate) struct PrivateKafka {
     storage: Storage,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// The port it tells clients to connect to, when not its own (a proxy's).
+    advertised: Option<u16>,
 }
 
 impl PrivateKafka {
     /// Starts one, or `None` (after saying `skipped`) when `tansu` is not installed,
     /// unless `CQRS_REQUIRE_KAFKA=1`.
     pub(crate) fn start(storage: Storage) -> Option<Self> {
+        Self::start_advertising(storage, None)
+    }
+
+    /// As [`start`](Self::start), telling clients to connect to `advertised` (a proxy
+    /// in front of it) instead of its own port.
+    pub(crate) fn start_advertising(storage: Storage, advertised: Option<u16>) -> Option<Self> {
         let Some(binary) = tansu_binary() else {
             if required() {
                 panic!("CQRS_REQUIRE_KAFKA=1 but tansu is neither on the PATH nor in ~/.cargo/bin");
@@ -82,6 +90,7 @@ impl PrivateKafka {
             storage,
             dir: tempfile::tempdir().expect("a directory for the broker"),
             child: None,
+            advertised,
         };
         if let Err(why) = broker.try_start() {
             if required() {
@@ -125,6 +134,7 @@ impl PrivateKafka {
     fn try_start(&mut self) -> Result<(), String> {
         self.kill();
         let listener = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised.unwrap_or(self.port));
         let engine = match self.storage {
             Storage::Memory => "memory://tansu/",
             Storage::File => "sqlite://tansu.db",
@@ -137,7 +147,7 @@ impl PrivateKafka {
         let child = Command::new(&self.binary)
             .current_dir(self.dir.path())
             .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", engine])
             .env_remove("DATABASE_URL")
             .stdout(Stdio::null())
