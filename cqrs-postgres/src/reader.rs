@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::PostgresEventStore;
-use crate::row::{EventDecoder, saturating_i64, store_error};
+use crate::row::{decode_rows, saturating_i64};
 
 /// Records per message from the reading task: large enough that the hand-over costs
 /// little per record, small enough that the first records of a long read arrive at
@@ -40,6 +40,21 @@ pub(crate) fn read_all_beside(
     beside(move |chunks| async move { chunks.forward(store.read_all_here(after, limit)).await })
 }
 
+/// Runs `store`'s read of the records of `types` after `after` (see
+/// [`read_all_of_types`](cqrs_core::EventLog::read_all_of_types)) on a task of its own
+/// and yields its items in order.
+pub(crate) fn read_all_of_types_beside(
+    store: PostgresEventStore,
+    after: Position,
+    limit: Option<u64>,
+    types: Vec<String>,
+) -> BesideStream<LogItem> {
+    beside(move |chunks| async move {
+        let items = store.read_all_of_types_here(after, limit, &types);
+        chunks.forward(items).await;
+    })
+}
+
 /// Runs `read` on a task of its own, handing it the sending end, and yields the records
 /// it forwards, in order.
 ///
@@ -48,12 +63,13 @@ pub(crate) fn read_all_beside(
 /// task (its read is dropped, as an unfinished read of the caller's own would be). A
 /// task that ends without finishing its read (it panicked, or the runtime is shutting
 /// down) ends the stream with [`Error::Store`], never as if the log ended there.
-fn beside<F, Fut>(read: F) -> BesideStream
+fn beside<T, F, Fut>(read: F) -> BesideStream<T>
 where
-    F: FnOnce(Chunks) -> Fut,
+    T: Send + 'static,
+    F: FnOnce(Chunks<T>) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<Vec<Result<RecordedEvent>>>(IN_FLIGHT);
+    let (tx, rx) = mpsc::channel::<Vec<Result<T>>>(IN_FLIGHT);
     // The task runs in the caller's span, so what the read logs is the caller's.
     let task = tokio::spawn(read(Chunks { tx }).instrument(tracing::Span::current()));
     let state = Beside {
@@ -81,14 +97,14 @@ where
 }
 
 /// The reading task's end of the channel.
-struct Chunks {
-    tx: mpsc::Sender<Vec<Result<RecordedEvent>>>,
+struct Chunks<T> {
+    tx: mpsc::Sender<Vec<Result<T>>>,
 }
 
-impl Chunks {
+impl<T> Chunks<T> {
     /// Sends `records` in chunks of up to [`CHUNK`]; returns early when the caller is
     /// gone.
-    async fn forward(self, records: impl Stream<Item = Result<RecordedEvent>>) {
+    async fn forward(self, records: impl Stream<Item = Result<T>>) {
         let mut records = std::pin::pin!(records);
         let mut chunk = Vec::with_capacity(CHUNK);
         loop {
@@ -124,13 +140,13 @@ impl Chunks {
     }
 }
 
-/// The records of [`read_all_beside`].
-pub(crate) type BesideStream = futures::stream::BoxStream<'static, Result<RecordedEvent>>;
+/// The records (or items) of [`read_all_beside`] and [`read_all_of_types_beside`].
+pub(crate) type BesideStream<T = RecordedEvent> = futures::stream::BoxStream<'static, Result<T>>;
 
 /// The caller's end: the channel and the task, which is stopped when the stream is
 /// dropped.
-struct Beside {
-    rx: mpsc::Receiver<Vec<Result<RecordedEvent>>>,
+struct Beside<T> {
+    rx: mpsc::Receiver<Vec<Result<T>>>,
     task: Option<AbortOnDrop>,
 }
 
@@ -153,20 +169,14 @@ impl PostgresEventStore {
         let limit = limit.map(saturating_i64);
         stream::once(self.horizon())
             .map_ok(move |horizon| {
-                self.restarting(move || {
+                decode_rows(self.restarting(move || {
                     sqlx::query(AssertSqlSafe(self.inner.sql.read_all.clone()))
                         .bind(saturating_i64(after.commit))
                         .bind(saturating_i64(after.sequence))
                         .bind(horizon)
                         .bind(limit)
                         .fetch(&self.inner.pool)
-                })
-                .scan(EventDecoder::default(), |decoder, row| {
-                    let decoded = row
-                        .map_err(store_error)
-                        .and_then(|row| decoder.decode(&row));
-                    std::future::ready(Some(decoded))
-                })
+                }))
             })
             .try_flatten()
     }
@@ -189,27 +199,22 @@ impl PostgresEventStore {
                 // of what it passed).
                 let tally = std::sync::Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
                 let counted = tally.clone();
-                let records = self
-                    .restarting(move || {
-                        sqlx::query(AssertSqlSafe(self.inner.sql.read_all_of_types.clone()))
-                            .bind(saturating_i64(after.commit))
-                            .bind(saturating_i64(after.sequence))
-                            .bind(horizon)
-                            .bind(bound)
-                            .bind(types)
-                            .fetch(&self.inner.pool)
-                    })
-                    .scan(EventDecoder::default(), move |decoder, row| {
-                        let decoded = row
-                            .map_err(store_error)
-                            .and_then(|row| decoder.decode(&row))
-                            .map(LogItem::Event);
-                        match &decoded {
-                            Ok(_) => counted.0.fetch_add(1, Ordering::Relaxed),
-                            Err(_) => u64::from(counted.1.swap(true, Ordering::Relaxed)),
-                        };
-                        std::future::ready(Some(decoded))
-                    });
+                let records = decode_rows(self.restarting(move || {
+                    sqlx::query(AssertSqlSafe(self.inner.sql.read_all_of_types.clone()))
+                        .bind(saturating_i64(after.commit))
+                        .bind(saturating_i64(after.sequence))
+                        .bind(horizon)
+                        .bind(bound)
+                        .bind(types)
+                        .fetch(&self.inner.pool)
+                }))
+                .map(move |decoded| {
+                    match &decoded {
+                        Ok(_) => counted.0.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => u64::from(counted.1.swap(true, Ordering::Relaxed)),
+                    };
+                    decoded.map(LogItem::Event)
+                });
                 // Read to the end (not stopped by the limit, nor by a failure): every
                 // record below the horizon that was not handed out is of another type.
                 let end = stream::once(async move {

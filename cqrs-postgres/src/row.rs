@@ -119,6 +119,20 @@ pub(crate) fn decode_event(row: &PgRow) -> Result<RecordedEvent> {
     EventDecoder::default().decode(row)
 }
 
+/// Decodes the rows of one read (selected with `schema::EVENT_COLUMNS`) as they come,
+/// through one [`EventDecoder`]: a row that does not decode is an error item, a
+/// database failure [`Error::Store`].
+pub(crate) fn decode_rows<'a>(
+    rows: impl futures::Stream<Item = std::result::Result<PgRow, sqlx::Error>> + Send + 'a,
+) -> impl futures::Stream<Item = Result<RecordedEvent>> + Send + 'a {
+    futures::StreamExt::scan(rows, EventDecoder::default(), |decoder, row| {
+        let decoded = row
+            .map_err(store_error)
+            .and_then(|row| decoder.decode(&row));
+        std::future::ready(Some(decoded))
+    })
+}
+
 /// Decodes the rows of one read. It keeps the last stream id, so the rows of a run of
 /// one stream share its strings instead of allocating and checking them again.
 #[derive(Debug, Default)]

@@ -21,7 +21,7 @@ use crate::batch::Batcher;
 use crate::checksum;
 use crate::inline::InlineProjection;
 use crate::row::{
-    EventDecoder, SnapshotRow, decode_event, decode_snapshot, event_version, exact_i64,
+    SnapshotRow, decode_event, decode_rows, decode_snapshot, event_version, exact_i64,
     saturating_i64, snapshot_of_row, store_error, stored_u64,
 };
 use crate::schema::{Schema, Statements};
@@ -282,19 +282,13 @@ impl EventLog for PostgresEventStore {
         stream: &'a StreamId,
         from_version: u64,
     ) -> impl Stream<Item = Result<RecordedEvent>> + Send + 'a {
-        self.restarting(move || {
+        decode_rows(self.restarting(move || {
             sqlx::query(AssertSqlSafe(self.inner.sql.read_stream.clone()))
                 .bind(stream.aggregate_type())
                 .bind(stream.id())
                 .bind(saturating_i64(from_version))
                 .fetch(&self.inner.pool)
-        })
-        .scan(EventDecoder::default(), |decoder, row| {
-            let decoded = row
-                .map_err(store_error)
-                .and_then(|row| decoder.decode(&row));
-            std::future::ready(Some(decoded))
-        })
+        }))
     }
 
     /// The rows are decoded in the caller's polls; with
@@ -316,14 +310,24 @@ impl EventLog for PostgresEventStore {
     /// The server leaves the records of other types out (`event_type = ANY(…)` in the
     /// read's query); a read that ends before its limit ends with the position below its
     /// horizon (every transaction under it has ended), so a reader of rare types moves
-    /// its cursor to the end of the log. Decoded in the caller's polls.
+    /// its cursor to the end of the log. Decoded as `read_all` decodes.
     fn read_all_of_types<'a>(
         &'a self,
         after: Position,
         limit: Option<u64>,
         types: &'a [String],
     ) -> impl Stream<Item = Result<LogItem>> + Send + 'a {
-        self.read_all_of_types_here(after, limit, types)
+        if self.inner.read_on_task && reader::can_read_beside() {
+            let types = types.to_vec();
+            Either::Left(reader::read_all_of_types_beside(
+                self.clone(),
+                after,
+                limit,
+                types,
+            ))
+        } else {
+            Either::Right(self.read_all_of_types_here(after, limit, types))
+        }
     }
 
     fn filters_types(&self) -> bool {
