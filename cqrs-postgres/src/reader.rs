@@ -233,12 +233,13 @@ impl PostgresEventStore {
     }
 }
 
-/// The last position below `horizon`: every transaction under it has ended, so a read
-/// that resumes after this position misses nothing (`None` when nothing is below it).
+/// The position that ends a read below `horizon`: `(horizon, 0)`. Every transaction
+/// under the horizon has ended and was read; log ids start at 1, so a read that resumes
+/// after this position gets every row of the horizon's transaction and later ones, and
+/// nothing below. (`None` for a horizon that is not positive.)
 fn passed_below(horizon: i64) -> Option<Position> {
-    let commit = u64::try_from(horizon.checked_sub(1)?).ok()?;
-    // The largest sequence a `BIGINT` column keeps (checkpoints store it).
-    Some(Position::new(commit, i64::MAX.unsigned_abs()))
+    let commit = u64::try_from(horizon).ok().filter(|&h| h > 0)?;
+    Some(Position::new(commit, 0))
 }
 
 #[cfg(test)]
