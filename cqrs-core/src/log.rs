@@ -24,8 +24,9 @@ pub struct AppendResult {
 pub enum LogItem {
     /// A record of one of the types asked for.
     Event(RecordedEvent),
-    /// Every record up to and including this position that was not handed out is of
-    /// another type: a cursor to resume after (and to save as a checkpoint).
+    /// Every record up to and including this position (a record's, of another type)
+    /// that was not handed out is of another type: a cursor to resume after (and to save
+    /// as a checkpoint).
     Passed(Position),
 }
 
@@ -227,10 +228,11 @@ macro_rules! event_log_table {
                 /// that a reader can move its cursor past them without receiving them.
                 ///
                 /// `limit` counts the records handed out. Every position in the items
-                /// is a valid cursor for either read; after the last item there is no
-                /// record of `types` up to the end of what the read saw. A passed
-                /// position may not belong to a record (a backend may name the end of
-                /// what it scanned).
+                /// is a valid cursor for either read, and a record's (a passed one is
+                /// the position of a record of another type); after the last item there
+                /// is no record of `types` up to the end of what the read saw. A read
+                /// that finds nothing new hands out nothing (not even a passed
+                /// position), so an idle reader has no cursor to move.
                 ///
                 /// The default reads the whole log and filters it here, saying
                 /// `Passed` after every 1,024 records of other types in a row and at the

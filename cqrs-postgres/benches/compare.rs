@@ -893,6 +893,15 @@ async fn round_trips(options: &PgConnectOptions) -> [(f64, f64); 3] {
 
 /// Appends `events` deposits over 1,000 accounts, in batches of 1,000 per append.
 async fn fill(store: &PostgresEventStore, events: u64) {
+    fill_with(store, events, |i| {
+        EventData::new("MoneyDeposited", deposit(i64::try_from(i).unwrap()))
+    })
+    .await;
+}
+
+/// Appends `events` records over 1,000 accounts, in batches of 1,000 per append, the
+/// `i`-th of each batch made by `event(i)`.
+async fn fill_with(store: &PostgresEventStore, events: u64, event: impl Fn(u64) -> EventData) {
     let batch = 1_000u64;
     let mut versions: HashMap<u64, u64> = HashMap::new();
     let mut done = 0;
@@ -902,9 +911,7 @@ async fn fill(store: &PostgresEventStore, events: u64) {
         let n = batch.min(events - done);
         let stream = StreamId::new("account", format!("acc-{account}")).unwrap();
         let version = versions.entry(account).or_default();
-        let data = (0..n)
-            .map(|i| EventData::new("MoneyDeposited", deposit(i64::try_from(i).unwrap())))
-            .collect();
+        let data = (0..n).map(&event).collect();
         store
             .append(&stream, ExpectedVersion::Exact(*version), data)
             .await
@@ -1061,30 +1068,14 @@ async fn rebuild(options: &PgConnectOptions, events: u64) -> (Rebuilds, f64, f64
 /// log records per second).
 async fn rebuild_by_type(options: &PgConnectOptions, events: u64, one_in: u64) -> (f64, f64, f64) {
     let store = store(options.clone(), 4, false).await;
-    let mut versions: HashMap<u64, u64> = HashMap::new();
-    let (mut done, mut b) = (0u64, 0u64);
-    while done < events {
-        let account = b % 1_000;
-        let n = 1_000u64.min(events - done);
-        let stream = StreamId::new("account", format!("acc-{account}")).unwrap();
-        let version = versions.entry(account).or_default();
-        let data = (0..n)
-            .map(|i| match i % one_in {
-                0 => EventData::new("MoneyDeposited", deposit(i64::try_from(i).unwrap())),
-                _ => EventData::new(
-                    "AuditNoted",
-                    br#"{"note":"looked at the account"}"#.to_vec(),
-                ),
-            })
-            .collect();
-        store
-            .append(&stream, ExpectedVersion::Exact(*version), data)
-            .await
-            .unwrap();
-        *version += n;
-        done += n;
-        b += 1;
-    }
+    fill_with(&store, events, |i| match i % one_in {
+        0 => EventData::new("MoneyDeposited", deposit(i64::try_from(i).unwrap())),
+        _ => EventData::new(
+            "AuditNoted",
+            br#"{"note":"looked at the account"}"#.to_vec(),
+        ),
+    })
+    .await;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "VACUUM ANALYZE \"{}\".events",
         store.schema()

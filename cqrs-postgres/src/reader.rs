@@ -2,7 +2,7 @@
 //! beside the caller's work on the records, on a multi-threaded runtime.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use cqrs_core::{Error, LogItem, Position, RecordedEvent, Result};
 use futures::{FutureExt, Stream, StreamExt, TryStreamExt, stream};
@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::PostgresEventStore;
-use crate::row::{decode_rows, saturating_i64};
+use crate::row::{decode_rows, saturating_i64, store_error, stored_u64};
 
 /// Records per message from the reading task: large enough that the hand-over costs
 /// little per record, small enough that the first records of a long read arrive at
@@ -193,12 +193,10 @@ impl PostgresEventStore {
         types: &'a [String],
     ) -> impl Stream<Item = Result<LogItem>> + Send + 'a {
         let bound = limit.map(saturating_i64);
-        stream::once(self.horizon())
-            .map_ok(move |horizon| {
-                // Rows received, and whether one failed (then the read says nothing
-                // of what it passed).
-                let tally = std::sync::Arc::new((AtomicU64::new(0), AtomicBool::new(false)));
-                let counted = tally.clone();
+        stream::once(self.horizon_and_last())
+            .map_ok(move |(horizon, last)| {
+                let handed = Arc::new(Mutex::new(Handed::default()));
+                let tally = handed.clone();
                 let records = decode_rows(self.restarting(move || {
                     sqlx::query(AssertSqlSafe(self.inner.sql.read_all_of_types.clone()))
                         .bind(saturating_i64(after.commit))
@@ -209,21 +207,23 @@ impl PostgresEventStore {
                         .fetch(&self.inner.pool)
                 }))
                 .map(move |decoded| {
+                    let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
                     match &decoded {
-                        Ok(_) => counted.0.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => u64::from(counted.1.swap(true, Ordering::Relaxed)),
-                    };
+                        Ok(record) => {
+                            (tally.rows, tally.last) = (tally.rows + 1, Some(record.position))
+                        }
+                        Err(_) => tally.failed = true,
+                    }
                     decoded.map(LogItem::Event)
                 });
-                // Read to the end (not stopped by the limit, nor by a failure): every
-                // record below the horizon that was not handed out is of another type.
+                // Read to the end (not stopped by the limit, nor by a failure): the
+                // records below the horizon after the last one handed out are of other
+                // types, up to the last event there.
                 let end = stream::once(async move {
-                    let (read, failed) = (
-                        tally.0.load(Ordering::Relaxed),
-                        tally.1.load(Ordering::Relaxed),
-                    );
-                    let whole = !failed && limit.is_none_or(|limit| read < limit);
-                    let passed = passed_below(horizon).filter(|&passed| whole && passed > after);
+                    let handed = handed.lock().unwrap_or_else(PoisonError::into_inner);
+                    let whole = !handed.failed && limit.is_none_or(|limit| handed.rows < limit);
+                    let reached = handed.last.unwrap_or(after).max(after);
+                    let passed = last.filter(|&last| whole && last > reached);
                     passed.map(|passed| Ok(LogItem::Passed(passed)))
                 })
                 .filter_map(std::future::ready);
@@ -233,13 +233,46 @@ impl PostgresEventStore {
     }
 }
 
-/// The position that ends a read below `horizon`: `(horizon, 0)`. Every transaction
-/// under the horizon has ended and was read; log ids start at 1, so a read that resumes
-/// after this position gets every row of the horizon's transaction and later ones, and
-/// nothing below. (`None` for a horizon that is not positive.)
-fn passed_below(horizon: i64) -> Option<Position> {
-    let commit = u64::try_from(horizon).ok().filter(|&h| h > 0)?;
-    Some(Position::new(commit, 0))
+/// What a read by type handed out so far.
+#[derive(Debug, Default)]
+struct Handed {
+    /// Records handed out.
+    rows: u64,
+    /// The last one's position.
+    last: Option<Position>,
+    /// Whether a row failed (the read then says nothing of what it passed).
+    failed: bool,
+}
+
+impl PostgresEventStore {
+    /// Counts the events after `after` below the horizon (of `types`, when given): one
+    /// `count(*)` with the read's own bounds.
+    pub(crate) async fn count_after(
+        &self,
+        after: Position,
+        types: Option<&[String]>,
+    ) -> Result<u64> {
+        let horizon = self.horizon().await?;
+        let sql = match types {
+            Some(_) => &self.inner.sql.count_events_of_types,
+            None => &self.inner.sql.count_events,
+        };
+        let count: i64 = self
+            .retrying(|| {
+                let query = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+                    .bind(saturating_i64(after.commit))
+                    .bind(saturating_i64(after.sequence))
+                    .bind(horizon);
+                match types {
+                    Some(types) => query.bind(types),
+                    None => query,
+                }
+                .fetch_one(&self.inner.pool)
+            })
+            .await
+            .map_err(store_error)?;
+        stored_u64(count, || "the event count".into(), "count")
+    }
 }
 
 #[cfg(test)]

@@ -80,6 +80,8 @@ pub(crate) struct Statements {
     pub(crate) read_all_of_types: Arc<str>,
     pub(crate) horizon: Arc<str>,
     pub(crate) horizon_now: Arc<str>,
+    pub(crate) horizon_last: Arc<str>,
+    pub(crate) horizon_last_now: Arc<str>,
     pub(crate) count_events: Arc<str>,
     pub(crate) count_events_of_types: Arc<str>,
     pub(crate) find_event: Arc<str>,
@@ -234,6 +236,22 @@ impl Statements {
                  (SELECT max(transaction_id) FROM {s}.events)"
             )),
             horizon_now: sql("SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint".into()),
+            // The same, with the position of the last event below the horizon (columns 2
+            // and 3; 1 and 2 in the `_now` form): one backward probe of the log index.
+            horizon_last: sql(format!(
+                "SELECT h.x, (SELECT max(transaction_id) FROM {s}.events), l.transaction_id, l.id \
+                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS x) h \
+                 LEFT JOIN LATERAL (SELECT e.transaction_id, e.id FROM {s}.events e \
+                 WHERE e.transaction_id < h.x ORDER BY e.transaction_id DESC, e.id DESC LIMIT 1) l \
+                 ON true"
+            )),
+            horizon_last_now: sql(format!(
+                "SELECT h.x, l.transaction_id, l.id \
+                 FROM (SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS x) h \
+                 LEFT JOIN LATERAL (SELECT e.transaction_id, e.id FROM {s}.events e \
+                 WHERE e.transaction_id < h.x ORDER BY e.transaction_id DESC, e.id DESC LIMIT 1) l \
+                 ON true"
+            )),
             count_events: sql(format!(
                 "SELECT count(*) FROM {s}.events e \
                  WHERE (e.transaction_id, e.id) > ($1, $2) AND e.transaction_id < $3"

@@ -210,31 +210,47 @@ impl PostgresEventStore {
     /// The highest transaction id below which every transaction has ended, waiting up to
     /// the settle timeout for older transactions when committed events sit above it.
     pub(crate) async fn horizon(&self) -> Result<i64> {
-        let row = self
-            .retrying(|| {
-                sqlx::query(AssertSqlSafe(self.inner.sql.horizon.clone()))
-                    .fetch_one(&self.inner.pool)
+        Ok(self.settle(false).await?.0)
+    }
+
+    /// The [`horizon`](Self::horizon) and the position of the last event below it (`None`
+    /// when there is none), from the same statements.
+    pub(crate) async fn horizon_and_last(&self) -> Result<(i64, Option<Position>)> {
+        self.settle(true).await
+    }
+
+    /// The horizon, waiting for it to pass the newest event's transaction as
+    /// [`horizon`](Self::horizon) says, and with `last`, the last event's position below it.
+    async fn settle(&self, last: bool) -> Result<(i64, Option<Position>)> {
+        let sql = &self.inner.sql;
+        let (first, now) = match last {
+            true => (&sql.horizon_last, &sql.horizon_last_now),
+            false => (&sql.horizon, &sql.horizon_now),
+        };
+        let query = |sql: &Arc<str>| {
+            let sql = sql.clone();
+            self.retrying(move || {
+                sqlx::query(AssertSqlSafe(sql.clone())).fetch_one(&self.inner.pool)
             })
-            .await
-            .map_err(store_error)?;
+        };
+        let row = query(first).await.map_err(store_error)?;
         let mut horizon: i64 = row.try_get(0).map_err(store_error)?;
+        let mut below = if last { last_position(&row, 2)? } else { None };
         let Some(top) = row.try_get::<Option<i64>, _>(1).map_err(store_error)? else {
-            return Ok(horizon);
+            return Ok((horizon, below));
         };
         let deadline = tokio::time::Instant::now() + self.inner.settle;
         let mut pause = Duration::from_millis(1);
         while horizon <= top && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(25));
-            horizon = self
-                .retrying(|| {
-                    sqlx::query_scalar(AssertSqlSafe(self.inner.sql.horizon_now.clone()))
-                        .fetch_one(&self.inner.pool)
-                })
-                .await
-                .map_err(store_error)?;
+            let row = query(now).await.map_err(store_error)?;
+            horizon = row.try_get(0).map_err(store_error)?;
+            if last {
+                below = last_position(&row, 1)?;
+            }
         }
-        Ok(horizon)
+        Ok((horizon, below))
     }
 
     /// The group-commit batcher (its task starts with the first append that queues);
@@ -308,9 +324,10 @@ impl EventLog for PostgresEventStore {
     }
 
     /// The server leaves the records of other types out (`event_type = ANY(…)` in the
-    /// read's query); a read that ends before its limit ends with the position below its
-    /// horizon (every transaction under it has ended), so a reader of rare types moves
-    /// its cursor to the end of the log. Decoded as `read_all` decodes.
+    /// read's query); a read that ends before its limit passes to the last event below
+    /// its horizon (every transaction under it has ended; the horizon query finds it),
+    /// so a reader of rare types moves its cursor to the end of the log. Decoded as
+    /// `read_all` decodes.
     fn read_all_of_types<'a>(
         &'a self,
         after: Position,
@@ -502,18 +519,7 @@ impl Inspect for PostgresEventStore {
     }
 
     async fn count_events(&self, after: Position) -> Result<u64> {
-        let horizon = self.horizon().await?;
-        let count: i64 = self
-            .retrying(|| {
-                sqlx::query_scalar(AssertSqlSafe(self.inner.sql.count_events.clone()))
-                    .bind(saturating_i64(after.commit))
-                    .bind(saturating_i64(after.sequence))
-                    .bind(horizon)
-                    .fetch_one(&self.inner.pool)
-            })
-            .await
-            .map_err(store_error)?;
-        stored_u64(count, || "the event count".into(), "count")
+        self.count_after(after, None).await
     }
 
     async fn count_events_of_types<'a>(
@@ -521,19 +527,7 @@ impl Inspect for PostgresEventStore {
         after: Position,
         types: &'a [String],
     ) -> Result<u64> {
-        let horizon = self.horizon().await?;
-        let count: i64 = self
-            .retrying(|| {
-                sqlx::query_scalar(AssertSqlSafe(self.inner.sql.count_events_of_types.clone()))
-                    .bind(saturating_i64(after.commit))
-                    .bind(saturating_i64(after.sequence))
-                    .bind(horizon)
-                    .bind(types)
-                    .fetch_one(&self.inner.pool)
-            })
-            .await
-            .map_err(store_error)?;
-        stored_u64(count, || "the event count".into(), "count")
+        self.count_after(after, Some(types)).await
     }
 
     /// Every stream with its version: one grouped scan of the stream index, streamed.
@@ -573,5 +567,20 @@ impl Inspect for PostgresEventStore {
             events: count(1)?,
             snapshots: Some(count(2)?),
         })
+    }
+}
+
+/// The position in columns `first` (transaction id) and `first + 1` (log id) of `row`, if
+/// they are not `NULL`.
+fn last_position(row: &PgRow, first: usize) -> Result<Option<Position>> {
+    let transaction_id: Option<i64> = row.try_get(first).map_err(store_error)?;
+    let id: Option<i64> = row.try_get(first + 1).map_err(store_error)?;
+    let location = || "the log's last position".to_owned();
+    match (transaction_id, id) {
+        (Some(transaction_id), Some(id)) => Ok(Some(Position::new(
+            stored_u64(transaction_id, location, "transaction id")?,
+            stored_u64(id, location, "log id")?,
+        ))),
+        _ => Ok(None),
     }
 }

@@ -102,10 +102,11 @@ fn records(items: &[LogItem]) -> Vec<&RecordedEvent> {
 
 /// **Reading by type.** `read_all_of_types` hands out exactly the records of the types
 /// asked for, as `read_all` has them and in its order, with positions that only grow;
-/// every position it hands out (a record's or a passed one) is a cursor from which both
-/// reads resume without skipping or repeating a record of those types, and after its
-/// last item there is none left (also when the log ends with 1,100 records of other
-/// types); `limit` counts the records handed out; `count_events_of_types` agrees. A
+/// every position it hands out (a record's, or a passed one, which is the position of
+/// a record of another type) is a cursor from which both reads resume without skipping
+/// or repeating a record of those types, and after its last item there is none left
+/// (also when the log ends with 1,100 records of other types) and a read from there
+/// hands out nothing; `limit` counts the records handed out; `count_events_of_types` agrees. A
 /// [`ProjectionRunner`] with an upcaster that renames a stored type gets the records of
 /// its projection's types (the renamed one included), in log order, and its checkpoint
 /// ends at the end of the log.
@@ -163,6 +164,19 @@ pub async fn read_all_of_types_passes_other_types<S: Inspect + Clone + 'static>(
         read_all(&store, last, None).await.is_empty(),
         "[reading by type] nothing is left after the last item's position"
     );
+    assert!(
+        read_of_types(&store, last, None, &types).await.is_empty(),
+        "[reading by type] a read after the last item hands out nothing, not even a \
+         passed position (an idle reader moves no checkpoint)"
+    );
+    for item in &items {
+        if let LogItem::Passed(passed) = item {
+            assert!(
+                all.iter().any(|r| r.position == *passed),
+                "[reading by type] a passed position ({passed}) is a record's"
+            );
+        }
+    }
     assert_eq!(
         count_events(&store, last).await,
         0,
