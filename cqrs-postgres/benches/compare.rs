@@ -6,11 +6,14 @@
 //! cargo bench -p cqrs-postgres --bench compare -- --quick # 100,000
 //! cargo bench -p cqrs-postgres --bench compare -- --rebuild-only [--quick]
 //! cargo bench -p cqrs-postgres --bench compare -- --by-type-only [--quick]
+//! cargo bench -p cqrs-postgres --bench compare -- --metadata-only [--quick]
 //! cargo bench -p cqrs-postgres --bench compare -- --quick --commands-only [--pipeline N]
 //! ```
 //!
 //! `--by-type-only` runs only the rebuild of a projection that wants one record in ten,
-//! reading by type against reading every record (ADR 0035). `--lone-only` runs only
+//! reading by type against reading every record (ADR 0035). `--metadata-only` runs only
+//! `read_all` of events carrying a correlation and a causation id against events
+//! without metadata. `--lone-only` runs only
 //! the lone-latency row, five times. `--commands-only` stops
 //! after the command-path rows (concurrent, group commit, lone
 //! latency, 1,000-event append, sequential). `--pipeline N` sets the group-commit
@@ -1118,6 +1121,65 @@ async fn rebuild_by_type(options: &PgConnectOptions, events: u64, one_in: u64) -
     (mean(&rates[0]), mean(&rates[1]), raw)
 }
 
+/// `read_all` of `events` deposits that carry a correlation and a causation id (as the
+/// command layer writes them) against the same read of deposits without metadata, in
+/// one run (without, with, with, without), and a rebuild of each after its read.
+/// Returns ((with ids, without) for `read_all`, the same for the rebuild), in records/s.
+async fn read_with_metadata(options: &PgConnectOptions, events: u64) -> ((f64, f64), (f64, f64)) {
+    let plain = store(options.clone(), 4, false).await;
+    fill(&plain, events).await;
+    let tagged = store(options.clone(), 4, false).await;
+    fill_with(&tagged, events, |i| {
+        let metadata = cqrs_core::Metadata::new()
+            .with_correlation_id(uuid::Uuid::now_v7())
+            .with_causation_id(uuid::Uuid::now_v7());
+        EventData::new("MoneyDeposited", deposit(i64::try_from(i).unwrap())).with_metadata(metadata)
+    })
+    .await;
+    for store in [&plain, &tagged] {
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "VACUUM ANALYZE \"{}\".events",
+            store.schema()
+        )))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    }
+    let (mut rates, mut rebuilds) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+    for with_ids in [false, true, true, false] {
+        let store = if with_ids { &tagged } else { &plain };
+        let started = Instant::now();
+        let mut records = std::pin::pin!(store.read_all(Position::START, None));
+        let mut n = 0u64;
+        while let Some(record) = records.next().await {
+            let record = record.unwrap();
+            assert_eq!(record.metadata.causation_id.is_some(), with_ids);
+            n += 1;
+        }
+        assert_eq!(n, events);
+        rates[usize::from(!with_ids)].push(rate(n, started.elapsed()));
+        // The rebuild: the client does more per record, so its decoding shows.
+        let checkpoint = StoreCheckpoint::new(store.clone());
+        let mut runner =
+            ProjectionRunner::with_strategy(store.clone(), Totals::default(), checkpoint)
+                .with_config(RunnerConfig {
+                    batch_size: 1_000,
+                    ..RunnerConfig::default()
+                });
+        let started = Instant::now();
+        let read = runner.rebuild(|_| {}).await.unwrap();
+        assert_eq!(read, events);
+        rebuilds[usize::from(!with_ids)].push(rate(read, started.elapsed()));
+    }
+    drop_schema(plain.pool(), plain.schema()).await;
+    drop_schema(tagged.pool(), tagged.schema()).await;
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    (
+        (mean(&rates[0]), mean(&rates[1])),
+        (mean(&rebuilds[0]), mean(&rebuilds[1])),
+    )
+}
+
 async fn notify_overhead(options: &PgConnectOptions, tasks: usize, appends: u64) -> (f64, f64) {
     let mut rates = [0.0; 2];
     // Alternate, twice each, so drift in the machine's load does not favour one side.
@@ -1386,6 +1448,19 @@ async fn main() {
         "PostgreSQL comparison ({}), ratios are ours / raw sqlx",
         if quick { "quick" } else { "full" }
     );
+    if args.iter().any(|a| a == "--metadata-only") {
+        let ((with_ids, without), (rebuilt_with, rebuilt_without)) =
+            read_with_metadata(&options, replay_events).await;
+        println!(
+            "| read_all, {replay_events} events with correlation and causation ids / without metadata | {with_ids:.0} events/s | without: {without:.0}/s | {:.2} |",
+            with_ids / without
+        );
+        println!(
+            "| rebuild, {replay_events} events with correlation and causation ids / without metadata | {rebuilt_with:.0} events/s | without: {rebuilt_without:.0}/s | {:.2} |",
+            rebuilt_with / rebuilt_without
+        );
+        return;
+    }
     if args.iter().any(|a| a == "--by-type-only") {
         for one_in in [10, 1] {
             let (by_type, every, raw) = rebuild_by_type(&options, replay_events, one_in).await;

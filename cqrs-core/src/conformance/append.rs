@@ -22,7 +22,8 @@ fn timestamp_floor() -> SystemTime {
 /// **Contract 6 (envelope) and 1 (streams).** Every field of an appended event comes back
 /// unchanged: `event_id`, stream, versions `1..=n`, strictly increasing positions,
 /// `event_type`, `schema_version`, the payload's exact bytes (binary, empty, JSON with
-/// odd spacing and key order), metadata (correlation and causation ids, free values), and
+/// odd spacing and key order), metadata (correlation and causation ids, free values, the
+/// two ids alone, a causation id alone), and
 /// a real `recorded_at` (by the store's clock, so a client/server skew does not matter;
 /// not a default such as the epoch, and no earlier for a later append). The
 /// [`AppendResult`] names the last event, a second append continues the versions, and
@@ -117,7 +118,13 @@ pub async fn append_and_read_round_trip<S: EventLog + Clone + 'static>(store: S)
         "[contract 2, append] the AppendResult names the batch's last version and position"
     );
 
-    let more = events("round-trip-more", 2);
+    // The command layer's metadata (exactly a correlation and a causation id), and a
+    // causation id alone: shapes a backend may decode by a path of its own.
+    let mut more = events("round-trip-more", 2);
+    more[0].metadata = Metadata::new()
+        .with_correlation_id(correlation)
+        .with_causation_id(Uuid::new_v4());
+    more[1].metadata = Metadata::new().with_causation_id(causation);
     let second = append_ok(&store, &stream, ExpectedVersion::Exact(3), more.clone()).await;
     let all = read_stream(&store, &stream, 1).await;
     assert_eq!(
@@ -134,6 +141,11 @@ pub async fn append_and_read_round_trip<S: EventLog + Clone + 'static>(store: S)
         record_ids(&all[3..]),
         ids_of(&more),
         "[contract 1, streams] the second batch follows the first, in order"
+    );
+    assert_eq!(
+        (&all[3].metadata, &all[4].metadata),
+        (&more[0].metadata, &more[1].metadata),
+        "[contract 6, envelope] metadata of the command layer's shape, and a causation id alone"
     );
     assert!(
         all[2].position < all[3].position,
