@@ -272,6 +272,26 @@ pub async fn drop_schema(store: &PostgresEventStore) {
     }
 }
 
+/// Damages a stream's snapshot row below the API (a negative version cannot be a
+/// snapshot's): the conformance suite's `damage_snapshot` hook.
+pub async fn damage_snapshot(store: PostgresEventStore, stream: cqrs_core::StreamId) -> bool {
+    let updated = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE \"{}\".snapshots SET version = -7 WHERE aggregate_type = $1 AND aggregate_id = $2",
+        store.schema()
+    )))
+    .bind(stream.aggregate_type())
+    .bind(stream.id())
+    .execute(store.pool())
+    .await
+    .expect("damage the snapshot row");
+    assert_eq!(
+        updated.rows_affected(),
+        1,
+        "the snapshot row to damage exists"
+    );
+    true
+}
+
 /// A plain connection to the test server.
 pub async fn connection() -> PgConnection {
     PgConnection::connect(&database_url())
