@@ -1,5 +1,5 @@
-//! Tests that hold a writing transaction open: the gap-safety of the global log and
-//! all-or-nothing appends on a killed connection.
+//! Tests that hold a writing transaction open: the gap-safety of the global log (read
+//! whole and by type) and all-or-nothing appends on a killed connection.
 //!
 //! They live in their own test binary because an open transaction holds back every
 //! reader of the server (the read horizon is cluster-wide), and cargo runs test binaries
@@ -9,7 +9,9 @@ mod common;
 
 use std::time::Duration;
 
-use cqrs_core::{EventData, EventLog, ExpectedVersion, Inspect, Position, RecordedEvent, StreamId};
+use cqrs_core::{
+    EventData, EventLog, ExpectedVersion, Inspect, LogItem, Position, RecordedEvent, StreamId,
+};
 use cqrs_postgres::PostgresEventStore;
 use cqrs_postgres::sqlx::{self, Connection};
 use futures::TryStreamExt;
@@ -38,6 +40,18 @@ async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
 
 async fn read_after(store: &PostgresEventStore, after: Position) -> Vec<RecordedEvent> {
     store.read_all(after, None).try_collect().await.unwrap()
+}
+
+async fn read_of_types(
+    store: &PostgresEventStore,
+    after: Position,
+    types: &[String],
+) -> Vec<LogItem> {
+    store
+        .read_all_of_types(after, None, types)
+        .try_collect()
+        .await
+        .unwrap()
 }
 
 /// Reads after `after` until `count` events are readable. Another session's transaction
@@ -116,6 +130,25 @@ async fn reader_never_passes_an_open_transaction(group_commit: bool) {
     assert_eq!(store.count_events(Position::START).await.unwrap(), 1);
     let cursor = seen[0].position;
     assert!(read_after(&store, cursor).await.is_empty());
+    // Read by type (ADR 0035): neither a record nor a passed position at or beyond A,
+    // whether A's type is asked for or not.
+    let (wanted, other) = (vec!["Happened".to_owned()], vec!["NoSuchType".to_owned()]);
+    assert_eq!(
+        read_of_types(&store, Position::START, &wanted).await,
+        [LogItem::Event(seen[0].clone())]
+    );
+    assert_eq!(
+        read_of_types(&store, Position::START, &other).await,
+        [LogItem::Passed(cursor)],
+        "a reader of other types passes the committed event, and stops before A"
+    );
+    assert_eq!(
+        store
+            .count_events_of_types(Position::START, &wanted)
+            .await
+            .unwrap(),
+        1
+    );
 
     // A commits: resuming from the cursor yields A's events then B's, each once.
     a_tx.commit().await.unwrap();
@@ -125,6 +158,19 @@ async fn reader_never_passes_an_open_transaction(group_commit: bool) {
     assert_eq!(rest[1].position, a_appended.position);
     assert_eq!(rest[2].position, b_appended.position);
     assert!(read_after(&store, b_appended.position).await.is_empty());
+    let by_type = read_of_types(&store, cursor, &wanted).await;
+    let by_type: Vec<&RecordedEvent> = (by_type.iter())
+        .map(|item| match item {
+            LogItem::Event(record) => record,
+            LogItem::Passed(p) => panic!("nothing to pass: every event is wanted ({p})"),
+        })
+        .collect();
+    assert_eq!(by_type, rest.iter().collect::<Vec<_>>());
+    assert_eq!(
+        read_of_types(&store, cursor, &other).await,
+        [LogItem::Passed(b_appended.position)],
+        "a reader of other types passes A's and B's events once A committed"
+    );
     let all = read_after(&store, Position::START).await;
     assert_eq!(all.len(), 4);
 }
