@@ -184,8 +184,9 @@ impl PostgresEventStore {
 
 impl PostgresEventStore {
     /// The read of [`read_all_of_types`](EventLog::read_all_of_types): the server leaves
-    /// the records of other types out, and a read that ends before `limit` says that it
-    /// passed everything below its horizon.
+    /// the records of other types out, and a read that ends before `limit` passes to the
+    /// last event below its horizon (found by the horizon query) when it did not hand
+    /// that one out.
     pub(crate) fn read_all_of_types_here<'a>(
         &'a self,
         after: Position,
