@@ -266,6 +266,11 @@ fn deposit(cents: i64) -> Vec<u8> {
     serde_json::to_vec(&AccountEvent::Deposited { cents }).unwrap()
 }
 
+/// The mean of the rates of alternating runs.
+fn mean(rates: &[f64]) -> f64 {
+    rates.iter().sum::<f64>() / rates.len() as f64
+}
+
 fn rate(n: u64, elapsed: Duration) -> f64 {
     n as f64 / elapsed.as_secs_f64()
 }
@@ -1117,7 +1122,6 @@ async fn rebuild_by_type(options: &PgConnectOptions, events: u64, one_in: u64) -
     drop(rows);
     let raw = rate(events, started.elapsed());
     drop_schema(store.pool(), store.schema()).await;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     (mean(&rates[0]), mean(&rates[1]), raw)
 }
 
@@ -1173,7 +1177,6 @@ async fn read_with_metadata(options: &PgConnectOptions, events: u64) -> ((f64, f
     }
     drop_schema(plain.pool(), plain.schema()).await;
     drop_schema(tagged.pool(), tagged.schema()).await;
-    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     (
         (mean(&rates[0]), mean(&rates[1])),
         (mean(&rebuilds[0]), mean(&rebuilds[1])),
